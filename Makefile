@@ -1,0 +1,48 @@
+# scorelab: `make book` builds the HTML book, `make test` runs every test. Both set up .venv first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BOOK_BUILD := $(VENV)/bin/jupyter-book build book/ --config _config.yml --toc "$(CURDIR)/_toc.yml" -W --keep-going
+# Notebook tests: each notebook runs in a fresh kernel; cells marked NBVAL_CHECK_OUTPUT compare output.
+NBVAL := $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -n 2 --dist loadscope
+
+.PHONY: install book test test-package test-notebooks bench bench-quick strip clean clean-cache
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.txt -e ".[book,test]"
+	@touch $@
+
+book: install
+	$(BOOK_BUILD)
+	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
+
+test: install test-package test-notebooks
+
+test-package: install
+	$(PY) -m pytest tests -p no:cacheprovider
+
+test-notebooks: install
+	$(NBVAL) book solutions
+
+bench: install
+	$(PY) -m scorelab.bench
+
+bench-quick: install
+	$(PY) -m scorelab.bench --quick
+
+# Execute notebooks in place and keep only the outputs nbval checks (run after editing a chapter).
+strip: install
+	$(PY) scripts/strip_outputs.py book/*.ipynb solutions/*.ipynb
+
+# The execution cache does not see changes in lib/: clear it after changing the package.
+clean-cache:
+	rm -rf _build/.jupyter_cache
+
+clean:
+	rm -rf _build

@@ -1,0 +1,52 @@
+"""Argument checks shared by the package: each raises a ValueError naming the argument."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_positive(name: str, value) -> float:
+    """Return ``value`` as a float, or raise if it is not a finite number > 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return number
+
+
+def check_positive_int(name: str, value) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) and not (
+        isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point()
+    ):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_points(name: str, x, dim: int | None = None) -> torch.Tensor:
+    """Check that ``x`` is a finite floating tensor of shape (N, D) (D == dim if given)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (N, D), got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, D), got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (N, {dim}), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def check_score_shape(name: str, score: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Check that a score function returned a tensor shaped like its input."""
+    if not isinstance(score, torch.Tensor) or score.shape != x.shape:
+        got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
+        raise ValueError(
+            f"{name} must return a tensor of the input's shape {tuple(x.shape)}, got {got}"
+        )
+    return score
