@@ -1,0 +1,86 @@
+"""The repository's own rules: install lists agree, notebooks carry no stray outputs, CI runs the README command."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# conda-forge spells some packages differently from PyPI
+CONDA_NAMES = {"torch": {"pytorch", "pytorch-cpu"}}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ \[]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def _pyproject_dependencies() -> set[str]:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return {_name(r) for r in data["project"]["dependencies"]}
+
+
+def _conda_dependencies(path: Path) -> set[str]:
+    names, in_dependencies = set(), False
+    for line in path.read_text().splitlines():
+        if line.startswith("dependencies:"):
+            in_dependencies = True
+            continue
+        match = re.match(r"^  - ([A-Za-z0-9_.\-]+)", line)
+        if in_dependencies and match and match.group(1) not in ("pip", "python"):
+            names.add(match.group(1).lower())
+    return names
+
+
+@pytest.mark.parametrize("env_file", ["environment.yml", "binder/environment.yml"])
+def test_environment_matches_pyproject(env_file):
+    conda = _conda_dependencies(ROOT / env_file)
+    for dependency in _pyproject_dependencies():
+        accepted = CONDA_NAMES.get(dependency, {dependency})
+        assert conda & accepted, f"{env_file} lacks {dependency} (pyproject.toml lists it)"
+    assert len(conda) == len(_pyproject_dependencies()), f"{env_file} lists extra packages: {conda}"
+
+
+def test_environment_installs_the_repository():
+    assert re.search(r"^\s+- -e \.\[book,test\]$", (ROOT / "environment.yml").read_text(), re.M)
+
+
+def test_pyproject_declares_lower_bounds_only():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for requirement in data["project"]["dependencies"]:
+        assert "==" not in requirement and "<" not in requirement, requirement
+
+
+def test_requirements_pin_the_cpu_torch():
+    pins = (ROOT / "requirements.txt").read_text().splitlines()
+    assert "torch==2.13.0" in pins
+    assert any(re.fullmatch(r"jupyter-book==1\.[\d.a-z]+", p) for p in pins)
+
+
+def test_ci_calls_the_readme_test_command():
+    assert "make test" in (ROOT / "README.md").read_text()
+    commands = [l for l in (ROOT / ".ci/run").read_text().splitlines() if l and not l.startswith(("#", "set ", "cd "))]
+    assert commands == ["make test"]
+
+
+def _notebooks():
+    return sorted(p for d in ("book", "solutions", "exercises") for p in (ROOT / d).glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_notebook_has_no_stray_outputs(path):
+    """Only cells marked NBVAL_CHECK_OUTPUT keep outputs (and their execution count)."""
+    nb = json.loads(path.read_text())
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        checked = "NBVAL_CHECK_OUTPUT" in source or "nbval-check-output" in cell["metadata"].get("tags", [])
+        if checked:
+            assert cell["outputs"] and cell["execution_count"], f"cell {index}: checked cell without output"
+        else:
+            assert not cell["outputs"], f"cell {index} of {path.name} carries committed output"
+    assert "widgets" not in nb["metadata"], f"{path.name} carries widget state"
