@@ -1,0 +1,91 @@
+"""Benchmark section ``ncsn``: CondRefineNetDilated speed and the shipped model's sample quality.
+
+Run with ``python -m scorelab.bench ncsn`` (or ``python -m scorelab.bench.ncsn``). Measures
+
+- the median of 5 forward+backward passes of CondRefineNetDilated (ngf=32, 10 levels) on a
+  batch of 128 8x8 digits;
+- the quality figures of 500 samples (200 with ``--quick``) of ``load_pretrained("digits")`` (its recorded sampling
+  settings), each beside the same figure for real digits, with the targets:
+  confident share >= 80% of the real test digits' share, every class >= 3% of the samples,
+  PCA Fréchet distance <= 0.3.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from scorelab.bench import register, row
+
+N_SAMPLES = 500
+CONFIDENCE_RATIO = 0.8
+MIN_CLASS_SHARE = 0.03
+MAX_FRECHET = 0.3
+
+
+def forward_backward_seconds(*, ngf: int = 32, batch_size: int = 128, repeats: int = 5, seed: int = 0) -> float:
+    """Median wall time (s) of one forward+backward pass on a batch of 8x8 digits."""
+    from scorelab.data import load_digits
+    from scorelab.ncsn import CondRefineNetDilated
+
+    generator = torch.Generator().manual_seed(seed)
+    net = CondRefineNetDilated(channels=1, image_size=8, ngf=ngf, num_classes=10)
+    x = load_digits("train")[:batch_size]  # (B, 1, 8, 8)
+    labels = torch.randint(10, (batch_size,), generator=generator)
+    net(x, labels).square().sum().backward()  # warm-up
+    times = []
+    for _ in range(repeats):
+        net.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        net(x, labels).square().sum().backward()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sample_quality(*, n_samples: int = N_SAMPLES, seed: int = 0) -> tuple[dict, float]:
+    """Quality figures of ``n_samples`` samples of the shipped model, and the sampling time (s)."""
+    from scorelab.ncsn import digits_quality, load_pretrained
+
+    model = load_pretrained("digits")
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    samples = model.sample(n_samples, generator=generator)
+    elapsed = time.perf_counter() - start
+    return digits_quality(samples, generator=generator), elapsed
+
+
+@register("ncsn")
+def ncsn_rows(*, quick: bool) -> list[dict]:
+    """The section's figures as benchmark rows, each quality figure beside the real digits'."""
+    from scorelab.ncsn.quality import CONFIDENT, FRECHET, SMALLEST_CLASS
+
+    rows = [row("ncsn", "CondRefineNetDilated ngf=32 fwd+bwd, batch 128 of 8x8",
+                forward_backward_seconds() * 1000, unit="ms", note="median of 5")]
+    n_samples = 200 if quick else N_SAMPLES
+    figures, elapsed = sample_quality(n_samples=n_samples)
+    confident, real_confident = figures[CONFIDENT]
+    smallest, real_smallest = figures[SMALLEST_CLASS]
+    frechet, real_frechet = figures[FRECHET]
+    note = f"{n_samples} samples of the shipped model ({elapsed:.0f} s)"
+    rows += [
+        row("ncsn", f"{CONFIDENT}, samples", confident,
+            target=f">= 0.8 x real = {CONFIDENCE_RATIO * real_confident:.3f}",
+            ok=confident >= CONFIDENCE_RATIO * real_confident, note=note),
+        row("ncsn", f"{CONFIDENT}, real test digits", real_confident),
+        row("ncsn", f"{SMALLEST_CLASS}, samples", smallest, target=f">= {MIN_CLASS_SHARE}",
+            ok=smallest >= MIN_CLASS_SHARE, note=note),
+        row("ncsn", f"{SMALLEST_CLASS}, real test digits", real_smallest),
+        row("ncsn", f"{FRECHET}, samples vs test", frechet, target=f"<= {MAX_FRECHET}",
+            ok=frechet <= MAX_FRECHET, note=note),
+        row("ncsn", f"{FRECHET}, real train vs test", real_frechet,
+            note=f"{n_samples} training digits"),
+    ]
+    return rows
+
+
+if __name__ == "__main__":
+    from scorelab.bench.__main__ import print_table
+
+    print_table(ncsn_rows(quick=False))

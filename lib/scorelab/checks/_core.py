@@ -1,0 +1,246 @@
+"""The machinery behind every exercise check: run, compare, explain in words.
+
+A check runs the student's function on fixed inputs, compares the result with the
+package's reference and prints one plain-language line. It never lets a wrong answer
+escape as a stack trace: a ``NotImplementedError`` (an unfilled stub) becomes a
+"not done yet" line, any other exception is reported by type and message, and a
+wrong value is explained by :class:`Mismatch`. Known mistakes ("mutants") are
+recognised by computing them and comparing, so the message can name the mistake.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Callable, Iterable
+
+import torch
+
+PASS_MARK = "✅"
+FAIL_MARK = "❌"
+TODO_MARK = "⏳"
+
+# Outcome of every check run in this process, by exercise number (used by the solutions).
+results: dict[str, bool] = {}
+
+
+class Mismatch(Exception):
+    """Raised inside a check body: the student's answer is wrong, and the message says how."""
+
+
+def exercise(number: str, success: str) -> Callable:
+    """Turn a check body into a student-facing check for exercise ``number``.
+
+    The body raises :class:`Mismatch` (or any exception coming from the student's code)
+    when the answer is wrong and returns normally when it is right; the wrapper prints
+    one line and records the outcome in :data:`results`. It returns ``None`` so that a
+    notebook cell shows only the printed line. The global random state is restored
+    afterwards, so running a check does not change what the notebook's later cells draw.
+    """
+
+    def wrap(body: Callable) -> Callable:
+        @functools.wraps(body)
+        def run(*args, **kwargs) -> None:
+            passed = False
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    body(*args, **kwargs)
+            except NotImplementedError:
+                message = (
+                    f"{TODO_MARK} Exercise {number}: not done yet. Fill in the TODO cell "
+                    "above, run it, then run this check again."
+                )
+            except Mismatch as mismatch:
+                message = f"{FAIL_MARK} Exercise {number}: not yet right. {mismatch}"
+            except Exception as error:  # noqa: BLE001 -- the student's code failed: say how, no traceback
+                message = (
+                    f"{FAIL_MARK} Exercise {number}: your code raised {type(error).__name__}: "
+                    f"{_first_line(error)}{_known_error_hint(error)}"
+                )
+            else:
+                passed = True
+                message = f"{PASS_MARK} Exercise {number}: {success}"
+            results[number] = passed
+            print(message)
+
+        run.exercise_number = number
+        return run
+
+    return wrap
+
+
+def assert_all_passed(numbers: Iterable[str]) -> None:
+    """Raise AssertionError unless every exercise in ``numbers`` was checked and passed.
+
+    The solution notebooks end with this call, so a solution that stops passing its own
+    check fails the notebook tests instead of printing a red line nobody reads.
+    """
+    numbers = list(numbers)
+    missing = [n for n in numbers if n not in results]
+    failed = [n for n in numbers if n in results and not results[n]]
+    if missing or failed:
+        raise AssertionError(f"exercise checks not run: {missing}; failed: {failed}")
+
+
+# Frequent error messages and what to do about them.
+KNOWN_ERRORS = {
+    "grad can be implicitly created only for scalar outputs": "sum the outputs before differentiating (the gradient of a sum of per-point terms is each "
+    "point's own gradient)",
+    "does not require grad": "differentiate with respect to a tensor on which you called .requires_grad_(True)",
+    "shapes cannot be multiplied": "check the shapes of the two tensors in that product",
+    "must match the size of tensor": "print the shapes: a dimension does not line up for broadcasting",
+    "Trying to backward through the graph a second time": "pass create_graph=True when the result "
+    "must itself be differentiated",
+}
+
+
+def _known_error_hint(error: BaseException) -> str:
+    text = str(error)
+    for fragment, hint in KNOWN_ERRORS.items():
+        if fragment in text:
+            return f". Hint: {hint}."
+    return ""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else "(no message)"
+
+
+def expect_tensor(
+    value, *, what: str, shape: tuple[int, ...], dtype: torch.dtype | None = torch.float32
+) -> torch.Tensor:
+    """Return ``value`` if it is a tensor of ``shape`` (and ``dtype``); else say what it is instead."""
+    if isinstance(value, tuple) and len(value) > 0 and isinstance(value[0], torch.Tensor):
+        raise Mismatch(
+            f"{what} should be one tensor of shape {shape}, but your code returned a tuple "
+            f"of {len(value)} items."
+        )
+    if not isinstance(value, torch.Tensor):
+        raise Mismatch(
+            f"{what} should be a torch.Tensor of shape {shape}, but your code returned "
+            f"a {type(value).__name__}."
+        )
+    if tuple(value.shape) != tuple(shape):
+        hint = ""
+        if (
+            value.numel() == math.prod(shape)
+            and value.ndim == len(shape)
+            and tuple(value.shape[::-1]) == tuple(shape)
+        ):
+            hint = " It looks transposed."
+        elif value.numel() == math.prod(shape):
+            hint = " It has the right number of entries: check the reshape."
+        elif value.ndim > len(shape):
+            hint = " Did you forget to sum or average over a dimension?"
+        elif value.ndim < len(shape):
+            hint = " Did you sum or average over one dimension too many?"
+        raise Mismatch(
+            f"{what} has the wrong shape: got {tuple(value.shape)}, expected {tuple(shape)}.{hint}"
+        )
+    if dtype is not None and value.dtype != dtype:
+        raise Mismatch(
+            f"{what} has dtype {value.dtype}, expected {dtype}: keep the input's dtype "
+            "(avoid .double() or integer tensors)."
+        )
+    return value
+
+
+def expect_finite(value: torch.Tensor, *, what: str, where: str = "") -> None:
+    """Mismatch when ``value`` holds NaN or infinity."""
+    finite = torch.isfinite(value)
+    if not finite.all():
+        kind = "NaN" if torch.isnan(value).any() else "infinite values"
+        raise Mismatch(f"{what} contains {kind}{where}.")
+
+
+def is_close(
+    got: torch.Tensor, expected: torch.Tensor, *, rtol: float = 1e-4, atol: float = 1e-5
+) -> bool:
+    """Elementwise closeness that tolerates float32 round-off, with NaN never close."""
+    got = got.detach().to(torch.float64)
+    expected = expected.detach().to(torch.float64)
+    return got.shape == expected.shape and bool(torch.allclose(got, expected, rtol=rtol, atol=atol))
+
+
+def diagnose(
+    got: torch.Tensor,
+    expected: torch.Tensor,
+    *,
+    what: str,
+    mutants: dict[str, torch.Tensor] | None = None,
+    factors: dict[str, float] | None = None,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> None:
+    """Return when ``got`` matches ``expected``; otherwise raise a Mismatch that names the mistake.
+
+    The tests, in order: a known mistake from ``mutants`` (name -> the value that mistake
+    produces); a wrong sign; a constant factor named in ``factors`` (name -> value, e.g.
+    ``{"sigma^2": 4.0}``); any other constant factor; and finally the largest error.
+    """
+    if is_close(got, expected, rtol=rtol, atol=atol):
+        return
+    for explanation, value in (mutants or {}).items():
+        if is_close(got, value, rtol=rtol, atol=atol):
+            raise Mismatch(explanation)
+    if is_close(got, -expected, rtol=rtol, atol=atol):
+        raise Mismatch(f"{what} has the wrong sign: it equals minus the reference.")
+    ratio = _constant_ratio(got, expected)
+    if ratio is not None:
+        for name, factor in (factors or {}).items():
+            if math.isclose(ratio, factor, rel_tol=1e-3):
+                raise Mismatch(
+                    f"{what} is off by a factor of {name} (= {factor:.4g}): it is {name} times the reference."
+                )
+            if math.isclose(ratio, 1.0 / factor, rel_tol=1e-3):
+                raise Mismatch(
+                    f"{what} is off by a factor of 1/{name}: it is the reference divided by {name} (= {factor:.4g})."
+                )
+        raise Mismatch(
+            f"{what} is the reference times {ratio:.4g}: the direction is right, the scale is not."
+        )
+    error = (got.detach().double() - expected.detach().double()).abs()
+    index = int(torch.argmax(error.flatten()))
+    raise Mismatch(
+        f"{what} differs from the reference: the largest error is {error.max().item():.3g} "
+        f"(got {got.flatten()[index].item():.4g} where {expected.flatten()[index].item():.4g} was expected)."
+    )
+
+
+def _constant_ratio(got: torch.Tensor, expected: torch.Tensor) -> float | None:
+    """The scalar c with got == c * expected (least squares), when it fits to 1e-4, else None."""
+    got, expected = got.detach().double().flatten(), expected.detach().double().flatten()
+    norm = expected.dot(expected)
+    if norm == 0 or not torch.isfinite(got).all():
+        return None
+    c = (got.dot(expected) / norm).item()
+    if c == 0 or not torch.allclose(got, c * expected, rtol=1e-4, atol=1e-6 * max(1.0, abs(c))):
+        return None
+    return c
+
+
+def call_student(fn: Callable, *args, what: str, **kwargs):
+    """Call the student's function; a non-callable becomes a Mismatch rather than a TypeError."""
+    if not callable(fn):
+        raise Mismatch(
+            f"pass your function itself to the check (got a {type(fn).__name__}, "
+            f"expected the function {what})."
+        )
+    return fn(*args, **kwargs)
+
+
+def to_float(value, *, what: str) -> float:
+    """Read a Python number (or one-element tensor) returned by the student, else Mismatch."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise Mismatch(
+                f"{what} should be a single number, but your code returned a tensor of shape {tuple(value.shape)}."
+            )
+        return float(value.detach())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise Mismatch(
+            f"{what} should be a number, but your code returned a {type(value).__name__}."
+        )
+    return float(value)

@@ -1,0 +1,360 @@
+"""How good is a score model or a sample set: Fisher divergence, mode weights, MMD, digits quality.
+
+Three families of figures:
+
+- score fields: the Fisher divergence between a model score and the true score, on samples;
+- 2-D samples: the share of samples nearest to each mixture centre (mode weights), the maximum
+  mean discrepancy (MMD) with a Gaussian kernel and the energy distance between two sample sets;
+- 8x8 digit samples: the confidence and class shares a digits classifier gives them, and the
+  Fréchet distance to real digits in a 20-component PCA space.
+
+Calibration of the digit figures on real data (scikit-learn's digits, pixels in [0, 1], PCA and
+classifier fitted on the 1,257 training digits of :func:`scorelab.data.load_digits`):
+
+=================================================  ===========  ======================
+sample set                                          confident    PCA Fréchet distance
+=================================================  ===========  ======================
+real test digits (540)                              0.71         0.04 (to the training set)
+two disjoint sets of 500 real digits                 --          0.06-0.07 (to each other)
+test digits blurred (Gaussian filter, 0.6 pixel)     --          0.7 (to the training set)
+test digits blurred (Gaussian filter, 1 pixel)       0.03        2.3
+test digits of classes 5-9 only                      --          0.58 (to the training set)
+uniform noise images                                 0.05        --
+=================================================  ===========  ======================
+
+The Fréchet distance is computed on the *unscaled* PCA coordinates of pixels in [0, 1]
+(no whitening, no division by the data's standard deviation): that normalisation gives the
+calibration figures above (real halves about 0.07, blurred about 0.7, half the classes about 0.6).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from scorelab._validation import check_points, check_positive, check_score_shape
+
+DIGITS_PIXELS = 64  # 8 x 8
+DIGITS_CLASSES = 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Score fields
+# ---------------------------------------------------------------------------------------------
+
+
+def fisher_divergence(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    true_score_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    relative: bool = False,
+    *,
+    batch_size: int = 10_000,
+) -> float:
+    """Monte-Carlo Fisher divergence between a model score and a true score.
+
+    ``D_F = E_{x ~ p} || s(x) - grad log p(x) ||^2`` (Hyvärinen 2005, Eq. 2, without its 1/2),
+    estimated on the samples ``x``. With ``relative=True`` it is divided by
+    ``E_{x ~ p} || grad log p(x) ||^2``, so 0 is perfect and 1 is as bad as predicting zero.
+
+    Parameters
+    ----------
+    score_fn, true_score_fn : callable
+        ``(N, *D) -> (N, *D)`` score functions (a ``BasicNetwork`` or a density's ``.score``).
+    x : Tensor, shape (N, *D)
+        Samples of the distribution under which the divergence is taken. To compare with the
+        score of a *perturbed* density (denoising score matching learns that one), pass samples
+        of the perturbed density.
+    relative : bool
+        Divide by the mean squared norm of the true score.
+    batch_size : int
+        Points scored at once (memory bound only).
+
+    Returns
+    -------
+    float
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError("x must be a non-empty tensor of shape (N, *D)")
+    error, norm = 0.0, 0.0
+    for chunk in torch.split(x, batch_size):
+        model = check_score_shape("score_fn", score_fn(chunk), chunk).detach()
+        true = check_score_shape("true_score_fn", true_score_fn(chunk), chunk).detach()
+        error += float(((model - true) ** 2).reshape(len(chunk), -1).sum(dim=1).sum())
+        norm += float((true**2).reshape(len(chunk), -1).sum(dim=1).sum())
+    if relative:
+        if norm == 0:
+            raise ValueError("relative Fisher divergence needs a true score that is not zero on x")
+        return error / norm
+    return error / x.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2-D samples
+# ---------------------------------------------------------------------------------------------
+
+
+def mode_weights(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Share of the samples nearest to each centre.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, D)
+    centers : Tensor, shape (K, D)
+        For instance a mixture's means.
+
+    Returns
+    -------
+    Tensor, shape (K,)
+        Shares that sum to one.
+    """
+    x = check_points("x", x)
+    centers = check_points("centers", centers, dim=x.shape[1])
+    if len(x) == 0:
+        raise ValueError("x must hold at least one sample")
+    nearest = torch.cdist(x, centers.to(x)).argmin(dim=1)  # (N,)
+    return torch.bincount(nearest, minlength=len(centers)).to(x.dtype) / len(x)
+
+
+def _check_pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    x = check_points("x", x)
+    y = check_points("y", y, dim=x.shape[1]).to(x)
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError(f"x and y need at least 2 samples each, got {len(x)} and {len(y)}")
+    return x, y
+
+
+def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The median heuristic: the median distance between distinct points of ``x`` and ``y``."""
+    x, y = _check_pair(x, y)
+    pooled = torch.cat([x, y])  # (N + M, D)
+    distances = torch.pdist(pooled)
+    return float(distances.median().clamp_min(torch.finfo(x.dtype).tiny))
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, *, bandwidth: float | None = None) -> float:
+    """Squared maximum mean discrepancy with a Gaussian kernel (unbiased U-statistic).
+
+    ``MMD^2 = E k(x, x') + E k(y, y') - 2 E k(x, y)`` with
+    ``k(a, b) = exp(-||a - b||^2 / (2 h^2))`` (Gretton et al. 2012, Eq. 3). The unbiased
+    estimate can be slightly negative when the two sets come from one distribution.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, D)
+    y : Tensor, shape (M, D)
+    bandwidth : float, optional
+        The kernel width ``h``; the median heuristic (:func:`median_bandwidth`) when omitted.
+
+    Returns
+    -------
+    float
+    """
+    x, y = _check_pair(x, y)
+    h = median_bandwidth(x, y) if bandwidth is None else check_positive("bandwidth", bandwidth)
+
+    def kernel(a, b):
+        return torch.exp(-torch.cdist(a, b) ** 2 / (2 * h**2))
+
+    n, m = len(x), len(y)
+    # The U-statistic leaves out the diagonal k(x_i, x_i) = 1.
+    k_xx = (kernel(x, x).sum() - n) / (n * (n - 1))
+    k_yy = (kernel(y, y).sum() - m) / (m * (m - 1))
+    return float(k_xx + k_yy - 2 * kernel(x, y).mean())
+
+
+def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Energy distance ``2 E||X - Y|| - E||X - X'|| - E||Y - Y'||`` (Székely & Rizzo 2013).
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, D)
+    y : Tensor, shape (M, D)
+
+    Returns
+    -------
+    float
+        Non-negative up to Monte-Carlo error (U-statistics within each set); zero only when
+        the two distributions are equal.
+    """
+    x, y = _check_pair(x, y)
+    n, m = len(x), len(y)
+    within_x = torch.cdist(x, x).sum() / (n * (n - 1))
+    within_y = torch.cdist(y, y).sum() / (m * (m - 1))
+    return float(2 * torch.cdist(x, y).mean() - within_x - within_y)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8x8 digits
+# ---------------------------------------------------------------------------------------------
+
+
+def _digit_array(name: str, images) -> np.ndarray:
+    """Images (N, 64), (N, 8, 8) or (N, 1, 8, 8) in [0, 1], tensor or array -> float64 (N, 64)."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    array = np.asarray(images, dtype=np.float64)
+    if array.ndim < 2 or array[0].size != DIGITS_PIXELS:
+        raise ValueError(
+            f"{name} must hold 8x8 images of shape (N, 64), (N, 8, 8) or (N, 1, 8, 8), "
+            f"got shape {array.shape}"
+        )
+    array = array.reshape(len(array), DIGITS_PIXELS)  # (N, 64)
+    if len(array) == 0:
+        raise ValueError(f"{name} must hold at least one image")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must hold finite pixel values")
+    return array
+
+
+def _training_digits():
+    from scorelab.data import load_digits
+
+    images, labels = load_digits("train", return_labels=True)
+    return images, labels
+
+
+def digits_classifier(
+    images=None,
+    labels=None,
+    *,
+    regularization: float = 1.0,
+    max_iter: int = 2000,
+):
+    """A multinomial logistic-regression classifier of 8x8 digits.
+
+    Logistic regression rather than a neural network: it is fitted in under a second, reaches
+    about 97 % test accuracy, and is confident on real digits (71 % of the test digits above
+    probability 0.9) but not on blurred digits or noise (3-5 %), which is what a sample-quality
+    figure needs (an MLP is confident on 70 % of uniform-noise images).
+
+    Parameters
+    ----------
+    images : Tensor or array, shape (N, 64) or (N, 1, 8, 8), optional
+        Training images in [0, 1]; the training split of :func:`scorelab.data.load_digits`
+        when omitted.
+    labels : Tensor or array, shape (N,), optional
+        Their classes 0-9 (required when ``images`` is given).
+    regularization : float
+        The inverse regularisation strength ``C`` of scikit-learn's ``LogisticRegression``.
+    max_iter : int
+        Iterations of the L-BFGS solver.
+
+    Returns
+    -------
+    sklearn.linear_model.LogisticRegression
+        Fitted; its ``predict_proba`` takes (N, 64) arrays.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if images is None:
+        images, labels = _training_digits()
+    if labels is None:
+        raise ValueError("labels must be given with images")
+    features = _digit_array("images", images)
+    targets = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    if len(targets) != len(features):
+        raise ValueError(f"labels must have {len(features)} entries, got {len(targets)}")
+    classifier = LogisticRegression(C=check_positive("regularization", regularization),
+                                    max_iter=max_iter)
+    return classifier.fit(features, targets)
+
+
+def classifier_confidence(classifier, samples, *, threshold: float = 0.9) -> float:
+    """Share of the samples whose largest class probability exceeds ``threshold``.
+
+    Parameters
+    ----------
+    classifier : fitted classifier with ``predict_proba``
+        For instance :func:`digits_classifier`.
+    samples : Tensor or array, shape (N, 64) or (N, 1, 8, 8)
+        Images in [0, 1].
+    threshold : float
+        In (0, 1).
+
+    Returns
+    -------
+    float
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
+    probabilities = classifier.predict_proba(_digit_array("samples", samples))  # (N, 10)
+    return float((probabilities.max(axis=1) > threshold).mean())
+
+
+def class_coverage(classifier, samples) -> np.ndarray:
+    """Share of the samples assigned to each class (predicted label).
+
+    Parameters
+    ----------
+    classifier : fitted classifier with ``predict``
+    samples : Tensor or array, shape (N, 64) or (N, 1, 8, 8)
+
+    Returns
+    -------
+    ndarray, shape (10,)
+        Shares that sum to one; a sampler that covers every class gives each at least
+        about 3 % (the real digits give 9-11 % each).
+    """
+    predicted = classifier.predict(_digit_array("samples", samples)).astype(np.int64)
+    return np.bincount(predicted, minlength=DIGITS_CLASSES)[:DIGITS_CLASSES] / len(predicted)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two sets of feature vectors.
+
+    ``||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^{1/2})`` (Heusel et al. 2017, Eq. 6).
+
+    Parameters
+    ----------
+    a : ndarray, shape (N, F)
+    b : ndarray, shape (M, F)
+
+    Returns
+    -------
+    float
+    """
+    from scipy import linalg
+
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError(
+            f"a and b must be (N, F) and (M, F) with N, M >= 2, got {a.shape}, {b.shape}"
+        )
+    mean_gap = a.mean(axis=0) - b.mean(axis=0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # sqrtm of a product of two PSD matrices is real up to round-off; drop the imaginary dust.
+    cross = linalg.sqrtm(cov_a @ cov_b).real
+    return float(mean_gap @ mean_gap + np.trace(cov_a + cov_b - 2 * cross))
+
+
+def pca_frechet_distance(samples, reference, pca_train=None, *, n_components: int = 20) -> float:
+    """Fréchet distance between two sets of digits in a PCA space fitted on training digits.
+
+    The images are projected on the first ``n_components`` principal components of
+    ``pca_train`` (unscaled coordinates of pixels in [0, 1]) and :func:`frechet_distance` is
+    taken there: a small-image analogue of FID. See the module docstring for calibration values
+    (real vs real about 0.07 at 500 images each; blurred about 0.7; half the classes about 0.6).
+
+    Parameters
+    ----------
+    samples, reference : Tensor or array, shape (N, 64) or (N, 1, 8, 8)
+        Images in [0, 1] (for instance generated samples and the test digits).
+    pca_train : Tensor or array, shape (N, 64) or (N, 1, 8, 8), optional
+        Images the PCA is fitted on; the training split of :func:`scorelab.data.load_digits`
+        when omitted.
+    n_components : int
+
+    Returns
+    -------
+    float
+    """
+    from sklearn.decomposition import PCA
+
+    if pca_train is None:
+        pca_train, _ = _training_digits()
+    pca = PCA(n_components=n_components).fit(_digit_array("pca_train", pca_train))
+    features_a = pca.transform(_digit_array("samples", samples))  # (N, n_components)
+    features_b = pca.transform(_digit_array("reference", reference))  # (M, n_components)
+    return frechet_distance(features_a, features_b)

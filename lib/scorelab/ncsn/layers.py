@@ -1,0 +1,193 @@
+"""Building blocks of CondRefineNetDilated (Song & Ermon 2019, Appendix A.1).
+
+Every block takes the noise-level labels ``labels`` (LongTensor (N,)) beside its features,
+because every normalisation inside it is a :class:`ConditionalInstanceNorm2dPlus`. The
+RefineNet blocks (RCU, CRP, MSF, RefineBlock) follow Lin et al. (2017) with batch norm
+replaced by conditional instance norm and max pooling replaced by average pooling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from scorelab.ncsn.normalization import ConditionalInstanceNorm2dPlus
+
+
+def conv3x3(in_channels: int, out_channels: int, *, bias: bool = True) -> nn.Conv2d:
+    """A 3x3 convolution with stride 1 and padding 1 (keeps H and W)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=bias)
+
+
+def dilated_conv3x3(in_channels: int, out_channels: int, *, dilation: int, bias: bool = True) -> nn.Conv2d:
+    """A 3x3 convolution with the given dilation, padded so that H and W are kept.
+
+    Dilation widens the receptive field without downsampling, so the deep stages of the
+    encoder still see the image at the resolution of stage 2.
+    """
+    return nn.Conv2d(
+        in_channels, out_channels, kernel_size=3, padding=dilation, dilation=dilation, bias=bias
+    )
+
+
+class ConvMeanPool(nn.Module):
+    """Convolution followed by 2x2 mean pooling: (N, C_in, H, W) -> (N, C_out, H/2, W/2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        return F.avg_pool2d(h, kernel_size=2)  # (N, C_out, H/2, W/2)
+
+
+class ConditionalResidualBlock(nn.Module):
+    """Pre-activation residual block: norm-ELU-conv-norm-ELU-conv plus a shortcut.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels in and out.
+    num_classes : int
+        Number of noise levels.
+    resample : {None, "down"}
+        ``"down"`` without dilation halves H and W (second conv and the 1x1 shortcut are
+        followed by mean pooling). With a dilation the block keeps H and W, as in the
+        authors' dilated network, where only stage 2 downsamples.
+    dilation : int or None
+        Dilation of both 3x3 convolutions (and of the shortcut conv when there is one).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_classes: int,
+        *,
+        resample: str | None = None,
+        dilation: int | None = None,
+    ):
+        super().__init__()
+        if resample not in (None, "down"):
+            raise ValueError(f"resample must be None or 'down', got {resample!r}")
+        self.norm1 = ConditionalInstanceNorm2dPlus(in_channels, num_classes)
+        if resample == "down" and dilation is None:
+            self.conv1 = conv3x3(in_channels, in_channels)
+            self.norm2 = ConditionalInstanceNorm2dPlus(in_channels, num_classes)
+            self.conv2 = ConvMeanPool(in_channels, out_channels)
+            self.shortcut = ConvMeanPool(in_channels, out_channels, kernel_size=1)
+        else:
+            middle = in_channels if resample == "down" else out_channels
+            conv = (lambda i, o: dilated_conv3x3(i, o, dilation=dilation)) if dilation else conv3x3
+            self.conv1 = conv(in_channels, middle)
+            self.norm2 = ConditionalInstanceNorm2dPlus(middle, num_classes)
+            self.conv2 = conv(middle, out_channels)
+            needs_shortcut = resample is not None or in_channels != out_channels
+            if not needs_shortcut:
+                self.shortcut = None
+            elif dilation:
+                self.shortcut = dilated_conv3x3(in_channels, out_channels, dilation=dilation)
+            else:
+                self.shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.elu(self.norm1(x, labels)))
+        h = self.conv2(F.elu(self.norm2(h, labels)))
+        return h + (x if self.shortcut is None else self.shortcut(x))
+
+
+class CondRCUBlock(nn.Module):
+    """Residual conv unit: ``n_blocks`` residual blocks of ``n_stages`` norm-ELU-conv stages."""
+
+    def __init__(self, features: int, num_classes: int, *, n_blocks: int, n_stages: int):
+        super().__init__()
+        self.n_stages = n_stages
+        self.norms = nn.ModuleList(
+            ConditionalInstanceNorm2dPlus(features, num_classes) for _ in range(n_blocks * n_stages)
+        )
+        self.convs = nn.ModuleList(
+            conv3x3(features, features, bias=False) for _ in range(n_blocks * n_stages)
+        )
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        for start in range(0, len(self.convs), self.n_stages):
+            residual = x
+            for norm, conv in zip(self.norms[start : start + self.n_stages], self.convs[start : start + self.n_stages]):
+                x = conv(F.elu(norm(x, labels)))
+            x = x + residual
+        return x
+
+
+class CondCRPBlock(nn.Module):
+    """Chained residual pooling: a chain of norm-avgpool(5x5)-conv stages, each added to the input.
+
+    The pooling chain gathers context from a growing neighbourhood; average pooling (rather
+    than RefineNet's max pooling) keeps the score a smooth function of the input.
+    """
+
+    def __init__(self, features: int, num_classes: int, *, n_stages: int):
+        super().__init__()
+        self.norms = nn.ModuleList(
+            ConditionalInstanceNorm2dPlus(features, num_classes) for _ in range(n_stages)
+        )
+        self.convs = nn.ModuleList(conv3x3(features, features, bias=False) for _ in range(n_stages))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = F.elu(x)
+        path = x
+        for norm, conv in zip(self.norms, self.convs):
+            path = conv(F.avg_pool2d(norm(path, labels), kernel_size=5, stride=1, padding=2))
+            x = path + x
+        return x
+
+
+class CondMSFBlock(nn.Module):
+    """Multi-resolution fusion: norm and conv each input to ``features`` channels, resize, sum."""
+
+    def __init__(self, in_channels: list[int], features: int, num_classes: int):
+        super().__init__()
+        self.features = features
+        self.norms = nn.ModuleList(ConditionalInstanceNorm2dPlus(c, num_classes) for c in in_channels)
+        self.convs = nn.ModuleList(conv3x3(c, features) for c in in_channels)
+
+    def forward(self, xs: list[torch.Tensor], labels: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        total = 0.0
+        for x, norm, conv in zip(xs, self.norms, self.convs):
+            h = conv(norm(x, labels))
+            total = total + F.interpolate(h, size=output_size, mode="bilinear", align_corners=True)
+        return total  # (N, features, *output_size)
+
+
+class CondRefineBlock(nn.Module):
+    """One RefineNet cascade: RCU on every input, MSF fusion, CRP, output RCU.
+
+    Parameters
+    ----------
+    in_channels : list of int
+        Channels of each input path (one for the first cascade, two afterwards: the encoder
+        skip connection and the previous cascade).
+    features : int
+        Channels out.
+    num_classes : int
+        Number of noise levels.
+    start : bool
+        First cascade: a single input, no fusion.
+    end : bool
+        Last cascade: three output RCU blocks instead of one.
+    """
+
+    def __init__(self, in_channels: list[int], features: int, num_classes: int, *, start: bool = False, end: bool = False):
+        super().__init__()
+        self.adapt_convs = nn.ModuleList(
+            CondRCUBlock(c, num_classes, n_blocks=2, n_stages=2) for c in in_channels
+        )
+        self.msf = None if start else CondMSFBlock(in_channels, features, num_classes)
+        self.crp = CondCRPBlock(features, num_classes, n_stages=2)
+        self.output_convs = CondRCUBlock(features, num_classes, n_blocks=3 if end else 1, n_stages=2)
+
+    def forward(self, xs: list[torch.Tensor], labels: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        hs = [adapt(x, labels) for adapt, x in zip(self.adapt_convs, xs)]
+        h = hs[0] if self.msf is None else self.msf(hs, labels, output_size)
+        return self.output_convs(self.crp(h, labels), labels)

@@ -1,0 +1,176 @@
+"""Score models for low-dimensional data: a plain MLP and a noise-conditional MLP.
+
+Both map points (N, D) to scores (N, D). The activation is smooth (softplus) by default
+because exact score matching differentiates the score once more (the trace of its Jacobian
+enters the loss, and training differentiates that again): with ReLU the Jacobian is piecewise
+constant and its derivative with respect to the weights of earlier layers vanishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from scorelab._tensors import broadcast_like
+from scorelab._validation import check_positive_int
+
+ACTIVATIONS = {
+    "softplus": nn.Softplus,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+def _check_hidden_dims(hidden_dims: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(hidden_dims, int) or len(hidden_dims) == 0:
+        raise ValueError(
+            f"hidden_dims must be a non-empty sequence of integers, got {hidden_dims!r}"
+        )
+    return tuple(check_positive_int("hidden_dims", width) for width in hidden_dims)
+
+
+def _check_input(x: torch.Tensor, input_dim: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != input_dim:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must have shape (N, {input_dim}), got {got}")
+
+
+class BasicNetwork(nn.Module):
+    """A multilayer perceptron score model ``s_theta: R^D -> R^D``.
+
+    Parameters
+    ----------
+    input_dim : int
+        The data dimension D (the output has the same dimension).
+    hidden_dims : sequence of int
+        Widths of the hidden layers.
+    activation : {"softplus", "elu", "silu", "tanh", "relu"}
+        Non-linearity after each hidden layer. Keep a smooth one for exact score matching.
+
+    Examples
+    --------
+    >>> model = BasicNetwork(input_dim=2, hidden_dims=(64, 64))
+    >>> model(torch.zeros(5, 2)).shape
+    torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 2,
+        hidden_dims: Sequence[int] = (128, 128),
+        activation: str = "softplus",
+    ) -> None:
+        super().__init__()
+        self.input_dim = check_positive_int("input_dim", input_dim)
+        widths = (self.input_dim, *_check_hidden_dims(hidden_dims))
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(width_in, width_out), _activation(activation)]
+        layers.append(nn.Linear(widths[-1], self.input_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Score at ``x``: (N, D) -> (N, D)."""
+        _check_input(x, self.input_dim)
+        return self.net(x)
+
+
+class ConditionalLinear(nn.Module):
+    """A linear layer whose output is scaled per noise level: ``gamma[label] * (W x + b)``.
+
+    The conditioning of the toy model of Song & Ermon (2019) (their ``ConditionalLinear``):
+    each level learns its own feature scales, initialised uniformly in [0, 1].
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    n_levels : int
+        Number of noise levels (labels run over 0..n_levels-1).
+    """
+
+    def __init__(self, in_features: int, out_features: int, n_levels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.embedding = nn.Embedding(n_levels, out_features)
+        nn.init.uniform_(self.embedding.weight, 0.0, 1.0)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N, in_features), LongTensor (N,) -> (N, out_features)."""
+        return self.embedding(labels) * self.linear(x)
+
+
+class NoiseConditionalNetwork(nn.Module):
+    """A noise-conditional MLP score model ``s_theta(x, i)`` for 2-D toys (NCSN on points).
+
+    Every hidden layer is a :class:`ConditionalLinear` that scales its features by a learned
+    vector of the level ``i``. With ``sigmas`` given the output is divided by ``sigmas[i]``
+    (the parametrisation of NCSNv2, Song & Ermon 2020, Sec. 3.2) because the true perturbed
+    score scales like ``1 / sigma``: the network then only learns an O(1) quantity at every level.
+
+    Parameters
+    ----------
+    input_dim : int
+        The data dimension D.
+    n_levels : int
+        Number of noise levels L; labels run over 0..L-1.
+    hidden_dims : sequence of int
+        Widths of the hidden layers.
+    activation : str
+        As in :class:`BasicNetwork`.
+    sigmas : Tensor, shape (L,), optional
+        The noise ladder; when given the output is scaled by ``1 / sigmas[labels]``.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 2,
+        n_levels: int = 10,
+        hidden_dims: Sequence[int] = (128, 128),
+        activation: str = "softplus",
+        sigmas: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_dim = check_positive_int("input_dim", input_dim)
+        self.n_levels = check_positive_int("n_levels", n_levels)
+        widths = (self.input_dim, *_check_hidden_dims(hidden_dims))
+        self.hidden = nn.ModuleList(
+            ConditionalLinear(w_in, w_out, self.n_levels)
+            for w_in, w_out in zip(widths[:-1], widths[1:])
+        )
+        self.activation = _activation(activation)
+        self.output = nn.Linear(widths[-1], self.input_dim)
+        if sigmas is not None:
+            sigmas = torch.as_tensor(sigmas, dtype=torch.get_default_dtype()).reshape(-1)
+            if len(sigmas) != self.n_levels or not bool((sigmas > 0).all()):
+                raise ValueError(
+                    f"sigmas must hold {self.n_levels} positive noise levels, got {sigmas}"
+                )
+            self.register_buffer("sigmas", sigmas)
+        else:
+            self.sigmas = None
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Score at ``x`` for noise level ``labels``: (N, D), LongTensor (N,) -> (N, D)."""
+        _check_input(x, self.input_dim)
+        if labels.shape != (x.shape[0],) or labels.dtype != torch.long:
+            raise ValueError(f"labels must be a LongTensor of shape ({x.shape[0]},), got "
+                             f"{labels.dtype} {tuple(labels.shape)}")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.n_levels):
+            raise ValueError(f"labels must lie in 0..{self.n_levels - 1}")
+        h = x
+        for layer in self.hidden:
+            h = self.activation(layer(h, labels))  # (N, width)
+        score = self.output(h)  # (N, D)
+        if self.sigmas is not None:
+            score = score / broadcast_like(self.sigmas[labels], score)
+        return score

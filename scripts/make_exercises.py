@@ -1,0 +1,287 @@
+"""Generate the student notebooks in exercises/ from the solved notebooks in solutions/.
+
+Usage:
+    python scripts/make_exercises.py           # write exercises/, normalise solutions/
+    python scripts/make_exercises.py --check   # exit 1 when either differs from what it would write
+
+solutions/NN_name.ipynb is the single source of every exercise. In it:
+
+- a code region between the lines ``# BEGIN SOLUTION`` and ``# END SOLUTION`` becomes a stub,
+  at the marker's indentation: the region's leading ``# HINT:`` comment lines, then
+  ``raise NotImplementedError("Exercise N.k: ...")``;
+- a markdown region between ``<!-- BEGIN SOLUTION -->`` and ``<!-- END SOLUTION -->`` becomes
+  "*Your answer here.*";
+- the exercise number N.k comes from the last markdown heading ``Exercise N.k`` above the region;
+- cells tagged ``solution-only`` are dropped.
+
+Both folders get the same first two cells, rewritten on every run: an "Open in Colab" badge
+(to the notebook's own folder) and a set-up cell that installs the course package from the
+repository when it is not importable and enables Colab's widget manager on Colab. The
+repository URL and branch come from one place: ``repository:`` in the root _config.yml.
+Solution code cells are tagged ``hide-input`` so the book folds them. Exercises get no
+outputs, no execution counts, cleaned metadata and the source's cell ids, so the output
+depends only on the input and running the script twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTIONS = ROOT / "solutions"
+EXERCISES = ROOT / "exercises"
+CONFIG = ROOT / "_config.yml"
+
+BEGIN_CODE, END_CODE = "# BEGIN SOLUTION", "# END SOLUTION"
+BEGIN_TEXT, END_TEXT = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
+HINT_PREFIX = "# HINT:"
+EXERCISE_HEADING = re.compile(r"^#+\s.*\bExercise\s+(\d+\.\d+)\b", re.MULTILINE)
+SOLUTION_ONLY = "solution-only"
+BADGE_ID, SETUP_ID = "colab-badge", "colab-setup"
+# Tags the student copy does not need: they shape the rendered book or mark nbval-checked output.
+BOOK_ONLY_TAGS = {
+    "nbval-check-output",
+    "hide-input",
+    "hide-output",
+    "hide-cell",
+    "remove-input",
+    "remove-output",
+    "remove-cell",
+}
+NOTEBOOK_METADATA = {
+    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+    "language_info": {"name": "python", "pygments_lexer": "ipython3"},
+}
+SETUP_SOURCE = """\
+# Set-up: install the course package when it is missing (on Colab, for instance).
+import importlib.util
+import sys
+
+if "google.colab" in sys.modules:
+    from google.colab import output
+
+    output.enable_custom_widget_manager()  # lets the course's ipywidgets render in Colab
+if importlib.util.find_spec("scorelab") is None:
+    %pip install -q "git+{url}"
+    importlib.invalidate_caches()"""
+
+
+class SourceError(ValueError):
+    """A solution notebook breaks the marker rules; the message names the notebook and cell."""
+
+
+def repository() -> tuple[str, str]:
+    """The repository URL and branch from _config.yml's ``repository:`` section."""
+    config = yaml.safe_load(CONFIG.read_text())
+    section = (config or {}).get("repository") or {}
+    url = str(section.get("url", "")).rstrip("/")
+    if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
+        raise SourceError(
+            f"{CONFIG.name}: repository.url must be https://github.com/ORG/REPO, got {url!r}"
+        )
+    return url.removesuffix(".git"), str(section.get("branch", "main"))
+
+
+def badge_source(url: str, branch: str, folder: str, name: str) -> str:
+    """Markdown for the "Open in Colab" badge of ``folder/name``."""
+    org_repo = url.removeprefix("https://github.com/")
+    target = f"https://colab.research.google.com/github/{org_repo}/blob/{branch}/{folder}/{name}"
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({target})"
+
+
+def header_cells(url: str, branch: str, folder: str, name: str) -> list:
+    """The badge and set-up cells that open every exercise and solution notebook."""
+    badge = nbformat.v4.new_markdown_cell(badge_source(url, branch, folder, name))
+    badge.id = BADGE_ID
+    setup = nbformat.v4.new_code_cell(SETUP_SOURCE.format(url=url))
+    setup.id = SETUP_ID
+    setup.metadata = {"tags": ["remove-input"]}
+    return [badge, setup]
+
+
+def _stub_code(lines: list[str], number: str, where: str) -> list[str]:
+    """Replace each BEGIN/END SOLUTION region of ``lines`` with hint comments and a raise."""
+    out, region, indent = [], None, ""
+    for line in lines:
+        stripped = line.strip()
+        if stripped == BEGIN_CODE:
+            if region is not None:
+                raise SourceError(f"{where}: nested {BEGIN_CODE}")
+            region, indent = [], line[: len(line) - len(line.lstrip())]
+        elif stripped == END_CODE:
+            if region is None:
+                raise SourceError(f"{where}: {END_CODE} without {BEGIN_CODE}")
+            hints = [h.strip() for h in region if h.strip().startswith(HINT_PREFIX)]
+            out += [indent + h for h in hints]
+            out.append(
+                f'{indent}raise NotImplementedError("Exercise {number}: not done yet '
+                f'- replace this line with your code")'
+            )
+            region = None
+        elif region is not None:
+            region.append(line)
+        else:
+            out.append(line)
+    if region is not None:
+        raise SourceError(f"{where}: {BEGIN_CODE} without {END_CODE}")
+    return out
+
+
+def _stub_text(source: str, number: str, where: str) -> str:
+    pattern = re.compile(re.escape(BEGIN_TEXT) + r".*?" + re.escape(END_TEXT), re.DOTALL)
+    result = pattern.sub(f"*Exercise {number}: your answer here.*", source)
+    if BEGIN_TEXT in result or END_TEXT in result:
+        raise SourceError(f"{where}: unmatched {BEGIN_TEXT} / {END_TEXT}")
+    return result
+
+
+def has_solution(cell) -> bool:
+    markers = (BEGIN_CODE, END_CODE) if cell.cell_type == "code" else (BEGIN_TEXT, END_TEXT)
+    return any(marker in cell.source for marker in markers)
+
+
+def normalise_solution(nb, url: str, branch: str, name: str):
+    """The solution notebook with canonical header cells, tags and metadata (a new object)."""
+    nb = copy.deepcopy(nb)
+    body = [c for c in nb.cells if c.get("id") not in (BADGE_ID, SETUP_ID)]
+    nb.cells = header_cells(url, branch, "solutions", name) + body
+    for cell in body:
+        tags = list(cell.metadata.get("tags", []))
+        if cell.cell_type == "code" and has_solution(cell) and "hide-input" not in tags:
+            tags.append("hide-input")  # the book folds solution code; a click unfolds it
+        if tags:
+            cell.metadata["tags"] = tags
+        else:
+            cell.metadata.pop("tags", None)
+    nb.metadata = {
+        **{k: v for k, v in nb.metadata.items() if k in NOTEBOOK_METADATA},
+        **NOTEBOOK_METADATA,
+    }
+    return nb
+
+
+def make_exercise(solution, url: str, branch: str, name: str):
+    """The student notebook generated from the (normalised) solution notebook."""
+    cells, number, n_stubs = header_cells(url, branch, "exercises", name), None, 0
+    for index, cell in enumerate(solution.cells[2:], start=2):
+        where = f"solutions/{name}, cell {index} (id {cell.get('id')})"
+        if SOLUTION_ONLY in cell.metadata.get("tags", []):
+            continue
+        if cell.cell_type == "markdown":
+            headings = EXERCISE_HEADING.findall(cell.source.split(BEGIN_TEXT)[0])
+            number = headings[-1] if headings else number
+        source = cell.source
+        if has_solution(cell):
+            if number is None:
+                raise SourceError(f"{where}: a solution region before any 'Exercise N.k' heading")
+            n_stubs += 1
+            if cell.cell_type == "code":
+                source = "\n".join(_stub_code(source.split("\n"), number, where))
+            else:
+                source = _stub_text(source, number, where)
+        if cell.cell_type == "code":
+            # nbval never runs exercises/, and a check marker without stored output would be stray
+            source = "\n".join(l for l in source.split("\n") if l.strip() != "# NBVAL_CHECK_OUTPUT")
+        new = (
+            nbformat.v4.new_code_cell(source)
+            if cell.cell_type == "code"
+            else nbformat.v4.new_markdown_cell(source)
+            if cell.cell_type == "markdown"
+            else nbformat.v4.new_raw_cell(source)
+        )
+        new.id = cell.get("id") or f"cell-{index:02d}"
+        tags = [t for t in cell.metadata.get("tags", []) if t not in BOOK_ONLY_TAGS]
+        if tags:
+            new.metadata["tags"] = tags
+        cells.append(new)
+    if n_stubs == 0:
+        raise SourceError(f"solutions/{name}: no solution region, so the exercise would be empty")
+    exercise = nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(NOTEBOOK_METADATA))
+    exercise.nbformat, exercise.nbformat_minor = 4, 5
+    return exercise
+
+
+def render(nb) -> str:
+    nbformat.validate(nb)
+    return nbformat.writes(nb) + "\n"
+
+
+def chapter_link(url: str, branch: str, name: str) -> str:
+    """The markdown cell a chapter's Exercises section carries: the Colab badge and the solutions page."""
+    return (
+        f"{badge_source(url, branch, 'exercises', name)}\n\n"
+        f"Open the exercise notebook in Colab (or run `exercises/{name}` locally); "
+        f"the worked solutions are in {{doc}}`solutions/{name.removesuffix('.ipynb')}`."
+    )
+
+
+def planned_files() -> dict[Path, str]:
+    """Every file this script owns, mapped to the text it should hold."""
+    url, branch = repository()
+    files = {}
+    sources = sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
+    if not sources:
+        raise SourceError(f"no solution notebooks (NN_name.ipynb) in {SOLUTIONS}")
+    for path in sources:
+        solution = normalise_solution(nbformat.read(path, as_version=4), url, branch, path.name)
+        files[path] = render(solution)
+        files[EXERCISES / path.name] = render(make_exercise(solution, url, branch, path.name))
+    return files
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if exercises/ or solutions/ differ from the generated text",
+    )
+    parser.add_argument(
+        "--chapter-links",
+        action="store_true",
+        help="print the markdown cell that links each chapter to its exercises, and exit",
+    )
+    args = parser.parse_args(argv)
+    if args.chapter_links:
+        url, branch = repository()
+        for path in sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb")):
+            print(
+                f"--- book/{path.name}, Exercises section:\n{chapter_link(url, branch, path.name)}\n"
+            )
+        return 0
+    try:
+        files = planned_files()
+    except SourceError as error:
+        print(f"make_exercises: {error}", file=sys.stderr)
+        return 2
+    stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
+    extra = sorted(set(EXERCISES.glob("*.ipynb")) - set(files))
+    if args.check:
+        for path in stale:
+            print(f"out of date: {path.relative_to(ROOT)}")
+        for path in extra:
+            print(f"not generated from solutions/: {path.relative_to(ROOT)}")
+        if stale or extra:
+            print("run `make exercises` (python scripts/make_exercises.py) and commit the result")
+            return 1
+        print(f"exercises/ and solutions/ are up to date ({len(files) // 2} notebooks)")
+        return 0
+    EXERCISES.mkdir(exist_ok=True)
+    for path in stale:
+        path.write_text(files[path])
+        print(f"wrote {path.relative_to(ROOT)}")
+    for path in extra:
+        path.unlink()
+        print(f"removed {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,626 @@
+"""The exercise checks: a right answer passes, each kind of wrong answer is named in words, nothing crashes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scorelab import checks
+
+
+def run_check(capsys, check, answer) -> str:
+    """Run a check (it must not raise), return what it printed, and see that it recorded the outcome."""
+    assert check(answer) is None
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, f"a check prints exactly one line, got {out!r}"
+    assert checks.results[check.exercise_number] == out.startswith("✅")
+    return out
+
+
+def assert_passes(capsys, check, answer):
+    out = run_check(capsys, check, answer)
+    assert out.startswith("✅"), out
+
+
+def assert_explains(capsys, check, answer, *phrases):
+    out = run_check(capsys, check, answer)
+    assert out.startswith("❌"), out
+    assert "Traceback" not in out
+    for phrase in phrases:
+        assert phrase in out, f"{phrase!r} not in {out!r}"
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Exercise N.k: not done yet - replace this line with your code")
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        checks.exercise_1_1,
+        checks.exercise_1_2,
+        checks.exercise_2_1,
+        checks.exercise_2_2,
+        checks.exercise_3_1,
+        checks.exercise_3_2,
+        checks.exercise_3_3,
+        checks.exercise_4_1,
+        checks.exercise_4_2,
+        checks.exercise_5_1,
+        checks.exercise_5_2,
+        checks.exercise_6_1,
+        checks.exercise_6_2,
+    ],
+)
+def test_an_unfilled_stub_is_not_done_yet(capsys, check):
+    from scorelab.ncsn import ConditionalInstanceNorm2dPlus
+
+    class StubNorm(ConditionalInstanceNorm2dPlus):
+        forward = stub
+
+    out = run_check(capsys, check, StubNorm if check is checks.exercise_6_1 else stub)
+    assert out.startswith("⏳") and "not done yet" in out
+
+
+def test_assert_all_passed_names_failed_and_missing(capsys):
+    checks.exercise_3_1(stub)
+    capsys.readouterr()
+    with pytest.raises(AssertionError, match=r"not run: \['9.9'\]; failed: \['3.1'\]"):
+        checks.assert_all_passed(["3.1", "9.9"])
+
+
+# ---------------------------------------------------------------- chapter 1: the mixture score
+
+
+def gmm_score(x, weights, means, variances):
+    diff = x[:, None, :] - means  # (N, K, D)
+    log_normal = -0.5 * (diff**2).sum(-1) / variances - 0.5 * x.shape[1] * torch.log(
+        2 * torch.pi * variances
+    )
+    responsibilities = torch.softmax(torch.log(weights) + log_normal, dim=1)
+    return (responsibilities[..., None] * -diff / variances[:, None]).sum(dim=1)
+
+
+def gmm_score_naive(x, weights, means, variances):
+    """Responsibilities as ratios of densities: right near the modes, 0/0 far away."""
+    diff = x[:, None, :] - means
+    dens = weights * torch.exp(-0.5 * (diff**2).sum(-1) / variances) / (2 * torch.pi * variances)
+    return ((dens / dens.sum(1, keepdim=True))[..., None] * -diff / variances[:, None]).sum(1)
+
+
+def test_1_1_accepts_the_solution(capsys):
+    assert_passes(capsys, checks.exercise_1_1, gmm_score)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda x, w, m, v: -gmm_score(x, w, m, v), ["wrong sign"]),
+        (lambda x, w, m, v: gmm_score(x, w, m, v) * v[0], ["forgot to divide by the variance"]),
+        (gmm_score_naive, ["NaN or inf far from", "softmax"]),
+        (lambda x, w, m, v: gmm_score(x, w, m, v).T, ["wrong shape", "(2, 64)", "transposed"]),
+        (lambda x, w, m, v: gmm_score(x, w, m, v).sum(1), ["wrong shape", "(64,)"]),
+        (lambda x, w, m, v: gmm_score(x, w, m, v).double(), ["dtype torch.float64"]),
+        (lambda x, w, m, v: gmm_score(x, w, m, v).tolist(), ["returned a list"]),
+        (
+            lambda x, w, m, v: (w[None, :, None] * -(x[:, None] - m) / v[:, None]).sum(1),
+            ["responsibility"],
+        ),
+        (
+            lambda x, w, m, v: gmm_score(x, torch.ones_like(w) / len(w), m, v),
+            ["ignore the mixture weights"],
+        ),
+        (lambda x, w, m, v: gmm_score(x, w, m, v) * 1.5, ["reference times 1.5"]),
+        (lambda x, w, m, v: x @ torch.ones(3, 3), ["RuntimeError", "shapes cannot be multiplied"]),
+    ],
+)
+def test_1_1_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_1_1, answer, *phrases)
+
+
+def test_1_1_refuses_a_non_function(capsys):
+    assert_explains(capsys, checks.exercise_1_1, torch.zeros(3), "pass your function itself")
+
+
+def autograd_score(log_prob_fn, x):
+    x = x.detach().requires_grad_(True)
+    return torch.autograd.grad(log_prob_fn(x).sum(), x)[0]
+
+
+def test_1_2_accepts_the_solution(capsys):
+    assert_passes(capsys, checks.exercise_1_2, autograd_score)
+
+
+def _in_place(log_prob_fn, x):
+    x.requires_grad_(True)
+    return torch.autograd.grad(log_prob_fn(x).sum(), x)[0]
+
+
+def _no_sum(log_prob_fn, x):
+    x = x.detach().requires_grad_(True)
+    log_prob_fn(x).backward()
+    return x.grad
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda f, x: -autograd_score(f, x), ["wrong sign"]),
+        (lambda f, x: f(x), ["looks like the log-probabilities"]),
+        (_in_place, ["requires_grad", "caller's tensor"]),
+        (_no_sum, ["RuntimeError", "sum the outputs"]),
+        (lambda f, x: autograd_score(f, x).requires_grad_(True), ["autograd graph"]),
+    ],
+)
+def test_1_2_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_1_2, answer, *phrases)
+
+
+# ---------------------------------------------------------------- chapter 2: the Langevin step
+
+
+def make_step(drift: float = 0.5, noise: float = 0.5, *, randn=None):
+    """A Langevin step x + drift * alpha * s + alpha**noise * z; the right one is (0.5, 0.5)."""
+
+    def langevin_step(x, score_fn, step_size, generator=None):
+        z = randn(x) if randn else torch.randn(x.shape, generator=generator)
+        return x + drift * step_size * score_fn(x) + step_size**noise * z
+
+    return langevin_step
+
+
+def test_2_1_accepts_the_solution(capsys):
+    assert_passes(capsys, checks.exercise_2_1, make_step())
+
+
+def _in_place_step(x, score_fn, step_size, generator=None):
+    x += step_size / 2 * score_fn(x) + math.sqrt(step_size) * torch.randn(
+        x.shape, generator=generator
+    )
+    return x
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (make_step(drift=1.0), ["drift is alpha * score", "authors' code convention"]),
+        (make_step(drift=-0.5), ["drift has the wrong sign"]),
+        (make_step(noise=1.0), ["noise is alpha * z"]),
+        (
+            lambda x, s, a, generator=None: (
+                x + a / 2 * s(x) + math.sqrt(2 * a) * torch.randn(x.shape, generator=generator)
+            ),
+            ["sqrt(2 alpha)"],
+        ),
+        (lambda x, s, a, generator=None: x + a / 2 * s(x), ["adds no noise"]),
+        (make_step(randn=torch.randn_like), ["draw the noise from the generator"]),
+        (_in_place_step, ["in place"]),
+        (
+            lambda x, s, a, generator=None: (
+                x + a / 2 * s(x) + math.sqrt(a) * torch.randn(x.shape[::-1], generator=generator).T
+            ),
+            ["not of the form"],
+        ),
+    ],
+)
+def test_2_1_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_2_1, answer, *phrases)
+
+
+def variance_answer(law):
+    return lambda step_size, generator=None: law(step_size)
+
+
+def test_2_2_accepts_the_langevin_variance(capsys):
+    from scorelab.langevin import langevin_dynamics
+
+    def langevin_variance(step_size, generator=None):
+        x0 = torch.zeros(4000, 2)
+        x = langevin_dynamics(lambda x: -x, x0, step_size, 300, generator=generator, progress=False)
+        return x.var().item()
+
+    assert_passes(capsys, checks.exercise_2_2, langevin_variance)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (variance_answer(lambda a: math.sqrt(1 / (1 - a / 4))), ["standard deviations"]),
+        (variance_answer(lambda a: 1.0), ["stays near 1"]),
+        (variance_answer(lambda a: 1 / (1 - a / 2)), ["authors' step convention"]),
+        (variance_answer(lambda a: torch.ones(3)), ["single number", "(3,)"]),
+        (variance_answer(lambda a: "1.0"), ["should be a number", "str"]),
+        (variance_answer(lambda a: float("nan")), ["returned nan"]),
+        (variance_answer(lambda a: 1 + a), ["do not follow 1 / (1 - alpha/4)"]),
+    ],
+)
+def test_2_2_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_2_2, answer, *phrases)
+
+
+# ---------------------------------------------------------------- chapter 3: annealing
+
+
+def geometric_sigmas(sigma_max, sigma_min, n_levels):
+    return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n_levels))
+
+
+def test_3_1_accepts_the_solution(capsys):
+    assert_passes(capsys, checks.exercise_3_1, geometric_sigmas)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda a, b, n: geometric_sigmas(a, b, n).flip(0), ["is increasing"]),
+        (lambda a, b, n: torch.linspace(a, b, n), ["evenly spaced (linspace)"]),
+        (lambda a, b, n: geometric_sigmas(a, b, n + 1), ["wrong shape"]),
+        (lambda a, b, n: geometric_sigmas(a, b, n).tolist(), ["returned a list"]),
+        (lambda a, b, n: geometric_sigmas(a, b, n).double(), ["dtype torch.float64"]),
+        (lambda a, b, n: geometric_sigmas(a, b, n) ** 2, ["differs from the reference"]),
+    ],
+)
+def test_3_1_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_3_1, answer, *phrases)
+
+
+def test_3_2_accepts_the_solution(capsys):
+    assert_passes(
+        capsys,
+        checks.exercise_3_2,
+        lambda step_size, sigma, sigma_min: step_size * (sigma / sigma_min) ** 2,
+    )
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda a, s, m: a * s / m, ["(sigma_i / sigma_L)^1"]),
+        (lambda a, s, m: a * (m / s) ** 2, ["(sigma_i / sigma_L)^-2"]),
+        (lambda a, s, m: a * s**2, ["not divided by sigma_L^2"]),
+        (lambda a, s, m: 2 * a * (s / m) ** 2, ["smallest level", "step_size itself"]),
+        (lambda a, s, m: [a], ["should be a number", "list"]),
+    ],
+)
+def test_3_2_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_3_2, answer, *phrases)
+
+
+def make_annealed(*, reverse=False, exponent=2, noise=True, randn=None):
+    def annealed_langevin(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
+        x = x0.clone()
+        ladder = sigmas.flip(0) if reverse else sigmas
+        for sigma in ladder.tolist():
+            alpha = step_size * (sigma / sigmas[-1].item()) ** exponent
+            for _ in range(n_steps_each):
+                z = randn(x) if randn else torch.randn(x.shape, generator=generator)
+                x = x + alpha / 2 * score_fn(x, sigma) + (math.sqrt(alpha) * z if noise else 0)
+        return x
+
+    return annealed_langevin
+
+
+def test_3_3_accepts_the_solution(capsys):
+    assert_passes(capsys, checks.exercise_3_3, make_annealed())
+
+
+def test_3_3_accepts_a_statistically_equivalent_sampler(capsys):
+    """Noise drawn another way cannot match the reference sample by sample, but its weights do."""
+    assert_passes(
+        capsys, checks.exercise_3_3, make_annealed(randn=lambda x: torch.randn(x.shape).to(x))
+    )
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (make_annealed(exponent=0), ["weight of the (5, 5) mode", "largest sigma to the smallest"]),
+        (make_annealed(noise=False), ["collapsed", "add the noise"]),
+        (make_annealed(exponent=-2, reverse=True), ["weight of the (5, 5) mode"]),
+        (lambda f, x0, s, a, n, generator=None: x0[:, :1], ["wrong shape"]),
+        (lambda f, x0, s, a, n, generator=None: x0 * float("nan"), ["diverged"]),
+    ],
+)
+def test_3_3_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_3_3, answer, *phrases)
+
+
+# ---------------------------------------------------------------- chapter 4: denoising score matching
+
+
+def dsm_loss(
+    model, x, sigma, generator=None, *, target=lambda z, s: -z / s, weight=1.0, clean=False
+):
+    z = torch.randn(x.shape, generator=generator)
+    score = model(x if clean else x + sigma * z)
+    return weight * 0.5 * ((score - target(z, sigma)) ** 2).sum(dim=1)
+
+
+def test_4_1_accepts_the_solution(capsys):
+    assert_passes(capsys, checks.exercise_4_1, dsm_loss)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (
+            lambda m, x, s, generator=None: dsm_loss(m, x, s, generator, target=lambda z, s: z / s),
+            ["wrong sign"],
+        ),
+        (
+            lambda m, x, s, generator=None: dsm_loss(m, x, s, generator, target=lambda z, s: -z),
+            ["target is -z;"],
+        ),
+        (
+            lambda m, x, s, generator=None: dsm_loss(m, x, s, generator, weight=s**2),
+            ["factor of sigma^2"],
+        ),
+        (
+            lambda m, x, s, generator=None: dsm_loss(m, x, s, generator, weight=2.0),
+            ["the 1/2 in front"],
+        ),
+        (lambda m, x, s, generator=None: dsm_loss(m, x, s, generator, clean=True), ["clean x"]),
+        (
+            lambda m, x, s, generator=None: dsm_loss(m, x, s, generator).mean(),
+            ["wrong shape", "()"],
+        ),
+        (
+            lambda m, x, s, generator=None: dsm_loss(m, x, s, generator).mean().item(),
+            ["Python float", ".item()"],
+        ),
+        (lambda m, x, s, generator=None: dsm_loss(m, x, s, generator).detach(), ["no gradient"]),
+        (lambda m, x, s, generator=None: dsm_loss(m, x, s, generator) / 3, ["divided by D"]),
+        (
+            lambda m, x, s, generator=None: dsm_loss(m, x, s, None),
+            ["draw the noise from the generator"],
+        ),
+    ],
+)
+def test_4_1_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_4_1, answer, *phrases)
+
+
+def test_4_2_accepts_the_solution(capsys):
+    assert_passes(
+        capsys, checks.exercise_4_2, lambda x, score_fn, sigma: x + sigma**2 * score_fn(x)
+    )
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda x, f, s: x + s * f(x), ["multiplied the score by sigma"]),
+        (lambda x, f, s: x - s**2 * f(x), ["add it"]),
+        (lambda x, f, s: x + s**2 * f(x).sum(), ["differs from the reference"]),
+        (lambda x, f, s: (x + s**2 * f(x)).numpy(), ["ndarray"]),
+    ],
+)
+def test_4_2_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_4_2, answer, *phrases)
+
+
+# ---------------------------------------------------------------- chapter 5: sliced score matching
+
+
+def sliced_loss(
+    model,
+    x,
+    n_projections=1,
+    generator=None,
+    *,
+    vr=False,
+    trace_sign=1.0,
+    half=0.5,
+    reduce="mean",
+    create_graph=True,
+    per_projection_draws=False,
+):
+    if per_projection_draws:
+        v = torch.stack([torch.randn(x.shape, generator=generator) for _ in range(n_projections)])
+        v = v[torch.randperm(n_projections, generator=generator)] if n_projections > 1 else v
+    else:
+        v = torch.randn((n_projections, *x.shape), generator=generator)  # (M, N, D)
+    x = x.detach().unsqueeze(0).expand_as(v).clone().requires_grad_(True)  # (M, N, D)
+    score = model(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+    jv = torch.autograd.grad((score * v).sum(), x, create_graph=create_graph)[0]
+    trace = (jv * v).sum(-1)
+    norm = half * (score**2).sum(-1) if vr else half * (score * v).sum(-1) ** 2
+    loss = trace_sign * trace + norm  # (M, N)
+    return loss.mean(0) if reduce == "mean" else loss.sum(0)
+
+
+def ssm(**options):
+    return lambda model, x, n_projections=1, generator=None: sliced_loss(
+        model, x, n_projections, generator, **options
+    )
+
+
+@pytest.mark.parametrize("check, vr", [(checks.exercise_5_1, False), (checks.exercise_5_2, True)])
+def test_5_accepts_the_solutions(capsys, check, vr):
+    assert_passes(capsys, check, ssm(vr=vr))
+
+
+@pytest.mark.parametrize("check, vr", [(checks.exercise_5_1, False), (checks.exercise_5_2, True)])
+def test_5_accepts_directions_drawn_in_another_order(capsys, check, vr):
+    assert_passes(capsys, check, ssm(vr=vr, per_projection_draws=True))
+
+
+@pytest.mark.parametrize(
+    "check, vr, options, phrases",
+    [
+        (checks.exercise_5_1, False, {"vr": True}, ["SSM-VR term"]),
+        (checks.exercise_5_2, True, {"vr": False}, ["plain SSM term"]),
+        (checks.exercise_5_1, False, {"trace_sign": -1.0}, ["trace term has the wrong sign"]),
+        (checks.exercise_5_2, True, {"half": 1.0}, ["lacks its 1/2"]),
+        (checks.exercise_5_1, False, {"reduce": "sum"}, ["number of projections"]),
+        (checks.exercise_5_2, True, {"create_graph": False}, ["create_graph=True"]),
+        (checks.exercise_5_1, False, {"trace_sign": 0.0}, ["trace term", "missing"]),
+    ],
+)
+def test_5_explains_wrong_answers(capsys, check, vr, options, phrases):
+    assert_explains(capsys, check, ssm(**{"vr": vr, **options}), *phrases)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (
+            lambda m, x, n_projections=1, generator=None: sliced_loss(
+                m, x, n_projections, generator
+            ).sum(),
+            ["wrong shape"],
+        ),
+        (
+            lambda m, x, n_projections=1, generator=None: (
+                sliced_loss(m, x, n_projections, generator).mean().item()
+            ),
+            ["Python float"],
+        ),
+        (
+            lambda m, x, n_projections=1, generator=None: sliced_loss(m, x, n_projections, None),
+            ["directions from the generator"],
+        ),
+        (
+            lambda m, x, n_projections=1, generator=None: (
+                sliced_loss(m, x, n_projections, generator) + 0.1 * x[:, 0] ** 2
+            ),
+            ["approach exact score matching"],
+        ),
+    ],
+)
+def test_5_1_explains_other_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_5_1, answer, *phrases)
+
+
+# ---------------------------------------------------------------- chapter 6: NCSN
+
+
+def make_norm(
+    *,
+    correction="inside",
+    spread_unbiased=True,
+    pixel_unbiased=False,
+    swap=False,
+    dims=(2, 3),
+    shift=True,
+):
+    from scorelab.ncsn import ConditionalInstanceNorm2dPlus
+
+    class Norm(ConditionalInstanceNorm2dPlus):
+        def forward(self, x, labels):
+            c = self.num_features
+            means = x.mean(dim=(2, 3))  # (N, C)
+            spread = means.var(dim=1, keepdim=True, unbiased=spread_unbiased)
+            corrected = ((means - means.mean(dim=1, keepdim=True)) / torch.sqrt(spread + self.eps))[
+                ..., None, None
+            ]
+            h = (x - x.mean(dim=dims, keepdim=True)) / torch.sqrt(
+                x.var(dim=dims, unbiased=pixel_unbiased, keepdim=True) + self.eps
+            )
+            params = self.embed(labels)
+            gamma, alpha = params[:, :c, None, None], params[:, c : 2 * c, None, None]
+            if swap:
+                gamma, alpha = alpha, gamma
+            if correction == "inside":
+                out = gamma * (h + alpha * corrected)
+            elif correction == "outside":
+                out = gamma * h + alpha * corrected
+            else:
+                out = gamma * h
+            if self.bias and shift:
+                out = out + params[:, 2 * c :, None, None]
+            return out
+
+    return Norm
+
+
+def test_6_1_accepts_the_solution(capsys):
+    assert_passes(capsys, checks.exercise_6_1, make_norm())
+
+
+@pytest.mark.parametrize(
+    "options, phrases",
+    [
+        ({"correction": None}, ["mean correction", "missing"]),
+        ({"correction": "outside"}, ["after scaling by gamma"]),
+        ({"spread_unbiased": False}, ["biased variance"]),
+        ({"pixel_unbiased": True}, ["unbiased=False"]),
+        ({"swap": True}, ["swapped"]),
+        ({"dims": (1, 2, 3)}, ["layer norm"]),
+        ({"shift": False}, ["beta is missing"]),
+    ],
+)
+def test_6_1_explains_wrong_answers(capsys, options, phrases):
+    assert_explains(capsys, checks.exercise_6_1, make_norm(**options), *phrases)
+
+
+def test_6_1_refuses_an_instance(capsys):
+    assert_explains(capsys, checks.exercise_6_1, make_norm()(4, 3), "pass your class itself")
+
+
+def annealed_dsm_loss(
+    model,
+    x,
+    sigmas,
+    labels,
+    generator=None,
+    *,
+    weight=lambda s: s**2,
+    target_sign=-1.0,
+    flat_sigma=False,
+):
+    sigma = sigmas[labels]
+    sigma = sigma[:, None] if flat_sigma else sigma.reshape(-1, *[1] * (x.ndim - 1))
+    z = torch.randn(x.shape, generator=generator)
+    score = model(x + sigma * z, labels)
+    return (
+        (0.5 * weight(sigma) * (score - target_sign * z / sigma) ** 2)
+        .reshape(len(x), -1)
+        .sum(dim=1)
+    )
+
+
+def adsm(**options):
+    return lambda model, x, sigmas, labels, generator=None: annealed_dsm_loss(
+        model, x, sigmas, labels, generator, **options
+    )
+
+
+def test_6_2_accepts_the_solution(capsys):
+    assert_passes(capsys, checks.exercise_6_2, adsm())
+
+
+@pytest.mark.parametrize(
+    "options, phrases",
+    [
+        ({"weight": lambda s: 1.0}, ["no lambda(sigma) = sigma^2 weighting"]),
+        ({"weight": lambda s: s}, ["the weighting is sigma;"]),
+        ({"weight": lambda s: 1 / s**2}, ["1 / sigma^2"]),
+        ({"target_sign": 1.0}, ["wrong sign"]),
+        ({"flat_sigma": True}, ["right on 2-D points", "images", "(N, 1, ..., 1)"]),
+        ({"weight": lambda s: 2 * s**2}, ["the 1/2 in front"]),
+    ],
+)
+def test_6_2_explains_wrong_answers(capsys, options, phrases):
+    assert_explains(capsys, checks.exercise_6_2, adsm(**options), *phrases)
+
+
+def test_6_2_explains_a_batch_mean(capsys):
+    assert_explains(
+        capsys,
+        checks.exercise_6_2,
+        lambda *args, **kwargs: adsm()(*args, **kwargs).mean(),
+        "wrong shape",
+    )
+
+
+def test_a_check_leaves_the_global_random_state_alone(capsys):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    checks.exercise_6_1(
+        make_norm()
+    )  # builds modules whose initialisation draws from the global RNG
+    capsys.readouterr()
+    assert torch.equal(torch.rand(3), expected)

@@ -1,0 +1,199 @@
+"""exercises/ is what scripts/make_exercises.py generates from solutions/, and it fails only where it should."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
+STUB = re.compile(r'raise NotImplementedError\("Exercise (\d+\.\d+): ')
+CHECK_CALL = re.compile(r"checks\.exercise_(\d+)_(\d+)\(")
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location(
+        "make_exercises", ROOT / "scripts" / "make_exercises.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_exercises = _generator()
+
+
+def test_every_chapter_has_a_solution_notebook():
+    assert [p.name[:2] for p in SOLUTIONS] == ["01", "02", "03", "04", "05", "06"]
+
+
+def test_exercises_are_generated_from_solutions():
+    """The committed exercises/ and solutions/ are byte for byte what the generator writes."""
+    stale = [
+        str(p.relative_to(ROOT))
+        for p, text in make_exercises.planned_files().items()
+        if not p.exists() or p.read_text() != text
+    ]
+    assert not stale, f"run `make exercises`: out of date: {stale}"
+    assert sorted(p.name for p in (ROOT / "exercises").glob("*.ipynb")) == [
+        p.name for p in SOLUTIONS
+    ]
+
+
+def test_generator_is_idempotent():
+    """Normalising an already normalised solution, or regenerating an exercise, changes nothing."""
+    url, branch = make_exercises.repository()
+    for path in SOLUTIONS:
+        once = make_exercises.normalise_solution(
+            nbformat.read(path, as_version=4), url, branch, path.name
+        )
+        twice = make_exercises.normalise_solution(once, url, branch, path.name)
+        assert make_exercises.render(once) == make_exercises.render(twice)
+        first = make_exercises.render(make_exercises.make_exercise(once, url, branch, path.name))
+        second = make_exercises.render(make_exercises.make_exercise(twice, url, branch, path.name))
+        assert first == second
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_exercise_structure(path):
+    url, branch = make_exercises.repository()
+    exercise = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
+    badge, setup = exercise.cells[0], exercise.cells[1]
+    assert f"/blob/{branch}/exercises/{path.name})" in badge.source
+    assert f'pip install -q "git+{url}"' in setup.source
+    assert "enable_custom_widget_manager" in setup.source
+    text = "\n".join(c.source for c in exercise.cells)
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "NBVAL_CHECK_OUTPUT", "assert_all_passed"):
+        assert marker not in text
+    stubs = [m.group(1) for c in exercise.cells for m in STUB.finditer(c.source)]
+    assert 2 <= len(set(stubs)), "an exercise notebook needs at least two exercises"
+    assert all(n.startswith(f"{int(path.name[:2])}.") for n in stubs)
+    for cell in exercise.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None
+    # cell ids are the solution's (deterministic), in the same order
+    ids = [c.id for c in exercise.cells]
+    solution_ids = [c.id for c in nbformat.read(path, as_version=4).cells]
+    assert ids == [i for i in solution_ids if i in set(ids)]
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_solution_header_and_folding(path):
+    """Solutions open with their own badge and the same set-up cell; solution code is folded in the book."""
+    solution = nbformat.read(path, as_version=4)
+    assert f"/solutions/{path.name})" in solution.cells[0].source
+    assert solution.cells[1].id == make_exercises.SETUP_ID
+    for cell in solution.cells:
+        if cell.cell_type == "code" and make_exercises.BEGIN_CODE in cell.source:
+            assert "hide-input" in cell.metadata.get("tags", [])
+
+
+def _notebook(cells):
+    nb = nbformat.v4.new_notebook(cells=cells)
+    for index, cell in enumerate(nb.cells):
+        cell.id = f"c{index}"
+    return nb
+
+
+def test_stub_keeps_indentation_hints_and_number():
+    nb = _notebook(
+        [
+            nbformat.v4.new_markdown_cell("## Exercise 9.2: a thing"),
+            nbformat.v4.new_code_cell(
+                "def f(x):\n    y = 1\n    # BEGIN SOLUTION\n    # HINT: add one\n"
+                "    return x + y\n    # END SOLUTION"
+            ),
+            nbformat.v4.new_markdown_cell(
+                "Why?\n<!-- BEGIN SOLUTION -->\nBecause.\n<!-- END SOLUTION -->"
+            ),
+            nbformat.v4.new_code_cell("secret = 1", metadata={"tags": ["solution-only"]}),
+        ]
+    )
+    solution = make_exercises.normalise_solution(nb, "https://github.com/o/r", "main", "09_x.ipynb")
+    exercise = make_exercises.make_exercise(
+        solution, "https://github.com/o/r", "main", "09_x.ipynb"
+    )
+    sources = [c.source for c in exercise.cells[2:]]
+    assert sources[1] == (
+        "def f(x):\n    y = 1\n    # HINT: add one\n"
+        '    raise NotImplementedError("Exercise 9.2: not done yet - replace this line with your code")'
+    )
+    assert sources[2] == "Why?\n*Exercise 9.2: your answer here.*"
+    assert len(sources) == 3  # the solution-only cell is gone
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "# BEGIN SOLUTION\nx = 1",
+        "x = 1\n# END SOLUTION",
+        "# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION",
+    ],
+)
+def test_unbalanced_markers_are_refused(source):
+    nb = _notebook(
+        [nbformat.v4.new_markdown_cell("## Exercise 1.1"), nbformat.v4.new_code_cell(source)]
+    )
+    solution = make_exercises.normalise_solution(nb, "https://github.com/o/r", "main", "01_x.ipynb")
+    with pytest.raises(make_exercises.SourceError, match="01_x.ipynb, cell 3"):
+        make_exercises.make_exercise(solution, "https://github.com/o/r", "main", "01_x.ipynb")
+
+
+def _execute(path: Path):
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        allow_errors=True,
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
+    return nb
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_exercise_fails_only_in_its_todo_cells(path):
+    """Run with every stub unfilled (fresh kernel): only TODO cells (and cells tagged
+    ``depends-on-exercise``) raise, always NotImplementedError; every check says "not done yet"."""
+    nb = _execute(ROOT / "exercises" / path.name)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        top_level_stub = any(
+            line.startswith("raise NotImplementedError") for line in cell.source.splitlines()
+        )
+        allowed = bool(STUB.search(cell.source)) or "depends-on-exercise" in cell.metadata.get(
+            "tags", []
+        )
+        where = f"{path.name} cell {index} (id {cell.id})"
+        if errors:
+            assert allowed, f"{where} raised {errors[0].ename}: {errors[0].evalue}"
+            assert errors[0].ename == "NotImplementedError", (
+                f"{where} raised {errors[0].ename}: {errors[0].evalue}"
+            )
+        assert not (top_level_stub and not errors), f"{where}: its stub did not raise"
+        if CHECK_CALL.search(cell.source):
+            text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+            assert "not done yet" in text, f"{where}: the check printed {text!r}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_chapter_links_its_exercise_notebook(path):
+    """Each chapter's Exercises section carries the Colab badge of its exercise notebook
+    (`python scripts/make_exercises.py --chapter-links` prints the cell to paste)."""
+    chapter = ROOT / "book" / path.name
+    assert chapter.exists(), f"book/{path.name} is missing"
+    url, branch = make_exercises.repository()
+    badge = make_exercises.badge_source(url, branch, "exercises", path.name)
+    markdown = [
+        c.source for c in nbformat.read(chapter, as_version=4).cells if c.cell_type == "markdown"
+    ]
+    assert any(badge in text for text in markdown), f"book/{path.name} does not link {badge}"

@@ -1,0 +1,144 @@
+"""Metrics: Fisher divergence, mode weights, MMD, energy distance and the digits quality figures."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import torch
+
+from scorelab import metrics
+from scorelab.data import load_digits
+from scorelab.densities import GaussianMixture
+
+
+def gaussian_score(x):
+    return -x
+
+
+def test_fisher_divergence_of_known_score_errors():
+    x = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0))
+    assert metrics.fisher_divergence(gaussian_score, gaussian_score, x) == 0.0
+    # A doubled score errs by exactly the true score: the relative divergence is 1.
+    absolute = metrics.fisher_divergence(lambda p: -2 * p, gaussian_score, x)
+    assert absolute == pytest.approx(float((x**2).sum(1).mean()), rel=1e-5)
+    doubled = metrics.fisher_divergence(lambda p: -2 * p, gaussian_score, x, relative=True)
+    zero = metrics.fisher_divergence(torch.zeros_like, gaussian_score, x, relative=True)
+    assert doubled == pytest.approx(1.0) and zero == pytest.approx(1.0)
+    # Batching does not change the figure.
+    small_batches = metrics.fisher_divergence(lambda p: -2 * p, gaussian_score, x, batch_size=7)
+    assert small_batches == pytest.approx(absolute, rel=1e-5)
+
+
+def test_fisher_divergence_refuses_bad_input():
+    x = torch.randn(10, 2)
+    with pytest.raises(ValueError, match="score_fn must return"):
+        metrics.fisher_divergence(lambda p: p[:, :1], gaussian_score, x)
+    with pytest.raises(ValueError, match="x must be a non-empty"):
+        metrics.fisher_divergence(gaussian_score, gaussian_score, torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="true score that is not zero"):
+        metrics.fisher_divergence(gaussian_score, torch.zeros_like, x, relative=True)
+
+
+def test_mode_weights_count_the_nearest_centre():
+    centers = torch.tensor([[5.0, 5.0], [-5.0, -5.0]])
+    x = torch.tensor([[4.0, 6.0], [1.0, 0.5], [-3.0, -9.0], [0.2, 0.1]])
+    torch.testing.assert_close(metrics.mode_weights(x, centers), torch.tensor([0.75, 0.25]))
+    mixture = GaussianMixture(torch.tensor([0.8, 0.2]), centers, torch.tensor([1.0, 1.0]))
+    samples = mixture.sample(20_000, generator=torch.Generator().manual_seed(0))
+    weights = metrics.mode_weights(samples, centers)
+    assert abs(float(weights[0]) - 0.8) < 4 * math.sqrt(0.8 * 0.2 / 20_000)
+    with pytest.raises(ValueError, match="centers"):
+        metrics.mode_weights(x, torch.zeros(2, 3))
+
+
+def test_mmd_and_energy_distance_equal_explicit_sums():
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 2, generator=generator), torch.randn(4, 2, generator=generator) + 1
+    a, b, h = x.double().numpy(), y.double().numpy(), 0.9
+
+    def mean_pairs(p, q, f, skip_diagonal):
+        values = [f(np.linalg.norm(u - v)) for i, u in enumerate(p) for j, v in enumerate(q)
+                  if not (skip_diagonal and i == j)]
+        return np.mean(values)
+
+    def k(d):
+        return np.exp(-d**2 / (2 * h**2))
+
+    expected_mmd = (mean_pairs(a, a, k, True) + mean_pairs(b, b, k, True)
+                    - 2 * mean_pairs(a, b, k, False))
+    assert metrics.mmd(x, y, bandwidth=h) == pytest.approx(expected_mmd, abs=1e-6)
+    expected_energy = (2 * mean_pairs(a, b, abs, False) - mean_pairs(a, a, abs, True)
+                       - mean_pairs(b, b, abs, True))
+    assert metrics.energy_distance(x, y) == pytest.approx(expected_energy, abs=1e-5)
+    pooled = np.concatenate([a, b])
+    distances = [np.linalg.norm(u - v) for i, u in enumerate(pooled) for v in pooled[i + 1:]]
+    # torch's median of an even count is the lower middle value.
+    lower_median = sorted(distances)[(len(distances) - 1) // 2]
+    assert metrics.median_bandwidth(x, y) == pytest.approx(lower_median, rel=1e-5)
+
+
+def test_mmd_and_energy_distance_separate_distributions():
+    generator = torch.Generator().manual_seed(1)
+    x, same = torch.randn(500, 2, generator=generator), torch.randn(500, 2, generator=generator)
+    shifted = torch.randn(500, 2, generator=generator) + torch.tensor([1.0, 0.0])
+    # Same distribution: U-statistics fluctuate around zero with standard error about 1/n.
+    assert abs(metrics.mmd(x, same)) < 0.01 and abs(metrics.energy_distance(x, same)) < 0.03
+    assert metrics.mmd(x, shifted) > 0.1 and metrics.energy_distance(x, shifted) > 0.3
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        metrics.mmd(x[:1], same)
+    with pytest.raises(ValueError, match="bandwidth"):
+        metrics.mmd(x, same, bandwidth=0.0)
+
+
+def test_frechet_distance_of_an_affine_copy():
+    # b = 2 a + 1: mean gap mean_a + 1 and covariance 4 C, so the trace term is
+    # tr(C + 4C - 2 * 2C) = tr(C).
+    a = np.random.default_rng(0).normal(size=(300, 4)) @ np.diag([1.0, 2.0, 0.5, 1.5])
+    b = 2 * a + 1
+    gap = a.mean(0) + 1
+    expected = gap @ gap + np.trace(np.cov(a, rowvar=False))
+    assert metrics.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train = load_digits("train", return_labels=True)
+    test = load_digits("test", return_labels=True)
+    return train, test, metrics.digits_classifier(*train)
+
+
+def test_digits_classifier_is_accurate_and_confident_only_on_digits(digits):
+    _, (test_images, test_labels), classifier = digits
+    predicted = classifier.predict(test_images.reshape(-1, 64).numpy())
+    assert (predicted == test_labels.numpy()).mean() > 0.95
+    assert metrics.classifier_confidence(classifier, test_images) > 0.6
+    noise = torch.rand(500, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert metrics.classifier_confidence(classifier, noise) < 0.15
+    shares = metrics.class_coverage(classifier, test_images)
+    assert shares.shape == (10,) and shares.sum() == pytest.approx(1.0) and shares.min() > 0.08
+    only_zeros = test_images[test_labels == 0]
+    assert metrics.class_coverage(classifier, only_zeros)[0] > 0.95
+
+
+def test_pca_frechet_distance_reproduces_its_calibration(digits):
+    (train_images, _), (test_images, test_labels), _ = digits
+    real = metrics.pca_frechet_distance(test_images, train_images, train_images)
+    blurred = scipy.ndimage.gaussian_filter(test_images.numpy(), sigma=(0, 0, 0.6, 0.6))
+    blurred_distance = metrics.pca_frechet_distance(blurred, train_images, train_images)
+    half = metrics.pca_frechet_distance(test_images[test_labels >= 5], train_images, train_images)
+    assert real < 0.1
+    assert 0.5 < blurred_distance < 1.0 and 0.4 < half < 0.8
+
+
+def test_digit_metrics_refuse_bad_images(digits):
+    classifier = digits[2]
+    with pytest.raises(ValueError, match="samples must hold 8x8 images"):
+        metrics.classifier_confidence(classifier, torch.zeros(3, 7, 7))
+    with pytest.raises(ValueError, match="samples must hold finite"):
+        metrics.class_coverage(classifier, torch.full((3, 64), float("nan")))
+    with pytest.raises(ValueError, match="threshold"):
+        metrics.classifier_confidence(classifier, torch.zeros(3, 64), threshold=1.5)
+    with pytest.raises(ValueError, match="labels must be given"):
+        metrics.digits_classifier(torch.zeros(3, 64))

@@ -1,0 +1,88 @@
+"""The annealed DSM loss of NCSN and its training loop."""
+
+import torch
+
+from scorelab.ncsn import NCSN, default_sigmas, train_NCSN
+
+
+def _model(seed=0, ngf=4):
+    torch.manual_seed(seed)
+    return NCSN(ngf=ngf, sigmas=default_sigmas(1.0, 0.05, 4))
+
+
+def test_loss_equals_hand_computation():
+    model = _model()
+    x = torch.rand(6, 1, 8, 8)
+    loss = model.loss(x, generator=torch.Generator().manual_seed(3))
+    # Same draws as the loss: the level of each example, then the noise.
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(4, (6,), generator=g)
+    noise = torch.randn(x.shape, generator=g)
+    sigma = model.sigmas[labels].reshape(6, 1, 1, 1)
+    noisy = x + sigma * noise
+    target = -(noisy - x) / sigma**2  # score of N(x, sigma^2 I) at the noisy point
+    score = model(noisy, labels)
+    expected = (0.5 * sigma.flatten() ** 2 * ((score - target) ** 2).sum(dim=(1, 2, 3))).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_one_training_step_lowers_the_loss_on_a_fixed_batch():
+    model = _model()
+    x = torch.rand(16, 1, 8, 8)
+    fixed = lambda: model.loss(x, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = fixed()
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = fixed()
+    assert after < before
+
+
+def test_training_is_reproducible_and_ends_on_the_ema_weights(tmp_path):
+    data = torch.rand(40, 1, 8, 8)
+    runs = []
+    for _ in range(2):
+        model = _model()
+        losses = train_NCSN(model, data, n_steps=6, batch_size=8, seed=1, progress=False)
+        runs.append((losses, model.state_dict()))
+    assert runs[0][0] == runs[1][0] and len(runs[0][0]) == 6
+    for key, value in runs[0][1].items():
+        assert torch.equal(value, runs[1][1][key])
+
+
+def test_final_weights_are_the_exponential_moving_average():
+    data = torch.rand(40, 1, 8, 8)
+    model = _model()
+    shadow = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def record(step, loss):  # the EMA recurrence, by hand, from the raw weights of each step
+        for k, v in model.state_dict().items():
+            shadow[k] = 0.9 * shadow[k] + 0.1 * v if v.is_floating_point() else v.clone()
+
+    train_NCSN(model, data, n_steps=5, batch_size=8, seed=1, ema_rate=0.9, progress=False, callback=record)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, shadow[key], rtol=1e-5, atol=1e-6)
+
+
+def test_training_rejects_data_of_the_wrong_shape():
+    import pytest
+
+    with pytest.raises(ValueError, match="data must have shape"):
+        train_NCSN(_model(), torch.rand(10, 3, 8, 8), n_steps=1, batch_size=2, progress=False)
+
+
+def test_samples_are_images_on_the_data_scale_and_grids_are_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from scorelab.ncsn import image_samples
+
+    model = _model()
+    images, path = model.sample(5, generator=torch.Generator().manual_seed(0), n_steps_each=3, snapshots=True)
+    assert images.shape == (5, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
+    # One frame at the start, one per level, and the denoised images.
+    assert path.shape == (1 + 4 + 1, 5, 1, 8, 8)
+    torch.testing.assert_close(path[-1], images)
+    figure = image_samples(model, images=images, nrow=5)
+    assert len(figure.axes) == 1

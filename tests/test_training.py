@@ -1,0 +1,378 @@
+"""Score-matching losses against independent computations, minimisers, training and bad input."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from scorelab.densities import GaussianMixture
+from scorelab.metrics import fisher_divergence
+from scorelab.nets import BasicNetwork, NoiseConditionalNetwork
+from scorelab.training import (
+    AnnealedDenoisingScoreMatching,
+    DenoisingScoreMatching,
+    ExactScoreMatching,
+    SlicedScoreMatching,
+    TrainingDivergedError,
+    annealed_dsm_loss,
+    dsm_loss,
+    exact_score_matching_loss,
+    sliced_score_matching_loss,
+)
+
+torch.set_default_dtype(torch.float32)
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class AffineScore(nn.Module):
+    """s(x) = A x + b: its Jacobian is A everywhere, so every loss has a closed form."""
+
+    def __init__(self, matrix: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.matrix = nn.Parameter(matrix.clone())
+        self.bias = nn.Parameter(bias.clone())
+
+    def forward(self, x):
+        return x @ self.matrix.T + self.bias
+
+
+def fixed_affine(dtype=torch.float64):
+    matrix = torch.tensor([[-1.0, 0.3, 0.0], [0.5, -2.0, 0.2], [0.1, 0.4, -0.7]], dtype=dtype)
+    return AffineScore(matrix, torch.tensor([0.2, -0.1, 0.3], dtype=dtype))
+
+
+def points(n=4, dim=3, seed=1, dtype=torch.float64):
+    return torch.randn(n, dim, generator=seeded(seed), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Each loss equals an independent computation
+# ----------------------------------------------------------------------------------------------
+
+
+def test_dsm_loss_equals_its_definition():
+    model, x, sigma = fixed_affine(), points(), 0.7
+    loss = dsm_loss(model, x, sigma, generator=seeded(5))
+    noise = torch.randn(x.shape, generator=seeded(5), dtype=x.dtype)
+    x_noisy = x + sigma * noise
+    target = -(x_noisy - x) / sigma**2  # score of N(x_noisy; x, sigma^2 I)
+    expected = 0.5 * ((model(x_noisy) - target) ** 2).sum(dim=1)
+    assert loss.shape == (4,)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_exact_loss_equals_jacobian_trace_of_a_network():
+    torch.manual_seed(0)
+    model = BasicNetwork(input_dim=3, hidden_dims=(16, 16)).double()
+    x = points()
+    loss = exact_score_matching_loss(model, x)
+    expected = torch.stack([
+        torch.trace(torch.autograd.functional.jacobian(lambda p: model(p[None])[0], point))
+        + 0.5 * (model(point[None])[0] ** 2).sum()
+        for point in x
+    ])
+    torch.testing.assert_close(loss, expected.detach())
+
+
+def test_ssm_loss_with_given_directions_equals_its_definition():
+    model, x = fixed_affine(), points()
+    loss = sliced_score_matching_loss(model, x, n_projections=3, generator=seeded(2))
+    v = torch.randn(3, *x.shape, generator=seeded(2), dtype=x.dtype)  # (M, N, D): the same draws
+    score = model(x)
+    quadratic = torch.einsum("mnd,de,mne->mn", v, model.matrix, v)  # v^T A v
+    expected = (quadratic + 0.5 * (v * score).sum(-1) ** 2).mean(0)
+    torch.testing.assert_close(loss, expected.detach())
+
+
+def test_ssm_vr_is_ssm_with_the_closed_form_norm():
+    model, x = fixed_affine(), points()
+    kwargs = dict(n_projections=5, projection="rademacher")
+    plain = sliced_score_matching_loss(model, x, generator=seeded(3), **kwargs)
+    reduced = sliced_score_matching_loss(
+        model, x, variance_reduction=True, generator=seeded(3), **kwargs
+    )
+    v = torch.randn(5, *x.shape, generator=seeded(3), dtype=x.dtype).sign()
+    score = model(x).detach()
+    sliced_norm = 0.5 * ((v * score).sum(-1) ** 2).mean(0)  # the Monte-Carlo 1/2 (v^T s)^2
+    torch.testing.assert_close(reduced - plain, 0.5 * (score**2).sum(-1) - sliced_norm)
+
+
+@pytest.mark.parametrize("projection", ["gaussian", "rademacher", "sphere"])
+@pytest.mark.parametrize("variance_reduction", [False, True])
+def test_ssm_expectation_matches_the_exact_loss(projection, variance_reduction):
+    # Many independent single-projection estimates at one point: their mean must match the
+    # exact loss within the Monte-Carlo error (5 standard errors).
+    torch.manual_seed(0)
+    model = BasicNetwork(input_dim=3, hidden_dims=(16,)).double()
+    x = points(n=1).expand(20_000, 3)
+    estimates = sliced_score_matching_loss(
+        model, x, projection=projection, variance_reduction=variance_reduction,
+        generator=seeded(4),
+    ).detach()
+    exact = exact_score_matching_loss(model, x[:1]).detach()[0]
+    standard_error = estimates.std() / math.sqrt(len(estimates))
+    assert abs(estimates.mean() - exact) < 5 * standard_error
+
+
+def test_ssm_averages_its_projections():
+    model, x = fixed_affine(), points()
+    many = sliced_score_matching_loss(model, x, n_projections=4, generator=seeded(9))
+    single = sliced_score_matching_loss(
+        model, x.repeat(4, 1), generator=seeded(9)
+    ).reshape(4, -1)
+    torch.testing.assert_close(many, single.mean(0))
+
+
+def test_trainer_loss_is_the_mean_of_the_per_example_loss():
+    torch.manual_seed(0)
+    model = NoiseConditionalNetwork(input_dim=2, n_levels=3, hidden_dims=(8,))
+    sigmas = torch.tensor([2.0, 1.0, 0.5])
+    x = points(n=6, dim=2, dtype=torch.float32)
+    trainer = AnnealedDenoisingScoreMatching(model, sigmas)
+    loss = trainer.loss(x, generator=seeded(1))
+    expected = annealed_dsm_loss(model, x, sigmas, generator=seeded(1)).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# Minimisers: a linear score model on Gaussian data
+# ----------------------------------------------------------------------------------------------
+
+COVARIANCE = torch.tensor([[1.0, 0.6], [0.6, 2.0]], dtype=torch.float64)
+MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)
+
+
+def gaussian_data(n=20_000):
+    noise = torch.randn(n, 2, generator=seeded(0), dtype=torch.float64)
+    return MEAN + noise @ torch.linalg.cholesky(COVARIANCE).T
+
+
+def minimise(loss_fn, model):
+    """Minimise a loss whose noise is frozen (re-seeded every call): a deterministic quadratic."""
+    optimizer = torch.optim.LBFGS(model.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_fn(seeded(11)).mean()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return model.matrix.detach(), model.bias.detach()
+
+
+def test_dsm_minimiser_is_the_perturbed_gaussian_score():
+    sigma, x = 0.8, gaussian_data()
+    model = AffineScore(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    matrix, bias = minimise(lambda g: dsm_loss(model, x, sigma, generator=g), model)
+    precision = torch.linalg.inv(COVARIANCE + sigma**2 * torch.eye(2, dtype=torch.float64))
+    # Least squares on 20,000 points: coefficients to about 0.01 (several standard errors).
+    torch.testing.assert_close(matrix, -precision, atol=0.03, rtol=0)
+    torch.testing.assert_close(bias, precision @ MEAN, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("projection", ["gaussian", "rademacher", "sphere"])
+@pytest.mark.parametrize("variance_reduction", [False, True])
+def test_ssm_minimiser_is_the_clean_gaussian_score(projection, variance_reduction):
+    # The origin's unit-sphere bug learned score / D; every option here must learn the score.
+    x = gaussian_data(5_000)
+    model = AffineScore(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    matrix, _ = minimise(
+        lambda g: sliced_score_matching_loss(
+            model, x, n_projections=4, projection=projection,
+            variance_reduction=variance_reduction, generator=g,
+        ),
+        model,
+    )
+    # The identity when matrix = -C^{-1}.
+    ratio = torch.linalg.solve(-torch.linalg.inv(COVARIANCE), matrix)
+    torch.testing.assert_close(ratio, torch.eye(2, dtype=torch.float64), atol=0.1, rtol=0)
+
+
+def test_exact_minimiser_is_the_clean_gaussian_score():
+    x = gaussian_data(5_000)
+    model = AffineScore(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    matrix, bias = minimise(lambda g: exact_score_matching_loss(model, x), model)
+    sample_precision = torch.linalg.inv(torch.cov(x.T, correction=0))  # the 1/N covariance
+    # Exact score matching of a Gaussian model is the moment estimator: no noise to average out.
+    torch.testing.assert_close(matrix, -sample_precision, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bias, sample_precision @ x.mean(0), atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+MIXTURE = GaussianMixture(
+    torch.tensor([0.7, 0.3]), torch.tensor([[1.5, 0.0], [-1.5, 0.0]]), torch.tensor([0.3, 0.3])
+)
+
+
+@pytest.mark.parametrize(
+    ("make_trainer", "target"),
+    [
+        # DSM learns the score of the perturbed mixture; SSM and exact SM the clean one.
+        (lambda model: DenoisingScoreMatching(model, sigma=0.3, lr=3e-3), MIXTURE.perturbed(0.3)),
+        (lambda model: SlicedScoreMatching(model, variance_reduction=True, lr=3e-3), MIXTURE),
+        (lambda model: ExactScoreMatching(model, lr=3e-3), MIXTURE),
+    ],
+    ids=["dsm", "ssm-vr", "exact"],
+)
+def test_short_training_lowers_the_fisher_divergence(make_trainer, target):
+    torch.manual_seed(0)
+    generator = seeded(0)
+    model = BasicNetwork(input_dim=2, hidden_dims=(32, 32))
+    data = MIXTURE.sample(2_000, generator=generator)
+    x_eval = target.sample(2_000, generator=generator)
+    before = fisher_divergence(model, target.score, x_eval, relative=True)
+    history = make_trainer(model).train(
+        data, n_steps=300, batch_size=128, generator=generator, progress=False
+    )
+    after = fisher_divergence(model, target.score, x_eval, relative=True)
+    assert len(history) == 300 and all(math.isfinite(value) for value in history)
+    assert after < 0.3 * before and after < 0.3, (before, after)
+
+
+def test_train_is_reproducible_and_calls_back():
+    def run():
+        torch.manual_seed(0)
+        model = BasicNetwork(input_dim=2, hidden_dims=(8,))
+        calls = []
+        history = SlicedScoreMatching(model).train(
+            MIXTURE.sample(100, generator=seeded(1)), n_steps=5, batch_size=10,
+            generator=seeded(2), callback=lambda step, loss: calls.append((step, loss)),
+            progress=False,
+        )
+        return history, calls
+
+    (first, calls), (second, _) = run(), run()
+    assert first == second
+    assert calls == list(enumerate(first))
+
+
+def test_train_takes_a_sampler_and_batches_without_replacement():
+    model = BasicNetwork(input_dim=2, hidden_dims=(8,))
+    trainer = DenoisingScoreMatching(model, sigma=0.5)
+    seen = []
+    def sampler(n):
+        seen.append(n)
+        return torch.zeros(n, 2)
+
+    history = trainer.train(sampler, n_steps=3, batch_size=7, progress=False)
+    assert seen == [7, 7, 7] and len(history) == 3
+    data = torch.arange(20.0).reshape(10, 2)
+    batches = []
+    original_step = trainer.step
+
+    def recording_step(x, generator=None):
+        batches.append(x)
+        return original_step(x, generator=generator)
+
+    trainer.step = recording_step
+    trainer.train(data, n_steps=2, batch_size=5, replacement=False, progress=False)
+    # Two batches of one pass: each example exactly once.
+    assert sorted(torch.cat(batches)[:, 0].tolist()) == data[:, 0].tolist()
+
+
+def test_step_returns_the_loss_before_the_update():
+    torch.manual_seed(0)
+    model = BasicNetwork(input_dim=2, hidden_dims=(8,))
+    trainer = ExactScoreMatching(model, lr=0.1)
+    x = points(n=16, dim=2, dtype=torch.float32)
+    before = float(trainer.loss(x).detach())
+    assert trainer.step(x) == pytest.approx(before)
+    assert float(trainer.loss(x).detach()) != pytest.approx(before)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input and divergence
+# ----------------------------------------------------------------------------------------------
+
+
+class WrongShape(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(()))
+
+    def forward(self, x, *labels):
+        return self.weight * x[:, :1]  # (N, 1) instead of (N, D)
+
+
+@pytest.mark.parametrize(
+    "make_trainer",
+    [
+        lambda model: DenoisingScoreMatching(model, sigma=1.0),
+        lambda model: SlicedScoreMatching(model),
+        lambda model: ExactScoreMatching(model),
+        lambda model: AnnealedDenoisingScoreMatching(model, torch.tensor([1.0, 0.5])),
+    ],
+)
+def test_a_model_of_the_wrong_output_shape_is_refused(make_trainer):
+    with pytest.raises(ValueError, match="model must return a score of the input's shape"):
+        make_trainer(WrongShape()).loss(torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("sigma", [0.0, -1.0, float("nan")])
+def test_non_positive_sigma_is_refused(sigma):
+    with pytest.raises(ValueError, match="sigma"):
+        DenoisingScoreMatching(BasicNetwork(), sigma=sigma)
+    with pytest.raises(ValueError, match="sigma"):
+        dsm_loss(BasicNetwork(), torch.zeros(3, 2), sigma)
+
+
+def test_bad_sigmas_projections_and_learning_rates_are_refused():
+    with pytest.raises(ValueError, match="sigmas"):
+        AnnealedDenoisingScoreMatching(BasicNetwork(), torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="n_projections"):
+        SlicedScoreMatching(BasicNetwork(), n_projections=0)
+    with pytest.raises(ValueError, match="n_projections"):
+        sliced_score_matching_loss(BasicNetwork(), torch.zeros(3, 2), n_projections=0)
+    with pytest.raises(ValueError, match="projection"):
+        SlicedScoreMatching(BasicNetwork(), projection="uniform")
+    with pytest.raises(ValueError, match="lr"):
+        ExactScoreMatching(BasicNetwork(), lr=0)
+
+
+def test_bad_data_and_batch_sizes_are_refused():
+    trainer = DenoisingScoreMatching(BasicNetwork(), sigma=1.0)
+    with pytest.raises(ValueError, match="data must hold at least one example"):
+        trainer.train(torch.zeros(0, 2), n_steps=1, batch_size=1, progress=False)
+    with pytest.raises(ValueError, match="batch_size .* must not exceed"):
+        trainer.train(torch.zeros(5, 2), n_steps=1, batch_size=6, replacement=False, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        trainer.train(torch.zeros(5, 2), n_steps=1, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="n_steps"):
+        trainer.train(torch.zeros(5, 2), n_steps=0, batch_size=1, progress=False)
+    with pytest.raises(ValueError, match="data must be a tensor"):
+        trainer.train([[0.0, 0.0]], n_steps=1, batch_size=1, progress=False)
+    with pytest.raises(ValueError, match="x must be a non-empty tensor"):
+        trainer.loss(torch.zeros(0, 2))
+
+
+class BlowsUpAtCall(nn.Module):
+    """A linear score whose output becomes NaN from its ``bad_call``-th call on."""
+
+    def __init__(self, bad_call):
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+        self.calls, self.bad_call = 0, bad_call
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.linear(x)
+        return out * float("nan") if self.calls >= self.bad_call else out
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_the_last_finite_loss():
+    model = BlowsUpAtCall(bad_call=4)
+    trainer = DenoisingScoreMatching(model, sigma=1.0)
+    history = []
+    with pytest.raises(TrainingDivergedError, match=r"step 3: .*last finite loss (\S+)\.") as info:
+        trainer.train(torch.ones(10, 2), n_steps=10, batch_size=2,
+                      callback=lambda step, value: history.append(value), progress=False)
+    assert f"{history[-1]:.4g}" in str(info.value)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # no update with the NaN loss
