@@ -8,7 +8,7 @@ BOOK_BUILD := $(VENV)/bin/jupyter-book build book/ --config _config.yml --toc "$
 # Notebook tests: each notebook runs in a fresh kernel; cells marked NBVAL_CHECK_OUTPUT compare output.
 NBVAL := $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -n 2 --dist loadscope
 
-.PHONY: install book test test-package test-notebooks bench bench-quick strip clean clean-cache
+.PHONY: install book test test-package test-notebooks bench bench-quick strip exercises exercises-check clean clean-cache
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,13 @@ bench-quick: install
 # Execute notebooks in place and keep only the outputs nbval checks (run after editing a chapter).
 strip: install
 	$(PY) scripts/strip_outputs.py book/*.ipynb solutions/*.ipynb
+
+# exercises/ is generated from solutions/ (the single source): regenerate, or check it is up to date.
+exercises: install
+	$(PY) scripts/make_exercises.py
+
+exercises-check: install
+	$(PY) scripts/make_exercises.py --check
 
 # The execution cache does not see changes in lib/: clear it after changing the package.
 clean-cache:

@@ -187,13 +187,17 @@ def test_exercise_fails_only_in_its_todo_cells(path):
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_chapter_links_its_exercise_notebook(path):
-    """Each chapter's Exercises section carries the Colab badge of its exercise notebook
-    (`python scripts/make_exercises.py --chapter-links` prints the cell to paste)."""
+    """Each chapter's Exercises section links its exercise notebook in Colab (the cell that
+    `python scripts/make_exercises.py --chapter-links` prints carries the badge)."""
     chapter = ROOT / "book" / path.name
     assert chapter.exists(), f"book/{path.name} is missing"
     url, branch = make_exercises.repository()
-    badge = make_exercises.badge_source(url, branch, "exercises", path.name)
-    markdown = [
-        c.source for c in nbformat.read(chapter, as_version=4).cells if c.cell_type == "markdown"
-    ]
-    assert any(badge in text for text in markdown), f"book/{path.name} does not link {badge}"
+    org_repo = url.removeprefix("https://github.com/")
+    target = (
+        f"https://colab.research.google.com/github/{org_repo}/blob/{branch}/exercises/{path.name}"
+    )
+    cells = nbformat.read(chapter, as_version=4).cells
+    markdown = [c.source for c in cells if c.cell_type == "markdown"]
+    assert any(f"]({target})" in text for text in markdown), (
+        f"book/{path.name} does not link {target}"
+    )

@@ -137,7 +137,7 @@ def step_costs(
     *,
     hidden_dims=COST_HIDDEN_DIMS,
     batch_size: int = COST_BATCH_SIZE,
-    repeats: int = 5,
+    repeats: int = 9,
     seed: int = 0,
 ) -> list[dict]:
     """Seconds per Adam step of exact SM and SSM-VR for each dimension.
@@ -183,7 +183,7 @@ def accuracy(*, quick: bool) -> list[dict]:
 @register(SECTION)
 def cost_per_step(*, quick: bool) -> list[dict]:
     """Rows: seconds per step of exact SM and SSM-VR by dimension, and their growth."""
-    costs = step_costs(repeats=3 if quick else 5)
+    costs = step_costs(repeats=5 if quick else 9)
     note = f"BasicNetwork(D, {COST_HIDDEN_DIMS}), batch {COST_BATCH_SIZE}"
     rows = [row(SECTION, f"{method} step, D={cost['dim']}", cost[key], unit="s", note=note)
             for cost in costs for method, key in (("exact SM", "exact"), ("SSM-VR", "ssm"))]
