@@ -5,9 +5,9 @@ import torch
 from scorelab.ncsn import NCSN, default_sigmas, train_NCSN
 
 
-def _model(seed=0, ngf=4):
+def _model(seed=0, ngf=4, n_steps_each=100):
     torch.manual_seed(seed)
-    return NCSN(ngf=ngf, sigmas=default_sigmas(1.0, 0.05, 4))
+    return NCSN(ngf=ngf, sigmas=default_sigmas(1.0, 0.05, 4), n_steps_each=n_steps_each)
 
 
 def test_loss_equals_hand_computation():
@@ -86,3 +86,14 @@ def test_samples_are_images_on_the_data_scale_and_grids_are_figures():
     torch.testing.assert_close(path[-1], images)
     figure = image_samples(model, images=images, nrow=5)
     assert len(figure.axes) == 1
+
+
+def test_training_writes_sample_grids_without_changing_the_run(tmp_path):
+    data = torch.rand(16, 1, 8, 8)
+    with_grids, plain = _model(n_steps_each=2), _model(n_steps_each=2)
+    losses = train_NCSN(with_grids, data, n_steps=2, batch_size=4, out_dir=tmp_path, sample_every=2,
+                        n_samples=4, progress=False)
+    assert (tmp_path / "samples_step_0000002.png").stat().st_size > 0
+    assert losses == train_NCSN(plain, data, n_steps=2, batch_size=4, progress=False)
+    for key, value in with_grids.state_dict().items():
+        assert torch.equal(value, plain.state_dict()[key])

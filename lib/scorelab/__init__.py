@@ -10,6 +10,7 @@ Modules, one idea each:
 - :mod:`scorelab.ncsn`        the Noise Conditional Score Network (CondRefineNetDilated)
 - :mod:`scorelab.data`        toy data sets and the 8x8 digits
 - :mod:`scorelab.metrics`     Fisher divergence, mode weights, MMD, sample quality
+- :mod:`scorelab.widgets`     sliders over figures (mixture weights, step size, noise level)
 - :mod:`scorelab.seeding`     one call that makes a notebook reproducible
 
 Every score function follows one contract: ``score_fn(x)`` (or ``score_fn(x, sigma)``

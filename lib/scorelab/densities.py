@@ -38,6 +38,29 @@ def _as_float64(name: str, value) -> torch.Tensor:
     return tensor
 
 
+def _check_x(x, dim: int) -> torch.Tensor:
+    """Points of shape (N, dim), floating, with values (not 'meta'), all finite; else ValueError."""
+    x = check_points("x", x, dim)
+    # A 'meta' tensor has no values: the NaN check below would fail on it with a RuntimeError.
+    if x.device.type == "meta":
+        raise ValueError(
+            "x must hold values on a real device (cpu, cuda, ...), got a 'meta' tensor"
+        )
+    # NaN or infinite points are a caller's bug; left alone they would come back as NaN.
+    # A finite sum proves every entry finite at the cost of one sum (samplers call this every
+    # step); only a non-finite sum, which may be an overflow, needs the element-wise check.
+    if not math.isfinite(x.sum().item()) and not torch.isfinite(x).all():
+        raise ValueError("x must contain only finite values (no NaN or infinity)")
+    return x
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+
+
 def _check_weights(weights) -> torch.Tensor:
     weights = _as_float64("weights", weights)
     if weights.ndim != 1 or weights.numel() == 0:
@@ -247,7 +270,7 @@ class GaussianMixture:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log-density, shape (N,), for points ``x`` of shape (N, D)."""
-        x = check_points("x", x, self.dim)
+        x = _check_x(x, self.dim)
         joint, _ = self._joint_log_prob(x)
         return torch.logsumexp(joint, dim=0)
 
@@ -257,13 +280,13 @@ class GaussianMixture:
 
     def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
         """Posterior component probabilities r_k(x), shape (N, K), each row summing to one."""
-        x = check_points("x", x, self.dim)
+        x = _check_x(x, self.dim)
         joint, _ = self._joint_log_prob(x)
         return torch.softmax(joint, dim=0).T.contiguous()  # (N, K)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         r"""The score :math:`\nabla_x \log p(x)` in closed form, shape (N, D), for ``x`` (N, D)."""
-        x = check_points("x", x, self.dim)
+        x = _check_x(x, self.dim)
         params = self._params(x)
         joint, diff = self._joint_log_prob(x)
         # Flooring the log-ratios at -80 keeps exp() out of the subnormal range, whose arithmetic
@@ -282,6 +305,7 @@ class GaussianMixture:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` samples, shape (n, D): a component by weight, then its Gaussian."""
         n = check_positive_int("n", n)
+        _check_generator(generator)
         components = torch.multinomial(
             self._weights, n, replacement=True, generator=generator
         )  # (n,)
@@ -386,7 +410,7 @@ class Banana:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log-density, shape (N,), for points ``x`` of shape (N, 2)."""
-        x = check_points("x", x, 2)
+        x = _check_x(x, 2)
         y1 = self._untwist(x)
         quadratic = (x[:, 0] / self.scale).square() + y1.square()  # (N,)
         return -0.5 * quadratic - _LOG_2PI - math.log(self.scale)
@@ -397,7 +421,7 @@ class Banana:
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """The score in closed form (chain rule through the twist included), shape (N, 2)."""
-        x = check_points("x", x, 2)
+        x = _check_x(x, 2)
         y1 = self._untwist(x)
         s0 = -x[:, 0] / self.scale**2 - 2.0 * self.curvature * x[:, 0] * y1
         return torch.stack([s0, -y1], dim=1)  # (N, 2)
@@ -405,6 +429,7 @@ class Banana:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` samples, shape (n, 2): x_0 = a z_0, x_1 = z_1 - b (x_0^2 - a^2)."""
         n = check_positive_int("n", n)
+        _check_generator(generator)
         z = torch.randn(n, 2, generator=generator)  # (n, 2)
         x0 = self.scale * z[:, 0]
         x1 = z[:, 1] - self.curvature * (x0.square() - self.scale**2)
@@ -488,7 +513,7 @@ class PerturbedBanana:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log-density of the perturbed banana, shape (N,), for ``x`` of shape (N, 2)."""
-        x = check_points("x", x, 2)
+        x = _check_x(x, 2)
         log_terms, _, _ = self._terms(x)
         log_x0 = -0.5 * (x[:, 0].square() / self._x0_variance + math.log(self._x0_variance))
         log_y = -0.5 * math.log(self._y_variance)
@@ -505,7 +530,7 @@ class PerturbedBanana:
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Gradient of ``log_prob`` in closed form, shape (N, 2)."""
-        x = check_points("x", x, 2)
+        x = _check_x(x, 2)
         log_terms, u, y = self._terms(x)
         node_weights = torch.softmax(log_terms, dim=1)  # (N, J): posterior weight of each node
         pull = y / self._y_variance  # (N, J): -d log N(y_j) / d y_j

@@ -6,7 +6,7 @@ Step-size convention (the NCSN paper's): one step is
 
 The authors' ncsn code writes ``step_size * score + sqrt(2 step_size) z`` instead, which is
 this update with twice the number. Every sampler is vectorised over particles, accepts
-``x0`` of any shape (N, *D) (points or images), runs under ``torch.no_grad()`` (a score
+``x0`` of any shape ``(N, *D)`` (points or images), runs under ``torch.no_grad()`` (a score
 function that needs autograd must switch it on itself with ``torch.enable_grad()``), and
 checks every ``check_every`` steps, and at the end, that no particle became NaN or
 infinite. The particles are updated in place, on a copy of ``x0``: a score function that
@@ -16,6 +16,7 @@ wants to keep the states it sees must clone them.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -24,7 +25,11 @@ from tqdm.auto import tqdm
 from scorelab._tensors import sum_except_batch
 from scorelab._validation import check_positive, check_positive_int, check_score_shape
 
-__all__ = ["geometric_sigmas", "langevin_dynamics", "annealed_langevin_dynamics", "mala"]
+__all__ = ["geometric_sigmas", "langevin_dynamics", "annealed_langevin_dynamics", "mala",
+           "trajectory_bytes", "TRAJECTORY_WARNING_BYTES"]
+
+#: A recorded trajectory larger than this (bytes) triggers a warning before sampling starts.
+TRAJECTORY_WARNING_BYTES = 512 * 2**20
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 NoiseConditionalScoreFn = Callable[[torch.Tensor, float], torch.Tensor]
@@ -59,16 +64,31 @@ def _check_x0(x0) -> torch.Tensor:
         )
     if not x0.is_floating_point():
         raise ValueError(f"x0 must be a floating-point tensor, got dtype {x0.dtype}")
+    # A meta tensor has no values to sample from (and would fail the finiteness check obscurely).
+    if x0.device.type == "meta":
+        raise ValueError(
+            "x0 must hold values on a real device (cpu, cuda, ...), got a 'meta' tensor"
+        )
     if not torch.isfinite(x0).all():
-        raise ValueError("x0 must contain only finite values")
+        raise ValueError("x0 must contain only finite values (no NaN or infinity)")
     return x0
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
 
 
 def _check_sigmas(sigmas) -> list[float]:
     try:
-        values = torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()
+        tensor = torch.as_tensor(sigmas, dtype=torch.float64, device="cpu")
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"sigmas must be a sequence of positive numbers, got {sigmas!r}") from None
+    if tensor.ndim > 1:
+        raise ValueError(f"sigmas must have shape (L,), got shape {tuple(tensor.shape)}")
+    values = tensor.reshape(-1).tolist()
     if len(values) == 0:
         raise ValueError("sigmas must hold at least one noise level")
     if not all(math.isfinite(s) and s > 0 for s in values):
@@ -78,12 +98,36 @@ def _check_sigmas(sigmas) -> list[float]:
     return values
 
 
+def trajectory_bytes(x0: torch.Tensor, n_steps: int, record_every: int = 1, extra: int = 0) -> int:
+    """Bytes that a trajectory of ``1 + n_steps // record_every + extra`` frames of ``x0`` takes."""
+    n_frames = 1 + n_steps // record_every + extra
+    return n_frames * x0.numel() * x0.element_size()
+
+
+def _format_bytes(n_bytes: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
 class _Recorder:
     """Keeps the initial state and every ``record_every``-th state in one preallocated tensor."""
 
     def __init__(self, x0: torch.Tensor, n_steps: int, record_every: int, extra: int = 0) -> None:
         self.every = record_every
         n_frames = 1 + n_steps // record_every + extra
+        self.n_bytes = trajectory_bytes(x0, n_steps, record_every, extra)
+        # Say what the trajectory will hold before allocating it: a warning only when it is large,
+        # so that chapters recording small trajectories stay quiet.
+        if self.n_bytes > TRAJECTORY_WARNING_BYTES:
+            warnings.warn(
+                f"return_trajectory will keep {n_frames} frames of shape {tuple(x0.shape)}: "
+                f"{self.n_bytes} bytes ({_format_bytes(self.n_bytes)}); raise record_every "
+                "or sample fewer particles to keep less",
+                UserWarning, stacklevel=5,  # the caller of the (no_grad-wrapped) sampler
+            )
         shape = (n_frames, *x0.shape)  # (T, N, *D)
         self.frames = torch.empty(shape, dtype=x0.dtype, device=x0.device)
         self.frames[0] = x0
@@ -97,6 +141,17 @@ class _Recorder:
     def append(self, x: torch.Tensor) -> None:
         self.frames[self.count] = x
         self.count += 1
+
+
+def _check_score(score, x: torch.Tensor) -> None:
+    """The score must have x's shape and live on x's device (the in-place update needs both)."""
+    check_score_shape("score_fn", score, x)
+    if score.device != x.device:
+        raise ValueError(
+            f"score_fn must return a tensor on the particles' device {x.device}, got {score.device}"
+        )
+    if not score.is_floating_point():
+        raise ValueError(f"score_fn must return a floating-point tensor, got dtype {score.dtype}")
 
 
 def _check_finite(x: torch.Tensor, step: int, step_size: float, what: str) -> None:
@@ -146,13 +201,13 @@ def _langevin_steps(
     check_every: int,
     what: str,
 ) -> torch.Tensor:
-    """Run ``n_steps`` updates x <- x + (a/2) s(x) + sqrt(a) z in place on ``x`` (N, *D)."""
+    """Run ``n_steps`` updates x <- x + (a/2) s(x) + sqrt(a) z in place on ``x`` ``(N, *D)``."""
     half_step, noise_scale = 0.5 * step_size, math.sqrt(step_size)
     for i in range(n_steps):
         step = first_step + i + 1
         score = score_fn(x)
         if step == 1:
-            check_score_shape("score_fn", score, x)
+            _check_score(score, x)
         # Refilling one noise buffer and updating x in place keeps the loop free of allocations.
         x.add_(score, alpha=half_step).add_(noise.normal(), alpha=noise_scale)
         if step % check_every == 0:
@@ -176,8 +231,11 @@ def _prepare(
 ):
     """Copy x0, and make the noise source, the trajectory recorder and the progress bar."""
     x = _check_x0(x0).detach().clone()
+    _check_generator(generator)
     record_every = check_positive_int("record_every", record_every)
     recorder = _Recorder(x, n_steps, record_every, extra_frames) if return_trajectory else None
+    if recorder is not None:
+        description = f"{description} (keeping {_format_bytes(recorder.n_bytes)})"
     bar = tqdm(total=n_steps, desc=description, leave=False) if progress else None
     return x, _RandomSource(x, generator), recorder, bar
 
@@ -203,8 +261,8 @@ def langevin_dynamics(
     Parameters
     ----------
     score_fn : callable
-        ``score_fn(x)`` returns the score at ``x``, a tensor of ``x``'s shape (N, *D).
-    x0 : Tensor, shape (N, *D)
+        ``score_fn(x)`` returns the score at ``x``, a tensor of ``x``'s shape ``(N, *D)``.
+    x0 : Tensor, shape ``(N, *D)``
         Initial particles (left unchanged).
     step_size : float
         The step size alpha > 0.
@@ -213,7 +271,10 @@ def langevin_dynamics(
     generator : torch.Generator, optional
         Source of the Gaussian noise.
     return_trajectory : bool
-        Also return the states x_0, x_k, x_2k, ..., shape (1 + n_steps // record_every, N, *D).
+        Also return the states x_0, x_k, x_2k, ..., shape ``(1 + n_steps // record_every, N, *D)``.
+        The trajectory is allocated before the first step; its size shows in the progress
+        bar's description, and one over ``TRAJECTORY_WARNING_BYTES`` gives a ``UserWarning``
+        stating the bytes (see :func:`trajectory_bytes`).
     record_every : int
         Record every ``record_every``-th state (k).
     progress : bool
@@ -223,7 +284,7 @@ def langevin_dynamics(
 
     Returns
     -------
-    Tensor, shape (N, *D), or (Tensor, Tensor) with the trajectory.
+    Tensor, shape ``(N, *D)``, or (Tensor, Tensor) with the trajectory.
 
     Raises
     ------
@@ -273,8 +334,8 @@ def annealed_langevin_dynamics(
     ----------
     score_fn : callable
         ``score_fn(x, sigma)`` returns the score of the density perturbed at noise level
-        ``sigma`` (a Python float), a tensor of ``x``'s shape (N, *D).
-    x0 : Tensor, shape (N, *D)
+        ``sigma`` (a Python float), a tensor of ``x``'s shape ``(N, *D)``.
+    x0 : Tensor, shape ``(N, *D)``
         Initial particles (left unchanged), e.g. uniform noise.
     sigmas : sequence of float or Tensor, shape (L,)
         Strictly decreasing, positive noise levels.
@@ -284,7 +345,7 @@ def annealed_langevin_dynamics(
         Steps per level (T), >= 1.
     generator, return_trajectory, record_every, progress, check_every
         As in :func:`langevin_dynamics`; steps are counted across levels, so the
-        trajectory has shape (1 + L * T // record_every, N, *D).
+        trajectory has shape ``(1 + L * T // record_every, N, *D)``.
     denoise : bool
         Finish with one denoising step :math:`x + \sigma_L^2 s(x, \sigma_L)` (Tweedie's
         formula, the posterior mean of the clean sample); with ``return_trajectory`` the
@@ -292,7 +353,7 @@ def annealed_langevin_dynamics(
 
     Returns
     -------
-    Tensor, shape (N, *D), or (Tensor, Tensor) with the trajectory.
+    Tensor, shape ``(N, *D)``, or (Tensor, Tensor) with the trajectory.
     """
     levels = _check_sigmas(sigmas)
     step_size = check_positive("step_size", step_size)
@@ -353,15 +414,15 @@ def mala(
     log_prob_fn : callable
         ``log_prob_fn(x)`` returns the (unnormalised) log-density, shape (N,).
     score_fn : callable
-        ``score_fn(x)`` returns its gradient, shape (N, *D).
+        ``score_fn(x)`` returns its gradient, shape ``(N, *D)``.
     x0, step_size, n_steps, generator, return_trajectory, record_every, progress, check_every
         As in :func:`langevin_dynamics`.
 
     Returns
     -------
     (x, acceptance_rate) or (x, acceptance_rate, trajectory)
-        Final particles (N, *D), the fraction of accepted proposals over all particles
-        and steps (a float), and the trajectory (1 + n_steps // record_every, N, *D).
+        Final particles ``(N, *D)``, the fraction of accepted proposals over all particles
+        and steps (a float), and the trajectory ``(1 + n_steps // record_every, N, *D)``.
     """
     step_size = check_positive("step_size", step_size)
     n_steps = check_positive_int("n_steps", n_steps)
@@ -371,7 +432,10 @@ def mala(
     )
     half_step, noise_scale = 0.5 * step_size, math.sqrt(step_size)
     log_p, score = log_prob_fn(x), score_fn(x)
-    check_score_shape("score_fn", score, x)
+    _check_score(score, x)
+    # A NaN proposal is always rejected, so a NaN score would stall the chain without a sign.
+    if not torch.isfinite(score).all():
+        raise ValueError("score_fn returned NaN or infinite values at x0")
     if not isinstance(log_p, torch.Tensor) or log_p.shape != x.shape[:1]:
         got = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
         raise ValueError(f"log_prob_fn must return a tensor of shape ({x.shape[0]},), got {got}")

@@ -10,21 +10,27 @@ functions returning rows::
     def weight_recovery(*, quick: bool) -> list[dict]:
         return [row("sampling", "weight of (5,5), T=100", 0.79, target="|w-0.8| < 0.025", ok=True)]
 
+Each row is a dict with the keys of ``ROW_FIELDS``: section, figure, value, unit, target,
+ok (True, False, or None where the figure has no target) and note.
+
 Every module of the package is imported when the benchmarks run, so a new section needs
-no edit here. A module that registers nothing but defines ``main()`` runs as a section that
-prints its own figures and contributes no rows.
+no edit here. A module that registers nothing but defines ``main()`` (``main()`` or
+``main(quick=...)``) runs as a section named after the module that prints its own figures
+and contributes no rows; registering its row functions makes its figures part of the table,
+the CSV and the JSON.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable
 
 __all__ = ["register", "row", "sections", "ROW_FIELDS"]
 
 RowFunction = Callable[..., list[dict]]
-ROW_FIELDS = ("section", "name", "value", "unit", "target", "ok", "note")
+ROW_FIELDS = ("section", "figure", "value", "unit", "target", "ok", "note")
 
 _REGISTRY: dict[str, list[RowFunction]] = {}
 
@@ -43,16 +49,24 @@ def register(section: str) -> Callable[[RowFunction], RowFunction]:
 
 def row(section: str, name: str, value: float, *, unit: str = "", target: str = "",
         ok: bool | None = None, note: str = "") -> dict:
-    """One measured figure: what it is, its value and unit, its target and whether it met it."""
-    return {"section": section, "name": name, "value": float(value), "unit": unit, "target": target,
-            "ok": ok, "note": note}
+    """One measured figure: what it is (``name``, stored as "figure"), its value and unit, its
+    target and whether it met it (None: no target)."""
+    return {"section": section, "figure": name, "value": float(value), "unit": unit,
+            "target": target, "ok": None if ok is None else bool(ok), "note": note}
 
 
-def _printing_section(main: Callable[[], None]) -> RowFunction:
+def _printing_section(main: Callable[..., None]) -> RowFunction:
+    """Wrap a module's ``main()`` as a section that prints its own figures and returns no rows."""
+    takes_quick = "quick" in inspect.signature(main).parameters
+
     def run(*, quick: bool) -> list[dict]:
-        main()
+        if takes_quick:
+            main(quick=quick)
+        else:
+            main()
         return []
 
+    run.__name__ = f"{main.__module__}.main"
     return run
 
 

@@ -6,7 +6,8 @@
 - :class:`CondRefineNetDilated` (``refinenet``): the score network;
 - :class:`NCSN`, :func:`train_NCSN`, :func:`image_samples` (``model``);
 - :func:`load_checkpoint`, :func:`load_pretrained` (``checkpoints``): safe, exact checkpoints
-  and the model shipped with the package.
+  and the model shipped with the package;
+- :func:`digits_quality` (``quality``): the sample-quality figures of chapter 6 and the benchmark.
 
 Run ``python -m scorelab.ncsn --help`` for the command line.
 """

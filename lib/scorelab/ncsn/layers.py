@@ -20,7 +20,9 @@ def conv3x3(in_channels: int, out_channels: int, *, bias: bool = True) -> nn.Con
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=bias)
 
 
-def dilated_conv3x3(in_channels: int, out_channels: int, *, dilation: int, bias: bool = True) -> nn.Conv2d:
+def dilated_conv3x3(
+    in_channels: int, out_channels: int, *, dilation: int, bias: bool = True
+) -> nn.Conv2d:
     """A 3x3 convolution with the given dilation, padded so that H and W are kept.
 
     Dilation widens the receptive field without downsampling, so the deep stages of the
@@ -114,7 +116,8 @@ class CondRCUBlock(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         for start in range(0, len(self.convs), self.n_stages):
             residual = x
-            for norm, conv in zip(self.norms[start : start + self.n_stages], self.convs[start : start + self.n_stages]):
+            stages = slice(start, start + self.n_stages)
+            for norm, conv in zip(self.norms[stages], self.convs[stages]):
                 x = conv(F.elu(norm(x, labels)))
             x = x + residual
         return x
@@ -149,10 +152,14 @@ class CondMSFBlock(nn.Module):
     def __init__(self, in_channels: list[int], features: int, num_classes: int):
         super().__init__()
         self.features = features
-        self.norms = nn.ModuleList(ConditionalInstanceNorm2dPlus(c, num_classes) for c in in_channels)
+        self.norms = nn.ModuleList(
+            ConditionalInstanceNorm2dPlus(c, num_classes) for c in in_channels
+        )
         self.convs = nn.ModuleList(conv3x3(c, features) for c in in_channels)
 
-    def forward(self, xs: list[torch.Tensor], labels: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, xs: list[torch.Tensor], labels: torch.Tensor, output_size: tuple[int, int]
+    ) -> torch.Tensor:
         total = 0.0
         for x, norm, conv in zip(xs, self.norms, self.convs):
             h = conv(norm(x, labels))
@@ -178,16 +185,28 @@ class CondRefineBlock(nn.Module):
         Last cascade: three output RCU blocks instead of one.
     """
 
-    def __init__(self, in_channels: list[int], features: int, num_classes: int, *, start: bool = False, end: bool = False):
+    def __init__(
+        self,
+        in_channels: list[int],
+        features: int,
+        num_classes: int,
+        *,
+        start: bool = False,
+        end: bool = False,
+    ):
         super().__init__()
         self.adapt_convs = nn.ModuleList(
             CondRCUBlock(c, num_classes, n_blocks=2, n_stages=2) for c in in_channels
         )
         self.msf = None if start else CondMSFBlock(in_channels, features, num_classes)
         self.crp = CondCRPBlock(features, num_classes, n_stages=2)
-        self.output_convs = CondRCUBlock(features, num_classes, n_blocks=3 if end else 1, n_stages=2)
+        self.output_convs = CondRCUBlock(
+            features, num_classes, n_blocks=3 if end else 1, n_stages=2
+        )
 
-    def forward(self, xs: list[torch.Tensor], labels: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, xs: list[torch.Tensor], labels: torch.Tensor, output_size: tuple[int, int]
+    ) -> torch.Tensor:
         hs = [adapt(x, labels) for adapt, x in zip(self.adapt_convs, xs)]
         h = hs[0] if self.msf is None else self.msf(hs, labels, output_size)
         return self.output_convs(self.crp(h, labels), labels)

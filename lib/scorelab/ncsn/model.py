@@ -39,7 +39,9 @@ def _check_sigmas(sigmas) -> torch.Tensor:
     if sigmas.numel() < 1 or not torch.isfinite(sigmas).all() or (sigmas <= 0).any():
         raise ValueError(f"sigmas must be finite positive numbers, got {sigmas.tolist()}")
     if (sigmas[1:] >= sigmas[:-1]).any():
-        raise ValueError(f"sigmas must be strictly decreasing (sigma_1 > ... > sigma_L), got {sigmas.tolist()}")
+        raise ValueError(
+            f"sigmas must be strictly decreasing (sigma_1 > ... > sigma_L), got {sigmas.tolist()}"
+        )
     return sigmas
 
 
@@ -135,7 +137,9 @@ class NCSN(nn.Module):
         ladder = self.sigmas.cpu().double()
         index = int(torch.argmin((ladder.log() - math.log(sigma)).abs()))
         if abs(ladder[index].item() - sigma) > 1e-4 * sigma:
-            raise ValueError(f"sigma must be one of the model's noise levels {ladder.tolist()}, got {sigma}")
+            raise ValueError(
+                f"sigma must be one of the model's noise levels {ladder.tolist()}, got {sigma}"
+            )
         return index
 
     def score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -144,10 +148,11 @@ class NCSN(nn.Module):
         return self(x, labels)
 
     def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Annealed DSM loss (Eq. 6, lambda = sigma^2) averaged over the batch ``x`` (N, C, H, H)."""
+        """Annealed DSM loss (Eq. 6, lambda = sigma^2), the mean over the batch ``x`` (N, C, H, H)."""
         from scorelab.training import annealed_dsm_loss
 
-        return annealed_dsm_loss(self, self.check_images("x", x), self.sigmas, generator=generator).mean()
+        x = self.check_images("x", x)
+        return annealed_dsm_loss(self, x, self.sigmas, generator=generator).mean()
 
     @torch.no_grad()
     def sample(
@@ -240,7 +245,9 @@ class EMA:
                 self.shadow[key].copy_(value)
 
 
-def _next_batch(data: torch.Tensor, state: dict, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+def _next_batch(
+    data: torch.Tensor, state: dict, batch_size: int, generator: torch.Generator
+) -> torch.Tensor:
     """Next batch of a shuffled pass over ``data``; ``state`` holds the permutation and cursor."""
     if state["cursor"] + batch_size > len(state["order"]):
         state["order"] = torch.randperm(len(data), generator=generator)
@@ -336,7 +343,9 @@ def train_NCSN(
         order = {"order": state["data_order"], "cursor": state["data_cursor"]}
         losses, step = list(state["losses"]), state["step"]
     model.train()
-    bar = tqdm(range(step, n_steps), initial=step, total=n_steps, disable=not progress, desc="train_NCSN")
+    bar = tqdm(
+        range(step, n_steps), initial=step, total=n_steps, disable=not progress, desc="train_NCSN"
+    )
     for step in bar:
         x = _next_batch(data, order, batch_size, generator).to(model.device)
         loss = model.loss(x, generator=generator)
@@ -350,7 +359,8 @@ def train_NCSN(
         done = step + 1
         if callback is not None:
             callback(done, losses[-1])
-        if out_dir is not None and (done == n_steps or (checkpoint_every and done % checkpoint_every == 0)):
+        due = done == n_steps or (checkpoint_every and done % checkpoint_every == 0)
+        if out_dir is not None and due:
             checkpoints.save_checkpoint(
                 out_dir, model=model, optimizer=optimizer, ema=ema and ema.shadow, step=done,
                 generator=generator, data_order=order, losses=losses,
@@ -362,8 +372,10 @@ def train_NCSN(
     return losses
 
 
-def _write_sample_grid(model: NCSN, ema: EMA | None, out_dir, step: int, n_samples: int, seed: int) -> None:
-    """Sample from the (EMA) weights into ``out_dir/samples_step_XXXXXXX.png``, then restore the weights."""
+def _write_sample_grid(
+    model: NCSN, ema: EMA | None, out_dir, step: int, n_samples: int, seed: int
+) -> None:
+    """Sample the (EMA) weights into ``out_dir/samples_step_XXXXXXX.png``; restore the weights."""
     import matplotlib.pyplot as plt
 
     current = {k: v.clone() for k, v in model.state_dict().items()}

@@ -17,7 +17,7 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
     For a feature map :math:`x_k` (channel :math:`k`) with spatial mean :math:`\mu_k` and
     standard deviation :math:`s_k`, let :math:`m` and :math:`v` be the mean and (unbiased)
     variance of the channel means :math:`\mu_1..\mu_C` of one example. Then (Song & Ermon 2019,
-    Eq. 9 of Appendix A.1)
+    Appendix A.1, "CondInstanceNorm++")
 
     .. math::
 
@@ -57,17 +57,15 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` (N, C, H, W) with the parameters of levels ``labels`` (N,)."""
-        means = x.mean(dim=(2, 3))  # (N, C)
-        centre = means.mean(dim=1, keepdim=True)  # (N, 1)
-        spread = means.var(dim=1, keepdim=True)  # (N, 1), unbiased as in the authors' code
-        corrected = (means - centre) / torch.sqrt(spread + self.eps)  # (N, C)
-        h = (x - means[..., None, None]) / torch.sqrt(
-            x.var(dim=(2, 3), unbiased=False, keepdim=True) + self.eps
-        )
-        params = self.embed(labels)  # (N, 3C) or (N, 2C)
+        var, mean = torch.var_mean(x, dim=(2, 3), unbiased=False, keepdim=True)  # (N, C, 1, 1) each
+        spread, centre = torch.var_mean(mean, dim=1, keepdim=True)  # (N, 1, 1, 1), unbiased as the authors'
+        corrected = (mean - centre) / torch.sqrt(spread + self.eps)  # (N, C, 1, 1)
+        params = self.embed(labels)[..., None, None]  # (N, 3C, 1, 1) or (N, 2C, 1, 1)
         gamma, alpha = params[:, : self.num_features], params[:, self.num_features : 2 * self.num_features]
-        h = h + corrected[..., None, None] * alpha[..., None, None]
-        out = gamma[..., None, None] * h
+        shift = gamma * alpha * corrected
         if self.bias:
-            out = out + params[:, 2 * self.num_features :, None, None]
-        return out
+            shift = shift + params[:, 2 * self.num_features :]
+        # gamma (x - mean) / s + shift, written as one scale and one offset per channel so that
+        # the full-size tensor is touched by a single multiply-add.
+        scale = gamma * torch.rsqrt(var + self.eps)
+        return torch.addcmul(shift - mean * scale, x, scale)

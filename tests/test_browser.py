@@ -1,0 +1,293 @@
+"""The built HTML book, as a reader's browser shows it (headless Chromium driven by Playwright).
+
+The book in ``_build/html`` is used when it is newer than every source it is built from;
+otherwise the test builds it first (the same command as ``make book``). Set ``BOOK_HTML`` to
+a folder of built HTML to check that folder instead (a build shared with another target).
+The pages are served on 127.0.0.1 by a thread-run ``http.server``; every request to another
+host is aborted (the network is closed here, and a reader's CDN is not ours to test).
+
+For each page: no console errors (except failed loads of other hosts), maths wrapped for
+MathJax with no raw ``$$`` or MyST roles left, every image loaded with a non-zero natural
+size, every animation's controls present and advancing a frame on click, launch buttons
+(Colab, Binder) and the download button on notebook pages, no broken internal links
+(file and anchor). One screenshot per page goes to ``_build/screenshots/``.
+
+MathJax itself comes from a CDN (Sphinx's default ``mathjax_path``) and no MathJax 3 bundle is
+installed offline, so "rendered" is checked as: every formula reached the page inside Sphinx's
+MathJax containers (``span.math``/``div.math`` with ``\\(...\\)``/``\\[...\\]`` delimiters), and no
+``$$``, ``{eq}`` or ``{cite}`` source is left in the text. When MathJax did load (a reader
+online), its output (``mjx-container``) must be there and no MathJax error.
+
+Without a browser (no ``chromium`` or no ``playwright``) the test is skipped with the reason,
+except under ``CI=true``, where a missing browser fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import unquote, urldefrag, urljoin, urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# what the book is built from (book/solutions is a link to solutions/, which rglob does not follow)
+SOURCES = [ROOT / "_config.yml", ROOT / "_toc.yml", *(ROOT / "book").rglob("*.ipynb"),
+           *(ROOT / "book").rglob("*.md"), *(ROOT / "solutions").glob("*.ipynb"),
+           ROOT / "book" / "references.bib", *(ROOT / "book" / "_ext").glob("*.py"),
+           *(ROOT / "lib" / "scorelab").rglob("*.py")]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+MAX_PAGE_BYTES = 5 * 2**20
+MAX_BOOK_BYTES = 50 * 2**20
+# MyST roles, and reStructuredText that reached the page as text (autodoc output parsed as MyST)
+RAW_SOURCE = re.compile(r"\$\$|\{(?:eq|cite(?::[a-z]+)?|numref|ref|doc)\}`"
+                        r"|\.\. [a-z:]+::|:(?:mod|func|class|meth|attr|math|param|type|rtype):`?")
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def _missing_browser() -> str | None:
+    if _chromium() is None:
+        return "no chromium executable on PATH (Debian: apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[test]')"
+    return None
+
+
+def _newest(paths) -> float:
+    return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
+
+
+def _book_html() -> Path:
+    """A built book that is up to date with its sources, building it when it is not."""
+    if os.environ.get("BOOK_HTML"):
+        html = Path(os.environ["BOOK_HTML"]).resolve()
+        assert (html / "index.html").exists(), f"BOOK_HTML={html} holds no built book"
+        return html
+    html = ROOT / "_build" / "html"
+    built = _newest(html.glob("*.html")) if html.exists() else 0.0
+    if built < _newest(SOURCES):
+        start = time.perf_counter()
+        jupyter_book = Path(sys.executable).with_name("jupyter-book")
+        subprocess.run([str(jupyter_book), "build", "book/", "--config", "_config.yml", "--toc",
+                        str(ROOT / "_toc.yml"), "-W", "--keep-going"], cwd=ROOT, check=True)
+        print(f"built the book in {time.perf_counter() - start:.0f} s")
+    return html
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # the test reports what matters itself
+        pass
+
+
+@pytest.fixture(scope="module")
+def site():
+    reason = _missing_browser()
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but the browser test cannot run: {reason}")
+        print(f"SKIPPED the browser test: {reason}")
+        pytest.skip(reason)
+    html = _book_html()
+    handler = functools.partial(_QuietHandler, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield html, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def _pages(html: Path) -> list[str]:
+    skip = {"_static", "_sources", "_images", "reports", "_panels_static"}
+    return sorted(str(p.relative_to(html)) for p in html.rglob("*.html")
+                  if not skip & set(p.relative_to(html).parts))
+
+
+def _is_notebook_page(html: Path, page: str) -> bool:
+    return (html / "_sources" / page).with_suffix(".ipynb").exists()
+
+
+@functools.lru_cache(maxsize=None)
+def _anchors(path: Path) -> frozenset[str]:
+    text = path.read_text(errors="replace")
+    return frozenset(re.findall(r'\b(?:id|name)="([^"]+)"', text))
+
+
+def _broken_link(html: Path, base: str, page_url: str, href: str) -> str | None:
+    url = urljoin(page_url, href)
+    if not url.startswith(base):
+        return None
+    path, fragment = urldefrag(url)
+    relative = unquote(urlparse(path).path).lstrip("/")
+    target = html / relative
+    if target.is_dir():
+        target = target / "index.html"
+    if not target.exists():
+        return f"{href} (no file {relative})"
+    if fragment and target.suffix == ".html" and unquote(fragment) not in _anchors(target):
+        return f"{href} (no anchor #{fragment} in {relative})"
+    return None
+
+
+def _math_problems(page) -> list[str]:
+    return page.evaluate(r"""() => {
+        const problems = [];
+        for (const el of document.querySelectorAll('.math')) {
+            const copy = el.cloneNode(true);
+            copy.querySelectorAll('.eqno').forEach(e => e.remove());  // "(2.1)#" before the formula
+            const text = copy.textContent.trim();
+            const wrapped = /^\\\(|^\\\[|^\\begin/.test(text) || el.querySelector('mjx-container');
+            if (!wrapped) problems.push('unwrapped formula: ' + text.slice(0, 60));
+        }
+        if (window.MathJax && window.MathJax.startup && document.querySelector('.math')) {
+            if (!document.querySelector('mjx-container'))
+                problems.push('MathJax loaded but rendered nothing');
+            if (document.querySelector('mjx-merror')) problems.push('MathJax error in a formula');
+        }
+        return problems;
+    }""")
+
+
+def _visible_text(page) -> str:
+    return page.evaluate("""() => {
+        const body = document.querySelector('main') || document.body;
+        const copy = body.cloneNode(true);
+        copy.querySelectorAll('pre, code, script, style, .math, mjx-container, textarea')
+            .forEach(el => el.remove());
+        return copy.textContent;
+    }""")
+
+
+def _check_images(page) -> tuple[int, list[str]]:
+    page.evaluate("() => document.querySelectorAll('img').forEach(img => img.loading = 'eager')")
+    page.wait_for_function("""() => Array.from(document.images).every(img =>
+        img.complete || !img.src.startsWith(location.origin) && !img.src.startsWith('data:'))""",
+                           timeout=15_000)
+    images = page.evaluate("""() => Array.from(document.images).map(img => ({
+        src: img.currentSrc || img.src, width: img.naturalWidth, height: img.naturalHeight,
+        local: img.src.startsWith(location.origin) || img.src.startsWith('data:'),
+        player: img.id.startsWith('_anim_img')}))""")
+    # a player's image gets its first frame from the script, checked with the animations
+    checked = [img for img in images if img["local"] and not (img["player"] and not img["src"])]
+    bad = [f"image not loaded: {img['src'][:80]}" for img in checked
+           if img["width"] == 0 or img["height"] == 0]
+    return len(checked), bad
+
+
+def _check_animations(page) -> tuple[int, list[str]]:
+    problems = []
+    players = page.locator("div.animation")
+    for i in range(players.count()):
+        player = players.nth(i)
+        image, slider = player.locator("img").first, player.locator("input.anim-slider").first
+        titles = ["First frame", "Previous frame", "Play", "Pause", "Next frame", "Last frame"]
+        missing = [t for t in titles if player.locator(f'button[title="{t}"]').count() == 0]
+        if missing or slider.count() == 0:
+            problems.append(f"animation {i}: controls missing {missing or ['slider']}")
+            continue
+        player.locator('button[title="Pause"]').click()
+        player.locator('button[title="First frame"]').click()
+        first_src, first_value = image.get_attribute("src"), slider.input_value()
+        player.locator('button[title="Next frame"]').click()
+        if slider.input_value() == first_value or image.get_attribute("src") == first_src:
+            problems.append(f"animation {i}: 'Next frame' did not advance "
+                            f"(slider {first_value} -> {slider.input_value()})")
+        if not (first_src or "").startswith("data:image"):
+            problems.append(f"animation {i}: no frame shown")
+    return players.count(), problems
+
+
+def _check_launch_buttons(page) -> list[str]:
+    hrefs = page.eval_on_selector_all(".dropdown-launch-buttons a", "els => els.map(a => a.href)")
+    problems = [f"no {name} launch button" for name, host in
+                (("Colab", "colab.research.google.com"), ("Binder", "mybinder.org"))
+                if not any(host in href for href in hrefs)]
+    if page.locator(".dropdown-download-buttons a[href$='.ipynb']").count() == 0:
+        problems.append("no .ipynb download button")
+    return problems
+
+
+def test_every_page_in_a_browser(site):
+    from playwright.sync_api import sync_playwright
+
+    html, base = site
+    shots = html.parent / "screenshots"
+    shots.mkdir(exist_ok=True)
+    pages, totals, failures = _pages(html), {"images": 0, "links": 0, "animations": 0}, {}
+    start = time.perf_counter()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        # the network is closed: fail other hosts at once instead of waiting for time-outs
+        context.route(re.compile(r"^(?!http://127\.0\.0\.1:).*"),
+                      lambda route: route.continue_() if route.request.url.startswith("data:")
+                      else route.abort())
+        for name in pages:
+            text = (html / name).read_text(errors="replace")
+            redirect = re.search(r'http-equiv="refresh" content="\d+;\s*url=([^"]+)"', text, re.I)
+            if redirect:  # index.html only forwards to the landing page
+                broken = _broken_link(html, base, urljoin(base, name), redirect.group(1))
+                if broken:
+                    failures[name] = [f"redirect to a missing page: {broken}"]
+                totals["links"] += 1
+                continue
+            page, errors = context.new_page(), []
+            page.on("console", lambda msg, errors=errors: msg.type == "error" and not (
+                msg.location.get("url", base).startswith("http")
+                and not msg.location.get("url", base).startswith(base)) and errors.append(
+                f"console: {msg.text[:200]}"))
+            page.on("pageerror", lambda exc, errors=errors: errors.append(f"page error: {exc}"))
+            url = urljoin(base, name)
+            page.goto(url, wait_until="load")
+            size = (html / name).stat().st_size
+            if size > MAX_PAGE_BYTES:
+                errors.append(f"page is {size / 2**20:.1f} MB (limit 5 MB)")
+            errors += _math_problems(page)
+            raw = RAW_SOURCE.search(_visible_text(page))
+            if raw:
+                errors.append(f"unrendered MyST source {raw.group(0)!r} in the text")
+            n_images, bad = _check_images(page)
+            # the screenshot shows the page as a reader first sees it, before any click
+            page.screenshot(path=str(shots / (name.replace("/", "__")[:-5] + ".png")),
+                            full_page=True)
+            n_anim, anim_problems = _check_animations(page)
+            errors += bad + anim_problems
+            if _is_notebook_page(html, name):
+                errors += _check_launch_buttons(page)
+            hrefs = page.eval_on_selector_all("a[href]",
+                                              "els => els.map(a => a.getAttribute('href'))")
+            links = [h for h in hrefs if not h.startswith(("mailto:", "javascript:"))]
+            errors += [f"broken link: {b}" for h in links
+                       if (b := _broken_link(html, base, url, h))]
+            totals["images"] += n_images
+            totals["animations"] += n_anim
+            totals["links"] += sum(urljoin(url, h).startswith(base) for h in links)
+            if errors:
+                failures[name] = errors
+            page.close()
+        browser.close()
+    book_bytes = sum(p.stat().st_size for p in html.rglob("*") if p.is_file())
+    print(f"\nbrowser check: {len(pages)} pages, {totals['images']} images, "
+          f"{totals['links']} internal links, {totals['animations']} animations checked in "
+          f"{time.perf_counter() - start:.0f} s; built HTML {book_bytes / 2**20:.1f} MB; "
+          f"screenshots in {shots}")
+    assert book_bytes < MAX_BOOK_BYTES, f"built HTML is {book_bytes / 2**20:.1f} MB (limit 50 MB)"
+    assert not failures, "\n".join(f"{page}: {problem}" for page, problems in failures.items()
+                                   for problem in problems)
