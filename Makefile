@@ -8,7 +8,7 @@ BOOK_BUILD := $(VENV)/bin/jupyter-book build book/ --config _config.yml --toc "$
 # Notebook tests: each notebook runs in a fresh kernel; cells marked NBVAL_CHECK_OUTPUT compare output.
 NBVAL := $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -n 2 --dist loadscope
 
-.PHONY: install book test test-package test-notebooks bench bench-quick strip exercises exercises-check clean clean-cache
+.PHONY: install browser book test test-package test-notebooks bench bench-quick strip exercises exercises-check clean clean-cache
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,15 @@ book: install
 	$(BOOK_BUILD)
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
-test: install test-package test-notebooks
+test: install browser book test-package test-notebooks
+
+# The browser test (tests/test_browser.py) drives headless Chromium; install it when we may.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Chromium for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "No chromium and no root: the browser test will be skipped"; fi
 
 test-package: install
 	$(PY) -m pytest tests -p no:cacheprovider
