@@ -149,7 +149,7 @@ def draw_dsm(ax: Axes, sigma: float = 0.5, *, n_samples: int = 2000, seed: int =
     DSM's optimum is the score of the perturbed density ``p_sigma`` (Vincent 2011), not that of
     ``p``. The heatmap is the error ``|s_sigma(x) - s(x)|`` of that optimum on chapter 4's
     0.7/0.3 mixture on a colour scale fixed from 0 to ``error_max`` (so panels compare); dots
-    are noisy training points ``x + sigma z``; the title gives the relative
+    are noisy training points ``x + sigma z`` (cyan); the title gives the relative
     Fisher divergence of ``s_sigma`` to the true score under ``p`` (the bias a perfect DSM
     model keeps).
     """
@@ -168,7 +168,7 @@ def draw_dsm(ax: Axes, sigma: float = 0.5, *, n_samples: int = 2000, seed: int =
         error = (level.score(points) - mixture.score(points)).norm(dim=1)  # (100*100,)
     ax.imshow(error.reshape(len(ys), len(xs)).numpy(), origin="lower", extent=(*limits, *limits),
               cmap="magma", aspect="equal", vmin=0.0, vmax=error_max)
-    plotting.plot_samples(ax, noisy, xlim=limits, ylim=limits, s=2, alpha=0.3, color="white")
+    plotting.plot_samples(ax, noisy, xlim=limits, ylim=limits, s=2, alpha=0.4, color="tab:cyan")
     ax.set_title(f"sigma {sigma:.2f}\nrelative Fisher divergence {bias:.2g}", fontsize=9)
     return ax
 
