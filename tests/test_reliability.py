@@ -4,14 +4,13 @@ Complements tests/test_densities.py (whose property test covers score = autograd
 field of random mixtures) with: random *invalid* parameters always raise ValueError (never an
 obscure error or a silently wrong object), random bananas against autograd and far away, and a
 table of wrong shapes, dtypes, devices ('meta'), NaN values and wrong types for every public
-function of densities, langevin, nets, training and metrics. Gaps that others own are marked
-``xfail(strict=True)``: each still runs, and passes the day the library is fixed (then the
-marker must go).
+function of densities, langevin, nets, training and metrics.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -352,8 +351,11 @@ def test_trainer_train_rejects_bad_settings(trainer, arguments, match):
 
 @pytest.mark.parametrize("trainer", ["DSM", "SSM", "exact SM"])
 def test_trainer_step_on_nan_data_stops_with_an_error(trainer):
-    with pytest.raises(training.TrainingDivergedError, match="nan"):
-        _trainers()[trainer].step(NAN_POINTS)
+    objective = _trainers()[trainer]
+    before = [p.detach().clone() for p in objective.model.parameters()]
+    with pytest.raises(ValueError, match="x must contain only finite values"):
+        objective.step(NAN_POINTS)
+    assert all(torch.equal(a, b) for a, b in zip(before, objective.model.parameters()))
 
 
 @pytest.mark.parametrize("arguments, match", [
@@ -393,38 +395,35 @@ def test_fisher_divergence_rejects_nan_and_meta_points_and_wrong_score_shapes():
         metrics.fisher_divergence(lambda x: x[:, 0], _score, torch.zeros(3, 2))
 
 
-# Known gaps in modules owned by others: each test runs and fails today; strict, so it turns
-# into a failure (remove the marker) once the library raises the ValueError it asks for.
-GAP = "gap reported to the module's owner: no ValueError naming the argument yet"
-GAPS = {
-    "BasicNetwork(NaN x)": lambda: nets.BasicNetwork(2)(NAN_POINTS),
-    "BasicNetwork(meta x)": lambda: nets.BasicNetwork(2)(META_POINTS),
-    "BasicNetwork(integer x)": lambda: nets.BasicNetwork(2)(INT_POINTS),
-    "BasicNetwork(float64 x)": lambda: nets.BasicNetwork(2)(torch.zeros(3, 2, dtype=torch.float64)),
-    "NoiseConditionalNetwork(NaN x)": lambda: nets.NoiseConditionalNetwork(2, n_levels=3)(
-        NAN_POINTS, torch.zeros(2, dtype=torch.long)),
-    "DSM.loss(NaN x)": lambda: _trainers()["DSM"].loss(NAN_POINTS),
-    "SSM.loss(meta x)": lambda: _trainers()["SSM"].loss(META_POINTS),
-    "DSM.loss(integer x)": lambda: _trainers()["DSM"].loss(INT_POINTS),
-    "AnnealedDSM(increasing sigmas)": lambda: training.AnnealedDenoisingScoreMatching(
-        nets.NoiseConditionalNetwork(2, n_levels=3), sigmas=[1.0, 2.0, 3.0]),
-    "fisher_divergence(integer x, generic score)": lambda: metrics.fisher_divergence(_score, _score, INT_POINTS),
-    "mmd(meta x)": lambda: metrics.mmd(META_POINTS, torch.zeros(4, 2)),
-    "mode_weights(NaN x)": lambda: metrics.mode_weights(NAN_POINTS, torch.zeros(2, 2)),
-    "classifier_confidence(None classifier)": lambda: metrics.classifier_confidence(None, torch.zeros(5, 64)),
+# Bad inputs to the networks, the trainers and the metrics: each must raise a ValueError.
+FINITE, META, FLOAT = "x must contain only finite", "x must hold values", "x must be a floating-point"
+BAD_CALLS = {  # case: (call, what the ValueError must say)
+    "BasicNetwork(NaN x)": (lambda: nets.BasicNetwork(2)(NAN_POINTS), FINITE),
+    "BasicNetwork(meta x)": (lambda: nets.BasicNetwork(2)(META_POINTS), META),
+    "BasicNetwork(integer x)": (lambda: nets.BasicNetwork(2)(INT_POINTS), FLOAT),
+    "BasicNetwork(float64 x)": (lambda: nets.BasicNetwork(2)(torch.zeros(3, 2, dtype=torch.float64)),
+                                "x must have the network's dtype torch.float32"),
+    "NoiseConditionalNetwork(NaN x)": (lambda: nets.NoiseConditionalNetwork(2, n_levels=3)(
+        NAN_POINTS, torch.zeros(2, dtype=torch.long)), FINITE),
+    "DSM.loss(NaN x)": (lambda: _trainers()["DSM"].loss(NAN_POINTS), FINITE),
+    "SSM.loss(meta x)": (lambda: _trainers()["SSM"].loss(META_POINTS), META),
+    "DSM.loss(integer x)": (lambda: _trainers()["DSM"].loss(INT_POINTS), FLOAT),
+    "AnnealedDSM(increasing sigmas)": (lambda: training.AnnealedDenoisingScoreMatching(
+        nets.NoiseConditionalNetwork(2, n_levels=3), sigmas=[1.0, 2.0, 3.0]), "sigmas must be strictly decreasing"),
+    "fisher_divergence(integer x, generic score)": (
+        lambda: metrics.fisher_divergence(_score, _score, INT_POINTS), FLOAT),
+    "mmd(meta x)": (lambda: metrics.mmd(META_POINTS, torch.zeros(4, 2)), META),
+    "mode_weights(NaN x)": (lambda: metrics.mode_weights(NAN_POINTS, torch.zeros(2, 2)), FINITE),
+    "classifier_confidence(None classifier)": (
+        lambda: metrics.classifier_confidence(None, torch.zeros(5, 64)), "classifier must be a fitted classifier"),
 }
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, pytest.fail.Exception), reason=GAP)
-@pytest.mark.parametrize("case", list(GAPS))
-def test_known_gaps_in_nets_training_metrics(case):
-    try:
-        GAPS[case]()
-    except ValueError:
-        return
-    except Exception as error:  # noqa: BLE001 - the point is which error it is
-        pytest.fail(f"{case} raised {type(error).__name__}: {error}")
-    pytest.fail(f"{case} raised nothing")
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_nets_training_metrics_reject_bad_input(case):
+    call, message = BAD_CALLS[case]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
 
 
 # ---------------------------------------------------------------- checkpoints: a real kill mid-write

@@ -42,6 +42,30 @@ def check_points(name: str, x, dim: int | None = None) -> torch.Tensor:
     return x
 
 
+def check_values(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Check that the floating tensor ``x`` holds values (not 'meta') and that all are finite.
+
+    A 'meta' tensor has no values (the finiteness check would fail on it obscurely). A finite
+    sum proves every entry finite at the cost of one reduction; only a non-finite sum, which
+    may be an overflow, needs the element-wise check.
+    """
+    if x.device.type == "meta":
+        raise ValueError(f"{name} must hold values on a real device (cpu, cuda, ...), got a 'meta' tensor")
+    if x.numel() and not math.isfinite(x.sum().item()) and not torch.isfinite(x).all():
+        raise ValueError(f"{name} must contain only finite values (no NaN or infinity)")
+    return x
+
+
+def check_batch(name: str, x) -> torch.Tensor:
+    """Check that ``x`` is a non-empty floating tensor of shape (N, *D) with finite values."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a non-empty tensor of shape (N, *D), got {got}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return check_values(name, x)
+
+
 def check_score_shape(name: str, score: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Check that a score function returned a tensor shaped like its input."""
     if not isinstance(score, torch.Tensor) or score.shape != x.shape:

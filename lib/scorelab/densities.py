@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from scorelab._validation import check_points, check_positive, check_positive_int
+from scorelab._validation import check_points, check_positive, check_positive_int, check_values
 
 __all__ = ["GaussianMixture", "Banana", "PerturbedBanana", "ncsn_toy_mixture"]
 
@@ -40,18 +40,7 @@ def _as_float64(name: str, value) -> torch.Tensor:
 
 def _check_x(x, dim: int) -> torch.Tensor:
     """Points of shape (N, dim), floating, with values (not 'meta'), all finite; else ValueError."""
-    x = check_points("x", x, dim)
-    # A 'meta' tensor has no values: the NaN check below would fail on it with a RuntimeError.
-    if x.device.type == "meta":
-        raise ValueError(
-            "x must hold values on a real device (cpu, cuda, ...), got a 'meta' tensor"
-        )
-    # NaN or infinite points are a caller's bug; left alone they would come back as NaN.
-    # A finite sum proves every entry finite at the cost of one sum (samplers call this every
-    # step); only a non-finite sum, which may be an overflow, needs the element-wise check.
-    if not math.isfinite(x.sum().item()) and not torch.isfinite(x).all():
-        raise ValueError("x must contain only finite values (no NaN or infinity)")
-    return x
+    return check_values("x", check_points("x", x, dim))
 
 
 def _check_generator(generator) -> None:

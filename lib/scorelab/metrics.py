@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from scorelab._validation import check_points, check_positive, check_score_shape
+from scorelab._validation import check_batch, check_points, check_positive, check_score_shape, check_values
 
 DIGITS_PIXELS = 64  # 8 x 8
 DIGITS_CLASSES = 10
@@ -76,8 +76,7 @@ def fisher_divergence(
     -------
     float
     """
-    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError("x must be a non-empty tensor of shape (N, *D)")
+    x = check_batch("x", x)
     error, norm = 0.0, 0.0
     for chunk in torch.split(x, batch_size):
         model = check_score_shape("score_fn", score_fn(chunk), chunk).detach()
@@ -110,8 +109,8 @@ def mode_weights(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     Tensor, shape (K,)
         Shares that sum to one.
     """
-    x = check_points("x", x)
-    centers = check_points("centers", centers, dim=x.shape[1])
+    x = check_values("x", check_points("x", x))
+    centers = check_values("centers", check_points("centers", centers, dim=x.shape[1]))
     if len(x) == 0:
         raise ValueError("x must hold at least one sample")
     nearest = torch.cdist(x, centers.to(x)).argmin(dim=1)  # (N,)
@@ -119,8 +118,8 @@ def mode_weights(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
 
 
 def _check_pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
-    x = check_points("x", x)
-    y = check_points("y", y, dim=x.shape[1]).to(x)
+    x = check_values("x", check_points("x", x))
+    y = check_values("y", check_points("y", y, dim=x.shape[1])).to(x)
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"x and y need at least 2 samples each, got {len(x)} and {len(y)}")
     return x, y
@@ -262,6 +261,12 @@ def digits_classifier(
     return classifier.fit(features, targets)
 
 
+def _check_classifier(classifier, method: str) -> None:
+    if not callable(getattr(classifier, method, None)):
+        raise ValueError(f"classifier must be a fitted classifier with a {method}() method "
+                         f"(for instance digits_classifier()), got {type(classifier).__name__}")
+
+
 def classifier_confidence(classifier, samples, *, threshold: float = 0.9) -> float:
     """Share of the samples whose largest class probability exceeds ``threshold``.
 
@@ -280,6 +285,7 @@ def classifier_confidence(classifier, samples, *, threshold: float = 0.9) -> flo
     """
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
+    _check_classifier(classifier, "predict_proba")
     probabilities = classifier.predict_proba(_digit_array("samples", samples))  # (N, 10)
     return float((probabilities.max(axis=1) > threshold).mean())
 
@@ -298,6 +304,7 @@ def class_coverage(classifier, samples) -> np.ndarray:
         Shares that sum to one; a sampler that covers every class gives each at least
         about 3 % (the real digits give 9-11 % each).
     """
+    _check_classifier(classifier, "predict")
     predicted = classifier.predict(_digit_array("samples", samples)).astype(np.int64)
     return np.bincount(predicted, minlength=DIGITS_CLASSES)[:DIGITS_CLASSES] / len(predicted)
 

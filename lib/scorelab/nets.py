@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from scorelab._tensors import broadcast_like
-from scorelab._validation import check_positive_int
+from scorelab._validation import check_points, check_positive_int, check_values
 
 ACTIVATIONS = {
     "softplus": nn.Softplus,
@@ -39,10 +39,16 @@ def _check_hidden_dims(hidden_dims: Sequence[int]) -> tuple[int, ...]:
     return tuple(check_positive_int("hidden_dims", width) for width in hidden_dims)
 
 
-def _check_input(x: torch.Tensor, input_dim: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != input_dim:
+def _check_input(x: torch.Tensor, model: nn.Module) -> None:
+    """x must be finite points (N, model.input_dim) of the dtype of the model's weights."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != model.input_dim:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must have shape (N, {input_dim}), got {got}")
+        raise ValueError(f"x must have shape (N, {model.input_dim}), got {got}")
+    check_values("x", check_points("x", x))
+    dtype = next(model.parameters()).dtype
+    if x.dtype != dtype:
+        raise ValueError(f"x must have the network's dtype {dtype}, got {x.dtype} "
+                         f"(convert one of them: x.to({dtype}) or model.to({x.dtype}))")
 
 
 class BasicNetwork(nn.Module):
@@ -81,7 +87,7 @@ class BasicNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Score at ``x``: (N, D) -> (N, D)."""
-        _check_input(x, self.input_dim)
+        _check_input(x, self)
         return self.net(x)
 
 
@@ -161,7 +167,7 @@ class NoiseConditionalNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Score at ``x`` for noise level ``labels``: (N, D), LongTensor (N,) -> (N, D)."""
-        _check_input(x, self.input_dim)
+        _check_input(x, self)
         if labels.shape != (x.shape[0],) or labels.dtype != torch.long:
             raise ValueError(f"labels must be a LongTensor of shape ({x.shape[0]},), got "
                              f"{labels.dtype} {tuple(labels.shape)}")

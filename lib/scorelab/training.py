@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scorelab._tensors import broadcast_like, sum_except_batch
-from scorelab._validation import check_positive, check_positive_int
+from scorelab._validation import check_batch, check_positive, check_positive_int
 
 
 def annealed_dsm_loss(
@@ -283,9 +283,7 @@ class _ScoreMatchingTrainer:
 
     def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """The mean of the per-example losses on the batch ``x`` (N, *D): a scalar tensor."""
-        if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
-            raise ValueError("x must be a non-empty tensor of shape (N, *D)")
-        return self.per_example_loss(x, generator).mean()
+        return self.per_example_loss(check_batch("x", x), generator).mean()
 
     def step(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> float:
         """One Adam step on the batch ``x``; returns the loss before the step.
@@ -463,6 +461,9 @@ class AnnealedDenoisingScoreMatching(_ScoreMatchingTrainer):
         valid = len(sigmas) > 0 and bool((sigmas > 0).all()) and bool(torch.isfinite(sigmas).all())
         if not valid:
             raise ValueError(f"sigmas must be a non-empty tensor of positive levels, got {sigmas}")
+        if len(sigmas) > 1 and not bool((sigmas[1:] < sigmas[:-1]).all()):
+            raise ValueError(f"sigmas must be strictly decreasing (largest noise first, the order "
+                             f"of geometric_sigmas and the sampler), got {sigmas}")
         self.sigmas = sigmas
         super().__init__(model, lr=lr)
 
