@@ -82,6 +82,19 @@ def test_interrupted_write_leaves_the_previous_checkpoint_valid(tmp_path, monkey
     assert load_checkpoint(previous).config() == model.config()
 
 
+def test_next_checkpoint_removes_what_a_killed_writer_left(tmp_path):
+    _tiny_run(tmp_path)
+    folder = tmp_path / "checkpoints"
+    leftover = folder / ".step_0000006.pt.999999999.tmp"  # another (dead) process's half write
+    leftover.write_bytes(b"PK\x03\x04 half a zip archive")
+    model = NCSN(ngf=2, sigmas=default_sigmas(1.0, 0.1, 3))
+    checkpoints.save_checkpoint(tmp_path, model=model, optimizer=torch.optim.Adam(model.parameters()),
+                                ema=None, step=6, generator=torch.Generator(),
+                                data_order={"order": torch.arange(4), "cursor": 0}, losses=[1.0])
+    assert not leftover.exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["step_0000002.pt", "step_0000004.pt", "step_0000006.pt"]
+
+
 def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
     _tiny_run(tmp_path)
     data = latest_checkpoint(tmp_path).read_bytes()

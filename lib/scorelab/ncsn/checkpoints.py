@@ -77,7 +77,15 @@ def save_checkpoint(
     )
     for old in sorted(_step_files(folder))[:-keep]:
         old[1].unlink()
+    _remove_stale_temporaries(folder)
     return path
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files that a killed writer (another process) left in ``folder``."""
+    for leftover in folder.glob(".step_*.pt.*.tmp"):
+        if leftover.name != f".{leftover.name.split('.')[1]}.pt.{os.getpid()}.tmp":
+            leftover.unlink(missing_ok=True)
 
 
 def save_weights(path, model: NCSN, state_dict: dict | None = None) -> Path:

@@ -21,10 +21,11 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
 
     .. math::
 
-        z_k = \gamma[i, k] \frac{x_k - \mu_k}{s_k} + \beta[i, k]
-              + \alpha[i, k] \frac{\mu_k - m}{\sqrt{v + \epsilon}}
+        z_k = \gamma[i, k] \left( \frac{x_k - \mu_k}{s_k}
+              + \alpha[i, k] \frac{\mu_k - m}{\sqrt{v + \epsilon}} \right) + \beta[i, k]
 
-    where :math:`i` is the noise level. Plain instance norm throws the channel means away,
+    where :math:`i` is the noise level (the authors' code scales the correction by
+    :math:`\gamma` too, as here). Plain instance norm throws the channel means away,
     which shifts colours in generated images; the :math:`\alpha` term puts the relative
     channel means back.
 
