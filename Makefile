@@ -25,12 +25,20 @@ book: install
 test: install browser book test-package test-notebooks
 
 # The browser test (tests/test_browser.py) drives headless Chromium; install it when we may.
-browser:
+# It also serves MathJax 3 from $(VENV)/mathjax in place of the CDN, so that the formulas
+# really render (and render without errors) on a machine without internet.
+MATHJAX := $(VENV)/mathjax/node_modules/mathjax/es5/tex-mml-chtml.js
+browser: install
 	@if command -v chromium >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "Installing Chromium for the browser test"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "No chromium and no root: the browser test will be skipped"; fi
+	@if [ -f $(MATHJAX) ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+		echo "Installing MathJax 3 for the browser test"; \
+		npm install --prefix $(VENV)/mathjax --no-audit --no-fund --silent mathjax@3.2.2; \
+	else echo "No npm: the browser test checks the maths markup only, not MathJax's rendering"; fi
 
 test-package: install
 	$(PY) -m pytest tests -p no:cacheprovider

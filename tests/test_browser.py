@@ -12,11 +12,14 @@ size, every animation's controls present and advancing a frame on click, launch 
 (Colab, Binder) and the download button on notebook pages, no broken internal links
 (file and anchor). One screenshot per page goes to ``_build/screenshots/``.
 
-MathJax itself comes from a CDN (Sphinx's default ``mathjax_path``) and no MathJax 3 bundle is
-installed offline, so "rendered" is checked as: every formula reached the page inside Sphinx's
-MathJax containers (``span.math``/``div.math`` with ``\\(...\\)``/``\\[...\\]`` delimiters), and no
-``$$``, ``{eq}`` or ``{cite}`` source is left in the text. When MathJax did load (a reader
-online), its output (``mjx-container``) must be there and no MathJax error.
+MathJax comes from a CDN (Sphinx's default ``mathjax_path``). ``make test`` installs the same
+MathJax 3 release from the npm registry into ``.venv/mathjax`` (``MATHJAX_DIR`` overrides the
+folder), and the test answers the CDN's requests from there: every formula must then be
+typeset by MathJax (an ``mjx-container`` in every ``.math`` element), with no MathJax error and
+no undefined macro. Without that folder (no npm) the check falls back to the markup: every
+formula reached the page inside Sphinx's MathJax containers (``span.math``/``div.math`` with
+``\\(...\\)``/``\\[...\\]`` delimiters). In both cases no ``$$``, ``{eq}`` or ``{cite}`` source
+may be left in the text.
 
 Without a browser (no ``chromium`` or no ``playwright``) the test is skipped with the reason,
 except under ``CI=true``, where a missing browser fails.
@@ -51,6 +54,26 @@ MAX_BOOK_BYTES = 50 * 2**20
 # MyST roles, and reStructuredText that reached the page as text (autodoc output parsed as MyST)
 RAW_SOURCE = re.compile(r"\$\$|\{(?:eq|cite(?::[a-z]+)?|numref|ref|doc)\}`"
                         r"|\.\. [a-z:]+::|:(?:mod|func|class|meth|attr|math|param|type|rtype):`?")
+
+
+MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/"
+MATHJAX_DIR = Path(os.environ.get("MATHJAX_DIR", ROOT / ".venv" / "mathjax" / "node_modules" / "mathjax"))
+
+
+def _serve_mathjax_offline(context) -> bool:
+    """Answer requests for the MathJax CDN from the local bundle; False when there is none."""
+    if not (MATHJAX_DIR / "es5" / "tex-mml-chtml.js").exists():
+        return False
+
+    def fulfil(route):
+        path = MATHJAX_DIR / unquote(urlparse(route.request.url[len(MATHJAX_CDN):]).path)
+        if path.is_file():
+            route.fulfill(path=str(path))
+        else:
+            route.abort()
+
+    context.route(MATHJAX_CDN + "**", fulfil)  # registered last, so it wins over the abort-all
+    return True
 
 
 def _chromium() -> str | None:
@@ -146,7 +169,25 @@ def _broken_link(html: Path, base: str, page_url: str, href: str) -> str | None:
     return None
 
 
-def _math_problems(page) -> list[str]:
+def _math_problems(page, typeset: bool) -> list[str]:
+    """What is wrong with the page's maths; with ``typeset``, MathJax must have rendered it all."""
+    if typeset and page.locator(".math").count():
+        page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                               timeout=20_000)
+        page.evaluate("() => MathJax.startup.promise")
+        problems = page.evaluate(r"""() => {
+            const problems = [];
+            for (const el of document.querySelectorAll('.math'))
+                if (!el.querySelector('mjx-container'))
+                    problems.push('formula not typeset: ' + el.textContent.trim().slice(0, 60));
+            for (const el of document.querySelectorAll('mjx-merror, [data-mjx-error]'))
+                problems.push('MathJax error: ' + (el.getAttribute('data-mjx-error') || el.textContent).slice(0, 80));
+            for (const el of document.querySelectorAll('mjx-container mjx-mtext[style*="color: red"], mjx-container [mathcolor="red"]'))
+                problems.push('undefined macro: ' + el.textContent.slice(0, 60));
+            return problems;
+        }""")
+        if problems:
+            return problems
     return page.evaluate(r"""() => {
         const problems = [];
         for (const el of document.querySelectorAll('.math')) {
@@ -230,7 +271,7 @@ def test_every_page_in_a_browser(site):
     html, base = site
     shots = html.parent / "screenshots"
     shots.mkdir(exist_ok=True)
-    pages, totals, failures = _pages(html), {"images": 0, "links": 0, "animations": 0}, {}
+    pages, totals, failures = _pages(html), {"images": 0, "links": 0, "animations": 0, "formulas": 0}, {}
     start = time.perf_counter()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
@@ -239,6 +280,11 @@ def test_every_page_in_a_browser(site):
         context.route(re.compile(r"^(?!http://127\.0\.0\.1:).*"),
                       lambda route: route.continue_() if route.request.url.startswith("data:")
                       else route.abort())
+        typeset = _serve_mathjax_offline(context)
+        if not typeset and os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but there is no MathJax bundle in {MATHJAX_DIR} (make browser)")
+        print("maths: " + ("typeset by MathJax, served from " + str(MATHJAX_DIR) if typeset
+                           else "markup only (no local MathJax bundle)"))
         for name in pages:
             text = (html / name).read_text(errors="replace")
             redirect = re.search(r'http-equiv="refresh" content="\d+;\s*url=([^"]+)"', text, re.I)
@@ -259,7 +305,7 @@ def test_every_page_in_a_browser(site):
             size = (html / name).stat().st_size
             if size > MAX_PAGE_BYTES:
                 errors.append(f"page is {size / 2**20:.1f} MB (limit 5 MB)")
-            errors += _math_problems(page)
+            errors += _math_problems(page, typeset)
             raw = RAW_SOURCE.search(_visible_text(page))
             if raw:
                 errors.append(f"unrendered MyST source {raw.group(0)!r} in the text")
@@ -277,6 +323,7 @@ def test_every_page_in_a_browser(site):
             errors += [f"broken link: {b}" for h in links
                        if (b := _broken_link(html, base, url, h))]
             totals["images"] += n_images
+            totals["formulas"] += page.locator(".math").count()
             totals["animations"] += n_anim
             totals["links"] += sum(urljoin(url, h).startswith(base) for h in links)
             if errors:
@@ -285,8 +332,9 @@ def test_every_page_in_a_browser(site):
         browser.close()
     book_bytes = sum(p.stat().st_size for p in html.rglob("*") if p.is_file())
     print(f"\nbrowser check: {len(pages)} pages, {totals['images']} images, "
-          f"{totals['links']} internal links, {totals['animations']} animations checked in "
-          f"{time.perf_counter() - start:.0f} s; built HTML {book_bytes / 2**20:.1f} MB; "
+          f"{totals['links']} internal links, {totals['animations']} animations, "
+          f"{totals['formulas']} formulas checked in {time.perf_counter() - start:.0f} s; "
+          f"built HTML {book_bytes / 2**20:.1f} MB; "
           f"screenshots in {shots}")
     assert book_bytes < MAX_BOOK_BYTES, f"built HTML is {book_bytes / 2**20:.1f} MB (limit 50 MB)"
     assert not failures, "\n".join(f"{page}: {problem}" for page, problems in failures.items()
