@@ -84,7 +84,7 @@ def save_checkpoint(
 def _remove_stale_temporaries(folder: Path) -> None:
     """Delete temporary files that a killed writer (another process) left in ``folder``."""
     for leftover in folder.glob(".step_*.pt.*.tmp"):
-        if leftover.name != f".{leftover.name.split('.')[1]}.pt.{os.getpid()}.tmp":
+        if not leftover.name.endswith(f".{os.getpid()}.tmp"):  # not this process's own write
             leftover.unlink(missing_ok=True)
 
 
