@@ -94,12 +94,7 @@ print(json.dumps({{name: case({seed}) for name, case in cases.CASES.items()}}))
 """
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 @pytest.mark.parametrize("name", list(CASES))

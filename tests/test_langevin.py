@@ -15,13 +15,7 @@ VARIANCES = torch.tensor([1.0, 2.0])
 N_PARTICLES = 20_000
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small per-step tensor operations run fastest, and steadiest on a shared machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 def _gaussian_score(x: torch.Tensor) -> torch.Tensor:
