@@ -167,6 +167,30 @@ def test_cli_samples_a_grid_from_a_checkpoint(tmp_path):
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cli_without_torchvision_names_the_offline_dataset(tmp_path, monkeypatch, capsys):
+    from scorelab.ncsn.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision raises ImportError
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--dataset", "mnist", "--out", str(tmp_path), "--steps", "1"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert "--dataset mnist" in error and "torchvision" in error and "--dataset digits" in error
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_cli_builds_the_network_for_the_datasets_images(tmp_path, monkeypatch, single_thread):
+    from scorelab import data
+    from scorelab.ncsn.__main__ import main
+
+    monkeypatch.setattr(data, "load_mnist", lambda root, train, download: torch.rand(8, 1, 28, 28))
+    main(["train", "--dataset", "mnist", "--out", str(tmp_path), "--steps", "2", "--ngf", "2",
+          "--batch-size", "4", "--n-levels", "3", "--threads", "1", "--no-progress"])
+    config = load_checkpoint(tmp_path / "model.pt").config()
+    assert (config["channels"], config["image_size"]) == (1, 28)
+    assert '"dataset": "mnist"' in (tmp_path / "run.json").read_text()
+
+
 def test_cli_help_lists_both_commands():
     result = subprocess.run([sys.executable, "-m", "scorelab.ncsn", "--help"], capture_output=True, text=True, check=True)
     assert "train" in result.stdout and "sample" in result.stdout

@@ -1,7 +1,11 @@
-"""Command line: train an NCSN on the 8x8 digits, or sample a grid from a checkpoint.
+"""Command line: train an NCSN on images, or sample a grid from a checkpoint.
 
-    python -m scorelab.ncsn train --out DIR --steps N [--batch-size B] [--ngf G] [--seed S] [--resume]
+    python -m scorelab.ncsn train --out DIR --steps N [--dataset digits|mnist|cifar10] [--ngf G] [--resume]
     python -m scorelab.ncsn sample --checkpoint PATH --n 64 --out grid.png
+
+The default dataset, the 8x8 digits, works offline; MNIST and CIFAR-10 need torchvision and a
+network (Colab), and are downloaded into ``--data-root``. The network's channels and image size
+follow the data.
 
 ``train`` writes ``DIR/checkpoints/step_XXXXXXX.pt`` (every ``--checkpoint-every`` steps and
 at the end), optional sample grids ``DIR/samples_step_XXXXXXX.png``, the final (EMA) weights
@@ -24,8 +28,11 @@ import torch
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scorelab.ncsn", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train an NCSN on the 8x8 digits")
+    train = commands.add_parser("train", help="train an NCSN on the 8x8 digits, MNIST or CIFAR-10")
     train.add_argument("--out", required=True, help="folder for checkpoints, grids, model.pt, run.json")
+    train.add_argument("--dataset", choices=sorted(DATASETS), default="digits",
+                       help="digits (offline, the default), mnist or cifar10 (torchvision, a network)")
+    train.add_argument("--data-root", default="data", help="download folder for mnist and cifar10")
     train.add_argument("--steps", type=int, required=True, help="total optimiser steps")
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--ngf", type=int, default=32, help="base width of CondRefineNetDilated")
@@ -52,20 +59,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+DATASETS = {"digits": "load_digits", "mnist": "load_mnist", "cifar10": "load_cifar10"}
+
+
+def _training_images(args: argparse.Namespace) -> torch.Tensor:
+    """The training images (N, C, H, W) in [0, 1] of ``--dataset``."""
+    from scorelab import data
+
+    if args.dataset == "digits":
+        return data.load_digits("train")
+    return getattr(data, DATASETS[args.dataset])(args.data_root, train=True, download=True)
+
+
 def _train(args: argparse.Namespace) -> None:
-    from scorelab.data import load_digits
     from scorelab.ncsn.checkpoints import save_weights, sha256
     from scorelab.ncsn.model import NCSN, default_sigmas, train_NCSN
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        images = _training_images(args)
+    except RuntimeError as error:  # no torchvision or no network: the message names the alternative
+        _parser().error(f"--dataset {args.dataset}: {error} (on this command line: --dataset digits)")
     torch.manual_seed(args.seed)  # the network's initial weights
     sigmas = default_sigmas(args.sigma_max, args.sigma_min, args.n_levels)
-    model = NCSN(channels=1, image_size=8, ngf=args.ngf, sigmas=sigmas, device=args.device)
+    model = NCSN(channels=images.shape[1], image_size=images.shape[-1], ngf=args.ngf, sigmas=sigmas,
+                 device=args.device)
     out = Path(args.out)
     start = time.perf_counter()
     losses = train_NCSN(
-        model, load_digits("train"), n_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        model, images, n_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         ema_rate=args.ema_rate or None, seed=args.seed, out_dir=out,
         checkpoint_every=args.checkpoint_every or None, sample_every=args.sample_every or None,
         resume=args.resume, progress=not args.no_progress,
@@ -74,6 +97,7 @@ def _train(args: argparse.Namespace) -> None:
     weights = save_weights(out / "model.pt", model.cpu())
     record = {
         "command": "python -m scorelab.ncsn " + shlex.join(sys.argv[1:]),
+        "dataset": args.dataset,
         "seed": args.seed,
         "steps": args.steps,
         "final_loss_mean_last_100": sum(losses[-100:]) / len(losses[-100:]),
