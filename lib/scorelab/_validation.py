@@ -66,6 +66,14 @@ def check_batch(name: str, x) -> torch.Tensor:
     return check_values(name, x)
 
 
+def check_generator(generator) -> None:
+    """Check that ``generator`` is a ``torch.Generator`` or None."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+
+
 def check_score_shape(name: str, score: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Check that a score function returned a tensor shaped like its input."""
     if not isinstance(score, torch.Tensor) or score.shape != x.shape:

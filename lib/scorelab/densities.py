@@ -17,7 +17,8 @@ import math
 import numpy as np
 import torch
 
-from scorelab._validation import check_points, check_positive, check_positive_int, check_values
+from scorelab._validation import (check_generator, check_points, check_positive, check_positive_int,
+                                  check_values)
 
 __all__ = ["GaussianMixture", "Banana", "PerturbedBanana", "ncsn_toy_mixture"]
 
@@ -41,13 +42,6 @@ def _as_float64(name: str, value) -> torch.Tensor:
 def _check_x(x, dim: int) -> torch.Tensor:
     """Points of shape (N, dim), floating, with values (not 'meta'), all finite; else ValueError."""
     return check_values("x", check_points("x", x, dim))
-
-
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
 
 
 def _check_weights(weights) -> torch.Tensor:
@@ -294,7 +288,7 @@ class GaussianMixture:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` samples, shape (n, D): a component by weight, then its Gaussian."""
         n = check_positive_int("n", n)
-        _check_generator(generator)
+        check_generator(generator)
         components = torch.multinomial(
             self._weights, n, replacement=True, generator=generator
         )  # (n,)
@@ -418,7 +412,7 @@ class Banana:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` samples, shape (n, 2): x_0 = a z_0, x_1 = z_1 - b (x_0^2 - a^2)."""
         n = check_positive_int("n", n)
-        _check_generator(generator)
+        check_generator(generator)
         z = torch.randn(n, 2, generator=generator)  # (n, 2)
         x0 = self.scale * z[:, 0]
         x1 = z[:, 1] - self.curvature * (x0.square() - self.scale**2)

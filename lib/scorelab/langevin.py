@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from scorelab._tensors import sum_except_batch
-from scorelab._validation import check_positive, check_positive_int, check_score_shape
+from scorelab._validation import (check_generator, check_positive, check_positive_int,
+                                  check_score_shape, check_values)
 
 __all__ = ["geometric_sigmas", "langevin_dynamics", "annealed_langevin_dynamics", "mala",
            "trajectory_bytes", "TRAJECTORY_WARNING_BYTES"]
@@ -64,21 +65,7 @@ def _check_x0(x0) -> torch.Tensor:
         )
     if not x0.is_floating_point():
         raise ValueError(f"x0 must be a floating-point tensor, got dtype {x0.dtype}")
-    # A meta tensor has no values to sample from (and would fail the finiteness check obscurely).
-    if x0.device.type == "meta":
-        raise ValueError(
-            "x0 must hold values on a real device (cpu, cuda, ...), got a 'meta' tensor"
-        )
-    if not torch.isfinite(x0).all():
-        raise ValueError("x0 must contain only finite values (no NaN or infinity)")
-    return x0
-
-
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
+    return check_values("x0", x0)
 
 
 def _check_sigmas(sigmas) -> list[float]:
@@ -231,7 +218,7 @@ def _prepare(
 ):
     """Copy x0, and make the noise source, the trajectory recorder and the progress bar."""
     x = _check_x0(x0).detach().clone()
-    _check_generator(generator)
+    check_generator(generator)
     record_every = check_positive_int("record_every", record_every)
     recorder = _Recorder(x, n_steps, record_every, extra_frames) if return_trajectory else None
     if recorder is not None:
