@@ -1,0 +1,99 @@
+r"""The score contract: ``score_fn(x, sigma)``, and the one adapter that gives a network that contract.
+
+Every sampler, loss and metric of the package that needs a noise-conditional score calls
+
+    score_fn(x, sigma) -> Tensor shaped like x
+
+with ``x`` of shape (N, *D) and ``sigma`` either a Python float (one noise level for the
+whole batch) or a tensor of shape (N,) (one level per example, as the SDE samplers and the
+continuous-sigma losses need). The result estimates :math:`\nabla_x \log p_\sigma(x)`, the
+score of the data convolved with :math:`N(0, \sigma^2 I)`.
+
+Networks come in two kinds: *level-indexed* ones, ``net(x, labels)`` with ``labels`` a
+LongTensor (N,) of indices into a fixed ladder (the NCSN of Song & Ermon 2019), and
+*sigma-conditioned* ones, ``net(x, sigma)`` with ``sigma`` a tensor (N,) (continuous noise,
+as in score SDEs). :func:`as_score_fn` turns either into the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from scorelab.noise import check_sigmas
+
+__all__ = ["ScoreFn", "sigma_per_example", "sigma_to_level", "as_score_fn"]
+
+#: ``score_fn(x, sigma)``: x (N, *D), sigma a float or a tensor (N,) -> tensor (N, *D).
+ScoreFn = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
+
+
+def sigma_per_example(sigma, x: torch.Tensor, name: str = "sigma") -> torch.Tensor:
+    """``sigma`` (a float or a tensor of shape (N,) or ()) as a tensor (N,) on x's device and dtype.
+
+    Raises a ValueError naming ``name`` unless every value is finite and positive and the
+    shape is (), (1,) or (N,) with N = x.shape[0].
+    """
+    n = x.shape[0]
+    if isinstance(sigma, torch.Tensor):
+        if sigma.ndim > 1 or (sigma.ndim == 1 and sigma.shape[0] not in (1, n)):
+            raise ValueError(f"{name} must be a float or a tensor of shape ({n},), "
+                             f"got shape {tuple(sigma.shape)}")
+        values = sigma.detach().to(device=x.device, dtype=x.dtype).reshape(-1).expand(n)
+    else:
+        try:
+            number = float(sigma)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a float or a tensor of shape ({n},), "
+                             f"got {type(sigma).__name__}") from None
+        values = torch.full((n,), number, device=x.device, dtype=x.dtype)
+    if values.device.type != "meta" and not bool(((values > 0) & values.isfinite()).all()):
+        raise ValueError(f"{name} must be positive and finite, got {sigma!r}")
+    return values
+
+
+def sigma_to_level(sigma: torch.Tensor, sigmas: torch.Tensor, rtol: float = 1e-4) -> torch.Tensor:
+    """Indices (N,) into the ladder ``sigmas`` (L,) of the levels ``sigma`` (N,).
+
+    Each sigma must be one of the ladder's levels within relative tolerance ``rtol``: a
+    level-indexed network knows nothing in between, so any other value is a ValueError.
+    """
+    ladder = sigmas.to(device=sigma.device, dtype=torch.float64)
+    log_gap = sigma.double().log()[:, None] - ladder.log()[None, :]  # (N, L)
+    labels = log_gap.abs().argmin(dim=1)
+    nearest = ladder[labels]
+    if bool(((nearest - sigma.double()).abs() > rtol * sigma.double()).any()):
+        raise ValueError(f"sigma must be one of the model's noise levels "
+                         f"{[round(s, 6) for s in sigmas.tolist()]}, got {sigma.unique().tolist()}")
+    return labels
+
+
+def as_score_fn(net: Callable, sigmas=None) -> ScoreFn:
+    """The score contract ``score_fn(x, sigma)`` for a noise-conditional network ``net``.
+
+    Parameters
+    ----------
+    net : callable
+        Level-indexed, ``net(x, labels)`` with labels a LongTensor (N,), when ``sigmas`` is
+        given; sigma-conditioned, ``net(x, sigma)`` with sigma a tensor (N,), when it is not.
+    sigmas : sequence of float or Tensor (L,), optional
+        The decreasing ladder a level-indexed network was trained on.
+
+    Returns
+    -------
+    score_fn(x, sigma) -> Tensor shaped like x, sigma a float or a tensor (N,).
+    """
+    if not callable(net):
+        raise ValueError(f"net must be a callable network, got {type(net).__name__}")
+    if sigmas is None:
+        def score_fn(x: torch.Tensor, sigma) -> torch.Tensor:
+            return net(x, sigma_per_example(sigma, x))
+        return score_fn
+
+    ladder = check_sigmas(sigmas)
+
+    def level_score_fn(x: torch.Tensor, sigma) -> torch.Tensor:
+        sigma = sigma_per_example(sigma, x)
+        return net(x, sigma_to_level(sigma, ladder))
+    return level_score_fn
