@@ -624,3 +624,30 @@ def test_a_check_leaves_the_global_random_state_alone(capsys):
     )  # builds modules whose initialisation draws from the global RNG
     capsys.readouterr()
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_hint_prints_the_tiers_in_order_then_repeats_the_last(capsys):
+    from scorelab.checks import _core
+
+    _core.register_hints("99.1", "the idea", "the equation", "a skeleton")
+    try:
+        for _ in range(4):
+            _core.hint("99.1")
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split(": ", 1)[1] for line in lines] == [
+            "the idea", "the equation", "a skeleton", "a skeleton"]
+        assert "the last hint" in lines[-1] and "Hint 1 of 3" in lines[0]
+        with pytest.raises(ValueError, match="number must be one of"):
+            _core.hint("99.9")
+    finally:
+        _core.HINTS.pop("99.1")
+        _core._hints_shown.pop("99.1", None)
+
+
+def test_hidden_cases_only_while_grading(monkeypatch):
+    from scorelab.checks import _core
+
+    monkeypatch.setattr(_core, "GRADING", False)
+    assert _core.cases([1, 2], [3]) == [1, 2]
+    monkeypatch.setattr(_core, "GRADING", True)
+    assert _core.cases([1, 2], [3]) == [1, 2, 3]

@@ -6,7 +6,7 @@ stub, or what is wrong (shape, dtype, sign, a missing factor, NaN far from the m
 an exception...). It never raises for a wrong answer. One module per chapter.
 """
 
-from scorelab.checks._core import Mismatch, assert_all_passed, results
+from scorelab.checks._core import Mismatch, assert_all_passed, hint, results
 from scorelab.checks.ch1 import exercise_1_1, exercise_1_2
 from scorelab.checks.ch2 import exercise_2_1, exercise_2_2
 from scorelab.checks.ch3 import exercise_3_1, exercise_3_2, exercise_3_3
@@ -17,6 +17,7 @@ from scorelab.checks.ch6 import exercise_6_1, exercise_6_2
 __all__ = [
     "Mismatch",
     "assert_all_passed",
+    "hint",
     "exercise_1_1",
     "exercise_1_2",
     "exercise_2_1",

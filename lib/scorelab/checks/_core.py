@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import os
 from collections.abc import Callable, Iterable
 
 import torch
@@ -23,6 +24,39 @@ TODO_MARK = "⏳"
 
 # Outcome of every check run in this process, by exercise number (used by the solutions).
 results: dict[str, bool] = {}
+
+#: True while an instructor's grader runs the notebook (environment variable SCORELAB_GRADING=1):
+#: checks then also try their hidden cases, parameter values the student's notebook never shows.
+GRADING = os.environ.get("SCORELAB_GRADING") == "1"
+
+#: Hint tiers by exercise number: the idea, then the equation to use, then a skeleton with blanks.
+HINTS: dict[str, tuple[str, ...]] = {}
+_hints_shown: dict[str, int] = {}
+
+
+def cases(public: Iterable, hidden: Iterable = ()) -> list:
+    """The parameter values a check tries: ``public`` always, ``hidden`` too while grading."""
+    return list(public) + (list(hidden) if GRADING else [])
+
+
+def register_hints(number: str, *tiers: str) -> None:
+    """Record the hint tiers of exercise ``number``, from the most general to a skeleton."""
+    if not tiers:
+        raise ValueError(f"exercise {number} needs at least one hint tier")
+    HINTS[number] = tuple(tiers)
+
+
+def hint(number: str) -> None:
+    """Print the next hint tier of exercise ``number`` (the last one again once all are shown)."""
+    number = str(number)
+    if number not in HINTS:
+        known = ", ".join(sorted(HINTS, key=lambda n: tuple(map(int, n.split(".")))))
+        raise ValueError(f"number must be one of the exercises with hints ({known}), got {number!r}")
+    tiers = HINTS[number]
+    shown = min(_hints_shown.get(number, 0), len(tiers) - 1)
+    _hints_shown[number] = shown + 1
+    last = " (the last hint)" if shown == len(tiers) - 1 else ""
+    print(f"Hint {shown + 1} of {len(tiers)} for exercise {number}{last}: {tiers[shown]}")
 
 
 class Mismatch(Exception):
