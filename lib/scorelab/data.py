@@ -1,13 +1,18 @@
 """Data sets of the course: 2-D toys, the 8x8 digits shipped with scikit-learn, MNIST/CIFAR-10.
 
 Every loader returns float32 tensors. Images come as (N, C, H, W) on the [0, 1] scale.
-The digits work offline (scikit-learn ships them); MNIST and CIFAR-10 need torchvision and
-a network connection (Colab has both).
+The digits work offline (scikit-learn ships them). MNIST and CIFAR-10 are read from the files
+in the layout torchvision's dataset classes write; downloading them needs torchvision and a
+network connection (Colab has both).
 """
 
 from __future__ import annotations
 
+import gzip
 import math
+import pickle
+import struct
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,33 +124,129 @@ def toy_mixture(n: int, *, generator: torch.Generator | None = None) -> torch.Te
     return centres + torch.randn(n, 2, generator=generator)
 
 
-def _torchvision_dataset(name: str, root: str, train: bool, download: bool) -> torch.Tensor:
+# The on-disk layouts that torchvision's MNIST and CIFAR10 classes download to and read from.
+MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_FILES = {True: tuple(f"data_batch_{i}" for i in range(1, 6)), False: ("test_batch",)}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path) -> np.ndarray:
+    """An array in the IDX format of LeCun's MNIST files (plain or ``.gz``).
+
+    Layout: two zero bytes, a type byte (0x08 = unsigned byte), the number of dimensions d,
+    then d big-endian int32 sizes and the values in C order.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (its first bytes are {raw[:4]!r})")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}i", raw[4:4 + 4 * ndim])
+    values = np.frombuffer(raw, dtype=_IDX_DTYPES[raw[2]], offset=4 + 4 * ndim)
+    if values.size != math.prod(shape):
+        raise ValueError(f"{path} is truncated: its header announces shape {shape}, "
+                         f"it holds {values.size} values")
+    return values.reshape(shape)
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_mnist(root: Path, train: bool):
+    folder = root / "MNIST" / "raw"
+    found = [_find(folder, name) for name in MNIST_FILES[train]]
+    if None in found:
+        return None
+    images, labels = (read_idx(path) for path in found)
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a data file cannot run code on load."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"),
+               ("_codecs", "encode")}  # how protocol 2 writes bytes
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"a CIFAR-10 batch may hold only arrays, found {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar10(root: Path, train: bool):
+    paths = [root / CIFAR10_FOLDER / name for name in CIFAR10_FILES[train]]
+    if not all(path.is_file() for path in paths):
+        return None
+    batches = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            batches.append(_ArrayUnpickler(handle, encoding="latin1").load())  # as written by Python 2
+    data = np.concatenate([np.asarray(batch["data"], dtype=np.uint8) for batch in batches])
+    labels = np.concatenate([np.asarray(batch["labels"], dtype=np.int64) for batch in batches])
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.from_numpy(labels)
+
+
+def _download(name: str, root: Path, train: bool) -> None:
     try:
         import torchvision
     except ImportError:
         raise RuntimeError(
-            f"load_{name.lower()} needs torchvision, which is not installed; "
+            f"load_{name.lower()} needs torchvision to download {name}, which is not installed; "
             "use scorelab.data.load_digits() (offline 8x8 digits) instead, "
             "or `pip install torchvision` where a network is available"
         ) from None
-    cls = getattr(torchvision.datasets, name)
     try:
-        dataset = cls(root, train=train, download=download)
+        getattr(torchvision.datasets, name)(str(root), train=train, download=True)
     except (OSError, RuntimeError) as error:
         raise RuntimeError(
-            f"could not load {name} into {root!r} ({error}); without a network use "
+            f"could not download {name} into {str(root)!r} ({error}); without a network use "
             "scorelab.data.load_digits() (offline 8x8 digits) instead"
         ) from error
-    data = torch.as_tensor(np.asarray(dataset.data))
-    images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)  # (N, C, H, W)
-    return images.float() / 255.0
 
 
-def load_mnist(root: str = "data", *, train: bool = True, download: bool = True) -> torch.Tensor:
-    """MNIST through torchvision: (N, 1, 28, 28) in [0, 1]. Raises with the offline alternative."""
-    return _torchvision_dataset("MNIST", root, train, download)
+def _image_dataset(name: str, reader, root, train: bool, download: bool, return_labels: bool):
+    root = Path(root)
+    found = reader(root, train)
+    if found is None and download:
+        _download(name, root, train)
+        found = reader(root, train)
+    if found is None:
+        raise RuntimeError(
+            f"{name} is not in {str(root)!r} (torchvision's layout) and download=False; "
+            "download it where a network exists, or use scorelab.data.load_digits() "
+            "(offline 8x8 digits) instead"
+        )
+    pixels, labels = found  # uint8 (N, C, H, W), int64 (N,)
+    images = pixels.float() / 255.0
+    return (images, labels) if return_labels else images
 
 
-def load_cifar10(root: str = "data", *, train: bool = True, download: bool = True) -> torch.Tensor:
-    """CIFAR-10 through torchvision: (N, 3, 32, 32) in [0, 1]. Raises with the offline alternative."""
-    return _torchvision_dataset("CIFAR10", root, train, download)
+def load_mnist(root="data", *, train: bool = True, download: bool = True,
+               return_labels: bool = False):
+    """MNIST, (N, 1, 28, 28) in [0, 1] (60,000 train or 10,000 test images).
+
+    Read from the IDX files in ``root/MNIST/raw`` (the layout torchvision's ``MNIST`` writes,
+    plain or gzipped); when they are missing and ``download`` is true, torchvision fetches
+    them first. With ``return_labels``, a pair (images, LongTensor (N,)).
+    """
+    return _image_dataset("MNIST", _read_mnist, root, train, download, return_labels)
+
+
+def load_cifar10(root="data", *, train: bool = True, download: bool = True,
+                 return_labels: bool = False):
+    """CIFAR-10, (N, 3, 32, 32) in [0, 1] (50,000 train or 10,000 test images).
+
+    Read from the pickled batches in ``root/cifar-10-batches-py`` (the layout torchvision's
+    ``CIFAR10`` writes); when they are missing and ``download`` is true, torchvision fetches
+    them first. With ``return_labels``, a pair (images, LongTensor (N,)).
+    """
+    return _image_dataset("CIFAR10", _read_cifar10, root, train, download, return_labels)

@@ -3,8 +3,9 @@
     python -m scorelab.ncsn train --out DIR --steps N [--dataset digits|mnist|cifar10] [--ngf G] [--resume]
     python -m scorelab.ncsn sample --checkpoint PATH --n 64 --out grid.png
 
-The default dataset, the 8x8 digits, works offline; MNIST and CIFAR-10 need torchvision and a
-network (Colab), and are downloaded into ``--data-root``. The network's channels and image size
+The default dataset, the 8x8 digits, works offline; MNIST and CIFAR-10 are read from
+``--data-root`` in the layout torchvision writes, and downloaded there first (torchvision and a
+network, as on Colab) when they are missing. The network's channels and image size
 follow the data.
 
 ``train`` writes ``DIR/checkpoints/step_XXXXXXX.pt`` (every ``--checkpoint-every`` steps and
@@ -31,8 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an NCSN on the 8x8 digits, MNIST or CIFAR-10")
     train.add_argument("--out", required=True, help="folder for checkpoints, grids, model.pt, run.json")
     train.add_argument("--dataset", choices=sorted(DATASETS), default="digits",
-                       help="digits (offline, the default), mnist or cifar10 (torchvision, a network)")
-    train.add_argument("--data-root", default="data", help="download folder for mnist and cifar10")
+                       help="digits (offline, the default), mnist or cifar10 (read from --data-root; "
+                       "downloaded with torchvision when missing)")
+    train.add_argument("--data-root", default="data", help="folder of mnist and cifar10 (torchvision's layout)")
     train.add_argument("--steps", type=int, required=True, help="total optimiser steps")
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--ngf", type=int, default=32, help="base width of CondRefineNetDilated")
