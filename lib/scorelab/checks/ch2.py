@@ -183,6 +183,11 @@ def alpha_for_bias(bias: float) -> float:
 def exercise_2_3(langevin_variance, alpha_10) -> None:
     """Check ``langevin_variance(step_size, generator) -> float`` on the N(0, I) target, and
     ``alpha_10``, the step size the student measured at which the variance is 1.1."""
+    _check_variances(langevin_variance)
+    _check_alpha_10(alpha_10)
+
+
+def _check_variances(langevin_variance) -> None:
     measured = {}
     for step_size in cases([0.05, 0.5, 1.5], [0.25, 1.0]):
         value = call_student(
@@ -219,6 +224,9 @@ def exercise_2_3(langevin_variance, alpha_10) -> None:
         "from the same place, run enough steps to forget it (a few hundred), use a few "
         "thousand particles, and return the variance of all coordinates of the final samples."
     )
+
+
+def _check_alpha_10(alpha_10) -> None:
     alpha = to_float(alpha_10, what="alpha_10")
     truth = alpha_for_bias(0.1)
     if abs(alpha - truth) <= ALPHA_10_TOLERANCE:
