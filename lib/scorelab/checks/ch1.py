@@ -404,12 +404,14 @@ register_hints(
 )
 register_hints(
     "1.2",
-    "Autograd differentiates a scalar. The sum over points of log p(x_n) has, as its gradient "
-    "with respect to row n, exactly the score at x_n.",
-    "Make a fresh leaf tensor from x that tracks gradients, evaluate the log-density on it, "
-    "sum, and ask torch.autograd.grad for the gradient with respect to that leaf.",
-    "leaf = <copy of x, detached, requiring grad>;  total = <sum of log_prob_fn(leaf)>;  "
-    "grad = <the first element of torch.autograd.grad(total, leaf)>.",
+    "Autograd differentiates a scalar. The sum over points of log p(x_n) has, as its "
+    "gradient with respect to row n, exactly the score at x_n.",
+    "Make a fresh leaf tensor from x that tracks gradients, evaluate the log-density "
+    "on it, sum, and ask torch.autograd for the gradient of that sum with respect to "
+    "the leaf.",
+    "Three lines: a detached copy of the points that requires gradients; the sum of "
+    "the log-densities there; its gradient with respect to the copy (the first and "
+    "only element of what autograd returns).",
 )
 register_hints(
     "1.3",

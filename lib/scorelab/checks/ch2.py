@@ -356,20 +356,25 @@ def exercise_2_4(langevin_sampler) -> None:
 
 register_hints(
     "2.1",
-    "One step moves every particle a little along the score and adds fresh Gaussian noise. "
-    "For epsilon, write both updates side by side and match the term in front of the score.",
-    "x_t = x_(t-1) + (alpha / 2) * s(x_(t-1)) + sqrt(alpha) * z_t with z_t ~ N(0, I) drawn from "
-    "the generator; the authors write x + eps * s + sqrt(2 eps) * z.",
-    "noise = <standard normal of x's shape, from the generator>;  return x + <drift "
-    "coefficient> * score_fn(x) + <noise coefficient> * noise.  epsilon = <alpha times ____>.",
+    "One step moves every particle a little along the score and adds fresh Gaussian "
+    "noise. For epsilon, write both updates side by side and match the term in front "
+    "of the score.",
+    "The drift is half the step size times the score at the current points; the noise "
+    "is a standard normal draw of the shape of the points, from the generator, times "
+    "the square root of the step size. For epsilon, match the factors in front of the "
+    "score.",
+    "Two lines: draw the noise, then return the old points plus the drift plus the "
+    "scaled noise. epsilon is the step size times a number.",
 )
 register_hints(
     "2.2",
-    "At stationarity x_(t-1) and x_t have the same variance v. Write the variance of both "
-    "sides of one step and solve for v.",
-    "On N(0, 1) the step is x_t = (1 - alpha/2) x_(t-1) + sqrt(alpha) z_t, the two terms "
-    "independent, so v = (1 - alpha/2)^2 v + alpha.",
-    "Expand (1 - alpha/2)^2 = 1 - alpha + alpha^2/4, collect v on one side: v * (____) = alpha.",
+    "At stationarity the variance before a step equals the variance after it. Write "
+    "the variance of both sides of one step.",
+    "The two terms of a step are independent, so their variances add: the contracted "
+    "old point contributes the square of the contraction factor times v, the noise "
+    "contributes the step size.",
+    "That is a linear equation in v: v equals v times a number below one, plus the "
+    "step size. Expand the square, collect the v terms on one side and divide.",
 )
 register_hints(
     "2.3",

@@ -327,12 +327,13 @@ def exercise_3_4(plain_langevin_share, why) -> None:
 
 register_hints(
     "3.1",
-    "Walking down the ladder multiplies sigma by the same factor at every step. How many "
-    "such steps take you from sigma_max to sigma_min?",
-    "sigma_1 / sigma_L = (sigma_1 / sigma_2) (sigma_2 / sigma_3) ... : a product of as many "
-    "equal ratios as there are gaps between neighbouring levels.",
-    "ratio ** (number of gaps) = sigma_max / sigma_min; solve for ratio with a fractional "
-    "power.",
+    "Walking down the ladder multiplies sigma by the same factor at every step. How "
+    "many such steps take you from sigma_max to sigma_min?",
+    "The ratio of the first to the last level is a product of equal factors, one for "
+    "each gap between neighbouring levels. Count the gaps of a ladder of n_levels "
+    "levels.",
+    "The factor raised to the number of gaps gives sigma_max over sigma_min: undo the "
+    "power with a fractional exponent.",
 )
 register_hints(
     "3.2",
@@ -344,21 +345,23 @@ register_hints(
 )
 register_hints(
     "3.3",
-    "Compare the two terms of a step at level i: the drift (alpha_i / 2) s and the noise "
-    "sqrt(alpha_i) z. How does each scale with sigma_i if |s| is about 1 / sigma_i?",
-    "Signal-to-noise ratio: (alpha_i / (2 sigma_i)) / sqrt(alpha_i) = sqrt(alpha_i) / "
-    "(2 sigma_i). Keep it equal at every level, and fix alpha_L = eps.",
-    "alpha_i is proportional to sigma_i to the power ____, normalised so that the level "
-    "sigma_L gets exactly eps.",
+    "Write the size of the drift term and of the noise term of one step at level i, "
+    "using that the score there is about one over sigma_i in size.",
+    "Their ratio is proportional to the square root of alpha_i divided by sigma_i. "
+    "Keeping it the same at every level fixes how alpha_i grows with sigma_i; the "
+    "last level fixes the constant.",
+    "alpha_i is proportional to sigma_i to the power ____, normalised so that the "
+    "level sigma_L gets exactly eps.",
 )
 register_hints(
     "3.4",
-    "Run plain Langevin from the given start, then count. Before you run it, predict the "
-    "share from the start alone.",
-    "The (5, 5) mode is the half-plane x + y > 0; the score there is almost exactly that "
-    "component's own -(x - mu), whatever its weight.",
-    "samples = langevin_dynamics(<mixture score>, x0, <step>, <a few hundred steps>, ...);  "
-    "share = <fraction of samples with x + y > 0>;  why = '<one letter>'",
+    "Run plain Langevin from the given start, then count. Before you run it, predict "
+    "the share from the start alone.",
+    "The (5, 5) mode is the half-plane x + y > 0; the score there is almost exactly "
+    "that component's own -(x - mu), whatever its weight.",
+    "Run langevin_dynamics from x0 with the mixture's score, then take the mean of a "
+    "mask: the samples whose two coordinates add up to more than zero. why is a "
+    "one-letter string.",
 )
 register_hints(
     "3.5",
