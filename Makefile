@@ -8,7 +8,7 @@ BOOK_BUILD := $(VENV)/bin/jupyter-book build book/ --config _config.yml --toc "$
 # Notebook tests: each notebook runs in a fresh kernel; cells marked NBVAL_CHECK_OUTPUT compare output.
 NBVAL := $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -n 2 --dist loadscope
 
-.PHONY: install browser book test test-package test-notebooks bench bench-quick strip exercises exercises-check clean clean-cache
+.PHONY: install browser book test test-package test-notebooks bench bench-quick strip exercises exercises-check grade clean clean-cache
 
 install: $(VENV)/.installed
 
@@ -71,3 +71,12 @@ clean-cache:
 
 clean:
 	rm -rf _build
+
+# Grade students' notebooks: every DIR/*.ipynb runs in a fresh kernel with the hidden cases on,
+# and DIR/grades.csv gets one row per exercise (student, exercise, passed, feedback).
+GRADE_TIMEOUT ?= 600
+GRADE_CELL_TIMEOUT ?= 120
+grade: install
+	@if [ -z "$(SUBMISSIONS)" ]; then echo "usage: make grade SUBMISSIONS=DIR" >&2; exit 2; fi
+	$(PY) -m scorelab.grading "$(SUBMISSIONS)" --solutions solutions \
+		--timeout $(GRADE_TIMEOUT) --cell-timeout $(GRADE_CELL_TIMEOUT)

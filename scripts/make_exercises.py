@@ -7,8 +7,14 @@ Usage:
 solutions/NN_name.ipynb is the single source of every exercise. In it:
 
 - a code region between the lines ``# BEGIN SOLUTION`` and ``# END SOLUTION`` becomes a stub,
-  at the marker's indentation: the region's leading ``# HINT:`` comment lines, then
-  ``raise NotImplementedError("Exercise N.k: ...")``;
+  at the marker's indentation: the region's ``# HINT:`` comment line (one conceptual hint at
+  most, tests/test_exercises.py checks; the further tiers are ``checks.hint("N.k")``), then
+  ``raise NotImplementedError("Exercise N.k: ...")``; when the region has lines
+  ``# EXERCISE: code`` (a *debug* exercise: the buggy code the student starts from), those
+  lines' code replaces the region instead of the raise;
+- each exercise's heading cell ``## Exercise N.k: title ★★`` carries the cell metadata
+  ``"exercise": {"id": "N.k", "kind": "derive"|"implement"|"investigate"|"debug",
+  "level": 1|2|3}`` (the stars show the level); it is checked and carried to the exercise;
 - a markdown region between ``<!-- BEGIN SOLUTION -->`` and ``<!-- END SOLUTION -->`` becomes
   "*Your answer here.*";
 - the exercise number N.k comes from the last markdown heading ``Exercise N.k`` above the region;
@@ -42,6 +48,9 @@ CONFIG = ROOT / "_config.yml"
 BEGIN_CODE, END_CODE = "# BEGIN SOLUTION", "# END SOLUTION"
 BEGIN_TEXT, END_TEXT = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
 HINT_PREFIX = "# HINT:"
+PROMPT_PREFIX = "# EXERCISE:"
+KINDS = ("derive", "implement", "investigate", "debug")
+HEADING = re.compile(r"^##\s+Exercise\s+(\d+\.\d+):\s*(.*?)\s*(★{1,3})?\s*$")
 EXERCISE_HEADING = re.compile(r"^#+\s.*\bExercise\s+(\d+\.\d+)\b", re.MULTILINE)
 SOLUTION_ONLY = "solution-only"
 BADGE_ID, SETUP_ID = "colab-badge", "colab-setup"
@@ -119,11 +128,15 @@ def _stub_code(lines: list[str], number: str, where: str) -> list[str]:
             if region is None:
                 raise SourceError(f"{where}: {END_CODE} without {BEGIN_CODE}")
             hints = [h.strip() for h in region if h.strip().startswith(HINT_PREFIX)]
+            prompt = [_prompt_line(h) for h in region if h.strip().startswith(PROMPT_PREFIX)]
             out += [indent + h for h in hints]
-            out.append(
-                f'{indent}raise NotImplementedError("Exercise {number}: not done yet '
-                f'- replace this line with your code")'
-            )
+            if prompt:
+                out += [line if not line.strip() else indent + line for line in prompt]
+            else:
+                out.append(
+                    f'{indent}raise NotImplementedError("Exercise {number}: not done yet '
+                    f'- replace this line with your code")'
+                )
             region = None
         elif region is not None:
             region.append(line)
@@ -132,6 +145,65 @@ def _stub_code(lines: list[str], number: str, where: str) -> list[str]:
     if region is not None:
         raise SourceError(f"{where}: {BEGIN_CODE} without {END_CODE}")
     return out
+
+
+def _prompt_line(line: str) -> str:
+    """The code of a ``# EXERCISE: code`` line, relative to the region's indentation."""
+    text = line.strip()[len(PROMPT_PREFIX):]
+    return text[1:] if text.startswith(" ") else text
+
+
+def exercise_metadata(cell, where: str) -> dict | None:
+    """The validated ``exercise`` metadata of a heading cell ``## Exercise N.k: title ★★``.
+
+    None for a cell that is no exercise heading, or a heading without metadata (the
+    generator carries what is there; tests/test_exercises.py requires it on every heading);
+    SourceError when the heading and its metadata disagree (id, stars and level) or the
+    metadata is malformed.
+    """
+    if cell.cell_type != "markdown":
+        if "exercise" in cell.metadata:
+            raise SourceError(f"{where}: exercise metadata on a {cell.cell_type} cell")
+        return None
+    first = cell.source.split("\n", 1)[0]
+    match = HEADING.match(first)
+    meta = cell.metadata.get("exercise")
+    if match is None:
+        if meta is not None:
+            raise SourceError(f"{where}: exercise metadata on a cell that is no exercise heading")
+        return None
+    number, _, stars = match.groups()
+    if meta is None:
+        return None
+    if not isinstance(meta, dict) or set(meta) != {"id", "kind", "level"}:
+        raise SourceError(
+            f"{where}: the heading of Exercise {number} needs the cell metadata "
+            '"exercise": {"id", "kind", "level"}'
+        )
+    if meta["id"] != number:
+        raise SourceError(f"{where}: metadata id {meta['id']!r} but the heading says {number}")
+    if meta["kind"] not in KINDS:
+        raise SourceError(f"{where}: kind must be one of {KINDS}, got {meta['kind']!r}")
+    if meta["level"] not in (1, 2, 3):
+        raise SourceError(f"{where}: level must be 1, 2 or 3, got {meta['level']!r}")
+    if stars is None or len(stars) != meta["level"]:
+        raise SourceError(
+            f"{where}: the heading must end with {'★' * meta['level']} (level {meta['level']})"
+        )
+    return dict(meta)
+
+
+def exercises_of(nb, name: str) -> list[dict]:
+    """The validated exercise metadata of a (normalised) solution notebook, in order."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        meta = exercise_metadata(cell, f"solutions/{name}, cell {index} (id {cell.get('id')})")
+        if meta is not None:
+            found.append(meta)
+    ids = [m["id"] for m in found]
+    if len(set(ids)) != len(ids):
+        raise SourceError(f"solutions/{name}: an exercise id appears twice: {ids}")
+    return found
 
 
 def _stub_text(source: str, number: str, where: str) -> str:
@@ -200,6 +272,9 @@ def make_exercise(solution, url: str, branch: str, name: str):
         tags = [t for t in cell.metadata.get("tags", []) if t not in BOOK_ONLY_TAGS]
         if tags:
             new.metadata["tags"] = tags
+        meta = exercise_metadata(cell, where)
+        if meta is not None:
+            new.metadata["exercise"] = meta
         cells.append(new)
     if n_stubs == 0:
         raise SourceError(f"solutions/{name}: no solution region, so the exercise would be empty")

@@ -35,42 +35,94 @@ def stub(*args, **kwargs):
     raise NotImplementedError("Exercise N.k: not done yet - replace this line with your code")
 
 
-@pytest.mark.parametrize(
-    "check",
-    [
-        checks.exercise_1_1,
-        checks.exercise_1_2,
-        checks.exercise_2_1,
-        checks.exercise_2_2,
-        checks.exercise_3_1,
-        checks.exercise_3_2,
-        checks.exercise_3_3,
-        checks.exercise_4_1,
-        checks.exercise_4_2,
-        checks.exercise_5_1,
-        checks.exercise_5_2,
-        checks.exercise_6_1,
-        checks.exercise_6_2,
-    ],
-)
+def _all_checks():
+    """Every check the package exports (chapters 1-6), found by name."""
+    return [getattr(checks, name) for name in sorted(dir(checks)) if name.startswith("exercise_")]
+
+
+@pytest.mark.parametrize("check", _all_checks(), ids=lambda c: c.exercise_number)
 def test_an_unfilled_stub_is_not_done_yet(capsys, check):
+    import inspect
+
     from scorelab.ncsn import ConditionalInstanceNorm2dPlus
 
     class StubNorm(ConditionalInstanceNorm2dPlus):
         forward = stub
 
-    out = run_check(capsys, check, StubNorm if check is checks.exercise_6_1 else stub)
-    assert out.startswith("⏳") and "not done yet" in out
+    n_args = len(inspect.signature(check).parameters)
+    answers = [StubNorm if check.exercise_number == "6.1" else stub] * n_args
+    assert check(*answers) is None
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("⏳") and "not done yet" in out, out
 
 
 def test_assert_all_passed_names_failed_and_missing(capsys):
-    checks.exercise_3_1(stub)
+    checks.exercise_3_2(stub)
     capsys.readouterr()
-    with pytest.raises(AssertionError, match=r"not run: \['9.9'\]; failed: \['3.1'\]"):
-        checks.assert_all_passed(["3.1", "9.9"])
+    with pytest.raises(AssertionError, match=r"not run: \['9.9'\]; failed: \['3.2'\]"):
+        checks.assert_all_passed(["3.2", "9.9"])
 
 
-# ---------------------------------------------------------------- chapter 1: the mixture score
+def run_many(capsys, check, *answers) -> str:
+    """Like run_check, for checks that take several answers."""
+    assert check(*answers) is None
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, f"a check prints exactly one line, got {out!r}"
+    assert checks.results[check.exercise_number] == out.startswith("✅")
+    assert "Traceback" not in out
+    return out
+
+
+def explains_many(capsys, check, answers, phrases):
+    out = run_many(capsys, check, *answers)
+    assert out.startswith("❌"), out
+    for phrase in phrases:
+        assert phrase in out, f"{phrase!r} not in {out!r}"
+
+
+@pytest.fixture
+def grading(monkeypatch):
+    """Run the checks as the grader does, with their hidden cases."""
+    from scorelab.checks import _core
+
+    monkeypatch.setattr(_core, "GRADING", True)
+
+
+# ---------------------------------------------------------------- chapter 1: densities and scores
+
+
+def perturbed_covariance(cov, sigma):
+    return cov + sigma**2 * torch.eye(cov.shape[0])
+
+
+def test_1_1_accepts_the_solution(capsys, grading):
+    assert_passes(capsys, checks.exercise_1_1, perturbed_covariance)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda c, s: c + s * torch.eye(c.shape[0]), ["added sigma I", "sigma^2 I"]),
+        (lambda c, s: c + s**2, ["every entry", "diagonal only"]),
+        (lambda c, s: s**2 * c, ["scaled the covariance by sigma^2"]),
+        (lambda c, s: (1 + s**2) * c, ["(1 + sigma^2)"]),
+        (lambda c, s: s**2 * torch.eye(c.shape[0]), ["Sigma is still there"]),
+        (
+            lambda c, s: c + (s**2 if s < 3 else s) * torch.eye(c.shape[0]),
+            ["right for small sigma", "sigma of order one", "wrong for large sigma"],
+        ),
+        (lambda c, s: torch.diag(c) + s**2, ["has shape (2,)", "expected (2, 2)"]),
+        (lambda c, s: (c + s**2 * torch.eye(2)).tolist(), ["should return a number", "list"]),
+    ],
+)
+def test_1_1_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_1_1, answer, *phrases)
+
+
+def test_1_1_tries_a_hidden_3d_covariance_while_grading(capsys, grading):
+    assert_explains(
+        capsys, checks.exercise_1_1, lambda c, s: c + s**2 * torch.eye(2), "RuntimeError"
+    )
 
 
 def gmm_score(x, weights, means, variances):
@@ -89,8 +141,8 @@ def gmm_score_naive(x, weights, means, variances):
     return ((dens / dens.sum(1, keepdim=True))[..., None] * -diff / variances[:, None]).sum(1)
 
 
-def test_1_1_accepts_the_solution(capsys):
-    assert_passes(capsys, checks.exercise_1_1, gmm_score)
+def test_1_3_accepts_the_solution(capsys, grading):
+    assert_passes(capsys, checks.exercise_1_3, gmm_score)
 
 
 @pytest.mark.parametrize(
@@ -115,12 +167,12 @@ def test_1_1_accepts_the_solution(capsys):
         (lambda x, w, m, v: x @ torch.ones(3, 3), ["RuntimeError", "shapes cannot be multiplied"]),
     ],
 )
-def test_1_1_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_1_1, answer, *phrases)
+def test_1_3_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_1_3, answer, *phrases)
 
 
-def test_1_1_refuses_a_non_function(capsys):
-    assert_explains(capsys, checks.exercise_1_1, torch.zeros(3), "pass your function itself")
+def test_1_3_refuses_a_non_function(capsys):
+    assert_explains(capsys, checks.exercise_1_3, torch.zeros(3), "pass your function itself")
 
 
 def autograd_score(log_prob_fn, x):
@@ -128,7 +180,7 @@ def autograd_score(log_prob_fn, x):
     return torch.autograd.grad(log_prob_fn(x).sum(), x)[0]
 
 
-def test_1_2_accepts_the_solution(capsys):
+def test_1_2_accepts_the_solution(capsys, grading):
     assert_passes(capsys, checks.exercise_1_2, autograd_score)
 
 
@@ -157,7 +209,83 @@ def test_1_2_explains_wrong_answers(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_1_2, answer, *phrases)
 
 
-# ---------------------------------------------------------------- chapter 2: the Langevin step
+def make_banana_score(term=lambda b, x0, x1, y1: -2 * b * x0 * y1):
+    """The banana's score with first component -x0 / a^2 + term; the right term is -2 b x0 y1."""
+
+    def banana_score(x, curvature=0.5, scale=1.0):
+        y1 = x[:, 1] + curvature * (x[:, 0] ** 2 - scale**2)
+        s0 = -x[:, 0] / scale**2 + term(curvature, x[:, 0], x[:, 1], y1)
+        return torch.stack([s0, -y1], dim=1)
+
+    return banana_score
+
+
+def test_1_4_accepts_the_fix(capsys, grading):
+    assert_passes(capsys, checks.exercise_1_4, make_banana_score())
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (make_banana_score(lambda b, x0, x1, y1: 0 * x0), ["lacks the chain-rule term"]),
+        (make_banana_score(lambda b, x0, x1, y1: 2 * b * x0 * y1), ["wrong sign"]),
+        (make_banana_score(lambda b, x0, x1, y1: -b * x0 * y1), ["without its factor 2"]),
+        (make_banana_score(lambda b, x0, x1, y1: -2 * b * x0 * x1), ["uses x_1"]),
+        (
+            lambda x, curvature=0.5, scale=1.0: make_banana_score()(x),  # ignores b and a
+            ["curvature=0.2, scale=2.0", "differs from the reference"],
+        ),
+    ],
+)
+def test_1_4_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_1_4, answer, *phrases)
+
+
+def merging_sigma(mixture, step=0.01):
+    low, high = mixture.means.min().item(), mixture.means.max().item()
+    x = torch.linspace(low - 5, high + 5, 4001)[:, None]
+    for sigma in torch.arange(step, 10.0, step).tolist():
+        score = mixture.perturbed(sigma).score(x)[:, 0]
+        if int(((score[:-1] > 0) & (score[1:] <= 0)).sum()) == 1:
+            return sigma
+    raise ValueError("no merge")
+
+
+def _equal_rule(mixture):
+    gap = (mixture.means[1, 0] - mixture.means[0, 0]).abs().item()
+    return math.sqrt(gap**2 / 4 - mixture.covariances.mean().item())
+
+
+def test_1_5_accepts_the_solution(capsys, grading):
+    assert_passes(capsys, checks.exercise_1_5, merging_sigma)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda m: merging_sigma(m) ** 2, ["the square of the merging noise level"]),
+        (_equal_rule, ["equal-weights rule"]),
+        (lambda m: merging_sigma(m, step=0.5), ["too large", "refine the sigma grid"]),
+        (lambda m: "1.7", ["should be a number", "str"]),
+    ],
+)
+def test_1_5_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_1_5, answer, *phrases)
+
+
+def test_1_5_hidden_cases_catch_an_answer_learnt_by_rote(capsys, monkeypatch):
+    """Right on the two public mixtures only: it passes for the student, fails when graded."""
+    from scorelab.checks import _core
+
+    def by_rote(mixture):
+        return 3**0.5 if abs(mixture.weights[0].item() - 0.5) < 1e-6 else 1.1406
+
+    assert_passes(capsys, checks.exercise_1_5, by_rote)
+    monkeypatch.setattr(_core, "GRADING", True)
+    assert_explains(capsys, checks.exercise_1_5, by_rote, "hidden mixture")
+
+
+# ---------------------------------------------------------------- chapter 2: Langevin dynamics
 
 
 def make_step(drift: float = 0.5, noise: float = 0.5, *, randn=None):
@@ -170,8 +298,12 @@ def make_step(drift: float = 0.5, noise: float = 0.5, *, randn=None):
     return langevin_step
 
 
-def test_2_1_accepts_the_solution(capsys):
-    assert_passes(capsys, checks.exercise_2_1, make_step())
+def authors_epsilon(alpha):
+    return alpha / 2
+
+
+def test_2_1_accepts_the_solution(capsys, grading):
+    assert run_many(capsys, checks.exercise_2_1, make_step(), authors_epsilon).startswith("✅")
 
 
 def _in_place_step(x, score_fn, step_size, generator=None):
@@ -204,23 +336,60 @@ def _in_place_step(x, score_fn, step_size, generator=None):
         ),
     ],
 )
-def test_2_1_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_2_1, answer, *phrases)
+def test_2_1_explains_wrong_steps(capsys, answer, phrases):
+    explains_many(capsys, checks.exercise_2_1, (answer, authors_epsilon), phrases)
+
+
+@pytest.mark.parametrize(
+    "epsilon, phrases",
+    [
+        (lambda a: a, ["returns alpha itself"]),
+        (lambda a: 2 * a, ["returns 2 alpha"]),
+        (lambda a: math.sqrt(a / 2), ["sqrt(alpha / 2)"]),
+        (lambda a: a / 2 if a < 1 else a, ["authors_epsilon(1) = 1, expected 0.5"]),
+    ],
+)
+def test_2_1_explains_wrong_epsilons(capsys, epsilon, phrases):
+    explains_many(capsys, checks.exercise_2_1, (make_step(), epsilon), phrases)
+
+
+def test_2_2_accepts_the_solution(capsys, grading):
+    assert_passes(capsys, checks.exercise_2_2, lambda a: 1 / (1 - a / 4))
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda a: 1.0, ["1 for every step size"]),
+        (lambda a: 1 / (1 - a / 2), ["authors' convention"]),
+        (lambda a: math.sqrt(1 / (1 - a / 4)), ["standard deviation"]),
+        (lambda a: 1 - a / 4, ["reciprocal"]),
+        (lambda a: 2.0, ["dropped the square"]),
+        (
+            lambda a: 1 + a / 4,
+            ["right for small alpha", "wrong for alpha of order one and alpha near 4"],
+        ),
+        (lambda a: torch.ones(2), ["has shape (2,)"]),
+    ],
+)
+def test_2_2_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_2_2, answer, *phrases)
 
 
 def variance_answer(law):
     return lambda step_size, generator=None: law(step_size)
 
 
-def test_2_2_accepts_the_langevin_variance(capsys):
+def langevin_variance(step_size, generator=None):
     from scorelab.langevin import langevin_dynamics
 
-    def langevin_variance(step_size, generator=None):
-        x0 = torch.zeros(4000, 2)
-        x = langevin_dynamics(lambda x: -x, x0, step_size, 300, generator=generator, progress=False)
-        return x.var().item()
+    x0 = torch.zeros(4000, 2)
+    x = langevin_dynamics(lambda x: -x, x0, step_size, 300, generator=generator, progress=False)
+    return x.var().item()
 
-    assert_passes(capsys, checks.exercise_2_2, langevin_variance)
+
+def test_2_3_accepts_the_solution(capsys, grading):
+    assert run_many(capsys, checks.exercise_2_3, langevin_variance, 0.36).startswith("✅")
 
 
 @pytest.mark.parametrize(
@@ -235,19 +404,92 @@ def test_2_2_accepts_the_langevin_variance(capsys):
         (variance_answer(lambda a: 1 + a), ["do not follow 1 / (1 - alpha/4)"]),
     ],
 )
-def test_2_2_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_2_2, answer, *phrases)
+def test_2_3_explains_wrong_measurements(capsys, answer, phrases):
+    explains_many(capsys, checks.exercise_2_3, (answer, 0.36), phrases)
+
+
+@pytest.mark.parametrize(
+    "alpha_10, phrases",
+    [
+        (0.4, ["first-order answer"]),
+        (0.694, ["standard deviation"]),
+        (0.182, ["authors' convention"]),
+        (0.55, ["too large"]),
+        (0.1, ["too small"]),
+    ],
+)
+def test_2_3_explains_wrong_step_sizes(capsys, alpha_10, phrases):
+    explains_many(capsys, checks.exercise_2_3, (langevin_variance, alpha_10), phrases)
+
+
+def test_2_3_an_ellipsis_is_not_done_yet(capsys):
+    out = run_many(capsys, checks.exercise_2_3, langevin_variance, ...)
+    assert out.startswith("⏳") and "not done yet" in out
+
+
+def make_sampler(drift=0.5, noise=math.sqrt, *, randn=None):
+    def langevin_sampler(score_fn, x0, step_size, n_steps, generator=None):
+        x = x0.clone()
+        for _ in range(n_steps):
+            z = randn(x) if randn else torch.randn(x.shape, generator=generator)
+            x = x + drift * step_size * score_fn(x) + noise(step_size) * z
+        return x
+
+    return langevin_sampler
+
+
+def test_2_4_accepts_the_fix(capsys, grading):
+    assert_passes(capsys, checks.exercise_2_4, make_sampler())
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (make_sampler(noise=lambda a: a), ["still the bug", "collapse"]),
+        (make_sampler(noise=lambda a: math.sqrt(2 * a)), ["sqrt(2 alpha)", "mixed"]),
+        (make_sampler(drift=1.0, noise=lambda a: a), ["changed the drift"]),
+        (make_sampler(noise=lambda a: 0.0), ["no noise"]),
+        (make_sampler(randn=torch.randn_like), ["does not reproduce", "generator"]),
+    ],
+)
+def test_2_4_explains_wrong_fixes(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_2_4, answer, *phrases)
 
 
 # ---------------------------------------------------------------- chapter 3: annealing
+
+
+def common_ratio(sigma_max, sigma_min, n_levels):
+    return (sigma_max / sigma_min) ** (1 / (n_levels - 1))
+
+
+def test_3_1_accepts_the_solution(capsys, grading):
+    assert_passes(capsys, checks.exercise_3_1, common_ratio)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda h, lo, n: (h / lo) ** (1 / n), ["L-th root", "L - 1 gaps"]),
+        (lambda h, lo, n: (lo / h) ** (1 / (n - 1)), ["below 1"]),
+        (lambda h, lo, n: (h - lo) / (n - 1), ["evenly spaced ladder"]),
+        (lambda h, lo, n: h / lo / (n - 1), ["(L - 1)-th root"]),
+        (
+            lambda h, lo, n: common_ratio(h, lo, n) if n > 10 else (h / lo) ** (1 / n),
+            ["right for long ladders", "wrong for short ladders"],
+        ),
+    ],
+)
+def test_3_1_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_3_1, answer, *phrases)
 
 
 def geometric_sigmas(sigma_max, sigma_min, n_levels):
     return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n_levels))
 
 
-def test_3_1_accepts_the_solution(capsys):
-    assert_passes(capsys, checks.exercise_3_1, geometric_sigmas)
+def test_3_2_accepts_the_solution(capsys, grading):
+    assert_passes(capsys, checks.exercise_3_2, geometric_sigmas)
 
 
 @pytest.mark.parametrize(
@@ -261,30 +503,89 @@ def test_3_1_accepts_the_solution(capsys):
         (lambda a, b, n: geometric_sigmas(a, b, n) ** 2, ["differs from the reference"]),
     ],
 )
-def test_3_1_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_3_1, answer, *phrases)
+def test_3_2_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_3_2, answer, *phrases)
 
 
-def test_3_2_accepts_the_solution(capsys):
+def test_3_3_accepts_the_solution(capsys, grading):
     assert_passes(
-        capsys,
-        checks.exercise_3_2,
-        lambda step_size, sigma, sigma_min: step_size * (sigma / sigma_min) ** 2,
+        capsys, checks.exercise_3_3, lambda eps, sigma, sigma_last: eps * (sigma / sigma_last) ** 2
     )
 
 
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (lambda a, s, m: a * s / m, ["(sigma_i / sigma_L)^1"]),
-        (lambda a, s, m: a * (m / s) ** 2, ["(sigma_i / sigma_L)^-2"]),
+        (lambda a, s, m: a * s / m, ["eps * sigma_i / sigma_L", "sigma_i^2"]),
+        (lambda a, s, m: a * (m / s) ** 2, ["upside down"]),
         (lambda a, s, m: a * s**2, ["not divided by sigma_L^2"]),
-        (lambda a, s, m: 2 * a * (s / m) ** 2, ["smallest level", "step_size itself"]),
-        (lambda a, s, m: [a], ["should be a number", "list"]),
+        (lambda a, s, m: a, ["eps at every level"]),
+        (lambda a, s, m: 2 * a * (s / m) ** 2, ["wrong in every regime"]),
+        (
+            lambda a, s, m: a * (s / m) ** 2 if s / m < 10 else a * (s / m) ** 1.5,
+            ["right for the last level", "wrong for sigma_i much larger than sigma_L"],
+        ),
+        (lambda a, s, m: [a], ["should return a number", "list"]),
     ],
 )
-def test_3_2_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_3_2, answer, *phrases)
+def test_3_3_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_3_3, answer, *phrases)
+
+
+def plain_langevin_share(x0, generator=None, *, count=lambda x: x.sum(dim=1) > 0):
+    from scorelab.densities import ncsn_toy_mixture
+    from scorelab.langevin import langevin_dynamics
+
+    mixture = ncsn_toy_mixture()
+    x = langevin_dynamics(mixture.score, x0, 0.1, 300, generator=generator, progress=False)
+    return count(x).float().mean().item()
+
+
+def test_3_4_accepts_the_solution(capsys, grading):
+    assert run_many(capsys, checks.exercise_3_4, plain_langevin_share, "b").startswith("✅")
+
+
+def test_3_4_accepts_the_share_of_the_start(capsys, grading):
+    """Predicting the answer from the start alone is the point of the exercise."""
+    answer = lambda x0, generator=None: (x0.sum(dim=1) > 0).float().mean().item()  # noqa: E731
+    assert run_many(capsys, checks.exercise_3_4, answer, "B ").startswith("✅")
+
+
+@pytest.mark.parametrize(
+    "answers, phrases",
+    [
+        (((lambda x0, generator=None: 0.8), "b"), ["the true weight"]),
+        (
+            (lambda x0, generator=None: 1 - plain_langevin_share(x0, generator), "b"),
+            ["share of the (-5, -5) mode"],
+        ),
+        (
+            (
+                lambda x0, generator=None: plain_langevin_share(
+                    x0, generator, count=lambda x: (x - 5).norm(dim=1) < 1
+                ),
+                "b",
+            ),
+            ["plain Langevin from that start puts"],
+        ),
+        ((plain_langevin_share, "a"), ["(a) is not it", "exponentially"]),
+        ((plain_langevin_share, "c"), ["(c) is not it"]),
+        ((plain_langevin_share, "e"), ["one of the letters"]),
+    ],
+)
+def test_3_4_explains_wrong_answers(capsys, answers, phrases):
+    explains_many(capsys, checks.exercise_3_4, answers, phrases)
+
+
+def test_3_4_hidden_starts_catch_a_constant_answer(capsys, monkeypatch):
+    from scorelab.checks import _core
+
+    assert_passes_many = run_many(capsys, checks.exercise_3_4, lambda x0, generator=None: 0.5, "b")
+    assert assert_passes_many.startswith("✅")
+    monkeypatch.setattr(_core, "GRADING", True)
+    explains_many(
+        capsys, checks.exercise_3_4, (lambda x0, generator=None: 0.5, "b"), ["hidden start"]
+    )
 
 
 def make_annealed(*, reverse=False, exponent=2, noise=True, randn=None):
@@ -301,14 +602,14 @@ def make_annealed(*, reverse=False, exponent=2, noise=True, randn=None):
     return annealed_langevin
 
 
-def test_3_3_accepts_the_solution(capsys):
-    assert_passes(capsys, checks.exercise_3_3, make_annealed())
+def test_3_5_accepts_the_solution(capsys, grading):
+    assert_passes(capsys, checks.exercise_3_5, make_annealed())
 
 
-def test_3_3_accepts_a_statistically_equivalent_sampler(capsys):
+def test_3_5_accepts_a_statistically_equivalent_sampler(capsys):
     """Noise drawn another way cannot match the reference sample by sample, but its weights do."""
     assert_passes(
-        capsys, checks.exercise_3_3, make_annealed(randn=lambda x: torch.randn(x.shape).to(x))
+        capsys, checks.exercise_3_5, make_annealed(randn=lambda x: torch.randn(x.shape).to(x))
     )
 
 
@@ -322,8 +623,8 @@ def test_3_3_accepts_a_statistically_equivalent_sampler(capsys):
         (lambda f, x0, s, a, n, generator=None: x0 * float("nan"), ["diverged"]),
     ],
 )
-def test_3_3_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_3_3, answer, *phrases)
+def test_3_5_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_3_5, answer, *phrases)
 
 
 # ---------------------------------------------------------------- chapter 4: denoising score matching

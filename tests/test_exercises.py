@@ -161,8 +161,14 @@ def _execute(path: Path):
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_exercise_fails_only_in_its_todo_cells(path):
     """Run with every stub unfilled (fresh kernel): only TODO cells (and cells tagged
-    ``depends-on-exercise``) raise, always NotImplementedError; every check says "not done yet"."""
+    ``depends-on-exercise``) raise, always NotImplementedError; every check says "not done yet",
+    except a debug exercise's, which names the bug still in the code."""
     nb = _execute(ROOT / "exercises" / path.name)
+    kinds = {
+        c.metadata["exercise"]["id"]: c.metadata["exercise"]["kind"]
+        for c in nb.cells
+        if "exercise" in c.metadata
+    }
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
@@ -182,7 +188,11 @@ def test_exercise_fails_only_in_its_todo_cells(path):
         assert not (top_level_stub and not errors), f"{where}: its stub did not raise"
         if CHECK_CALL.search(cell.source):
             text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
-            assert "not done yet" in text, f"{where}: the check printed {text!r}"
+            number = "{}.{}".format(*CHECK_CALL.search(cell.source).groups())
+            if kinds.get(number) == "debug":  # the untouched bug: the check names it
+                assert text.startswith(f"❌ Exercise {number}:"), f"{where}: printed {text!r}"
+            else:
+                assert "not done yet" in text, f"{where}: the check printed {text!r}"
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
@@ -201,3 +211,114 @@ def test_chapter_links_its_exercise_notebook(path):
     assert any(f"]({target})" in text for text in markdown), (
         f"book/{path.name} does not link {target}"
     )
+
+
+# ---------------------------------------------------------------- exercise metadata (issue 10)
+
+KINDS = {"derive", "implement", "investigate", "debug"}
+HEADING = re.compile(r"^##\s+Exercise\s+(\d+\.\d+):\s*\S.*?\s(★{1,3})\s*$")
+
+
+def _exercise_cells(nb):
+    """(cell, heading match) for every markdown cell whose first line names an exercise."""
+    found = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and re.match(r"^#+\s.*\bExercise\s+\d", cell.source):
+            found.append((cell, HEADING.match(cell.source.split("\n", 1)[0])))
+    return found
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_every_exercise_carries_valid_metadata(path):
+    """Each heading "## Exercise N.k: title ★★" carries {"id", "kind", "level"} that agree with
+    it; at least four exercises, in rising difficulty, with a derive, an implement and an
+    investigate among them; the exercise notebook carries the same metadata."""
+    chapter = str(int(path.name[:2]))
+    metas = []
+    for cell, heading in _exercise_cells(nbformat.read(path, as_version=4)):
+        first = cell.source.split("\n", 1)[0]
+        assert heading, f"{path.name}: {first!r} is not '## Exercise N.k: title ★..★'"
+        meta = cell.metadata.get("exercise")
+        assert isinstance(meta, dict) and set(meta) == {"id", "kind", "level"}, (
+            f"{path.name}: {first!r} lacks the exercise metadata"
+        )
+        assert meta["id"] == heading.group(1), f"{path.name}: {first!r} has id {meta['id']}"
+        assert meta["kind"] in KINDS, f"{path.name}: {first!r} has kind {meta['kind']!r}"
+        assert meta["level"] == len(heading.group(2)), f"{path.name}: {first!r}: stars vs level"
+        metas.append(meta)
+    ids = [m["id"] for m in metas]
+    assert ids == [f"{chapter}.{k}" for k in range(1, len(ids) + 1)], ids
+    assert len(metas) >= 4, f"{path.name}: {len(metas)} exercises, at least four wanted"
+    assert {"derive", "implement", "investigate"} <= {m["kind"] for m in metas}, metas
+    levels = [m["level"] for m in metas]
+    assert levels == sorted(levels), f"{path.name}: difficulty must rise: {levels}"
+    exercise = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
+    carried = [c.metadata["exercise"] for c in exercise.cells if "exercise" in c.metadata]
+    assert carried == metas
+
+
+def test_the_course_has_at_least_four_debug_exercises():
+    kinds = [
+        c.metadata["exercise"]["kind"]
+        for path in SOLUTIONS
+        for c in nbformat.read(path, as_version=4).cells
+        if "exercise" in c.metadata
+    ]
+    assert kinds.count("debug") >= 4, f"{kinds.count('debug')} debug exercises"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_a_solution_region_keeps_one_conceptual_hint_line(path):
+    """The notebook shows at most one `# HINT:` line an exercise; further tiers are checks.hint."""
+    counts: dict[str, int] = {}
+    number = None
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "markdown" and "exercise" in cell.metadata:
+            number = cell.metadata["exercise"]["id"]
+        elif cell.cell_type == "code":
+            n_hints = sum(
+                line.strip().startswith(make_exercises.HINT_PREFIX)
+                for line in cell.source.splitlines()
+            )
+            counts[number] = counts.get(number, 0) + n_hints
+    too_many = {n: c for n, c in counts.items() if c > 1}
+    assert not too_many, f"{path.name}: exercises with more than one # HINT: line: {too_many}"
+
+
+def _one_exercise(source: str, meta=None):
+    heading = nbformat.v4.new_markdown_cell("## Exercise 9.1: a thing ★★")
+    if meta is not None:
+        heading.metadata["exercise"] = meta
+    return _notebook([heading, nbformat.v4.new_code_cell(source)])
+
+
+def test_debug_region_shows_the_buggy_code_and_metadata_is_carried():
+    nb = _one_exercise(
+        "def f(x):\n    # BEGIN SOLUTION\n    # HINT: look at the sign\n"
+        "    # EXERCISE: y = -x\n    # EXERCISE: return y\n    return x\n    # END SOLUTION",
+        {"id": "9.1", "kind": "debug", "level": 2},
+    )
+    url = "https://github.com/o/r"
+    solution = make_exercises.normalise_solution(nb, url, "main", "09_x.ipynb")
+    exercise = make_exercises.make_exercise(solution, url, "main", "09_x.ipynb")
+    assert exercise.cells[3].source == (
+        "def f(x):\n    # HINT: look at the sign\n    y = -x\n    return y"
+    )
+    assert exercise.cells[2].metadata["exercise"] == {"id": "9.1", "kind": "debug", "level": 2}
+
+
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({"id": "9.2", "kind": "debug", "level": 2}, "heading says 9.1"),
+        ({"id": "9.1", "kind": "proof", "level": 2}, "kind must be one of"),
+        ({"id": "9.1", "kind": "derive", "level": 3}, "must end with ★★★"),
+        ({"id": "9.1", "kind": "derive"}, "needs the cell metadata"),
+    ],
+)
+def test_metadata_that_disagrees_with_the_heading_is_refused(meta, message):
+    url = "https://github.com/o/r"
+    nb = _one_exercise("# BEGIN SOLUTION\nx = 1\n# END SOLUTION", meta)
+    solution = make_exercises.normalise_solution(nb, url, "main", "09_x.ipynb")
+    with pytest.raises(make_exercises.SourceError, match=message):
+        make_exercises.make_exercise(solution, url, "main", "09_x.ipynb")

@@ -4,27 +4,37 @@ Each check runs the student's function on fixed inputs, compares the result with
 package's reference and prints one line: a success line, "not done yet" for an unfilled
 stub, or what is wrong (shape, dtype, sign, a missing factor, NaN far from the modes,
 an exception...). It never raises for a wrong answer. One module per chapter.
+``checks.hint("N.k")`` prints the next hint tier of exercise N.k (the idea, the equation, a
+skeleton with blanks); while grading (SCORELAB_GRADING=1) the checks also try hidden cases.
 """
 
-from scorelab.checks._core import Mismatch, assert_all_passed, hint, results
-from scorelab.checks.ch1 import exercise_1_1, exercise_1_2
-from scorelab.checks.ch2 import exercise_2_1, exercise_2_2
-from scorelab.checks.ch3 import exercise_3_1, exercise_3_2, exercise_3_3
+from scorelab.checks._core import HINTS, Mismatch, assert_all_passed, hint, results
+from scorelab.checks.ch1 import exercise_1_1, exercise_1_2, exercise_1_3, exercise_1_4, exercise_1_5
+from scorelab.checks.ch2 import exercise_2_1, exercise_2_2, exercise_2_3, exercise_2_4
+from scorelab.checks.ch3 import exercise_3_1, exercise_3_2, exercise_3_3, exercise_3_4, exercise_3_5
 from scorelab.checks.ch4 import exercise_4_1, exercise_4_2
 from scorelab.checks.ch5 import exercise_5_1, exercise_5_2
 from scorelab.checks.ch6 import exercise_6_1, exercise_6_2
 
 __all__ = [
+    "HINTS",
     "Mismatch",
     "assert_all_passed",
     "hint",
     "exercise_1_1",
     "exercise_1_2",
+    "exercise_1_3",
+    "exercise_1_4",
+    "exercise_1_5",
     "exercise_2_1",
     "exercise_2_2",
+    "exercise_2_3",
+    "exercise_2_4",
     "exercise_3_1",
     "exercise_3_2",
     "exercise_3_3",
+    "exercise_3_4",
+    "exercise_3_5",
     "exercise_4_1",
     "exercise_4_2",
     "exercise_5_1",

@@ -266,7 +266,12 @@ def call_student(fn: Callable, *args, what: str, **kwargs):
 
 
 def to_float(value, *, what: str) -> float:
-    """Read a Python number (or one-element tensor) returned by the student, else Mismatch."""
+    """Read a Python number (or one-element tensor) returned by the student, else Mismatch.
+
+    ``...`` (the placeholder an exercise notebook leaves for an answer) is "not done yet".
+    """
+    if value is Ellipsis:
+        raise NotImplementedError(f"{what} is still ...")
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise Mismatch(
@@ -278,3 +283,111 @@ def to_float(value, *, what: str) -> float:
             f"{what} should be a number, but your code returned a {type(value).__name__}."
         )
     return float(value)
+
+
+def random_values(low: float, high: float, n: int, seed: int, *, log: bool = False) -> list[float]:
+    """``n`` seeded draws from [low, high] (log-uniform when ``log``), rounded to 4 significant digits."""
+    generator = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    if log:
+        values = torch.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    else:
+        values = low + u * (high - low)
+    return [float(f"{v:.4g}") for v in values.tolist()]
+
+
+def check_formula(
+    student: Callable,
+    truth: Callable,
+    regimes: dict[str, list[tuple]],
+    *,
+    name: str,
+    mutants: dict[str, Callable] | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-8,
+    show: Callable[[tuple], str] | None = None,
+) -> None:
+    """Compare a derived formula with the truth regime by regime; Mismatch names where it fails.
+
+    ``regimes`` maps a plain-words regime ("small alpha", "alpha near 4") to the argument
+    tuples tried there (use :func:`cases` so that grading adds hidden values). The formula
+    returns a number or a tensor. When it is wrong, a known mistake in ``mutants``
+    (explanation -> function of the same arguments) that agrees with it at every point is
+    named; otherwise the message says in which regimes it is right and where it fails first.
+    """
+    show = show or (lambda args: ", ".join(_short(a) for a in args))
+    right, wrong, first = [], [], None
+    results_by_point = []
+    for regime, points in regimes.items():
+        ok = True
+        for args in points:
+            got = call_student(student, *args, what=name)
+            expected = truth(*args)
+            got_t, expected_t = _as_tensor(got, name=f"{name}({show(args)})"), _as_tensor(expected)
+            if got_t.shape != expected_t.shape:
+                raise Mismatch(
+                    f"{name}({show(args)}) has shape {tuple(got_t.shape)}, "
+                    f"expected {tuple(expected_t.shape)}."
+                )
+            results_by_point.append((args, got_t))
+            if not is_close(got_t, expected_t, rtol=rtol, atol=atol):
+                ok = False
+                if first is None:
+                    first = (args, got_t, expected_t)
+        (right if ok else wrong).append(regime)
+    if not wrong:
+        return
+    for explanation, mutant in (mutants or {}).items():
+        if all(
+            is_close(got, _as_tensor(mutant(*args)), rtol=rtol, atol=atol)
+            for args, got in results_by_point
+        ):
+            raise Mismatch(explanation)
+    args, got, expected = first
+    where = f"{name}({show(args)}) = {_short(got)}, expected {_short(expected)}"
+    if right:
+        raise Mismatch(
+            f"your formula is right for {' and '.join(right)}, but wrong for "
+            f"{' and '.join(wrong)}: {where}."
+        )
+    raise Mismatch(f"your formula is wrong in every regime tried, e.g. {where}.")
+
+
+def _as_tensor(value, *, name: str | None = None) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(torch.float64)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if name is None:
+            raise TypeError(f"expected a number or a tensor, got {type(value).__name__}")
+        raise Mismatch(
+            f"{name} should return a number (or a tensor), but returned a {type(value).__name__}."
+        )
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
+def _short(value) -> str:
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 1:
+            return f"{value.item():.4g}"
+        return "[" + ", ".join(f"{v:.3g}" for v in value.flatten().tolist()[:6]) + (
+            ", ...]" if value.numel() > 6 else "]"
+        )
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return repr(value)
+
+
+def check_choice(answer, options: dict[str, str], correct: str, *, what: str) -> None:
+    """Mismatch unless ``answer`` is the letter ``correct``; a wrong letter gets its own feedback.
+
+    ``options`` maps each letter to the feedback a student who picks it should read;
+    ``...`` (the placeholder) is "not done yet".
+    """
+    if answer is Ellipsis:
+        raise NotImplementedError(f"{what} is still ...")
+    if not isinstance(answer, str) or answer.strip().lower() not in options:
+        letters = ", ".join(repr(k) for k in options)
+        raise Mismatch(f"{what} should be one of the letters {letters}, got {answer!r}.")
+    letter = answer.strip().lower()
+    if letter != correct:
+        raise Mismatch(f"({letter}) is not it: {options[letter]}")

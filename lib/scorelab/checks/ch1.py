@@ -1,21 +1,34 @@
-"""Checks for the exercises of chapter 1: the Gaussian-mixture score by hand, and by autograd."""
+"""Checks for the exercises of chapter 1: densities, their scores, and what noise does to them.
+
+1.1 (derive) the covariance of a Gaussian plus independent noise; 1.2 (implement) scores by
+autograd; 1.3 (implement) the Gaussian-mixture score, stable far from the modes; 1.4 (debug)
+the banana's score without its chain-rule term; 1.5 (investigate) the noise level at which a
+1-D mixture's two modes merge.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from scorelab.checks._core import (
     Mismatch,
     call_student,
+    cases,
+    check_formula,
     diagnose,
     exercise,
     expect_finite,
     expect_tensor,
+    random_values,
+    register_hints,
+    to_float,
 )
 
-
 def _mixtures():
-    """Two test mixtures: equal variances (so a missing 1/sigma^2 is a constant factor), and unequal."""
+    """Test mixtures: equal variances (so a missing 1/sigma^2 is a constant factor), unequal, and
+    (while grading) a hidden one with four components."""
     equal = (
         torch.tensor([0.3, 0.7]),
         torch.tensor([[-2.0, 0.0], [2.0, 1.0]]),
@@ -26,7 +39,13 @@ def _mixtures():
         torch.tensor([[0.0, 0.0], [3.0, -1.0], [-2.0, 2.5]]),
         torch.tensor([0.5, 1.0, 2.0]),
     )
-    return {"equal": equal, "unequal": unequal}
+    hidden = (
+        torch.tensor([0.1, 0.4, 0.2, 0.3]),
+        torch.tensor([[1.0, 1.0], [-3.0, 0.5], [0.0, -2.0], [4.0, 3.0]]),
+        torch.tensor([0.3, 1.5, 0.8, 1.0]),
+    )
+    named = cases([("equal", equal), ("unequal", unequal)], [("a hidden mixture", hidden)])
+    return dict(named)
 
 
 def _points(generator_seed: int = 1) -> torch.Tensor:
@@ -79,9 +98,9 @@ def _reference(x, weights, means, variances) -> torch.Tensor:
 
 
 @exercise(
-    "1.1", "your gmm_score matches the closed-form score, near the modes and far in the tails."
+    "1.3", "your gmm_score matches the closed-form score, near the modes and far in the tails."
 )
-def exercise_1_1(gmm_score) -> None:
+def exercise_1_3(gmm_score) -> None:
     """Check ``gmm_score(x (N, D), weights (K,), means (K, D), variances (K,)) -> (N, D)``."""
     x = _points()
     for name, (weights, means, variances) in _mixtures().items():
@@ -118,10 +137,14 @@ def _log_prob_fns():
     from scorelab.densities import Banana, GaussianMixture
 
     weights, means, variances = _mixtures()["unequal"]
-    return {
-        "a Gaussian mixture": GaussianMixture(weights, means, variances),
-        "the banana": Banana(),
-    }
+    named = cases(
+        [
+            ("a Gaussian mixture", GaussianMixture(weights, means, variances)),
+            ("the banana", Banana()),
+        ],
+        [("a hidden, more twisted banana", Banana(curvature=1.3, scale=0.7))],
+    )
+    return dict(named)
 
 
 @exercise(
@@ -151,3 +174,269 @@ def exercise_1_2(autograd_score) -> None:
             )
         expect_finite(got, what=f"autograd_score on {name}")
         diagnose(got, density.score(x), what=f"autograd_score on {name}")
+
+
+# ---------------------------------------------------------------- 1.1 (derive) Sigma + sigma^2 I
+
+
+def _covariances() -> dict[str, torch.Tensor]:
+    """A diagonal and a correlated 2-D covariance; while grading, a correlated 3-D one."""
+    named = cases(
+        [
+            ("a diagonal covariance", torch.tensor([[2.0, 0.0], [0.0, 0.5]])),
+            ("a correlated covariance", torch.tensor([[2.0, 0.8], [0.8, 1.0]])),
+        ],
+        [
+            (
+                "a hidden 3-D covariance",
+                torch.tensor([[1.5, 0.3, -0.2], [0.3, 0.7, 0.1], [-0.2, 0.1, 2.5]]),
+            )
+        ],
+    )
+    return dict(named)
+
+
+@exercise(
+    "1.1",
+    "your perturbed_covariance is Sigma + sigma^2 I: independent noise adds its variance "
+    "to the diagonal and nothing to the correlations.",
+)
+def exercise_1_1(perturbed_covariance) -> None:
+    """Check ``perturbed_covariance(cov (D, D), sigma) -> (D, D)`` at random sigmas, small to large."""
+    sigma_ranges = {
+        "small sigma (below 0.3)": (0.01, 0.3),
+        "sigma of order one": (0.5, 2.0),
+        "large sigma (above 3)": (3.0, 20.0),
+    }
+    regimes = {}
+    for index, (regime, (low, high)) in enumerate(sigma_ranges.items()):
+        sigmas = cases(
+            random_values(low, high, 2, seed=10 + index),
+            random_values(low, high, 2, seed=100 + index),
+        )
+        for cov_name, cov in _covariances().items():
+            regimes[f"{regime} on {cov_name}"] = [(cov.clone(), s) for s in sigmas]
+
+    def truth(cov, sigma):
+        return cov.double() + sigma**2 * torch.eye(cov.shape[0], dtype=torch.float64)
+
+    def eye(cov):
+        return torch.eye(cov.shape[0], dtype=torch.float64)
+
+    mutants = {
+        "you added sigma I; the noise sigma z has covariance sigma^2 I (the two agree only at "
+        "sigma = 1).": lambda cov, sigma: cov.double() + sigma * eye(cov),
+        "you added sigma^2 to every entry; the noise is independent of x and across "
+        "coordinates, so it adds sigma^2 on the diagonal only and leaves the correlations "
+        "alone.": lambda cov, sigma: cov.double() + sigma**2,
+        "you scaled the covariance by sigma^2; the covariance of a sum of independent terms "
+        "is the sum of their covariances.": lambda cov, sigma: sigma**2 * cov.double(),
+        "you scaled the covariance by (1 + sigma^2); adding independent noise adds "
+        "covariances, it does not multiply them.": lambda cov, sigma: (1 + sigma**2)
+        * cov.double(),
+        "you returned sigma^2 I alone; the signal's covariance Sigma is still there.": lambda cov,
+        sigma: sigma**2 * eye(cov),
+    }
+    check_formula(
+        perturbed_covariance,
+        truth,
+        regimes,
+        name="perturbed_covariance",
+        mutants=mutants,
+        show=lambda args: f"cov, sigma={args[1]:.4g}",
+    )
+
+
+# ---------------------------------------------------------------- 1.4 (debug) the banana's chain rule
+
+
+def _banana_cases():
+    from scorelab.densities import Banana
+
+    return cases(
+        [Banana(), Banana(curvature=0.2, scale=2.0)],
+        [Banana(curvature=1.2, scale=0.8), Banana(curvature=0.05, scale=3.0)],
+    )
+
+
+@exercise(
+    "1.4",
+    "your banana_score has its chain-rule term -2 b x_0 y_1 back: it agrees with autograd "
+    "everywhere, not only on the parabola y_1 = 0.",
+)
+def exercise_1_4(banana_score) -> None:
+    """Check ``banana_score(x (N, 2), curvature, scale) -> (N, 2)`` against autograd of log p."""
+    for banana in _banana_cases():
+        b, a = banana.curvature, banana.scale
+        x = banana.sample(256, generator=torch.Generator().manual_seed(3))  # (256, 2)
+        call = f"banana_score(x, curvature={b}, scale={a})"
+        got = call_student(banana_score, x.clone(), b, a, what="banana_score")
+        got = expect_tensor(got, what=call, shape=(256, 2))
+        expect_finite(got, what=call)
+        # the symptom: the closed form disagrees with the gradient autograd takes of log p
+        leaf = x.clone().requires_grad_(True)
+        (autograd,) = torch.autograd.grad(banana.log_prob(leaf).sum(), leaf)
+        y1 = x[:, 1] + b * (x[:, 0] ** 2 - a**2)
+        s1 = -y1
+
+        def with_first(s0):
+            return torch.stack([s0, s1], dim=1)
+
+        mutants = {
+            f"{call} still lacks the chain-rule term: d/dx_0 of -y_1^2 / 2 is -y_1 * dy_1/dx_0 "
+            "= -2 b x_0 y_1, since y_1 depends on x_0. Without it the score is right only where "
+            "x_0 = 0 or y_1 = 0.": with_first(-x[:, 0] / a**2),
+            f"{call} has the chain-rule term with the wrong sign: y_1 grows with x_0^2, and the "
+            "derivative of -y_1^2 / 2 is minus y_1 times that growth.": with_first(
+                -x[:, 0] / a**2 + 2 * b * x[:, 0] * y1
+            ),
+            f"{call} has the chain-rule term without its factor 2: dy_1/dx_0 = 2 b x_0.": with_first(
+                -x[:, 0] / a**2 - b * x[:, 0] * y1
+            ),
+            f"{call} uses x_1 in the chain-rule term where it needs y_1 = x_1 + b (x_0^2 - a^2).": with_first(
+                -x[:, 0] / a**2 - 2 * b * x[:, 0] * x[:, 1]
+            ),
+        }
+        diagnose(got, autograd, what=call, mutants=mutants, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- 1.5 (investigate) when modes merge
+
+
+def _mixture_1d(weights, means, variances):
+    from scorelab.densities import GaussianMixture
+
+    return GaussianMixture(weights, [[m] for m in means], variances)
+
+
+def _n_modes(mixture, sigma: float, grid: torch.Tensor) -> int:
+    """Number of local maxima of the perturbed density on ``grid``: score sign changes + to -."""
+    score = mixture.perturbed(sigma).score(grid)[:, 0]  # (G,)
+    return int(((score[:-1] > 0) & (score[1:] <= 0)).sum())
+
+
+def merging_sigma_reference(mixture, low: float = 1e-3, high: float = 50.0) -> float:
+    """The smallest sigma at which ``mixture`` (1-D) convolved with N(0, sigma^2) has one mode.
+
+    In one dimension Gaussian smoothing never creates a mode (scale-space causality), so the
+    number of modes falls monotonically with sigma and bisection finds the merging point.
+    """
+    means = mixture.means[:, 0]
+    grid = torch.linspace(
+        means.min().item() - 5, means.max().item() + 5, 4001, dtype=torch.float64
+    )[:, None]
+    if _n_modes(mixture, low, grid) <= 1:
+        return low
+    for _ in range(30):  # relative precision (high / low)^(2^-30), far below the tolerance
+        mid = math.sqrt(low * high)
+        if _n_modes(mixture, mid, grid) <= 1:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def _merging_cases():
+    return cases(
+        [
+            ("the symmetric mixture 0.5 N(-2, 1) + 0.5 N(2, 1)", ([0.5, 0.5], [-2.0, 2.0], [1.0, 1.0])),
+            ("the mixture 0.8 N(-2, 0.5) + 0.2 N(2, 0.5)", ([0.8, 0.2], [-2.0, 2.0], [0.5, 0.5])),
+        ],
+        [
+            ("a hidden mixture 0.3 N(-1, 0.3) + 0.7 N(3, 1.5)", ([0.3, 0.7], [-1.0, 3.0], [0.3, 1.5])),
+            ("a hidden mixture 0.6 N(0, 0.2) + 0.4 N(5, 2)", ([0.6, 0.4], [0.0, 5.0], [0.2, 2.0])),
+        ],
+    )
+
+
+#: Relative tolerance of 1.5: a scan of sigma with steps of 1 % (or bisection) lands well inside.
+MERGE_RTOL = 0.03
+
+
+@exercise(
+    "1.5",
+    "your merging_sigma finds where the two modes merge, for equal and unequal weights alike.",
+)
+def exercise_1_5(merging_sigma) -> None:
+    """Check ``merging_sigma(mixture) -> float`` on 1-D two-component mixtures."""
+    for name, (weights, means, variances) in _merging_cases():
+        mixture = _mixture_1d(weights, means, variances)
+        got = to_float(
+            call_student(merging_sigma, mixture, what="merging_sigma"),
+            what=f"merging_sigma on {name}",
+        )
+        expected = merging_sigma_reference(mixture)
+        if math.isfinite(got) and abs(got - expected) <= MERGE_RTOL * expected:
+            continue
+        gap = abs(means[1] - means[0])
+        equal_rule = math.sqrt(max(gap**2 / 4 - sum(variances) / 2, 0.0))
+        if math.isclose(got, expected**2, rel_tol=MERGE_RTOL):
+            raise Mismatch(
+                f"on {name} you returned {got:.4g}, the square of the merging noise level "
+                f"{expected:.4g}: return sigma, not the variance sigma^2."
+            )
+        if weights[0] != weights[1] and math.isclose(got, equal_rule, rel_tol=MERGE_RTOL):
+            raise Mismatch(
+                f"on {name} you returned {got:.4g}, what the equal-weights rule "
+                "(gap / 2)^2 = v + sigma^2 gives; with unequal weights the smaller mode is "
+                f"absorbed at a different sigma ({expected:.3g}). Measure it: count the sign "
+                "changes of the perturbed score along a fine grid of x for each sigma."
+            )
+        direction = "too large" if got > expected else "too small"
+        raise Mismatch(
+            f"on {name} your sigma is {got:.4g}, {direction}; the modes merge at "
+            f"{expected:.4g} (within {100 * MERGE_RTOL:.0f} % passes). Count the modes as the "
+            "places where the perturbed score changes sign from + to - on a fine grid of x "
+            "wide enough to hold both means, and refine the sigma grid near the change."
+        )
+
+
+# ---------------------------------------------------------------- hints (checks.hint("1.k"))
+
+register_hints(
+    "1.1",
+    "The perturbed point is x + sigma z with z ~ N(0, I) independent of x. What happens to "
+    "covariances when you add two independent random vectors?",
+    "Cov(x + sigma z) = Cov(x) + Cov(sigma z) + the cross terms, and the cross terms vanish "
+    "by independence. Cov(c z) = c^2 Cov(z) for a number c.",
+    "Return a (D, D) tensor: the given covariance plus ____ times the identity of the same "
+    "size (torch.eye(____)).",
+)
+register_hints(
+    "1.2",
+    "Autograd differentiates a scalar. The sum over points of log p(x_n) has, as its "
+    "gradient with respect to row n, exactly the score at x_n.",
+    "Make a fresh leaf tensor from x that tracks gradients, evaluate the log-density "
+    "on it, sum, and ask torch.autograd for the gradient of that sum with respect to "
+    "the leaf.",
+    "Three lines: a detached copy of the points that requires gradients; the sum of "
+    "the log-densities there; its gradient with respect to the copy (the first and "
+    "only element of what autograd returns).",
+)
+register_hints(
+    "1.3",
+    "Compute everything as logarithms: log(pi_k) + log N(x; mu_k, var_k I) for every point "
+    "and component, then turn those into responsibilities with a softmax over components.",
+    "log N(x; mu, v I) = -|x - mu|^2 / (2 v) - (D / 2) log(2 pi v);  "
+    "r_k = softmax_k(log pi_k + log N_k);  score = sum_k r_k (mu_k - x) / v_k.",
+    "diff = <x against every mean, shape (N, K, D)>;  log_joint = <shape (N, K)>;  "
+    "resp = <softmax over K>;  return <resp-weighted sum over K of the component scores>.",
+)
+register_hints(
+    "1.4",
+    "Compare the function with the autograd score of exercise 1.2 on a few points: where do "
+    "they agree, and where not? The disagreement vanishes on a curve.",
+    "log p = -x_0^2 / (2 a^2) - y_1^2 / 2 + const with y_1 = x_1 + b (x_0^2 - a^2): "
+    "differentiate -y_1^2 / 2 with respect to x_0 by the chain rule.",
+    "The first component of the score needs a second term, ____ * x_0 * y_1, beside "
+    "-x_0 / a^2; the second component is already right.",
+)
+register_hints(
+    "1.5",
+    "A mode is a point where the score crosses zero going from positive to negative. Count "
+    "those crossings along a line of x for a range of noise levels.",
+    "The perturbed mixture is mixture.perturbed(sigma); its score on a column of points "
+    "x (G, 1) gives s (G,). A mode sits between neighbours with s[i] > 0 >= s[i + 1].",
+    "for sigma in <an increasing grid of noise levels>: s = <perturbed score on a fine x grid>; "
+    "n_modes = <number of + to - sign changes>; if n_modes == 1: return sigma",
+)

@@ -1,4 +1,9 @@
-"""Checks for the exercises of chapter 2: one Langevin step, and the step-size bias."""
+"""Checks for the exercises of chapter 2: one Langevin step and the step-size bias.
+
+2.1 (implement) one Langevin step, and the authors' step convention; 2.2 (derive) the
+stationary variance of the chain on N(0, 1); 2.3 (investigate) the measured variance and the
+step size at which its bias reaches 10 %; 2.4 (debug) a sampler whose noise is scaled by alpha.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,14 @@ import torch
 from scorelab.checks._core import (
     Mismatch,
     call_student,
+    cases,
+    check_formula,
     exercise,
     expect_finite,
     expect_tensor,
     is_close,
+    random_values,
+    register_hints,
     to_float,
 )
 
@@ -74,17 +83,40 @@ def _name_noise(b: float, alpha: float) -> str | None:
 
 @exercise(
     "2.1",
-    "your langevin_step is x + (alpha/2) * score + sqrt(alpha) * z, with the generator's noise.",
+    "your langevin_step is x + (alpha/2) * score + sqrt(alpha) * z, with the generator's noise, "
+    "and the authors' epsilon is alpha / 2.",
 )
-def exercise_2_1(langevin_step) -> None:
-    """Check ``langevin_step(x (N, D), score_fn, step_size, generator) -> (N, D)``."""
+def exercise_2_1(langevin_step, authors_epsilon) -> None:
+    """Check ``langevin_step(x (N, D), score_fn, step_size, generator) -> (N, D)`` and
+    ``authors_epsilon(alpha) -> float``, the epsilon of x + eps s + sqrt(2 eps) z for that step."""
+    for step_size in cases([STEP_SIZE], [0.37, 1.7]):
+        _check_step(langevin_step, step_size)
+    check_formula(
+        authors_epsilon,
+        lambda alpha: alpha / 2,
+        {"the step sizes tried": [(a,) for a in cases([0.01, 0.1, 1.0], [0.003, 3.0])]},
+        name="authors_epsilon",
+        mutants={
+            "authors_epsilon returns alpha itself; the same number means a different step in "
+            "the two conventions: match eps * s with (alpha / 2) * s.": lambda alpha: alpha,
+            "authors_epsilon returns 2 alpha; the conversion goes the other way: "
+            "eps * s = (alpha / 2) * s.": lambda alpha: 2 * alpha,
+            "authors_epsilon returns sqrt(alpha / 2) or similar; match the drift terms, "
+            "eps * s = (alpha / 2) * s (the noise terms then agree too).": lambda alpha: math.sqrt(
+                alpha / 2
+            ),
+        },
+    )
+
+
+def _check_step(langevin_step, step_size: float) -> None:
     x = torch.randn(500, 2, generator=torch.Generator().manual_seed(7))
     given = x.clone()
     got = call_student(
         langevin_step,
         given,
         _gaussian_score,
-        STEP_SIZE,
+        step_size,
         generator=torch.Generator().manual_seed(SEED),
         what="langevin_step",
     )
@@ -96,14 +128,14 @@ def exercise_2_1(langevin_step) -> None:
         )
     expect_finite(got, what="langevin_step(x, ...)")
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED))
-    reference = x + STEP_SIZE / 2 * _gaussian_score(x) + math.sqrt(STEP_SIZE) * noise
+    reference = x + step_size / 2 * _gaussian_score(x) + math.sqrt(step_size) * noise
     if is_close(got, reference):
         return
     again = call_student(
         langevin_step,
         x.clone(),
         _gaussian_score,
-        STEP_SIZE,
+        step_size,
         generator=torch.Generator().manual_seed(SEED),
         what="langevin_step",
     )
@@ -119,7 +151,7 @@ def exercise_2_1(langevin_step) -> None:
             "generator=generator): draw the noise exactly that way (once per step), and call "
             "score_fn on the current x."
         )
-    problems = [m for m in (_name_drift(a, STEP_SIZE), _name_noise(b, STEP_SIZE)) if m]
+    problems = [m for m in (_name_drift(a, step_size), _name_noise(b, step_size)) if m]
     raise Mismatch(
         " Also, ".join(problems)
         if problems
@@ -132,13 +164,32 @@ def _stationary_variance(step_size: float) -> float:
     return 1.0 / (1.0 - step_size / 4.0)
 
 
+#: 2.3's tolerance on the step size of 10 % bias: a variance measured on 2 x 10^5 numbers has a
+#: relative standard error sqrt(2 / 2e5) = 0.3 %, i.e. about 0.011 in alpha near alpha = 0.36
+#: (dv/dalpha = 0.30 there); 0.025 is a little over two standard errors.
+ALPHA_10_TOLERANCE = 0.025
+
+
+def alpha_for_bias(bias: float) -> float:
+    """The step size at which 1 / (1 - alpha / 4) = 1 + bias."""
+    return 4.0 * (1.0 - 1.0 / (1.0 + bias))
+
+
 @exercise(
-    "2.2", "your measured variances follow 1 / (1 - alpha/4): the bias grows with the step size."
+    "2.3",
+    "your measured variances follow 1 / (1 - alpha/4), and the bias reaches 10 % near "
+    "alpha = 0.36.",
 )
-def exercise_2_2(langevin_variance) -> None:
-    """Check ``langevin_variance(step_size, generator) -> float`` on the N(0, I) target."""
+def exercise_2_3(langevin_variance, alpha_10) -> None:
+    """Check ``langevin_variance(step_size, generator) -> float`` on the N(0, I) target, and
+    ``alpha_10``, the step size the student measured at which the variance is 1.1."""
+    _check_variances(langevin_variance)
+    _check_alpha_10(alpha_10)
+
+
+def _check_variances(langevin_variance) -> None:
     measured = {}
-    for step_size in (0.05, 0.5, 1.5):
+    for step_size in cases([0.05, 0.5, 1.5], [0.25, 1.0]):
         value = call_student(
             langevin_variance,
             step_size,
@@ -173,3 +224,174 @@ def exercise_2_2(langevin_variance) -> None:
         "from the same place, run enough steps to forget it (a few hundred), use a few "
         "thousand particles, and return the variance of all coordinates of the final samples."
     )
+
+
+def _check_alpha_10(alpha_10) -> None:
+    alpha = to_float(alpha_10, what="alpha_10")
+    truth = alpha_for_bias(0.1)
+    if abs(alpha - truth) <= ALPHA_10_TOLERANCE:
+        return
+    named = {
+        0.4: "alpha_10 = 0.4 is the first-order answer 1 + alpha / 4 = 1.1; the bias grows faster "
+        "than linearly, so measure where your variances cross 1.1.",
+        4 * (1 - 1 / 1.1**2): "that is where the standard deviation "
+        "is 10 % too large; the question asks for the variance.",
+        2 * (1 - 1 / 1.1): "that is where 1 / (1 - alpha / 2), the authors' convention, "
+        "reaches 1.1; the course's step gives 1 / (1 - alpha / 4).",
+    }
+    for value, message in named.items():
+        if abs(alpha - value) <= 0.004:
+            raise Mismatch(f"alpha_10 = {alpha:.3g}: {message}")
+    raise Mismatch(
+        f"alpha_10 = {alpha:.3g} is too {'large' if alpha > truth else 'small'}: at that step "
+        "the variance is not 1.1. Scan the step size finely (steps of 0.01) between 0.1 and 1 "
+        "and take the first one whose measured variance reaches 1.1; measure with enough "
+        "samples (10^5 particles) that the noise of the estimate is well below 1 %."
+    )
+
+
+# ---------------------------------------------------------------- 2.2 (derive) the stationary variance
+
+
+@exercise(
+    "2.2",
+    "your stationary_variance is 1 / (1 - alpha/4): right for small steps and as alpha -> 4.",
+)
+def exercise_2_2(stationary_variance) -> None:
+    """Check ``stationary_variance(alpha) -> float`` at random alpha in three regimes."""
+    ranges = {
+        "small alpha (below 0.003)": (1e-4, 3e-3),
+        "alpha of order one": (0.3, 1.5),
+        "alpha near 4": (2.5, 3.95),
+    }
+    regimes = {
+        name: [(a,) for a in cases(random_values(low, high, 3, seed=20 + i),
+                                   random_values(low, high, 3, seed=200 + i))]
+        for i, (name, (low, high)) in enumerate(ranges.items())
+    }
+    check_formula(
+        stationary_variance,
+        _stationary_variance,
+        regimes,
+        name="stationary_variance",
+        rtol=1e-5,
+        mutants={
+            "your variance is 1 for every step size: the unadjusted chain is biased, solve "
+            "v = (1 - alpha/2)^2 v + alpha for v.": lambda a: 1.0,
+            "you found 1 / (1 - alpha/2), the authors' convention (drift alpha * s, noise "
+            "sqrt(2 alpha) z); the course's step is (alpha/2) * s + sqrt(alpha) z.": lambda a: 1
+            / (1 - a / 2),
+            "this is the standard deviation, sqrt(1 / (1 - alpha/4)); the question asks for "
+            "the variance.": lambda a: math.sqrt(1 / (1 - a / 4)),
+            "you found 1 - alpha/4, the reciprocal of the answer.": lambda a: 1 - a / 4,
+            "you dropped the square of the contraction: the variance of (1 - alpha/2) x is "
+            "(1 - alpha/2)^2 v, not (1 - alpha/2) v.": lambda a: 2.0,
+        },
+    )
+
+
+# ---------------------------------------------------------------- 2.4 (debug) noise scaled by alpha
+
+
+def _sampler_reference(x0, step_size, n_steps, seed, *, drift=0.5, noise=None):
+    """Langevin on N(0, 1) (score -x) with drift * alpha * s and noise(alpha) * z per step."""
+    noise = noise or math.sqrt
+    generator = torch.Generator().manual_seed(seed)
+    x = x0.clone()
+    for _ in range(n_steps):
+        z = torch.randn(x.shape, generator=generator)
+        x = x + drift * step_size * -x + noise(step_size) * z
+    return x
+
+
+@exercise(
+    "2.4",
+    "your fixed langevin_sampler adds noise sqrt(alpha) * z, and its samples of N(0, 1) now "
+    "have the variance 1 / (1 - alpha/4) instead of collapsing.",
+)
+def exercise_2_4(langevin_sampler) -> None:
+    """Check ``langevin_sampler(score_fn, x0 (N, D), step_size, n_steps, generator) -> (N, D)``."""
+    n, n_steps, seed = 20000, 200, 17
+    x0 = torch.zeros(n, 1)
+    for step_size in cases([0.1, 0.5], [0.05, 1.2]):
+        call = f"langevin_sampler(..., step_size={step_size})"
+        got = call_student(
+            langevin_sampler, lambda x: -x, x0.clone(), step_size, n_steps,
+            generator=torch.Generator().manual_seed(seed), what="langevin_sampler",
+        )
+        got = expect_tensor(got, what=call, shape=(n, 1))
+        expect_finite(got, what=call)
+        variance, target = got.var().item(), _stationary_variance(step_size)
+        if is_close(got, _sampler_reference(x0, step_size, n_steps, seed), rtol=1e-4, atol=1e-4):
+            # the symptom is gone: 4 standard errors of a variance estimate from n numbers
+            if abs(variance / target - 1) > 4 * math.sqrt(2 / n):
+                raise Mismatch(f"{call}: variance {variance:.3f}, expected {target:.3f}.")
+            continue
+        mutants = {
+            "still the bug: the noise is alpha * z, so each step adds variance alpha^2 instead "
+            f"of alpha and the samples collapse (variance {variance:.3g} where N(0, 1) sampled "
+            f"with this step has {target:.3g}).": dict(noise=lambda a: a),
+            "the noise is now sqrt(2 alpha) * z, the authors' convention, but the drift is still "
+            "(alpha / 2) * score: the two conventions must not be mixed.": dict(
+                noise=lambda a: math.sqrt(2 * a)
+            ),
+            "you changed the drift instead of the noise: the drift (alpha / 2) * score was "
+            "right, the noise term is the bug.": dict(drift=1.0, noise=lambda a: a),
+            "the sampler adds no noise at all now: it is gradient ascent and collapses onto the "
+            "mode.": dict(noise=lambda a: 0.0),
+        }
+        for message, change in mutants.items():
+            if is_close(got, _sampler_reference(x0, step_size, n_steps, seed, **change),
+                        rtol=1e-4, atol=1e-4):
+                raise Mismatch(message)
+        raise Mismatch(
+            f"{call} does not reproduce x + (alpha/2) * score + sqrt(alpha) * z step by step "
+            f"(sample variance {variance:.3g}, expected about {target:.3g}); change only the "
+            "buggy line, and keep drawing z = torch.randn(x.shape, generator=generator) once "
+            "a step."
+        )
+
+
+# ---------------------------------------------------------------- hints (checks.hint("2.k"))
+
+register_hints(
+    "2.1",
+    "One step moves every particle a little along the score and adds fresh Gaussian "
+    "noise. For epsilon, write both updates side by side and match the term in front "
+    "of the score.",
+    "The drift is half the step size times the score at the current points; the noise "
+    "is a standard normal draw of the shape of the points, from the generator, times "
+    "the square root of the step size. For epsilon, match the factors in front of the "
+    "score.",
+    "Two lines: draw the noise, then return the old points plus the drift plus the "
+    "scaled noise. epsilon is the step size times a number.",
+)
+register_hints(
+    "2.2",
+    "At stationarity the variance before a step equals the variance after it. Write "
+    "the variance of both sides of one step.",
+    "The two terms of a step are independent, so their variances add: the contracted "
+    "old point contributes the square of the contraction factor times v, the noise "
+    "contributes the step size.",
+    "That is a linear equation in v: v equals v times a number below one, plus the "
+    "step size. Expand the square, collect the v terms on one side and divide.",
+)
+register_hints(
+    "2.3",
+    "Run the sampler long enough to forget the start, on many particles, and take the "
+    "variance of all the numbers; then scan the step size to find where it crosses 1.1.",
+    "Standard error of a variance from n Gaussian numbers: v * sqrt(2 / n). At alpha near 0.36 "
+    "the variance changes by about 0.3 per unit of alpha, so n must be in the hundreds of "
+    "thousands to place the crossing within 0.02.",
+    "samples = langevin_dynamics(<score of N(0, I)>, <zeros, many particles>, step_size, "
+    "<a few hundred>, ...);  alpha_10 = <first alpha of a fine scan whose variance >= 1.1>",
+)
+register_hints(
+    "2.4",
+    "Samples that come out far too narrow mean the chain gets too little noise per step. "
+    "Which term sets how much variance a step adds?",
+    "A step must add variance alpha (that is what balances the drift (alpha/2) * score); "
+    "c * z with z ~ N(0, 1) has variance c^2.",
+    "Only one line is wrong: the noise coefficient should be the number whose ____ is "
+    "step_size.",
+)
