@@ -4,10 +4,14 @@ Both classes follow one interface: ``log_prob(x) -> (N,)``, ``prob(x) -> (N,)``,
 ``score(x) -> (N, D)`` (the gradient of ``log_prob`` in closed form),
 ``sample(n, generator=None) -> (n, D)`` and ``perturbed(sigma)``, the density convolved
 with ``N(0, sigma^2 I)`` that annealed Langevin dynamics and denoising score matching
-target (Song & Ermon, 2019, Section 4.1).
+target (Song & Ermon, 2019, Section 4.1). ``perturbed_score(x, sigma)`` and
+``perturbed_log_prob(x, sigma)`` follow the score contract of :mod:`scorelab.scores`:
+``sigma`` is a float, or a tensor (N,) with one noise level per point (as the SDE samplers
+and the continuous-sigma losses of :mod:`scorelab.sde` need).
 
 Every method computes in the dtype and on the device of its input, so a float64 input
-gives a float64 result (useful for checks against autograd).
+gives a float64 result (useful for checks against autograd), and every closed form is
+differentiable by autograd (the exact divergence of the probability-flow ODE needs it).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from scorelab._validation import (check_generator, check_points, check_positive, check_positive_int,
                                   check_values)
+from scorelab.scores import sigma_per_example
 
 __all__ = ["GaussianMixture", "Banana", "PerturbedBanana", "ncsn_toy_mixture"]
 
@@ -42,6 +47,20 @@ def _as_float64(name: str, value) -> torch.Tensor:
 def _check_x(x, dim: int) -> torch.Tensor:
     """Points of shape (N, dim), floating, with values (not 'meta'), all finite; else ValueError."""
     return check_values("x", check_points("x", x, dim))
+
+
+def _one_sigma(sigma, x: torch.Tensor) -> float | torch.Tensor:
+    """``sigma`` as one float when it is a number or a tensor of equal values, else a tensor (N,).
+
+    A float selects the cached perturbed density (the samplers' fast path); a tensor of
+    different levels, checked by :func:`scorelab.scores.sigma_per_example`, the per-point one.
+    """
+    if not isinstance(sigma, torch.Tensor):
+        return check_positive("sigma", sigma)
+    values = sigma_per_example(sigma, x)  # (N,), positive and finite
+    if values.numel() == 0 or bool((values == values[0]).all()):
+        return float(values[0]) if values.numel() else 1.0
+    return values
 
 
 def _check_weights(weights) -> torch.Tensor:
@@ -137,7 +156,7 @@ class GaussianMixture:
         self.n_components, self.dim = self._means.shape
         self.kind, self._covariances = _check_covariances(covariances, self.n_components, self.dim)
         self._constants = self._precompute()
-        self._by_dtype: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}
+        self._by_dtype: dict[tuple, object] = {}  # constants (and eigenpairs) per dtype, device
         self._perturbed: dict[float, GaussianMixture] = {}
 
     def _precompute(self) -> dict[str, torch.Tensor]:
@@ -274,7 +293,8 @@ class GaussianMixture:
         joint, diff = self._joint_log_prob(x)
         # Flooring the log-ratios at -80 keeps exp() out of the subnormal range, whose arithmetic
         # is many times slower on CPUs; it moves a responsibility by at most e^-80.
-        floor = joint.amax(dim=0).sub_(_LOG_RATIO_FLOOR)  # (N,)
+        # The floor is a constant for autograd (detached), so the score stays differentiable.
+        floor = joint.detach().amax(dim=0).sub_(_LOG_RATIO_FLOOR)  # (N,)
         responsibilities = torch.softmax(torch.maximum(joint, floor), dim=0)  # (K, N)
         if self.kind == "full":
             # Precisions are symmetric, so diff @ P_k is P_k (x - mu_k) row by row.
@@ -283,7 +303,7 @@ class GaussianMixture:
         # Diagonal precisions split the sum into two small matrix products:
         # -sum_k r_k (x - mu_k) / v_k = sum_k r_k mu_k / v_k - x * sum_k r_k / v_k.
         score = torch.mm(responsibilities.T, params["scaled_means"])  # (N, D)
-        return score.sub_(x * torch.mm(responsibilities.T, params["inverse_variances"]))
+        return score - x * torch.mm(responsibilities.T, params["inverse_variances"])
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` samples, shape (n, D): a component by weight, then its Gaussian."""
@@ -321,9 +341,58 @@ class GaussianMixture:
             self._perturbed[sigma] = GaussianMixture(self._weights, self._means, covariances)
         return self._perturbed[sigma]
 
-    def perturbed_score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """Score of the perturbed mixture, shape (N, D): a ``score_fn(x, sigma)`` for samplers."""
-        return self.perturbed(sigma).score(x)
+    def perturbed_score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Score of the perturbed mixture, shape (N, D): a ``score_fn(x, sigma)`` for samplers.
+
+        ``sigma`` is a float (one level for every point) or a tensor (N,) (one level per
+        point, see :meth:`_per_point`); the result is differentiable in ``x``.
+        """
+        level = _one_sigma(sigma, x)
+        if isinstance(level, float):
+            return self.perturbed(level).score(x)
+        return self._per_point(_check_x(x, self.dim), level)[1]
+
+    def perturbed_log_prob(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Log-density of the perturbed mixture at ``x`` (N, D), shape (N,); sigma as above."""
+        level = _one_sigma(sigma, x)
+        if isinstance(level, float):
+            return self.perturbed(level).log_prob(x)
+        return self._per_point(_check_x(x, self.dim), level)[0]
+
+    def _per_point(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Log-density (N,) and score (N, D) of the mixture perturbed at a level per point.
+
+        With :math:`\Sigma_k = U_k \Lambda_k U_k^T`, each covariance plus :math:`\sigma_n^2 I`
+        is :math:`U_k (\Lambda_k + \sigma_n^2 I) U_k^T`: one eigendecomposition (made once)
+        serves every level, and the quadratic forms are sums over the rotated coordinates.
+        """
+        rotations, eigenvalues = self._eigen(x)  # (K, D, D) or None, (K, D)
+        diff = x[None, :, :] - self._params(x)["means"][:, None, :]  # (K, N, D)
+        rotated = diff if rotations is None else torch.bmm(diff, rotations)  # (K, N, D)
+        variances = eigenvalues[:, None, :] + sigma.square()[None, :, None]  # (K, N, D)
+        pulled = rotated / variances  # (K, N, D)
+        log_weights = self._weights.log().to(x)[:, None]  # (K, 1)
+        joint = log_weights - 0.5 * ((rotated * pulled) + variances.log() + _LOG_2PI).sum(-1)
+        responsibilities = torch.softmax(joint, dim=0)  # (K, N)
+        if rotations is not None:
+            pulled = torch.bmm(pulled, rotations.mT)  # back to the original axes
+        score = -(responsibilities[:, :, None] * pulled).sum(0)  # (N, D)
+        return torch.logsumexp(joint, dim=0), score
+
+    def _eigen(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Eigenvectors (None for diagonal kinds) and eigenvalues of the covariances, cached."""
+        key = ("eigen", x.dtype, x.device)
+        if key not in self._by_dtype:
+            if self.kind == "full":
+                eigenvalues, rotations = torch.linalg.eigh(self._covariances)  # float64
+                pair = (rotations.to(x), eigenvalues.to(x))
+            else:
+                variances = self._covariances
+                if self.kind == "isotropic":
+                    variances = variances[:, None].expand(-1, self.dim)
+                pair = (None, variances.to(x))
+            self._by_dtype[key] = pair
+        return self._by_dtype[key]
 
 
 def ncsn_toy_mixture() -> GaussianMixture:
@@ -432,9 +501,30 @@ class Banana:
             self._perturbed[key] = PerturbedBanana(self, *key)
         return self._perturbed[key]
 
-    def perturbed_score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """Score of the perturbed banana, shape (N, 2): a ``score_fn(x, sigma)`` for samplers."""
-        return self.perturbed(sigma).score(x)
+    def perturbed_score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Score of the perturbed banana, shape (N, 2): a ``score_fn(x, sigma)`` for samplers.
+
+        ``sigma`` is a float or a tensor (N,); points are grouped by level (one quadrature
+        per distinct level), so many distinct levels cost one quadrature each.
+        """
+        return self._by_level(x, sigma, "score")
+
+    def perturbed_log_prob(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Log-density of the perturbed banana at ``x`` (N, 2), shape (N,); sigma as above."""
+        return self._by_level(x, sigma, "log_prob")
+
+    def _by_level(self, x: torch.Tensor, sigma, method: str) -> torch.Tensor:
+        level = _one_sigma(sigma, x)
+        if isinstance(level, float):
+            return getattr(self.perturbed(level), method)(x)
+        x = _check_x(x, 2)
+        values, index = torch.unique(level, return_inverse=True)
+        parts = [getattr(self.perturbed(float(value)), method)(x[index == i])
+                 for i, value in enumerate(values.tolist())]
+        out = torch.empty((x.shape[0], *parts[0].shape[1:]), dtype=x.dtype, device=x.device)
+        out = out.index_put((torch.cat([torch.nonzero(index == i)[:, 0]
+                                        for i in range(len(values))]),), torch.cat(parts))
+        return out
 
 
 class PerturbedBanana:

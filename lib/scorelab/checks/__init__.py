@@ -15,6 +15,7 @@ from scorelab.checks.ch3 import exercise_3_1, exercise_3_2, exercise_3_3, exerci
 from scorelab.checks.ch4 import exercise_4_1, exercise_4_2
 from scorelab.checks.ch5 import exercise_5_1, exercise_5_2
 from scorelab.checks.ch6 import exercise_6_1, exercise_6_2
+from scorelab.checks.ch8 import exercise_8_1, exercise_8_2, exercise_8_3, exercise_8_4
 
 __all__ = [
     "HINTS",

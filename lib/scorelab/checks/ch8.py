@@ -1,0 +1,266 @@
+"""Checks for the exercises of chapter 8: the VE SDE, one Euler-Maruyama step, the corrector's
+signal-to-noise ratio, and a probability-flow drift with a bug."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
+                                   expect_finite, expect_tensor, register_hints, to_float)
+
+# ---------------------------------------------------------------------------------------------
+# 8.1 (derive): sigma(t) and g(t) of the VE SDE
+# ---------------------------------------------------------------------------------------------
+
+register_hints(
+    "8.1",
+    "sigma(t) runs geometrically from sigma_min at t = 0 to sigma_max at t = 1, so log sigma is "
+    "linear in t; g(t)^2 is the rate at which the variance sigma(t)^2 grows.",
+    "g(t) = sqrt(d[sigma(t)^2] / dt); differentiate the exponential a^(2t) = exp(2t log a).",
+    "sigma_of_t: sigma_min times a power of the ratio of the two ends; diffusion: sigma(t) "
+    "times the square root of a logarithm.",
+)
+
+# (t, sigma_min, sigma_max): the two ends, the middle, a narrow and a very wide range
+_PUBLIC_81 = [(0.0, 0.01, 50.0), (1.0, 0.01, 50.0), (0.5, 0.01, 50.0), (0.3, 0.5, 2.0)]
+_HIDDEN_81 = [(0.77, 0.002, 348.0), (0.1, 1.0, 1.5), (0.93, 0.05, 10.0)]
+
+
+def _sigma(t, lo, hi):
+    return lo * (hi / lo) ** t
+
+
+def _diffusion(t, lo, hi):
+    return _sigma(t, lo, hi) * math.sqrt(2.0 * math.log(hi / lo))
+
+
+def _regime(t, lo, hi) -> str:
+    if t == 0.0:
+        return "at t = 0, where sigma must be sigma_min"
+    if t == 1.0:
+        return "at t = 1, where sigma must be sigma_max"
+    return f"inside the interval (t = {t}, sigma_min = {lo}, sigma_max = {hi})"
+
+
+@exercise("8.1", "sigma(t) = sigma_min (sigma_max/sigma_min)^t and "
+                 "g(t) = sigma(t) sqrt(2 log(sigma_max/sigma_min)).")
+def exercise_8_1(sigma_of_t, diffusion) -> None:
+    """Check ``sigma_of_t(t, sigma_min, sigma_max)`` and ``diffusion(t, sigma_min, sigma_max)``."""
+    for t, lo, hi in cases(_PUBLIC_81, _HIDDEN_81):
+        got = to_float(call_student(sigma_of_t, t, lo, hi, what="sigma_of_t(t, sigma_min, "
+                                    "sigma_max)"), what="sigma_of_t(...)")
+        want = _sigma(t, lo, hi)
+        if not math.isclose(got, want, rel_tol=1e-6):
+            if math.isclose(got, lo + t * (hi - lo), rel_tol=1e-6):
+                raise Mismatch(f"sigma_of_t is linear in t {_regime(t, lo, hi)}; the ladder is "
+                               "geometric: log sigma, not sigma, is linear in t.")
+            if math.isclose(got, _sigma(1.0 - t, lo, hi), rel_tol=1e-6):
+                raise Mismatch("sigma_of_t runs backwards: the noise must grow from sigma_min at "
+                               "t = 0 to sigma_max at t = 1.")
+            raise Mismatch(f"sigma_of_t is wrong {_regime(t, lo, hi)}: got {got:.6g}, "
+                           f"expected {want:.6g}.")
+    for t, lo, hi in cases(_PUBLIC_81, _HIDDEN_81):
+        got = to_float(call_student(diffusion, t, lo, hi, what="diffusion(t, sigma_min, "
+                                    "sigma_max)"), what="diffusion(...)")
+        want, s, log_ratio = _diffusion(t, lo, hi), _sigma(t, lo, hi), math.log(hi / lo)
+        if math.isclose(got, want, rel_tol=1e-6):
+            continue
+        wrong = {
+            "g(t) is the square root of d sigma / dt; it is the square root of d sigma^2 / dt, "
+            "the growth rate of the variance.": math.sqrt(s * log_ratio),
+            "your g(t) lacks a factor sqrt(2): d sigma^2/dt = 2 sigma dsigma/dt.":
+                s * math.sqrt(log_ratio),
+            "your diffusion is g(t)^2, not g(t): take the square root.": want**2,
+            "your g(t) lacks the square root of log(sigma_max/sigma_min).": s * math.sqrt(2.0),
+            "your g(t) is d sigma/dt; the SDE needs sqrt(d sigma^2/dt).": s * log_ratio,
+        }
+        for message, value in wrong.items():
+            if math.isclose(got, value, rel_tol=1e-6):
+                raise Mismatch(message + f" (Seen {_regime(t, lo, hi)}.)")
+        raise Mismatch(f"diffusion is wrong {_regime(t, lo, hi)}: got {got:.6g}, expected "
+                       f"{want:.6g}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# 8.2 (implement): one Euler-Maruyama step of the reverse-time SDE
+# ---------------------------------------------------------------------------------------------
+
+register_hints(
+    "8.2",
+    "Time runs backwards: the step moves x along +g^2 times the score (the reverse drift is "
+    "-g^2 s with dt < 0) and adds noise of variance g^2 dt.",
+    "Drift: g squared, times the step's length, times the score at level sigma(t). Noise: "
+    "standard deviation g times the square root of the step's length.",
+    "Three lines: read g^2 from the sde, evaluate the score once, return x plus drift plus "
+    "noise.",
+)
+
+
+def _em_reference(score_fn, sde, x, t, dt, z):
+    g2 = sde.g2(t)
+    return x + g2 * dt * score_fn(x, sde.sigma(t)) + math.sqrt(g2 * dt) * z
+
+
+@exercise("8.2", "your step is x + g^2 dt s(x, sigma(t)) + g sqrt(dt) z, and it samples the "
+                 "mixture with the right weights.")
+def exercise_8_2(em_step) -> None:
+    """Check ``em_step(score_fn, sde, x, t, dt, z) -> (N, D)`` and sample with it."""
+    from scorelab.densities import ncsn_toy_mixture
+    from scorelab.metrics import mode_weights
+    from scorelab.sde import VESDE
+
+    mixture = ncsn_toy_mixture()
+    score_fn = mixture.perturbed_score
+    generator = torch.Generator().manual_seed(82)
+    for t, dt, sigma_max in cases([(0.6, 0.01, 50.0), (0.05, 0.02, 20.0)], [(0.9, 0.005, 200.0)]):
+        sde = VESDE(0.01, sigma_max)
+        x = mixture.perturbed(sde.sigma(t)).sample(64, generator=generator)
+        z = torch.randn(64, 2, generator=generator)
+        got = expect_tensor(call_student(em_step, score_fn, sde, x, t, dt, z, what="em_step"),
+                            what="em_step(...)", shape=(64, 2))
+        expect_finite(got, what="em_step(...)")
+        g2, s, sigma = sde.g2(t), score_fn(x, sde.sigma(t)), sde.sigma(t)
+        mutants = {
+            "the drift has the wrong sign: backwards in time the step moves along +g^2 s.":
+                x - g2 * dt * s + math.sqrt(g2 * dt) * z,
+            "the drift has a factor 1/2: that is the probability-flow ODE's drift; the reverse "
+            "SDE's is g^2 s.": x + 0.5 * g2 * dt * s + math.sqrt(g2 * dt) * z,
+            "the noise lacks sqrt(dt): its variance over a step is g^2 dt.":
+                x + g2 * dt * s + math.sqrt(g2) * z,
+            "the noise is missing.": x + g2 * dt * s,
+            "the drift uses g instead of g^2.": x + math.sqrt(g2) * dt * s + math.sqrt(g2 * dt) * z,
+            "the drift uses sigma(t)^2 instead of g(t)^2 = 2 sigma^2 log(sigma_max/sigma_min).":
+                x + sigma**2 * dt * s + math.sqrt(g2 * dt) * z,
+        }
+        diagnose(got, _em_reference(score_fn, sde, x, t, dt, z), what="em_step", mutants=mutants,
+                 rtol=1e-4, atol=1e-4)
+    # The symptom test: 200 of the student's steps from exact samples of p_1 recover 0.8.
+    sde = VESDE(0.01, 50.0)
+    n = 4_000
+    x = mixture.perturbed(50.0).sample(n, generator=generator)
+    times = torch.linspace(1.0, 0.0, 201, dtype=torch.float64).tolist()
+    for i in range(200):
+        z = torch.randn(n, 2, generator=generator)
+        x = call_student(em_step, score_fn, sde, x, times[i], times[i] - times[i + 1], z,
+                         what="em_step")
+    expect_finite(x, what="the samples after 200 of your steps")
+    weight = mode_weights(x, mixture.means)[0].item()
+    tolerance = 0.03  # about 5 standard errors of a share of 4,000 particles
+    if abs(weight - 0.8) > tolerance:
+        raise Mismatch(f"the step matches on single inputs, but 200 steps from p_1 give the (5, 5) "
+                       f"mode a weight of {weight:.3f} instead of 0.8 +- {tolerance}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# 8.3 (investigate): the corrector's signal-to-noise ratio on a Gaussian
+# ---------------------------------------------------------------------------------------------
+
+register_hints(
+    "8.3",
+    "Run only corrector steps on N(0, 2 I) long enough to forget the start, then measure the "
+    "variance of all coordinates and divide by the target's 2.",
+    "alpha = corrector_step_size(score, z, snr); x <- x + alpha/2 * score + sqrt(alpha) * z, "
+    "with score = -x / 2.",
+    "for _ in range(n_steps): z = ...; score = ...; alpha = ...; x = ...  then x.var() / 2",
+)
+
+TARGET_VARIANCE = 2.0
+
+
+@exercise("8.3", "your measured variance ratio follows 1 + snr^2: the corrector's bias grows "
+                 "with the square of the signal-to-noise ratio.")
+def exercise_8_3(measure_variance_ratio) -> None:
+    """Check ``measure_variance_ratio(snr) -> float`` (the stationary variance over 2)."""
+    for snr in cases([0.1, 0.4], [0.25, 0.6]):
+        got = to_float(call_student(measure_variance_ratio, snr, what="measure_variance_ratio(snr)"),
+                       what=f"measure_variance_ratio({snr})")
+        want = 1.0 + snr**2
+        if not math.isfinite(got):
+            raise Mismatch(f"at snr = {snr} your measurement is {got}: a particle at x = 0 has a "
+                           "zero score, and the step (2 r |z| / |s|)^2 divides by its size; "
+                           "start from the target N(0, 2 I).")
+        # The stationary variance of the batch-normalised corrector is v (1 + r^2) up to
+        # O(r^2 / D) at D = 100; the estimate's own error is far below 0.01 with the suggested
+        # 1,000 x 100 coordinates, so 0.03 is a safe tolerance that still tells 1 + r^2 from
+        # 1 + r^2 / 2 at r >= 0.4.
+        tolerance = 0.03
+        if abs(got - want) <= tolerance:
+            continue
+        if abs(got - TARGET_VARIANCE * want) <= 2 * tolerance:
+            raise Mismatch(f"at snr = {snr} you return {got:.3f}, the variance itself: divide it "
+                           f"by the target's variance {TARGET_VARIANCE}.")
+        half = 1.0 + snr**2 / 2  # sqrt(1 + r^2) is within r^4 / 8 of it: the same symptom
+        if abs(got - half) <= tolerance / 2 and snr >= 0.4:
+            raise Mismatch(f"at snr = {snr} you return {got:.3f}, about 1 + snr^2/2 (= sqrt(1 + "
+                           "snr^2) to this precision): either you return a ratio of standard "
+                           "deviations instead of variances, or your step is half of alpha = "
+                           "(2 r |z| / |s|)^2 (the paper's epsilon is alpha / 2).")
+        if got < 1.0 - tolerance:
+            raise Mismatch(f"at snr = {snr} the variance ratio is {got:.3f}, below 1: the chain "
+                           "has not forgotten its start yet; run more steps, or start wider.")
+        raise Mismatch(f"at snr = {snr} the measured ratio is {got:.3f}; theory and a careful "
+                       f"run give {want:.3f} (+- {tolerance}).")
+
+
+# ---------------------------------------------------------------------------------------------
+# 8.4 (debug): a probability-flow drift with the wrong 1/2
+# ---------------------------------------------------------------------------------------------
+
+register_hints(
+    "8.4",
+    "Compare the drift with the reverse SDE's: the ODE shares the SDE's marginals only with "
+    "half of its score term.",
+    "The ODE's velocity is minus one half of g squared times the score.",
+    "Keep the buggy line and change one constant in it.",
+)
+
+
+@exercise("8.4", "the drift is -1/2 g^2 s: the ODE now carries N(0, (2 + sigma_max^2) I) back "
+                 "to N(0, 2 I), not to a point.")
+def exercise_8_4(pf_drift) -> None:
+    """Check ``pf_drift(score_fn, sde, x, t) -> (N, D)`` and the variance it samples."""
+    from scipy.integrate import solve_ivp
+
+    from scorelab.sde import VESDE
+
+    variance = TARGET_VARIANCE
+
+    def score_fn(x, sigma):
+        return -x / (variance + sigma**2)
+
+    generator = torch.Generator().manual_seed(84)
+    for t, sigma_max in cases([(0.3, 50.0), (0.9, 20.0)], [(0.55, 300.0)]):
+        sde = VESDE(0.01, sigma_max)
+        x = 3.0 * torch.randn(32, 3, generator=generator, dtype=torch.float64)
+        got = expect_tensor(call_student(pf_drift, score_fn, sde, x, t, what="pf_drift"),
+                            what="pf_drift(...)", shape=(32, 3), dtype=torch.float64)
+        expect_finite(got, what="pf_drift(...)")
+        g2, s = sde.g2(t), score_fn(x, sde.sigma(t))
+        mutants = {
+            "this is still the original drift -g^2 s: the probability flow has half of it.":
+                -g2 * s,
+            "the drift has the wrong sign: the ODE is dx/dt = -1/2 g^2 s.": 0.5 * g2 * s,
+            "the drift uses g instead of g^2.": -0.5 * math.sqrt(g2) * s,
+            "the drift uses sigma(t)^2 instead of g(t)^2.": -0.5 * sde.sigma(t) ** 2 * s,
+        }
+        diagnose(got, -0.5 * g2 * s, what="pf_drift", mutants=mutants,
+                 factors={"2 (the ODE's 1/2)": 2.0})
+    # The symptom: with the bug the backward ODE shrinks the spread to almost nothing.
+    sde = VESDE(0.01, 50.0)
+    x1 = math.sqrt(variance + 50.0**2) * torch.randn(2_000, 2, generator=generator,
+                                                     dtype=torch.float64)
+
+    def rhs(t, y):
+        state = torch.from_numpy(y).reshape(x1.shape)
+        drift = call_student(pf_drift, score_fn, sde, state, float(t), what="pf_drift")
+        return drift.reshape(-1).numpy()
+
+    solution = solve_ivp(rhs, (1.0, 0.0), x1.reshape(-1).numpy(), rtol=1e-6, atol=1e-6)
+    x0 = torch.from_numpy(np.asarray(solution.y[:, -1])).reshape(x1.shape)
+    ratio = x0.var().item() / variance
+    if abs(ratio - 1.0) > 0.1:  # 2,000 x 2 draws: the variance's error is about 0.02
+        raise Mismatch(f"the drift matches on single inputs, but the ODE's samples have "
+                       f"{ratio:.3f} times the target's variance instead of 1.")

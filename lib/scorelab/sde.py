@@ -1,0 +1,625 @@
+r"""From noise ladders to stochastic differential equations: the VE SDE, its samplers, likelihoods.
+
+Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), *Score-Based Generative Modeling
+through Stochastic Differential Equations* (ICLR 2021), equation numbers of the arXiv version
+2011.13456. The noise ladder of Song & Ermon (2019) is a Markov chain (their Eq. 8),
+:math:`x_i = x_{i-1} + \sqrt{\sigma_i^2 - \sigma_{i-1}^2}\, z`; with infinitely many levels it
+becomes the **variance-exploding SDE** (Eq. 9)
+
+.. math:: dx = \sqrt{\frac{d[\sigma^2(t)]}{dt}}\, dw, \qquad
+          \sigma(t) = \sigma_{\min} (\sigma_{\max} / \sigma_{\min})^t, \quad t \in [0, 1],
+
+whose marginal at time t is the data convolved with :math:`N(0, \sigma(t)^2 I)` (taking the
+data at :math:`\sigma_{\min}` as the start, as the paper does). Time runs backwards in the
+reverse SDE (Eq. 6, from Anderson 1982), :math:`dx = -g(t)^2 \nabla_x \log p_t(x)\, dt +
+g(t)\, d\bar w`, and the probability-flow ODE (Eq. 13), :math:`dx = -\tfrac12 g(t)^2
+\nabla_x \log p_t(x)\, dt`, carries the same marginals without noise and gives exact
+log-likelihoods by the instantaneous change of variables (Chen et al. 2018, Theorem 1;
+Song et al. 2021, Appendix D.2).
+
+Every sampler takes the score contract of :mod:`scorelab.scores`, ``score_fn(x, sigma)``
+with ``sigma`` a float (all the samplers here pass one float per step: the whole batch
+shares its time) and ``x`` of shape (N, *D), and returns samples of the same shape.
+
+The ODE solver is SciPy's ``solve_ivp`` (adaptive Dormand-Prince RK45 by default), not
+torchdiffeq: SciPy is maintained, already installed with scikit-learn (no new dependency
+for the course or on Colab), integrates in float64 whatever the model's dtype (the
+likelihood targets need it), and is the solver of Song et al.'s own likelihood code. Its
+cost: the state goes through NumPy on the CPU at every evaluation, and there is no
+adjoint method; nothing here trains through the ODE, and the toys live on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from scorelab._tensors import broadcast_like, sum_except_batch
+from scorelab._validation import (check_batch, check_generator, check_positive,
+                                  check_positive_int, check_score_shape)
+from scorelab.noise import geometric_sigmas
+from scorelab.training import _ScoreMatchingTrainer
+
+__all__ = ["VESDE", "euler_maruyama", "predictor_corrector", "probability_flow",
+           "log_likelihood", "corrector_step_size", "ScoreCounter", "continuous_dsm_loss",
+           "ContinuousDenoisingScoreMatching"]
+
+DIVERGENCES = ("exact", "hutchinson")
+PROBES = ("rademacher", "gaussian")
+DIRECTIONS = ("backward", "forward")
+
+
+class VESDE:
+    r"""The variance-exploding SDE of Song et al. (2021, Eq. 9): the continuum of the NCSN ladder.
+
+    .. math:: \sigma(t) = \sigma_{\min} (\sigma_{\max} / \sigma_{\min})^t, \qquad
+              g(t)^2 = \frac{d\,\sigma^2(t)}{dt} = 2 \sigma(t)^2 \log\frac{\sigma_{\max}}{\sigma_{\min}}.
+
+    Parameters
+    ----------
+    sigma_min, sigma_max : float
+        The noise at t = 0 and t = 1, with 0 < sigma_min < sigma_max.
+
+    Notes
+    -----
+    The prior is :math:`N(0, \sigma_{\max}^2 I)`, which stands in for the true marginal
+    :math:`p_1 = p_{\text{data}} * N(0, \sigma_{\max}^2 I)`: it is close only when
+    :math:`\sigma_{\max}` dwarfs the data's spread (NCSNv2's Technique 1).
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
+        self.sigma_min = check_positive("sigma_min", sigma_min)
+        self.sigma_max = check_positive("sigma_max", sigma_max)
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min must be smaller than sigma_max, got sigma_min = "
+                             f"{self.sigma_min} >= sigma_max = {self.sigma_max}")
+        self.log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    def __repr__(self) -> str:
+        return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+    def sigma(self, t):
+        """The noise level sigma(t) = sigma_min (sigma_max / sigma_min)^t, for a float or tensor t."""
+        if isinstance(t, torch.Tensor):
+            return self.sigma_min * torch.exp(t * self.log_ratio)
+        return self.sigma_min * math.exp(float(t) * self.log_ratio)
+
+    def g2(self, t):
+        """The squared diffusion coefficient g(t)^2 = d sigma^2 / dt = 2 sigma(t)^2 log(smax/smin)."""
+        return 2.0 * self.log_ratio * self.sigma(t) ** 2
+
+    def diffusion(self, t):
+        """The diffusion coefficient g(t) = sigma(t) sqrt(2 log(sigma_max / sigma_min))."""
+        return math.sqrt(2.0 * self.log_ratio) * self.sigma(t)
+
+    def time_of(self, sigma):
+        """The time t at which sigma(t) = sigma (the inverse of :meth:`sigma`)."""
+        if isinstance(sigma, torch.Tensor):
+            return torch.log(sigma / self.sigma_min) / self.log_ratio
+        return math.log(check_positive("sigma", sigma) / self.sigma_min) / self.log_ratio
+
+    def time_grid(self, n_steps: int) -> torch.Tensor:
+        """Times 1 = t_0 > t_1 > ... > t_n = 0 of ``n_steps`` equal reverse-time steps, float64 (n+1,)."""
+        n_steps = check_positive_int("n_steps", n_steps)
+        return torch.linspace(1.0, 0.0, n_steps + 1, dtype=torch.float64)
+
+    def discretize(self, n_levels: int) -> torch.Tensor:
+        """The SDE's noise at ``n_levels`` equally spaced times from 1 to 0, shape (L,).
+
+        sigma(1 - (i - 1) / (L - 1)) = sigma_max (sigma_min / sigma_max)^((i - 1) / (L - 1)):
+        the geometric ladder of Song & Ermon (2019), ``geometric_sigmas(sigma_max, sigma_min,
+        L)``, which this returns; its Markov chain (Song et al. 2021, Eq. 8) adds independent
+        noise of variance sigma_i^2 - sigma_{i-1}^2 from level to level.
+        """
+        n_levels = check_positive_int("n_levels", n_levels)
+        if n_levels < 2:
+            raise ValueError(f"n_levels must be at least 2 (sigma_max and sigma_min), got {n_levels}")
+        return geometric_sigmas(self.sigma_max, self.sigma_min, n_levels)
+
+    def prior_sample(self, shape, *, generator: torch.Generator | None = None,
+                     dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Draws of the prior N(0, sigma_max^2 I), of ``shape`` (N, *D) (an int N means (N, 1))."""
+        check_generator(generator)
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if len(shape) < 2 or any(not isinstance(n, int) or n < 1 for n in shape):
+            raise ValueError(f"shape must be (N, *D) with positive sizes, got {shape}")
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        return self.sigma_max * torch.randn(shape, generator=generator, dtype=dtype)
+
+    def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-density of the prior N(0, sigma_max^2 I) at ``x`` (N, *D), shape (N,), in nats."""
+        x = check_batch("x", x)
+        dim = x[0].numel()
+        return (-0.5 * sum_except_batch(x.square()) / self.sigma_max**2
+                - 0.5 * dim * math.log(2.0 * math.pi * self.sigma_max**2))
+
+
+def _check_sde(sde) -> VESDE:
+    if not isinstance(sde, VESDE):
+        raise ValueError(f"sde must be a VESDE, got {type(sde).__name__}")
+    return sde
+
+
+def _check_score_fn(score_fn) -> None:
+    if not callable(score_fn):
+        raise ValueError(f"score_fn must be a callable score_fn(x, sigma), got {type(score_fn).__name__}")
+
+
+def _score(score_fn, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Call the score and check that it is shaped like x (a clear error instead of a broadcast)."""
+    score = score_fn(x, sigma)
+    check_score_shape("score_fn", score, x)
+    return score
+
+
+def _normal(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, I) draws shaped like x, from the generator's device, on x's device and dtype."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+
+
+def _check_finite(x: torch.Tensor, step: int, what: str) -> None:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} diverged: samples became NaN or infinite at step {step}; "
+                         "use more steps (or, for the corrector, a smaller snr)")
+
+
+class ScoreCounter:
+    """A score function that counts its calls: ``counter = ScoreCounter(score_fn)``.
+
+    ``counter(x, sigma)`` returns ``score_fn(x, sigma)``; ``counter.calls`` is the number of
+    calls so far (one evaluation of the whole batch each), the currency in which samplers
+    are compared.
+    """
+
+    def __init__(self, score_fn) -> None:
+        _check_score_fn(score_fn)
+        self.score_fn = score_fn
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        self.calls += 1
+        return self.score_fn(x, sigma)
+
+
+class _Frames:
+    """Keeps x at the start and after every ``every``-th step (returned as (T, N, *D))."""
+
+    def __init__(self, x: torch.Tensor, every: int) -> None:
+        self.every = check_positive_int("record_every", every)
+        self.frames = [x.detach().clone()]
+
+    def add(self, step: int, x: torch.Tensor, last: bool) -> None:
+        if step % self.every == 0 or last:
+            self.frames.append(x.detach().clone())
+
+    def stack(self) -> torch.Tensor:
+        return torch.stack(self.frames)
+
+
+def _start(x_T, generator) -> torch.Tensor:
+    check_generator(generator)
+    return check_batch("x_T", x_T).detach().clone()
+
+
+@torch.no_grad()
+def euler_maruyama(
+    score_fn,
+    sde: VESDE,
+    x_T: torch.Tensor,
+    n_steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+    record_every: int = 1,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    r"""Solve the reverse-time SDE (Song et al. 2021, Eq. 6) by Euler-Maruyama, from t = 1 to 0.
+
+    For the VE SDE the drift is :math:`-g(t)^2 s(x, \sigma(t))` and one step of length
+    :math:`\Delta t = 1 / n` backwards in time is
+
+    .. math:: x \leftarrow x + g(t)^2 \Delta t\, s(x, \sigma(t)) + g(t) \sqrt{\Delta t}\, z,
+              \qquad z \sim N(0, I).
+
+    Parameters
+    ----------
+    score_fn : callable
+        ``score_fn(x, sigma) -> (N, *D)``, the score of the data perturbed at ``sigma``.
+    sde : VESDE
+    x_T : Tensor, shape (N, *D)
+        Samples at t = 1 (from the prior ``sde.prior_sample`` or from the true p_1).
+    n_steps : int
+        Steps, one score evaluation each.
+    generator : torch.Generator, optional
+    return_trajectory : bool
+        Also return the states (T, N, *D): the start and every ``record_every``-th step.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Tensor (N, *D), samples at t = 0 (the data perturbed at sigma_min); with
+    ``return_trajectory``, also the trajectory.
+    """
+    _check_score_fn(score_fn)
+    sde = _check_sde(sde)
+    x = _start(x_T, generator)
+    times = sde.time_grid(n_steps).tolist()
+    frames = _Frames(x, record_every) if return_trajectory else None
+    for i in tqdm(range(n_steps), disable=not progress, desc="Euler-Maruyama", leave=False):
+        t, dt = times[i], times[i] - times[i + 1]
+        g2 = sde.g2(t)
+        score = _score(score_fn, x, sde.sigma(t))
+        x = x + (g2 * dt) * score + math.sqrt(g2 * dt) * _normal(x, generator)
+        if (i + 1) % 25 == 0 or i == n_steps - 1:
+            _check_finite(x, i + 1, "euler_maruyama")
+        if frames is not None:
+            frames.add(i + 1, x, i == n_steps - 1)
+    return (x, frames.stack()) if frames is not None else x
+
+
+def corrector_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float) -> float:
+    r"""The Langevin corrector's step from the signal-to-noise ratio (Song et al. 2021, Appendix G).
+
+    In the course's convention :math:`x \leftarrow x + \tfrac{\alpha}{2} s + \sqrt{\alpha} z`,
+    the ratio of the drift's size to the noise's, :math:`r = \tfrac{\alpha}{2}\|s\| /
+    (\sqrt{\alpha}\|z\|)`, is fixed at ``snr`` by
+
+    .. math:: \alpha = \left( \frac{2 r \|z\|}{\|s\|} \right)^2 ,
+
+    the paper's :math:`\epsilon = 2 (r \|z\| / \|s\|)^2` written for :math:`\alpha = 2\epsilon`.
+    As in the authors' code, the norms are averaged over the batch (per-example norms give
+    huge steps to the points where the score vanishes).
+    """
+    score_norm = score.reshape(score.shape[0], -1).norm(dim=1).mean()
+    noise_norm = noise.reshape(noise.shape[0], -1).norm(dim=1).mean()
+    tiny = torch.finfo(score.dtype).tiny
+    return float((2.0 * snr * noise_norm / score_norm.clamp_min(tiny)) ** 2)
+
+
+@torch.no_grad()
+def predictor_corrector(
+    score_fn,
+    sde: VESDE,
+    x_T: torch.Tensor,
+    n_steps: int,
+    *,
+    snr: float,
+    n_corrector: int = 1,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+    record_every: int = 1,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    r"""Predictor-corrector sampling of the VE SDE (Song et al. 2021, Section 4.2, Appendix G).
+
+    On the levels :math:`\sigma_i = \sigma(t_i)` of ``sde.time_grid(n_steps)``, each step is
+
+    - the **reverse-diffusion predictor** (Song et al. 2021, Appendix E), the reverse of the
+      ladder's Markov chain (Eq. 8):
+      :math:`x \leftarrow x + (\sigma_i^2 - \sigma_{i+1}^2)\, s(x, \sigma_i) +
+      \sqrt{\sigma_i^2 - \sigma_{i+1}^2}\, z`;
+    - then ``n_corrector`` **Langevin corrector** steps at :math:`\sigma_{i+1}`,
+      :math:`x \leftarrow x + \tfrac{\alpha}{2} s(x, \sigma_{i+1}) + \sqrt{\alpha}\, z`, with
+      :math:`\alpha` set by the signal-to-noise ratio ``snr`` (:func:`corrector_step_size`).
+
+    Parameters
+    ----------
+    score_fn : callable
+        ``score_fn(x, sigma) -> (N, *D)``.
+    sde : VESDE
+    x_T : Tensor, shape (N, *D)
+        Samples at t = 1.
+    n_steps : int
+        Predictor steps; the sampler makes ``n_steps * (1 + n_corrector)`` score evaluations.
+    snr : float
+        The corrector's signal-to-noise ratio r > 0 (Song et al. use 0.16 on CIFAR-10 images;
+        low-dimensional data want larger values, see chapter 8).
+    n_corrector : int
+        Corrector steps after each predictor step (0: the predictor alone).
+    generator : torch.Generator, optional
+    return_trajectory, record_every, progress
+        As in :func:`euler_maruyama` (one frame per predictor step).
+
+    Returns
+    -------
+    Tensor (N, *D); with ``return_trajectory``, also the trajectory.
+    """
+    _check_score_fn(score_fn)
+    sde = _check_sde(sde)
+    snr = check_positive("snr", snr)
+    if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
+        raise ValueError(f"n_corrector must be a non-negative integer, got {n_corrector!r}")
+    x = _start(x_T, generator)
+    sigmas = [sde.sigma(t) for t in sde.time_grid(n_steps).tolist()]
+    frames = _Frames(x, record_every) if return_trajectory else None
+    for i in tqdm(range(n_steps), disable=not progress, desc="predictor-corrector", leave=False):
+        variance = sigmas[i] ** 2 - sigmas[i + 1] ** 2
+        x = x + variance * _score(score_fn, x, sigmas[i]) + math.sqrt(variance) * _normal(x, generator)
+        for _ in range(n_corrector):
+            score = _score(score_fn, x, sigmas[i + 1])
+            noise = _normal(x, generator)
+            alpha = corrector_step_size(score, noise, snr)
+            x = x + (0.5 * alpha) * score + math.sqrt(alpha) * noise
+        if (i + 1) % 25 == 0 or i == n_steps - 1:
+            _check_finite(x, i + 1, "predictor_corrector")
+        if frames is not None:
+            frames.add(i + 1, x, i == n_steps - 1)
+    return (x, frames.stack()) if frames is not None else x
+
+
+# ---------------------------------------------------------------------------------------------
+# The probability-flow ODE
+# ---------------------------------------------------------------------------------------------
+
+
+def _ode_drift(score_fn, sde: VESDE, x: torch.Tensor, t: float) -> torch.Tensor:
+    """The probability-flow drift -1/2 g(t)^2 s(x, sigma(t)) (Song et al. 2021, Eq. 13)."""
+    return (-0.5 * sde.g2(t)) * _score(score_fn, x, sde.sigma(t))
+
+
+def _solve(rhs, y0: np.ndarray, t_span, *, rtol, atol, method, t_eval=None):
+    """SciPy's solve_ivp on a flat float64 state; a failure raises with the solver's message."""
+    from scipy.integrate import solve_ivp
+
+    solution = solve_ivp(rhs, t_span, y0, method=method, rtol=rtol, atol=atol, t_eval=t_eval)
+    if not solution.success:
+        raise RuntimeError(f"the ODE solver failed: {solution.message}")
+    return solution
+
+
+def _check_tolerances(rtol, atol, method) -> tuple[float, float, str]:
+    rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
+    if not isinstance(method, str):
+        raise ValueError(f"method must be the name of a solve_ivp method, e.g. 'RK45', got {method!r}")
+    return rtol, atol, method
+
+
+def probability_flow(
+    score_fn,
+    sde: VESDE,
+    x: torch.Tensor,
+    *,
+    direction: str = "backward",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "RK45",
+    return_trajectory: bool = False,
+    n_frames: int = 41,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    r"""Solve the probability-flow ODE (Song et al. 2021, Eq. 13) with SciPy's ``solve_ivp``.
+
+    For the VE SDE, :math:`\frac{dx}{dt} = -\tfrac12 g(t)^2 s(x, \sigma(t))
+    = -\sigma(t)^2 \log\frac{\sigma_{\max}}{\sigma_{\min}}\, s(x, \sigma(t))`: a deterministic
+    map between the data (t = 0) and the prior (t = 1) whose marginals are those of the SDE.
+
+    Parameters
+    ----------
+    score_fn : callable
+        ``score_fn(x, sigma) -> (N, *D)``, evaluated in x's dtype.
+    sde : VESDE
+    x : Tensor, shape (N, *D)
+        The start: samples at t = 1 for ``direction="backward"`` (sampling, prior to data),
+        data at t = 0 for ``"forward"`` (encoding, data to prior).
+    rtol, atol : float
+        The solver's tolerances (Song et al.'s likelihood code uses 1e-5).
+    method : str
+        A ``solve_ivp`` method ("RK45", "DOP853", ...).
+    return_trajectory : bool
+        Also return the states at ``n_frames`` equally spaced times, shape (n_frames, N, *D).
+
+    Returns
+    -------
+    Tensor (N, *D) at the other end; with ``return_trajectory``, also the trajectory. The
+    batch is one ODE system: the solver's steps are shared, and its error is measured as the
+    root mean square over the batch.
+    """
+    _check_score_fn(score_fn)
+    sde = _check_sde(sde)
+    x = check_batch("x", x).detach()
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    rtol, atol, method = _check_tolerances(rtol, atol, method)
+    shape, dtype, device = x.shape, x.dtype, x.device
+    t_span = (1.0, 0.0) if direction == "backward" else (0.0, 1.0)
+    t_eval = None
+    if return_trajectory:
+        n_frames = check_positive_int("n_frames", n_frames)
+        t_eval = np.linspace(*t_span, max(n_frames, 2))
+
+    def rhs(t: float, y: np.ndarray) -> np.ndarray:
+        state = torch.from_numpy(y).to(dtype=dtype, device=device).reshape(shape)
+        with torch.no_grad():
+            drift = _ode_drift(score_fn, sde, state, float(t))
+        return drift.reshape(-1).double().cpu().numpy()
+
+    y0 = x.reshape(-1).double().cpu().numpy()
+    solution = _solve(rhs, y0, t_span, rtol=rtol, atol=atol, method=method, t_eval=t_eval)
+    end = torch.from_numpy(solution.y[:, -1]).to(dtype=dtype, device=device).reshape(shape)
+    if not return_trajectory:
+        return end
+    path = torch.from_numpy(solution.y.T.copy()).to(dtype=dtype, device=device)
+    return end, path.reshape(-1, *shape)
+
+
+def _divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None) -> torch.Tensor:
+    """div_x drift (N,): exact (one backward pass a dimension) or Hutchinson's mean over probes."""
+    if not drift.requires_grad:
+        raise ValueError("score_fn must be differentiable in x for the divergence: do not detach "
+                         "its result or compute it under torch.no_grad()")
+    flat = drift.reshape(drift.shape[0], -1)  # (N, D)
+    if probes is None:
+        total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for i in range(flat.shape[1]):
+            # Summing over the batch is safe: example n's drift depends on x_n only.
+            (row,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=True)
+            total = total + row.reshape(x.shape[0], -1)[:, i]
+        return total
+    estimates = []
+    for probe in probes:  # (N, *D) each, fixed along the whole trajectory
+        (vjp,) = torch.autograd.grad((drift * probe).sum(), x, retain_graph=True)
+        estimates.append(sum_except_batch(vjp * probe))  # v^T (d drift / dx) v
+    return torch.stack(estimates).mean(dim=0)
+
+
+def _draw_probes(x: torch.Tensor, n_probes: int, probe: str,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    device = generator.device if generator is not None else x.device
+    v = torch.randn((n_probes, *x.shape), generator=generator, dtype=x.dtype, device=device)
+    return (v.sign() if probe == "rademacher" else v).to(x.device)  # (M, N, *D), E[v v^T] = I
+
+
+def log_likelihood(
+    score_fn,
+    sde: VESDE,
+    x: torch.Tensor,
+    *,
+    divergence: str = "exact",
+    n_probes: int = 1,
+    probe: str = "rademacher",
+    generator: torch.Generator | None = None,
+    prior_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "RK45",
+) -> torch.Tensor:
+    r"""Log-density of ``x`` under the model, in nats per example, by the probability-flow ODE.
+
+    The ODE :math:`dx/dt = \tilde f(x, t) = -\tfrac12 g(t)^2 s(x, \sigma(t))` (Song et al.
+    2021, Eq. 13) is a continuous normalising flow; by the instantaneous change of variables
+    (Chen et al. 2018, Theorem 1; Song et al. 2021, Appendix D.2)
+
+    .. math:: \log p_0(x(0)) = \log p_1(x(1)) + \int_0^1 \nabla_x \cdot \tilde f(x(t), t)\, dt,
+
+    solved forward from t = 0 together with the integral. The divergence is ``"exact"`` (one
+    backward pass per dimension, any D) or ``"hutchinson"``: :math:`\E_v[v^\top (\partial
+    \tilde f / \partial x) v]` with ``n_probes`` Rademacher (or Gaussian) probes drawn once and
+    kept along the trajectory (Hutchinson 1989; Grathwohl et al. 2019), unbiased.
+
+    Parameters
+    ----------
+    score_fn : callable
+        ``score_fn(x, sigma) -> (N, *D)``, differentiable in x (no ``torch.no_grad`` inside).
+    sde : VESDE
+    x : Tensor, shape (N, *D)
+        The points, as data at t = 0 (their density is that of the data perturbed at sigma_min).
+    divergence : {"exact", "hutchinson"}
+    n_probes : int
+        Hutchinson probes per example (>= 1).
+    probe : {"rademacher", "gaussian"}
+        The probes' law (both have E[v v^T] = I).
+    generator : torch.Generator, optional
+        Source of the probes.
+    prior_log_prob : callable, optional
+        ``log p_1(x(1))`` (N,); the prior N(0, sigma_max^2 I) when omitted. Pass the true
+        marginal's log-density to separate the prior's error from the solver's.
+    rtol, atol, method
+        As in :func:`probability_flow`.
+
+    Returns
+    -------
+    Tensor, shape (N,): log p(x) in nats (divide by D log 2 for bits per dimension).
+    """
+    _check_score_fn(score_fn)
+    sde = _check_sde(sde)
+    x = check_batch("x", x).detach()
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    n_probes = check_positive_int("n_probes", n_probes)
+    if probe not in PROBES:
+        raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
+    check_generator(generator)
+    if prior_log_prob is not None and not callable(prior_log_prob):
+        raise ValueError(f"prior_log_prob must be a callable x -> (N,), got {type(prior_log_prob).__name__}")
+    rtol, atol, method = _check_tolerances(rtol, atol, method)
+    shape, dtype, device = x.shape, x.dtype, x.device
+    n, size = shape[0], x[0].numel()
+    probes = _draw_probes(x, n_probes, probe, generator) if divergence == "hutchinson" else None
+
+    def rhs(t: float, y: np.ndarray) -> np.ndarray:
+        state = torch.from_numpy(y[: n * size]).to(dtype=dtype, device=device).reshape(shape)
+        with torch.enable_grad():
+            state.requires_grad_(True)
+            drift = _ode_drift(score_fn, sde, state, float(t))
+            div = _divergence(drift, state, probes)
+        out = torch.cat([drift.detach().reshape(-1), div.detach()])
+        return out.double().cpu().numpy()
+
+    y0 = np.concatenate([x.reshape(-1).double().cpu().numpy(), np.zeros(n)])
+    solution = _solve(rhs, y0, (0.0, 1.0), rtol=rtol, atol=atol, method=method)
+    end = torch.from_numpy(solution.y[: n * size, -1]).reshape(shape)
+    integral = torch.from_numpy(solution.y[n * size:, -1])  # (N,) float64
+    prior = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
+    log_p1 = prior(end.to(dtype=dtype, device=device)).detach().double().cpu()
+    if log_p1.shape != (n,):
+        raise ValueError(f"prior_log_prob must return shape ({n},), got {tuple(log_p1.shape)}")
+    return (log_p1 + integral).to(dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning the score at every noise level: denoising score matching over continuous sigma
+# ---------------------------------------------------------------------------------------------
+
+
+def continuous_dsm_loss(model, x: torch.Tensor, sde: VESDE, *,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Per-example denoising score matching over continuous noise (Song et al. 2021, Eq. 7).
+
+    For each example a time :math:`t \sim U(0, 1)` gives a log-uniform noise level
+    :math:`\sigma = \sigma(t)` between sigma_min and sigma_max; the example is perturbed as
+    :math:`\tilde x = x + \sigma z` and, with the weighting :math:`\lambda = \sigma^2` (for
+    the VE SDE proportional to :math:`g(t)^2`, the likelihood weighting),
+
+    .. math:: \ell = \tfrac12 \sigma^2 \| s(\tilde x, \sigma) + z / \sigma \|^2
+                   = \tfrac12 \| \sigma\, s(\tilde x, \sigma) + z \|^2 .
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, sigma) -> (N, *D)`` with ``sigma`` a tensor (N,): a sigma-conditioned
+        network (see :mod:`scorelab.nets_continuous`).
+    x : Tensor, shape (N, *D)
+        Clean data.
+    sde : VESDE
+        Supplies sigma_min and sigma_max.
+    generator : torch.Generator, optional
+        Source of the times and the noise (on the CPU; the draws are moved to x's device).
+
+    Returns
+    -------
+    Tensor, shape (N,)
+    """
+    sde = _check_sde(sde)
+    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype).to(x.device)  # (N,)
+    sigma = sde.sigma(t)  # (N,), log-uniform
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    scaled = broadcast_like(sigma, x)  # (N, 1, ..., 1)
+    score = model(x + scaled * noise, sigma)
+    check_score_shape("model", score, x)
+    return 0.5 * sum_except_batch((scaled * score + noise) ** 2)
+
+
+class ContinuousDenoisingScoreMatching(_ScoreMatchingTrainer):
+    """Train a sigma-conditioned score model by :func:`continuous_dsm_loss` (the VE SDE's loss).
+
+    Parameters
+    ----------
+    model : nn.Module
+        ``model(x, sigma) -> score`` with sigma a tensor (N,).
+    sde : VESDE
+        The range of noise levels.
+    lr : float
+        Adam learning rate.
+    """
+
+    def __init__(self, model: torch.nn.Module, sde: VESDE, *, lr: float = 1e-3) -> None:
+        self.sde = _check_sde(sde)
+        super().__init__(model, lr=lr)
+
+    def per_example_loss(self, x, generator=None):
+        return continuous_dsm_loss(self.model, x, self.sde, generator=generator)

@@ -1,0 +1,214 @@
+"""The checks of chapter 8: a right answer passes, typical wrong answers are named, nothing crashes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scorelab import checks
+from scorelab.checks import _core
+from scorelab.sde import corrector_step_size
+
+
+def run(capsys, check, *answer) -> str:
+    assert check(*answer) is None
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, out
+    assert "Traceback" not in out
+    assert checks.results[check.exercise_number] == out.startswith("✅")
+    return out
+
+
+def passes(capsys, check, *answer):
+    out = run(capsys, check, *answer)
+    assert out.startswith("✅"), out
+
+
+def explains(capsys, check, answer, *phrases):
+    answer = answer if isinstance(answer, tuple) else (answer,)
+    out = run(capsys, check, *answer)
+    assert out.startswith("❌"), out
+    for phrase in phrases:
+        assert phrase in out, f"{phrase!r} not in {out!r}"
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Exercise 8.k: not done yet")
+
+
+# --- 8.1 ----------------------------------------------------------------------------------------
+
+
+def sigma_of_t(t, lo, hi):
+    return lo * (hi / lo) ** t
+
+
+def diffusion(t, lo, hi):
+    return sigma_of_t(t, lo, hi) * math.sqrt(2 * math.log(hi / lo))
+
+
+def test_8_1(capsys, monkeypatch):
+    passes(capsys, checks.exercise_8_1, sigma_of_t, diffusion)
+    monkeypatch.setattr(_core, "GRADING", True)  # the hidden cases too
+    passes(capsys, checks.exercise_8_1, sigma_of_t, diffusion)
+    monkeypatch.setattr(_core, "GRADING", False)
+    explains(capsys, checks.exercise_8_1, (lambda t, lo, hi: lo + t * (hi - lo), diffusion),
+             "linear in t")
+    explains(capsys, checks.exercise_8_1, (lambda t, lo, hi: sigma_of_t(1 - t, lo, hi), diffusion),
+             "backwards")
+    explains(capsys, checks.exercise_8_1,
+             (sigma_of_t, lambda t, lo, hi: sigma_of_t(t, lo, hi) * math.sqrt(math.log(hi / lo))),
+             "sqrt(2)")
+    explains(capsys, checks.exercise_8_1, (sigma_of_t, lambda t, lo, hi: diffusion(t, lo, hi) ** 2),
+             "g(t)^2")
+    explains(capsys, checks.exercise_8_1,
+             (sigma_of_t, lambda t, lo, hi: math.sqrt(sigma_of_t(t, lo, hi) * math.log(hi / lo))),
+             "d sigma / dt")
+    explains(capsys, checks.exercise_8_1, (sigma_of_t, lambda t, lo, hi: "g"), "number")
+    out = run(capsys, checks.exercise_8_1, stub, stub)
+    assert "not done yet" in out
+
+
+# --- 8.2 ----------------------------------------------------------------------------------------
+
+
+def em_step(score_fn, sde, x, t, dt, z):
+    g2 = sde.g2(t)
+    return x + g2 * dt * score_fn(x, sde.sigma(t)) + math.sqrt(g2 * dt) * z
+
+
+def test_8_2(capsys):
+    passes(capsys, checks.exercise_8_2, em_step)
+
+    def half(score_fn, sde, x, t, dt, z):
+        return x + 0.5 * sde.g2(t) * dt * score_fn(x, sde.sigma(t)) + math.sqrt(sde.g2(t) * dt) * z
+
+    def minus(score_fn, sde, x, t, dt, z):
+        return x - sde.g2(t) * dt * score_fn(x, sde.sigma(t)) + math.sqrt(sde.g2(t) * dt) * z
+
+    def no_sqrt_dt(score_fn, sde, x, t, dt, z):
+        return x + sde.g2(t) * dt * score_fn(x, sde.sigma(t)) + math.sqrt(sde.g2(t)) * z
+
+    def sigma_squared(score_fn, sde, x, t, dt, z):
+        g2 = sde.g2(t)
+        return x + sde.sigma(t) ** 2 * dt * score_fn(x, sde.sigma(t)) + math.sqrt(g2 * dt) * z
+
+    explains(capsys, checks.exercise_8_2, half, "factor 1/2")
+    explains(capsys, checks.exercise_8_2, minus, "wrong sign")
+    explains(capsys, checks.exercise_8_2, no_sqrt_dt, "sqrt(dt)")
+    explains(capsys, checks.exercise_8_2, sigma_squared, "sigma(t)^2")
+    explains(capsys, checks.exercise_8_2, lambda *a: em_step(*a)[:, :1], "wrong shape")
+    assert "not done yet" in run(capsys, checks.exercise_8_2, stub)
+
+
+# --- 8.3 ----------------------------------------------------------------------------------------
+
+
+def measure(snr, *, factor=1.0, n_steps=200, start=math.sqrt(2.0), scale=2.0):
+    generator = torch.Generator().manual_seed(0)
+    x = start * torch.randn(1_000, 100, generator=generator)
+    for _ in range(n_steps):
+        z = torch.randn(x.shape, generator=generator)
+        score = -x / 2.0
+        alpha = factor * corrector_step_size(score, z, snr)
+        x = x + 0.5 * alpha * score + math.sqrt(alpha) * z
+    return x.var().item() / scale
+
+
+def test_8_3(capsys):
+    passes(capsys, checks.exercise_8_3, measure)
+    explains(capsys, checks.exercise_8_3, lambda snr: math.sqrt(measure(snr)), "standard deviations")
+    explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, scale=1.0), "variance itself")
+    explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, factor=0.5), "half of alpha")
+    explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.3),
+             "forgotten its start")
+    explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.0),
+             "zero score")
+    explains(capsys, checks.exercise_8_3, lambda snr: torch.ones(3), "single number")
+    assert "not done yet" in run(capsys, checks.exercise_8_3, stub)
+
+
+# --- 8.4 ----------------------------------------------------------------------------------------
+
+
+def pf_drift(score_fn, sde, x, t):
+    return -0.5 * sde.g2(t) * score_fn(x, sde.sigma(t))
+
+
+def test_8_4(capsys):
+    passes(capsys, checks.exercise_8_4, pf_drift)
+    explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: -sde.g2(t) * f(x, sde.sigma(t)),
+             "still the original drift")
+    explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: 0.5 * sde.g2(t) * f(x, sde.sigma(t)),
+             "wrong sign")
+    explains(capsys, checks.exercise_8_4,
+             lambda f, sde, x, t: -0.5 * sde.diffusion(t) * f(x, sde.sigma(t)), "g instead of g^2")
+    explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: -0.25 * sde.g2(t) * f(x, sde.sigma(t)),
+             "factor")
+    explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: pf_drift(f, sde, x, t).float(), "dtype")
+    assert "not done yet" in run(capsys, checks.exercise_8_4, stub)
+
+
+@pytest.mark.parametrize("number", ["8.1", "8.2", "8.3", "8.4"])
+def test_hints_exist_and_stay_short(capsys, number):
+    tiers = _core.HINTS[number]
+    assert len(tiers) == 3
+    _core.hint(number)
+    assert f"Hint 1 of 3 for exercise {number}" in capsys.readouterr().out
+    _core._hints_shown.pop(number, None)
+
+
+def _tokens(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"\w+|[^\w\s]", text)
+
+
+def _common(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence of two token lists."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def test_no_hint_tier_spells_out_more_than_30_percent_of_the_solution():
+    import json
+    import re
+    from pathlib import Path
+
+    notebook = json.loads((Path(__file__).parents[1] / "solutions" / "08_sde.ipynb").read_text())
+    solutions, number = {}, None
+    for cell in notebook["cells"]:
+        source = "".join(cell["source"])
+        heading = re.search(r"Exercise (8\.\d)", source)
+        if cell["cell_type"] == "markdown" and heading:
+            number = heading.group(1)
+        if cell["cell_type"] == "code" and "# BEGIN SOLUTION" in source:
+            for body in re.findall(r"# BEGIN SOLUTION\n(.*?)# END SOLUTION", source, re.S):
+                lines = [line for line in body.splitlines() if not line.strip().startswith("#")]
+                solutions[number] = solutions.get(number, "") + "\n".join(lines)
+    assert set(solutions) == {"8.1", "8.2", "8.3", "8.4"}
+    for number, code in solutions.items():
+        solution = _tokens(code)
+        for tier in _core.HINTS[number]:
+            assert _common(_tokens(tier), solution) <= 0.3 * len(solution), (number, tier)
+
+
+def test_exercise_metadata_kinds_and_levels():
+    import json
+    from pathlib import Path
+
+    notebook = json.loads((Path(__file__).parents[1] / "solutions" / "08_sde.ipynb").read_text())
+    marked = {c["metadata"]["exercise"]["id"]: c for c in notebook["cells"] if "exercise" in c["metadata"]}
+    assert set(marked) == {"8.1", "8.2", "8.3", "8.4"}
+    kinds = {m["metadata"]["exercise"]["kind"] for m in marked.values()}
+    assert kinds == {"derive", "implement", "investigate", "debug"}
+    for number, cell in marked.items():
+        level = cell["metadata"]["exercise"]["level"]
+        assert "".join(cell["source"]).startswith(f"## Exercise {number}:")
+        assert "★" * level in "".join(cell["source"]).splitlines()[0]
