@@ -10,7 +10,13 @@ from scorelab.checks._core import Mismatch, assert_all_passed, hint, results
 from scorelab.checks.ch1 import exercise_1_1, exercise_1_2
 from scorelab.checks.ch2 import exercise_2_1, exercise_2_2
 from scorelab.checks.ch3 import exercise_3_1, exercise_3_2, exercise_3_3
-from scorelab.checks.ch4 import exercise_4_1, exercise_4_2
+from scorelab.checks.ch4 import (
+    exercise_4_1,
+    exercise_4_2,
+    exercise_4_3,
+    exercise_4_4,
+    exercise_4_5,
+)
 from scorelab.checks.ch5 import exercise_5_1, exercise_5_2
 from scorelab.checks.ch6 import exercise_6_1, exercise_6_2
 
@@ -27,6 +33,9 @@ __all__ = [
     "exercise_3_3",
     "exercise_4_1",
     "exercise_4_2",
+    "exercise_4_3",
+    "exercise_4_4",
+    "exercise_4_5",
     "exercise_5_1",
     "exercise_5_2",
     "exercise_6_1",
