@@ -17,7 +17,13 @@ from scorelab.checks.ch4 import (
     exercise_4_4,
     exercise_4_5,
 )
-from scorelab.checks.ch5 import exercise_5_1, exercise_5_2
+from scorelab.checks.ch5 import (
+    exercise_5_1,
+    exercise_5_2,
+    exercise_5_3,
+    exercise_5_4,
+    exercise_5_5,
+)
 from scorelab.checks.ch6 import exercise_6_1, exercise_6_2
 
 __all__ = [
@@ -38,6 +44,9 @@ __all__ = [
     "exercise_4_5",
     "exercise_5_1",
     "exercise_5_2",
+    "exercise_5_3",
+    "exercise_5_4",
+    "exercise_5_5",
     "exercise_6_1",
     "exercise_6_2",
     "results",
