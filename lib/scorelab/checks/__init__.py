@@ -24,7 +24,7 @@ from scorelab.checks.ch5 import (
     exercise_5_4,
     exercise_5_5,
 )
-from scorelab.checks.ch6 import exercise_6_1, exercise_6_2
+from scorelab.checks.ch6 import exercise_6_1, exercise_6_2, exercise_6_3, exercise_6_4
 
 __all__ = [
     "Mismatch",
@@ -49,5 +49,7 @@ __all__ = [
     "exercise_5_5",
     "exercise_6_1",
     "exercise_6_2",
+    "exercise_6_3",
+    "exercise_6_4",
     "results",
 ]
