@@ -397,3 +397,56 @@ def exercise_4_5(best_sigma) -> None:
 
 def _argmin(values: list[float]) -> int:
     return min(range(len(values)), key=values.__getitem__)
+
+
+# ---------------------------------------------------------------- hints: the idea, the equation, a skeleton
+
+register_hints(
+    "4.1",
+    "Denoising score matching never needs the data's score: it regresses the model onto the "
+    "score of the noise you added yourself, which you know in closed form.",
+    "The kernel N(x~; x, sigma^2 I) has the score -(x~ - x) / sigma^2 at x~; write x~ - x in "
+    "terms of the noise. The loss of one example is half the squared distance between the "
+    "model's output at x~ and that target.",
+    "Three steps: draw the noise (shaped like the batch, from the generator, on its device); call "
+    "the model on the noisy batch; return half the squared error summed over the coordinates, "
+    "one number per example.",
+)
+register_hints(
+    "4.2",
+    "Tweedie's formula: the best guess of the clean point is the noisy point moved along the "
+    "score of the noisy density.",
+    "The length of the move is the noise variance (not the standard deviation) times the score.",
+    "Skeleton: one return line: the noisy points, plus the noise variance times the score "
+    "function evaluated at the noisy points.",
+)
+register_hints(
+    "4.3",
+    "DSM's minimiser is the score of the perturbed density p_sigma, the law of the noisy "
+    "points. Which law is that for Gaussian data?",
+    "Independent Gaussians add their means and their variances (not their standard "
+    "deviations). The score of a Gaussian is linear in the point: zero at its mean, with slope "
+    "minus one over its variance.",
+    "Skeleton: return <minus the offset of the point from the data mean> / <the variance of the "
+    "perturbed density>.",
+)
+register_hints(
+    "4.4",
+    "Compare the learned slope with the optimum of Exercise 4.3: by what factor is it off, and "
+    "which quantity equals that factor at both noise levels?",
+    "The regression target must be the score of the noise kernel N(x_noisy; x, sigma^2 I), "
+    "taken at x_noisy: differentiate its log-density with respect to x_noisy.",
+    "Only one line changes: the target. Count the powers of sigma: the difference of the clean "
+    "and the noisy point is of order sigma, the kernel's score of order 1 / sigma.",
+)
+register_hints(
+    "4.5",
+    "With finitely many points, DSM's best possible answer is the score of the data smoothed by "
+    "the noise: a kernel density estimate with one Gaussian bump per training point.",
+    "For each sigma: build that kernel density as a GaussianMixture (equal weights, the "
+    "training points as means, the variance of the noise for every bump), then measure the "
+    "relative Fisher divergence of its score to the clean mixture score on the test points.",
+    "Skeleton: loop over the sigmas; in the loop build the kernel density and append its "
+    "relative Fisher divergence (scorelab.metrics has it) to a list; return the sigma at the "
+    "smallest entry.",
+)

@@ -440,3 +440,57 @@ def exercise_5_5(spread_ratio) -> None:
             f"for {name} your ratio is {answer:.3f}, but the spreads' ratio is "
             f"{expected:.3f} (+- {tolerance:.3f} for {n_draws} draws)."
         )
+
+
+# ---------------------------------------------------------------- hints: the idea, the equation, a skeleton
+
+register_hints(
+    "5.1",
+    "Replace the trace of the Jacobian by its projections on random directions: each direction "
+    "costs one backward pass, whatever the dimension.",
+    "For one direction v, v^T (ds/dx) v is the dot product of v with the gradient of v . s(x). "
+    "The loss of an example adds half the square of v . s(x), and averages both over the "
+    "directions.",
+    "Skeleton: draw all directions at once, shape (M, N, D); make M copies of the batch that "
+    "require gradients; evaluate the model on them; one autograd call with create_graph=True "
+    "gives every Jacobian-vector product; combine the terms and average over the first "
+    "dimension.",
+)
+register_hints(
+    "5.2",
+    "Only the second term changes: for directions with E[v v^T] = I its expectation over v is "
+    "known exactly, so there is nothing left to sample.",
+    "E over v of (v^T s)^2 is s^T E[v v^T] s, the squared norm of s; the trace term stays "
+    "as it is.",
+    "Skeleton: copy your ssm_loss and change the one line that adds the second term: half the "
+    "squared norm of the score, summed over the last dimension.",
+)
+register_hints(
+    "5.3",
+    "Expand the square; only the cross term needs the data's score. Integrate it by parts, "
+    "using that p times the derivative of log p is the derivative of p.",
+    "After integrating by parts, J is the expectation under the data of the model score's "
+    "derivative plus half the model score squared. Here that derivative is a constant, and the "
+    "expected squared distance from m is the data variance plus the squared offset of the means.",
+    "Skeleton: return <the expected derivative of the model's score> + <half the expected square "
+    "of the model's score>, each in closed form.",
+)
+register_hints(
+    "5.4",
+    "Compare the learned W with the truth: by what factor is it off, and which quantity in the "
+    "problem equals that factor?",
+    "SSM-VR's closed-form term assumes E[v v^T] = I. For unit vectors the diagonal entries of "
+    "v v^T sum to one, so E[v v^T] = I / D.",
+    "Only the line that draws the directions changes: keep them on a sphere, but give them the "
+    "length that makes E[v v^T] = I.",
+)
+register_hints(
+    "5.5",
+    "Simulate: draw many directions of each kind, compute the quadratic form for each, and "
+    "compare the standard deviations.",
+    "Sphere directions of radius sqrt(D) are Gaussian draws normalised to length one, then "
+    "scaled. For a batch of directions as rows, each row's quadratic form is the row sum of the "
+    "elementwise product of (rows times A) with the rows.",
+    "Skeleton: draw both batches from the generator; compute the two sets of values; return "
+    "<the spread of the sphere values> / <the spread of the Gaussian values>, as a Python float.",
+)

@@ -441,3 +441,49 @@ def exercise_6_4(ncsnv2_epsilon) -> None:
             f"epsilon = {best:.3g} gives {float(_ladder_ratio(torch.tensor(best), sigmas, n_steps)):.4f}"
             " (the ratio is always above 1: take the epsilon where it is smallest)."
         )
+
+
+# ---------------------------------------------------------------- hints: the idea, the equation, a skeleton
+
+register_hints(
+    "6.1",
+    "Instance norm removes each channel's spatial mean and scale; the alpha term puts back how "
+    "the channel means differ from one another, normalised across the channels.",
+    "Per example: the channel means over the pixels; their mean m and unbiased variance v across "
+    "channels; each channel standardised with its own biased pixel variance; then gamma times "
+    "(standardised channel + alpha times the standardised channel mean), plus beta.",
+    "Skeleton: statistics over the pixel dimensions (2, 3), with keepdim where they must "
+    "broadcast; the embedding row of each label holds gamma, alpha (and beta), C entries each; "
+    "add two trailing singleton dimensions to per-channel vectors before combining them.",
+)
+register_hints(
+    "6.2",
+    "One network, all levels: each example gets its own sigma (from its label), its own noise, "
+    "and the DSM loss of that level weighted by lambda(sigma) = sigma^2.",
+    "Per example i: half sigma_i^2 times the squared norm of (model at x_i + sigma_i z_i with "
+    "label i) plus z_i / sigma_i, summed over every dimension but the batch one.",
+    "Skeleton: per-example sigmas reshaped to (N, 1, ..., 1) so they broadcast over points and "
+    "images; noise shaped like x; the model at the noisy batch and the labels; flatten each "
+    "example's weighted squared error and sum it.",
+)
+register_hints(
+    "6.3",
+    "Part 1: the step scales like the level's variance. Part 2: match the two updates term by "
+    "term. Part 3: with a Gaussian score the update is linear in x, so follow the variance "
+    "step by step.",
+    "Part 3: one step multiplies x by a constant r and adds independent noise of variance "
+    "alpha_i, so the variance obeys v <- r^2 v + alpha_i, a geometric recursion; sum it over T "
+    "steps from v_0 = gamma^2 sigma_i^2.",
+    "Skeleton for part 3: r = <the factor multiplying x in one step>; return <r^(2T) times "
+    "gamma^2> + <alpha_i / sigma_i^2 times the geometric sum of the powers of r^2>.",
+)
+register_hints(
+    "6.4",
+    "The ratio is above 1 on both sides of its best epsilon: too small a step leaves the previous "
+    "level's variance, too large a step adds discretisation error. Find where it dips lowest.",
+    "gamma is the ratio of the last two levels and sigma_L the last one; evaluate your "
+    "variance_ratio on a log-spaced grid of epsilon running from far below sigma_L^2 to a few "
+    "times it.",
+    "Skeleton: grid = <epsilon values, log-spaced, fine enough>; evaluate the ratio on the grid; "
+    "return <the grid value where it is smallest, as a float>.",
+)
