@@ -63,39 +63,53 @@ def check_formula(
     points: Sequence[Point],
     *,
     what: str,
-    regimes: Sequence[tuple[str, Callable[[Point], bool]]] = (),
+    regimes: Sequence[Sequence[tuple[str, Callable[[Point], bool]]]] = (),
     mutants: Sequence[tuple[str, Callable[..., float]]] = (),
     rtol: float = 1e-6,
 ) -> None:
     """Return when ``fn`` equals ``truth`` at every point; else raise a Mismatch in words.
 
     ``mutants`` are (explanation, formula) pairs of known mistakes: a student's formula equal
-    to one at every point gets that explanation. Otherwise the message lists the ``regimes``
-    (description, predicate) where the formula is right and those where it is wrong, and
-    shows one failing point.
+    to one at every point gets that explanation. Otherwise the message says in which regime
+    the formula is right and in which it is wrong. ``regimes`` is a list of groups, each a
+    list of (description, predicate) that split the points one way (small / large noise,
+    mu = 0 / mu != 0); a group in which every regime is either right at all of its points or
+    wrong at all of them is named first, else one with some regime right at all its points
+    and some wrong at all of its points (its mixed regimes left out). One failing point is always shown.
     """
     got = {i: _evaluate(fn, p, what) for i, p in enumerate(points)}
     expected = {i: float(truth(**p)) for i, p in enumerate(points)}
-    wrong = [i for i in got if not _close(got[i], expected[i], rtol)]
+    wrong = {i for i in got if not _close(got[i], expected[i], rtol)}
     if not wrong:
         return
     for explanation, formula in mutants:
         if all(_close(got[i], float(formula(**p)), rtol) for i, p in enumerate(points)):
-            raise Mismatch(explanation)
-    first = wrong[0]
+            raise Mismatch(f"{what}: {explanation}")
+    first = min(wrong)
     example = (
         f"at {_show(points[first])} it gives {got[first]:.5g} instead of {expected[first]:.5g}"
     )
     if not math.isfinite(got[first]):
         example = f"at {_show(points[first])} it gives {got[first]}"
-    right_in, wrong_in = [], []
-    for description, predicate in regimes:
-        members = [i for i, p in enumerate(points) if predicate(p)]
-        if members:
-            (wrong_in if any(i in wrong for i in members) else right_in).append(description)
-    if right_in and wrong_in:
+    named = []  # per group: (all regimes clean?, right ones, wrong ones)
+    for group in regimes:
+        right_in, wrong_in, clean = [], [], True
+        for description, predicate in group:
+            members = {i for i, p in enumerate(points) if predicate(p)}
+            if not members:
+                continue
+            if not members & wrong:
+                right_in.append(description)
+            elif members <= wrong:
+                wrong_in.append(description)
+            else:
+                clean = False
+        if right_in and wrong_in:
+            named.append((clean, right_in, wrong_in))
+    # a group that splits the points cleanly first; else one whose mixed regimes are left out
+    for clean, right_in, wrong_in in sorted(named, key=lambda n: not n[0]):
         raise Mismatch(
-            f"{what} is right {' and '.join(right_in)}, but wrong {' and '.join(wrong_in)}: "
-            f"{example}."
+            f"{what} is right {' and '.join(right_in)}, but wrong "
+            f"{' and '.join(wrong_in)}: {example}."
         )
     raise Mismatch(f"{what} is wrong at {len(wrong)} of {len(points)} test points: {example}.")

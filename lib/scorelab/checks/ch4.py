@@ -184,11 +184,12 @@ def exercise_4_3(optimal_dsm_score) -> None:
         points,
         what="optimal_dsm_score",
         regimes=[
-            ("for small noise (sigma < s / 5)", lambda p: p["sigma"] < p["s"] / 5),
-            ("for noise comparable with s", lambda p: p["s"] / 5 <= p["sigma"] <= 5 * p["s"]),
-            ("for large noise (sigma > 5 s)", lambda p: p["sigma"] > 5 * p["s"]),
-            ("when mu = 0", lambda p: p["mu"] == 0.0),
-            ("when mu is not 0", lambda p: p["mu"] != 0.0),
+            [
+                ("for small noise (sigma < s / 5)", lambda p: p["sigma"] < p["s"] / 5),
+                ("for noise comparable with s", lambda p: p["s"] / 5 <= p["sigma"] <= 5 * p["s"]),
+                ("for large noise (sigma > 5 s)", lambda p: p["sigma"] > 5 * p["s"]),
+            ],
+            [("when mu = 0", lambda p: p["mu"] == 0.0), ("when mu is not 0", lambda p: p["mu"] != 0.0)],
         ],
         mutants=[
             (

@@ -240,8 +240,10 @@ def exercise_5_3(sm_objective) -> None:
         points,
         what="sm_objective",
         regimes=[
-            ("when the model's mean m equals mu", lambda p: p["m"] == p["mu"]),
-            ("when m differs from mu", lambda p: p["m"] != p["mu"]),
+            [
+                ("when the model's mean m equals mu", lambda p: p["m"] == p["mu"]),
+                ("when m differs from mu", lambda p: p["m"] != p["mu"]),
+            ]
         ],
         mutants=[
             (
@@ -336,7 +338,7 @@ def exercise_5_4(fixed_ssm_vr_loss) -> None:
             "estimates tr(ds/dx) / D while 1/2 ||s||^2 is unscaled. Give the directions the "
             "length sqrt(D).": 1.0,
             "the directions have length D: then E[v v^T] = D I. Their length should be "
-            "sqrt(D), so that E[v v^T] = I.": float(DIM),
+            "sqrt(D), so that E[v v^T] = I.": float(DIM**2),
             "you divided by sqrt(D) instead of multiplying: the directions should have "
             "length sqrt(D).": 1.0 / DIM,
         }

@@ -300,8 +300,10 @@ def exercise_6_3(annealed_step, authors_step_lr, variance_ratio) -> None:
         [p for seed in seeds for p in _step_points(seed)],
         what="annealed_step",
         regimes=[
-            ("at the last level (sigma_i = sigma_L)", lambda p: p["sigma_i"] == p["sigma_L"]),
-            ("at the larger levels", lambda p: p["sigma_i"] != p["sigma_L"]),
+            [
+                ("at the last level (sigma_i = sigma_L)", lambda p: p["sigma_i"] == p["sigma_L"]),
+                ("at the larger levels", lambda p: p["sigma_i"] != p["sigma_L"]),
+            ]
         ],
         mutants=[
             (
@@ -351,8 +353,14 @@ def exercise_6_3(annealed_step, authors_step_lr, variance_ratio) -> None:
         [p for seed in seeds for p in _ratio_points(seed)],
         what="variance_ratio",
         regimes=[
-            ("near stationarity (after many steps)", lambda p: _start_share(p) < 0.01),
-            ("while the start still matters (few steps)", lambda p: _start_share(p) > 0.1),
+            [
+                ("near stationarity (after many steps)", lambda p: _start_share(p) < 0.01),
+                ("while the start still matters (few steps)", lambda p: _start_share(p) > 0.1),
+            ],
+            [
+                ("for eps much smaller than sigma_L^2", lambda p: p["eps"] < 0.05 * p["sigma_L"] ** 2),
+                ("for eps comparable with sigma_L^2", lambda p: p["eps"] > 0.3 * p["sigma_L"] ** 2),
+            ],
         ],
         mutants=[
             (
