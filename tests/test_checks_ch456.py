@@ -166,7 +166,9 @@ def test_4_5_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
     memorised = min(sigmas, key=lambda s: abs(s - 0.5))  # the public case's best sigma
     assert_passes(capsys, checks.exercise_4_5, lambda *args: memorised)
     monkeypatch.setattr(_core, "GRADING", True)
-    assert_explains(capsys, checks.exercise_4_5, [lambda *args: memorised], "training points your sigma")
+    assert_explains(
+        capsys, checks.exercise_4_5, [lambda *args: memorised], "training points your sigma"
+    )
 
 
 # ---------------------------------------------------------------- chapter 5
@@ -231,7 +233,8 @@ def test_5_4_explains_wrong_fixes(capsys, answer, phrases):
 
 
 def test_5_4_sees_the_symptom_in_other_dimensions(capsys):
-    sly = sphere_loss(lambda d: math.sqrt(d) if d == 3 else 1.0)  # fixed only where the values are tried
+    # fixed only in the dimension where the values are compared
+    sly = sphere_loss(lambda d: math.sqrt(d) if d == 3 else 1.0)
     assert_explains(capsys, checks.exercise_5_4, [sly], "8 dimensions", "1/D = 0.125")
 
 

@@ -75,7 +75,8 @@ def check_formula(
     list of (description, predicate) that split the points one way (small / large noise,
     mu = 0 / mu != 0); a group in which every regime is either right at all of its points or
     wrong at all of them is named first, else one with some regime right at all its points
-    and some wrong at all of its points (its mixed regimes left out). One failing point is always shown.
+    and some wrong at all of its points (its mixed regimes left out). One failing point is
+    always shown.
     """
     got = {i: _evaluate(fn, p, what) for i, p in enumerate(points)}
     expected = {i: float(truth(**p)) for i, p in enumerate(points)}

@@ -189,7 +189,10 @@ def exercise_4_3(optimal_dsm_score) -> None:
                 ("for noise comparable with s", lambda p: p["s"] / 5 <= p["sigma"] <= 5 * p["s"]),
                 ("for large noise (sigma > 5 s)", lambda p: p["sigma"] > 5 * p["s"]),
             ],
-            [("when mu = 0", lambda p: p["mu"] == 0.0), ("when mu is not 0", lambda p: p["mu"] != 0.0)],
+            [
+                ("when mu = 0", lambda p: p["mu"] == 0.0),
+                ("when mu is not 0", lambda p: p["mu"] != 0.0),
+            ],
         ],
         mutants=[
             (
@@ -400,7 +403,7 @@ def _argmin(values: list[float]) -> int:
     return min(range(len(values)), key=values.__getitem__)
 
 
-# ---------------------------------------------------------------- hints: the idea, the equation, a skeleton
+# ---------------------------------------------------------------- hints: idea, equation, skeleton
 
 register_hints(
     "4.1",

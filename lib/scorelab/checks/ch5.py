@@ -205,7 +205,7 @@ def exercise_5_2(ssm_vr_loss) -> None:
     _check_sliced(ssm_vr_loss, variance_reduction=True, name="ssm_vr_loss")
 
 
-# ---------------------------------------------------------------- 5.3 (derive): integration by parts
+# ---------------------------------------------------------------- 5.3 (derive): by parts
 
 
 def _sm_objective(m, v, mu, s):
@@ -323,7 +323,9 @@ def exercise_5_4(fixed_ssm_vr_loss) -> None:
     got = expect_tensor(got, what="fixed_ssm_vr_loss(model, x)", shape=(x.shape[0],))
     expect_finite(got, what="fixed_ssm_vr_loss(model, x)")
     if got.grad_fn is None:
-        raise Mismatch("the loss carries no gradient (computed under torch.no_grad(), or detached).")
+        raise Mismatch(
+            "the loss carries no gradient (computed under torch.no_grad(), or detached)."
+        )
     references = [
         sliced_score_matching_loss(
             model, x, n_projections=N_PROJECTIONS, variance_reduction=True,
@@ -444,7 +446,7 @@ def exercise_5_5(spread_ratio) -> None:
         )
 
 
-# ---------------------------------------------------------------- hints: the idea, the equation, a skeleton
+# ---------------------------------------------------------------- hints: idea, equation, skeleton
 
 register_hints(
     "5.1",

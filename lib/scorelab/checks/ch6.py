@@ -253,9 +253,13 @@ def _authors_ratio(eps, sigma_L, gamma, n_steps):
 
 def _step_points(seed: int) -> list[dict]:
     raw = random_points(
-        seed, 20, {"eps": (1e-6, 1.0, "log"), "sigma_L": (0.01, 1.0, "log"), "k": (1.0, 100.0, "log")}
+        seed,
+        20,
+        {"eps": (1e-6, 1.0, "log"), "sigma_L": (0.01, 1.0, "log"), "k": (1.0, 100.0, "log")},
     )
-    points = [{"eps": p["eps"], "sigma_i": p["k"] * p["sigma_L"], "sigma_L": p["sigma_L"]} for p in raw]
+    points = [
+        {"eps": p["eps"], "sigma_i": p["k"] * p["sigma_L"], "sigma_L": p["sigma_L"]} for p in raw
+    ]
     return points + [{**p, "sigma_i": p["sigma_L"]} for p in points[:4]]
 
 
@@ -279,6 +283,10 @@ def _ratio_points(seed: int) -> list[dict]:
         }
         for p in raw
     ]
+
+
+def _u(p: dict) -> float:
+    return p["eps"] / p["sigma_L"] ** 2
 
 
 def _start_share(p: dict) -> float:
@@ -358,8 +366,8 @@ def exercise_6_3(annealed_step, authors_step_lr, variance_ratio) -> None:
                 ("while the start still matters (few steps)", lambda p: _start_share(p) > 0.1),
             ],
             [
-                ("for eps much smaller than sigma_L^2", lambda p: p["eps"] < 0.05 * p["sigma_L"] ** 2),
-                ("for eps comparable with sigma_L^2", lambda p: p["eps"] > 0.3 * p["sigma_L"] ** 2),
+                ("for eps much smaller than sigma_L^2", lambda p: _u(p) < 0.05),
+                ("for eps comparable with sigma_L^2", lambda p: _u(p) > 0.3),
             ],
         ],
         mutants=[
@@ -401,6 +409,10 @@ def _ladder_ratio(eps: torch.Tensor, sigmas: torch.Tensor, n_steps: int) -> torc
     return _variance_ratio(eps, float(sigmas[-1]), gamma, n_steps)
 
 
+def _ratio_at(eps: float, sigmas: torch.Tensor, n_steps: int) -> float:
+    return float(_ladder_ratio(torch.tensor(eps, dtype=torch.float64), sigmas, n_steps))
+
+
 def _best_epsilon(sigmas: torch.Tensor, n_steps: int) -> float:
     """The eps (paper convention) minimising NCSNv2's ratio: a log grid of 0.05 % steps."""
     sigma_L = float(sigmas[-1])
@@ -422,7 +434,9 @@ def exercise_6_4(ncsnv2_epsilon) -> None:
         [((5.0, 0.01, 22), 10)], [((1.0, 0.01, 10), 100), ((50.0, 0.01, 232), 5)]
     ):
         sigmas = geometric_sigmas(sigma_max, sigma_min, n_levels).double()
-        where = f"for sigmas from {sigma_max:g} to {sigma_min:g} in {n_levels} levels, T = {n_steps}"
+        where = (
+            f"for sigmas from {sigma_max:g} to {sigma_min:g} in {n_levels} levels, T = {n_steps}"
+        )
         answer = to_float(
             call_student(ncsnv2_epsilon, sigmas.float().clone(), n_steps, what="ncsnv2_epsilon"),
             what=f"ncsnv2_epsilon {where}",
@@ -431,11 +445,8 @@ def exercise_6_4(ncsnv2_epsilon) -> None:
             raise Mismatch(f"{where} your epsilon is {answer}: a step size is a positive number.")
         best = _best_epsilon(sigmas, n_steps)
         # a log grid with 2 % steps finds the minimum to within one step either side
-        value = float(_ladder_ratio(torch.tensor(answer, dtype=torch.float64), sigmas, n_steps))
-        band = max(
-            float(_ladder_ratio(torch.tensor(best * f, dtype=torch.float64), sigmas, n_steps))
-            for f in (1.02, 1 / 1.02)
-        )
+        value = _ratio_at(answer, sigmas, n_steps)
+        band = max(_ratio_at(best * f, sigmas, n_steps) for f in (1.02, 1 / 1.02))
         if abs(math.log(answer / best)) <= 0.02 or value <= band:
             continue
         if abs(math.log(answer / (best / 2))) <= 0.03:
@@ -446,12 +457,12 @@ def exercise_6_4(ncsnv2_epsilon) -> None:
             )
         raise Mismatch(
             f"{where} your epsilon {answer:.3g} gives the ratio {value:.4f}, but "
-            f"epsilon = {best:.3g} gives {float(_ladder_ratio(torch.tensor(best), sigmas, n_steps)):.4f}"
+            f"epsilon = {best:.3g} gives {_ratio_at(best, sigmas, n_steps):.4f}"
             " (the ratio is always above 1: take the epsilon where it is smallest)."
         )
 
 
-# ---------------------------------------------------------------- hints: the idea, the equation, a skeleton
+# ---------------------------------------------------------------- hints: idea, equation, skeleton
 
 register_hints(
     "6.1",
