@@ -12,35 +12,12 @@ from scorelab.checks._core import HINTS, Mismatch, assert_all_passed, hint, resu
 from scorelab.checks.ch1 import exercise_1_1, exercise_1_2, exercise_1_3, exercise_1_4, exercise_1_5
 from scorelab.checks.ch2 import exercise_2_1, exercise_2_2, exercise_2_3, exercise_2_4
 from scorelab.checks.ch3 import exercise_3_1, exercise_3_2, exercise_3_3, exercise_3_4, exercise_3_5
-from scorelab.checks.ch4 import exercise_4_1, exercise_4_2
-from scorelab.checks.ch5 import exercise_5_1, exercise_5_2
-from scorelab.checks.ch6 import exercise_6_1, exercise_6_2
+from scorelab.checks.ch4 import exercise_4_1, exercise_4_2, exercise_4_3, exercise_4_4, exercise_4_5
+from scorelab.checks.ch5 import exercise_5_1, exercise_5_2, exercise_5_3, exercise_5_4, exercise_5_5
+from scorelab.checks.ch6 import exercise_6_1, exercise_6_2, exercise_6_3, exercise_6_4
 from scorelab.checks.ch8 import exercise_8_1, exercise_8_2, exercise_8_3, exercise_8_4
 
-__all__ = [
-    "HINTS",
-    "Mismatch",
-    "assert_all_passed",
-    "hint",
-    "exercise_1_1",
-    "exercise_1_2",
-    "exercise_1_3",
-    "exercise_1_4",
-    "exercise_1_5",
-    "exercise_2_1",
-    "exercise_2_2",
-    "exercise_2_3",
-    "exercise_2_4",
-    "exercise_3_1",
-    "exercise_3_2",
-    "exercise_3_3",
-    "exercise_3_4",
-    "exercise_3_5",
-    "exercise_4_1",
-    "exercise_4_2",
-    "exercise_5_1",
-    "exercise_5_2",
-    "exercise_6_1",
-    "exercise_6_2",
-    "results",
-]
+__all__ = ["HINTS", "Mismatch", "assert_all_passed", "hint", "results"] + sorted(
+    (name for name in dir() if name.startswith("exercise_")),
+    key=lambda name: tuple(int(part) for part in name.split("_")[1:]),
+)

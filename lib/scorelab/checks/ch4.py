@@ -1,18 +1,26 @@
-"""Checks for the exercises of chapter 4: the denoising score-matching loss, and Tweedie's denoiser."""
+"""Checks for the exercises of chapter 4: the denoising score-matching loss, Tweedie's denoiser,
+the optimal DSM score of a Gaussian (derive), a DSM loss with sigma in place of sigma^2 (debug),
+and the noise level that best estimates the clean score from a finite sample (investigate)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from scorelab.checks._core import (
     Mismatch,
     call_student,
+    cases,
     diagnose,
     exercise,
     expect_finite,
     expect_tensor,
     is_close,
+    register_hints,
+    to_float,
 )
+from scorelab.checks._formulas import check_formula, random_points
 
 SIGMA = 0.3  # sigma, sigma^2, 2 and the dimension 3 are all different factors
 SEED = 5
@@ -139,3 +147,310 @@ def exercise_4_2(denoise) -> None:
         + score / sigma**2,
     }
     diagnose(got, x_noisy + sigma**2 * score, what="denoise", mutants=mutants)
+
+
+# ---------------------------------------------------------------- 4.3 (derive): the DSM optimum
+
+
+def _optimal_dsm_score(x, mu, s, sigma):
+    return -(x - mu) / (s**2 + sigma**2)
+
+
+_SCORE_POINTS = {
+    "x": (-5.0, 5.0),
+    "mu": (-3.0, 3.0),
+    "s": (0.2, 3.0, "log"),
+    "sigma": (0.01, 10.0, "log"),
+}
+
+
+def _score_points(seed: int) -> list[dict]:
+    points = random_points(seed, 24, _SCORE_POINTS)
+    # a few centred densities, so that "right only when mu = 0" can be said
+    return points + [{**p, "mu": 0.0} for p in random_points(seed + 100, 4, _SCORE_POINTS)]
+
+
+@exercise(
+    "4.3",
+    "the optimal DSM score of N(mu, s^2) is -(x - mu) / (s^2 + sigma^2): the score of the "
+    "perturbed density N(mu, s^2 + sigma^2), at every noise level.",
+)
+def exercise_4_3(optimal_dsm_score) -> None:
+    """Check ``optimal_dsm_score(x, mu, s, sigma) -> float`` at random parameter values."""
+    points = [p for seed in cases([40], [41, 42]) for p in _score_points(seed)]
+    check_formula(
+        optimal_dsm_score,
+        _optimal_dsm_score,
+        points,
+        what="optimal_dsm_score",
+        regimes=[
+            [
+                ("for small noise (sigma < s / 5)", lambda p: p["sigma"] < p["s"] / 5),
+                ("for noise comparable with s", lambda p: p["s"] / 5 <= p["sigma"] <= 5 * p["s"]),
+                ("for large noise (sigma > 5 s)", lambda p: p["sigma"] > 5 * p["s"]),
+            ],
+            [
+                ("when mu = 0", lambda p: p["mu"] == 0.0),
+                ("when mu is not 0", lambda p: p["mu"] != 0.0),
+            ],
+        ],
+        mutants=[
+            (
+                "this is the score of the clean density N(mu, s^2), right only as sigma -> 0. "
+                "DSM's minimiser is the score of the perturbed density: what is the law of "
+                "x + sigma z when x ~ N(mu, s^2)?",
+                lambda x, mu, s, sigma: -(x - mu) / s**2,
+            ),
+            (
+                "this is the score of the noise kernel alone, right only as sigma -> infinity. "
+                "The optimum averages the kernel's score over the clean x given x~: it is the "
+                "score of the perturbed density.",
+                lambda x, mu, s, sigma: -(x - mu) / sigma**2,
+            ),
+            (
+                "standard deviations do not add: for independent Gaussians the variances do, "
+                "so x + sigma z has variance s^2 + sigma^2.",
+                lambda x, mu, s, sigma: -(x - mu) / (s + sigma) ** 2,
+            ),
+            (
+                "the sign is wrong: the score points back towards the mean mu.",
+                lambda x, mu, s, sigma: (x - mu) / (s**2 + sigma**2),
+            ),
+            (
+                "you divided by the standard deviation of the perturbed density; the score of "
+                "N(m, v) is -(x - m) / v, divided by the variance.",
+                lambda x, mu, s, sigma: -(x - mu) / math.sqrt(s**2 + sigma**2),
+            ),
+        ],
+    )
+
+
+# ---------------------------------------------------------------- 4.4 (debug): sigma vs sigma^2
+
+
+def _fitted_line(loss_fn, sigma: float, *, mu: float = 0.5, s: float = 1.0, n: int = 20_000):
+    """Slope and intercept of a 1-D linear score model s(x) = a x + b that minimises ``loss_fn``
+    on N(mu, s^2) data (LBFGS; the noise is redrawn identically at every evaluation)."""
+    x = mu + s * torch.randn(n, 1, generator=torch.Generator().manual_seed(12))  # (N, 1)
+    model = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    optimizer = torch.optim.LBFGS(
+        model.parameters(), lr=1.0, max_iter=200, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        loss = call_student(
+            loss_fn, model, x, sigma, generator=torch.Generator().manual_seed(13), what="loss"
+        ).mean()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return model.weight.item(), model.bias.item()
+
+
+def _slope_tolerance(sigma: float, s: float = 1.0, n: int = 20_000) -> float:
+    """Five standard errors of the least-squares slope of -z / sigma on x + sigma z."""
+    residual_variance = 1 / sigma**2 - 1 / (s**2 + sigma**2)
+    return 5 * math.sqrt(residual_variance / (n * (s**2 + sigma**2)))
+
+
+@exercise(
+    "4.4",
+    "fixed: the target is the kernel's score (x - x~) / sigma^2, and a linear model trained "
+    "with your loss learns the slope -1 / (s^2 + sigma^2) of Exercise 4.3, not sigma times it.",
+)
+def exercise_4_4(fixed_dsm_loss) -> None:
+    """Check the fixed ``fixed_dsm_loss(model, x (N, D), sigma, generator) -> (N,)``."""
+    from scorelab.training import dsm_loss as reference_loss
+
+    model, x = _linear_model(), _data()
+    for sigma in cases([SIGMA, 2.0], [0.05, 1.0]):
+        got = call_student(
+            fixed_dsm_loss,
+            model,
+            x,
+            sigma,
+            generator=torch.Generator().manual_seed(SEED),
+            what="fixed_dsm_loss",
+        )
+        got = expect_tensor(got, what=f"fixed_dsm_loss at sigma={sigma}", shape=(x.shape[0],))
+        expect_finite(got, what=f"fixed_dsm_loss at sigma={sigma}")
+        expected = reference_loss(model, x, sigma, generator=torch.Generator().manual_seed(SEED))
+        with torch.no_grad():
+            z = torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED))
+            bug = 0.5 * ((model(x + sigma * z) + z) ** 2).sum(dim=1)
+            mutants = {
+                "the bug is still there: (x - x_noisy) / sigma is -z, the noise itself; the "
+                "score of the kernel N(x~; x, sigma^2 I) at x~ is (x - x~) / sigma^2.": bug,
+                **_dsm_mutants(model, x, sigma),
+            }
+        diagnose(
+            got.detach(),
+            expected.detach(),
+            what=f"fixed_dsm_loss at sigma={sigma}",
+            mutants=mutants,
+            factors={"sigma^2": sigma**2, "sigma": sigma, "2 (the 1/2 in front)": 2.0},
+        )
+    # The symptom: trained with the buggy loss, a linear model learns sigma times the score.
+    for sigma in cases([0.5], [2.0]):
+        slope, _ = _fitted_line(fixed_dsm_loss, sigma)
+        expected_slope = -1 / (1 + sigma**2)
+        if abs(slope - expected_slope) > _slope_tolerance(sigma):
+            raise Mismatch(
+                f"the values match, but a linear model trained with your loss on N(0.5, 1) "
+                f"data at sigma={sigma} learns the slope {slope:.3f}, not "
+                f"{expected_slope:.3f} = -1 / (s^2 + sigma^2)."
+            )
+
+
+# ---------------------------------------------------------------- 4.5 (investigate): best sigma
+
+
+def _kde_curve(
+    mixture, train, test, sigmas, *, variance=lambda s: s**2, perturbed=False, at=None
+):
+    """Relative Fisher divergence (and its standard error) of the score of the Gaussian kernel
+    density estimate of ``train`` (bandwidth sigma: DSM's optimum on that finite sample) to the
+    clean score of ``mixture``, on the points ``at`` (default: ``test``), for every sigma."""
+    from scorelab.densities import GaussianMixture
+
+    points = test if at is None else at
+    n = len(train)
+    values, errors = [], []
+    for sigma in sigmas:
+        kde = GaussianMixture(torch.full((n,), 1 / n), train, torch.full((n,), variance(sigma)))
+        true = (mixture.perturbed(sigma) if perturbed else mixture).score(points)  # (M, D)
+        squared = ((kde.score(points) - true) ** 2).sum(dim=1).double()  # (M,)
+        norm = (true**2).sum(dim=1).double().mean()
+        values.append(float(squared.mean() / norm))
+        errors.append(float(squared.std() / math.sqrt(len(points)) / norm))
+    return values, errors
+
+
+def _kde_case(n_train: int, seed: int):
+    from scorelab.densities import GaussianMixture
+
+    mixture = GaussianMixture(
+        torch.tensor([0.7, 0.3]), torch.tensor([[-2.0, -2.0], [2.0, 2.0]]), torch.tensor([0.5, 0.5])
+    )
+    train = mixture.sample(n_train, generator=torch.Generator().manual_seed(seed))
+    test = mixture.sample(4000, generator=torch.Generator().manual_seed(seed + 1))
+    return mixture, train, test
+
+
+@exercise(
+    "4.5",
+    "your sigma minimises the Fisher divergence of DSM's optimum on the sample (the kernel "
+    "density's score) to the clean score: smaller sigma overfits the sample, larger sigma blurs.",
+)
+def exercise_4_5(best_sigma) -> None:
+    """Check ``best_sigma(mixture, train_points, test_points, sigmas) -> float``."""
+    sigmas = [float(s) for s in torch.logspace(-1.5, 0.5, 21)]
+    for n_train, seed in cases([(200, 0)], [(50, 7), (1000, 8)]):
+        mixture, train, test = _kde_case(n_train, seed)
+        answer = to_float(
+            call_student(
+                best_sigma, mixture, train.clone(), test.clone(), list(sigmas), what="best_sigma"
+            ),
+            what="best_sigma(...)",
+        )
+        where = f"with {n_train} training points"
+        index = min(range(len(sigmas)), key=lambda i: abs(math.log(sigmas[i] / answer))
+                    if answer > 0 else math.inf)
+        if not (answer > 0 and math.isclose(sigmas[index], answer, rel_tol=1e-4)):
+            raise Mismatch(
+                f"{where} your answer {answer:.4g} is not one of the sigmas tried: return the "
+                "value of `sigmas` whose kernel density score is closest to the clean score."
+            )
+        values, errors = _kde_curve(mixture, train, test, sigmas)
+        best = min(range(len(sigmas)), key=values.__getitem__)
+        # any sigma whose divergence is within 3 standard errors (of the test-set average)
+        # of the smallest one is as good an answer as the estimate can tell
+        band = 3 * math.hypot(errors[index], errors[best])
+        if values[index] <= values[best] + band:
+            continue
+        mistakes = {
+            "it is the sigma with the largest divergence: take the smallest.": max(
+                range(len(sigmas)), key=values.__getitem__
+            ),
+            "that is the best sigma if the kernel variance were sigma; GaussianMixture takes "
+            "variances, sigma^2.": _argmin(_kde_curve(mixture, train, test, sigmas,
+                                                      variance=lambda s: s)[0]),
+            "you compared with the perturbed score p_sigma: DSM does estimate that one well "
+            "at any sigma, but the question is how close it gets to the clean score of p.": _argmin(
+                _kde_curve(mixture, train, test, sigmas, perturbed=True)[0]
+            ),
+            "you measured the divergence on the training points: each sits on its own kernel, "
+            "which favours small sigma. Measure it on fresh test points.": _argmin(
+                _kde_curve(mixture, train, test, sigmas, at=train)[0]
+            ),
+        }
+        for explanation, wrong_index in mistakes.items():
+            if wrong_index == index:
+                raise Mismatch(f"{where}, {explanation}")
+        raise Mismatch(
+            f"{where} your sigma = {answer:.3g} gives a relative Fisher divergence of "
+            f"{values[index]:.3f}, but sigma = {sigmas[best]:.3g} gives {values[best]:.3f} "
+            f"(+- {errors[best]:.3f})."
+        )
+
+
+def _argmin(values: list[float]) -> int:
+    return min(range(len(values)), key=values.__getitem__)
+
+
+# ---------------------------------------------------------------- hints: idea, equation, skeleton
+
+register_hints(
+    "4.1",
+    "Denoising score matching never needs the data's score: it regresses the model onto the "
+    "score of the noise you added yourself, which you know in closed form.",
+    "The kernel N(x~; x, sigma^2 I) has the score -(x~ - x) / sigma^2 at x~; write x~ - x in "
+    "terms of the noise. The loss of one example is half the squared distance between the "
+    "model's output at x~ and that target.",
+    "Three steps: draw the noise (shaped like the batch, from the generator, on its device); call "
+    "the model on the noisy batch; return half the squared error summed over the coordinates, "
+    "one number per example.",
+)
+register_hints(
+    "4.2",
+    "Tweedie's formula: the best guess of the clean point is the noisy point moved along the "
+    "score of the noisy density.",
+    "The length of the move is the noise variance (not the standard deviation) times the score.",
+    "Skeleton: one return line: the noisy points, plus the noise variance times the score "
+    "function evaluated at the noisy points.",
+)
+register_hints(
+    "4.3",
+    "DSM's minimiser is the score of the perturbed density p_sigma, the law of the noisy "
+    "points. Which law is that for Gaussian data?",
+    "Independent Gaussians add their means and their variances (not their standard "
+    "deviations). The score of a Gaussian is linear in the point: zero at its mean, with slope "
+    "minus one over its variance.",
+    "Skeleton: return <minus the offset of the point from the data mean> / <the variance of the "
+    "perturbed density>.",
+)
+register_hints(
+    "4.4",
+    "Compare the learned slope with the optimum of Exercise 4.3: by what factor is it off, and "
+    "which quantity equals that factor at both noise levels?",
+    "The regression target must be the score of the noise kernel N(x_noisy; x, sigma^2 I), "
+    "taken at x_noisy: differentiate its log-density with respect to x_noisy.",
+    "Only one line changes: the target. Count the powers of sigma: the difference of the clean "
+    "and the noisy point is of order sigma, the kernel's score of order 1 / sigma.",
+)
+register_hints(
+    "4.5",
+    "With finitely many points, DSM's best possible answer is the score of the data smoothed by "
+    "the noise: a kernel density estimate with one Gaussian bump per training point.",
+    "For each sigma: build that kernel density as a GaussianMixture (equal weights, the "
+    "training points as means, the variance of the noise for every bump), then measure the "
+    "relative Fisher divergence of its score to the clean mixture score on the test points.",
+    "Skeleton: loop over the sigmas; in the loop build the kernel density and append its "
+    "relative Fisher divergence (scorelab.metrics has it) to a list; return the sigma at the "
+    "smallest entry.",
+)

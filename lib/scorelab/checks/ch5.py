@@ -1,4 +1,7 @@
-"""Checks for the exercises of chapter 5: the sliced score-matching losses, SSM and SSM-VR."""
+"""Checks for the exercises of chapter 5: the sliced score-matching losses, SSM and SSM-VR; the
+score-matching objective of a Gaussian model by integration by parts (derive); directions on
+the unit sphere without the sqrt(D) factor (debug); the spread of the trace estimator with
+Gaussian and with sphere directions (investigate)."""
 
 from __future__ import annotations
 
@@ -9,12 +12,16 @@ import torch
 from scorelab.checks._core import (
     Mismatch,
     call_student,
+    cases,
     diagnose,
     exercise,
     expect_finite,
     expect_tensor,
     is_close,
+    register_hints,
+    to_float,
 )
+from scorelab.checks._formulas import check_formula, random_points
 
 SEED = 17
 N_PROJECTIONS = 3  # 3 projections: averaging vs summing them is a factor 3, distinct from 2 and 1/2
@@ -196,3 +203,298 @@ def exercise_5_1(ssm_loss) -> None:
 def exercise_5_2(ssm_vr_loss) -> None:
     """Check ``ssm_vr_loss(model, x (N, D), n_projections, generator) -> (N,)`` (SSM-VR, Eq. 8)."""
     _check_sliced(ssm_vr_loss, variance_reduction=True, name="ssm_vr_loss")
+
+
+# ---------------------------------------------------------------- 5.3 (derive): by parts
+
+
+def _sm_objective(m, v, mu, s):
+    return -1 / v + (s**2 + (mu - m) ** 2) / (2 * v**2)
+
+
+_OBJECTIVE_POINTS = {
+    "m": (-3.0, 3.0),
+    "v": (0.1, 5.0, "log"),
+    "mu": (-3.0, 3.0),
+    "s": (0.2, 3.0, "log"),
+}
+
+
+def _objective_points(seed: int) -> list[dict]:
+    points = random_points(seed, 24, _OBJECTIVE_POINTS)
+    # models centred on the data, so that "right only when m = mu" can be said
+    return points + [{**p, "m": p["mu"]} for p in random_points(seed + 100, 4, _OBJECTIVE_POINTS)]
+
+
+@exercise(
+    "5.3",
+    "J(m, v) = -1/v + (s^2 + (mu - m)^2) / (2 v^2): integration by parts turned the unknown "
+    "data score into the model's own derivative, and J is smallest at m = mu, v = s^2.",
+)
+def exercise_5_3(sm_objective) -> None:
+    """Check ``sm_objective(m, v, mu, s) -> float`` at random parameter values."""
+    points = [p for seed in cases([50], [51, 52]) for p in _objective_points(seed)]
+    check_formula(
+        sm_objective,
+        _sm_objective,
+        points,
+        what="sm_objective",
+        regimes=[
+            [
+                ("when the model's mean m equals mu", lambda p: p["m"] == p["mu"]),
+                ("when m differs from mu", lambda p: p["m"] != p["mu"]),
+            ]
+        ],
+        mutants=[
+            (
+                "the trace term has the wrong sign: the model's score -(x - m) / v has the "
+                "derivative -1/v.",
+                lambda m, v, mu, s: 1 / v + (s**2 + (mu - m) ** 2) / (2 * v**2),
+            ),
+            (
+                "you kept the constant 1/2 E[s_p(x)^2] = 1 / (2 s^2): that is the Fisher "
+                "divergence itself. Integration by parts leaves that term aside because it "
+                "does not depend on the model; the objective J is the rest.",
+                lambda m, v, mu, s: _sm_objective(m, v, mu, s) + 1 / (2 * s**2),
+            ),
+            (
+                "the 1/2 in front of E[s_theta(x)^2] is missing.",
+                lambda m, v, mu, s: -1 / v + (s**2 + (mu - m) ** 2) / v**2,
+            ),
+            (
+                "s_theta(x)^2 = (x - m)^2 / v^2: divide by the square of the variance.",
+                lambda m, v, mu, s: -1 / v + (s**2 + (mu - m) ** 2) / (2 * v),
+            ),
+            (
+                "E[(x - m)^2] under N(mu, s^2) is s^2 + (mu - m)^2: the variance plus the "
+                "squared offset of the means, not their difference.",
+                lambda m, v, mu, s: -1 / v + (s**2 - (mu - m) ** 2) / (2 * v**2),
+            ),
+        ],
+    )
+
+
+# ---------------------------------------------------------------- 5.4 (debug): the sqrt(D) factor
+
+
+def _sphere_terms(model, x: torch.Tensor, n_projections: int) -> dict[str, torch.Tensor]:
+    """The per-example trace and norm terms (N,) with unit-sphere directions from SEED."""
+    v = torch.randn((n_projections, *x.shape), generator=torch.Generator().manual_seed(SEED))
+    t = _terms(model, x, v / v.norm(dim=-1, keepdim=True))
+    return {"trace": t["trace"].mean(0), "norm": t["norm"].mean(0)}
+
+
+def _learned_scale(loss_fn, dim: int, n: int = 2000) -> float:
+    """The a minimising the loss of the linear score s(x) = -a x on N(0, I_dim) data.
+
+    With the directions fixed by the seed, the loss is exactly c1 a + c2 a^2, read off from
+    a = 0, 1, 2; the true score of N(0, I) is a = 1.
+    """
+    x = torch.randn(n, dim, generator=torch.Generator().manual_seed(31))  # (N, D)
+    values = []
+    for a in (0.0, 1.0, 2.0):
+        linear = torch.nn.Linear(dim, dim, bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(-a * torch.eye(dim))
+        loss = call_student(
+            loss_fn, linear, x, n_projections=1,
+            generator=torch.Generator().manual_seed(32), what="fixed_ssm_vr_loss",
+        )
+        values.append(float(loss.detach().double().mean()))
+    c2 = (values[2] - 2 * values[1] + values[0]) / 2
+    c1 = values[1] - values[0] - c2
+    return -c1 / (2 * c2) if c2 > 0 else math.nan
+
+
+@exercise(
+    "5.4",
+    "fixed: with directions of length sqrt(D), E[v v^T] = I, and a linear model trained with "
+    "your loss learns the score itself, not the score divided by D.",
+)
+def exercise_5_4(fixed_ssm_vr_loss) -> None:
+    """Check ``fixed_ssm_vr_loss(model, x (N, D), n_projections, generator) -> (N,)``."""
+    from scorelab.training import sliced_score_matching_loss
+
+    model, x = _model(), _data()
+    got = call_student(
+        fixed_ssm_vr_loss, model, x, n_projections=N_PROJECTIONS,
+        generator=torch.Generator().manual_seed(SEED), what="fixed_ssm_vr_loss",
+    )
+    got = expect_tensor(got, what="fixed_ssm_vr_loss(model, x)", shape=(x.shape[0],))
+    expect_finite(got, what="fixed_ssm_vr_loss(model, x)")
+    if got.grad_fn is None:
+        raise Mismatch(
+            "the loss carries no gradient (computed under torch.no_grad(), or detached)."
+        )
+    references = [
+        sliced_score_matching_loss(
+            model, x, n_projections=N_PROJECTIONS, variance_reduction=True,
+            projection=projection, generator=torch.Generator().manual_seed(SEED),
+        ).detach()
+        for projection in ("sphere", "gaussian")
+    ]
+    if not any(is_close(got.detach(), r) for r in references):
+        t = _sphere_terms(model, x, N_PROJECTIONS)
+        scale = {
+            "the bug is still there: unit vectors have E[v v^T] = I / D, so the trace term "
+            "estimates tr(ds/dx) / D while 1/2 ||s||^2 is unscaled. Give the directions the "
+            "length sqrt(D).": 1.0,
+            "the directions have length D: then E[v v^T] = D I. Their length should be "
+            "sqrt(D), so that E[v v^T] = I.": float(DIM**2),
+            "you divided by sqrt(D) instead of multiplying: the directions should have "
+            "length sqrt(D).": 1.0 / DIM,
+        }
+        mutants = {text: c * t["trace"] + t["norm"] for text, c in scale.items()}
+        diagnose(got.detach(), references[0], what="fixed_ssm_vr_loss", mutants=mutants)
+    for dim in cases([8], [3, 16]):
+        a = _learned_scale(fixed_ssm_vr_loss, dim)
+        tolerance = 5 * math.sqrt(2 / (2000 * dim)) * math.sqrt(2)
+        if not abs(a - 1.0) <= tolerance:
+            raise Mismatch(
+                f"in {dim} dimensions a linear model trained with your loss on N(0, I) data "
+                f"learns {a:.3f} times the true score (1/D = {1 / dim:.3f} is the symptom of "
+                "the bug), where 1 is expected."
+            )
+
+
+# ---------------------------------------------------------------- 5.5 (investigate): the spread
+
+
+def _theory_ratio(matrix: torch.Tensor) -> float:
+    """std of v^T A v for v uniform on the sphere of radius sqrt(D), over its std for Gaussian v.
+
+    Var_gauss = 2 ||A_s||_F^2 and Var_sphere = 2D/(D+2) (||A_s||_F^2 - tr(A)^2 / D), with A_s
+    the symmetric part of A (v^T A v only sees A_s).
+    """
+    a = matrix.double()
+    sym, dim = (a + a.T) / 2, a.shape[0]
+    frobenius = float((sym**2).sum())
+    if frobenius == 0:
+        return math.nan
+    ratio = dim / (dim + 2) * max(0.0, 1 - float(torch.trace(sym)) ** 2 / (dim * frobenius))
+    return math.sqrt(ratio)
+
+
+def _simulated_ratio(matrix: torch.Tensor, n_draws: int, generator: torch.Generator) -> float:
+    dim = matrix.shape[0]
+    gauss = torch.randn(n_draws, dim, generator=generator, dtype=torch.float64)
+    sphere = torch.randn(n_draws, dim, generator=generator, dtype=torch.float64)
+    sphere = sphere / sphere.norm(dim=1, keepdim=True) * math.sqrt(dim)
+    a = matrix.double()
+
+    def quadratic(v):
+        return ((v @ a) * v).sum(dim=1)
+
+    return float(quadratic(sphere).std() / quadratic(gauss).std())
+
+
+def _spread_matrices(seed: int, dim: int) -> torch.Tensor:
+    return torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed)) + torch.eye(dim)
+
+
+@exercise(
+    "5.5",
+    "your simulation matches the theory: directions on the sphere of radius sqrt(D) give a "
+    "less noisy trace estimate than Gaussian ones, exactly noise-free when ds/dx is a multiple "
+    "of I.",
+)
+def exercise_5_5(spread_ratio) -> None:
+    """Check ``spread_ratio(matrix (D, D), n_draws, generator) -> float`` against the theory."""
+    n_draws = 20_000
+    for name, matrix in cases(
+        [("a random 8 x 8 matrix", _spread_matrices(60, 8))],
+        [
+            ("the 5 x 5 identity", torch.eye(5)),
+            ("a random 3 x 3 matrix", _spread_matrices(61, 3)),
+            ("diag(1, ..., 10)", torch.diag(torch.arange(1.0, 11.0))),
+        ],
+    ):
+        answer = to_float(
+            call_student(
+                spread_ratio, matrix.clone(), n_draws,
+                generator=torch.Generator().manual_seed(62), what="spread_ratio",
+            ),
+            what=f"spread_ratio for {name}",
+        )
+        expected = _theory_ratio(matrix)
+        # the tolerance: 4 standard deviations of this estimator over repeated simulations
+        replicas = torch.tensor(
+            [
+                _simulated_ratio(matrix, n_draws, torch.Generator().manual_seed(1000 + r))
+                for r in range(20)
+            ]
+        )
+        tolerance = 4 * float(replicas.std()) + 1e-3
+        if abs(answer - expected) <= tolerance:
+            continue
+        dim = matrix.shape[0]
+        mistakes = {
+            "you returned the ratio of the variances; the question asks for the ratio of the "
+            "standard deviations (take the square root).": expected**2,
+            "you returned Gaussian over sphere; the question asks for sphere over Gaussian.": (
+                1 / expected if expected > 0 else math.inf
+            ),
+            "your sphere directions have length 1: scale them by sqrt(D), or the trace "
+            "estimate is D times too small (and so is its spread).": expected / dim,
+        }
+        for explanation, value in mistakes.items():
+            if math.isfinite(value) and abs(answer - value) <= max(tolerance, 0.02 * value):
+                raise Mismatch(f"for {name}: {explanation}")
+        raise Mismatch(
+            f"for {name} your ratio is {answer:.3f}, but the spreads' ratio is "
+            f"{expected:.3f} (+- {tolerance:.3f} for {n_draws} draws)."
+        )
+
+
+# ---------------------------------------------------------------- hints: idea, equation, skeleton
+
+register_hints(
+    "5.1",
+    "Replace the trace of the Jacobian by its projections on random directions: each direction "
+    "costs one backward pass, whatever the dimension.",
+    "For one direction v, v^T (ds/dx) v is the dot product of v with the gradient of v . s(x). "
+    "The loss of an example adds half the square of v . s(x), and averages both over the "
+    "directions.",
+    "Skeleton: draw all directions at once, shape (M, N, D); make M copies of the batch that "
+    "require gradients; evaluate the model on them; one autograd call with create_graph=True "
+    "gives every Jacobian-vector product; combine the terms and average over the first "
+    "dimension.",
+)
+register_hints(
+    "5.2",
+    "Only the second term changes: for directions with E[v v^T] = I its expectation over v is "
+    "known exactly, so there is nothing left to sample.",
+    "E over v of (v^T s)^2 is s^T E[v v^T] s, the squared norm of s; the trace term stays "
+    "as it is.",
+    "Skeleton: copy your ssm_loss and change the one line that adds the second term: half the "
+    "squared norm of the score, summed over the last dimension.",
+)
+register_hints(
+    "5.3",
+    "Expand the square; only the cross term needs the data's score. Integrate it by parts, "
+    "using that p times the derivative of log p is the derivative of p.",
+    "After integrating by parts, J is the expectation under the data of the model score's "
+    "derivative plus half the model score squared. Here that derivative is a constant, and the "
+    "expected squared distance from m is the data variance plus the squared offset of the means.",
+    "Skeleton: return <the expected derivative of the model's score> + <half the expected square "
+    "of the model's score>, each in closed form.",
+)
+register_hints(
+    "5.4",
+    "Compare the learned W with the truth: by what factor is it off, and which quantity in the "
+    "problem equals that factor?",
+    "SSM-VR's closed-form term assumes E[v v^T] = I. For unit vectors the diagonal entries of "
+    "v v^T sum to one, so E[v v^T] = I / D.",
+    "Only the line that draws the directions changes: keep them on a sphere, but give them the "
+    "length that makes E[v v^T] = I.",
+)
+register_hints(
+    "5.5",
+    "Simulate: draw many directions of each kind, compute the quadratic form for each, and "
+    "compare the standard deviations.",
+    "Sphere directions of radius sqrt(D) are Gaussian draws normalised to length one, then "
+    "scaled. For a batch of directions as rows, each row's quadratic form is the row sum of the "
+    "elementwise product of (rows times A) with the rows.",
+    "Skeleton: draw both batches from the generator; compute the two sets of values; return "
+    "<the spread of the sphere values> / <the spread of the Gaussian values>, as a Python float.",
+)

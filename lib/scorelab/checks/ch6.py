@@ -1,6 +1,10 @@
-"""Checks for the exercises of chapter 6: ConditionalInstanceNorm2dPlus.forward, the annealed DSM loss."""
+"""Checks for the exercises of chapter 6: ConditionalInstanceNorm2dPlus.forward, the annealed DSM
+loss, the step size of annealed Langevin dynamics (derive: the paper's rule, the authors' code
+convention and NCSNv2's variance recursion) and NCSNv2's choice of epsilon (investigate)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -8,12 +12,16 @@ from torch import nn
 from scorelab.checks._core import (
     Mismatch,
     call_student,
+    cases,
     diagnose,
     exercise,
     expect_finite,
     expect_tensor,
     is_close,
+    register_hints,
+    to_float,
 )
+from scorelab.checks._formulas import check_formula, random_points
 
 SEED = 21
 
@@ -220,3 +228,281 @@ def exercise_6_2(annealed_dsm_loss) -> None:
             mutants=mutants,
             factors={"2 (the 1/2 in front)": 2.0},
         )
+
+
+# ---------------------------------------------------------------- 6.3 (derive): the step size
+
+
+def _variance_ratio(eps, sigma_L, gamma, n_steps):
+    """NCSNv2's Var[x_T] / sigma_i^2 after T steps at level i, in the paper's convention.
+
+    With p_sigma_i = N(0, sigma_i^2 I), x <- x + (alpha/2) s + sqrt(alpha) z contracts by
+    r = 1 - eps / (2 sigma_L^2) per step and adds alpha = eps sigma_i^2 / sigma_L^2 of variance.
+    """
+    u = eps / sigma_L**2
+    r = 1 - u / 2
+    return r ** (2 * n_steps) * gamma**2 + u * (1 - r ** (2 * n_steps)) / (1 - r**2)
+
+
+def _authors_ratio(eps, sigma_L, gamma, n_steps):
+    """The same recursion in the authors' convention x <- x + alpha s + sqrt(2 alpha) z."""
+    u = eps / sigma_L**2
+    r = 1 - u
+    return r ** (2 * n_steps) * gamma**2 + 2 * u * (1 - r ** (2 * n_steps)) / (1 - r**2)
+
+
+def _step_points(seed: int) -> list[dict]:
+    raw = random_points(
+        seed,
+        20,
+        {"eps": (1e-6, 1.0, "log"), "sigma_L": (0.01, 1.0, "log"), "k": (1.0, 100.0, "log")},
+    )
+    points = [
+        {"eps": p["eps"], "sigma_i": p["k"] * p["sigma_L"], "sigma_L": p["sigma_L"]} for p in raw
+    ]
+    return points + [{**p, "sigma_i": p["sigma_L"]} for p in points[:4]]
+
+
+def _ratio_points(seed: int) -> list[dict]:
+    raw = random_points(
+        seed,
+        28,
+        {
+            "u": (1e-3, 1.5, "log"),
+            "sigma_L": (0.01, 1.0, "log"),
+            "gamma": (1.05, 3.0),
+            "n_steps": (1, 200, "int"),
+        },
+    )
+    return [
+        {
+            "eps": p["u"] * p["sigma_L"] ** 2,
+            "sigma_L": p["sigma_L"],
+            "gamma": p["gamma"],
+            "n_steps": p["n_steps"],
+        }
+        for p in raw
+    ]
+
+
+def _u(p: dict) -> float:
+    return p["eps"] / p["sigma_L"] ** 2
+
+
+def _start_share(p: dict) -> float:
+    return (1 - p["eps"] / (2 * p["sigma_L"] ** 2)) ** (2 * p["n_steps"])
+
+
+@exercise(
+    "6.3",
+    "alpha_i = eps sigma_i^2 / sigma_L^2; the authors' step_lr is eps / 2; and your variance "
+    "recursion is NCSNv2's, in the paper's convention.",
+)
+def exercise_6_3(annealed_step, authors_step_lr, variance_ratio) -> None:
+    """Check ``annealed_step(eps, sigma_i, sigma_L)``, ``authors_step_lr(eps)`` and
+    ``variance_ratio(eps, sigma_L, gamma, n_steps)`` at random parameter values."""
+    seeds = cases([70], [71, 72])
+    check_formula(
+        annealed_step,
+        lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2,
+        [p for seed in seeds for p in _step_points(seed)],
+        what="annealed_step",
+        regimes=[
+            [
+                ("at the last level (sigma_i = sigma_L)", lambda p: p["sigma_i"] == p["sigma_L"]),
+                ("at the larger levels", lambda p: p["sigma_i"] != p["sigma_L"]),
+            ]
+        ],
+        mutants=[
+            (
+                "the ratio sigma_i / sigma_L must be squared: the step scales like the "
+                "variance of the level, so that the signal-to-noise ratio of a step is the "
+                "same at every level.",
+                lambda eps, sigma_i, sigma_L: eps * sigma_i / sigma_L,
+            ),
+            (
+                "the ratio is upside down: the largest levels take the largest steps, "
+                "alpha_i = eps sigma_i^2 / sigma_L^2.",
+                lambda eps, sigma_i, sigma_L: eps * sigma_L**2 / sigma_i**2,
+            ),
+            (
+                "this is half the paper's alpha_i, the step_lr-based 'step' of the authors' "
+                "code; in the paper's convention alpha_i = eps sigma_i^2 / sigma_L^2.",
+                lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2 / 2,
+            ),
+            (
+                "the step must not depend on the units of sigma: divide sigma_i^2 by "
+                "sigma_L^2, so that the last level's step is eps itself.",
+                lambda eps, sigma_i, sigma_L: eps * sigma_i**2,
+            ),
+        ],
+    )
+    check_formula(
+        authors_step_lr,
+        lambda eps: eps / 2,
+        random_points(seeds[0], 8, {"eps": (1e-7, 0.1, "log")}),
+        what="authors_step_lr",
+        mutants=[
+            (
+                "the factor goes the other way: the code's a s + sqrt(2a) z is the paper's "
+                "(alpha/2) s + sqrt(alpha) z with alpha = 2a, so step_lr = eps / 2.",
+                lambda eps: 2 * eps,
+            ),
+            (
+                "the same number runs a different sampler: the code's update a s + sqrt(2a) z "
+                "is the paper's with alpha = 2a.",
+                lambda eps: eps,
+            ),
+        ],
+    )
+    check_formula(
+        variance_ratio,
+        _variance_ratio,
+        [p for seed in seeds for p in _ratio_points(seed)],
+        what="variance_ratio",
+        regimes=[
+            [
+                ("near stationarity (after many steps)", lambda p: _start_share(p) < 0.01),
+                ("while the start still matters (few steps)", lambda p: _start_share(p) > 0.1),
+            ],
+            [
+                ("for eps much smaller than sigma_L^2", lambda p: _u(p) < 0.05),
+                ("for eps comparable with sigma_L^2", lambda p: _u(p) > 0.3),
+            ],
+        ],
+        mutants=[
+            (
+                "this is NCSNv2's formula in the authors' convention x + alpha s + "
+                "sqrt(2 alpha) z; in the paper's convention a step contracts x by "
+                "1 - eps / (2 sigma_L^2) and adds alpha of variance.",
+                _authors_ratio,
+            ),
+            (
+                "the previous level's samples have variance sigma_(i-1)^2 = gamma^2 sigma_i^2: "
+                "the start contributes gamma^2, not gamma.",
+                lambda eps, sigma_L, gamma, n_steps: _variance_ratio(eps, sigma_L, gamma, n_steps)
+                + (1 - eps / (2 * sigma_L**2)) ** (2 * n_steps) * (gamma - gamma**2),
+            ),
+            (
+                "a variance is multiplied by the square of the contraction factor: after T "
+                "steps the start keeps r^(2T) of its variance, not r^T.",
+                lambda eps, sigma_L, gamma, n_steps: (
+                    (1 - eps / (2 * sigma_L**2)) ** n_steps * gamma**2
+                    + (eps / sigma_L**2) * (1 - (1 - eps / (2 * sigma_L**2)) ** n_steps)
+                    / (1 - (1 - eps / (2 * sigma_L**2)) ** 2)
+                ),
+            ),
+            (
+                "this is the stationary ratio (T -> infinity); after T steps a share "
+                "r^(2T) of the starting variance gamma^2 is still there.",
+                lambda eps, sigma_L, gamma, n_steps: 1 / (1 - eps / (4 * sigma_L**2)),
+            ),
+        ],
+    )
+
+
+# ---------------------------------------------------------------- 6.4 (investigate): NCSNv2's eps
+
+
+def _ladder_ratio(eps: torch.Tensor, sigmas: torch.Tensor, n_steps: int) -> torch.Tensor:
+    gamma = float(sigmas[-2] / sigmas[-1])
+    return _variance_ratio(eps, float(sigmas[-1]), gamma, n_steps)
+
+
+def _ratio_at(eps: float, sigmas: torch.Tensor, n_steps: int) -> float:
+    return float(_ladder_ratio(torch.tensor(eps, dtype=torch.float64), sigmas, n_steps))
+
+
+def _best_epsilon(sigmas: torch.Tensor, n_steps: int) -> float:
+    """The eps (paper convention) minimising NCSNv2's ratio: a log grid of 0.05 % steps."""
+    sigma_L = float(sigmas[-1])
+    u = torch.logspace(-8, math.log10(3.9), 35_000, dtype=torch.float64)
+    values = _ladder_ratio(u * sigma_L**2, sigmas, n_steps)
+    return float(u[int(torch.argmin(values))]) * sigma_L**2
+
+
+@exercise(
+    "6.4",
+    "your epsilon brings NCSNv2's variance ratio as close to 1 as it gets for this ladder "
+    "and number of steps.",
+)
+def exercise_6_4(ncsnv2_epsilon) -> None:
+    """Check ``ncsnv2_epsilon(sigmas (L,), n_steps) -> float`` (paper convention)."""
+    from scorelab.noise import geometric_sigmas
+
+    for (sigma_max, sigma_min, n_levels), n_steps in cases(
+        [((5.0, 0.01, 22), 10)], [((1.0, 0.01, 10), 100), ((50.0, 0.01, 232), 5)]
+    ):
+        sigmas = geometric_sigmas(sigma_max, sigma_min, n_levels).double()
+        where = (
+            f"for sigmas from {sigma_max:g} to {sigma_min:g} in {n_levels} levels, T = {n_steps}"
+        )
+        answer = to_float(
+            call_student(ncsnv2_epsilon, sigmas.float().clone(), n_steps, what="ncsnv2_epsilon"),
+            what=f"ncsnv2_epsilon {where}",
+        )
+        if not (math.isfinite(answer) and answer > 0):
+            raise Mismatch(f"{where} your epsilon is {answer}: a step size is a positive number.")
+        best = _best_epsilon(sigmas, n_steps)
+        # a log grid with 2 % steps finds the minimum to within one step either side
+        value = _ratio_at(answer, sigmas, n_steps)
+        band = max(_ratio_at(best * f, sigmas, n_steps) for f in (1.02, 1 / 1.02))
+        if abs(math.log(answer / best)) <= 0.02 or value <= band:
+            continue
+        if abs(math.log(answer / (best / 2))) <= 0.03:
+            raise Mismatch(
+                f"{where} your epsilon {answer:.3g} is half the paper-convention value "
+                f"{best:.3g}: it is the authors' step_lr (their formula counts steps as "
+                "x + alpha s + sqrt(2 alpha) z). Use the recursion in the paper's convention."
+            )
+        raise Mismatch(
+            f"{where} your epsilon {answer:.3g} gives the ratio {value:.4f}, but "
+            f"epsilon = {best:.3g} gives {_ratio_at(best, sigmas, n_steps):.4f}"
+            " (the ratio is always above 1: take the epsilon where it is smallest)."
+        )
+
+
+# ---------------------------------------------------------------- hints: idea, equation, skeleton
+
+register_hints(
+    "6.1",
+    "Instance norm removes each channel's spatial mean and scale; the alpha term puts back how "
+    "the channel means differ from one another, normalised across the channels.",
+    "Per example: the channel means over the pixels; their mean m and unbiased variance v across "
+    "channels; each channel standardised with its own biased pixel variance; then gamma times "
+    "(standardised channel + alpha times the standardised channel mean), plus beta.",
+    "Skeleton: statistics over the pixel dimensions (2, 3), with keepdim where they must "
+    "broadcast; the embedding row of each label holds gamma, alpha (and beta), C entries each; "
+    "add two trailing singleton dimensions to per-channel vectors before combining them.",
+)
+register_hints(
+    "6.2",
+    "One network, all levels: each example gets its own sigma (from its label), its own noise, "
+    "and the DSM loss of that level weighted by lambda(sigma) = sigma^2.",
+    "Per example i: half sigma_i^2 times the squared norm of (model at x_i + sigma_i z_i with "
+    "label i) plus z_i / sigma_i, summed over every dimension but the batch one.",
+    "Skeleton: per-example sigmas reshaped to (N, 1, ..., 1) so they broadcast over points and "
+    "images; noise shaped like x; the model at the noisy batch and the labels; flatten each "
+    "example's weighted squared error and sum it.",
+)
+register_hints(
+    "6.3",
+    "Part 1: the step scales like the level's variance. Part 2: match the two updates term by "
+    "term. Part 3: with a Gaussian score the update is linear in x, so follow the variance "
+    "step by step.",
+    "Part 3: one step multiplies x by a constant r and adds independent noise of variance "
+    "alpha_i, so the variance obeys v <- r^2 v + alpha_i, a geometric recursion; sum it over T "
+    "steps from v_0 = gamma^2 sigma_i^2.",
+    "Skeleton for part 3: r = <the factor multiplying x in one step>; return <r^(2T) times "
+    "gamma^2> + <alpha_i / sigma_i^2 times the geometric sum of the powers of r^2>.",
+)
+register_hints(
+    "6.4",
+    "The ratio is above 1 on both sides of its best epsilon: too small a step leaves the previous "
+    "level's variance, too large a step adds discretisation error. Find where it dips lowest.",
+    "gamma is the ratio of the last two levels and sigma_L the last one; evaluate your "
+    "variance_ratio on a log-spaced grid of epsilon running from far below sigma_L^2 to a few "
+    "times it.",
+    "Skeleton: grid = <epsilon values, log-spaced, fine enough>; evaluate the ratio on the grid; "
+    "return <the grid value where it is smallest, as a float>.",
+)

@@ -1,0 +1,418 @@
+"""The checks of the new exercises of chapters 4-6 (derive, debug, investigate): the solution
+passes (with the hidden cases too), typical wrong answers are named in words, nothing crashes;
+and the solution notebooks carry the exercise metadata, levels rising within each chapter."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from scorelab import checks
+from scorelab.checks import _core
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_check(capsys, check, *answers) -> str:
+    """Run a check (it must not raise), return its one printed line, see the outcome recorded."""
+    assert check(*answers) is None
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, f"a check prints exactly one line, got {out!r}"
+    assert checks.results[check.exercise_number] == out.startswith("✅")
+    return out
+
+
+def assert_passes(capsys, check, *answers):
+    out = run_check(capsys, check, *answers)
+    assert out.startswith("✅"), out
+
+
+def assert_explains(capsys, check, answers, *phrases):
+    out = run_check(capsys, check, *answers)
+    assert out.startswith("❌"), out
+    assert "Traceback" not in out
+    for phrase in phrases:
+        assert phrase in out, f"{phrase!r} not in {out!r}"
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Exercise N.k: not done yet - replace this line with your code")
+
+
+@pytest.fixture
+def grading(monkeypatch):
+    """Run the checks as the instructor's grader does: hidden cases included."""
+    monkeypatch.setattr(_core, "GRADING", True)
+
+
+# ---------------------------------------------------------------- chapter 4
+
+
+def optimal_dsm_score(x, mu, s, sigma):
+    return -(x - mu) / (s**2 + sigma**2)
+
+
+def test_4_3_accepts_the_formula(capsys, grading):
+    assert_passes(capsys, checks.exercise_4_3, optimal_dsm_score)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda x, mu, s, sigma: -(x - mu) / s**2, ["clean density", "sigma -> 0"]),
+        (lambda x, mu, s, sigma: -(x - mu) / sigma**2, ["noise kernel"]),
+        (lambda x, mu, s, sigma: -(x - mu) / (s + sigma) ** 2, ["variances do"]),
+        (lambda x, mu, s, sigma: (x - mu) / (s**2 + sigma**2), ["sign"]),
+        (
+            lambda x, mu, s, sigma: -x / (s**2 + sigma**2),
+            ["right when mu = 0", "wrong when mu is not 0"],
+        ),
+        (
+            lambda x, mu, s, sigma: optimal_dsm_score(x, mu, s, sigma) if sigma < s else 0.0,
+            ["right for small noise", "wrong", "for large noise"],
+        ),
+        (lambda x, mu, s, sigma: -(x - mu) / (s**2 + sigma), ["wrong at", "test points"]),
+        (lambda x, mu, s, sigma: "minus x", ["should be a number"]),
+        (lambda x, mu, s, sigma: torch.full((3,), 1.0), ["single number"]),
+    ],
+)
+def test_4_3_explains_wrong_formulas(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_4_3, [answer], *phrases)
+
+
+def dsm(target_power=2, *, target_sign=1.0, clean=False, reduce=False):
+    def loss(model, x, sigma, generator=None):
+        noise = torch.randn(x.shape, generator=generator).to(x)
+        x_noisy = x + sigma * noise
+        target = target_sign * (x - x_noisy) / sigma**target_power
+        per_example = 0.5 * ((model(x if clean else x_noisy) - target) ** 2).sum(dim=1)
+        return per_example.mean() if reduce else per_example
+
+    return loss
+
+
+def test_4_4_accepts_the_fix(capsys, grading):
+    assert_passes(capsys, checks.exercise_4_4, dsm())
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (dsm(target_power=1), ["bug is still there", "sigma^2"]),
+        (dsm(target_sign=-1.0), ["wrong sign"]),
+        (dsm(clean=True), ["clean x"]),
+        (dsm(target_power=3), ["-z / sigma^2"]),
+        (dsm(reduce=True), ["wrong shape"]),
+    ],
+)
+def test_4_4_explains_wrong_fixes(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_4_4, [answer], *phrases)
+
+
+def test_4_4_sees_the_symptom_when_the_values_only_match_at_the_tested_sigmas(capsys):
+    right, buggy = dsm(), dsm(target_power=1)
+
+    def sly(model, x, sigma, generator=None):  # right at the values tried, buggy in training
+        return (right if sigma in (0.3, 2.0) else buggy)(model, x, sigma, generator)
+
+    assert_explains(capsys, checks.exercise_4_4, [sly], "learns the slope", "-0.800")
+
+
+def kde_curve(mixture, train, test, sigmas, variance=lambda s: s**2, perturbed=False, at=None):
+    from scorelab.densities import GaussianMixture
+    from scorelab.metrics import fisher_divergence
+
+    n = len(train)
+    values = []
+    for s in sigmas:
+        kde = GaussianMixture(torch.full((n,), 1 / n), train, torch.full((n,), variance(s)))
+        target = mixture.perturbed(s).score if perturbed else mixture.score
+        values.append(fisher_divergence(kde.score, target, test if at is None else at, True))
+    return values
+
+
+def best_sigma(pick=min, **options):
+    def answer(mixture, train, test, sigmas):
+        values = kde_curve(mixture, train, test, sigmas, **options)
+        return sigmas[pick(range(len(sigmas)), key=values.__getitem__)]
+
+    return answer
+
+
+def test_4_5_accepts_the_experiment(capsys, grading):
+    assert_passes(capsys, checks.exercise_4_5, best_sigma())
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (best_sigma(pick=max), ["largest divergence"]),
+        (best_sigma(variance=lambda s: s), ["variances, sigma^2"]),
+        (best_sigma(perturbed=True), ["perturbed score"]),
+        (lambda *args: 0.5, ["not one of the sigmas"]),
+        (lambda m, train, test, sigmas: sigmas[15], ["relative Fisher divergence of"]),
+    ],
+)
+def test_4_5_explains_wrong_experiments(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_4_5, [answer], *phrases)
+
+
+def test_4_5_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
+    sigmas = [float(s) for s in torch.logspace(-1.5, 0.5, 21)]
+    memorised = min(sigmas, key=lambda s: abs(s - 0.5))  # the public case's best sigma
+    assert_passes(capsys, checks.exercise_4_5, lambda *args: memorised)
+    monkeypatch.setattr(_core, "GRADING", True)
+    assert_explains(
+        capsys, checks.exercise_4_5, [lambda *args: memorised], "training points your sigma"
+    )
+
+
+# ---------------------------------------------------------------- chapter 5
+
+
+def sm_objective(m, v, mu, s):
+    return -1 / v + (s**2 + (mu - m) ** 2) / (2 * v**2)
+
+
+def test_5_3_accepts_the_formula(capsys, grading):
+    assert_passes(capsys, checks.exercise_5_3, sm_objective)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda m, v, mu, s: sm_objective(m, v, mu, s) + 2 / v, ["trace term has the wrong sign"]),
+        (lambda m, v, mu, s: sm_objective(m, v, mu, s) + 1 / (2 * s**2), ["Fisher divergence"]),
+        (lambda m, v, mu, s: -1 / v + (s**2 + (mu - m) ** 2) / v**2, ["1/2"]),
+        (lambda m, v, mu, s: -1 / v + (s**2 + (mu - m) ** 2) / (2 * v), ["square of the variance"]),
+        (
+            lambda m, v, mu, s: -1 / v + s**2 / (2 * v**2),
+            ["right when the model's mean m equals mu", "wrong when m differs from mu"],
+        ),
+        (lambda m, v, mu, s: math.log(v), ["wrong at"]),
+    ],
+)
+def test_5_3_explains_wrong_formulas(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_5_3, [answer], *phrases)
+
+
+def sphere_loss(length=lambda d: math.sqrt(d), *, normalise=True):
+    def loss(model, x, n_projections=1, generator=None):
+        v = torch.randn((n_projections, *x.shape), generator=generator).to(x)
+        if normalise:
+            v = v / v.norm(dim=-1, keepdim=True) * length(x.shape[-1])
+        x = x.detach().unsqueeze(0).expand_as(v).clone().requires_grad_(True)
+        score = model(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+        jv = torch.autograd.grad((score * v).sum(), x, create_graph=True)[0]
+        return ((jv * v).sum(-1) + 0.5 * (score**2).sum(-1)).mean(0)
+
+    return loss
+
+
+@pytest.mark.parametrize("answer", [sphere_loss(), sphere_loss(normalise=False)])
+def test_5_4_accepts_sphere_and_gaussian_directions(capsys, grading, answer):
+    assert_passes(capsys, checks.exercise_5_4, answer)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (sphere_loss(lambda d: 1.0), ["bug is still there", "sqrt(D)"]),
+        (sphere_loss(lambda d: float(d)), ["length D"]),
+        (sphere_loss(lambda d: 1 / math.sqrt(d)), ["divided by sqrt(D)"]),
+        (lambda *args, **kwargs: sphere_loss()(*args, **kwargs).detach(), ["no gradient"]),
+        (lambda *args, **kwargs: sphere_loss()(*args, **kwargs).sum(), ["wrong shape"]),
+    ],
+)
+def test_5_4_explains_wrong_fixes(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_5_4, [answer], *phrases)
+
+
+def test_5_4_sees_the_symptom_in_other_dimensions(capsys):
+    # fixed only in the dimension where the values are compared
+    sly = sphere_loss(lambda d: math.sqrt(d) if d == 3 else 1.0)
+    assert_explains(capsys, checks.exercise_5_4, [sly], "8 dimensions", "1/D = 0.125")
+
+
+def spread_ratio(transform=lambda r: r, length=lambda d: math.sqrt(d)):
+    def answer(matrix, n_draws=20_000, generator=None):
+        d = matrix.shape[0]
+        g = torch.randn(n_draws, d, generator=generator)
+        s = torch.randn(n_draws, d, generator=generator)
+        s = s / s.norm(dim=1, keepdim=True) * length(d)
+        ratio = (((s @ matrix) * s).sum(1).std() / ((g @ matrix) * g).sum(1).std()).item()
+        return transform(ratio)
+
+    return answer
+
+
+def test_5_5_accepts_the_simulation(capsys, grading):
+    assert_passes(capsys, checks.exercise_5_5, spread_ratio())
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (spread_ratio(lambda r: r**2), ["ratio of the variances"]),
+        (spread_ratio(lambda r: 1 / r), ["Gaussian over sphere"]),
+        (spread_ratio(length=lambda d: 1.0), ["length 1"]),
+        (lambda *args, **kwargs: 0.5, ["your ratio is 0.500"]),
+        (lambda *args, **kwargs: "smaller", ["should be a number"]),
+    ],
+)
+def test_5_5_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_5_5, [answer], *phrases)
+
+
+# ---------------------------------------------------------------- chapter 6
+
+
+def annealed_step(eps, sigma_i, sigma_L):
+    return eps * sigma_i**2 / sigma_L**2
+
+
+def authors_step_lr(eps):
+    return eps / 2
+
+
+def variance_ratio(eps, sigma_L, gamma, n_steps, *, authors=False):
+    u = eps / sigma_L**2
+    r = 1 - u if authors else 1 - u / 2
+    kept = r ** (2 * n_steps)
+    return kept * gamma**2 + (2 * u if authors else u) * (1 - kept) / (1 - r**2)
+
+
+STEP_ANSWERS = (annealed_step, authors_step_lr, variance_ratio)
+
+
+def test_6_3_accepts_the_three_formulas(capsys, grading):
+    assert_passes(capsys, checks.exercise_6_3, *STEP_ANSWERS)
+
+
+@pytest.mark.parametrize(
+    "which, answer, phrases",
+    [
+        (0, lambda eps, si, sl: eps * si / sl, ["annealed_step", "squared"]),
+        (0, lambda eps, si, sl: eps * sl**2 / si**2, ["upside down"]),
+        (0, lambda eps, si, sl: eps, ["right at the last level", "wrong at the larger levels"]),
+        (1, lambda eps: 2 * eps, ["authors_step_lr", "other way"]),
+        (1, lambda eps: eps, ["same number runs a different sampler"]),
+        (
+            2,
+            lambda eps, sl, g, t: variance_ratio(eps, sl, g, t, authors=True),
+            ["authors' convention"],
+        ),
+        (2, lambda eps, sl, g, t: 1 / (1 - eps / (4 * sl**2)), ["stationary ratio"]),
+        (
+            2,
+            lambda eps, sl, g, t: variance_ratio(eps, sl, math.sqrt(g), t),
+            ["gamma^2, not gamma"],
+        ),
+    ],
+)
+def test_6_3_explains_wrong_formulas(capsys, which, answer, phrases):
+    answers = list(STEP_ANSWERS)
+    answers[which] = answer
+    assert_explains(capsys, checks.exercise_6_3, answers, *phrases)
+
+
+def test_6_3_names_the_stub_not_done(capsys):
+    out = run_check(capsys, checks.exercise_6_3, annealed_step, stub, variance_ratio)
+    assert out.startswith("⏳") and "not done yet" in out
+
+
+def ncsnv2_epsilon(sigmas, n_steps, *, authors=False):
+    sigma_L, gamma = float(sigmas[-1]), float(sigmas[-2] / sigmas[-1])
+    grid = sigma_L**2 * torch.logspace(-8, math.log10(3.9), 3000, dtype=torch.float64)
+    ratios = variance_ratio(grid, sigma_L, gamma, n_steps, authors=authors)
+    return grid[int(torch.argmin(ratios))].item()
+
+
+def test_6_4_accepts_the_search(capsys, grading):
+    assert_passes(capsys, checks.exercise_6_4, ncsnv2_epsilon)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda s, t: ncsnv2_epsilon(s, t, authors=True), ["half the paper-convention value"]),
+        (lambda s, t: -1e-5, ["positive number"]),
+        (lambda s, t: ncsnv2_epsilon(s, t) * 1.3, ["gives the ratio"]),
+        (lambda s, t: float(s[-1]) ** 2, ["gives the ratio"]),
+    ],
+)
+def test_6_4_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_6_4, [answer], *phrases)
+
+
+def test_6_4_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
+    from scorelab.noise import geometric_sigmas
+
+    memorised = ncsnv2_epsilon(geometric_sigmas(5.0, 0.01, 22), 10)
+    assert_passes(capsys, checks.exercise_6_4, lambda s, t: memorised)
+    monkeypatch.setattr(_core, "GRADING", True)
+    assert_explains(capsys, checks.exercise_6_4, [lambda s, t: memorised], "T = 100")
+
+
+# ---------------------------------------------------------------- all of them
+
+
+NEW_CHECKS = [
+    (checks.exercise_4_3, 1),
+    (checks.exercise_4_4, 1),
+    (checks.exercise_4_5, 1),
+    (checks.exercise_5_3, 1),
+    (checks.exercise_5_4, 1),
+    (checks.exercise_5_5, 1),
+    (checks.exercise_6_3, 3),
+    (checks.exercise_6_4, 1),
+]
+
+
+@pytest.mark.parametrize("check, n_answers", NEW_CHECKS, ids=lambda c: getattr(c, "__name__", ""))
+def test_an_unfilled_stub_is_not_done_yet(capsys, check, n_answers):
+    out = run_check(capsys, check, *[stub] * n_answers)
+    assert out.startswith("⏳") and "not done yet" in out
+
+
+@pytest.mark.parametrize("check, n_answers", NEW_CHECKS, ids=lambda c: getattr(c, "__name__", ""))
+def test_a_non_function_is_refused_in_words(capsys, check, n_answers):
+    out = run_check(capsys, check, *[42] * n_answers)
+    assert out.startswith("❌") and "pass your function itself" in out
+
+
+HEADING = re.compile(r"^## Exercise (\d+)\.(\d+): .* (★+)$", re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    "name", ["04_denoising_score_matching", "05_sliced_score_matching", "06_ncsn"]
+)
+def test_solutions_mark_every_exercise(name):
+    """Each exercise heading carries its metadata and stars; levels never fall within a chapter;
+    each chapter has a derive, an implement and an investigate exercise, each with hint tiers."""
+    cells = nbformat.read(ROOT / "solutions" / f"{name}.ipynb", as_version=4).cells
+    marked = []
+    for cell in cells:
+        match = HEADING.search(cell.source) if cell.cell_type == "markdown" else None
+        if match:
+            meta = cell.metadata.get("exercise")
+            assert meta, f"{name}: the heading of exercise {match[1]}.{match[2]} has no metadata"
+            assert meta["id"] == f"{match[1]}.{match[2]}"
+            assert meta["level"] == len(match[3]) and meta["level"] in (1, 2, 3)
+            assert meta["kind"] in ("derive", "implement", "investigate", "debug")
+            marked.append(meta)
+    assert len(marked) >= 4
+    assert [m["level"] for m in marked] == sorted(m["level"] for m in marked)
+    assert {"derive", "implement", "investigate"} <= {m["kind"] for m in marked}
+    for meta in marked:
+        assert len(_core.HINTS[meta["id"]]) == 3, f"exercise {meta['id']}: idea, equation, skeleton"
+
+
+def test_the_step_size_exercise_carries_the_chapter_label():
+    cells = nbformat.read(ROOT / "solutions" / "06_ncsn.ipynb", as_version=4).cells
+    heading = next(c for c in cells if "## Exercise 6.3:" in c.source)
+    assert heading.source.startswith("(ex-ch6-step-size)=\n## Exercise 6.3:")
