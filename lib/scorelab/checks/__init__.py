@@ -13,6 +13,7 @@ from scorelab.checks.ch3 import exercise_3_1, exercise_3_2, exercise_3_3
 from scorelab.checks.ch4 import exercise_4_1, exercise_4_2
 from scorelab.checks.ch5 import exercise_5_1, exercise_5_2
 from scorelab.checks.ch6 import exercise_6_1, exercise_6_2
+from scorelab.checks.ch7 import exercise_7_1, exercise_7_2, exercise_7_3, exercise_7_4
 
 __all__ = [
     "Mismatch",
