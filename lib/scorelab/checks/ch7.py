@@ -129,8 +129,9 @@ register_hints(
     "7.2",
     "Two moves: the Langevin step of chapter 3 for every pixel, then the known pixels are "
     "overwritten by y.",
-    "x_new = x + (alpha / 2) s(x, sigma) + sqrt(alpha) z; then (1 - m) x_new + m y.",
-    "step = x + ... ; return torch.where(mask.bool(), ..., ...)",
+    "The move is chapter 3's update with this level's step alpha (half of alpha on the score, "
+    "the square root of alpha on the noise); the replacement takes y where the mask is 1.",
+    "torch.where(condition, a, b) picks a where condition holds and b elsewhere.",
 )
 
 
