@@ -18,7 +18,7 @@ from scorelab.bench.__main__ import main
 
 def test_every_section_module_is_registered():
     registry = sections()
-    assert {"sampling", "memory", "notebooks", "score_matching", "ncsn", "sde"} <= set(registry)
+    assert {"sampling", "memory", "notebooks", "score_matching", "ncsn", "sde", "inpainting"} <= set(registry)
     assert all(registry[name] for name in registry)
 
 

@@ -28,7 +28,7 @@ make_exercises = _generator()
 
 
 def test_every_chapter_has_a_solution_notebook():
-    assert [p.name[:2] for p in SOLUTIONS] == ["01", "02", "03", "04", "05", "06", "08"]
+    assert [p.name[:2] for p in SOLUTIONS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
 
 
 def test_exercises_are_generated_from_solutions():

@@ -57,3 +57,173 @@ def check_sigmas(sigmas, name: str = "sigmas") -> torch.Tensor:
     if any(later >= earlier for earlier, later in zip(values, values[1:])):
         raise ValueError(f"{name} must be strictly decreasing (largest noise first), got {values}")
     return tensor.float()
+
+
+# --- NCSNv2's rules for the ladder and the step size (Song & Ermon 2020) -----------------------
+#
+# Song & Ermon (2020), *Improved Techniques for Training Score-Based Generative Models*, turn the
+# choice of sigma_1, L and epsilon into rules: Technique 1 (sigma_1 = the largest distance between
+# two training points), Technique 2 (a geometric ratio gamma for which neighbouring perturbed
+# Gaussians overlap) and Technique 4 (epsilon from T and gamma, by their Eq. 4). All three follow
+# from one model: a data set of a single point, so that p_sigma = N(0, sigma^2 I) in D dimensions.
+
+__all__ += [
+    "largest_pairwise_distance", "level_overlap", "n_levels_for_overlap",
+    "langevin_variance_ratio", "step_size_for_ladder",
+]
+
+
+def largest_pairwise_distance(data: torch.Tensor, *, chunk_size: int = 1024) -> float:
+    """The largest Euclidean distance between two examples of ``data`` (N, *D): NCSNv2's sigma_1.
+
+    Technique 1 of Song & Ermon (2020): perturbed with noise of this size, any training point
+    can reach any other (sigma_1 is then about the data's own diameter), so the first level
+    of annealed Langevin dynamics can move a sample between all the modes. Computed exactly,
+    in float64, over all N (N - 1) / 2 pairs, ``chunk_size`` rows at a time.
+    """
+    if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 2:
+        got = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
+        raise ValueError(f"data must be a tensor of shape (N, *D) with N >= 2, got {got}")
+    chunk_size = check_positive_int("chunk_size", chunk_size)
+    flat = data.detach().reshape(data.shape[0], -1).to(torch.float64)  # (N, D)
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError("data must contain only finite values (no NaN or infinity)")
+    largest = 0.0
+    for start in range(0, flat.shape[0], chunk_size):
+        block = torch.cdist(flat[start : start + chunk_size], flat)  # (chunk, N)
+        largest = max(largest, block.max().item())
+    return largest
+
+
+def _normal_cdf(t: float) -> float:
+    return 0.5 * (1.0 + math.erf(t / math.sqrt(2.0)))
+
+
+def level_overlap(gamma: float, dim: int) -> float:
+    r"""NCSNv2's overlap criterion for neighbouring levels of ratio ``gamma`` in ``dim`` dimensions.
+
+    .. math::
+        C(\gamma, D) = \Phi\big(\sqrt{2D}(\gamma - 1) + 3\gamma\big)
+                     - \Phi\big(\sqrt{2D}(\gamma - 1) - 3\gamma\big)
+
+    (Song & Ermon 2020, Technique 2, with :math:`\Phi` the standard normal CDF). For a data
+    set of one point, a sample of :math:`N(0, \sigma_i^2 I)` has norm close to
+    :math:`\sigma_i\sqrt{D}` with spread about :math:`\sigma_i/\sqrt 2`; C is (approximately)
+    the probability that a sample of level i - 1, :math:`\sigma_{i-1} = \gamma \sigma_i`, falls
+    within three spreads of level i's shell. Technique 2 asks for C of about 0.5: overlap
+    enough for Langevin at level i to start where level i - 1 left it. C falls as gamma grows
+    and as D grows; gamma -> 1 gives C -> Phi(3) - Phi(-3) = 0.9973.
+    """
+    gamma = check_positive("gamma", gamma)
+    if gamma <= 1.0:
+        raise ValueError(f"gamma must be larger than 1 (sigma_(i-1) / sigma_i), got {gamma!r}")
+    dim = check_positive_int("dim", dim)
+    shift = math.sqrt(2.0 * dim) * (gamma - 1.0)
+    return _normal_cdf(shift + 3.0 * gamma) - _normal_cdf(shift - 3.0 * gamma)
+
+
+def n_levels_for_overlap(
+    sigma_max: float, sigma_min: float, dim: int, *, target: float = 0.5
+) -> int:
+    """The smallest number of geometric levels L whose ratio meets NCSNv2's overlap criterion.
+
+    With sigma_i geometric from ``sigma_max`` to ``sigma_min``, the ratio is
+    gamma_L = (sigma_max / sigma_min) ** (1 / (L - 1)); the result is the smallest L >= 2 with
+    :func:`level_overlap` (gamma_L, ``dim``) >= ``target`` (Song & Ermon 2020, Technique 2:
+    "approximately 0.5"). The paper's own ladders sit at C = 0.566-0.567 (CIFAR-10: sigma
+    50 -> 0.01, L = 232 in D = 3072), which ``target=0.566`` gives back.
+
+    Parameters
+    ----------
+    sigma_max, sigma_min : float
+        sigma_1 > sigma_L > 0.
+    dim : int
+        The data dimension D (pixels times channels for images).
+    target : float
+        In (0, Phi(3) - Phi(-3)) = (0, 0.9973).
+    """
+    sigma_max = check_positive("sigma_max", sigma_max)
+    sigma_min = check_positive("sigma_min", sigma_min)
+    if sigma_min >= sigma_max:
+        raise ValueError(f"sigma_min must be smaller than sigma_max, got {sigma_min} >= {sigma_max}")
+    dim = check_positive_int("dim", dim)
+    ceiling = _normal_cdf(3.0) - _normal_cdf(-3.0)
+    if not 0.0 < float(target) < ceiling:
+        raise ValueError(f"target must lie in (0, {ceiling:.4f}), got {target!r}")
+    log_span = math.log(sigma_max / sigma_min)
+    for n_levels in range(2, 10_000_001):
+        if level_overlap(math.exp(log_span / (n_levels - 1)), dim) >= target:
+            return n_levels
+    raise ValueError(f"no ladder of up to 10,000,000 levels reaches target {target}")
+
+
+def langevin_variance_ratio(
+    step_size: float, gamma: float, n_steps_each: int, sigma_min: float
+) -> float:
+    r"""Song & Ermon (2020), Eq. 4: the variance that T Langevin steps at level i leave, over sigma_i^2.
+
+    For a data set of one point, level i's density is :math:`N(0, \sigma_i^2 I)`; start from
+    level i - 1's, :math:`N(0, \gamma^2\sigma_i^2 I)`, and run T steps of this package's
+    update :math:`x \leftarrow x + \tfrac{\alpha}{2}s(x, \sigma_i) + \sqrt{\alpha}\,z` with
+    :math:`\alpha = \epsilon\,\sigma_i^2/\sigma_L^2`. Each step maps the variance v to
+    :math:`(1-u)^2 v + \alpha`, :math:`u = \epsilon / (2\sigma_L^2)`, so
+
+    .. math::
+        \frac{s_T^2}{\sigma_i^2} = (1-u)^{2T}\Big(\gamma^2 - \frac{2}{2-u}\Big) + \frac{2}{2-u} .
+
+    The ratio does not depend on i: that is why one epsilon serves every level. It is the
+    paper's Eq. 4 written for this package's step (the authors' ``step_lr`` is half our
+    ``step_size``: their update is :math:`x + \epsilon' s + \sqrt{2\epsilon'} z`).
+    Needs 0 < u < 1 (``step_size`` < 2 ``sigma_min``^2).
+    """
+    step_size = check_positive("step_size", step_size)
+    gamma = check_positive("gamma", gamma)
+    n_steps_each = check_positive_int("n_steps_each", n_steps_each)
+    sigma_min = check_positive("sigma_min", sigma_min)
+    u = step_size / (2.0 * sigma_min**2)
+    if u >= 1.0:
+        raise ValueError(
+            f"step_size must be below 2 sigma_min^2 = {2 * sigma_min**2:.4g}, got {step_size!r}"
+        )
+    stationary = 2.0 / (2.0 - u)  # the chain's own stationary variance over sigma_i^2
+    return (1.0 - u) ** (2 * n_steps_each) * (gamma**2 - stationary) + stationary
+
+
+def step_size_for_ladder(gamma: float, n_steps_each: int, sigma_min: float) -> float:
+    """NCSNv2's epsilon (Technique 4): the step size that brings Eq. 4 closest to 1.
+
+    "Choose T as large as allowed by a computing budget and then select an epsilon that makes
+    Eq. 4 maximally close to 1" (Song & Ermon 2020): after T steps at level i, samples that
+    started at level i - 1 should have level i's variance. Small epsilon leaves them where they
+    started (ratio -> gamma^2); large epsilon overshoots to the chain's own, too wide,
+    stationary variance 2 / (2 - u). The ratio stays above 1 for every epsilon, so the rule
+    takes its minimum, found on a log grid of u = epsilon / (2 sigma_min^2) in (1e-12, 1)
+    and refined by golden-section search.
+
+    Returns epsilon in this package's convention (x + eps/2 s + sqrt(eps) z at the last level),
+    twice the authors' ``step_lr``: for CIFAR-10 (gamma = 5000^(1/231), T = 5, sigma_L = 0.01)
+    it gives 1.24e-5, their 6.2e-6.
+    """
+    gamma = check_positive("gamma", gamma)
+    if gamma <= 1.0:
+        raise ValueError(f"gamma must be larger than 1 (sigma_(i-1) / sigma_i), got {gamma!r}")
+    n_steps_each = check_positive_int("n_steps_each", n_steps_each)
+    sigma_min = check_positive("sigma_min", sigma_min)
+
+    def distance(log_u: float) -> float:  # |Eq. 4 - 1| as a function of log u
+        step = 2.0 * sigma_min**2 * math.exp(log_u)
+        return abs(langevin_variance_ratio(step, gamma, n_steps_each, sigma_min) - 1.0)
+
+    grid = torch.linspace(math.log(1e-12), math.log(1.0 - 1e-9), 4001, dtype=torch.float64)
+    values = [distance(float(t)) for t in grid]
+    best = min(range(len(values)), key=values.__getitem__)
+    low, high = float(grid[max(best - 1, 0)]), float(grid[min(best + 1, len(grid) - 1)])
+    inverse_golden = (math.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(100):  # golden-section search on [low, high]
+        a = high - inverse_golden * (high - low)
+        b = low + inverse_golden * (high - low)
+        if distance(a) < distance(b):
+            high = b
+        else:
+            low = a
+    return 2.0 * sigma_min**2 * math.exp(0.5 * (low + high))

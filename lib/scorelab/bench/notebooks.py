@@ -18,7 +18,7 @@ from scorelab.bench import register, row
 
 SECTION = "notebooks"
 CHAPTER_LIMIT_S = 90.0
-LONG_CHAPTERS = {"06_ncsn.ipynb": 240.0}
+LONG_CHAPTERS = {"06_ncsn.ipynb": 240.0, "07_using_ncsn.ipynb": 120.0}
 CELL_TIMEOUT_S = 600
 
 

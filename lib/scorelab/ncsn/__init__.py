@@ -30,6 +30,7 @@ from scorelab.ncsn.layers import (
     conv3x3,
     dilated_conv3x3,
 )
+from scorelab.ncsn.inpaint import inpaint
 from scorelab.ncsn.model import EMA, NCSN, default_sigmas, image_samples, train_NCSN
 from scorelab.ncsn.normalization import ConditionalInstanceNorm2dPlus
 from scorelab.ncsn.quality import digits_quality
@@ -52,6 +53,7 @@ __all__ = [
     "digits_quality",
     "dilated_conv3x3",
     "image_samples",
+    "inpaint",
     "latest_checkpoint",
     "load_checkpoint",
     "load_pretrained",

@@ -1,0 +1,330 @@
+"""Checks for the exercises of chapter 7: NCSNv2's overlap ratio, one inpainting step,
+Technique 4 by simulation, and an inpainting loop that forgets the known pixels' noise.
+
+The inpainting checks run the student's code on a *Gaussian image model*: 2x2 "images"
+drawn from a correlated Gaussian, whose perturbed score is exact at every noise level. It is
+cheap, and it records every image the sampler asks it about, so a check can see what the
+score network would have been shown.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from scorelab.checks._core import (
+    Mismatch,
+    call_student,
+    cases,
+    diagnose,
+    exercise,
+    expect_finite,
+    expect_tensor,
+    register_hints,
+    to_float,
+)
+
+# ----------------------------------------------------------------------------- 7.1 (derive)
+
+register_hints(
+    "7.1",
+    "For large D the first Phi term is almost exactly 1, so the criterion asks the second "
+    "term to be one half.",
+    "Phi(t) = 1/2 exactly when t = 0: set the argument of the second Phi to zero and solve "
+    "for gamma.",
+    "The equation is linear in gamma: collect the gamma terms on one side, then divide.",
+)
+
+
+def _gamma_half(dim: int) -> float:
+    """The gamma with level_overlap(gamma, dim) = 1/2, by bisection (the truth, no formula)."""
+    from scorelab.noise import level_overlap
+
+    low, high = 1.0 + 1e-12, 50.0  # overlap falls from 0.997 to ~0 on this bracket
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if level_overlap(middle, dim) > 0.5 else (low, middle)
+    return 0.5 * (low + high)
+
+
+@exercise(
+    "7.1",
+    "your gamma_half(D) is the ratio at which NCSNv2's overlap criterion equals 1/2, for small "
+    "and large images alike.",
+)
+def exercise_7_1(gamma_half) -> None:
+    """Check ``gamma_half(D) -> float``: the geometric ratio with C(gamma, D) = 1/2."""
+    dims = cases(public=[16, 64, 784, 3072, 65_536], hidden=[10, 200, 12_288, 196_608])
+    errors: dict[int, float] = {}  # relative error of gamma - 1, by D
+    examples: dict[int, str] = {}
+    for dim in dims:
+        got = to_float(call_student(gamma_half, dim, what="gamma_half"), what=f"gamma_half({dim})")
+        expected = _gamma_half(dim)
+        if not math.isfinite(got):
+            raise Mismatch(f"gamma_half({dim}) = {got}: not a finite number.")
+        errors[dim] = (got - expected) / (expected - 1.0)
+        examples[dim] = f"gamma_half({dim}) = {got:.6g}, expected {expected:.6g}"
+    wrong = sorted(dim for dim, error in errors.items() if abs(error) > 1e-6)
+    if not wrong:
+        return
+    example = examples[wrong[0]]  # the smallest D that fails
+    below = [dim for dim, error in errors.items() if error <= -1.0]
+    if below:
+        raise Mismatch(
+            f"gamma_half({below[0]}) is not above 1; the ratio sigma_(i-1) / sigma_i of a "
+            f"decreasing ladder is. {example}."
+        )
+    small = [abs(e) for d, e in errors.items() if d < 1000]
+    large = [abs(e) for d, e in errors.items() if d >= 1000]
+    if all(e <= 1e-6 for e in large):
+        raise Mismatch(f"right for large images (D >= 1,000) but not for small ones: {example}.")
+    if all(e <= 1e-6 for e in small):
+        raise Mismatch(f"right for small images (D < 1,000) but not for large ones: {example}.")
+    large_ratios = [1.0 + e for d, e in errors.items() if d >= 1000]
+    if all(abs(r - math.sqrt(2)) < 0.1 or abs(r - 1 / math.sqrt(2)) < 0.05 for r in large_ratios):
+        raise Mismatch(
+            f"gamma - 1 is off by a factor of about sqrt(2) for large D: the criterion has "
+            f"sqrt(2 D), not sqrt(D). {example}."
+        )
+    if max(large) < 0.1 and min(small) > 1.5 * max(large):
+        raise Mismatch(
+            f"close for large images (within {max(large):.1%} in gamma - 1) but wrong for small "
+            f"ones (up to {max(small):.0%} off): an approximation that only holds as D grows? "
+            f"Keep every gamma of the criterion, the one in 3 gamma too. {example}."
+        )
+    raise Mismatch(f"wrong for small and large images alike: {example}.")
+
+
+# ---------------------------------------------------------------------- Gaussian image model
+
+
+class GaussianImages:
+    """N(mu, Sigma) on (1, 2, 2) images, with the exact score of its perturbed densities.
+
+    ``score(x, sigma)`` records (sigma, a copy of x) for every call, so a check can see which
+    images the sampler asked about.
+    """
+
+    def __init__(self, sigmas=(1.0, 0.5, 0.25, 0.12, 0.06), step_size=0.01, n_steps_each=5):
+        self.sigmas = torch.tensor(sigmas)
+        self.step_size, self.n_steps_each = step_size, n_steps_each
+        self.mu = torch.tensor([0.5, 0.3, 0.6, 0.4], dtype=torch.float64)
+        root = torch.tensor([[1.0, 0.8, 0.6, 0.4], [0.0, 0.6, 0.3, 0.2], [0.0, 0.0, 0.7, 0.3],
+                             [0.0, 0.0, 0.0, 0.5]], dtype=torch.float64)
+        self.cov = 0.05 * root.T @ root  # (4, 4)
+        self.calls: list[tuple[float, torch.Tensor]] = []
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        sigma = float(sigma)
+        self.calls.append((sigma, x.detach().clone()))
+        flat = x.reshape(len(x), 4).double() - self.mu  # (N, 4)
+        precision = torch.linalg.inv(self.cov + sigma**2 * torch.eye(4, dtype=torch.float64))
+        return (-flat @ precision).reshape(x.shape).to(x.dtype)
+
+
+# -------------------------------------------------------------------------- 7.2 (implement)
+
+register_hints(
+    "7.2",
+    "Two moves: the Langevin step of chapter 3 for every pixel, then the known pixels are "
+    "overwritten by y.",
+    "The move is chapter 3's update with this level's step alpha (half of alpha on the score, "
+    "the square root of alpha on the noise); the replacement takes y where the mask is 1.",
+    "torch.where(condition, a, b) picks a where condition holds and b elsewhere.",
+)
+
+
+def _reference_step(score_fn, x, y, mask, sigma, alpha, z):
+    moved = x + 0.5 * alpha * score_fn(x, sigma) + math.sqrt(alpha) * z
+    return torch.where(mask.bool(), y, moved)
+
+
+@exercise(
+    "7.2",
+    "your inpainting_step takes the Langevin step and then puts the (noisy) known pixels back.",
+)
+def exercise_7_2(inpainting_step) -> None:
+    """Check ``inpainting_step(score_fn, x, y, mask, sigma, alpha, z) -> Tensor like x``."""
+    model = GaussianImages()
+    generator = torch.Generator().manual_seed(72)
+    settings = cases(public=[(0.5, 0.02), (0.06, 3e-4)], hidden=[(1.0, 0.05), (0.12, 1e-3)])
+    for sigma, alpha in settings:
+        x = torch.rand(6, 1, 2, 2, generator=generator)
+        images = torch.rand(6, 1, 2, 2, generator=generator)
+        y = images + sigma * torch.randn(6, 1, 2, 2, generator=generator)
+        mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).expand(6, 1, 2, 2)
+        z = torch.randn(6, 1, 2, 2, generator=generator)
+        what = f"inpainting_step at sigma={sigma}, alpha={alpha}"
+        got = call_student(
+            inpainting_step, model.score, x.clone(), y.clone(), mask.clone(), sigma, alpha,
+            z.clone(), what="inpainting_step",
+        )
+        got = expect_tensor(got, what=what, shape=tuple(x.shape))
+        expect_finite(got, what=what)
+        expected = _reference_step(model.score, x, y, mask, sigma, alpha, z)
+        score = model.score(x, sigma)
+        moved = x + 0.5 * alpha * score + math.sqrt(alpha) * z
+        known = mask.bool()
+        mutants = {
+            f"{what}: the known pixels were not put back; after the step, set them to y "
+            "(where mask is 1).": moved,
+            f"{what}: the known pixels hold the clean images? They should hold y, which carries "
+            "this level's noise.": torch.where(known, images, moved),
+            f"{what}: the mask is used the wrong way round: 1 marks a known pixel (take y there).": torch.where(
+                ~known, y, moved
+            ),
+            f"{what}: the step is x + alpha s + sqrt(2 alpha) z, the authors' code; this course "
+            "writes x + (alpha / 2) s + sqrt(alpha) z.": torch.where(
+                known, y, x + alpha * score + math.sqrt(2 * alpha) * z
+            ),
+            f"{what}: the noise term is missing: add sqrt(alpha) z.": torch.where(
+                known, y, x + 0.5 * alpha * score
+            ),
+            f"{what}: the noise is scaled by alpha; it is sqrt(alpha) z.": torch.where(
+                known, y, x + 0.5 * alpha * score + alpha * z
+            ),
+            f"{what}: the known pixels were put back before the step, not after it.": _reference_step(
+                model.score, torch.where(known, y, x), y, torch.zeros_like(mask), sigma, alpha, z
+            ),
+        }
+        diagnose(got.detach(), expected, what=what, mutants=mutants)
+
+
+# ---------------------------------------------------------------------- 7.3 (investigate)
+
+register_hints(
+    "7.3",
+    "With a single training point the score at level i is exact and linear, so only the "
+    "variance of the samples matters.",
+    "Start from N(0, gamma^2 sigma_i^2 I), step with the score -x / sigma_i^2 and "
+    "alpha = eps sigma_i^2 / sigma_L^2, and divide the final variance by sigma_i^2.",
+    "Scan eps on a log grid (torch.logspace) and keep the one whose ratio is closest to 1.",
+)
+
+SHIPPED_GAMMA = 500.0 ** (1.0 / 21.0)  # the shipped digits ladder: sigma 5 -> 0.01, L = 22
+
+
+@exercise(
+    "7.3",
+    "your simulation reproduces NCSNv2's Eq. 4, and your step size brings it as close to 1 as "
+    "the rule's.",
+)
+def exercise_7_3(measured_variance_ratio, best_step_size) -> None:
+    """Check ``measured_variance_ratio(step_size, gamma, n_steps_each, sigma_min, *, n, dim,
+    generator) -> float`` against Eq. 4, and the step the student chose for the shipped ladder."""
+    from scorelab.noise import langevin_variance_ratio, step_size_for_ladder
+
+    n, dim = 2000, 64
+    # the sample variance of n * dim Gaussian draws has relative standard error sqrt(2 / (n dim))
+    tolerance = 5.0 * math.sqrt(2.0 / (n * dim))
+    settings = cases(
+        public=[(3e-5, SHIPPED_GAMMA, 10), (1.2e-4, SHIPPED_GAMMA, 10)],
+        hidden=[(1e-5, 1.05, 5), (5e-5, 2.0, 20)],
+    )
+    for step_size, gamma, n_steps in settings:
+        call = f"measured_variance_ratio({step_size:g}, gamma={gamma:.4g}, T={n_steps})"
+        got = to_float(
+            call_student(
+                measured_variance_ratio, step_size, gamma, n_steps, 0.01, n=n, dim=dim,
+                generator=torch.Generator().manual_seed(7), what="measured_variance_ratio",
+            ),
+            what=call,
+        )
+        expected = langevin_variance_ratio(step_size, gamma, n_steps, 0.01)
+        if not math.isfinite(got) or abs(got / expected - 1.0) > tolerance:
+            hint = ""
+            if abs(got - gamma**2) < tolerance * gamma**2:
+                hint = " That is gamma^2: did the chain move at all?"
+            elif abs(got - math.sqrt(expected)) < tolerance * expected:
+                hint = " That is the square root of Eq. 4: return a variance, not a standard deviation."
+            raise Mismatch(
+                f"{call} = {got:.4f}, but Eq. 4 gives {expected:.4f} (a simulation with "
+                f"{n} x {dim} draws should land within {tolerance:.1%}).{hint}"
+            )
+    chosen = to_float(best_step_size, what="best_step_size")
+    rule = step_size_for_ladder(SHIPPED_GAMMA, 10, 0.01)
+    best = langevin_variance_ratio(rule, SHIPPED_GAMMA, 10, 0.01)
+    if not 0 < chosen < 2e-4:
+        raise Mismatch(
+            f"best_step_size = {chosen:g} is outside (0, 2 sigma_L^2) = (0, 2e-4), where the "
+            "chain is stable."
+        )
+    reached = langevin_variance_ratio(chosen, SHIPPED_GAMMA, 10, 0.01)
+    if reached - best > tolerance * best:
+        direction = "small" if chosen < rule else "large"
+        raise Mismatch(
+            f"best_step_size = {chosen:.3g} leaves Eq. 4 at {reached:.3f}; the best step reaches "
+            f"{best:.3f} (your step is too {direction}; a finer grid near the minimum helps)."
+        )
+
+
+# ---------------------------------------------------------------------------- 7.4 (debug)
+
+register_hints(
+    "7.4",
+    "At level i the network was trained on images with noise sigma_i in every pixel: what "
+    "does it see in the known pixels here?",
+    "Algorithm 2 draws y = x + sigma_i z once per level, before that level's steps.",
+    "Look at the line that sets y inside the level loop.",
+)
+
+
+def known_pixel_noise(calls, images: torch.Tensor, known: torch.Tensor) -> dict[float, float]:
+    """Per level: the std of (x - images) / sigma over the known pixels the score was shown.
+
+    Each level's first call is left out (it still shows the previous level's known pixels).
+    Algorithm 2 gives about 1 at every level.
+    """
+    levels: dict[float, list[torch.Tensor]] = {}
+    for sigma, x in calls:
+        levels.setdefault(round(sigma, 9), []).append(x)
+    noise = {}
+    for sigma, seen in levels.items():
+        if len(seen) < 2:
+            continue
+        residuals = torch.cat([((x - images)[known] / sigma).flatten() for x in seen[1:]])
+        noise[sigma] = residuals.double().std().item()
+    return noise
+
+
+@exercise(
+    "7.4",
+    "the known pixels now carry each level's noise, so the network sees the images it was "
+    "trained on, and they come out exactly as observed.",
+)
+def exercise_7_4(fixed_inpaint) -> None:
+    """Check the student's fix of the notebook's ``buggy_inpaint(score_fn, sigmas, images, mask,
+    step_size, n_steps_each, generator=None)`` (same signature) on the Gaussian image model."""
+    settings = cases(public=[((1.0, 0.5, 0.25, 0.12, 0.06), 0.004)],
+                     hidden=[((2.0, 0.8, 0.3, 0.1), 0.002)])
+    for sigmas, step_size in settings:
+        model = GaussianImages(sigmas)
+        images = torch.rand(400, 1, 2, 2, generator=torch.Generator().manual_seed(74))
+        mask = torch.tensor([[1.0, 1.0], [0.0, 0.0]])  # the top row known
+        out = call_student(
+            fixed_inpaint, model.score, list(sigmas), images.clone(), mask.clone(), step_size, 4,
+            generator=torch.Generator().manual_seed(0), what="fixed_inpaint",
+        )
+        out = expect_tensor(out, what="fixed_inpaint(...)", shape=tuple(images.shape))
+        expect_finite(out, what="fixed_inpaint(...)")
+        known = mask.bool().expand(images.shape)
+        if not torch.equal(out[known], images[known]):
+            raise Mismatch(
+                "the known pixels of the result differ from the observed images: put them back "
+                "exactly after the last step (they still carry the smallest level's noise)."
+            )
+        # 800 known pixels a call, 3 calls a level: the std of ~2,400 standard normal draws
+        # has a standard error of about 1.5%; accept 0.85-1.15.
+        for sigma, std in known_pixel_noise(model.calls, images, known).items():
+            if abs(std - 1.0) > 0.15:
+                raise Mismatch(
+                    f"at level sigma = {sigma:g} the score was shown known pixels with noise of "
+                    f"std {std * sigma:.3g}, but the network was trained on images with noise "
+                    f"{sigma:g} in every pixel. Add that level's noise to the known pixels."
+                )
+        if len(model.calls) < len(sigmas) * 4:
+            raise Mismatch(
+                f"the score was called {len(model.calls)} times; {len(sigmas)} levels of 4 steps "
+                "need at least one call a step."
+            )

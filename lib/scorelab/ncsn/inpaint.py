@@ -1,0 +1,250 @@
+r"""Inpainting with a trained NCSN: annealed Langevin dynamics that keeps the known pixels.
+
+Song & Ermon (2019), Section 5 (Fig. 6) and Appendix B.3, Algorithm 2: the same annealed
+Langevin dynamics as for sampling, except that after every step the known pixels are
+overwritten by the observed image *plus that level's noise*, :math:`y = x + \sigma_i \tilde z`.
+The unknown pixels then follow the score of the perturbed density *given* perturbed versions
+of the known ones, and the levels anneal both towards the data.
+
+- :func:`inpaint` is that algorithm for any model with ``score(x, sigma)``, ``sigmas``,
+  ``step_size`` and ``n_steps_each`` (an :class:`~scorelab.ncsn.NCSN`);
+- :func:`keep_rows` and :func:`keep_columns` build the masks of chapter 7;
+- :func:`mean_fill` is the baseline (the unknown pixels set to the mean training image);
+- :func:`completion_shares` measures completions of digits with the digits classifier.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from scorelab._validation import check_generator, check_positive, check_positive_int
+
+__all__ = ["inpaint", "keep_rows", "keep_columns", "mean_fill", "completion_shares"]
+
+
+def _check_images(model, images) -> torch.Tensor:
+    """``images`` as a finite floating tensor (N, C, H, W) of the model's shape, else ValueError."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty tensor of shape (N, C, H, W), got {got}")
+    if hasattr(model, "check_images"):  # an NCSN names its own (C, H, W)
+        model.check_images("images", images)
+    if not images.is_floating_point():
+        raise ValueError(f"images must be a floating-point tensor, got dtype {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images must contain only finite values (no NaN or infinity)")
+    return images
+
+
+def _check_mask(mask, images: torch.Tensor) -> torch.Tensor:
+    """``mask`` (0/1, broadcastable to ``images``) as a float tensor of ``images``' shape."""
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(
+            f"mask must be a tensor of 0s and 1s shaped like images {tuple(images.shape)}, "
+            f"got {type(mask).__name__}"
+        )
+    try:
+        fits = mask.ndim <= 4 and torch.broadcast_shapes(mask.shape, images.shape) == images.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"mask must have the shape of images {tuple(images.shape)} (or one that broadcasts "
+            f"to it, such as (C, H, W) for every image), got {tuple(mask.shape)}"
+        )
+    values = mask.detach().to(torch.float64)
+    if not bool(((values == 0) | (values == 1)).all()):
+        seen = values.unique()[:5].tolist()
+        raise ValueError(f"mask must hold only 0 (unknown) and 1 (known), got values such as {seen}")
+    return mask.to(device=images.device, dtype=images.dtype).expand(images.shape)
+
+
+def _draw(kind: str, shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Normal or uniform draws of ``shape`` from ``generator`` (on its own device), moved to ``like``'s."""
+    device = generator.device if generator is not None else like.device
+    draw = torch.randn if kind == "normal" else torch.rand
+    return draw(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+@torch.no_grad()
+def inpaint(
+    model,
+    images: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    step_size: float | None = None,
+    n_steps_each: int | None = None,
+    denoise: bool = True,
+    clamp: bool = True,
+) -> torch.Tensor:
+    r"""Fill in the unknown pixels of ``images`` with a trained NCSN (Song & Ermon 2019, Algorithm 2).
+
+    Starting from uniform noise on [0, 1], for each level :math:`\sigma_i` (largest first):
+    draw :math:`y = x_{\text{obs}} + \sigma_i \tilde z` once, then run ``n_steps_each`` steps
+
+    .. math::
+        x \leftarrow x + \tfrac{\alpha_i}{2} s_\theta(x, \sigma_i) + \sqrt{\alpha_i}\, z,
+        \qquad x \leftarrow (1 - m) \odot x + m \odot y,
+
+    with :math:`\alpha_i = \epsilon\,\sigma_i^2/\sigma_L^2` (this package's step convention,
+    as :meth:`NCSN.sample`). The known pixels carry the noise of the current level, so the
+    network always sees an image perturbed at the level it is asked about. After the last
+    level, ``denoise`` takes the step :math:`x + \sigma_L^2 s_\theta(x, \sigma_L)` (as the
+    model's sampler does), ``clamp`` clips to the data's [0, 1], and the known pixels are set
+    to ``images`` exactly (Algorithm 2 would leave them with :math:`\sigma_L` noise).
+
+    Parameters
+    ----------
+    model : NCSN
+        Anything with ``score(x, sigma)`` (sigma a float of its ladder), ``sigmas`` (L,) and,
+        for the defaults, ``step_size`` and ``n_steps_each``.
+    images : Tensor, shape (N, C, H, W)
+        The observed images; only their known pixels are read.
+    mask : Tensor of 0s and 1s, shape (N, C, H, W) or broadcastable to it
+        1 where a pixel is known, 0 where it is to be filled in.
+    generator : torch.Generator, optional
+        Source of every random draw (the start, the noise of the known pixels, the Langevin
+        noise), on the CPU or on the images' device.
+    step_size, n_steps_each : float, int, optional
+        Epsilon and T; default: the model's own sampling settings.
+    denoise : bool
+        Finish with the denoising step.
+    clamp : bool
+        Clip the completed pixels to [0, 1].
+
+    Returns
+    -------
+    Tensor, shape (N, C, H, W)
+        The completed images: ``images`` where ``mask`` is 1, the sampler's pixels elsewhere.
+
+    Raises
+    ------
+    ValueError
+        For images or a mask of the wrong shape, a mask that is not 0/1, bad settings, and
+        when the chain diverges (naming the level; try a smaller step size).
+    """
+    if not callable(getattr(model, "score", None)) or not hasattr(model, "sigmas"):
+        raise ValueError(
+            f"model must have score(x, sigma) and sigmas (an NCSN), got {type(model).__name__}"
+        )
+    images = _check_images(model, images)
+    mask = _check_mask(mask, images)
+    check_generator(generator)
+    step_size = check_positive(
+        "step_size", model.step_size if step_size is None else step_size
+    )
+    n_steps_each = check_positive_int(
+        "n_steps_each", model.n_steps_each if n_steps_each is None else n_steps_each
+    )
+    sigmas = [float(s) for s in torch.as_tensor(model.sigmas).flatten().tolist()]
+    sigma_last = sigmas[-1]
+    known = mask.bool()
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        x = _draw("uniform", images.shape, generator, images)  # (N, C, H, W), the paper's start
+        for index, sigma in enumerate(sigmas):
+            alpha = step_size * (sigma / sigma_last) ** 2
+            observed = images + sigma * _draw("normal", images.shape, generator, images)  # y
+            for _ in range(n_steps_each):
+                score = model.score(x, sigma)
+                x = x + 0.5 * alpha * score + math.sqrt(alpha) * _draw(
+                    "normal", images.shape, generator, images
+                )
+                x = torch.where(known, observed, x)
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(
+                    f"inpainting diverged at level {index + 1} (sigma={sigma:.3g}, step "
+                    f"{alpha:.3g}): the images became NaN or infinite; try a smaller step_size"
+                )
+        if denoise:
+            x = x + sigma_last**2 * model.score(x, sigma_last)
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+    if clamp:
+        x = x.clamp(0.0, 1.0)
+    return torch.where(known, images, x)
+
+
+def keep_rows(n_rows: int, *, size: int = 8, from_top: bool = True) -> torch.Tensor:
+    """A mask (1, 1, size, size) that knows the first (``from_top``) or last ``n_rows`` rows."""
+    size = check_positive_int("size", size)
+    if isinstance(n_rows, bool) or not isinstance(n_rows, int) or not 0 <= n_rows <= size:
+        raise ValueError(f"n_rows must be an integer from 0 to {size}, got {n_rows!r}")
+    mask = torch.zeros(1, 1, size, size)
+    if n_rows:
+        rows = slice(0, n_rows) if from_top else slice(size - n_rows, size)
+        mask[..., rows, :] = 1.0
+    return mask
+
+
+def keep_columns(n_columns: int, *, size: int = 8, from_left: bool = True) -> torch.Tensor:
+    """A mask (1, 1, size, size) that knows the first (``from_left``) or last ``n_columns`` columns."""
+    size = check_positive_int("size", size)
+    if isinstance(n_columns, bool) or not isinstance(n_columns, int) or not 0 <= n_columns <= size:
+        raise ValueError(f"n_columns must be an integer from 0 to {size}, got {n_columns!r}")
+    return keep_rows(n_columns, size=size, from_top=from_left).transpose(-1, -2).contiguous()
+
+
+def mean_fill(images: torch.Tensor, mask: torch.Tensor, mean_image: torch.Tensor) -> torch.Tensor:
+    """The baseline completion: ``images`` where ``mask`` is 1, ``mean_image`` (C, H, W) elsewhere."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a tensor of shape (N, C, H, W), got {got}")
+    if not isinstance(mean_image, torch.Tensor) or tuple(mean_image.shape) != tuple(images.shape[1:]):
+        got = tuple(mean_image.shape) if isinstance(mean_image, torch.Tensor) else type(mean_image).__name__
+        raise ValueError(f"mean_image must have shape {tuple(images.shape[1:])}, got {got}")
+    known = _check_mask(mask, images).bool()
+    return torch.where(known, images, mean_image.to(images).expand(images.shape))
+
+
+def completion_shares(
+    completions: torch.Tensor, labels: torch.Tensor, *, threshold: float = 0.9, classifier=None
+) -> dict[str, float]:
+    """How the digits classifier judges completed 8x8 digits.
+
+    Parameters
+    ----------
+    completions : Tensor, shape (N, 1, 8, 8)
+        Completed images on [0, 1].
+    labels : Tensor, shape (N,)
+        The true digit of each (the digit the image was before it was masked).
+    threshold : float
+        Probability above which a prediction counts as confident.
+    classifier : fitted classifier, optional
+        Default: :func:`scorelab.metrics.digits_classifier` (logistic regression on the
+        training digits, 97 % test accuracy).
+
+    Returns
+    -------
+    dict
+        ``"confident"``: share whose largest class probability exceeds ``threshold`` (a
+        completion that looks like *some* digit); ``"true digit"``: share whose most probable
+        class is the true digit.
+    """
+    from scorelab.metrics import digits_classifier
+
+    if not isinstance(completions, torch.Tensor) or completions.ndim != 4 or tuple(
+        completions.shape[1:]
+    ) != (1, 8, 8):
+        got = tuple(completions.shape) if isinstance(completions, torch.Tensor) else type(completions).__name__
+        raise ValueError(f"completions must have shape (N, 1, 8, 8), got {got}")
+    labels = torch.as_tensor(labels).flatten()
+    if labels.shape[0] != completions.shape[0]:
+        raise ValueError(
+            f"labels must hold one digit per completion ({completions.shape[0]}), got {labels.shape[0]}"
+        )
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
+    classifier = digits_classifier() if classifier is None else classifier
+    probabilities = torch.as_tensor(
+        classifier.predict_proba(completions.detach().cpu().reshape(len(completions), -1).numpy())
+    )  # (N, 10)
+    confident = (probabilities.max(dim=1).values > threshold).double().mean().item()
+    correct = (probabilities.argmax(dim=1) == labels.cpu()).double().mean().item()
+    return {"confident": confident, "true digit": correct}

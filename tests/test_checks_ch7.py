@@ -1,0 +1,260 @@
+"""The checks of chapter 7: each passes the solution, names typical wrong answers, runs its
+hidden cases while grading, and its hints do not give the solution away."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from scorelab import checks
+from scorelab.checks import _core
+from scorelab.checks.ch7 import GaussianImages, known_pixel_noise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_check(capsys, check, *answer) -> str:
+    assert check(*answer) is None
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, f"a check prints exactly one line, got {out!r}"
+    assert checks.results[check.exercise_number] == out.startswith("✅")
+    assert "Traceback" not in out
+    return out
+
+
+def assert_passes(capsys, check, *answer):
+    out = run_check(capsys, check, *answer)
+    assert out.startswith("✅"), out
+
+
+def assert_explains(capsys, check, answer, *phrases, extra=()):
+    out = run_check(capsys, check, answer, *extra)
+    assert out.startswith("❌"), out
+    for phrase in phrases:
+        assert phrase in out, f"{phrase!r} not in {out!r}"
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("Exercise 7.k: not done yet - replace this line with your code")
+
+
+@pytest.fixture
+def grading(monkeypatch):
+    monkeypatch.setattr(_core, "GRADING", True)
+
+
+# ------------------------------------------------------------------------- solutions
+
+
+def gamma_half(D):
+    root = math.sqrt(2 * D)
+    return root / (root - 3)
+
+
+def inpainting_step(score_fn, x, y, mask, sigma, alpha, z):
+    moved = x + 0.5 * alpha * score_fn(x, sigma) + math.sqrt(alpha) * z
+    return torch.where(mask.bool(), y, moved)
+
+
+def measured_variance_ratio(step_size, gamma, n_steps_each, sigma_min, *, n=2000, dim=64,
+                            generator=None):
+    alpha = step_size / sigma_min**2
+    x = gamma * torch.randn(n, dim, generator=generator)
+    for _ in range(n_steps_each):
+        x = x + 0.5 * alpha * (-x) + math.sqrt(alpha) * torch.randn(n, dim, generator=generator)
+    return x.var().item()
+
+
+BEST_STEP = 3.2e-5  # what a scan of measured_variance_ratio finds for the shipped ladder
+
+
+def make_inpaint(*, noise_scale=lambda sigma: sigma, exact_end=True, redraw_each_step=False):
+    def inpaint_fn(score_fn, sigmas, images, mask, step_size, n_steps_each, generator=None):
+        known = mask.bool().expand(images.shape)
+        x = torch.rand(images.shape, generator=generator)
+        for sigma in sigmas:
+            alpha = step_size * (sigma / sigmas[-1]) ** 2
+            y = images + noise_scale(sigma) * torch.randn(images.shape, generator=generator)
+            for _ in range(n_steps_each):
+                z = torch.randn(images.shape, generator=generator)
+                x = x + 0.5 * alpha * score_fn(x, sigma) + math.sqrt(alpha) * z
+                if redraw_each_step:
+                    y = images + noise_scale(sigma) * torch.randn(images.shape, generator=generator)
+                x = torch.where(known, y, x)
+        x = x + sigmas[-1] ** 2 * score_fn(x, sigmas[-1])
+        return torch.where(known, images if exact_end else y, x.clamp(0, 1))
+
+    return inpaint_fn
+
+
+fixed_inpaint = make_inpaint()
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize(
+    "check, n_args",
+    [(checks.exercise_7_1, 1), (checks.exercise_7_2, 1), (checks.exercise_7_3, 2),
+     (checks.exercise_7_4, 1)],
+)
+def test_an_unfilled_stub_is_not_done_yet(capsys, check, n_args):
+    out = run_check(capsys, check, *([stub] + [1e-5] * (n_args - 1)))
+    assert "not done yet" in out
+
+
+def test_7_1_accepts_the_solution(capsys, grading):
+    assert_passes(capsys, checks.exercise_7_1, gamma_half)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda D: 1 + 3 / math.sqrt(2 * D), ["close for large images", "3 gamma"]),
+        (lambda D: math.sqrt(D) / (math.sqrt(D) - 3), ["sqrt(2 D), not sqrt(D)"]),
+        (lambda D: math.sqrt(2 * D) / (math.sqrt(2 * D) + 3), ["not above 1"]),
+        (lambda D: 1.3, ["wrong for small and large images alike"]),
+        (lambda D: "1.3", ["should be a number"]),
+        (lambda D: gamma_half(D) if D < 1000 else 1.01, ["right for small images"]),
+    ],
+)
+def test_7_1_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_7_1, answer, *phrases)
+
+
+def test_7_1_hidden_cases_catch_an_answer_tuned_to_the_public_ones(capsys, grading):
+    public = {16, 64, 784, 3072, 65_536}
+    assert_explains(capsys, checks.exercise_7_1,
+                    lambda D: gamma_half(D) if D in public else 1.5, "gamma_half(")
+
+
+def test_7_2_accepts_the_solution(capsys, grading):
+    assert_passes(capsys, checks.exercise_7_2, inpainting_step)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda s, x, y, m, sig, a, z: x + 0.5 * a * s(x, sig) + math.sqrt(a) * z,
+         ["were not put back"]),
+        (lambda s, x, y, m, sig, a, z: torch.where(
+            m.bool(), y, x + a * s(x, sig) + math.sqrt(2 * a) * z), ["the authors' code"]),
+        (lambda s, x, y, m, sig, a, z: torch.where(~m.bool(), y, inpainting_step(
+            s, x, y, torch.zeros_like(m), sig, a, z)), ["wrong way round"]),
+        (lambda s, x, y, m, sig, a, z: torch.where(m.bool(), y, x + 0.5 * a * s(x, sig)),
+         ["noise term is missing"]),
+        (lambda s, x, y, m, sig, a, z: inpainting_step(
+            s, torch.where(m.bool(), y, x), y, torch.zeros_like(m), sig, a, z), ["before the step"]),
+        (lambda s, x, y, m, sig, a, z: inpainting_step(s, x, y, m, sig, a, z)[:3],
+         ["wrong shape"]),
+    ],
+)
+def test_7_2_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_7_2, answer, *phrases)
+
+
+def test_7_3_accepts_the_solution(capsys, grading):
+    assert_passes(capsys, checks.exercise_7_3, measured_variance_ratio, BEST_STEP)
+
+
+@pytest.mark.parametrize(
+    "answer, step, phrases",
+    [
+        (lambda *a, **k: measured_variance_ratio(*a, **k) ** 0.5, BEST_STEP,
+         ["square root of Eq. 4"]),
+        (lambda e, g, T, s, **k: measured_variance_ratio(e, g, 0 * T, s, **k), BEST_STEP,
+         ["did the chain move at all"]),
+        (lambda e, g, T, s, **k: measured_variance_ratio(2 * e, g, T, s, **k), BEST_STEP,
+         ["but Eq. 4 gives"]),
+        (measured_variance_ratio, 1.2e-4, ["too large"]),
+        (measured_variance_ratio, 5e-6, ["too small"]),
+        (measured_variance_ratio, 3e-4, ["outside (0, 2 sigma_L^2)"]),
+    ],
+)
+def test_7_3_explains_wrong_answers(capsys, answer, step, phrases):
+    assert_explains(capsys, checks.exercise_7_3, answer, *phrases, extra=(step,))
+
+
+def test_7_4_accepts_the_solution_and_the_authors_per_step_noise(capsys, grading):
+    assert_passes(capsys, checks.exercise_7_4, fixed_inpaint)
+    assert_passes(capsys, checks.exercise_7_4, make_inpaint(redraw_each_step=True))
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (make_inpaint(noise_scale=lambda sigma: 0.0), ["noise of std 0", "Add that level's noise"]),
+        (make_inpaint(noise_scale=lambda sigma: sigma**2), ["the score was shown known pixels"]),
+        (make_inpaint(noise_scale=lambda sigma: 1.0), ["the score was shown known pixels"]),
+        (make_inpaint(exact_end=False), ["differ from the observed images"]),
+    ],
+)
+def test_7_4_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_7_4, answer, *phrases)
+
+
+def test_known_pixel_noise_measures_the_noise_in_units_of_sigma():
+    model = GaussianImages()
+    images = torch.rand(300, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    known = torch.zeros(300, 1, 2, 2, dtype=torch.bool)
+    known[:, :, 0] = True
+    fixed_inpaint(model.score, model.sigmas.tolist(), images, known.float()[0, 0], 0.004, 3,
+                  generator=torch.Generator().manual_seed(1))
+    noise = known_pixel_noise(model.calls, images, known)
+    assert sorted(noise) == sorted(round(s, 9) for s in model.sigmas.tolist())
+    assert all(abs(std - 1.0) < 0.15 for std in noise.values())
+
+
+# -------------------------------------------------------------------------------- hints
+
+TOKEN = re.compile(r"[A-Za-z_]\w*|\d+\.?\d*|\S")
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    previous = [0] * (len(b) + 1)
+    for token in a:
+        current = [0]
+        for j, other in enumerate(b):
+            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def _solution_regions() -> dict[str, str]:
+    """The code between BEGIN/END SOLUTION in solutions/07, by exercise number."""
+    cells = json.loads((ROOT / "solutions" / "07_using_ncsn.ipynb").read_text())["cells"]
+    regions: dict[str, str] = {}
+    number = None
+    for cell in cells:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "markdown":
+            found = re.findall(r"^#+\s.*\bExercise\s+(\d+\.\d+)", source, re.M)
+            number = found[-1] if found else number
+        elif "# BEGIN SOLUTION" in source:
+            body = source.split("# BEGIN SOLUTION")[1].split("# END SOLUTION")[0]
+            code = "\n".join(l for l in body.splitlines() if not l.strip().startswith("#"))
+            regions[number] = regions.get(number, "") + code
+    return regions
+
+
+@pytest.mark.parametrize("number", ["7.1", "7.2", "7.3", "7.4"])
+def test_hints_have_tiers_and_give_away_at_most_30_percent(number):
+    tiers = _core.HINTS[number]
+    assert len(tiers) == 3
+    solution = TOKEN.findall(_solution_regions()[number])
+    for tier in tiers:
+        share = _lcs(TOKEN.findall(tier), solution) / len(solution)
+        assert share <= 0.30, f"hint of {number} spells out {share:.0%} of the solution: {tier!r}"
+
+
+def test_hint_prints_the_tiers_in_turn(capsys):
+    _core._hints_shown.pop("7.2", None)
+    checks.hint("7.2")
+    checks.hint("7.2")
+    out = capsys.readouterr().out
+    assert "Hint 1 of 3 for exercise 7.2" in out and "Hint 2 of 3" in out
