@@ -29,6 +29,7 @@ __all__ = [
     "animate_particles",
     "animation_html",
     "image_grid",
+    "image_samples",
 ]
 
 
@@ -361,34 +362,20 @@ def animate_particles(
     path = _to_numpy("trajectory", trajectory, ndim=3, last=2)  # (T, N, 2)
     path = path[:, : check_positive_int("max_particles", max_particles)]
     xlim, ylim = _check_limits("xlim", xlim), _check_limits("ylim", ylim)
-    n_recorded = path.shape[0]
-    if frame_titles is not None and len(frame_titles) != n_recorded:
-        raise ValueError(f"frame_titles must have one title per recorded state ({n_recorded}), "
+    if frame_titles is not None and len(frame_titles) != len(path):
+        raise ValueError(f"frame_titles must have one title per recorded state ({len(path)}), "
                          f"got {len(frame_titles)}")
-    per_frame = isinstance(density, Sequence)
-    if per_frame and len(density) != n_recorded:
-        raise ValueError(f"density, when a sequence, must have {n_recorded} entries (one per "
-                         f"recorded state), got {len(density)}")
-    frames = _frame_indices(n_recorded, check_positive_int("max_frames", max_frames))
+    frames = _frame_indices(len(path), check_positive_int("max_frames", max_frames))
+    backgrounds = _backgrounds(density, len(path), frames, xlim, ylim, n_grid)  # t -> (G, G)
 
     fig, ax = plt.subplots(figsize=figsize, dpi=check_positive_int("dpi", dpi))
-    image, backgrounds = None, {}
-    if density is not None:
-        # evaluate each distinct background once: an annealed run shares one per level
-        for t in frames:
-            source = density[t] if per_frame else density
-            key = id(source)
-            if key not in backgrounds:
-                backgrounds[key] = _density_grid(source, xlim, ylim, n_grid, log=False)
-        first = backgrounds[id(density[frames[0]] if per_frame else density)]
-        image = ax.imshow(first, origin="lower", extent=(*xlim, *ylim), cmap="viridis",
-                          aspect="auto")
+    image = None
+    if backgrounds:
+        image = ax.imshow(backgrounds[frames[0]], origin="lower", extent=(*xlim, *ylim),
+                          cmap="viridis", aspect="auto")
     scatter = ax.scatter(path[0, :, 0], path[0, :, 1], s=4, color=color, alpha=0.7,
                          linewidths=0)
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xlim=xlim, ylim=ylim, xticks=[], yticks=[])
 
     def title_of(t: int) -> str:
         return frame_titles[t] if frame_titles is not None else f"recorded state {t}"
@@ -399,10 +386,9 @@ def animate_particles(
 
     def update(t: int):
         scatter.set_offsets(path[t])
-        if per_frame:
-            grid = backgrounds[id(density[t])]
-            image.set_data(grid)
-            image.set_clim(grid.min(), grid.max())
+        if image is not None:
+            image.set_data(backgrounds[t])
+            image.set_clim(backgrounds[t].min(), backgrounds[t].max())
         title.set_text(title_of(t))
         return (scatter, title) if image is None else (scatter, title, image)
 
@@ -410,6 +396,24 @@ def animate_particles(
         "interval", interval), blit=False)
     plt.close(fig)
     return anim
+
+
+def _backgrounds(density, n_recorded: int, frames, xlim, ylim, n_grid: int) -> dict:
+    """The density grid (G, G) behind each frame t; one density or a sequence, one per state."""
+    if density is None:
+        return {}
+    per_frame = isinstance(density, Sequence)
+    if per_frame and len(density) != n_recorded:
+        raise ValueError(f"density, when a sequence, must have {n_recorded} entries (one per "
+                         f"recorded state), got {len(density)}")
+    grids: dict[int, np.ndarray] = {}  # id(density) -> grid: an annealed run shares one per level
+    backgrounds = {}
+    for t in frames:
+        source = density[t] if per_frame else density
+        if id(source) not in grids:
+            grids[id(source)] = _density_grid(source, xlim, ylim, n_grid, log=False)
+        backgrounds[t] = grids[id(source)]
+    return backgrounds
 
 
 def animation_html(anim: FuncAnimation, *, fps: float | None = None, frame_format: str = "jpeg",
@@ -489,3 +493,40 @@ def image_grid(images, nrow: int = 8, ax: Axes | None = None, *, padding: int = 
         ax.imshow((canvas - vmin) / (vmax - vmin), interpolation="nearest")
     ax.set_axis_off()
     return ax
+
+
+def image_samples(
+    model,
+    *,
+    n: int = 64,
+    nrow: int | None = None,
+    generator: torch.Generator | None = None,
+    images: torch.Tensor | None = None,
+    **sample_kwargs,
+):
+    """A figure with a grid of ``n`` samples of ``model`` (or of the given ``images``).
+
+    Parameters
+    ----------
+    model : object with ``.sample(n, generator=..., **sample_kwargs)``
+        For instance a :class:`scorelab.ncsn.NCSN`.
+    n : int
+        Number of images.
+    nrow : int, optional
+        Images per row (default: about sqrt(n)).
+    images : Tensor (n, C, H, W), optional
+        Draw these instead of sampling.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The caller saves or shows it (and closes it).
+    """
+    if images is None:
+        images = model.sample(check_positive_int("n", n), generator=generator, **sample_kwargs)
+    images = images.detach().cpu()
+    nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
+    figure, ax = plt.subplots(figsize=(0.5 * nrow, 0.5 * math.ceil(len(images) / nrow)))
+    image_grid(images, nrow=nrow, ax=ax)
+    figure.tight_layout(pad=0.1)
+    return figure
