@@ -249,18 +249,10 @@ def langevin_dynamics(
 
 @torch.no_grad()
 def annealed_langevin_dynamics(
-    score_fn: NoiseConditionalScoreFn,
-    x0: torch.Tensor,
-    sigmas: Sequence[float] | torch.Tensor,
-    step_size: float,
-    n_steps_each: int,
-    *,
-    generator: torch.Generator | None = None,
-    return_trajectory: bool = False,
-    record_every: int = 1,
-    progress: bool = True,
-    denoise: bool = False,
-    check_every: int = 25,
+    score_fn: NoiseConditionalScoreFn, x0: torch.Tensor, sigmas: Sequence[float] | torch.Tensor,
+    step_size: float, n_steps_each: int, *, generator: torch.Generator | None = None,
+    return_trajectory: bool = False, record_every: int = 1, progress: bool = True,
+    denoise: bool = False, check_every: int = 25,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Annealed Langevin dynamics (Song & Ermon, 2019, Algorithm 1).
 
@@ -271,16 +263,14 @@ def annealed_langevin_dynamics(
     Parameters
     ----------
     score_fn : callable
-        ``score_fn(x, sigma)`` returns the score of the density perturbed at noise level
-        ``sigma`` (a Python float), a tensor of ``x``'s shape ``(N, *D)``.
+        The score contract (:mod:`scorelab.scores`): ``score_fn(x, sigma)``, here called with
+        ``sigma`` a Python float, returns the score of p_sigma at ``x`` ``(N, *D)``.
     x0 : Tensor, shape ``(N, *D)``
         Initial particles (left unchanged), e.g. uniform noise.
     sigmas : sequence of float or Tensor, shape (L,)
-        Strictly decreasing, positive noise levels.
-    step_size : float
-        The base step epsilon > 0, used as is at the last level.
-    n_steps_each : int
-        Steps per level (T), >= 1.
+        Strictly decreasing, positive noise levels (:func:`scorelab.noise.check_sigmas`).
+    step_size, n_steps_each : float, int
+        The base step epsilon > 0, used as is at the last level; steps per level T >= 1.
     generator, return_trajectory, record_every, progress, check_every
         As in :func:`langevin_dynamics`; steps are counted across levels, so the
         trajectory has shape ``(1 + L * T // record_every, N, *D)``.

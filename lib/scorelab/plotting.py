@@ -163,17 +163,8 @@ def plot_density(
 
 
 def plot_score_field(
-    ax: Axes,
-    score_fn,
-    xlim: Limits,
-    ylim: Limits,
-    *,
-    n_grid: int = 20,
-    normalize: bool = True,
-    cmap: str = "magma",
-    color: str | None = None,
-    colorbar: bool = False,
-    **kwargs,
+    ax: Axes, score_fn, xlim: Limits, ylim: Limits, *, n_grid: int = 20, normalize: bool = True,
+    cmap: str = "magma", color: str | None = None, colorbar: bool = False, **kwargs,
 ) -> Axes:
     """Draw a 2-D score field as arrows.
 
@@ -321,19 +312,10 @@ def _frame_indices(n_recorded: int, max_frames: int) -> np.ndarray:
 
 
 def animate_particles(
-    trajectory,
-    *,
-    density=None,
-    xlim: Limits = (-8.0, 8.0),
-    ylim: Limits = (-8.0, 8.0),
-    frame_titles: Sequence[str] | None = None,
-    max_frames: int = 40,
-    max_particles: int = 500,
-    interval: int = 150,
-    figsize: tuple[float, float] = (4.0, 4.0),
-    dpi: int = 72,
-    n_grid: int = 100,
-    color: str = "white",
+    trajectory, *, density=None, xlim: Limits = (-8.0, 8.0), ylim: Limits = (-8.0, 8.0),
+    frame_titles: Sequence[str] | None = None, max_frames: int = 40, max_particles: int = 500,
+    interval: int = 150, figsize: tuple[float, float] = (4.0, 4.0), dpi: int = 72,
+    n_grid: int = 100, color: str = "white",
 ) -> FuncAnimation:
     """Animate particles moving over a density (for Langevin and annealed Langevin runs).
 
@@ -345,43 +327,36 @@ def animate_particles(
         The background heatmap; a sequence gives one background per recorded state (so an
         annealed run can show the perturbed density of its current noise level).
     frame_titles : sequence of T strings, optional
-        A title per recorded state.
-    max_frames : int
-        At most this many evenly spaced states become frames (the page stays small).
-    max_particles : int
-        Draw only the first ``max_particles`` particles.
-    interval : int
-        Milliseconds between frames.
-    figsize, dpi : figure size in inches and resolution of each frame.
+        A title per recorded state (default "recorded state t").
+    max_frames, max_particles : int
+        At most this many evenly spaced states become frames (the page stays small), and
+        only the first ``max_particles`` particles are drawn.
+    interval, figsize, dpi
+        Milliseconds between frames; figure size in inches and resolution of each frame.
 
     Returns
     -------
-    matplotlib.animation.FuncAnimation
-        Its figure is closed, so a notebook shows only what :func:`animation_html` returns.
+    matplotlib.animation.FuncAnimation, its figure closed (a notebook shows only what
+    :func:`animation_html` returns).
     """
     path = _to_numpy("trajectory", trajectory, ndim=3, last=2)  # (T, N, 2)
     path = path[:, : check_positive_int("max_particles", max_particles)]
     xlim, ylim = _check_limits("xlim", xlim), _check_limits("ylim", ylim)
-    if frame_titles is not None and len(frame_titles) != len(path):
+    if frame_titles is None:
+        frame_titles = [f"recorded state {t}" for t in range(len(path))]
+    if len(frame_titles) != len(path):
         raise ValueError(f"frame_titles must have one title per recorded state ({len(path)}), "
                          f"got {len(frame_titles)}")
     frames = _frame_indices(len(path), check_positive_int("max_frames", max_frames))
     backgrounds = _backgrounds(density, len(path), frames, xlim, ylim, n_grid)  # t -> (G, G)
-
     fig, ax = plt.subplots(figsize=figsize, dpi=check_positive_int("dpi", dpi))
-    image = None
-    if backgrounds:
-        image = ax.imshow(backgrounds[frames[0]], origin="lower", extent=(*xlim, *ylim),
-                          cmap="viridis", aspect="auto")
+    image = ax.imshow(backgrounds[frames[0]], origin="lower", extent=(*xlim, *ylim),
+                      cmap="viridis", aspect="auto") if backgrounds else None
     scatter = ax.scatter(path[0, :, 0], path[0, :, 1], s=4, color=color, alpha=0.7,
                          linewidths=0)
     ax.set(xlim=xlim, ylim=ylim, xticks=[], yticks=[])
-
-    def title_of(t: int) -> str:
-        return frame_titles[t] if frame_titles is not None else f"recorded state {t}"
-
     # the first title is set before tight_layout, so the layout leaves room for it
-    title = ax.set_title(title_of(frames[0]), fontsize=9)
+    title = ax.set_title(frame_titles[frames[0]], fontsize=9)
     fig.tight_layout()
 
     def update(t: int):
@@ -389,7 +364,7 @@ def animate_particles(
         if image is not None:
             image.set_data(backgrounds[t])
             image.set_clim(backgrounds[t].min(), backgrounds[t].max())
-        title.set_text(title_of(t))
+        title.set_text(frame_titles[t])
         return (scatter, title) if image is None else (scatter, title, image)
 
     anim = FuncAnimation(fig, update, frames=list(frames), interval=check_positive_int(

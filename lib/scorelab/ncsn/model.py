@@ -159,19 +159,14 @@ class NCSN(nn.Module):
         n : int
             Number of images.
         generator : torch.Generator, optional
-            Source of the initial noise and the Langevin noise (on the CPU or the
-            model's device).
+            Source of the initial and the Langevin noise (on the CPU or the model's device).
         n_steps_each, step_size : int, float, optional
             Steps per level and epsilon; default: the model's ``n_steps_each``/``step_size``.
-        snapshots : bool
-            Also return the trajectory (images along the way).
-        record_every : int, optional
-            With ``snapshots``: keep every ``record_every``-th step (default ``n_steps_each``,
-            one image per level).
-        denoise : bool
-            Finish with the denoising step.
-        progress : bool
-            Show a progress bar.
+        snapshots, record_every : bool, int
+            Also return the trajectory, every ``record_every``-th step of it (default
+            ``n_steps_each``: one image per level).
+        denoise, progress : bool
+            Finish with the denoising step; show a progress bar.
 
         Returns
         -------

@@ -19,23 +19,13 @@ from scorelab.training import AnnealedDenoisingScoreMatching, Batches
 
 
 def train_NCSN(
-    model: NCSN,
-    data: torch.Tensor,
-    *,
-    n_steps: int,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    ema_rate: float | None = 0.999,
-    seed: int = 0,
-    out_dir: str | os.PathLike | None = None,
-    checkpoint_every: int | None = None,
-    sample_every: int | None = None,
-    n_samples: int = 64,
-    resume: bool = False,
-    progress: bool = True,
+    model: NCSN, data: torch.Tensor, *, n_steps: int, batch_size: int = 128, lr: float = 1e-3,
+    ema_rate: float | None = 0.999, seed: int = 0, out_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None, sample_every: int | None = None, n_samples: int = 64,
+    resume: bool = False, progress: bool = True,
     callback: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train ``model`` with the annealed DSM loss (Eq. 6) and Adam.
+    """Train ``model`` with the annealed DSM loss (Eq. 6) and Adam; the loss of every step.
 
     Each step draws a batch from a shuffled pass over ``data`` (a new permutation every
     epoch), a noise level per example and the noise, all from one ``torch.Generator``
@@ -46,31 +36,22 @@ def train_NCSN(
     Parameters
     ----------
     model : NCSN
-        Trained in place.
+        Trained in place; at the end it holds the EMA weights when there is an EMA.
     data : Tensor, shape (N, C, H, H)
         Training images on [0, 1] (on any device; batches are moved to the model's).
     n_steps : int
         Total number of optimiser steps (including those done before a resume).
-    batch_size, lr : int, float
-        Adam with betas (0.9, 0.999) as in the paper.
-    ema_rate : float or None
-        Keep an exponential moving average of the weights (None: none). At the end the
-        model holds the EMA weights when there is one.
+    batch_size, lr, ema_rate : int, float, float or None
+        Adam with betas (0.9, 0.999) as in the paper; the EMA's rate (None: no EMA).
     seed : int
-        Seeds the generator (ignored on resume: the generator state comes from the checkpoint).
-    out_dir : path, optional
-        Folder for ``checkpoints/step_XXXXXXX.pt`` and ``samples_step_XXXXXXX.png``.
-    checkpoint_every, sample_every : int, optional
-        Write a checkpoint / a sample grid every that many steps (needs ``out_dir``).
-        A checkpoint is always written at the last step when ``out_dir`` is given.
-    n_samples : int
-        Images in each sample grid.
+        Seeds the generator (on resume the generator state comes from the checkpoint).
+    out_dir, checkpoint_every, sample_every, n_samples : path, int, int, int
+        Folder for ``checkpoints/step_XXXXXXX.pt`` (every ``checkpoint_every`` steps and
+        at the last) and grids of ``n_samples`` images ``samples_step_XXXXXXX.png``.
     resume : bool
         Continue from the latest checkpoint in ``out_dir`` (start fresh if there is none).
-    progress : bool
-        Show a tqdm bar with the loss.
-    callback : callable, optional
-        ``callback(step, loss)`` after every step, ``step`` counting from 1.
+    progress, callback : bool, callable
+        A tqdm bar with the loss; ``callback(step, loss)`` after every step (from 1).
 
     Returns
     -------
