@@ -51,8 +51,9 @@ browser: install
 			|| echo "WARNING: could not install MathJax: the browser test checks the maths markup only"; \
 	else echo "No npm: the browser test checks the maths markup only, not MathJax's rendering"; fi
 
+# Two workers, one test file each at a time (the tests share no files; slow ones spread out).
 test-package: install
-	$(PY) -m pytest tests -p no:cacheprovider
+	$(PY) -m pytest tests -p no:cacheprovider -n 2 --dist loadfile
 
 # The checked outputs of every notebook, against the book build (built first if outdated).
 test-notebooks: export SCORELAB_REQUIRE_BUILD = 1

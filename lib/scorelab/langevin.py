@@ -188,16 +188,9 @@ class _Chain:
 
 @torch.no_grad()
 def langevin_dynamics(
-    score_fn: ScoreFn,
-    x0: torch.Tensor,
-    step_size: float,
-    n_steps: int,
-    *,
-    generator: torch.Generator | None = None,
-    return_trajectory: bool = False,
-    record_every: int = 1,
-    progress: bool = True,
-    check_every: int = 25,
+    score_fn: ScoreFn, x0: torch.Tensor, step_size: float, n_steps: int, *,
+    generator: torch.Generator | None = None, return_trajectory: bool = False,
+    record_every: int = 1, progress: bool = True, check_every: int = 25,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Unadjusted Langevin dynamics with a known score (Song & Ermon, 2019, Eq. 2).
 
@@ -307,17 +300,9 @@ def annealed_langevin_dynamics(
 
 @torch.no_grad()
 def mala(
-    log_prob_fn: LogProbFn,
-    score_fn: ScoreFn,
-    x0: torch.Tensor,
-    step_size: float,
-    n_steps: int,
-    *,
-    generator: torch.Generator | None = None,
-    return_trajectory: bool = False,
-    record_every: int = 1,
-    progress: bool = True,
-    check_every: int = 25,
+    log_prob_fn: LogProbFn, score_fn: ScoreFn, x0: torch.Tensor, step_size: float, n_steps: int,
+    *, generator: torch.Generator | None = None, return_trajectory: bool = False,
+    record_every: int = 1, progress: bool = True, check_every: int = 25,
 ) -> tuple[torch.Tensor, float] | tuple[torch.Tensor, float, torch.Tensor]:
     r"""Metropolis-adjusted Langevin algorithm (Roberts & Tweedie, 1996).
 
