@@ -51,9 +51,10 @@ browser: install
 			|| echo "WARNING: could not install MathJax: the browser test checks the maths markup only"; \
 	else echo "No npm: the browser test checks the maths markup only, not MathJax's rendering"; fi
 
-# Two workers, one test file each at a time (the tests share no files; slow ones spread out).
+# Two workers, one test file each at a time (the tests share no files; slow ones spread out),
+# one thread each: two workers of two threads on two cores slow some tests down tenfold.
 test-package: install
-	$(PY) -m pytest tests -p no:cacheprovider -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -p no:cacheprovider -n 2 --dist loadfile
 
 # The checked outputs of every notebook, against the book build (built first if outdated).
 test-notebooks: export SCORELAB_REQUIRE_BUILD = 1

@@ -66,10 +66,15 @@ def book_notebooks() -> list[Path]:
     return [BOOK / f"{name}.ipynb" for name in files if (BOOK / f"{name}.ipynb").is_file()]
 
 
-def _execute(path: str, timeout: int) -> tuple[str, float, str | None]:
-    """Execute one notebook (in a worker process): its executed JSON, seconds, error text."""
+def _execute(path: str, timeout: int, threads: int) -> tuple[str, float, str | None]:
+    """Execute one notebook (in a worker process): its executed JSON, seconds, error text.
+
+    The kernel inherits ``OMP_NUM_THREADS=threads``, so that the notebooks running at once
+    do not ask for more threads than there are cores (the chapters use one thread anyway).
+    """
     from jupyter_cache.executors.utils import single_nb_execution
 
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     notebook = nbformat.read(path, as_version=4)
     result = single_nb_execution(notebook, cwd=str(Path(path).parent), timeout=timeout,
                                  allow_errors=False, meta_override=True)
@@ -114,7 +119,8 @@ def main(argv: list[str]) -> int:
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs), mp_context=context) as pool:
-        futures = {pool.submit(_execute, str(p), timeout): p for p in missing}
+        threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+        futures = {pool.submit(_execute, str(p), timeout, threads): p for p in missing}
         for future in concurrent.futures.as_completed(futures):
             path, (text, seconds, error) = futures[future], future.result()
             name = os.path.relpath(path, ROOT)

@@ -36,6 +36,7 @@ def _assert_same_state(a: dict, b: dict):
             assert a[key] == b[key], key
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     steps = 80
     subprocess.run(_cli(tmp_path / "straight", steps, "--checkpoint-every", "10"), check=True)

@@ -363,7 +363,12 @@ class ScoreMatchingTrainer:
         return self._update(check_batch("x", x), generator)
 
     def _update(self, x: torch.Tensor, generator: torch.Generator | None) -> float:
-        """Forward, backward, Adam and EMA on a checked batch; the loss before the update."""
+        """Forward, backward, Adam and EMA on a checked batch; the loss before the update.
+
+        The one place of a step's arithmetic: mixed precision (autocast, a gradient scaler)
+        wraps these lines, and the loss read below is the step's only synchronisation with
+        the device (reading it every k steps means keeping the tensor until then).
+        """
         loss = self.per_example_loss(x, generator).mean()
         value = float(loss.detach())  # the step's one read of the loss
         if not math.isfinite(value):

@@ -128,7 +128,7 @@ class NCSN(nn.Module):
         return as_score_fn(self, self.sigmas)(self.check_images("x", x), sigma)
 
     def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Annealed DSM loss (Eq. 6, lambda = sigma^2), the mean over the batch ``x`` (N, C, H, H)."""
+        """Annealed DSM loss (Eq. 6, lambda = sigma^2): the mean over images ``x`` (N, C, H, H)."""
         x = self.check_images("x", x)
         return annealed_dsm_loss(self, x, self.sigmas, generator=generator).mean()
 
