@@ -5,10 +5,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BOOK_BUILD := $(VENV)/bin/jupyter-book build book/ --config _config.yml --toc "$(CURDIR)/_toc.yml" -W --keep-going
-# Notebook tests: each notebook runs in a fresh kernel; cells marked NBVAL_CHECK_OUTPUT compare output.
+# nbval on chosen notebooks (make nbval NOTEBOOKS="book/03_annealed_langevin.ipynb ..."): each runs
+# in a fresh kernel; cells marked NBVAL_CHECK_OUTPUT compare output. make test does not run it.
 NBVAL := $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -n 2 --dist loadscope
+NOTEBOOKS ?= book solutions
 
-.PHONY: install browser book test test-package test-notebooks bench bench-quick strip exercises exercises-check grade clean clean-cache
+.PHONY: install browser book test test-package test-notebooks nbval bench bench-quick strip exercises exercises-check grade clean clean-cache
 
 install: $(VENV)/.installed
 
@@ -18,11 +20,18 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 	$(PY) -m pip install -q -c requirements.txt -e ".[book,test]"
 	@touch $@
 
+# scripts/execute_notebooks.py executes the notebooks into the build's cache two at a time (one
+# per core) and empties the cache when lib/ changed; the build then renders them from the cache.
 book: install
+	$(PY) scripts/execute_notebooks.py
 	$(BOOK_BUILD)
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
-test: install browser book test-package test-notebooks
+# Every chapter and solution is executed once, by the book build (which fails on any error);
+# tests/test_notebook_outputs.py compares the cells nbval checks with that execution, and must
+# not be skipped here (SCORELAB_REQUIRE_BUILD=1).
+test: export SCORELAB_REQUIRE_BUILD = 1
+test: install browser book test-package
 
 # The browser test (tests/test_browser.py) drives headless Chromium; install it when we may.
 # It also serves MathJax 3 from $(VENV)/mathjax in place of the CDN, so that the formulas
@@ -42,11 +51,18 @@ browser: install
 			|| echo "WARNING: could not install MathJax: the browser test checks the maths markup only"; \
 	else echo "No npm: the browser test checks the maths markup only, not MathJax's rendering"; fi
 
+# Two workers, one test file each at a time (the tests share no files; slow ones spread out),
+# one thread each: two workers of two threads on two cores slow some tests down tenfold.
 test-package: install
-	$(PY) -m pytest tests -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -p no:cacheprovider -n 2 --dist loadfile
 
-test-notebooks: install
-	$(NBVAL) book solutions
+# The checked outputs of every notebook, against the book build (built first if outdated).
+test-notebooks: export SCORELAB_REQUIRE_BUILD = 1
+test-notebooks: book
+	$(PY) -m pytest tests/test_notebook_outputs.py -p no:cacheprovider
+
+nbval: install
+	$(NBVAL) $(NOTEBOOKS)
 
 bench: install
 	$(PY) -m scorelab.bench
@@ -65,7 +81,7 @@ exercises: install
 exercises-check: install
 	$(PY) scripts/make_exercises.py --check
 
-# The execution cache does not see changes in lib/: clear it after changing the package.
+# The execution cache does not see changes in lib/ (make book clears it when lib/ changed).
 clean-cache:
 	rm -rf _build/.jupyter_cache
 

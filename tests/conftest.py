@@ -1,7 +1,13 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the settings every test runs under."""
 
+import matplotlib
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Draw figures off-screen: chosen once here, so that no test module changes it on import."""
+    matplotlib.use("Agg")
 
 
 @pytest.fixture

@@ -81,6 +81,7 @@ def test_cli_strict_fails_on_a_missed_target_and_rejects_unknown_sections(toy_se
         main(["--no-write", "--only", "nonsense"])
 
 
+@pytest.mark.slow
 def test_memory_probe_without_trajectory_stays_far_under_the_limit():
     from scorelab.bench.memory import LIMIT_MB, measure
 

@@ -41,6 +41,8 @@ from urllib.parse import unquote, urldefrag, urljoin, urlparse
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a built book, every page in headless Chromium
+
 ROOT = Path(__file__).resolve().parents[1]
 # what the book is built from (book/solutions is a link to solutions/, which rglob does not follow)
 SOURCES = [ROOT / "_config.yml", ROOT / "_toc.yml", *(ROOT / "book").rglob("*.ipynb"),

@@ -25,6 +25,8 @@ import yaml
 
 from scorelab.checks._core import PASS_MARK
 
+pytestmark = pytest.mark.slow  # a fresh virtual environment and a pip install
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "01_densities_and_scores.ipynb"
 COPIED = ["lib", "pyproject.toml", "README.md", "requirements.txt"]

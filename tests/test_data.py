@@ -1,11 +1,11 @@
-"""scorelab.data: the digits split, dequantisation, toy sets, and the torchvision error path."""
+"""scorelab.data: the digits split, dequantisation, and the torchvision error path."""
 
 import sys
 
 import pytest
 import torch
 
-from scorelab.data import load_cifar10, load_digits, load_mnist, rings, toy_mixture, two_moons
+from scorelab.data import load_cifar10, load_digits, load_mnist
 
 
 def test_digits_shapes_scale_and_split():
@@ -46,27 +46,6 @@ def test_dequantisation_adds_one_grey_level_of_uniform_noise():
 def test_bad_split_raises():
     with pytest.raises(ValueError, match="split must be"):
         load_digits("validation")
-
-
-@pytest.mark.parametrize("maker", [two_moons, rings, toy_mixture])
-def test_toy_sets_are_seeded_2d_points(maker):
-    a = maker(500, generator=torch.Generator().manual_seed(1))
-    b = maker(500, generator=torch.Generator().manual_seed(1))
-    assert a.shape == (500, 2) and torch.equal(a, b)
-    with pytest.raises(ValueError, match="n must be"):
-        maker(0)
-
-
-def test_toy_mixture_has_the_papers_weights():
-    x = toy_mixture(20_000, generator=torch.Generator().manual_seed(0))
-    share = (x.sum(dim=1) > 0).float().mean().item()
-    assert abs(share - 0.8) < 4 * (0.8 * 0.2 / 20_000) ** 0.5
-
-
-def test_rings_have_the_given_radii():
-    x = rings(4000, radii=(1.0, 3.0), noise=0.01, generator=torch.Generator().manual_seed(0))
-    radius = x.norm(dim=1)
-    assert ((radius - 1).abs() < 0.05).sum() + ((radius - 3).abs() < 0.05).sum() == 4000
 
 
 @pytest.mark.parametrize("loader", [load_mnist, load_cifar10])

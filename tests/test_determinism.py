@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from scorelab.densities import Banana, ncsn_toy_mixture
-from scorelab.langevin import annealed_langevin_dynamics, geometric_sigmas, langevin_dynamics, mala
+from scorelab.langevin import annealed_langevin_dynamics, langevin_dynamics, mala
 from scorelab.nets import BasicNetwork
+from scorelab.noise import geometric_sigmas
 from scorelab.seeding import seed_everything
 from scorelab.training import DenoisingScoreMatching, SlicedScoreMatching
 

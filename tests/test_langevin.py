@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from scorelab.densities import GaussianMixture, ncsn_toy_mixture
-from scorelab.langevin import annealed_langevin_dynamics, geometric_sigmas, langevin_dynamics, mala
+from scorelab.langevin import annealed_langevin_dynamics, langevin_dynamics, mala
+from scorelab.noise import geometric_sigmas
 
 # A 2-D Gaussian N(0, diag(1, 2)): its score is -x / variances.
 VARIANCES = torch.tensor([1.0, 2.0])
@@ -112,8 +113,14 @@ def test_image_shaped_particles():
     x = annealed_langevin_dynamics(lambda x, sigma: -x / (1 + sigma**2), x0, [2.0, 1.0], 0.1, 3,
                                    denoise=True, progress=False)
     assert x.shape == (5, 1, 4, 4)
-    x, rate = mala(lambda x: -0.5 * x.square().sum((1, 2, 3)), lambda x: -x, x0, 0.1, 3, progress=False)
-    assert x.shape == (5, 1, 4, 4) and 0.0 <= rate <= 1.0
+    # MALA on images is MALA on the flattened points: the same draws give the same chain.
+    x0 = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    x, rate = mala(lambda x: -0.5 * x.square().sum((1, 2, 3)), lambda x: -x, x0, 0.5, 20,
+                   generator=torch.Generator().manual_seed(2), progress=False)
+    flat, flat_rate = mala(lambda x: -0.5 * x.square().sum(1), lambda x: -x, x0.reshape(5, 16), 0.5,
+                           20, generator=torch.Generator().manual_seed(2), progress=False)
+    assert x.shape == (5, 1, 4, 4) and torch.equal(x.reshape(5, 16), flat)
+    assert rate == flat_rate and 0.0 < rate < 1.0  # some proposals rejected, some accepted
 
 
 def test_denoise_adds_sigma_squared_times_the_last_score():
@@ -146,7 +153,7 @@ def test_blow_up_names_the_step_and_suggests_a_smaller_step_size():
         (lambda: langevin_dynamics(_gaussian_score, torch.zeros(3, 2), -1.0, 5), "step_size must be a positive"),
         (lambda: langevin_dynamics(_gaussian_score, torch.zeros(3, 2), 0.1, 0), "n_steps must be a positive integer"),
         (lambda: langevin_dynamics(_gaussian_score, torch.zeros(3, 2), 0.1, 2.5), "n_steps must be a positive integer"),
-        (lambda: langevin_dynamics(_gaussian_score, torch.zeros(2), 0.1, 5), r"x0 must have shape \(N, \*D\)"),
+        (lambda: langevin_dynamics(_gaussian_score, torch.zeros(2), 0.1, 5), r"x0 must be a non-empty tensor of shape \(N, \*D\)"),
         (lambda: langevin_dynamics(_gaussian_score, torch.zeros(3, 2, dtype=torch.long), 0.1, 5), "x0 must be a floating"),
         (lambda: langevin_dynamics(lambda x: x[:, 0], torch.zeros(3, 2), 0.1, 5), r"score_fn must return .* \(3, 2\)"),
         (lambda: langevin_dynamics(_gaussian_score, torch.zeros(3, 2), 0.1, 5, record_every=0,

@@ -8,8 +8,8 @@ from scorelab.ncsn import (
     CondRefineNetDilated,
     ConditionalInstanceNorm2dPlus,
     ConvMeanPool,
-    default_sigmas,
 )
+from scorelab.noise import geometric_sigmas
 
 
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 32), (1, 8)])
@@ -82,13 +82,49 @@ def test_bad_sigma_ladders_raise(sigmas):
 
 def test_score_maps_sigma_to_its_level():
     torch.manual_seed(0)
-    model = NCSN(ngf=4, sigmas=default_sigmas(5.0, 0.01, 6))
+    model = NCSN(ngf=4, sigmas=geometric_sigmas(5.0, 0.01, 6))
     x = torch.rand(3, 1, 8, 8)
     for i, sigma in enumerate(model.sigmas.tolist()):
-        assert model.level(sigma) == i
         torch.testing.assert_close(model.score(x, sigma), model(x, torch.full((3,), i)))
+    levels = model.sigmas[[5, 0, 2]]  # one level per image
+    torch.testing.assert_close(model.score(x, levels), model(x, torch.tensor([5, 0, 2])))
     with pytest.raises(ValueError, match="sigma must be one of"):
         model.score(x, 0.5)
+    with pytest.raises(ValueError, match="x must have shape"):
+        model.score(torch.rand(3, 1, 6, 6), 5.0)
+
+
+def _golden_output() -> torch.Tensor:
+    """CondRefineNetDilated on fixed weights and input, in float64: (3, 1, 8, 8).
+
+    Every parameter is drawn from one seeded generator (scaled by 1/sqrt(fan-in)), so the
+    output depends on the architecture's computation only, not on torch's initialisers.
+    """
+    net = CondRefineNetDilated(channels=1, image_size=8, ngf=8, num_classes=3).double()
+    generator = torch.Generator().manual_seed(2019)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            fan_in = parameter[0].numel() if parameter.ndim > 1 else 1
+            parameter.copy_(torch.randn(parameter.shape, generator=generator,
+                                        dtype=torch.float64) / fan_in**0.5)
+        x = torch.rand(3, 1, 8, 8, generator=generator, dtype=torch.float64)
+        return net(x, torch.tensor([0, 1, 2]))
+
+
+def test_golden_output_of_cond_refine_net_dilated():
+    # Stored from this implementation (torch 2.13, CPU): a change to any block, the norm,
+    # the order of the stages or the use of the labels changes these numbers.
+    out = _golden_output()
+    stats = torch.stack([out.mean(), out.std(), out.abs().max()])
+    torch.testing.assert_close(stats, torch.tensor([-0.5605948700, 0.2069701788, 1.1347842779],
+                                                   dtype=torch.float64), rtol=1e-8, atol=1e-9)
+    per_label = torch.stack([out.flatten(1).mean(1), out.flatten(1).std(1)], dim=1)  # (3, 2)
+    expected = torch.tensor([[-0.6167932708, 0.2357120532], [-0.4296468227, 0.1677926339],
+                             [-0.6353445165, 0.1408941269]], dtype=torch.float64)
+    torch.testing.assert_close(per_label, expected, rtol=1e-8, atol=1e-9)
+    corner = torch.tensor([-0.7704205093, -0.5427650492, -0.8439935436, -0.3252945495],
+                          dtype=torch.float64)
+    torch.testing.assert_close(out[0, 0, 0, :4], corner, rtol=1e-8, atol=1e-9)
 
 
 def test_default_ladder_is_the_papers():

@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from scorelab.ncsn import NCSN, CheckpointError, checkpoints, load_pretrained, pretrained_info
+from scorelab.ncsn import NCSN, CheckpointError, checkpoints, digits_quality, load_pretrained, pretrained_info
+from scorelab.ncsn.quality import missed_thresholds
 
 
 def test_shipped_checkpoint_is_small_and_its_record_matches_the_file():
@@ -17,12 +18,32 @@ def test_shipped_checkpoint_is_small_and_its_record_matches_the_file():
     assert "seed" in info and "wall_time_s" in info and "hardware" in info
 
 
-def test_shipped_checkpoint_loads_and_samples_digit_shaped_images():
+def test_shipped_checkpoint_loads_with_its_recorded_settings():
+    model, info = load_pretrained("digits"), pretrained_info("digits")
+    assert isinstance(model, NCSN) and model.config() == info["config"]
+    assert (model.step_size, model.n_steps_each) == (info["sampling"]["step_size"],
+                                                     info["sampling"]["n_steps_each"])
+    assert not model.training
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_meets_the_chapters_quality_thresholds():
+    """200 samples at the recorded settings: digits a classifier is confident about, every
+    class present, close to the test digits (an untrained network fails all three)."""
     model = load_pretrained("digits")
-    assert isinstance(model, NCSN) and model.config() == pretrained_info("digits")["config"]
-    images = model.sample(6, generator=torch.Generator().manual_seed(0), n_steps_each=2)
-    assert images.shape == (6, 1, 8, 8)
-    assert images.min() >= 0 and images.max() <= 1 and images.std() > 0.05
+    samples = model.sample(200, generator=torch.Generator().manual_seed(0))
+    report = digits_quality(samples, generator=torch.Generator().manual_seed(0))
+    assert missed_thresholds(report) == [], report
+
+
+def test_missed_thresholds_names_each_miss():
+    good = {"confident share": (0.6, 0.7), "smallest class share": (0.05, 0.09),
+            "PCA Frechet distance": (0.2, 0.07)}
+    assert missed_thresholds(good) == []
+    bad = {"confident share": (0.5, 0.7), "smallest class share": (0.0, 0.09),
+           "PCA Frechet distance": (0.9, 0.07)}
+    missed = missed_thresholds(bad)
+    assert [m.split(" ")[0] for m in missed] == ["confident", "smallest", "PCA"]
 
 
 def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):

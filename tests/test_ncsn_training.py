@@ -2,12 +2,13 @@
 
 import torch
 
-from scorelab.ncsn import NCSN, default_sigmas, train_NCSN
+from scorelab.ncsn import NCSN, train_NCSN
+from scorelab.noise import geometric_sigmas
 
 
 def _model(seed=0, ngf=4, n_steps_each=100):
     torch.manual_seed(seed)
-    return NCSN(ngf=ngf, sigmas=default_sigmas(1.0, 0.05, 4), n_steps_each=n_steps_each)
+    return NCSN(ngf=ngf, sigmas=geometric_sigmas(1.0, 0.05, 4), n_steps_each=n_steps_each)
 
 
 def test_loss_equals_hand_computation():
@@ -76,7 +77,7 @@ def test_samples_are_images_on_the_data_scale_and_grids_are_figures():
     import matplotlib
 
     matplotlib.use("Agg")
-    from scorelab.ncsn import image_samples
+    from scorelab.plotting import image_samples
 
     model = _model()
     images, path = model.sample(5, generator=torch.Generator().manual_seed(0), n_steps_each=3, snapshots=True)

@@ -80,7 +80,23 @@ def test_bad_labels_and_sigmas_are_refused():
         model(torch.zeros(2, 2), torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="labels must be a LongTensor"):
         model(torch.zeros(2, 2), torch.tensor([0.0, 1.0]))
-    with pytest.raises(ValueError, match="sigmas must hold 3 positive"):
+    with pytest.raises(ValueError, match="sigmas must hold n_levels = 3 noise levels, got 2"):
         NoiseConditionalNetwork(n_levels=3, sigmas=torch.tensor([1.0, 0.5]))
-    with pytest.raises(ValueError, match="sigmas must hold 3 positive"):
+    with pytest.raises(ValueError, match="sigmas must be positive"):
         NoiseConditionalNetwork(n_levels=3, sigmas=torch.tensor([1.0, 0.5, 0.0]))
+    with pytest.raises(ValueError, match="sigmas must be strictly decreasing"):
+        NoiseConditionalNetwork(n_levels=3, sigmas=torch.tensor([1.0, 2.0, 0.5]))
+
+
+def test_score_is_the_network_at_the_level_of_sigma():
+    torch.manual_seed(0)
+    sigmas = torch.tensor([4.0, 2.0, 1.0])
+    model = NoiseConditionalNetwork(input_dim=2, n_levels=3, hidden_dims=(8,), sigmas=sigmas)
+    x = torch.randn(4, 2)
+    torch.testing.assert_close(model.score(x, 2.0), model(x, torch.full((4,), 1)))
+    per_example = model.score(x, torch.tensor([4.0, 1.0, 2.0, 4.0]))
+    torch.testing.assert_close(per_example, model(x, torch.tensor([0, 2, 1, 0])))
+    with pytest.raises(ValueError, match="sigma must be one of the model's noise levels"):
+        model.score(x, 3.0)
+    with pytest.raises(ValueError, match="sigmas must be given"):
+        NoiseConditionalNetwork(input_dim=2, n_levels=3).score(x, 1.0)

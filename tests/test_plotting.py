@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.animation import FuncAnimation
+from matplotlib.collections import PathCollection
+from matplotlib.quiver import Quiver
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.animation import FuncAnimation  # noqa: E402
-from matplotlib.collections import PathCollection  # noqa: E402
-from matplotlib.quiver import Quiver  # noqa: E402
-
-from scorelab import plotting  # noqa: E402
+from scorelab import plotting
 
 
 class StandardGaussian:

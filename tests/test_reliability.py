@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from scorelab import langevin, metrics, nets, training
 from scorelab.densities import Banana, GaussianMixture, ncsn_toy_mixture
-from scorelab.langevin import annealed_langevin_dynamics, geometric_sigmas, langevin_dynamics, mala
+from scorelab.langevin import annealed_langevin_dynamics, langevin_dynamics, mala
+from scorelab.noise import geometric_sigmas
 
 NAN_POINTS = torch.tensor([[0.0, 0.0], [float("nan"), 1.0]])
 META_POINTS = torch.zeros(3, 2, device="meta")
@@ -202,9 +203,9 @@ BAD_SAMPLER_ARGUMENTS = {
     "x0 inf": ({"x0": torch.tensor([[math.inf, 0.0]])}, "x0 must contain only finite values"),
     "x0 meta": ({"x0": META_POINTS}, "x0 must hold values on a real device"),
     "x0 integer": ({"x0": INT_POINTS}, "x0 must be a floating-point tensor"),
-    "x0 no batch": ({"x0": torch.zeros(3)}, r"x0 must have shape \(N, \*D\)"),
-    "x0 empty": ({"x0": torch.zeros(0, 2)}, r"x0 must have shape \(N, \*D\)"),
-    "x0 list": ({"x0": [[0.0, 0.0]]}, "x0 must be a torch.Tensor"),
+    "x0 no batch": ({"x0": torch.zeros(3)}, r"x0 must be a non-empty tensor of shape \(N, \*D\)"),
+    "x0 empty": ({"x0": torch.zeros(0, 2)}, r"x0 must be a non-empty tensor of shape \(N, \*D\)"),
+    "x0 list": ({"x0": [[0.0, 0.0]]}, r"x0 must be a non-empty tensor of shape \(N, \*D\), got list"),
     "step zero": ({"step_size": 0.0}, "step_size must be a positive"),
     "step NaN": ({"step_size": math.nan}, "step_size must be a positive"),
     "step string": ({"step_size": "a"}, "step_size must be a positive"),
@@ -431,12 +432,13 @@ def test_nets_training_metrics_reject_bad_input(case):
 _KILLED_WRITER = """
 import io, os, signal, sys
 import torch
-from scorelab.ncsn import NCSN, default_sigmas, train_NCSN
+from scorelab.ncsn import NCSN, train_NCSN
+from scorelab.noise import geometric_sigmas
 from scorelab.ncsn import checkpoints
 
 out = sys.argv[1]
 torch.manual_seed(0)
-model = NCSN(ngf=2, sigmas=default_sigmas(1.0, 0.1, 3))
+model = NCSN(ngf=2, sigmas=geometric_sigmas(1.0, 0.1, 3))
 train_NCSN(model, torch.rand(16, 1, 8, 8), n_steps=4, batch_size=4, out_dir=out,
            checkpoint_every=2, progress=False)
 real_save = torch.save

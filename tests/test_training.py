@@ -11,6 +11,7 @@ from scorelab.metrics import fisher_divergence
 from scorelab.nets import BasicNetwork, NoiseConditionalNetwork
 from scorelab.training import (
     AnnealedDenoisingScoreMatching,
+    Batches,
     DenoisingScoreMatching,
     ExactScoreMatching,
     SlicedScoreMatching,
@@ -20,8 +21,6 @@ from scorelab.training import (
     exact_score_matching_loss,
     sliced_score_matching_loss,
 )
-
-torch.set_default_dtype(torch.float32)
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -254,10 +253,22 @@ def test_train_is_reproducible_and_calls_back():
     assert calls == list(enumerate(first))
 
 
+class RecordingDSM(DenoisingScoreMatching):
+    """DSM that keeps every batch its loss sees."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches = []
+
+    def per_example_loss(self, x, generator=None):
+        self.batches.append(x.clone())
+        return super().per_example_loss(x, generator)
+
+
 def test_train_takes_a_sampler_and_batches_without_replacement():
-    model = BasicNetwork(input_dim=2, hidden_dims=(8,))
-    trainer = DenoisingScoreMatching(model, sigma=0.5)
+    trainer = RecordingDSM(BasicNetwork(input_dim=2, hidden_dims=(8,)), sigma=0.5)
     seen = []
+
     def sampler(n):
         seen.append(n)
         return torch.zeros(n, 2)
@@ -265,17 +276,55 @@ def test_train_takes_a_sampler_and_batches_without_replacement():
     history = trainer.train(sampler, n_steps=3, batch_size=7, progress=False)
     assert seen == [7, 7, 7] and len(history) == 3
     data = torch.arange(20.0).reshape(10, 2)
-    batches = []
-    original_step = trainer.step
+    trainer.batches.clear()
+    trainer.train(data, n_steps=4, batch_size=5, replacement=False, progress=False)
+    # Four batches, two passes: each example exactly once in each pass.
+    first, second = torch.cat(trainer.batches[:2]), torch.cat(trainer.batches[2:])
+    assert sorted(first[:, 0].tolist()) == sorted(second[:, 0].tolist()) == data[:, 0].tolist()
+    assert not torch.equal(first, second)  # a new permutation for the second pass
 
-    def recording_step(x, generator=None):
-        batches.append(x)
-        return original_step(x, generator=generator)
 
-    trainer.step = recording_step
-    trainer.train(data, n_steps=2, batch_size=5, replacement=False, progress=False)
-    # Two batches of one pass: each example exactly once.
-    assert sorted(torch.cat(batches)[:, 0].tolist()) == data[:, 0].tolist()
+def test_shuffled_passes_resume_where_they_stopped():
+    data = torch.arange(30.0).reshape(15, 2)
+    straight = Batches(data, 4, replacement=False, generator=seeded(3))
+    expected = [next(straight) for _ in range(9)]  # 3 passes of 3 batches (3 examples dropped)
+    interrupted = Batches(data, 4, replacement=False, generator=seeded(3))
+    first = [next(interrupted) for _ in range(4)]
+    state, generator_state = interrupted.state_dict(), interrupted.generator.get_state()
+    resumed = Batches(data, 4, replacement=False, generator=seeded(99))
+    resumed.load_state_dict(state)
+    resumed.generator.set_state(generator_state)
+    rest = [next(resumed) for _ in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(first + rest, expected))
+
+
+def test_batches_with_replacement_draw_uniform_indices():
+    data = torch.arange(10.0).reshape(10, 1).expand(10, 2).contiguous()
+    batches = Batches(data, 1000, generator=seeded(0))
+    counts = torch.bincount(next(batches)[:, 0].long(), minlength=10).float()
+    # Each count is Binomial(1000, 0.1): standard deviation 9.5.
+    assert (counts - 100).abs().max() < 4 * 9.5
+
+
+def test_ema_weights_follow_the_recurrence_and_can_replace_the_model():
+    torch.manual_seed(0)
+    model = BasicNetwork(input_dim=2, hidden_dims=(8,))
+    trainer = DenoisingScoreMatching(model, sigma=0.5, ema_rate=0.8)
+    average = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def record(step, loss):
+        for key, value in model.state_dict().items():
+            average[key] = 0.8 * average[key] + 0.2 * value
+
+    trainer.train(MIXTURE.sample(64, generator=seeded(1)), n_steps=4, batch_size=16,
+                  generator=seeded(2), callback=record, progress=False)
+    raw = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.use_ema_weights()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, average[key])
+        assert not torch.equal(value, raw[key])
+    with pytest.raises(ValueError, match="ema_rate must be in"):
+        DenoisingScoreMatching(model, sigma=0.5, ema_rate=1.0)
 
 
 def test_step_returns_the_loss_before_the_update():
@@ -312,7 +361,7 @@ class WrongShape(nn.Module):
     ],
 )
 def test_a_model_of_the_wrong_output_shape_is_refused(make_trainer):
-    with pytest.raises(ValueError, match="model must return a score of the input's shape"):
+    with pytest.raises(ValueError, match="model must return a tensor of the input's shape"):
         make_trainer(WrongShape()).loss(torch.zeros(4, 2))
 
 

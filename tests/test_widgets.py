@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import ipywidgets
-import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-
-from scorelab import widgets  # noqa: E402
+from scorelab import widgets
+from scorelab.densities import GaussianMixture
+from scorelab.langevin import langevin_dynamics
+from scorelab.metrics import mode_weights
 
 EXPLORERS = {
     widgets.mixture_explorer: {"weight", "separation"},
@@ -60,11 +60,18 @@ def test_two_mode_mixture_geometry():
 
 
 @pytest.mark.parametrize("step_size, n_steps", [(0.001, 1), (0.05, 50), (0.5, 100)])
-def test_draw_langevin(step_size, n_steps):
+def test_draw_langevin_reports_the_share_of_its_particles(step_size, n_steps):
     ax = widgets.draw_langevin(plt.figure().add_subplot(), step_size, n_steps, n_particles=200)
     share = float(ax.get_title().split("\n")[1].split()[0])
-    assert 0.0 <= share <= 1.0
-    assert ax.collections  # the particles
+    # The same run by hand: the start near (3.5, -3.5), the chapter's 0.7/0.3 mixture.
+    mixture = GaussianMixture(torch.tensor([0.7, 0.3]), torch.tensor([[-1.2, -0.6], [1.2, 0.6]]),
+                              torch.tensor([0.7, 0.7]))
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.tensor([3.5, -3.5]) + 0.3 * torch.randn(200, 2, generator=generator)
+    x = langevin_dynamics(mixture.score, x0, step_size, n_steps, generator=generator, progress=False)
+    assert share == pytest.approx(float(mode_weights(x, mixture.means)[0]), abs=0.005)
+    points = ax.collections[-1].get_offsets()  # the particles drawn
+    assert points.shape == (200, 2) and abs(points - x.numpy()).max() < 1e-5
 
 
 def test_draw_langevin_mixes_with_enough_steps():

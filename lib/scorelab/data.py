@@ -1,4 +1,4 @@
-"""Data sets of the course: 2-D toys, the 8x8 digits shipped with scikit-learn, MNIST/CIFAR-10.
+"""Data sets of the course: the 8x8 digits shipped with scikit-learn, MNIST and CIFAR-10.
 
 Every loader returns float32 tensors. Images come as (N, C, H, W) on the [0, 1] scale.
 The digits work offline (scikit-learn ships them). MNIST and CIFAR-10 are read from the files
@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from scorelab._validation import check_positive, check_positive_int
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.3
@@ -83,45 +81,6 @@ def load_digits(
     else:
         x = pixels / (DIGITS_GREY_LEVELS - 1)
     return (x, torch.from_numpy(labels)) if return_labels else x
-
-
-def two_moons(n: int, *, noise: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Two interleaved half circles, (n, 2): radius 1, the second shifted by (1, -0.5)."""
-    n = check_positive_int("n", n)
-    check_positive("noise", noise)
-    upper = torch.rand(n, generator=generator) < 0.5
-    angle = torch.rand(n, generator=generator) * math.pi
-    x = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)  # (n, 2)
-    lower = torch.stack([1 - torch.cos(angle), 0.5 - torch.sin(angle)], dim=1)
-    x = torch.where(upper[:, None], x, lower)
-    return x + noise * torch.randn(n, 2, generator=generator)
-
-
-def rings(
-    n: int,
-    *,
-    radii: tuple[float, ...] = (1.0, 2.0),
-    noise: float = 0.05,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Concentric rings, (n, 2): points spread uniformly over the rings, each ring equally likely."""
-    n = check_positive_int("n", n)
-    check_positive("noise", noise)
-    if not radii or any(float(r) <= 0 for r in radii):
-        raise ValueError(f"radii must be a non-empty sequence of positive numbers, got {radii!r}")
-    which = torch.randint(len(radii), (n,), generator=generator)
-    radius = torch.tensor([float(r) for r in radii])[which]  # (n,)
-    angle = torch.rand(n, generator=generator) * 2 * math.pi
-    x = radius[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)  # (n, 2)
-    return x + noise * torch.randn(n, 2, generator=generator)
-
-
-def toy_mixture(n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Samples (n, 2) of the NCSN paper's mixture 0.8 N((5, 5), I) + 0.2 N((-5, -5), I)."""
-    n = check_positive_int("n", n)
-    upper = torch.rand(n, generator=generator) < 0.8
-    centres = torch.where(upper[:, None], torch.tensor([5.0, 5.0]), torch.tensor([-5.0, -5.0]))
-    return centres + torch.randn(n, 2, generator=generator)
 
 
 # The on-disk layouts that torchvision's MNIST and CIFAR10 classes download to and read from.

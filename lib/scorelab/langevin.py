@@ -22,67 +22,20 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from scorelab._tensors import sum_except_batch
-from scorelab._validation import (check_generator, check_positive, check_positive_int,
-                                  check_score_shape, check_values)
+from scorelab._tensors import broadcast_like, sum_except_batch
+from scorelab._validation import (check_batch, check_generator, check_positive, check_positive_int,
+                                  check_score_shape)
+from scorelab.noise import check_sigmas, geometric_sigmas  # noqa: F401 (its earlier home)
+from scorelab.scores import ScoreFn as NoiseConditionalScoreFn
 
-__all__ = ["geometric_sigmas", "langevin_dynamics", "annealed_langevin_dynamics", "mala",
-           "trajectory_bytes", "TRAJECTORY_WARNING_BYTES"]
+__all__ = ["langevin_dynamics", "annealed_langevin_dynamics", "mala", "trajectory_bytes",
+           "TRAJECTORY_WARNING_BYTES"]
 
 #: A recorded trajectory larger than this (bytes) triggers a warning before sampling starts.
 TRAJECTORY_WARNING_BYTES = 512 * 2**20
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
-NoiseConditionalScoreFn = Callable[[torch.Tensor, float], torch.Tensor]
 LogProbFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def geometric_sigmas(sigma_max: float, sigma_min: float, n_levels: int) -> torch.Tensor:
-    """Noise levels in geometric progression from ``sigma_max`` down to ``sigma_min``, shape (L,).
-
-    Song & Ermon (2019, Section 4.1) choose sigma_1 / sigma_2 = ... = sigma_{L-1} / sigma_L > 1.
-    """
-    sigma_max = check_positive("sigma_max", sigma_max)
-    sigma_min = check_positive("sigma_min", sigma_min)
-    n_levels = check_positive_int("n_levels", n_levels)
-    if n_levels == 1:
-        return torch.tensor([sigma_max])
-    if sigma_min >= sigma_max:
-        raise ValueError(
-            f"sigma_min must be smaller than sigma_max, got {sigma_min} >= {sigma_max}"
-        )
-    exponents = (math.log10(sigma_max), math.log10(sigma_min))
-    return torch.logspace(*exponents, n_levels, dtype=torch.float64).float()
-
-
-def _check_x0(x0) -> torch.Tensor:
-    if not isinstance(x0, torch.Tensor):
-        raise ValueError(f"x0 must be a torch.Tensor of shape (N, *D), got {type(x0).__name__}")
-    if x0.ndim < 2 or x0.shape[0] == 0:
-        raise ValueError(
-            "x0 must have shape (N, *D) with a batch dimension of N >= 1 particles, "
-            f"got shape {tuple(x0.shape)}"
-        )
-    if not x0.is_floating_point():
-        raise ValueError(f"x0 must be a floating-point tensor, got dtype {x0.dtype}")
-    return check_values("x0", x0)
-
-
-def _check_sigmas(sigmas) -> list[float]:
-    try:
-        tensor = torch.as_tensor(sigmas, dtype=torch.float64, device="cpu")
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"sigmas must be a sequence of positive numbers, got {sigmas!r}") from None
-    if tensor.ndim > 1:
-        raise ValueError(f"sigmas must have shape (L,), got shape {tuple(tensor.shape)}")
-    values = tensor.reshape(-1).tolist()
-    if len(values) == 0:
-        raise ValueError("sigmas must hold at least one noise level")
-    if not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"sigmas must be positive finite numbers, got {values}")
-    if any(later >= earlier for earlier, later in zip(values, values[1:])):
-        raise ValueError(f"sigmas must be strictly decreasing (largest noise first), got {values}")
-    return values
 
 
 def trajectory_bytes(x0: torch.Tensor, n_steps: int, record_every: int = 1, extra: int = 0) -> int:
@@ -175,70 +128,69 @@ class _RandomSource:
         return self.buffer.copy_(self.host.uniform_(generator=self.generator))
 
 
-def _langevin_steps(
-    score_fn: ScoreFn,
-    x: torch.Tensor,
-    step_size: float,
-    n_steps: int,
-    *,
-    noise: _RandomSource,
-    recorder: _Recorder | None,
-    bar,
-    first_step: int,
-    check_every: int,
-    what: str,
-) -> torch.Tensor:
-    """Run ``n_steps`` updates x <- x + (a/2) s(x) + sqrt(a) z in place on ``x`` ``(N, *D)``."""
-    half_step, noise_scale = 0.5 * step_size, math.sqrt(step_size)
-    for i in range(n_steps):
-        step = first_step + i + 1
-        score = score_fn(x)
-        if step == 1:
-            _check_score(score, x)
+class _Chain:
+    """The particles of one sampler run, and what goes with them at every step.
+
+    Checks and copies ``x0`` (the run's particles ``x`` are updated in place), draws the
+    Gaussian noise, records the trajectory, shows progress, checks the first score's
+    shape and, every ``check_every`` steps and at the end, that the particles are finite.
+    """
+
+    def __init__(self, x0, n_steps: int, *, generator, return_trajectory: bool, record_every,
+                 progress: bool, check_every, description: str, extra_frames: int = 0) -> None:
+        self.x = check_batch("x0", x0).detach().clone()
+        check_generator(generator)
+        self.check_every = check_positive_int("check_every", check_every)
+        record_every = check_positive_int("record_every", record_every)
+        self.recorder = None
+        if return_trajectory:
+            self.recorder = _Recorder(self.x, n_steps, record_every, extra_frames)
+            description = f"{description} (keeping {_format_bytes(self.recorder.n_bytes)})"
+        self.noise = _RandomSource(self.x, generator)
+        self.bar = tqdm(total=n_steps, desc=description, leave=False) if progress else None
+        self.steps = 0
+
+    def langevin_step(self, score: torch.Tensor, step_size: float, what: str) -> None:
+        """x <- x + (step_size / 2) score + sqrt(step_size) z, in place, then :meth:`done`."""
+        if self.steps == 0:
+            _check_score(score, self.x)
         # Refilling one noise buffer and updating x in place keeps the loop free of allocations.
-        x.add_(score, alpha=half_step).add_(noise.normal(), alpha=noise_scale)
-        if step % check_every == 0:
-            _check_finite(x, step, step_size, what)
-        if recorder is not None:
-            recorder.step(step, x)
-        if bar is not None:
-            bar.update(1)
-    return x
+        self.x.add_(score, alpha=0.5 * step_size).add_(self.noise.normal(),
+                                                      alpha=math.sqrt(step_size))
+        self.done(step_size, what)
 
+    def done(self, step_size: float, what: str) -> None:
+        """Count a step; check the particles every ``check_every`` steps; record; progress."""
+        self.steps += 1
+        if self.steps % self.check_every == 0:
+            _check_finite(self.x, self.steps, step_size, what)
+        if self.recorder is not None:
+            self.recorder.step(self.steps, self.x)
+        if self.bar is not None:
+            self.bar.update(1)
 
-def _prepare(
-    x0,
-    n_steps: int,
-    return_trajectory: bool,
-    record_every,
-    progress: bool,
-    description: str,
-    generator: torch.Generator | None,
-    extra_frames: int = 0,
-):
-    """Copy x0, and make the noise source, the trajectory recorder and the progress bar."""
-    x = _check_x0(x0).detach().clone()
-    check_generator(generator)
-    record_every = check_positive_int("record_every", record_every)
-    recorder = _Recorder(x, n_steps, record_every, extra_frames) if return_trajectory else None
-    if recorder is not None:
-        description = f"{description} (keeping {_format_bytes(recorder.n_bytes)})"
-    bar = tqdm(total=n_steps, desc=description, leave=False) if progress else None
-    return x, _RandomSource(x, generator), recorder, bar
+    def result(self, step_size: float, what: str, *extra):
+        """Close the bar, check the final particles; x (or x, *extra, trajectory)."""
+        if self.bar is not None:
+            self.bar.close()
+        _check_finite(self.x, self.steps, step_size, what)
+        if self.recorder is None:
+            return (self.x, *extra) if extra else self.x
+        return (self.x, *extra, self.recorder.frames)
+
+    def __enter__(self) -> _Chain:
+        return self
+
+    def __exit__(self, *error) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @torch.no_grad()
 def langevin_dynamics(
-    score_fn: ScoreFn,
-    x0: torch.Tensor,
-    step_size: float,
-    n_steps: int,
-    *,
-    generator: torch.Generator | None = None,
-    return_trajectory: bool = False,
-    record_every: int = 1,
-    progress: bool = True,
-    check_every: int = 25,
+    score_fn: ScoreFn, x0: torch.Tensor, step_size: float, n_steps: int, *,
+    generator: torch.Generator | None = None, return_trajectory: bool = False,
+    record_every: int = 1, progress: bool = True, check_every: int = 25,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Unadjusted Langevin dynamics with a known score (Song & Ermon, 2019, Eq. 2).
 
@@ -280,36 +232,20 @@ def langevin_dynamics(
     """
     step_size = check_positive("step_size", step_size)
     n_steps = check_positive_int("n_steps", n_steps)
-    check_every = check_positive_int("check_every", check_every)
-    x, noise, recorder, bar = _prepare(
-        x0, n_steps, return_trajectory, record_every, progress, "Langevin", generator
-    )
-    try:
-        _langevin_steps(
-            score_fn, x, step_size, n_steps, noise=noise, recorder=recorder,
-            bar=bar, first_step=0, check_every=check_every, what="Langevin dynamics",
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    _check_finite(x, n_steps, step_size, "Langevin dynamics")
-    return (x, recorder.frames) if recorder is not None else x
+    with _Chain(x0, n_steps, generator=generator, return_trajectory=return_trajectory,
+                record_every=record_every, progress=progress, check_every=check_every,
+                description="Langevin") as chain:
+        for _ in range(n_steps):
+            chain.langevin_step(score_fn(chain.x), step_size, "Langevin dynamics")
+    return chain.result(step_size, "Langevin dynamics")
 
 
 @torch.no_grad()
 def annealed_langevin_dynamics(
-    score_fn: NoiseConditionalScoreFn,
-    x0: torch.Tensor,
-    sigmas: Sequence[float] | torch.Tensor,
-    step_size: float,
-    n_steps_each: int,
-    *,
-    generator: torch.Generator | None = None,
-    return_trajectory: bool = False,
-    record_every: int = 1,
-    progress: bool = True,
-    denoise: bool = False,
-    check_every: int = 25,
+    score_fn: NoiseConditionalScoreFn, x0: torch.Tensor, sigmas: Sequence[float] | torch.Tensor,
+    step_size: float, n_steps_each: int, *, generator: torch.Generator | None = None,
+    return_trajectory: bool = False, record_every: int = 1, progress: bool = True,
+    denoise: bool = False, check_every: int = 25,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     r"""Annealed Langevin dynamics (Song & Ermon, 2019, Algorithm 1).
 
@@ -320,16 +256,14 @@ def annealed_langevin_dynamics(
     Parameters
     ----------
     score_fn : callable
-        ``score_fn(x, sigma)`` returns the score of the density perturbed at noise level
-        ``sigma`` (a Python float), a tensor of ``x``'s shape ``(N, *D)``.
+        The score contract (:mod:`scorelab.scores`): ``score_fn(x, sigma)``, here called with
+        ``sigma`` a Python float, returns the score of p_sigma at ``x`` ``(N, *D)``.
     x0 : Tensor, shape ``(N, *D)``
         Initial particles (left unchanged), e.g. uniform noise.
     sigmas : sequence of float or Tensor, shape (L,)
-        Strictly decreasing, positive noise levels.
-    step_size : float
-        The base step epsilon > 0, used as is at the last level.
-    n_steps_each : int
-        Steps per level (T), >= 1.
+        Strictly decreasing, positive noise levels (:func:`scorelab.noise.check_sigmas`).
+    step_size, n_steps_each : float, int
+        The base step epsilon > 0, used as is at the last level; steps per level T >= 1.
     generator, return_trajectory, record_every, progress, check_every
         As in :func:`langevin_dynamics`; steps are counted across levels, so the
         trajectory has shape ``(1 + L * T // record_every, N, *D)``.
@@ -342,52 +276,33 @@ def annealed_langevin_dynamics(
     -------
     Tensor, shape ``(N, *D)``, or (Tensor, Tensor) with the trajectory.
     """
-    levels = _check_sigmas(sigmas)
-    step_size = check_positive("step_size", step_size)
+    sigmas = check_sigmas(sigmas).tolist()
+    epsilon = check_positive("step_size", step_size)
     n_steps_each = check_positive_int("n_steps_each", n_steps_each)
-    check_every = check_positive_int("check_every", check_every)
-    total = len(levels) * n_steps_each
-    x, noise, recorder, bar = _prepare(
-        x0, total, return_trajectory, record_every, progress, "annealed Langevin", generator,
-        extra_frames=int(denoise),
-    )
-    sigma_last = levels[-1]
-    try:
-        for index, sigma in enumerate(levels):
-            level_step = step_size * (sigma / sigma_last) ** 2
-            # Bind the level once, so the inner loop sees a plain score_fn(x).
-            level_score = lambda z, sigma=sigma: score_fn(z, sigma)  # noqa: E731
+    with _Chain(x0, len(sigmas) * n_steps_each, generator=generator, extra_frames=int(denoise),
+                return_trajectory=return_trajectory, record_every=record_every,
+                progress=progress, check_every=check_every,
+                description="annealed Langevin") as chain:
+        x, sigma_last = chain.x, sigmas[-1]
+        for sigma in sigmas:  # Algorithm 1: for i = 1..L
+            alpha = epsilon * (sigma / sigma_last) ** 2  # alpha_i = eps sigma_i^2 / sigma_L^2
             what = f"Annealed Langevin dynamics (level sigma={sigma:.3g})"
-            _langevin_steps(
-                level_score, x, level_step, n_steps_each, noise=noise,
-                recorder=recorder, bar=bar, first_step=index * n_steps_each,
-                check_every=check_every, what=what,
-            )
-            _check_finite(x, (index + 1) * n_steps_each, level_step, what)
-    finally:
-        if bar is not None:
-            bar.close()
-    if denoise:
-        x.add_(score_fn(x, sigma_last), alpha=sigma_last**2)
-        _check_finite(x, total, step_size, "The final denoising step")
-        if recorder is not None:
-            recorder.append(x)
-    return (x, recorder.frames) if recorder is not None else x
+            for _ in range(n_steps_each):  # for t = 1..T
+                # x_t = x_{t-1} + alpha_i/2 s(x_{t-1}, sigma_i) + sqrt(alpha_i) z_t
+                chain.langevin_step(score_fn(x, sigma), alpha, what)
+            _check_finite(x, chain.steps, alpha, what)
+        if denoise:  # Tweedie: x + sigma_L^2 s(x, sigma_L), the mean of the clean sample
+            x.add_(score_fn(x, sigma_last), alpha=sigma_last**2)
+            if chain.recorder is not None:
+                chain.recorder.append(x)
+    return chain.result(epsilon, "The final denoising step" if denoise else what)
 
 
 @torch.no_grad()
 def mala(
-    log_prob_fn: LogProbFn,
-    score_fn: ScoreFn,
-    x0: torch.Tensor,
-    step_size: float,
-    n_steps: int,
-    *,
-    generator: torch.Generator | None = None,
-    return_trajectory: bool = False,
-    record_every: int = 1,
-    progress: bool = True,
-    check_every: int = 25,
+    log_prob_fn: LogProbFn, score_fn: ScoreFn, x0: torch.Tensor, step_size: float, n_steps: int,
+    *, generator: torch.Generator | None = None, return_trajectory: bool = False,
+    record_every: int = 1, progress: bool = True, check_every: int = 25,
 ) -> tuple[torch.Tensor, float] | tuple[torch.Tensor, float, torch.Tensor]:
     r"""Metropolis-adjusted Langevin algorithm (Roberts & Tweedie, 1996).
 
@@ -413,11 +328,23 @@ def mala(
     """
     step_size = check_positive("step_size", step_size)
     n_steps = check_positive_int("n_steps", n_steps)
-    check_every = check_positive_int("check_every", check_every)
-    x, noise, recorder, bar = _prepare(
-        x0, n_steps, return_trajectory, record_every, progress, "MALA", generator
-    )
-    half_step, noise_scale = 0.5 * step_size, math.sqrt(step_size)
+    with _Chain(x0, n_steps, generator=generator, return_trajectory=return_trajectory,
+                record_every=record_every, progress=progress, check_every=check_every,
+                description="MALA") as chain:
+        state = _mala_start(log_prob_fn, score_fn, chain.x)  # (x, log p(x), s(x))
+        uniform, accepted = _RandomSource(state[1], generator), 0
+        for _ in range(n_steps):
+            state, accept = _mala_step(log_prob_fn, score_fn, state, step_size,
+                                       chain.noise.normal(), uniform.uniform())
+            chain.x = state[0]
+            accepted += accept.sum()
+            chain.done(step_size, "MALA")
+    rate = float(accepted) / (n_steps * chain.x.shape[0])
+    return chain.result(step_size, "MALA", rate)
+
+
+def _mala_start(log_prob_fn: LogProbFn, score_fn: ScoreFn, x: torch.Tensor):
+    """The chain's state at x0, ``(x, log p(x) (N,), s(x) (N, *D))``, its outputs checked."""
     log_p, score = log_prob_fn(x), score_fn(x)
     _check_score(score, x)
     # A NaN proposal is always rejected, so a NaN score would stall the chain without a sign.
@@ -426,34 +353,21 @@ def mala(
     if not isinstance(log_p, torch.Tensor) or log_p.shape != x.shape[:1]:
         got = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
         raise ValueError(f"log_prob_fn must return a tensor of shape ({x.shape[0]},), got {got}")
-    accepted = torch.zeros((), dtype=torch.float64, device=x.device)
-    uniform = _RandomSource(log_p, generator)
-    try:
-        for step in range(1, n_steps + 1):
-            z = noise.normal()
-            proposal = x + half_step * score + noise_scale * z
-            log_p_new, score_new = log_prob_fn(proposal), score_fn(proposal)
-            # log q(x | y) - log q(y | x); the forward residual is exactly sqrt(alpha) z.
-            backward = x - proposal - half_step * score_new
-            log_ratio = (log_p_new - log_p
-                         - sum_except_batch(backward.square()) / (2.0 * step_size)
-                         + 0.5 * sum_except_batch(z.square()))
-            # A NaN ratio (a proposal at inf) compares False, so it is rejected, never accepted.
-            accept = uniform.uniform().log() < log_ratio  # (N,)
-            mask = accept.reshape(-1, *([1] * (x.ndim - 1)))  # (N, 1, ..., 1)
-            x = torch.where(mask, proposal, x)
-            score = torch.where(mask, score_new, score)
-            log_p = torch.where(accept, log_p_new, log_p)
-            accepted += accept.sum()
-            if step % check_every == 0:
-                _check_finite(x, step, step_size, "MALA")
-            if recorder is not None:
-                recorder.step(step, x)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    _check_finite(x, n_steps, step_size, "MALA")
-    rate = float(accepted) / (n_steps * x.shape[0])
-    return (x, rate, recorder.frames) if recorder is not None else (x, rate)
+    return x.clone(), log_p, score
+
+
+def _mala_step(log_prob_fn, score_fn, state, step_size: float, z: torch.Tensor, u: torch.Tensor):
+    """One Metropolis-adjusted step from ``state``; the new state and the accepted mask (N,)."""
+    x, log_p, score = state
+    proposal = x + 0.5 * step_size * score + math.sqrt(step_size) * z  # y
+    log_p_new, score_new = log_prob_fn(proposal), score_fn(proposal)
+    # log q(x | y) - log q(y | x); the forward residual is exactly sqrt(alpha) z.
+    backward = x - proposal - 0.5 * step_size * score_new
+    log_ratio = (log_p_new - log_p - sum_except_batch(backward.square()) / (2.0 * step_size)
+                 + 0.5 * sum_except_batch(z.square()))
+    # A NaN ratio (a proposal at inf) compares False, so it is rejected, never accepted.
+    accept = u.log() < log_ratio  # (N,)
+    mask = broadcast_like(accept, x)  # (N, 1, ..., 1)
+    new_state = (torch.where(mask, proposal, x), torch.where(accept, log_p_new, log_p),
+                 torch.where(mask, score_new, score))
+    return new_state, accept

@@ -34,7 +34,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from scorelab._validation import check_batch, check_points, check_positive, check_score_shape, check_values
+from scorelab._validation import (check_batch, check_points, check_positive, check_positive_int,
+                                  check_score_shape, check_values)
+from scorelab.scores import sigma_per_example
 
 DIGITS_PIXELS = 64  # 8 x 8
 DIGITS_CLASSES = 10
@@ -46,11 +48,12 @@ DIGITS_CLASSES = 10
 
 
 def fisher_divergence(
-    score_fn: Callable[[torch.Tensor], torch.Tensor],
-    true_score_fn: Callable[[torch.Tensor], torch.Tensor],
+    score_fn: Callable,
+    true_score_fn: Callable,
     x: torch.Tensor,
     relative: bool = False,
     *,
+    sigma=None,
     batch_size: int = 10_000,
 ) -> float:
     """Monte-Carlo Fisher divergence between a model score and a true score.
@@ -62,13 +65,18 @@ def fisher_divergence(
     Parameters
     ----------
     score_fn, true_score_fn : callable
-        ``(N, *D) -> (N, *D)`` score functions (a ``BasicNetwork`` or a density's ``.score``).
+        ``(N, *D) -> (N, *D)`` score functions (a ``BasicNetwork`` or a density's ``.score``);
+        with ``sigma``, noise-conditional ones called as ``score_fn(x, sigma)`` (the score
+        contract of :mod:`scorelab.scores`, e.g. ``mixture.perturbed_score``).
     x : Tensor, shape (N, *D)
         Samples of the distribution under which the divergence is taken. To compare with the
         score of a *perturbed* density (denoising score matching learns that one), pass samples
         of the perturbed density.
     relative : bool
         Divide by the mean squared norm of the true score.
+    sigma : float or Tensor (N,), optional
+        The noise level at which both noise-conditional scores are compared (a float is
+        passed on as a float, a tensor in slices (n,) of its batches).
     batch_size : int
         Points scored at once (memory bound only).
 
@@ -77,10 +85,14 @@ def fisher_divergence(
     float
     """
     x = check_batch("x", x)
+    per_example = sigma_per_example(sigma, x) if sigma is not None else None  # checked (N,)
     error, norm = 0.0, 0.0
-    for chunk in torch.split(x, batch_size):
-        model = check_score_shape("score_fn", score_fn(chunk), chunk).detach()
-        true = check_score_shape("true_score_fn", true_score_fn(chunk), chunk).detach()
+    for start in range(0, x.shape[0], check_positive_int("batch_size", batch_size)):
+        chunk = x[start : start + batch_size]
+        levels = () if sigma is None else (
+            per_example[start : start + batch_size] if isinstance(sigma, torch.Tensor) else sigma,)
+        model = check_score_shape("score_fn", score_fn(chunk, *levels), chunk).detach()
+        true = check_score_shape("true_score_fn", true_score_fn(chunk, *levels), chunk).detach()
         error += float(((model - true) ** 2).reshape(len(chunk), -1).sum(dim=1).sum())
         norm += float((true**2).reshape(len(chunk), -1).sum(dim=1).sum())
     if relative:

@@ -15,6 +15,8 @@ from torch import nn
 
 from scorelab._tensors import broadcast_like
 from scorelab._validation import check_points, check_positive_int, check_values
+from scorelab.noise import check_sigmas
+from scorelab.scores import as_score_fn
 
 ACTIVATIONS = {
     "softplus": nn.Softplus,
@@ -134,7 +136,8 @@ class NoiseConditionalNetwork(nn.Module):
     activation : str
         As in :class:`BasicNetwork`.
     sigmas : Tensor, shape (L,), optional
-        The noise ladder; when given the output is scaled by ``1 / sigmas[labels]``.
+        The decreasing noise ladder; when given the output is scaled by
+        ``1 / sigmas[labels]``, and :meth:`score` maps a noise level to its label.
     """
 
     def __init__(
@@ -156,11 +159,10 @@ class NoiseConditionalNetwork(nn.Module):
         self.activation = _activation(activation)
         self.output = nn.Linear(widths[-1], self.input_dim)
         if sigmas is not None:
-            sigmas = torch.as_tensor(sigmas, dtype=torch.get_default_dtype()).reshape(-1)
-            if len(sigmas) != self.n_levels or not bool((sigmas > 0).all()):
-                raise ValueError(
-                    f"sigmas must hold {self.n_levels} positive noise levels, got {sigmas}"
-                )
+            sigmas = check_sigmas(sigmas).to(torch.get_default_dtype())
+            if len(sigmas) != self.n_levels:
+                raise ValueError(f"sigmas must hold n_levels = {self.n_levels} noise levels, "
+                                 f"got {len(sigmas)}")
             self.register_buffer("sigmas", sigmas)
         else:
             self.sigmas = None
@@ -180,3 +182,13 @@ class NoiseConditionalNetwork(nn.Module):
         if self.sigmas is not None:
             score = score / broadcast_like(self.sigmas[labels], score)
         return score
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """The score contract ``score(x, sigma)``: (N, D), a float or a tensor (N,) -> (N, D).
+
+        ``sigma`` must be levels of the network's ladder (see :func:`scorelab.scores.as_score_fn`).
+        """
+        if self.sigmas is None:
+            raise ValueError("sigmas must be given to NoiseConditionalNetwork(..., sigmas=...) "
+                             "to map a noise level to its label")
+        return as_score_fn(self, self.sigmas)(x, sigma)

@@ -29,6 +29,7 @@ __all__ = [
     "animate_particles",
     "animation_html",
     "image_grid",
+    "image_samples",
 ]
 
 
@@ -162,17 +163,8 @@ def plot_density(
 
 
 def plot_score_field(
-    ax: Axes,
-    score_fn,
-    xlim: Limits,
-    ylim: Limits,
-    *,
-    n_grid: int = 20,
-    normalize: bool = True,
-    cmap: str = "magma",
-    color: str | None = None,
-    colorbar: bool = False,
-    **kwargs,
+    ax: Axes, score_fn, xlim: Limits, ylim: Limits, *, n_grid: int = 20, normalize: bool = True,
+    cmap: str = "magma", color: str | None = None, colorbar: bool = False, **kwargs,
 ) -> Axes:
     """Draw a 2-D score field as arrows.
 
@@ -320,19 +312,10 @@ def _frame_indices(n_recorded: int, max_frames: int) -> np.ndarray:
 
 
 def animate_particles(
-    trajectory,
-    *,
-    density=None,
-    xlim: Limits = (-8.0, 8.0),
-    ylim: Limits = (-8.0, 8.0),
-    frame_titles: Sequence[str] | None = None,
-    max_frames: int = 40,
-    max_particles: int = 500,
-    interval: int = 150,
-    figsize: tuple[float, float] = (4.0, 4.0),
-    dpi: int = 72,
-    n_grid: int = 100,
-    color: str = "white",
+    trajectory, *, density=None, xlim: Limits = (-8.0, 8.0), ylim: Limits = (-8.0, 8.0),
+    frame_titles: Sequence[str] | None = None, max_frames: int = 40, max_particles: int = 500,
+    interval: int = 150, figsize: tuple[float, float] = (4.0, 4.0), dpi: int = 72,
+    n_grid: int = 100, color: str = "white",
 ) -> FuncAnimation:
     """Animate particles moving over a density (for Langevin and annealed Langevin runs).
 
@@ -344,72 +327,68 @@ def animate_particles(
         The background heatmap; a sequence gives one background per recorded state (so an
         annealed run can show the perturbed density of its current noise level).
     frame_titles : sequence of T strings, optional
-        A title per recorded state.
-    max_frames : int
-        At most this many evenly spaced states become frames (the page stays small).
-    max_particles : int
-        Draw only the first ``max_particles`` particles.
-    interval : int
-        Milliseconds between frames.
-    figsize, dpi : figure size in inches and resolution of each frame.
+        A title per recorded state (default "recorded state t").
+    max_frames, max_particles : int
+        At most this many evenly spaced states become frames (the page stays small), and
+        only the first ``max_particles`` particles are drawn.
+    interval, figsize, dpi
+        Milliseconds between frames; figure size in inches and resolution of each frame.
 
     Returns
     -------
-    matplotlib.animation.FuncAnimation
-        Its figure is closed, so a notebook shows only what :func:`animation_html` returns.
+    matplotlib.animation.FuncAnimation, its figure closed (a notebook shows only what
+    :func:`animation_html` returns).
     """
     path = _to_numpy("trajectory", trajectory, ndim=3, last=2)  # (T, N, 2)
     path = path[:, : check_positive_int("max_particles", max_particles)]
     xlim, ylim = _check_limits("xlim", xlim), _check_limits("ylim", ylim)
-    n_recorded = path.shape[0]
-    if frame_titles is not None and len(frame_titles) != n_recorded:
-        raise ValueError(f"frame_titles must have one title per recorded state ({n_recorded}), "
+    if frame_titles is None:
+        frame_titles = [f"recorded state {t}" for t in range(len(path))]
+    if len(frame_titles) != len(path):
+        raise ValueError(f"frame_titles must have one title per recorded state ({len(path)}), "
                          f"got {len(frame_titles)}")
-    per_frame = isinstance(density, Sequence)
-    if per_frame and len(density) != n_recorded:
-        raise ValueError(f"density, when a sequence, must have {n_recorded} entries (one per "
-                         f"recorded state), got {len(density)}")
-    frames = _frame_indices(n_recorded, check_positive_int("max_frames", max_frames))
-
+    frames = _frame_indices(len(path), check_positive_int("max_frames", max_frames))
+    backgrounds = _backgrounds(density, len(path), frames, xlim, ylim, n_grid)  # t -> (G, G)
     fig, ax = plt.subplots(figsize=figsize, dpi=check_positive_int("dpi", dpi))
-    image, backgrounds = None, {}
-    if density is not None:
-        # evaluate each distinct background once: an annealed run shares one per level
-        for t in frames:
-            source = density[t] if per_frame else density
-            key = id(source)
-            if key not in backgrounds:
-                backgrounds[key] = _density_grid(source, xlim, ylim, n_grid, log=False)
-        first = backgrounds[id(density[frames[0]] if per_frame else density)]
-        image = ax.imshow(first, origin="lower", extent=(*xlim, *ylim), cmap="viridis",
-                          aspect="auto")
+    image = ax.imshow(backgrounds[frames[0]], origin="lower", extent=(*xlim, *ylim),
+                      cmap="viridis", aspect="auto") if backgrounds else None
     scatter = ax.scatter(path[0, :, 0], path[0, :, 1], s=4, color=color, alpha=0.7,
                          linewidths=0)
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-    def title_of(t: int) -> str:
-        return frame_titles[t] if frame_titles is not None else f"recorded state {t}"
-
+    ax.set(xlim=xlim, ylim=ylim, xticks=[], yticks=[])
     # the first title is set before tight_layout, so the layout leaves room for it
-    title = ax.set_title(title_of(frames[0]), fontsize=9)
+    title = ax.set_title(frame_titles[frames[0]], fontsize=9)
     fig.tight_layout()
 
     def update(t: int):
         scatter.set_offsets(path[t])
-        if per_frame:
-            grid = backgrounds[id(density[t])]
-            image.set_data(grid)
-            image.set_clim(grid.min(), grid.max())
-        title.set_text(title_of(t))
+        if image is not None:
+            image.set_data(backgrounds[t])
+            image.set_clim(backgrounds[t].min(), backgrounds[t].max())
+        title.set_text(frame_titles[t])
         return (scatter, title) if image is None else (scatter, title, image)
 
     anim = FuncAnimation(fig, update, frames=list(frames), interval=check_positive_int(
         "interval", interval), blit=False)
     plt.close(fig)
     return anim
+
+
+def _backgrounds(density, n_recorded: int, frames, xlim, ylim, n_grid: int) -> dict:
+    """The density grid (G, G) behind each frame t; one density or a sequence, one per state."""
+    if density is None:
+        return {}
+    per_frame = isinstance(density, Sequence)
+    if per_frame and len(density) != n_recorded:
+        raise ValueError(f"density, when a sequence, must have {n_recorded} entries (one per "
+                         f"recorded state), got {len(density)}")
+    grids: dict[int, np.ndarray] = {}  # id(density) -> grid: an annealed run shares one per level
+    backgrounds = {}
+    for t in frames:
+        source = density[t] if per_frame else density
+        if id(source) not in grids:
+            grids[id(source)] = _density_grid(source, xlim, ylim, n_grid, log=False)
+        backgrounds[t] = grids[id(source)]
+    return backgrounds
 
 
 def animation_html(anim: FuncAnimation, *, fps: float | None = None, frame_format: str = "jpeg",
@@ -489,3 +468,40 @@ def image_grid(images, nrow: int = 8, ax: Axes | None = None, *, padding: int = 
         ax.imshow((canvas - vmin) / (vmax - vmin), interpolation="nearest")
     ax.set_axis_off()
     return ax
+
+
+def image_samples(
+    model,
+    *,
+    n: int = 64,
+    nrow: int | None = None,
+    generator: torch.Generator | None = None,
+    images: torch.Tensor | None = None,
+    **sample_kwargs,
+):
+    """A figure with a grid of ``n`` samples of ``model`` (or of the given ``images``).
+
+    Parameters
+    ----------
+    model : object with ``.sample(n, generator=..., **sample_kwargs)``
+        For instance a :class:`scorelab.ncsn.NCSN`.
+    n : int
+        Number of images.
+    nrow : int, optional
+        Images per row (default: about sqrt(n)).
+    images : Tensor (n, C, H, W), optional
+        Draw these instead of sampling.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The caller saves or shows it (and closes it).
+    """
+    if images is None:
+        images = model.sample(check_positive_int("n", n), generator=generator, **sample_kwargs)
+    images = images.detach().cpu()
+    nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
+    figure, ax = plt.subplots(figsize=(0.5 * nrow, 0.5 * math.ceil(len(images) / nrow)))
+    image_grid(images, nrow=nrow, ax=ax)
+    figure.tight_layout(pad=0.1)
+    return figure

@@ -42,7 +42,7 @@ from scorelab._tensors import broadcast_like, sum_except_batch
 from scorelab._validation import (check_batch, check_generator, check_positive,
                                   check_positive_int, check_score_shape)
 from scorelab.noise import geometric_sigmas
-from scorelab.training import _ScoreMatchingTrainer
+from scorelab.training import ScoreMatchingTrainer
 
 __all__ = ["VESDE", "euler_maruyama", "predictor_corrector", "probability_flow",
            "log_likelihood", "corrector_step_size", "ScoreCounter", "continuous_dsm_loss",
@@ -604,7 +604,7 @@ def continuous_dsm_loss(model, x: torch.Tensor, sde: VESDE, *,
     return 0.5 * sum_except_batch((scaled * score + noise) ** 2)
 
 
-class ContinuousDenoisingScoreMatching(_ScoreMatchingTrainer):
+class ContinuousDenoisingScoreMatching(ScoreMatchingTrainer):
     """Train a sigma-conditioned score model by :func:`continuous_dsm_loss` (the VE SDE's loss).
 
     Parameters

@@ -1,7 +1,9 @@
 """Score-matching objectives and the loops that minimise them.
 
-Per-example losses (module-level functions returning a tensor (N,)) and trainers that hold a
-model and its Adam optimiser (``.loss``, ``.step``, ``.train``).
+Per-example losses (module-level functions returning a tensor (N,)), and trainers that hold a
+model and its Adam optimiser (``.loss``, ``.step``, ``.train``). Every trainer, the NCSN's
+included (:func:`scorelab.ncsn.train_NCSN`), runs the one loop of
+:meth:`ScoreMatchingTrainer.run` on the batches of :class:`Batches`.
 
 References
 ----------
@@ -14,13 +16,15 @@ Song & Ermon (2019), *Generative Modeling by Estimating Gradients of the Data Di
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable, Iterable
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from scorelab._tensors import broadcast_like, sum_except_batch
-from scorelab._validation import check_batch, check_positive, check_positive_int
+from scorelab._tensors import broadcast_like, randint, randn, randperm, sum_except_batch
+from scorelab._validation import check_batch, check_positive, check_positive_int, check_score_shape
+from scorelab.noise import check_sigmas
 
 
 def annealed_dsm_loss(
@@ -61,11 +65,10 @@ def annealed_dsm_loss(
         The per-example losses; the caller takes the mean.
     """
     if labels is None:
-        labels = torch.randint(len(sigmas), (x.shape[0],), generator=generator, device="cpu")
-        labels = labels.to(x.device)
+        labels = randint(len(sigmas), (x.shape[0],), generator=generator, device=x.device)
     sigma = broadcast_like(sigmas.to(x)[labels], x)  # (N, 1, ..., 1)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-    score = model(x + sigma * noise, labels)
+    noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # z
+    score = _score(model, x + sigma * noise, labels)  # s(x + sigma z, i)
     return 0.5 * sum_except_batch((sigma * score + noise) ** 2)
 
 
@@ -76,20 +79,14 @@ def annealed_dsm_loss(
 PROJECTIONS = ("gaussian", "rademacher", "sphere")
 
 
-def _scores(model, x: torch.Tensor, *args) -> torch.Tensor:
-    """Run the model and check that it returns a score shaped like its input."""
-    score = model(x, *args)
-    if not isinstance(score, torch.Tensor) or score.shape != x.shape:
-        got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
-        raise ValueError(
-            f"model must return a score of the input's shape {tuple(x.shape)}, got {got}"
-        )
-    return score
+def _score(model, x: torch.Tensor, *args) -> torch.Tensor:
+    """``model(x, *args)``, checked to be a score shaped like ``x`` (a shape check: no sync)."""
+    return check_score_shape("model", model(x, *args), x)
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None, shape=None) -> torch.Tensor:
     shape = x.shape if shape is None else shape
-    return torch.randn(shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+    return randn(shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def dsm_loss(
@@ -121,7 +118,7 @@ def dsm_loss(
     """
     sigma = check_positive("sigma", sigma)
     noise = _randn_like(x, generator)
-    score = _scores(model, x + sigma * noise)
+    score = _score(model, x + sigma * noise)
     return 0.5 * sum_except_batch((score + noise / sigma) ** 2)
 
 
@@ -188,7 +185,7 @@ def sliced_score_matching_loss(
     x_copies = x.detach().unsqueeze(0).expand_as(v).reshape(-1, *x.shape[1:])  # (M N, *D)
     x_copies = x_copies.clone().requires_grad_(True)
     v = v.reshape(x_copies.shape)  # (M N, *D)
-    score = _scores(model, x_copies)  # (M N, *D)
+    score = _score(model, x_copies)  # (M N, *D)
     # grad_x (v . s) = (ds/dx)^T v; dotting with v again gives v^T (ds/dx) v.
     jacobian_v = torch.autograd.grad((score * v).sum(), x_copies, create_graph=True)[0]
     trace_term = sum_except_batch(jacobian_v * v)  # (M N,)
@@ -218,7 +215,7 @@ def exact_score_matching_loss(model, x: torch.Tensor) -> torch.Tensor:
     Tensor, shape (N,)
     """
     x = x.detach().clone().requires_grad_(True)
-    score = _scores(model, x)
+    score = _score(model, x)
     flat_score = score.reshape(x.shape[0], -1)  # (N, D')
     trace = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for i in range(flat_score.shape[1]):
@@ -229,7 +226,7 @@ def exact_score_matching_loss(model, x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Trainers: a model, an Adam optimiser and a loop
+# Batches, the exponential moving average, and the one training loop
 # ---------------------------------------------------------------------------------------------
 
 
@@ -237,43 +234,114 @@ class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def _batches(data, batch_size: int, replacement: bool, generator: torch.Generator | None):
-    """An endless iterator of batches drawn from a tensor (N, *D) or a sampler ``n -> batch``.
+class Batches:
+    """Endless mini-batches of a data set ``(N, *D)`` or of a sampler ``n -> (n, *D)``.
 
-    The arguments are checked here, before the first batch is drawn.
+    From a tensor, batches are drawn with replacement (independent uniform indices) or by
+    shuffled passes (a new permutation every pass; the incomplete last batch is dropped).
+    The state of the passes (the permutation and the cursor in it) is saved and restored
+    by :meth:`state_dict` and :meth:`load_state_dict`, so that a resumed run draws the
+    batches an uninterrupted one would. Indices are drawn on the generator's device.
+
+    Parameters
+    ----------
+    data : Tensor, shape (N, *D), or callable
+        The data set, checked once here (non-empty, floating, finite), or a sampler whose
+        batches are not checked (a NaN batch makes the loss NaN, which stops training).
+    batch_size : int
+        Examples per batch.
+    replacement : bool
+        Draw with replacement (default) or by shuffled passes (then ``batch_size <= N``).
+    generator : torch.Generator, optional
+        Source of the indices and permutations.
+    device : str or torch.device, optional
+        Move each batch there (default: leave it where the data are).
     """
-    if callable(data) and not isinstance(data, torch.Tensor):
-        return (data(batch_size) for _ in iter(int, 1))
-    if not isinstance(data, torch.Tensor) or data.ndim < 2:
-        raise ValueError("data must be a tensor of shape (N, *D) or a callable n -> batch")
-    n = data.shape[0]
-    if n == 0:
-        raise ValueError("data must hold at least one example, got an empty tensor")
-    if replacement:
-        return (data[torch.randint(n, (batch_size,), generator=generator)] for _ in iter(int, 1))
-    if batch_size > n:
-        raise ValueError(
-            f"batch_size ({batch_size}) must not exceed the number of examples ({n}) "
-            "when sampling without replacement"
-        )
-    return _shuffled_passes(data, batch_size, generator)
+
+    def __init__(self, data, batch_size: int, *, replacement: bool = True,
+                 generator: torch.Generator | None = None, device=None) -> None:
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.replacement, self.generator, self.device = bool(replacement), generator, device
+        self.order: torch.Tensor | None = None
+        self.cursor = 0
+        if callable(data) and not isinstance(data, torch.Tensor):
+            self.sampler, self.data = data, None
+            return
+        if not isinstance(data, torch.Tensor) or data.ndim < 2:
+            raise ValueError("data must be a tensor of shape (N, *D) or a callable n -> batch")
+        if data.shape[0] == 0:
+            raise ValueError("data must hold at least one example, got an empty tensor")
+        if not replacement and batch_size > data.shape[0]:
+            raise ValueError(f"batch_size ({batch_size}) must not exceed the number of examples "
+                             f"({data.shape[0]}) when sampling without replacement")
+        self.sampler, self.data = None, check_batch("data", data)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        batch = self.sampler(self.batch_size) if self.sampler is not None else self._draw()
+        return batch if self.device is None else batch.to(self.device)
+
+    def _draw(self) -> torch.Tensor:
+        n, where = self.data.shape[0], self.data.device
+        if self.replacement:
+            return self.data[randint(n, (self.batch_size,), generator=self.generator, device=where)]
+        if self.order is None or self.cursor + self.batch_size > n:  # a new pass
+            self.order, self.cursor = randperm(n, generator=self.generator, device=where), 0
+        chosen = self.order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return self.data[chosen]
+
+    def state_dict(self) -> dict:
+        """Where the shuffled passes stand: ``{"order": Tensor (N,) or None, "cursor": int}``."""
+        return {"order": self.order, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the shuffled passes from a :meth:`state_dict`."""
+        self.order, self.cursor = state["order"], int(state["cursor"])
 
 
-def _shuffled_passes(data: torch.Tensor, batch_size: int, generator: torch.Generator | None):
-    while True:
-        # Shuffle once per pass over the data; the incomplete last batch is dropped.
-        order = torch.randperm(data.shape[0], generator=generator)
-        for start in range(0, data.shape[0] - batch_size + 1, batch_size):
-            yield data[order[start : start + batch_size]]
+def exponential_moving_average(model: torch.nn.Module, rate: float) -> AveragedModel:
+    """A copy of ``model`` whose parameters follow ``avg <- rate * avg + (1 - rate) * p``.
+
+    ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn(rate)``, started at
+    the current weights (so the first update already averages); buffers are copied from the
+    model at every update. Sampling from the averaged weights gives visibly steadier samples
+    than the last iterate (Song & Ermon 2020, Technique 5, rate 0.999).
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
+        raise ValueError(f"ema_rate must be in (0, 1), got {rate!r}")
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(rate)))
+    average.update_parameters(model)  # W_0^EMA = W_0
+    return average
 
 
-class _ScoreMatchingTrainer:
-    """Shared optimiser, step and loop; subclasses define ``per_example_loss``."""
+class ScoreMatchingTrainer:
+    """A model, its Adam optimiser, an optional EMA of its weights, and the training loop.
 
-    def __init__(self, model: torch.nn.Module, *, lr: float = 1e-3) -> None:
+    Subclasses define :meth:`per_example_loss`; ``loss``, ``step``, ``train`` and ``run``
+    come from here. The arguments of the public methods are checked once per call; the
+    loop itself (:meth:`run`) does one forward, backward and optimiser step per batch and
+    reads the loss once (the only device synchronisation of a step).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The score model.
+    lr : float
+        Adam learning rate (betas 0.9, 0.999, as in the NCSN paper).
+    ema_rate : float, optional
+        Keep an exponential moving average of the weights in ``self.ema`` (see
+        :func:`exponential_moving_average`); :meth:`use_ema_weights` copies it into the model.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, lr: float = 1e-3,
+                 ema_rate: float | None = None) -> None:
         self.model = model
         self.lr = check_positive("lr", lr)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, betas=(0.9, 0.999))
+        self.ema = None if ema_rate is None else exponential_moving_average(model, ema_rate)
 
     def per_example_loss(
         self, x: torch.Tensor, generator: torch.Generator | None = None
@@ -292,14 +360,30 @@ class _ScoreMatchingTrainer:
         loss is not finite.
         """
         self.model.train()
-        loss = self.loss(x, generator=generator)
-        value = float(loss.detach())
+        return self._update(check_batch("x", x), generator)
+
+    def _update(self, x: torch.Tensor, generator: torch.Generator | None) -> float:
+        """Forward, backward, Adam and EMA on a checked batch; the loss before the update.
+
+        The one place of a step's arithmetic: mixed precision (autocast, a gradient scaler)
+        wraps these lines, and the loss read below is the step's only synchronisation with
+        the device (reading it every k steps means keeping the tensor until then).
+        """
+        loss = self.per_example_loss(x, generator).mean()
+        value = float(loss.detach())  # the step's one read of the loss
         if not math.isfinite(value):
             raise TrainingDivergedError(f"the loss is {value}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return value
+
+    def use_ema_weights(self) -> None:
+        """Copy the averaged weights into the model (no-op without an EMA)."""
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
 
     def train(
         self,
@@ -328,7 +412,7 @@ class _ScoreMatchingTrainer:
         generator : torch.Generator, optional
             Source of the batch indices and of the loss's noise.
         callback : callable, optional
-            Called as ``callback(step, loss)`` after every step.
+            Called as ``callback(step, loss)`` after every step (``step`` from 0).
         progress : bool
             Show a ``tqdm`` progress bar with the running loss.
 
@@ -338,13 +422,35 @@ class _ScoreMatchingTrainer:
             The loss of every step.
         """
         n_steps = check_positive_int("n_steps", n_steps)
-        batch_size = check_positive_int("batch_size", batch_size)
-        batches = _batches(data, batch_size, replacement, generator)
-        history: list[float] = []
-        bar = tqdm(range(n_steps), disable=not progress, desc=type(self).__name__)
+        batches = Batches(data, batch_size, replacement=replacement, generator=generator)
+        hooks = [] if callback is None else [lambda done, value: callback(done - 1, value)]
+        return self.run(batches, n_steps, generator=generator, hooks=hooks, progress=progress)
+
+    def run(
+        self,
+        batches: Iterable[torch.Tensor],
+        n_steps: int,
+        *,
+        generator: torch.Generator | None = None,
+        history: list[float] | None = None,
+        hooks: Iterable[Callable[[int, float], None]] = (),
+        progress: bool = True,
+    ) -> list[float]:
+        """The training loop: steps ``len(history) + 1 .. n_steps`` on batches of ``batches``.
+
+        ``history`` (the losses of the steps already done, when resuming) is extended in
+        place and returned; after every step each hook is called as ``hook(done, loss)``,
+        ``done`` counting the steps done so far (checkpoints, sample grids, callbacks).
+        A non-finite loss raises :class:`TrainingDivergedError` naming the step.
+        """
+        history = [] if history is None else history
+        batches, hooks = iter(batches), list(hooks)
+        bar = tqdm(range(len(history), n_steps), initial=len(history), total=n_steps,
+                   disable=not progress, desc=type(self).__name__)
+        self.model.train()
         for step in bar:
             try:
-                value = self.step(next(batches), generator=generator)
+                value = self._update(next(batches), generator)
             except TrainingDivergedError as error:
                 last = f"{history[-1]:.4g}" if history else "none (the first step)"
                 raise TrainingDivergedError(
@@ -352,15 +458,15 @@ class _ScoreMatchingTrainer:
                     "Try a smaller learning rate or a larger noise level."
                 ) from None
             history.append(value)
-            if callback is not None:
-                callback(step, value)
+            for hook in hooks:
+                hook(step + 1, value)
             if step % 10 == 0 or step == n_steps - 1:
                 bar.set_postfix(loss=f"{value:.4g}")
         self.model.eval()
         return history
 
 
-class DenoisingScoreMatching(_ScoreMatchingTrainer):
+class DenoisingScoreMatching(ScoreMatchingTrainer):
     """Train a score model by denoising score matching at one noise level (Vincent 2011).
 
     The model learns the score of the perturbed density ``p * N(0, sigma^2 I)``
@@ -372,19 +478,20 @@ class DenoisingScoreMatching(_ScoreMatchingTrainer):
         ``model(x) -> score``, (N, *D) -> (N, *D).
     sigma : float
         Perturbation standard deviation, > 0.
-    lr : float
-        Adam learning rate.
+    lr, ema_rate
+        As in :class:`ScoreMatchingTrainer`.
     """
 
-    def __init__(self, model: torch.nn.Module, sigma: float, *, lr: float = 1e-3) -> None:
+    def __init__(self, model: torch.nn.Module, sigma: float, *, lr: float = 1e-3,
+                 ema_rate: float | None = None) -> None:
         self.sigma = check_positive("sigma", sigma)
-        super().__init__(model, lr=lr)
+        super().__init__(model, lr=lr, ema_rate=ema_rate)
 
     def per_example_loss(self, x, generator=None):
         return dsm_loss(self.model, x, self.sigma, generator=generator)
 
 
-class SlicedScoreMatching(_ScoreMatchingTrainer):
+class SlicedScoreMatching(ScoreMatchingTrainer):
     """Train a score model by sliced score matching (Song et al. 2019), optionally SSM-VR.
 
     Parameters
@@ -397,8 +504,8 @@ class SlicedScoreMatching(_ScoreMatchingTrainer):
         SSM-VR: the norm term in closed form (see :func:`sliced_score_matching_loss`).
     projection : {"gaussian", "rademacher", "sphere"}
         Distribution of the directions.
-    lr : float
-        Adam learning rate.
+    lr, ema_rate
+        As in :class:`ScoreMatchingTrainer`.
     """
 
     def __init__(
@@ -409,13 +516,14 @@ class SlicedScoreMatching(_ScoreMatchingTrainer):
         projection: str = "gaussian",
         *,
         lr: float = 1e-3,
+        ema_rate: float | None = None,
     ) -> None:
         self.n_projections = check_positive_int("n_projections", n_projections)
         if projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         self.variance_reduction = bool(variance_reduction)
         self.projection = projection
-        super().__init__(model, lr=lr)
+        super().__init__(model, lr=lr, ema_rate=ema_rate)
 
     def per_example_loss(self, x, generator=None):
         return sliced_score_matching_loss(
@@ -428,47 +536,41 @@ class SlicedScoreMatching(_ScoreMatchingTrainer):
         )
 
 
-class ExactScoreMatching(_ScoreMatchingTrainer):
+class ExactScoreMatching(ScoreMatchingTrainer):
     """Train a score model by exact score matching (Hyvärinen 2005): the reference.
 
     Parameters
     ----------
     model : nn.Module
         ``model(x) -> score``, twice differentiable.
-    lr : float
-        Adam learning rate.
+    lr, ema_rate
+        As in :class:`ScoreMatchingTrainer`.
     """
 
     def per_example_loss(self, x, generator=None):
         return exact_score_matching_loss(self.model, x)
 
 
-class AnnealedDenoisingScoreMatching(_ScoreMatchingTrainer):
+class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
     """Train a noise-conditional score model over a ladder of noise levels (Song & Ermon 2019).
+
+    The objective of :func:`annealed_dsm_loss`; :func:`scorelab.ncsn.train_NCSN` runs this
+    trainer on images.
 
     Parameters
     ----------
     model : nn.Module
         ``model(x, labels) -> score`` with integer level labels (N,).
-    sigmas : Tensor, shape (L,)
-        The noise levels, all > 0.
-    lr : float
-        Adam learning rate.
+    sigmas : sequence of float or Tensor, shape (L,)
+        The noise ladder, strictly decreasing (see :func:`scorelab.noise.check_sigmas`).
+    lr, ema_rate
+        As in :class:`ScoreMatchingTrainer`.
     """
 
-    def __init__(self, model: torch.nn.Module, sigmas: torch.Tensor, *, lr: float = 1e-3) -> None:
-        sigmas = torch.as_tensor(sigmas, dtype=torch.get_default_dtype()).reshape(-1)
-        valid = len(sigmas) > 0 and bool((sigmas > 0).all()) and bool(torch.isfinite(sigmas).all())
-        if not valid:
-            raise ValueError(f"sigmas must be a non-empty tensor of positive levels, got {sigmas}")
-        if len(sigmas) > 1 and not bool((sigmas[1:] < sigmas[:-1]).all()):
-            raise ValueError(f"sigmas must be strictly decreasing (largest noise first, the order "
-                             f"of geometric_sigmas and the sampler), got {sigmas}")
-        self.sigmas = sigmas
-        super().__init__(model, lr=lr)
+    def __init__(self, model: torch.nn.Module, sigmas, *, lr: float = 1e-3,
+                 ema_rate: float | None = None) -> None:
+        self.sigmas = check_sigmas(sigmas)
+        super().__init__(model, lr=lr, ema_rate=ema_rate)
 
     def per_example_loss(self, x, generator=None):
-        return annealed_dsm_loss(self._checked_model, x, self.sigmas, generator=generator)
-
-    def _checked_model(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return _scores(self.model, x, labels)
+        return annealed_dsm_loss(self.model, x, self.sigmas, generator=generator)

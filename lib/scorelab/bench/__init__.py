@@ -1,4 +1,4 @@
-"""Benchmarks: scripts that measure the figures of DESIGN.md section 4 and print them.
+"""Benchmarks: scripts that measure the figures the course promises and print them beside their targets.
 
 Run ``python -m scorelab.bench`` (``--quick``, ``--only SECTION``, ``--out DIR``; see
 ``__main__``). Each section is a module of this package that registers one or more

@@ -34,7 +34,8 @@ _CHILD = r"""
 import json, os, resource, sys
 import torch
 from scorelab.densities import ncsn_toy_mixture
-from scorelab.langevin import annealed_langevin_dynamics, geometric_sigmas, trajectory_bytes
+from scorelab.langevin import annealed_langevin_dynamics, trajectory_bytes
+from scorelab.noise import geometric_sigmas
 
 n_particles, n_levels, n_steps_each, record_every = (int(a) for a in sys.argv[1:5])
 torch.set_num_threads(1)

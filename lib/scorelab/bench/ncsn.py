@@ -4,10 +4,10 @@ Run with ``python -m scorelab.bench ncsn`` (or ``python -m scorelab.bench.ncsn``
 
 - the median of 5 forward+backward passes of CondRefineNetDilated (ngf=32, 10 levels) on a
   batch of 128 8x8 digits;
-- the quality figures of 500 samples (200 with ``--quick``) of ``load_pretrained("digits")`` (its recorded sampling
-  settings), each beside the same figure for real digits, with the targets:
-  confident share >= 80% of the real test digits' share, every class >= 3% of the samples,
-  PCA Fréchet distance <= 0.3.
+- the quality figures of 500 samples (200 with ``--quick``) of ``load_pretrained("digits")``
+  (its recorded sampling settings), each beside the same figure for real digits, with the
+  targets of :mod:`scorelab.ncsn.quality`: confident share >= 80% of the real test digits'
+  share, every class >= 3% of the samples, PCA Fréchet distance <= 0.3.
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ import time
 import torch
 
 from scorelab.bench import register, row
+from scorelab.ncsn.quality import CONFIDENCE_RATIO, MAX_FRECHET, MIN_CLASS_SHARE
 
 N_SAMPLES = 500
-CONFIDENCE_RATIO = 0.8
-MIN_CLASS_SHARE = 0.03
-MAX_FRECHET = 0.3
 
 
 def forward_backward_seconds(*, ngf: int = 32, batch_size: int = 128, repeats: int = 5, seed: int = 0) -> float:

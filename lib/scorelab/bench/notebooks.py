@@ -1,6 +1,6 @@
 """Benchmark section ``notebooks``: wall time of each chapter executed alone in a fresh kernel.
 
-DESIGN.md section 4 asks that each chapter executes in under 90 s on the 2-core machine, the
+The target: each chapter executes in under 90 s on a 2-core CPU machine, the
 NCSN chapter (06) in under 4 minutes. Each ``book/NN_*.ipynb`` is executed with ``nbclient``
 in a new ``python3`` kernel (start-up included, as in a book build), its working directory
 ``book/``; the notebook on disk is left unchanged. ``--quick`` times chapter 1 only.

@@ -39,7 +39,7 @@ def _ladders() -> list[tuple[float, float, int]]:
 )
 def exercise_3_2(geometric_sigmas) -> None:
     """Check ``geometric_sigmas(sigma_max, sigma_min, n_levels) -> Tensor (L,)``."""
-    from scorelab.langevin import geometric_sigmas as reference
+    from scorelab.noise import geometric_sigmas as reference
 
     for sigma_max, sigma_min, n_levels in _ladders():
         call = f"geometric_sigmas({sigma_max}, {sigma_min}, {n_levels})"
@@ -116,7 +116,7 @@ def exercise_3_3(annealed_step) -> None:
 def _toy_problem():
     """The NCSN paper's 0.8/0.2 mixture, its perturbed score and a short annealed run's settings."""
     from scorelab.densities import ncsn_toy_mixture
-    from scorelab.langevin import geometric_sigmas
+    from scorelab.noise import geometric_sigmas
 
     mixture = ncsn_toy_mixture()
     sigmas = geometric_sigmas(20.0, 1.0, 10)

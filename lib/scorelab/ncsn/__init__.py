@@ -4,11 +4,14 @@
 - conv helpers and the blocks :class:`ConditionalResidualBlock`, :class:`CondRCUBlock`,
   :class:`CondCRPBlock`, :class:`CondMSFBlock`, :class:`CondRefineBlock` (``layers``);
 - :class:`CondRefineNetDilated` (``refinenet``): the score network;
-- :class:`NCSN`, :func:`train_NCSN`, :func:`image_samples` (``model``);
+- :class:`NCSN` (``model``): the network with its noise ladder, its loss and its sampler;
+- :func:`train_NCSN` (``training``): the package's training loop with an EMA, checkpoints and
+  sample grids;
 - :func:`load_checkpoint`, :func:`load_pretrained` (``checkpoints``): safe, exact checkpoints
   and the model shipped with the package;
 - :func:`digits_quality` (``quality``): the sample-quality figures of chapter 6 and the benchmark.
 
+Grids of samples are drawn by :func:`scorelab.plotting.image_samples`.
 Run ``python -m scorelab.ncsn --help`` for the command line.
 """
 
@@ -31,10 +34,11 @@ from scorelab.ncsn.layers import (
     dilated_conv3x3,
 )
 from scorelab.ncsn.inpaint import inpaint
-from scorelab.ncsn.model import EMA, NCSN, default_sigmas, image_samples, train_NCSN
+from scorelab.ncsn.model import NCSN
 from scorelab.ncsn.normalization import ConditionalInstanceNorm2dPlus
 from scorelab.ncsn.quality import digits_quality
 from scorelab.ncsn.refinenet import CondRefineNetDilated, summary_table
+from scorelab.ncsn.training import train_NCSN
 
 __all__ = [
     "CheckpointError",
@@ -46,13 +50,10 @@ __all__ = [
     "ConditionalInstanceNorm2dPlus",
     "ConditionalResidualBlock",
     "ConvMeanPool",
-    "EMA",
     "NCSN",
     "conv3x3",
-    "default_sigmas",
     "digits_quality",
     "dilated_conv3x3",
-    "image_samples",
     "inpaint",
     "latest_checkpoint",
     "load_checkpoint",
@@ -62,3 +63,13 @@ __all__ = [
     "summary_table",
     "train_NCSN",
 ]
+
+
+def __getattr__(name: str):
+    # image_samples draws a figure, so it lives in scorelab.plotting; importing it from here
+    # still works, without making `import scorelab.ncsn` import matplotlib.
+    if name == "image_samples":
+        from scorelab.plotting import image_samples
+
+        return image_samples
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -75,7 +75,9 @@ def _training_images(args: argparse.Namespace) -> torch.Tensor:
 
 def _train(args: argparse.Namespace) -> None:
     from scorelab.ncsn.checkpoints import save_weights, sha256
-    from scorelab.ncsn.model import NCSN, default_sigmas, train_NCSN
+    from scorelab.ncsn.model import NCSN
+    from scorelab.ncsn.training import train_NCSN
+    from scorelab.noise import geometric_sigmas
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,7 +86,7 @@ def _train(args: argparse.Namespace) -> None:
     except RuntimeError as error:  # no torchvision or no network: the message names the alternative
         _parser().error(f"--dataset {args.dataset}: {error} (on this command line: --dataset digits)")
     torch.manual_seed(args.seed)  # the network's initial weights
-    sigmas = default_sigmas(args.sigma_max, args.sigma_min, args.n_levels)
+    sigmas = geometric_sigmas(args.sigma_max, args.sigma_min, args.n_levels)
     model = NCSN(channels=images.shape[1], image_size=images.shape[-1], ngf=args.ngf, sigmas=sigmas,
                  device=args.device)
     out = Path(args.out)
@@ -119,7 +121,7 @@ def _sample(args: argparse.Namespace) -> None:
 
     matplotlib.use("Agg")
     from scorelab.ncsn.checkpoints import load_checkpoint
-    from scorelab.ncsn.model import image_samples
+    from scorelab.plotting import image_samples
 
     model = load_checkpoint(args.checkpoint, device=args.device)
     figure = image_samples(

@@ -11,6 +11,13 @@ CONFIDENT = "confident share"
 SMALLEST_CLASS = "smallest class share"
 FRECHET = "PCA Frechet distance"
 
+#: The thresholds chapter 6 and the benchmark hold samples to: a confident share at least
+#: this fraction of the real test digits', every class at least this share of the samples,
+#: and at most this PCA Frechet distance to the test digits.
+CONFIDENCE_RATIO = 0.8
+MIN_CLASS_SHARE = 0.03
+MAX_FRECHET = 0.3
+
 
 def digits_quality(
     samples: torch.Tensor, *, generator: torch.Generator | None = None
@@ -60,3 +67,17 @@ def digits_quality(
             pca_frechet_distance(real_subset, test, train),
         ),
     }
+
+
+def missed_thresholds(report: dict[str, tuple[float, float]]) -> list[str]:
+    """The thresholds a :func:`digits_quality` report misses, in words (empty: all met)."""
+    (confident, real_confident), (smallest, _), (frechet, _) = (
+        report[CONFIDENT], report[SMALLEST_CLASS], report[FRECHET])
+    missed = []
+    if confident < CONFIDENCE_RATIO * real_confident:
+        missed.append(f"{CONFIDENT} {confident:.3f} < {CONFIDENCE_RATIO} x {real_confident:.3f}")
+    if smallest < MIN_CLASS_SHARE:
+        missed.append(f"{SMALLEST_CLASS} {smallest:.3f} < {MIN_CLASS_SHARE}")
+    if frechet > MAX_FRECHET:
+        missed.append(f"{FRECHET} {frechet:.3f} > {MAX_FRECHET}")
+    return missed

@@ -1,0 +1,124 @@
+"""Training an NCSN: the annealed DSM trainer of :mod:`scorelab.training` with checkpoints.
+
+:func:`train_NCSN` is the package's one training loop (:meth:`ScoreMatchingTrainer.run`)
+run with :class:`~scorelab.training.AnnealedDenoisingScoreMatching` on images, plus the hooks
+a long run needs: an EMA of the weights, checkpoints that resume bit for bit, sample grids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+
+from scorelab._validation import check_positive_int
+from scorelab.ncsn import checkpoints
+from scorelab.ncsn.model import NCSN
+from scorelab.training import AnnealedDenoisingScoreMatching, Batches
+
+
+def train_NCSN(
+    model: NCSN, data: torch.Tensor, *, n_steps: int, batch_size: int = 128, lr: float = 1e-3,
+    ema_rate: float | None = 0.999, seed: int = 0, out_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None, sample_every: int | None = None, n_samples: int = 64,
+    resume: bool = False, progress: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` with the annealed DSM loss (Eq. 6) and Adam; the loss of every step.
+
+    Each step draws a batch from a shuffled pass over ``data`` (a new permutation every
+    epoch), a noise level per example and the noise, all from one ``torch.Generator``
+    seeded with ``seed``, so a run is reproducible and resumable: a checkpoint holds the
+    model, the optimiser, the EMA weights, the step, the generator state and the data
+    order, and ``resume=True`` continues from the latest one in ``out_dir`` bit for bit.
+
+    Parameters
+    ----------
+    model : NCSN
+        Trained in place; at the end it holds the EMA weights when there is an EMA.
+    data : Tensor, shape (N, C, H, H)
+        Training images on [0, 1] (on any device; batches are moved to the model's).
+    n_steps : int
+        Total number of optimiser steps (including those done before a resume).
+    batch_size, lr, ema_rate : int, float, float or None
+        Adam with betas (0.9, 0.999) as in the paper; the EMA's rate (None: no EMA).
+    seed : int
+        Seeds the generator (on resume the generator state comes from the checkpoint).
+    out_dir, checkpoint_every, sample_every, n_samples : path, int, int, int
+        Folder for ``checkpoints/step_XXXXXXX.pt`` (every ``checkpoint_every`` steps and
+        at the last) and grids of ``n_samples`` images ``samples_step_XXXXXXX.png``.
+    resume : bool
+        Continue from the latest checkpoint in ``out_dir`` (start fresh if there is none).
+    progress, callback : bool, callable
+        A tqdm bar with the loss; ``callback(step, loss)`` after every step (from 1).
+
+    Returns
+    -------
+    list of float
+        Loss of every step (of the whole run, also across a resume).
+    """
+    n_steps = check_positive_int("n_steps", n_steps)
+    model.check_images("data", data)
+    if (checkpoint_every or sample_every or resume) and out_dir is None:
+        raise ValueError("out_dir is required for checkpoint_every, sample_every or resume")
+    generator = torch.Generator().manual_seed(seed)
+    trainer = AnnealedDenoisingScoreMatching(model, model.sigmas, lr=lr, ema_rate=ema_rate)
+    batches = Batches(data, batch_size, replacement=False, generator=generator, device=model.device)
+    history = _resume(trainer, batches, generator, out_dir) if resume else []
+    hooks = [] if callback is None else [callback]
+    if out_dir is not None:
+        hooks.append(_checkpoint_hook(trainer, batches, generator, history, out_dir,
+                                      checkpoint_every, n_steps))
+    if sample_every:
+        hooks.append(_sample_grid_hook(trainer, out_dir, sample_every, n_samples, seed))
+    trainer.run(batches, n_steps, generator=generator, history=history, hooks=hooks,
+                progress=progress)
+    trainer.use_ema_weights()
+    return history
+
+
+def _resume(trainer, batches: Batches, generator: torch.Generator, out_dir) -> list[float]:
+    """Load the latest checkpoint of ``out_dir`` (if any) into the run; the losses so far."""
+    path = checkpoints.latest_checkpoint(out_dir)
+    if path is None:
+        return []
+    state = checkpoints.load_training_state(path, model=trainer.model)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.ema is not None:
+        trainer.ema.module.load_state_dict(state["ema"])
+    generator.set_state(state["generator"])
+    batches.load_state_dict({"order": state["data_order"], "cursor": state["data_cursor"]})
+    return list(state["losses"])
+
+
+def _checkpoint_hook(trainer, batches, generator, history, out_dir, every, n_steps):
+    """``hook(done, loss)`` writing the training state every ``every`` steps and at the end."""
+
+    def save(done: int, loss: float) -> None:
+        if done == n_steps or (every and done % every == 0):
+            checkpoints.save_checkpoint(
+                out_dir, model=trainer.model, optimizer=trainer.optimizer,
+                ema=None if trainer.ema is None else trainer.ema.module.state_dict(),
+                step=done, generator=generator, data_order=batches.state_dict(), losses=history,
+            )
+
+    return save
+
+
+def _sample_grid_hook(trainer, out_dir, every: int, n_samples: int, seed: int):
+    """``hook(done, loss)`` sampling the (EMA) weights into ``samples_step_XXXXXXX.png``."""
+    import matplotlib.pyplot as plt
+
+    from scorelab.plotting import image_samples
+
+    def draw(done: int, loss: float) -> None:
+        if done % every:
+            return
+        sampled = trainer.model if trainer.ema is None else trainer.ema.module
+        # A separate generator, so that drawing samples does not change the training stream.
+        figure = image_samples(sampled, n=n_samples, generator=torch.Generator().manual_seed(seed))
+        figure.savefig(os.path.join(out_dir, f"samples_step_{done:07d}.png"), dpi=100)
+        plt.close(figure)
+
+    return draw
