@@ -19,7 +19,8 @@ register_hints(
     "8.1",
     "sigma(t) runs geometrically from sigma_min at t = 0 to sigma_max at t = 1, so log sigma is "
     "linear in t; g(t)^2 is the rate at which the variance sigma(t)^2 grows.",
-    "g(t) = sqrt(d[sigma(t)^2] / dt); differentiate the exponential a^(2t) = exp(2t log a).",
+    "The squared diffusion is the time derivative of the variance; an exponential in t "
+    "differentiates to itself times the log of its base.",
     "sigma_of_t: sigma_min times a power of the ratio of the two ends; diffusion: sigma(t) "
     "times the square root of a logarithm.",
 )
