@@ -98,3 +98,17 @@ def test_training_writes_sample_grids_without_changing_the_run(tmp_path):
     assert losses == train_NCSN(plain, data, n_steps=2, batch_size=4, progress=False)
     for key, value in with_grids.state_dict().items():
         assert torch.equal(value, plain.state_dict()[key])
+
+
+def test_train_NCSN_is_the_annealed_trainer_on_shuffled_passes():
+    from scorelab.training import AnnealedDenoisingScoreMatching, Batches
+
+    data = torch.rand(40, 1, 8, 8)
+    trained, by_hand = _model(), _model()
+    losses = train_NCSN(trained, data, n_steps=7, batch_size=8, seed=2, ema_rate=None, progress=False)
+    generator = torch.Generator().manual_seed(2)
+    trainer = AnnealedDenoisingScoreMatching(by_hand, by_hand.sigmas)
+    batches = Batches(data, 8, replacement=False, generator=generator)
+    assert losses == trainer.run(batches, 7, generator=generator, progress=False)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(value, by_hand.state_dict()[key])
