@@ -303,7 +303,13 @@ def expect_loss(value, *, name: str, what: str, n: int) -> torch.Tensor:
     return value
 
 
-def expect_same_draws(rerun: Callable[[], object], got, *, outputs: str, draw: str) -> None:
+def expect_same_draws(
+    rerun: Callable[[], object],
+    got,
+    *,
+    outputs: str = "losses",
+    draw: str = "draw the noise from the generator, z = torch.randn(x.shape, generator=generator)",
+) -> None:
     """Mismatch unless ``rerun()``, the student's call again with an identically seeded
     generator, gives ``got`` again: the random draws must come from that generator."""
     if not torch.equal(rerun(), got):

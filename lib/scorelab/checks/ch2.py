@@ -103,15 +103,13 @@ def exercise_2_1(langevin_step, authors_epsilon) -> None:
 
 def _check_step(langevin_step, step_size: float) -> None:
     x = torch.randn(500, 2, generator=torch.Generator().manual_seed(7))
+
+    def run(points):
+        return call_student(langevin_step, points, _gaussian_score, step_size,
+                            generator=torch.Generator().manual_seed(SEED), what="langevin_step")
+
     given = x.clone()
-    got = call_student(
-        langevin_step,
-        given,
-        _gaussian_score,
-        step_size,
-        generator=torch.Generator().manual_seed(SEED),
-        what="langevin_step",
-    )
+    got = run(given)
     got = expect_tensor(got, what="langevin_step(x, ...)", shape=tuple(x.shape))
     if not torch.equal(given, x):
         raise Mismatch(
@@ -123,13 +121,7 @@ def _check_step(langevin_step, step_size: float) -> None:
     reference = x + step_size / 2 * _gaussian_score(x) + math.sqrt(step_size) * noise
     if is_close(got, reference):
         return
-    expect_same_draws(
-        lambda: call_student(langevin_step, x.clone(), _gaussian_score, step_size,
-                             generator=torch.Generator().manual_seed(SEED), what="langevin_step"),
-        got,
-        outputs="steps",
-        draw="draw the noise from the generator, torch.randn(x.shape, generator=generator)",
-    )
+    expect_same_draws(lambda: run(x.clone()), got, outputs="steps")
     a, b, residual = _fit(got - x, _gaussian_score(x), noise)
     if residual > 1e-3:
         raise Mismatch(

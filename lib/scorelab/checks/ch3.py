@@ -8,6 +8,7 @@ ratio; 3.4 (investigate) where plain Langevin puts the 0.8 / 0.2 mixture's mass,
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -145,31 +146,19 @@ def _check_annealed(annealed_langevin, step_size: float, start_seed: int, noise_
     x0 = (
         8.0 * torch.rand(n, 2, generator=torch.Generator().manual_seed(start_seed)) - 4.0
     )  # (N, 2), uniform on [-4, 4]^2
-    got = call_student(
-        annealed_langevin,
-        score_fn,
-        x0.clone(),
-        sigmas,
-        step_size,
-        n_steps,
-        generator=torch.Generator().manual_seed(noise_seed),
-        what="annealed_langevin",
-    )
+
+    def sample(sampler, **options):  # the student's sampler and the reference, same inputs
+        return sampler(score_fn, x0.clone(), sigmas, step_size, n_steps,
+                       generator=torch.Generator().manual_seed(noise_seed), **options)
+
+    got = sample(functools.partial(call_student, annealed_langevin), what="annealed_langevin")
     got = expect_tensor(got, what="annealed_langevin(...)", shape=(n, 2))
     if not torch.isfinite(got).all():
         raise Mismatch(
             "the samples contain NaN or inf: the chain diverged. Is the step at level i "
             "step_size * sigma_i^2 / sigma_L^2 with sigma_L the smallest sigma?"
         )
-    expected = annealed_langevin_dynamics(
-        score_fn,
-        x0.clone(),
-        sigmas,
-        step_size,
-        n_steps,
-        generator=torch.Generator().manual_seed(noise_seed),
-        progress=False,
-    )
+    expected = sample(annealed_langevin_dynamics, progress=False)
     if torch.allclose(got, expected, atol=1e-3, rtol=1e-3):
         return
     spread, reference_spread = _mode_variance(got), _mode_variance(expected)

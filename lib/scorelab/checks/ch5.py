@@ -127,7 +127,7 @@ def _check_sliced(fn, *, variance_reduction: bool, name: str) -> None:
         _check_gradients(model, got, expected)
         return
     expect_same_draws(
-        run, got, outputs="losses",
+        run, got,
         draw="draw the directions from the generator, "
         "v = torch.randn((n_projections, *x.shape), generator=generator)",
     )
