@@ -17,3 +17,11 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def grading(monkeypatch):
+    """Run the exercise checks as the instructor's grader does: hidden cases included."""
+    from scorelab.checks import _core
+
+    monkeypatch.setattr(_core, "GRADING", True)

@@ -11,42 +11,11 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+from _checks_helpers import assert_explains, assert_passes, run_check, stub
 from scorelab import checks
 from scorelab.checks import _core
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_check(capsys, check, *answers) -> str:
-    """Run a check (it must not raise), return its one printed line, see the outcome recorded."""
-    assert check(*answers) is None
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1, f"a check prints exactly one line, got {out!r}"
-    assert checks.results[check.exercise_number] == out.startswith("✅")
-    return out
-
-
-def assert_passes(capsys, check, *answers):
-    out = run_check(capsys, check, *answers)
-    assert out.startswith("✅"), out
-
-
-def assert_explains(capsys, check, answers, *phrases):
-    out = run_check(capsys, check, *answers)
-    assert out.startswith("❌"), out
-    assert "Traceback" not in out
-    for phrase in phrases:
-        assert phrase in out, f"{phrase!r} not in {out!r}"
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("Exercise N.k: not done yet - replace this line with your code")
-
-
-@pytest.fixture
-def grading(monkeypatch):
-    """Run the checks as the instructor's grader does: hidden cases included."""
-    monkeypatch.setattr(_core, "GRADING", True)
 
 
 # ---------------------------------------------------------------- chapter 4

@@ -11,41 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from _checks_helpers import assert_explains, assert_passes, lcs, run_check, stub
 from scorelab import checks
 from scorelab.checks import _core
 from scorelab.checks.ch7 import GaussianImages, known_pixel_noise
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_check(capsys, check, *answer) -> str:
-    assert check(*answer) is None
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1, f"a check prints exactly one line, got {out!r}"
-    assert checks.results[check.exercise_number] == out.startswith("✅")
-    assert "Traceback" not in out
-    return out
-
-
-def assert_passes(capsys, check, *answer):
-    out = run_check(capsys, check, *answer)
-    assert out.startswith("✅"), out
-
-
-def assert_explains(capsys, check, answer, *phrases, extra=()):
-    out = run_check(capsys, check, answer, *extra)
-    assert out.startswith("❌"), out
-    for phrase in phrases:
-        assert phrase in out, f"{phrase!r} not in {out!r}"
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("Exercise 7.k: not done yet - replace this line with your code")
-
-
-@pytest.fixture
-def grading(monkeypatch):
-    monkeypatch.setattr(_core, "GRADING", True)
 
 
 # ------------------------------------------------------------------------- solutions
@@ -177,7 +148,7 @@ def test_7_3_accepts_the_solution(capsys, grading):
     ],
 )
 def test_7_3_explains_wrong_answers(capsys, answer, step, phrases):
-    assert_explains(capsys, checks.exercise_7_3, answer, *phrases, extra=(step,))
+    assert_explains(capsys, checks.exercise_7_3, (answer, step), *phrases)
 
 
 def test_7_4_accepts_the_solution_and_the_authors_per_step_noise(capsys, grading):
@@ -215,16 +186,6 @@ def test_known_pixel_noise_measures_the_noise_in_units_of_sigma():
 TOKEN = re.compile(r"[A-Za-z_]\w*|\d+\.?\d*|\S")
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    previous = [0] * (len(b) + 1)
-    for token in a:
-        current = [0]
-        for j, other in enumerate(b):
-            current.append(previous[j] + 1 if token == other else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
-
-
 def _solution_regions() -> dict[str, str]:
     """The code between BEGIN/END SOLUTION in solutions/07, by exercise number."""
     cells = json.loads((ROOT / "solutions" / "07_using_ncsn.ipynb").read_text())["cells"]
@@ -248,7 +209,7 @@ def test_hints_have_tiers_and_give_away_at_most_30_percent(number):
     assert len(tiers) == 3
     solution = TOKEN.findall(_solution_regions()[number])
     for tier in tiers:
-        share = _lcs(TOKEN.findall(tier), solution) / len(solution)
+        share = lcs(TOKEN.findall(tier), solution) / len(solution)
         assert share <= 0.30, f"hint of {number} spells out {share:.0%} of the solution: {tier!r}"
 
 

@@ -6,35 +6,10 @@ import math
 
 import pytest
 import torch
+from _checks_helpers import assert_explains, assert_passes, lcs, run_check, stub
 from scorelab import checks
 from scorelab.checks import _core
 from scorelab.sde import corrector_step_size
-
-
-def run(capsys, check, *answer) -> str:
-    assert check(*answer) is None
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1, out
-    assert "Traceback" not in out
-    assert checks.results[check.exercise_number] == out.startswith("✅")
-    return out
-
-
-def passes(capsys, check, *answer):
-    out = run(capsys, check, *answer)
-    assert out.startswith("✅"), out
-
-
-def explains(capsys, check, answer, *phrases):
-    answer = answer if isinstance(answer, tuple) else (answer,)
-    out = run(capsys, check, *answer)
-    assert out.startswith("❌"), out
-    for phrase in phrases:
-        assert phrase in out, f"{phrase!r} not in {out!r}"
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("Exercise 8.k: not done yet")
 
 
 # --- 8.1 ----------------------------------------------------------------------------------------
@@ -49,24 +24,24 @@ def diffusion(t, lo, hi):
 
 
 def test_8_1(capsys, monkeypatch):
-    passes(capsys, checks.exercise_8_1, sigma_of_t, diffusion)
+    assert_passes(capsys, checks.exercise_8_1, sigma_of_t, diffusion)
     monkeypatch.setattr(_core, "GRADING", True)  # the hidden cases too
-    passes(capsys, checks.exercise_8_1, sigma_of_t, diffusion)
+    assert_passes(capsys, checks.exercise_8_1, sigma_of_t, diffusion)
     monkeypatch.setattr(_core, "GRADING", False)
-    explains(capsys, checks.exercise_8_1, (lambda t, lo, hi: lo + t * (hi - lo), diffusion),
+    assert_explains(capsys, checks.exercise_8_1, (lambda t, lo, hi: lo + t * (hi - lo), diffusion),
              "linear in t")
-    explains(capsys, checks.exercise_8_1, (lambda t, lo, hi: sigma_of_t(1 - t, lo, hi), diffusion),
+    assert_explains(capsys, checks.exercise_8_1, (lambda t, lo, hi: sigma_of_t(1 - t, lo, hi), diffusion),
              "backwards")
-    explains(capsys, checks.exercise_8_1,
+    assert_explains(capsys, checks.exercise_8_1,
              (sigma_of_t, lambda t, lo, hi: sigma_of_t(t, lo, hi) * math.sqrt(math.log(hi / lo))),
              "sqrt(2)")
-    explains(capsys, checks.exercise_8_1, (sigma_of_t, lambda t, lo, hi: diffusion(t, lo, hi) ** 2),
+    assert_explains(capsys, checks.exercise_8_1, (sigma_of_t, lambda t, lo, hi: diffusion(t, lo, hi) ** 2),
              "g(t)^2")
-    explains(capsys, checks.exercise_8_1,
+    assert_explains(capsys, checks.exercise_8_1,
              (sigma_of_t, lambda t, lo, hi: math.sqrt(sigma_of_t(t, lo, hi) * math.log(hi / lo))),
              "d sigma / dt")
-    explains(capsys, checks.exercise_8_1, (sigma_of_t, lambda t, lo, hi: "g"), "number")
-    out = run(capsys, checks.exercise_8_1, stub, stub)
+    assert_explains(capsys, checks.exercise_8_1, (sigma_of_t, lambda t, lo, hi: "g"), "number")
+    out = run_check(capsys, checks.exercise_8_1, stub, stub)
     assert "not done yet" in out
 
 
@@ -79,7 +54,7 @@ def em_step(score_fn, sde, x, t, dt, z):
 
 
 def test_8_2(capsys):
-    passes(capsys, checks.exercise_8_2, em_step)
+    assert_passes(capsys, checks.exercise_8_2, em_step)
 
     def half(score_fn, sde, x, t, dt, z):
         return x + 0.5 * sde.g2(t) * dt * score_fn(x, sde.sigma(t)) + math.sqrt(sde.g2(t) * dt) * z
@@ -94,12 +69,12 @@ def test_8_2(capsys):
         g2 = sde.g2(t)
         return x + sde.sigma(t) ** 2 * dt * score_fn(x, sde.sigma(t)) + math.sqrt(g2 * dt) * z
 
-    explains(capsys, checks.exercise_8_2, half, "factor 1/2")
-    explains(capsys, checks.exercise_8_2, minus, "wrong sign")
-    explains(capsys, checks.exercise_8_2, no_sqrt_dt, "sqrt(dt)")
-    explains(capsys, checks.exercise_8_2, sigma_squared, "sigma(t)^2")
-    explains(capsys, checks.exercise_8_2, lambda *a: em_step(*a)[:, :1], "wrong shape")
-    assert "not done yet" in run(capsys, checks.exercise_8_2, stub)
+    assert_explains(capsys, checks.exercise_8_2, half, "factor 1/2")
+    assert_explains(capsys, checks.exercise_8_2, minus, "wrong sign")
+    assert_explains(capsys, checks.exercise_8_2, no_sqrt_dt, "sqrt(dt)")
+    assert_explains(capsys, checks.exercise_8_2, sigma_squared, "sigma(t)^2")
+    assert_explains(capsys, checks.exercise_8_2, lambda *a: em_step(*a)[:, :1], "wrong shape")
+    assert "not done yet" in run_check(capsys, checks.exercise_8_2, stub)
 
 
 # --- 8.3 ----------------------------------------------------------------------------------------
@@ -117,16 +92,16 @@ def measure(snr, *, factor=1.0, n_steps=200, start=math.sqrt(2.0), scale=2.0):
 
 
 def test_8_3(capsys):
-    passes(capsys, checks.exercise_8_3, measure)
-    explains(capsys, checks.exercise_8_3, lambda snr: math.sqrt(measure(snr)), "standard deviations")
-    explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, scale=1.0), "variance itself")
-    explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, factor=0.5), "half of alpha")
-    explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.3),
+    assert_passes(capsys, checks.exercise_8_3, measure)
+    assert_explains(capsys, checks.exercise_8_3, lambda snr: math.sqrt(measure(snr)), "standard deviations")
+    assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, scale=1.0), "variance itself")
+    assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, factor=0.5), "half of alpha")
+    assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.3),
              "forgotten its start")
-    explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.0),
+    assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.0),
              "zero score")
-    explains(capsys, checks.exercise_8_3, lambda snr: torch.ones(3), "single number")
-    assert "not done yet" in run(capsys, checks.exercise_8_3, stub)
+    assert_explains(capsys, checks.exercise_8_3, lambda snr: torch.ones(3), "single number")
+    assert "not done yet" in run_check(capsys, checks.exercise_8_3, stub)
 
 
 # --- 8.4 ----------------------------------------------------------------------------------------
@@ -137,17 +112,17 @@ def pf_drift(score_fn, sde, x, t):
 
 
 def test_8_4(capsys):
-    passes(capsys, checks.exercise_8_4, pf_drift)
-    explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: -sde.g2(t) * f(x, sde.sigma(t)),
+    assert_passes(capsys, checks.exercise_8_4, pf_drift)
+    assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: -sde.g2(t) * f(x, sde.sigma(t)),
              "still the original drift")
-    explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: 0.5 * sde.g2(t) * f(x, sde.sigma(t)),
+    assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: 0.5 * sde.g2(t) * f(x, sde.sigma(t)),
              "wrong sign")
-    explains(capsys, checks.exercise_8_4,
+    assert_explains(capsys, checks.exercise_8_4,
              lambda f, sde, x, t: -0.5 * sde.diffusion(t) * f(x, sde.sigma(t)), "g instead of g^2")
-    explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: -0.25 * sde.g2(t) * f(x, sde.sigma(t)),
+    assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: -0.25 * sde.g2(t) * f(x, sde.sigma(t)),
              "factor")
-    explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: pf_drift(f, sde, x, t).float(), "dtype")
-    assert "not done yet" in run(capsys, checks.exercise_8_4, stub)
+    assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: pf_drift(f, sde, x, t).float(), "dtype")
+    assert "not done yet" in run_check(capsys, checks.exercise_8_4, stub)
 
 
 @pytest.mark.parametrize("number", ["8.1", "8.2", "8.3", "8.4"])
@@ -163,17 +138,6 @@ def _tokens(text: str) -> list[str]:
     import re
 
     return re.findall(r"\w+|[^\w\s]", text)
-
-
-def _common(a: list[str], b: list[str]) -> int:
-    """Length of the longest common subsequence of two token lists."""
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
 
 
 def test_no_hint_tier_spells_out_more_than_30_percent_of_the_solution():
@@ -196,7 +160,7 @@ def test_no_hint_tier_spells_out_more_than_30_percent_of_the_solution():
     for number, code in solutions.items():
         solution = _tokens(code)
         for tier in _core.HINTS[number]:
-            assert _common(_tokens(tier), solution) <= 0.3 * len(solution), (number, tier)
+            assert lcs(_tokens(tier), solution) <= 0.3 * len(solution), (number, tier)
 
 
 def test_exercise_metadata_kinds_and_levels():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from _checks_helpers import lcs
 from scorelab import checks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,17 +45,6 @@ def code_without_comments(code: str) -> str:
     except (tokenize.TokenError, IndentationError, SyntaxError):
         kept = [line.split("#", 1)[0] for line in code.splitlines()]
     return " ".join(kept)
-
-
-def lcs(a: list[str], b: list[str]) -> int:
-    """Length of the longest common subsequence of two token lists."""
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
 
 
 def share(hint: str, solution_tokens: list[str]) -> float:

@@ -285,96 +285,37 @@ def to_float(value, *, what: str) -> float:
     return float(value)
 
 
-def random_values(low: float, high: float, n: int, seed: int, *, log: bool = False) -> list[float]:
-    """``n`` seeded draws from [low, high] (log-uniform when ``log``), rounded to 4 significant digits."""
-    generator = torch.Generator().manual_seed(seed)
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
-    if log:
-        values = torch.exp(math.log(low) + u * (math.log(high) - math.log(low)))
-    else:
-        values = low + u * (high - low)
-    return [float(f"{v:.4g}") for v in values.tolist()]
-
-
-def check_formula(
-    student: Callable,
-    truth: Callable,
-    regimes: dict[str, list[tuple]],
-    *,
-    name: str,
-    mutants: dict[str, Callable] | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-8,
-    show: Callable[[tuple], str] | None = None,
-) -> None:
-    """Compare a derived formula with the truth regime by regime; Mismatch names where it fails.
-
-    ``regimes`` maps a plain-words regime ("small alpha", "alpha near 4") to the argument
-    tuples tried there (use :func:`cases` so that grading adds hidden values). The formula
-    returns a number or a tensor. When it is wrong, a known mistake in ``mutants``
-    (explanation -> function of the same arguments) that agrees with it at every point is
-    named; otherwise the message says in which regimes it is right and where it fails first.
-    """
-    show = show or (lambda args: ", ".join(_short(a) for a in args))
-    right, wrong, first = [], [], None
-    results_by_point = []
-    for regime, points in regimes.items():
-        ok = True
-        for args in points:
-            got = call_student(student, *args, what=name)
-            expected = truth(*args)
-            got_t, expected_t = _as_tensor(got, name=f"{name}({show(args)})"), _as_tensor(expected)
-            if got_t.shape != expected_t.shape:
-                raise Mismatch(
-                    f"{name}({show(args)}) has shape {tuple(got_t.shape)}, "
-                    f"expected {tuple(expected_t.shape)}."
-                )
-            results_by_point.append((args, got_t))
-            if not is_close(got_t, expected_t, rtol=rtol, atol=atol):
-                ok = False
-                if first is None:
-                    first = (args, got_t, expected_t)
-        (right if ok else wrong).append(regime)
-    if not wrong:
-        return
-    for explanation, mutant in (mutants or {}).items():
-        if all(
-            is_close(got, _as_tensor(mutant(*args)), rtol=rtol, atol=atol)
-            for args, got in results_by_point
-        ):
-            raise Mismatch(explanation)
-    args, got, expected = first
-    where = f"{name}({show(args)}) = {_short(got)}, expected {_short(expected)}"
-    if right:
-        raise Mismatch(
-            f"your formula is right for {' and '.join(right)}, but wrong for "
-            f"{' and '.join(wrong)}: {where}."
-        )
-    raise Mismatch(f"your formula is wrong in every regime tried, e.g. {where}.")
-
-
-def _as_tensor(value, *, name: str | None = None) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(torch.float64)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        if name is None:
-            raise TypeError(f"expected a number or a tensor, got {type(value).__name__}")
-        raise Mismatch(
-            f"{name} should return a number (or a tensor), but returned a {type(value).__name__}."
-        )
-    return torch.tensor(float(value), dtype=torch.float64)
-
-
-def _short(value) -> str:
-    if isinstance(value, torch.Tensor):
-        if value.numel() == 1:
-            return f"{value.item():.4g}"
-        return "[" + ", ".join(f"{v:.3g}" for v in value.flatten().tolist()[:6]) + (
-            ", ...]" if value.numel() > 6 else "]"
-        )
+def expect_loss(value, *, name: str, what: str, n: int) -> torch.Tensor:
+    """Return ``value`` if it is a finite per-example loss (n,) that carries a gradient; else
+    Mismatch naming the problem (a Python float, the shape, no gradient, NaN)."""
     if isinstance(value, float):
-        return f"{value:.4g}"
-    return repr(value)
+        raise Mismatch(
+            f"{name} returned a Python float (did you call .item()?): return a tensor of shape "
+            "(N,), so that loss.backward() can train the model."
+        )
+    value = expect_tensor(value, what=what, shape=(n,))
+    if value.grad_fn is None:
+        raise Mismatch(
+            "the loss carries no gradient (computed under torch.no_grad(), or detached): the "
+            "model could not be trained with it."
+        )
+    expect_finite(value, what=what)
+    return value
+
+
+def expect_same_draws(
+    rerun: Callable[[], object],
+    got,
+    *,
+    outputs: str = "losses",
+    draw: str = "draw the noise from the generator, z = torch.randn(x.shape, generator=generator)",
+) -> None:
+    """Mismatch unless ``rerun()``, the student's call again with an identically seeded
+    generator, gives ``got`` again: the random draws must come from that generator."""
+    if not torch.equal(rerun(), got):
+        raise Mismatch(
+            f"two calls with identically seeded generators gave different {outputs}: {draw}."
+        )
 
 
 def check_choice(answer, options: dict[str, str], correct: str, *, what: str) -> None:

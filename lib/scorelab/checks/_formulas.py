@@ -7,13 +7,15 @@ for large noise").
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from scorelab.checks._core import Mismatch, call_student, to_float
 
-Point = dict[str, float]
+Point = dict[str, object]
+Regime = tuple[str, Callable[[Point], bool]]
 
 
 def random_points(seed: int, n: int, ranges: dict[str, tuple]) -> list[Point]:
@@ -36,63 +38,100 @@ def random_points(seed: int, n: int, ranges: dict[str, tuple]) -> list[Point]:
     return points
 
 
+def random_values(low: float, high: float, n: int, seed: int, *, log: bool = False) -> list[float]:
+    """``n`` seeded draws from [low, high] (log-uniform when ``log``), rounded to 4 significant
+    digits: :func:`random_points` for one parameter."""
+    spec = (low, high, "log") if log else (low, high)
+    return [float(f"{p['v']:.4g}") for p in random_points(seed, n, {"v": spec})]
+
+
+def points_with_special(
+    seeds: Iterable[int], ranges: dict[str, tuple], special: Callable[[Point], Point]
+) -> list[Point]:
+    """For each seed, 24 random points and 4 more made special by ``special`` (e.g. mu = 0),
+    so that a regime such as "when mu = 0" can be named."""
+    return [
+        point
+        for seed in seeds
+        for point in random_points(seed, 24, ranges)
+        + [special(p) for p in random_points(seed + 100, 4, ranges)]
+    ]
+
+
+def by_regime(named: dict[str, list[Point]]) -> tuple[list[Point], list[Regime]]:
+    """All the points of ``named`` (description -> its points) and the group of regimes that
+    says which description each point was drawn for (for :func:`check_formula`)."""
+    points = [p for members in named.values() for p in members]
+    group = [
+        (description, lambda p, ids=frozenset(map(id, members)): id(p) in ids)
+        for description, members in named.items()
+    ]
+    return points, group
+
+
 def _argument(value):
     # A 0-d float64 tensor works with math.* and torch.* alike; counts stay Python ints.
+    if isinstance(value, torch.Tensor):
+        return value.clone()
     return value if isinstance(value, int) else torch.tensor(value, dtype=torch.float64)
 
 
-def _evaluate(fn: Callable, point: Point, what: str) -> float:
-    args = [_argument(v) for v in point.values()]
-    return to_float(call_student(fn, *args, what=what), what=f"{what}{_show(point)}")
-
-
 def _show(point: Point) -> str:
-    parts = ", ".join(
-        f"{k}={v}" if isinstance(v, int) else f"{k}={v:.3g}" for k, v in point.items()
+    parts = []
+    for key, value in point.items():
+        if isinstance(value, int):
+            parts.append(f"{key}={value}")
+        elif isinstance(value, numbers.Real):
+            parts.append(f"{key}={value:.3g}")
+        else:
+            parts.append(key)  # a tensor argument is shown by its name
+    return f"({', '.join(parts)})"
+
+
+def _short(value: torch.Tensor) -> str:
+    if value.numel() == 1:
+        return f"{value.item():.5g}"
+    shown = ", ".join(f"{v:.3g}" for v in value.flatten().tolist()[:6])
+    return f"[{shown}{', ...' if value.numel() > 6 else ''}]"
+
+
+def _as_tensor(value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(torch.float64)
+    return torch.tensor(float(value), dtype=torch.float64)
+
+
+def _read(got, expected: torch.Tensor, call: str) -> torch.Tensor:
+    """The student's value as a float64 tensor: one number where the truth is a number, else
+    a tensor (or a number) of the truth's shape; Mismatch in words otherwise."""
+    if expected.ndim == 0:
+        return torch.tensor(to_float(got, what=call), dtype=torch.float64)
+    if isinstance(got, bool) or not isinstance(got, (torch.Tensor, numbers.Real)):
+        raise Mismatch(
+            f"{call} should return a number (or a tensor), but returned a {type(got).__name__}."
+        )
+    got = _as_tensor(got)
+    if got.shape != expected.shape:
+        raise Mismatch(
+            f"{call} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}."
+        )
+    return got
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> bool:
+    return (
+        got.shape == expected.shape
+        and bool(torch.isfinite(got).all())
+        and bool(torch.allclose(got, expected, rtol=rtol, atol=atol))
     )
-    return f"({parts})"
 
 
-def _close(got: float, expected: float, rtol: float) -> bool:
-    return math.isfinite(got) and math.isclose(got, expected, rel_tol=rtol, abs_tol=1e-12)
-
-
-def check_formula(
-    fn: Callable,
-    truth: Callable[..., float],
-    points: Sequence[Point],
-    *,
-    what: str,
-    regimes: Sequence[Sequence[tuple[str, Callable[[Point], bool]]]] = (),
-    mutants: Sequence[tuple[str, Callable[..., float]]] = (),
-    rtol: float = 1e-6,
-) -> None:
-    """Return when ``fn`` equals ``truth`` at every point; else raise a Mismatch in words.
-
-    ``mutants`` are (explanation, formula) pairs of known mistakes: a student's formula equal
-    to one at every point gets that explanation. Otherwise the message says in which regime
-    the formula is right and in which it is wrong. ``regimes`` is a list of groups, each a
-    list of (description, predicate) that split the points one way (small / large noise,
-    mu = 0 / mu != 0); a group in which every regime is either right at all of its points or
-    wrong at all of them is named first, else one with some regime right at all its points
-    and some wrong at all of its points (its mixed regimes left out). One failing point is
-    always shown.
-    """
-    got = {i: _evaluate(fn, p, what) for i, p in enumerate(points)}
-    expected = {i: float(truth(**p)) for i, p in enumerate(points)}
-    wrong = {i for i in got if not _close(got[i], expected[i], rtol)}
-    if not wrong:
-        return
-    for explanation, formula in mutants:
-        if all(_close(got[i], float(formula(**p)), rtol) for i, p in enumerate(points)):
-            raise Mismatch(f"{what}: {explanation}")
-    first = min(wrong)
-    example = (
-        f"at {_show(points[first])} it gives {got[first]:.5g} instead of {expected[first]:.5g}"
-    )
-    if not math.isfinite(got[first]):
-        example = f"at {_show(points[first])} it gives {got[first]}"
-    named = []  # per group: (all regimes clean?, right ones, wrong ones)
+def _named_regimes(
+    regimes: Sequence[Sequence[Regime]], points: Sequence[Point], wrong: set[int]
+) -> list[tuple[bool, list[str], list[str]]]:
+    """Per group that splits the points into right and wrong regimes: (every regime clean?,
+    the regimes right at all of their points, those wrong at all of theirs)."""
+    named = []
     for group in regimes:
         right_in, wrong_in, clean = [], [], True
         for description, predicate in group:
@@ -107,8 +146,51 @@ def check_formula(
                 clean = False
         if right_in and wrong_in:
             named.append((clean, right_in, wrong_in))
-    # a group that splits the points cleanly first; else one whose mixed regimes are left out
-    for clean, right_in, wrong_in in sorted(named, key=lambda n: not n[0]):
+    return named
+
+
+def check_formula(
+    fn: Callable,
+    truth: Callable,
+    points: Sequence[Point],
+    *,
+    what: str,
+    regimes: Sequence[Sequence[Regime]] = (),
+    mutants: Sequence[tuple[str, Callable]] = (),
+    rtol: float = 1e-6,
+    atol: float = 1e-12,
+) -> None:
+    """Return when ``fn`` equals ``truth`` at every point; else raise a Mismatch in words.
+
+    ``fn`` is called with the point's values in order (numbers as 0-d float64 tensors,
+    integers as ints, tensors as copies), ``truth`` and the mutants with them by name; a
+    formula returns a number, or a tensor of the truth's shape. ``mutants`` are
+    (explanation, formula) pairs of known mistakes: a student's formula equal to one at every
+    point gets that explanation. Otherwise the message says in which regime the formula is
+    right and in which it is wrong. ``regimes`` is a list of groups, each a list of
+    (description, predicate) that split the points one way (small / large noise, mu = 0 /
+    mu != 0; see :func:`by_regime`); a group in which every regime is either right at all of
+    its points or wrong at all of them is named first, else one with some regime right at all
+    its points and some wrong at all of its points (its mixed regimes left out). One failing
+    point is always shown.
+    """
+    calls = [f"{what}{_show(p)}" for p in points]
+    expected = [_as_tensor(truth(**p)) for p in points]
+    got = [
+        _read(call_student(fn, *map(_argument, p.values()), what=what), e, call)
+        for p, e, call in zip(points, expected, calls)
+    ]
+    wrong = {i for i in range(len(points)) if not _close(got[i], expected[i], rtol, atol)}
+    if not wrong:
+        return
+    for explanation, formula in mutants:
+        if all(_close(g, _as_tensor(formula(**p)), rtol, atol) for g, p in zip(got, points)):
+            raise Mismatch(f"{what}: {explanation}")
+    first = min(wrong)
+    example = f"{calls[first]} = {_short(got[first])}, expected {_short(expected[first])}"
+    named = _named_regimes(regimes, points, wrong)
+    if named:  # a group that splits the points cleanly first; else one with mixed regimes left out
+        _, right_in, wrong_in = min(named, key=lambda n: not n[0])
         raise Mismatch(
             f"{what} is right {' and '.join(right_in)}, but wrong "
             f"{' and '.join(wrong_in)}: {example}."

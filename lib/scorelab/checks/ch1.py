@@ -12,19 +12,10 @@ import math
 
 import torch
 
-from scorelab.checks._core import (
-    Mismatch,
-    call_student,
-    cases,
-    check_formula,
-    diagnose,
-    exercise,
-    expect_finite,
-    expect_tensor,
-    random_values,
-    register_hints,
-    to_float,
-)
+from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
+                                   expect_finite, expect_tensor, register_hints, to_float)
+from scorelab.checks._formulas import by_regime, check_formula, random_values
+
 
 def _mixtures():
     """Test mixtures: equal variances (so a missing 1/sigma^2 is a constant factor), unequal, and
@@ -204,46 +195,49 @@ def _covariances() -> dict[str, torch.Tensor]:
 def exercise_1_1(perturbed_covariance) -> None:
     """Check ``perturbed_covariance(cov (D, D), sigma) -> (D, D)`` at random sigmas, small to large."""
     sigma_ranges = {
-        "small sigma (below 0.3)": (0.01, 0.3),
-        "sigma of order one": (0.5, 2.0),
-        "large sigma (above 3)": (3.0, 20.0),
+        "for small sigma (below 0.3)": (0.01, 0.3),
+        "for sigma of order one": (0.5, 2.0),
+        "for large sigma (above 3)": (3.0, 20.0),
     }
-    regimes = {}
-    for index, (regime, (low, high)) in enumerate(sigma_ranges.items()):
-        sigmas = cases(
-            random_values(low, high, 2, seed=10 + index),
-            random_values(low, high, 2, seed=100 + index),
-        )
-        for cov_name, cov in _covariances().items():
-            regimes[f"{regime} on {cov_name}"] = [(cov.clone(), s) for s in sigmas]
-
-    def truth(cov, sigma):
-        return cov.double() + sigma**2 * torch.eye(cov.shape[0], dtype=torch.float64)
+    covariances = _covariances()
+    points, sigma_regimes = by_regime({
+        regime: [
+            {"cov": cov, "sigma": s}
+            for cov in covariances.values()
+            for s in cases(random_values(low, high, 2, seed=10 + index),
+                           random_values(low, high, 2, seed=100 + index))
+        ]
+        for index, (regime, (low, high)) in enumerate(sigma_ranges.items())
+    })
+    cov_regimes = [
+        (f"on {name}", lambda p, cov=cov: p["cov"] is cov) for name, cov in covariances.items()
+    ]
 
     def eye(cov):
         return torch.eye(cov.shape[0], dtype=torch.float64)
 
-    mutants = {
-        "you added sigma I; the noise sigma z has covariance sigma^2 I (the two agree only at "
-        "sigma = 1).": lambda cov, sigma: cov.double() + sigma * eye(cov),
-        "you added sigma^2 to every entry; the noise is independent of x and across "
-        "coordinates, so it adds sigma^2 on the diagonal only and leaves the correlations "
-        "alone.": lambda cov, sigma: cov.double() + sigma**2,
-        "you scaled the covariance by sigma^2; the covariance of a sum of independent terms "
-        "is the sum of their covariances.": lambda cov, sigma: sigma**2 * cov.double(),
-        "you scaled the covariance by (1 + sigma^2); adding independent noise adds "
-        "covariances, it does not multiply them.": lambda cov, sigma: (1 + sigma**2)
-        * cov.double(),
-        "you returned sigma^2 I alone; the signal's covariance Sigma is still there.": lambda cov,
-        sigma: sigma**2 * eye(cov),
-    }
     check_formula(
         perturbed_covariance,
-        truth,
-        regimes,
-        name="perturbed_covariance",
-        mutants=mutants,
-        show=lambda args: f"cov, sigma={args[1]:.4g}",
+        lambda cov, sigma: cov.double() + sigma**2 * eye(cov),
+        points,
+        what="perturbed_covariance",
+        regimes=[sigma_regimes, cov_regimes],
+        rtol=1e-5,
+        atol=1e-8,
+        mutants=[
+            ("you added sigma I; the noise sigma z has covariance sigma^2 I (the two agree only "
+             "at sigma = 1).", lambda cov, sigma: cov.double() + sigma * eye(cov)),
+            ("you added sigma^2 to every entry; the noise is independent of x and across "
+             "coordinates, so it adds sigma^2 on the diagonal only and leaves the correlations "
+             "alone.", lambda cov, sigma: cov.double() + sigma**2),
+            ("you scaled the covariance by sigma^2; the covariance of a sum of independent "
+             "terms is the sum of their covariances.", lambda cov, sigma: sigma**2 * cov.double()),
+            ("you scaled the covariance by (1 + sigma^2); adding independent noise adds "
+             "covariances, it does not multiply them.",
+             lambda cov, sigma: (1 + sigma**2) * cov.double()),
+            ("you returned sigma^2 I alone; the signal's covariance Sigma is still there.",
+             lambda cov, sigma: sigma**2 * eye(cov)),
+        ],
     )
 
 

@@ -11,19 +11,10 @@ import math
 
 import torch
 
-from scorelab.checks._core import (
-    Mismatch,
-    call_student,
-    cases,
-    check_formula,
-    exercise,
-    expect_finite,
-    expect_tensor,
-    is_close,
-    random_values,
-    register_hints,
-    to_float,
-)
+from scorelab.checks._core import (Mismatch, call_student, cases, exercise, expect_finite,
+                                   expect_same_draws, expect_tensor, is_close, register_hints,
+                                   to_float)
+from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 STEP_SIZE = 0.1
 SEED = 123
@@ -94,32 +85,31 @@ def exercise_2_1(langevin_step, authors_epsilon) -> None:
     check_formula(
         authors_epsilon,
         lambda alpha: alpha / 2,
-        {"the step sizes tried": [(a,) for a in cases([0.01, 0.1, 1.0], [0.003, 3.0])]},
-        name="authors_epsilon",
-        mutants={
-            "authors_epsilon returns alpha itself; the same number means a different step in "
-            "the two conventions: match eps * s with (alpha / 2) * s.": lambda alpha: alpha,
-            "authors_epsilon returns 2 alpha; the conversion goes the other way: "
-            "eps * s = (alpha / 2) * s.": lambda alpha: 2 * alpha,
-            "authors_epsilon returns sqrt(alpha / 2) or similar; match the drift terms, "
-            "eps * s = (alpha / 2) * s (the noise terms then agree too).": lambda alpha: math.sqrt(
-                alpha / 2
-            ),
-        },
+        [{"alpha": a} for a in cases([0.01, 0.1, 1.0], [0.003, 3.0])],
+        what="authors_epsilon",
+        rtol=1e-5,
+        atol=1e-8,
+        mutants=[
+            ("it returns alpha itself; the same number means a different step in the two "
+             "conventions: match eps * s with (alpha / 2) * s.", lambda alpha: alpha),
+            ("it returns 2 alpha; the conversion goes the other way: eps * s = (alpha / 2) * s.",
+             lambda alpha: 2 * alpha),
+            ("it returns sqrt(alpha / 2) or similar; match the drift terms, eps * s = "
+             "(alpha / 2) * s (the noise terms then agree too).",
+             lambda alpha: math.sqrt(alpha / 2)),
+        ],
     )
 
 
 def _check_step(langevin_step, step_size: float) -> None:
     x = torch.randn(500, 2, generator=torch.Generator().manual_seed(7))
+
+    def run(points):
+        return call_student(langevin_step, points, _gaussian_score, step_size,
+                            generator=torch.Generator().manual_seed(SEED), what="langevin_step")
+
     given = x.clone()
-    got = call_student(
-        langevin_step,
-        given,
-        _gaussian_score,
-        step_size,
-        generator=torch.Generator().manual_seed(SEED),
-        what="langevin_step",
-    )
+    got = run(given)
     got = expect_tensor(got, what="langevin_step(x, ...)", shape=tuple(x.shape))
     if not torch.equal(given, x):
         raise Mismatch(
@@ -131,19 +121,7 @@ def _check_step(langevin_step, step_size: float) -> None:
     reference = x + step_size / 2 * _gaussian_score(x) + math.sqrt(step_size) * noise
     if is_close(got, reference):
         return
-    again = call_student(
-        langevin_step,
-        x.clone(),
-        _gaussian_score,
-        step_size,
-        generator=torch.Generator().manual_seed(SEED),
-        what="langevin_step",
-    )
-    if not torch.equal(again, got):
-        raise Mismatch(
-            "two calls with identically seeded generators gave different steps: draw the noise "
-            "from the generator, torch.randn(x.shape, generator=generator)."
-        )
+    expect_same_draws(lambda: run(x.clone()), got, outputs="steps")
     a, b, residual = _fit(got - x, _gaussian_score(x), noise)
     if residual > 1e-3:
         raise Mismatch(
@@ -260,33 +238,35 @@ def _check_alpha_10(alpha_10) -> None:
 def exercise_2_2(stationary_variance) -> None:
     """Check ``stationary_variance(alpha) -> float`` at random alpha in three regimes."""
     ranges = {
-        "small alpha (below 0.003)": (1e-4, 3e-3),
-        "alpha of order one": (0.3, 1.5),
-        "alpha near 4": (2.5, 3.95),
+        "for small alpha (below 0.003)": (1e-4, 3e-3),
+        "for alpha of order one": (0.3, 1.5),
+        "for alpha near 4": (2.5, 3.95),
     }
-    regimes = {
-        name: [(a,) for a in cases(random_values(low, high, 3, seed=20 + i),
-                                   random_values(low, high, 3, seed=200 + i))]
+    points, regimes = by_regime({
+        name: [{"alpha": a} for a in cases(random_values(low, high, 3, seed=20 + i),
+                                           random_values(low, high, 3, seed=200 + i))]
         for i, (name, (low, high)) in enumerate(ranges.items())
-    }
+    })
     check_formula(
         stationary_variance,
-        _stationary_variance,
-        regimes,
-        name="stationary_variance",
+        lambda alpha: _stationary_variance(alpha),
+        points,
+        what="stationary_variance",
+        regimes=[regimes],
         rtol=1e-5,
-        mutants={
-            "your variance is 1 for every step size: the unadjusted chain is biased, solve "
-            "v = (1 - alpha/2)^2 v + alpha for v.": lambda a: 1.0,
-            "you found 1 / (1 - alpha/2), the authors' convention (drift alpha * s, noise "
-            "sqrt(2 alpha) z); the course's step is (alpha/2) * s + sqrt(alpha) z.": lambda a: 1
-            / (1 - a / 2),
-            "this is the standard deviation, sqrt(1 / (1 - alpha/4)); the question asks for "
-            "the variance.": lambda a: math.sqrt(1 / (1 - a / 4)),
-            "you found 1 - alpha/4, the reciprocal of the answer.": lambda a: 1 - a / 4,
-            "you dropped the square of the contraction: the variance of (1 - alpha/2) x is "
-            "(1 - alpha/2)^2 v, not (1 - alpha/2) v.": lambda a: 2.0,
-        },
+        atol=1e-8,
+        mutants=[
+            ("your variance is 1 for every step size: the unadjusted chain is biased, solve "
+             "v = (1 - alpha/2)^2 v + alpha for v.", lambda alpha: 1.0),
+            ("you found 1 / (1 - alpha/2), the authors' convention (drift alpha * s, noise "
+             "sqrt(2 alpha) z); the course's step is (alpha/2) * s + sqrt(alpha) z.",
+             lambda alpha: 1 / (1 - alpha / 2)),
+            ("this is the standard deviation, sqrt(1 / (1 - alpha/4)); the question asks for "
+             "the variance.", lambda alpha: math.sqrt(1 / (1 - alpha / 4))),
+            ("you found 1 - alpha/4, the reciprocal of the answer.", lambda alpha: 1 - alpha / 4),
+            ("you dropped the square of the contraction: the variance of (1 - alpha/2) x is "
+             "(1 - alpha/2)^2 v, not (1 - alpha/2) v.", lambda alpha: 2.0),
+        ],
     )
 
 

@@ -8,24 +8,16 @@ ratio; 3.4 (investigate) where plain Langevin puts the 0.8 / 0.2 mixture's mass,
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-from scorelab.checks._core import (
-    Mismatch,
-    call_student,
-    cases,
-    check_choice,
-    check_formula,
-    diagnose,
-    exercise,
-    expect_finite,
-    expect_tensor,
-    random_values,
-    register_hints,
-    to_float,
-)
+from scorelab.checks._core import (Mismatch, call_student, cases, check_choice, diagnose,
+                                   exercise, expect_finite, expect_tensor, register_hints,
+                                   to_float)
+from scorelab.checks._formulas import by_regime, check_formula, random_values
+
 
 def _ladders() -> list[tuple[float, float, int]]:
     """(sigma_max, sigma_min, L) triples: the public ones, and hidden ones while grading."""
@@ -75,41 +67,45 @@ def exercise_3_2(geometric_sigmas) -> None:
 )
 def exercise_3_3(annealed_step) -> None:
     """Check ``annealed_step(eps, sigma_i, sigma_L) -> float`` at random values in three regimes."""
-    draws = {
-        "the last level (sigma_i = sigma_L)": lambda i: [
-            (e, s, s) for e, s in zip(random_values(1e-4, 0.5, 3, seed=30 + i, log=True),
-                                      random_values(0.01, 2.0, 3, seed=40 + i, log=True))
-        ],
-        "sigma_i a few times sigma_L": lambda i: [
-            (e, r * s, s) for e, r, s in zip(random_values(1e-4, 0.5, 3, seed=31 + i, log=True),
-                                             random_values(1.5, 5.0, 3, seed=41 + i),
-                                             random_values(0.01, 2.0, 3, seed=51 + i, log=True))
-        ],
-        "sigma_i much larger than sigma_L": lambda i: [
-            (e, r * s, s) for e, r, s in zip(random_values(1e-4, 0.5, 3, seed=32 + i, log=True),
-                                             random_values(20.0, 500.0, 3, seed=42 + i, log=True),
-                                             random_values(0.01, 2.0, 3, seed=52 + i, log=True))
-        ],
+
+    def draw(eps_seed: int, last_seed: int, ratios: tuple | None, shift: int) -> list[dict]:
+        """Points whose sigma_i / sigma_L is drawn from ``ratios`` (low, high, seed, log), or 1."""
+        eps = random_values(1e-4, 0.5, 3, seed=eps_seed + shift, log=True)
+        last = random_values(0.01, 2.0, 3, seed=last_seed + shift, log=True)
+        times = [1.0] * 3
+        if ratios is not None:
+            low, high, seed, log = ratios
+            times = random_values(low, high, 3, seed=seed + shift, log=log)
+        return [{"eps": e, "sigma_i": r * s, "sigma_L": s} for e, r, s in zip(eps, times, last)]
+
+    regimes = {
+        "for the last level (sigma_i = sigma_L)": (30, 40, None),
+        "for sigma_i a few times sigma_L": (31, 51, (1.5, 5.0, 41, False)),
+        "for sigma_i much larger than sigma_L": (32, 52, (20.0, 500.0, 42, True)),
     }
-    regimes = {name: cases(draw(0), draw(100)) for name, draw in draws.items()}
+    points, group = by_regime(
+        {name: cases(draw(*spec, 0), draw(*spec, 100)) for name, spec in regimes.items()}
+    )
     check_formula(
         annealed_step,
-        lambda eps, sigma, sigma_last: eps * sigma**2 / sigma_last**2,
-        regimes,
-        name="annealed_step",
+        lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2,
+        points,
+        what="annealed_step",
+        regimes=[group],
         rtol=1e-5,
-        show=lambda args: "eps={:.3g}, sigma_i={:.3g}, sigma_L={:.3g}".format(*args),
-        mutants={
-            "annealed_step returns eps * sigma_i / sigma_L: the drift (alpha/2) s is about "
-            "alpha / (2 sigma) and the noise sqrt(alpha); their ratio stays fixed only if alpha "
-            "grows like sigma_i^2.": lambda e, s, sl: e * s / sl,
-            "annealed_step returns eps * sigma_i^2, not divided by sigma_L^2: then the last "
-            "level does not take the step eps itself.": lambda e, s, sl: e * s**2,
-            "annealed_step returns eps * sigma_L^2 / sigma_i^2, upside down: the largest noise "
-            "level takes the largest step.": lambda e, s, sl: e * sl**2 / s**2,
-            "annealed_step returns eps at every level: plain Langevin steps barely move at "
-            "large sigma, where the density is wide.": lambda e, s, sl: e,
-        },
+        atol=1e-8,
+        mutants=[
+            ("it returns eps * sigma_i / sigma_L: the drift (alpha/2) s is about "
+             "alpha / (2 sigma) and the noise sqrt(alpha); their ratio stays fixed only if "
+             "alpha grows like sigma_i^2.", lambda eps, sigma_i, sigma_L: eps * sigma_i / sigma_L),
+            ("it returns eps * sigma_i^2, not divided by sigma_L^2: then the last level does "
+             "not take the step eps itself.", lambda eps, sigma_i, sigma_L: eps * sigma_i**2),
+            ("it returns eps * sigma_L^2 / sigma_i^2, upside down: the largest noise level "
+             "takes the largest step.",
+             lambda eps, sigma_i, sigma_L: eps * sigma_L**2 / sigma_i**2),
+            ("it returns eps at every level: plain Langevin steps barely move at large sigma, "
+             "where the density is wide.", lambda eps, sigma_i, sigma_L: eps),
+        ],
     )
 
 
@@ -150,31 +146,19 @@ def _check_annealed(annealed_langevin, step_size: float, start_seed: int, noise_
     x0 = (
         8.0 * torch.rand(n, 2, generator=torch.Generator().manual_seed(start_seed)) - 4.0
     )  # (N, 2), uniform on [-4, 4]^2
-    got = call_student(
-        annealed_langevin,
-        score_fn,
-        x0.clone(),
-        sigmas,
-        step_size,
-        n_steps,
-        generator=torch.Generator().manual_seed(noise_seed),
-        what="annealed_langevin",
-    )
+
+    def sample(sampler, **options):  # the student's sampler and the reference, same inputs
+        return sampler(score_fn, x0.clone(), sigmas, step_size, n_steps,
+                       generator=torch.Generator().manual_seed(noise_seed), **options)
+
+    got = sample(functools.partial(call_student, annealed_langevin), what="annealed_langevin")
     got = expect_tensor(got, what="annealed_langevin(...)", shape=(n, 2))
     if not torch.isfinite(got).all():
         raise Mismatch(
             "the samples contain NaN or inf: the chain diverged. Is the step at level i "
             "step_size * sigma_i^2 / sigma_L^2 with sigma_L the smallest sigma?"
         )
-    expected = annealed_langevin_dynamics(
-        score_fn,
-        x0.clone(),
-        sigmas,
-        step_size,
-        n_steps,
-        generator=torch.Generator().manual_seed(noise_seed),
-        progress=False,
-    )
+    expected = sample(annealed_langevin_dynamics, progress=False)
     if torch.allclose(got, expected, atol=1e-3, rtol=1e-3):
         return
     spread, reference_spread = _mode_variance(got), _mode_variance(expected)
@@ -218,38 +202,42 @@ def _mode_variance(x: torch.Tensor) -> float:
 def exercise_3_1(common_ratio) -> None:
     """Check ``common_ratio(sigma_max, sigma_min, n_levels) -> float`` at random ladders."""
 
-    def draw(seed: int, n_low: int, n_high: int, span: tuple[float, float]):
+    def draw(seed: int, n_low: int, n_high: int, span: tuple[float, float]) -> list[dict]:
         sigma_min = random_values(0.01, 1.0, 3, seed=seed, log=True)
         spans = random_values(*span, 3, seed=seed + 1, log=True)
         levels = torch.randint(n_low, n_high + 1, (3,), generator=torch.Generator().manual_seed(seed))
-        return [(m * r, m, int(n)) for m, r, n in zip(sigma_min, spans, levels.tolist())]
+        return [{"sigma_max": m * r, "sigma_min": m, "n_levels": int(n)}
+                for m, r, n in zip(sigma_min, spans, levels.tolist())]
 
-    regimes = {
-        "long ladders (50 to 1000 levels)": cases(draw(60, 50, 1000, (10.0, 5000.0)),
-                                                  draw(160, 50, 1000, (10.0, 5000.0))),
-        "short ladders (2 to 4 levels)": cases(draw(61, 2, 4, (1.5, 50.0)),
-                                               draw(161, 2, 4, (1.5, 50.0))),
-        "narrow ladders (sigma_max < 2 sigma_min)": cases(draw(62, 3, 20, (1.05, 2.0)),
-                                                          draw(162, 3, 20, (1.05, 2.0))),
+    ladders = {
+        "for long ladders (50 to 1000 levels)": (60, 50, 1000, (10.0, 5000.0)),
+        "for short ladders (2 to 4 levels)": (61, 2, 4, (1.5, 50.0)),
+        "for narrow ladders (sigma_max < 2 sigma_min)": (62, 3, 20, (1.05, 2.0)),
     }
+    points, group = by_regime({
+        name: cases(draw(seed, *rest), draw(seed + 100, *rest))
+        for name, (seed, *rest) in ladders.items()
+    })
     check_formula(
         common_ratio,
-        lambda high, low, n: (high / low) ** (1.0 / (n - 1)),
-        regimes,
-        name="common_ratio",
-        rtol=1e-6,
-        show=lambda args: "sigma_max={:.4g}, sigma_min={:.4g}, L={}".format(*args),
-        mutants={
-            "common_ratio takes the L-th root; L levels have L - 1 gaps between them, so "
-            "sigma_max / sigma_min = ratio^(L - 1).": lambda h, lo, n: (h / lo) ** (1.0 / n),
-            "common_ratio is below 1: sigma_i / sigma_(i+1) is above 1 because the ladder "
-            "decreases.": lambda h, lo, n: (lo / h) ** (1.0 / (n - 1)),
-            "common_ratio is the gap of an evenly spaced ladder, (sigma_max - sigma_min) / "
-            "(L - 1); a geometric ladder has a constant ratio, not a constant "
-            "difference.": lambda h, lo, n: (h - lo) / (n - 1),
-            "common_ratio divides sigma_max / sigma_min by L - 1; the ratio is multiplied L - 1 "
-            "times, so take the (L - 1)-th root.": lambda h, lo, n: h / lo / (n - 1),
-        },
+        lambda sigma_max, sigma_min, n_levels: (sigma_max / sigma_min) ** (1.0 / (n_levels - 1)),
+        points,
+        what="common_ratio",
+        regimes=[group],
+        mutants=[
+            ("it takes the L-th root; L levels have L - 1 gaps between them, so "
+             "sigma_max / sigma_min = ratio^(L - 1).",
+             lambda sigma_max, sigma_min, n_levels: (sigma_max / sigma_min) ** (1.0 / n_levels)),
+            ("it is below 1: sigma_i / sigma_(i+1) is above 1 because the ladder decreases.",
+             lambda sigma_max, sigma_min, n_levels:
+             (sigma_min / sigma_max) ** (1.0 / (n_levels - 1))),
+            ("it is the gap of an evenly spaced ladder, (sigma_max - sigma_min) / (L - 1); a "
+             "geometric ladder has a constant ratio, not a constant difference.",
+             lambda sigma_max, sigma_min, n_levels: (sigma_max - sigma_min) / (n_levels - 1)),
+            ("it divides sigma_max / sigma_min by L - 1; the ratio is multiplied L - 1 times, "
+             "so take the (L - 1)-th root.",
+             lambda sigma_max, sigma_min, n_levels: sigma_max / sigma_min / (n_levels - 1)),
+        ],
     )
 
 

@@ -8,19 +8,10 @@ import math
 
 import torch
 
-from scorelab.checks._core import (
-    Mismatch,
-    call_student,
-    cases,
-    diagnose,
-    exercise,
-    expect_finite,
-    expect_tensor,
-    is_close,
-    register_hints,
-    to_float,
-)
-from scorelab.checks._formulas import check_formula, random_points
+from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
+                                   expect_finite, expect_loss, expect_same_draws, expect_tensor,
+                                   is_close, register_hints, to_float)
+from scorelab.checks._formulas import check_formula, points_with_special
 
 SIGMA = 0.3  # sigma, sigma^2, 2 and the dimension 3 are all different factors
 SEED = 5
@@ -74,32 +65,18 @@ def exercise_4_1(dsm_loss) -> None:
     from scorelab.training import dsm_loss as reference_loss
 
     model, x = _linear_model(), _data()
-    got = call_student(
-        dsm_loss, model, x, SIGMA, generator=torch.Generator().manual_seed(SEED), what="dsm_loss"
-    )
-    if isinstance(got, float):
-        raise Mismatch(
-            "dsm_loss returned a Python float (did you call .item()?): return a tensor, so that "
-            "loss.backward() can train the model."
+
+    def run():
+        return call_student(
+            dsm_loss, model, x, SIGMA, generator=torch.Generator().manual_seed(SEED),
+            what="dsm_loss",
         )
-    got = expect_tensor(got, what="dsm_loss(model, x, sigma)", shape=(x.shape[0],))
-    if got.grad_fn is None:
-        raise Mismatch(
-            "the loss carries no gradient (computed under torch.no_grad(), or detached): the "
-            "model could not be trained with it."
-        )
-    expect_finite(got, what="dsm_loss(model, x, sigma)")
+
+    got = expect_loss(run(), name="dsm_loss", what="dsm_loss(model, x, sigma)", n=x.shape[0])
     expected = reference_loss(model, x, SIGMA, generator=torch.Generator().manual_seed(SEED))
     if is_close(got, expected):
         return
-    again = call_student(
-        dsm_loss, model, x, SIGMA, generator=torch.Generator().manual_seed(SEED), what="dsm_loss"
-    )
-    if not torch.equal(again, got):
-        raise Mismatch(
-            "two calls with identically seeded generators gave different losses: draw the "
-            "noise from the generator, z = torch.randn(x.shape, generator=generator)."
-        )
+    expect_same_draws(run, got)
     with torch.no_grad():
         mutants = _dsm_mutants(model, x, SIGMA)
     diagnose(
@@ -164,12 +141,6 @@ _SCORE_POINTS = {
 }
 
 
-def _score_points(seed: int) -> list[dict]:
-    points = random_points(seed, 24, _SCORE_POINTS)
-    # a few centred densities, so that "right only when mu = 0" can be said
-    return points + [{**p, "mu": 0.0} for p in random_points(seed + 100, 4, _SCORE_POINTS)]
-
-
 @exercise(
     "4.3",
     "the optimal DSM score of N(mu, s^2) is -(x - mu) / (s^2 + sigma^2): the score of the "
@@ -177,11 +148,11 @@ def _score_points(seed: int) -> list[dict]:
 )
 def exercise_4_3(optimal_dsm_score) -> None:
     """Check ``optimal_dsm_score(x, mu, s, sigma) -> float`` at random parameter values."""
-    points = [p for seed in cases([40], [41, 42]) for p in _score_points(seed)]
+    # a few centred densities too, so that "right only when mu = 0" can be said
     check_formula(
         optimal_dsm_score,
         _optimal_dsm_score,
-        points,
+        points_with_special(cases([40], [41, 42]), _SCORE_POINTS, lambda p: {**p, "mu": 0.0}),
         what="optimal_dsm_score",
         regimes=[
             [

@@ -9,19 +9,10 @@ import math
 
 import torch
 
-from scorelab.checks._core import (
-    Mismatch,
-    call_student,
-    cases,
-    diagnose,
-    exercise,
-    expect_finite,
-    expect_tensor,
-    is_close,
-    register_hints,
-    to_float,
-)
-from scorelab.checks._formulas import check_formula, random_points
+from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
+                                   expect_loss, expect_same_draws, expect_tensor, is_close,
+                                   register_hints, to_float)
+from scorelab.checks._formulas import check_formula, points_with_special
 
 SEED = 17
 N_PROJECTIONS = 3  # 3 projections: averaging vs summing them is a factor 3, distinct from 2 and 1/2
@@ -120,62 +111,32 @@ def _check_sliced(fn, *, variance_reduction: bool, name: str) -> None:
     from scorelab.training import sliced_score_matching_loss
 
     model, x = _model(), _data()
-    got = call_student(
-        fn,
-        model,
-        x,
-        n_projections=N_PROJECTIONS,
-        generator=torch.Generator().manual_seed(SEED),
-        what=name,
-    )
-    if isinstance(got, float):
-        raise Mismatch(
-            f"{name} returned a Python float (did you call .item()?): return a tensor, so that "
-            "loss.backward() can train the model."
+
+    def run():
+        return call_student(
+            fn, model, x, n_projections=N_PROJECTIONS,
+            generator=torch.Generator().manual_seed(SEED), what=name,
         )
-    got = expect_tensor(got, what=f"{name}(model, x)", shape=(x.shape[0],))
-    if got.grad_fn is None:
-        raise Mismatch(
-            "the loss carries no gradient (computed under torch.no_grad(), or detached)."
-        )
-    expect_finite(got, what=f"{name}(model, x)")
+
+    got = expect_loss(run(), name=name, what=f"{name}(model, x)", n=x.shape[0])
     expected = sliced_score_matching_loss(
-        model,
-        x,
-        n_projections=N_PROJECTIONS,
-        variance_reduction=variance_reduction,
+        model, x, n_projections=N_PROJECTIONS, variance_reduction=variance_reduction,
         generator=torch.Generator().manual_seed(SEED),
     )
     if is_close(got, expected):
-        for mine, reference in zip(
-            _parameter_gradients(model, got), _parameter_gradients(model, expected)
-        ):
-            if not is_close(mine, reference, rtol=1e-3, atol=1e-5):
-                raise Mismatch(
-                    "the values are right but the gradients are not: the trace term must stay "
-                    "differentiable, so pass create_graph=True to torch.autograd.grad."
-                )
+        _check_gradients(model, got, expected)
         return
-    again = call_student(
-        fn,
-        model,
-        x,
-        n_projections=N_PROJECTIONS,
-        generator=torch.Generator().manual_seed(SEED),
-        what=name,
+    expect_same_draws(
+        run, got,
+        draw="draw the directions from the generator, "
+        "v = torch.randn((n_projections, *x.shape), generator=generator)",
     )
-    if not torch.equal(again, got):
-        raise Mismatch(
-            "two calls with identically seeded generators gave different losses: draw the "
-            "directions from the generator, v = torch.randn((n_projections, *x.shape), generator=generator)."
-        )
-    mutants = _mutants(model, x, variance_reduction)
     try:
         diagnose(
             got.detach(),
             expected.detach(),
             what=name,
-            mutants=mutants,
+            mutants=_mutants(model, x, variance_reduction),
             factors={
                 "M, the number of projections (average over them, do not sum)": float(N_PROJECTIONS)
             },
@@ -185,6 +146,18 @@ def _check_sliced(fn, *, variance_reduction: bool, name: str) -> None:
             raise
     # Not a known mistake: maybe right, with directions drawn in another order.
     _statistical_check(fn, variance_reduction, name)
+
+
+def _check_gradients(model, got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Mismatch unless the parameter gradients of the two losses agree."""
+    for mine, reference in zip(
+        _parameter_gradients(model, got), _parameter_gradients(model, expected)
+    ):
+        if not is_close(mine, reference, rtol=1e-3, atol=1e-5):
+            raise Mismatch(
+                "the values are right but the gradients are not: the trace term must stay "
+                "differentiable, so pass create_graph=True to torch.autograd.grad."
+            )
 
 
 @exercise(
@@ -220,12 +193,6 @@ _OBJECTIVE_POINTS = {
 }
 
 
-def _objective_points(seed: int) -> list[dict]:
-    points = random_points(seed, 24, _OBJECTIVE_POINTS)
-    # models centred on the data, so that "right only when m = mu" can be said
-    return points + [{**p, "m": p["mu"]} for p in random_points(seed + 100, 4, _OBJECTIVE_POINTS)]
-
-
 @exercise(
     "5.3",
     "J(m, v) = -1/v + (s^2 + (mu - m)^2) / (2 v^2): integration by parts turned the unknown "
@@ -233,11 +200,13 @@ def _objective_points(seed: int) -> list[dict]:
 )
 def exercise_5_3(sm_objective) -> None:
     """Check ``sm_objective(m, v, mu, s) -> float`` at random parameter values."""
-    points = [p for seed in cases([50], [51, 52]) for p in _objective_points(seed)]
+    # models centred on the data too, so that "right only when m = mu" can be said
     check_formula(
         sm_objective,
         _sm_objective,
-        points,
+        points_with_special(
+            cases([50], [51, 52]), _OBJECTIVE_POINTS, lambda p: {**p, "m": p["mu"]}
+        ),
         what="sm_objective",
         regimes=[
             [
@@ -320,12 +289,9 @@ def exercise_5_4(fixed_ssm_vr_loss) -> None:
         fixed_ssm_vr_loss, model, x, n_projections=N_PROJECTIONS,
         generator=torch.Generator().manual_seed(SEED), what="fixed_ssm_vr_loss",
     )
-    got = expect_tensor(got, what="fixed_ssm_vr_loss(model, x)", shape=(x.shape[0],))
-    expect_finite(got, what="fixed_ssm_vr_loss(model, x)")
-    if got.grad_fn is None:
-        raise Mismatch(
-            "the loss carries no gradient (computed under torch.no_grad(), or detached)."
-        )
+    got = expect_loss(
+        got, name="fixed_ssm_vr_loss", what="fixed_ssm_vr_loss(model, x)", n=x.shape[0]
+    )
     references = [
         sliced_score_matching_loss(
             model, x, n_projections=N_PROJECTIONS, variance_reduction=True,

@@ -9,18 +9,9 @@ import math
 import torch
 from torch import nn
 
-from scorelab.checks._core import (
-    Mismatch,
-    call_student,
-    cases,
-    diagnose,
-    exercise,
-    expect_finite,
-    expect_tensor,
-    is_close,
-    register_hints,
-    to_float,
-)
+from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
+                                   expect_finite, expect_loss, expect_same_draws, expect_tensor,
+                                   is_close, register_hints, to_float)
 from scorelab.checks._formulas import check_formula, random_points
 
 SEED = 21
@@ -171,54 +162,23 @@ def exercise_6_2(annealed_dsm_loss) -> None:
     images = torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(2))  # (N, 1, 4, 4)
     for x, kind in ((points, "2-D points"), (images, "images (N, 1, 4, 4)")):
         what = f"annealed_dsm_loss on {kind}"
-        try:
-            got = call_student(
-                annealed_dsm_loss,
-                model,
-                x,
-                sigmas,
-                labels,
-                generator=torch.Generator().manual_seed(SEED),
-                what="annealed_dsm_loss",
+
+        def run(x=x):
+            return call_student(
+                annealed_dsm_loss, model, x, sigmas, labels,
+                generator=torch.Generator().manual_seed(SEED), what="annealed_dsm_loss",
             )
-        except (RuntimeError, IndexError) as error:
-            if x is points:
-                raise
-            raise Mismatch(
-                f"right on 2-D points, but on images it raised {type(error).__name__} "
-                f"({str(error).splitlines()[0]}). Reshape the per-example sigma to (N, 1, ..., 1), "
-                "e.g. sigma.reshape(-1, *[1] * (x.ndim - 1)), and sum over every dimension "
-                "but the first, so one loss serves points and images."
-            ) from None
-        if isinstance(got, float):
-            raise Mismatch(
-                "the loss is a Python float (did you call .item()?): return a tensor of shape (N,)."
-            )
-        got = expect_tensor(got, what=what, shape=(x.shape[0],))
-        if got.grad_fn is None:
-            raise Mismatch(
-                "the loss carries no gradient (computed under torch.no_grad(), or detached)."
-            )
-        expect_finite(got, what=what)
+
+        got = expect_loss(
+            _on_images_too(run) if x is images else run(),
+            name="annealed_dsm_loss", what=what, n=x.shape[0],
+        )
         expected = reference_loss(
             model, x, sigmas, labels=labels, generator=torch.Generator().manual_seed(SEED)
         )
         if is_close(got, expected):
             continue
-        again = call_student(
-            annealed_dsm_loss,
-            model,
-            x,
-            sigmas,
-            labels,
-            generator=torch.Generator().manual_seed(SEED),
-            what="annealed_dsm_loss",
-        )
-        if not torch.equal(again, got):
-            raise Mismatch(
-                "two calls with identically seeded generators gave different losses: draw the "
-                "noise from the generator, z = torch.randn(x.shape, generator=generator)."
-            )
+        expect_same_draws(run, got)
         with torch.no_grad():
             mutants = _loss_mutants(model, x, sigmas, labels)
         diagnose(
@@ -228,6 +188,19 @@ def exercise_6_2(annealed_dsm_loss) -> None:
             mutants=mutants,
             factors={"2 (the 1/2 in front)": 2.0},
         )
+
+
+def _on_images_too(run):
+    """``run()``, with a shape error explained as a loss written for 2-D points only."""
+    try:
+        return run()
+    except (RuntimeError, IndexError) as error:
+        raise Mismatch(
+            f"right on 2-D points, but on images it raised {type(error).__name__} "
+            f"({str(error).splitlines()[0]}). Reshape the per-example sigma to (N, 1, ..., 1), "
+            "e.g. sigma.reshape(-1, *[1] * (x.ndim - 1)), and sum over every dimension "
+            "but the first, so one loss serves points and images."
+        ) from None
 
 
 # ---------------------------------------------------------------- 6.3 (derive): the step size
@@ -293,6 +266,96 @@ def _start_share(p: dict) -> float:
     return (1 - p["eps"] / (2 * p["sigma_L"] ** 2)) ** (2 * p["n_steps"])
 
 
+#: 6.3, part 1: the last level and the others.
+_STEP_REGIMES = [
+    [
+        ("at the last level (sigma_i = sigma_L)", lambda p: p["sigma_i"] == p["sigma_L"]),
+        ("at the larger levels", lambda p: p["sigma_i"] != p["sigma_L"]),
+    ]
+]
+
+#: 6.3, part 1: the usual mistakes in alpha_i.
+_STEP_MUTANTS = [
+    (
+        "the ratio sigma_i / sigma_L must be squared: the step scales like the "
+        "variance of the level, so that the signal-to-noise ratio of a step is the "
+        "same at every level.",
+        lambda eps, sigma_i, sigma_L: eps * sigma_i / sigma_L,
+    ),
+    (
+        "the ratio is upside down: the largest levels take the largest steps, "
+        "alpha_i = eps sigma_i^2 / sigma_L^2.",
+        lambda eps, sigma_i, sigma_L: eps * sigma_L**2 / sigma_i**2,
+    ),
+    (
+        "this is half the paper's alpha_i, the step_lr-based 'step' of the authors' "
+        "code; in the paper's convention alpha_i = eps sigma_i^2 / sigma_L^2.",
+        lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2 / 2,
+    ),
+    (
+        "the step must not depend on the units of sigma: divide sigma_i^2 by "
+        "sigma_L^2, so that the last level's step is eps itself.",
+        lambda eps, sigma_i, sigma_L: eps * sigma_i**2,
+    ),
+]
+
+#: 6.3, part 2: the conversion to the authors' step_lr the wrong way.
+_STEP_LR_MUTANTS = [
+    (
+        "the factor goes the other way: the code's a s + sqrt(2a) z is the paper's "
+        "(alpha/2) s + sqrt(alpha) z with alpha = 2a, so step_lr = eps / 2.",
+        lambda eps: 2 * eps,
+    ),
+    (
+        "the same number runs a different sampler: the code's update a s + sqrt(2a) z "
+        "is the paper's with alpha = 2a.",
+        lambda eps: eps,
+    ),
+]
+
+#: 6.3, part 3: two ways of splitting the points.
+_RATIO_REGIMES = [
+    [
+        ("near stationarity (after many steps)", lambda p: _start_share(p) < 0.01),
+        ("while the start still matters (few steps)", lambda p: _start_share(p) > 0.1),
+    ],
+    [
+        ("for eps much smaller than sigma_L^2", lambda p: _u(p) < 0.05),
+        ("for eps comparable with sigma_L^2", lambda p: _u(p) > 0.3),
+    ],
+]
+
+#: 6.3, part 3: the usual mistakes in the variance recursion.
+_RATIO_MUTANTS = [
+    (
+        "this is NCSNv2's formula in the authors' convention x + alpha s + "
+        "sqrt(2 alpha) z; in the paper's convention a step contracts x by "
+        "1 - eps / (2 sigma_L^2) and adds alpha of variance.",
+        _authors_ratio,
+    ),
+    (
+        "the previous level's samples have variance sigma_(i-1)^2 = gamma^2 sigma_i^2: "
+        "the start contributes gamma^2, not gamma.",
+        lambda eps, sigma_L, gamma, n_steps: _variance_ratio(eps, sigma_L, gamma, n_steps)
+        + (1 - eps / (2 * sigma_L**2)) ** (2 * n_steps) * (gamma - gamma**2),
+    ),
+    (
+        "a variance is multiplied by the square of the contraction factor: after T "
+        "steps the start keeps r^(2T) of its variance, not r^T.",
+        lambda eps, sigma_L, gamma, n_steps: (
+            (1 - eps / (2 * sigma_L**2)) ** n_steps * gamma**2
+            + (eps / sigma_L**2) * (1 - (1 - eps / (2 * sigma_L**2)) ** n_steps)
+            / (1 - (1 - eps / (2 * sigma_L**2)) ** 2)
+        ),
+    ),
+    (
+        "this is the stationary ratio (T -> infinity); after T steps a share "
+        "r^(2T) of the starting variance gamma^2 is still there.",
+        lambda eps, sigma_L, gamma, n_steps: 1 / (1 - eps / (4 * sigma_L**2)),
+    ),
+]
+
+
 @exercise(
     "6.3",
     "alpha_i = eps sigma_i^2 / sigma_L^2; the authors' step_lr is eps / 2; and your variance "
@@ -307,97 +370,23 @@ def exercise_6_3(annealed_step, authors_step_lr, variance_ratio) -> None:
         lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2,
         [p for seed in seeds for p in _step_points(seed)],
         what="annealed_step",
-        regimes=[
-            [
-                ("at the last level (sigma_i = sigma_L)", lambda p: p["sigma_i"] == p["sigma_L"]),
-                ("at the larger levels", lambda p: p["sigma_i"] != p["sigma_L"]),
-            ]
-        ],
-        mutants=[
-            (
-                "the ratio sigma_i / sigma_L must be squared: the step scales like the "
-                "variance of the level, so that the signal-to-noise ratio of a step is the "
-                "same at every level.",
-                lambda eps, sigma_i, sigma_L: eps * sigma_i / sigma_L,
-            ),
-            (
-                "the ratio is upside down: the largest levels take the largest steps, "
-                "alpha_i = eps sigma_i^2 / sigma_L^2.",
-                lambda eps, sigma_i, sigma_L: eps * sigma_L**2 / sigma_i**2,
-            ),
-            (
-                "this is half the paper's alpha_i, the step_lr-based 'step' of the authors' "
-                "code; in the paper's convention alpha_i = eps sigma_i^2 / sigma_L^2.",
-                lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2 / 2,
-            ),
-            (
-                "the step must not depend on the units of sigma: divide sigma_i^2 by "
-                "sigma_L^2, so that the last level's step is eps itself.",
-                lambda eps, sigma_i, sigma_L: eps * sigma_i**2,
-            ),
-        ],
+        regimes=_STEP_REGIMES,
+        mutants=_STEP_MUTANTS,
     )
     check_formula(
         authors_step_lr,
         lambda eps: eps / 2,
         random_points(seeds[0], 8, {"eps": (1e-7, 0.1, "log")}),
         what="authors_step_lr",
-        mutants=[
-            (
-                "the factor goes the other way: the code's a s + sqrt(2a) z is the paper's "
-                "(alpha/2) s + sqrt(alpha) z with alpha = 2a, so step_lr = eps / 2.",
-                lambda eps: 2 * eps,
-            ),
-            (
-                "the same number runs a different sampler: the code's update a s + sqrt(2a) z "
-                "is the paper's with alpha = 2a.",
-                lambda eps: eps,
-            ),
-        ],
+        mutants=_STEP_LR_MUTANTS,
     )
     check_formula(
         variance_ratio,
         _variance_ratio,
         [p for seed in seeds for p in _ratio_points(seed)],
         what="variance_ratio",
-        regimes=[
-            [
-                ("near stationarity (after many steps)", lambda p: _start_share(p) < 0.01),
-                ("while the start still matters (few steps)", lambda p: _start_share(p) > 0.1),
-            ],
-            [
-                ("for eps much smaller than sigma_L^2", lambda p: _u(p) < 0.05),
-                ("for eps comparable with sigma_L^2", lambda p: _u(p) > 0.3),
-            ],
-        ],
-        mutants=[
-            (
-                "this is NCSNv2's formula in the authors' convention x + alpha s + "
-                "sqrt(2 alpha) z; in the paper's convention a step contracts x by "
-                "1 - eps / (2 sigma_L^2) and adds alpha of variance.",
-                _authors_ratio,
-            ),
-            (
-                "the previous level's samples have variance sigma_(i-1)^2 = gamma^2 sigma_i^2: "
-                "the start contributes gamma^2, not gamma.",
-                lambda eps, sigma_L, gamma, n_steps: _variance_ratio(eps, sigma_L, gamma, n_steps)
-                + (1 - eps / (2 * sigma_L**2)) ** (2 * n_steps) * (gamma - gamma**2),
-            ),
-            (
-                "a variance is multiplied by the square of the contraction factor: after T "
-                "steps the start keeps r^(2T) of its variance, not r^T.",
-                lambda eps, sigma_L, gamma, n_steps: (
-                    (1 - eps / (2 * sigma_L**2)) ** n_steps * gamma**2
-                    + (eps / sigma_L**2) * (1 - (1 - eps / (2 * sigma_L**2)) ** n_steps)
-                    / (1 - (1 - eps / (2 * sigma_L**2)) ** 2)
-                ),
-            ),
-            (
-                "this is the stationary ratio (T -> infinity); after T steps a share "
-                "r^(2T) of the starting variance gamma^2 is still there.",
-                lambda eps, sigma_L, gamma, n_steps: 1 / (1 - eps / (4 * sigma_L**2)),
-            ),
-        ],
+        regimes=_RATIO_REGIMES,
+        mutants=_RATIO_MUTANTS,
     )
 
 
