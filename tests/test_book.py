@@ -186,3 +186,58 @@ def test_static_images_are_small(image):
     path = BOOK / "_static" / image
     assert path.exists(), f"book/_static/{image} is missing (run book/_static/make_images.py)"
     assert path.stat().st_size < 100 * 1024
+
+
+# --- self-check quizzes: book/quizzes/NN.json, shown by the {quiz} directive of book/_ext ----------
+
+QUIZZES = BOOK / "quizzes"
+QUIZ_DIRECTIVE = re.compile(r"^```\{quiz\}\s+(\S+)\s*$", re.M)
+
+
+def _quiz_checker():
+    spec = importlib.util.spec_from_file_location("scorelab_sphinx", BOOK / "_ext" / "scorelab_sphinx.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check_quiz
+
+
+def _chapters() -> list[Path]:
+    return sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("chapter", _chapters(), ids=lambda p: p.stem)
+def test_every_chapter_ends_with_its_quiz(chapter):
+    cells = json.loads(chapter.read_text())["cells"]
+    last = "".join(cells[-1]["source"])
+    targets = QUIZ_DIRECTIVE.findall(last)
+    assert cells[-1]["cell_type"] == "markdown" and targets, f"{chapter.name} must end with a quiz"
+    assert targets == [f"quizzes/{chapter.name[:2]}.json"], targets
+    assert (chapter.parent / targets[0]).is_file(), f"{chapter.name}: {targets[0]} is missing"
+
+
+@pytest.mark.parametrize("path", sorted(QUIZZES.glob("*.json")), ids=lambda p: p.name)
+def test_quiz_files_are_valid_jupyterquiz(path):
+    """3-5 questions in jupyterquiz's format, each with a right and a wrong answer and feedback."""
+    questions = _quiz_checker()(json.loads(path.read_text()), where=path.name)
+    assert 3 <= len(questions) <= 5, f"{path.name}: {len(questions)} questions, expected 3 to 5"
+    for question in questions:
+        answers = question["answers"]
+        assert any(a.get("correct") is False for a in answers), f"{path.name}: no wrong answer to explain"
+        assert all(a.get("feedback") for a in answers), f"{path.name}: an answer without feedback"
+    used = {target for chapter in _chapters() for target in QUIZ_DIRECTIVE.findall(_markdown(chapter))}
+    assert f"quizzes/{path.name}" in used, f"no chapter shows {path.name}"
+
+
+@pytest.mark.parametrize("broken, message", [
+    ([], "1 to 10 questions"),
+    ([{"question": "q", "type": "essay", "answers": []}], "'type' must be one of"),
+    ([{"question": "q", "type": "multiple_choice",
+       "answers": [{"answer": "a", "correct": True, "feedback": "f"}]}], "one wrong choice"),
+    ([{"question": "q", "type": "numeric",
+       "answers": [{"type": "range", "range": [2, 1], "correct": True, "feedback": "f"}]}], "range"),
+    ([{"question": "q", "type": "numeric",
+       "answers": [{"type": "value", "value": 1, "correct": False, "feedback": "f"}]}], "no numeric"),
+])
+def test_a_malformed_quiz_is_named(broken, message):
+    with pytest.raises(ValueError, match=message):
+        _quiz_checker()(broken, where="broken.json")
