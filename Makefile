@@ -4,7 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-BOOK_BUILD := $(VENV)/bin/jupyter-book build book/ --config _config.yml --toc "$(CURDIR)/_toc.yml" -W --keep-going
+# The command Jupyter Book's guide teaches, from the root (_config.yml and _toc.yml live here).
+BOOK_BUILD := $(VENV)/bin/jupyter-book build . -W --keep-going
 # nbval on chosen notebooks (make nbval NOTEBOOKS="book/03_annealed_langevin.ipynb ..."): each runs
 # in a fresh kernel; cells marked NBVAL_CHECK_OUTPUT compare output. make test does not run it.
 NBVAL := $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -n 2 --dist loadscope

@@ -51,7 +51,7 @@ def package_fingerprint() -> str:
 
 
 def book_notebooks() -> list[Path]:
-    """The notebooks of ``_toc.yml``, as the build sees them (``book/solutions/`` included)."""
+    """The notebooks of ``_toc.yml`` (paths relative to the root, as the build reads them)."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files: list[str] = []
 
@@ -63,7 +63,7 @@ def book_notebooks() -> list[Path]:
                 collect(entry.get(key))
 
     collect([toc])
-    return [BOOK / f"{name}.ipynb" for name in files if (BOOK / f"{name}.ipynb").is_file()]
+    return [ROOT / f"{name}.ipynb" for name in files if (ROOT / f"{name}.ipynb").is_file()]
 
 
 def _execute(path: str, timeout: int, threads: int) -> tuple[str, float, str | None]:

@@ -2,7 +2,11 @@
 
 These checks catch, in a second, what would otherwise fail a full book build with -W:
 a table-of-contents entry without its file, a citation key missing from references.bib,
-an equation reference without its label, a settings mistake that sends launch buttons elsewhere.
+an equation reference without its label, a settings mistake that sends launch buttons elsewhere,
+a quiz file jupyterquiz could not read.
+
+The book is built from the repository root (``jupyter-book build .``, which ``make book`` runs):
+_config.yml, _toc.yml and every path in them are relative to the root.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ def toc_files() -> list[str]:
 
 def _source_path(name: str) -> Path | None:
     for suffix in (".md", ".ipynb"):
-        if (BOOK / f"{name}{suffix}").exists():
-            return BOOK / f"{name}{suffix}"
+        if (ROOT / f"{name}{suffix}").exists():
+            return ROOT / f"{name}{suffix}"
     return None
 
 
@@ -55,15 +59,15 @@ def _markdown(path: Path) -> str:
 
 
 def page_texts() -> dict[str, str]:
-    """Markdown of every page the book builds (notebooks: their markdown cells), by book path."""
+    """Markdown of every page the book builds (notebooks: their markdown cells), by path."""
     paths = set(BOOK.glob("*.md")) | set(BOOK.glob("*.ipynb"))
     paths |= {p for p in map(_source_path, toc_files()) if p is not None}
-    return {str(p.relative_to(BOOK)): _markdown(p) for p in sorted(paths)}
+    return {str(p.relative_to(ROOT)): _markdown(p) for p in sorted(paths)}
 
 
 def test_toc_format_and_parts():
     assert TOC["format"] == "jb-book"
-    assert TOC["root"] == "intro"
+    assert TOC["root"] == "book/intro"
     captions = [part["caption"] for part in TOC["parts"]]
     assert captions[:2] == ["Foundations", "Sampling with scores"]
     for part in TOC["parts"]:
@@ -72,7 +76,7 @@ def test_toc_format_and_parts():
 
 @pytest.mark.parametrize("name", toc_files())
 def test_every_toc_entry_exists(name):
-    assert _source_path(name) is not None, f"_toc.yml lists {name!r} but book/ has no {name}.md or .ipynb"
+    assert _source_path(name) is not None, f"_toc.yml lists {name!r} but there is no {name}.md or .ipynb"
 
 
 def test_toc_lists_each_file_once():
@@ -82,12 +86,14 @@ def test_toc_lists_each_file_once():
 
 def test_every_page_is_in_the_toc():
     listed = set(toc_files())
-    pages = {p.stem for p in BOOK.glob("*.md")} | {p.stem for p in BOOK.glob("*.ipynb")}
-    assert pages <= listed, f"pages in book/ missing from _toc.yml: {sorted(pages - listed)}"
+    pages = {f"book/{p.stem}" for p in [*BOOK.glob("*.md"), *BOOK.glob("*.ipynb")]}
+    pages |= {f"solutions/{p.stem}" for p in (ROOT / "solutions").glob("[0-9][0-9]_*.ipynb")}
+    assert pages <= listed, f"pages missing from _toc.yml: {sorted(pages - listed)}"
 
 
 def test_every_citation_is_in_references_bib():
     bib_keys = set(BIB_KEY.findall((BOOK / "references.bib").read_text()))
+    assert CONFIG["bibtex_bibfiles"] == ["book/references.bib"]
     for name, text in page_texts().items():
         for group in CITE.findall(text):
             for key in (k.strip() for k in group.split(",")):
@@ -116,13 +122,17 @@ def test_every_equation_reference_has_a_label():
 
 def test_bibliography_page_exists():
     assert "```{bibliography}" in (BOOK / "bibliography.md").read_text()
-    assert "bibliography" in toc_files()
+    assert "book/bibliography" in toc_files()
 
 
 def test_config_points_at_the_repository_and_launchers():
+    # the source folder is the root, so a page's docname is already its path in the repository:
+    # Colab opens {url}/blob/{branch}/book/01_densities_and_scores.ipynb
     assert CONFIG["repository"] == {
-        "url": "https://github.com/scorelab-course/scorelab", "path_to_book": "book", "branch": "main",
+        "url": "https://github.com/scorelab-course/scorelab", "path_to_book": "", "branch": "main",
     }
+    for name in toc_files():
+        assert name.split("/")[0] in ("book", "solutions"), f"{name}: pages live in book/ or solutions/"
     assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
     assert CONFIG["launch_buttons"]["binderhub_url"] == "https://mybinder.org"
     assert CONFIG["html"]["use_repository_button"] and CONFIG["html"]["use_issues_button"]
@@ -136,12 +146,22 @@ def test_config_executes_with_cache_and_visible_failures():
     assert CONFIG["only_build_toc_files"] is True
 
 
-def test_config_paths_resolve_against_book():
-    for key in ("logo",):
-        assert (BOOK / CONFIG[key]).exists(), f"{key}: book/{CONFIG[key]} is missing"
-    assert (BOOK / CONFIG["html"]["favicon"]).exists()
-    for bib in CONFIG["bibtex_bibfiles"]:
-        assert (BOOK / bib).exists(), f"bibtex file book/{bib} is missing"
+def test_config_paths_resolve_against_the_root():
+    """`jupyter-book build .` resolves the logo, favicon and bibliography against the root."""
+    for path in (CONFIG["logo"], CONFIG["html"]["favicon"], *CONFIG["bibtex_bibfiles"]):
+        assert (ROOT / path).is_file(), f"{path} (relative to the repository root) is missing"
+    for name, folder in CONFIG["sphinx"]["local_extensions"].items():
+        assert (ROOT / folder / f"{name}.py").is_file()
+
+
+def test_make_book_runs_the_guides_command():
+    """`make book` is `jupyter-book build .` from the root, strict; the browser test builds the same."""
+    makefile = (ROOT / "Makefile").read_text()
+    command = re.search(r"^BOOK_BUILD := (.+)$", makefile, re.M).group(1).split()
+    assert command[0].endswith("jupyter-book") and command[1:3] == ["build", "."]
+    assert "-W" in command and "--toc" not in command and "--config" not in command
+    assert re.search(r"^book: .*\n\t\$\(BOOK_BUILD\)$", makefile, re.M)
+    assert not (BOOK / "_toc.yml").exists() and not (BOOK / "_config.yml").exists()
 
 
 def test_myst_extensions_are_listed_and_installed():
@@ -166,3 +186,58 @@ def test_static_images_are_small(image):
     path = BOOK / "_static" / image
     assert path.exists(), f"book/_static/{image} is missing (run book/_static/make_images.py)"
     assert path.stat().st_size < 100 * 1024
+
+
+# --- self-check quizzes: book/quizzes/NN.json, shown by the {quiz} directive of book/_ext ----------
+
+QUIZZES = BOOK / "quizzes"
+QUIZ_DIRECTIVE = re.compile(r"^```\{quiz\}\s+(\S+)\s*$", re.M)
+
+
+def _quiz_checker():
+    spec = importlib.util.spec_from_file_location("scorelab_sphinx", BOOK / "_ext" / "scorelab_sphinx.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check_quiz
+
+
+def _chapters() -> list[Path]:
+    return sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("chapter", _chapters(), ids=lambda p: p.stem)
+def test_every_chapter_ends_with_its_quiz(chapter):
+    cells = json.loads(chapter.read_text())["cells"]
+    last = "".join(cells[-1]["source"])
+    targets = QUIZ_DIRECTIVE.findall(last)
+    assert cells[-1]["cell_type"] == "markdown" and targets, f"{chapter.name} must end with a quiz"
+    assert targets == [f"quizzes/{chapter.name[:2]}.json"], targets
+    assert (chapter.parent / targets[0]).is_file(), f"{chapter.name}: {targets[0]} is missing"
+
+
+@pytest.mark.parametrize("path", sorted(QUIZZES.glob("*.json")), ids=lambda p: p.name)
+def test_quiz_files_are_valid_jupyterquiz(path):
+    """3-5 questions in jupyterquiz's format, each with a right and a wrong answer and feedback."""
+    questions = _quiz_checker()(json.loads(path.read_text()), where=path.name)
+    assert 3 <= len(questions) <= 5, f"{path.name}: {len(questions)} questions, expected 3 to 5"
+    for question in questions:
+        answers = question["answers"]
+        assert any(a.get("correct") is False for a in answers), f"{path.name}: no wrong answer to explain"
+        assert all(a.get("feedback") for a in answers), f"{path.name}: an answer without feedback"
+    used = {target for chapter in _chapters() for target in QUIZ_DIRECTIVE.findall(_markdown(chapter))}
+    assert f"quizzes/{path.name}" in used, f"no chapter shows {path.name}"
+
+
+@pytest.mark.parametrize("broken, message", [
+    ([], "1 to 10 questions"),
+    ([{"question": "q", "type": "essay", "answers": []}], "'type' must be one of"),
+    ([{"question": "q", "type": "multiple_choice",
+       "answers": [{"answer": "a", "correct": True, "feedback": "f"}]}], "one wrong choice"),
+    ([{"question": "q", "type": "numeric",
+       "answers": [{"type": "range", "range": [2, 1], "correct": True, "feedback": "f"}]}], "range"),
+    ([{"question": "q", "type": "numeric",
+       "answers": [{"type": "value", "value": 1, "correct": False, "feedback": "f"}]}], "no numeric"),
+])
+def test_a_malformed_quiz_is_named(broken, message):
+    with pytest.raises(ValueError, match=message):
+        _quiz_checker()(broken, where="broken.json")

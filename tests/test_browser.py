@@ -10,7 +10,12 @@ For each page: no console errors (except failed loads of other hosts), maths wra
 MathJax with no raw ``$$`` or MyST roles left, every image loaded with a non-zero natural
 size, every animation's controls present and advancing a frame on click, launch buttons
 (Colab, Binder) and the download button on notebook pages, no broken internal links
-(file and anchor). One screenshot per page goes to ``_build/screenshots/``.
+(file and anchor), the logo and the favicon loaded. On every page with a self-check quiz, one
+question answered right and one answered wrong, and both feedbacks seen (no kernel involved).
+One screenshot per page goes to ``_build/screenshots/``.
+
+The book is built with the Makefile's own command (``jupyter-book build .`` from the root),
+so the test checks the book that ``make book`` makes.
 
 MathJax comes from a CDN (Sphinx's default ``mathjax_path``). ``make test`` installs the same
 MathJax 3 release from the npm registry into ``.venv/mathjax`` (``MATHJAX_DIR`` overrides the
@@ -44,10 +49,11 @@ import pytest
 pytestmark = pytest.mark.slow  # a built book, every page in headless Chromium
 
 ROOT = Path(__file__).resolve().parents[1]
-# what the book is built from (book/solutions is a link to solutions/, which rglob does not follow)
+# what the book is built from
 SOURCES = [ROOT / "_config.yml", ROOT / "_toc.yml", *(ROOT / "book").rglob("*.ipynb"),
            *(ROOT / "book").rglob("*.md"), *(ROOT / "solutions").glob("*.ipynb"),
            ROOT / "book" / "references.bib", *(ROOT / "book" / "_ext").glob("*.py"),
+           *(ROOT / "book" / "quizzes").glob("*.json"), *(ROOT / "book" / "_static").rglob("*.*"),
            *(ROOT / "lib" / "scorelab").rglob("*.py")]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -95,6 +101,14 @@ def _missing_browser() -> str | None:
     return None
 
 
+def book_command() -> list[str]:
+    """The Makefile's book command (``jupyter-book build . ...``), with this Python's jupyter-book."""
+    line = re.search(r"^BOOK_BUILD := (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    words = line.split()
+    assert words[0].endswith("/jupyter-book"), f"unexpected book command: {line}"
+    return [str(Path(sys.executable).with_name("jupyter-book")), *words[1:]]
+
+
 def _newest(paths) -> float:
     return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
 
@@ -109,9 +123,7 @@ def _book_html() -> Path:
     built = _newest(html.glob("*.html")) if html.exists() else 0.0
     if built < _newest(SOURCES):
         start = time.perf_counter()
-        jupyter_book = Path(sys.executable).with_name("jupyter-book")
-        subprocess.run([str(jupyter_book), "build", "book/", "--config", "_config.yml", "--toc",
-                        str(ROOT / "_toc.yml"), "-W", "--keep-going"], cwd=ROOT, check=True)
+        subprocess.run(book_command(), cwd=ROOT, check=True)
         print(f"built the book in {time.perf_counter() - start:.0f} s")
     return html
 
@@ -267,13 +279,60 @@ def _check_launch_buttons(page) -> list[str]:
     return problems
 
 
+def _check_branding(page, html: Path) -> list[str]:
+    """The logo (an image that loaded) and the favicon (a file that exists) of _config.yml."""
+    problems = []
+    logos = page.eval_on_selector_all("img.logo__image", "els => els.map(e => e.naturalWidth)")
+    if not logos or not all(logos):
+        problems.append("the logo is missing or did not load")
+    icons = page.eval_on_selector_all("link[rel~='icon']", "els => els.map(e => e.href)")
+    if not icons or not all((html / urlparse(href).path.lstrip("/")).is_file() for href in icons):
+        problems.append(f"favicon missing: {icons}")
+    return problems
+
+
+def _check_quiz(page) -> tuple[int, list[str]]:
+    """Answer one question right and another wrong; both must show their feedback."""
+    questions = page.locator("div.scorelab-quiz .quiz-question")
+    if page.locator("div.scorelab-quiz").count() == 0:
+        return 0, []
+    if questions.count() < 2:
+        return 0, [f"quiz rendered {questions.count()} questions (JavaScript did not run?)"]
+    problems = []
+    for index, right in ((0, True), (1, False)):
+        question = questions.nth(index)
+        if question.locator(".quiz-choice").count():
+            question.locator(f".quiz-choice[data-correct={'true' if right else 'false'}]").first.click()
+        else:  # numeric: the first correct value or range, or a number none of the answers accept
+            answers = question.evaluate("""q => JSON.parse(q.closest('.scorelab-quiz')
+                .querySelector('script.scorelab-quiz-data').textContent)""")[index]["answers"]
+            good = next(a for a in answers if a.get("correct"))
+            value = (good["value"] if good["type"] == "value" else sum(good["range"]) / 2) if right \
+                else 987654.321
+            question.locator("input.quiz-input").fill(repr(value))
+            question.locator("button.quiz-check").click()
+        feedback = question.locator(".quiz-feedback")
+        wanted = "quiz-correct" if right else "quiz-incorrect"
+        classes, text = feedback.get_attribute("class") or "", feedback.inner_text().strip()
+        if wanted not in classes or len(text) < 10:
+            problems.append(f"quiz question {index + 1} answered {'right' if right else 'wrong'}: "
+                            f"feedback {classes!r} {text[:60]!r}")
+    return questions.count(), problems
+
+
+def _has_quiz_source(page: str) -> bool:
+    source = ROOT / Path(page).with_suffix(".ipynb")
+    return source.is_file() and "```{quiz}" in source.read_text()
+
+
 def test_every_page_in_a_browser(site):
     from playwright.sync_api import sync_playwright
 
     html, base = site
     shots = html.parent / "screenshots"
     shots.mkdir(exist_ok=True)
-    pages, totals, failures = _pages(html), {"images": 0, "links": 0, "animations": 0, "formulas": 0}, {}
+    pages, failures = _pages(html), {}
+    totals = {"images": 0, "links": 0, "animations": 0, "formulas": 0, "quiz questions": 0}
     start = time.perf_counter()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
@@ -316,7 +375,11 @@ def test_every_page_in_a_browser(site):
             page.screenshot(path=str(shots / (name.replace("/", "__")[:-5] + ".png")),
                             full_page=True)
             n_anim, anim_problems = _check_animations(page)
-            errors += bad + anim_problems
+            n_quiz, quiz_problems = _check_quiz(page)
+            errors += bad + anim_problems + quiz_problems + _check_branding(page, html)
+            totals["quiz questions"] += n_quiz
+            if _has_quiz_source(name) and not n_quiz:
+                errors.append("the chapter's quiz is not on the page")
             if _is_notebook_page(html, name):
                 errors += _check_launch_buttons(page)
             hrefs = page.eval_on_selector_all("a[href]",
@@ -335,7 +398,8 @@ def test_every_page_in_a_browser(site):
     book_bytes = sum(p.stat().st_size for p in html.rglob("*") if p.is_file())
     print(f"\nbrowser check: {len(pages)} pages, {totals['images']} images, "
           f"{totals['links']} internal links, {totals['animations']} animations, "
-          f"{totals['formulas']} formulas checked in {time.perf_counter() - start:.0f} s; "
+          f"{totals['formulas']} formulas, {totals['quiz questions']} quiz questions checked in "
+          f"{time.perf_counter() - start:.0f} s; "
           f"built HTML {book_bytes / 2**20:.1f} MB; "
           f"screenshots in {shots}")
     assert book_bytes < MAX_BOOK_BYTES, f"built HTML is {book_bytes / 2**20:.1f} MB (limit 50 MB)"

@@ -1,0 +1,126 @@
+"""Give every chapter and solution notebook the maths macros of the book, so it stands alone.
+
+Usage:
+    python scripts/notebook_macros.py            # insert or refresh the macros cell
+    python scripts/notebook_macros.py --check    # exit 1 when a notebook lacks the current cell
+
+The book defines its LaTeX macros (``\\grad``, ``\\N``, ``\\E``, ``\\R``, ...) once, in _config.yml
+(``sphinx.config.mathjax3_config.tex.macros``). A notebook opened in Jupyter or Colab does not
+read that file, and its formulas would show MathJax errors. This script writes ONE markdown cell
+(id ``maths-macros``) that defines the same macros with ``\\newcommand``:
+
+- in book/*.ipynb it is the first cell; in solutions/*.ipynb it comes right after the Colab
+  badge and set-up cells that scripts/make_exercises.py puts first (that script copies it into
+  exercises/ at the same place);
+- it is tagged ``remove-cell``, so the book, which has the macros from _config.yml, drops it;
+  in Jupyter it renders as an empty line (its source is folded);
+- running the script twice changes nothing; after editing the macros in _config.yml, run it
+  again (and then scripts/make_exercises.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "_config.yml"
+FOLDERS = ("book", "solutions")
+CELL_ID = "maths-macros"
+# the first cells of a solution notebook, written by scripts/make_exercises.py
+HEADER_IDS = ("colab-badge", "colab-setup")
+
+
+def config_macros(config_path: Path = CONFIG) -> dict[str, str | list]:
+    """The MathJax macros of _config.yml: name -> definition, or [definition, number of args]."""
+    config = yaml.safe_load(config_path.read_text()) or {}
+    try:
+        macros = config["sphinx"]["config"]["mathjax3_config"]["tex"]["macros"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{config_path.name} defines no sphinx.config.mathjax3_config.tex.macros")
+    if not isinstance(macros, dict) or not macros:
+        raise ValueError(f"{config_path.name}: the MathJax macros must be a non-empty mapping")
+    return macros
+
+
+def newcommands(macros: dict[str, str | list]) -> str:
+    """``\\newcommand`` definitions of the macros, in the order of the config."""
+    lines = []
+    for name, definition in macros.items():
+        arguments = ""
+        if isinstance(definition, list):
+            if len(definition) != 2 or not isinstance(definition[1], int):
+                raise ValueError(f"macro {name!r}: expected a string or [definition, n_args], "
+                                 f"got {definition!r}")
+            definition, arguments = definition[0], f"[{definition[1]}]"
+        lines.append(f"\\newcommand{{\\{name}}}{arguments}{{{definition}}}")
+    return "\n".join(lines)
+
+
+def macro_cell(macros: dict[str, str | list] | None = None):
+    """The markdown cell that defines the macros (hidden in the book, empty in Jupyter)."""
+    macros = config_macros() if macros is None else macros
+    source = (
+        "<!-- The book's maths macros, for Jupyter and Colab (the book itself reads them from\n"
+        "_config.yml and removes this cell). Written by scripts/notebook_macros.py. -->\n"
+        f"$$\n{newcommands(macros)}\n$$"
+    )
+    cell = nbformat.v4.new_markdown_cell(source)
+    cell.id = CELL_ID
+    cell.metadata = {"jupyter": {"source_hidden": True}, "tags": ["remove-cell"]}
+    return cell
+
+
+def with_macros(nb, cell):
+    """The notebook with exactly one macros cell, at its place (a new object)."""
+    nb = nbformat.from_dict(nb)
+    cells = [c for c in nb.cells if c.get("id") != CELL_ID]
+    position = 0
+    while position < len(cells) and cells[position].get("id") in HEADER_IDS:
+        position += 1
+    nb.cells = cells[:position] + [cell] + cells[position:]
+    return nb
+
+
+def render(nb) -> str:
+    nbformat.validate(nb)
+    return nbformat.writes(nb) + "\n"
+
+
+def notebooks(root: Path = ROOT) -> list[Path]:
+    return sorted(p for folder in FOLDERS for p in (root / folder).glob("*.ipynb"))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when a notebook's macros cell is missing or stale")
+    parser.add_argument("paths", nargs="*", type=Path,
+                        help="notebooks to treat (default: book/*.ipynb and solutions/*.ipynb)")
+    args = parser.parse_args(argv)
+    cell = macro_cell()
+    stale = []
+    for path in args.paths or notebooks():
+        text = path.read_text()
+        new = render(with_macros(nbformat.reads(text, as_version=4), cell))
+        if new != text:
+            stale.append(path)
+            if not args.check:
+                path.write_text(new)
+                print(f"wrote the macros cell of {path}")
+    if args.check:
+        for path in stale:
+            print(f"macros cell missing or out of date: {path}")
+        if stale:
+            print("run `python scripts/notebook_macros.py` (then `make exercises`) and commit")
+            return 1
+        print("every notebook defines the book's maths macros")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
