@@ -42,6 +42,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
+BOOK = ROOT / "book"
 EXERCISES = ROOT / "exercises"
 CONFIG = ROOT / "_config.yml"
 
@@ -50,7 +51,7 @@ BEGIN_TEXT, END_TEXT = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
 HINT_PREFIX = "# HINT:"
 PROMPT_PREFIX = "# EXERCISE:"
 KINDS = ("derive", "implement", "investigate", "debug")
-HEADING = re.compile(r"^##\s+Exercise\s+(\d+\.\d+):\s*(.*?)\s*(★{1,3})?\s*$")
+HEADING = re.compile(r"^##\s+Exercise\s+(\d+\.\d+):\s*([^★]*?)\s*(★{1,3})?\s*$")
 EXERCISE_HEADING = re.compile(r"^#+\s.*\bExercise\s+(\d+\.\d+)\b", re.MULTILINE)
 SOLUTION_ONLY = "solution-only"
 BADGE_ID, SETUP_ID = "colab-badge", "colab-setup"
@@ -288,13 +289,51 @@ def render(nb) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-def chapter_link(url: str, branch: str, name: str) -> str:
-    """The markdown cell a chapter's Exercises section carries: the Colab badge and the solutions page."""
+KIND_MEANING = {
+    "derive": "work a result out on paper, enter it as a function",
+    "implement": "write the code",
+    "investigate": "run an experiment, report a number or a choice",
+    "debug": "find and fix a real bug",
+}
+EXERCISES_HEADING = "## Exercises"
+
+
+def exercises_table(solution, url: str, branch: str, name: str) -> str:
+    """A chapter's Exercises section: where the notebooks are, and one row per exercise."""
+    rows = []
+    for cell in solution.cells:
+        match = HEADING.match(cell.source.split("\n", 1)[0]) if cell.cell_type == "markdown" else None
+        meta = cell.metadata.get("exercise")
+        if match and meta:
+            rows.append(f"| {meta['id']} | {match.group(2)} | {meta['kind']} | {'★' * meta['level']} |")
+    colab = f"https://colab.research.google.com/github/{url.removeprefix('https://github.com/')}/blob/{branch}"
+    kinds = "; ".join(f"*{kind}*: {meaning}" for kind, meaning in KIND_MEANING.items())
     return (
-        f"{badge_source(url, branch, 'exercises', name)}\n\n"
-        f"Open the exercise notebook in Colab (or run `exercises/{name}` locally); "
-        f"the worked solutions are in {{doc}}`solutions/{name.removesuffix('.ipynb')}`."
+        f"{EXERCISES_HEADING}\n\n"
+        f"Open the [exercise notebook in Colab]({colab}/exercises/{name}) (or run "
+        f"`exercises/{name}` locally): every exercise there has a check that says in words what "
+        f"is still wrong, and `checks.hint(\"N.k\")` gives hints in tiers. The "
+        f"[worked solutions]({colab}/solutions/{name}) are also in this book, in the Solutions "
+        f"part. Kinds: {kinds}; ★ to ★★★ is the level.\n\n"
+        "| exercise | title | kind | level |\n|---|---|---|---|\n" + "\n".join(rows)
     )
+
+
+def with_exercises_section(chapter, table: str, name: str):
+    """The chapter with its Exercises section (from the heading to the end of its cell) replaced
+    by ``table``, and any following cells that held only exercise boxes or the badge removed."""
+    chapter = copy.deepcopy(chapter)
+    found = [i for i, c in enumerate(chapter.cells)
+             if c.cell_type == "markdown" and EXERCISES_HEADING + "\n" in c.source + "\n"]
+    if len(found) != 1:
+        raise SourceError(f"book/{name}: needs exactly one '{EXERCISES_HEADING}' section")
+    cell = chapter.cells[found[0]]
+    cell.source = cell.source[: cell.source.index(EXERCISES_HEADING)] + table
+    following = found[0] + 1
+    while following < len(chapter.cells) and chapter.cells[following].source.lstrip().startswith(
+            ("```{exercise}", "[![Open In Colab]")):
+        del chapter.cells[following]
+    return chapter
 
 
 def planned_files() -> dict[Path, str]:
@@ -308,6 +347,11 @@ def planned_files() -> dict[Path, str]:
         solution = normalise_solution(nbformat.read(path, as_version=4), url, branch, path.name)
         files[path] = render(solution)
         files[EXERCISES / path.name] = render(make_exercise(solution, url, branch, path.name))
+        chapter_path = BOOK / path.name
+        if chapter_path.exists():
+            chapter = nbformat.read(chapter_path, as_version=4)
+            table = exercises_table(solution, url, branch, path.name)
+            files[chapter_path] = render(with_exercises_section(chapter, table, path.name))
     return files
 
 
@@ -318,19 +362,7 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="write nothing; exit 1 if exercises/ or solutions/ differ from the generated text",
     )
-    parser.add_argument(
-        "--chapter-links",
-        action="store_true",
-        help="print the markdown cell that links each chapter to its exercises, and exit",
-    )
     args = parser.parse_args(argv)
-    if args.chapter_links:
-        url, branch = repository()
-        for path in sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb")):
-            print(
-                f"--- book/{path.name}, Exercises section:\n{chapter_link(url, branch, path.name)}\n"
-            )
-        return 0
     try:
         files = planned_files()
     except SourceError as error:
@@ -346,7 +378,8 @@ def main(argv: list[str]) -> int:
         if stale or extra:
             print("run `make exercises` (python scripts/make_exercises.py) and commit the result")
             return 1
-        print(f"exercises/ and solutions/ are up to date ({len(files) // 2} notebooks)")
+        print(f"exercises/, solutions/ and the chapters' exercise tables are up to date "
+              f"({len(list(EXERCISES.glob('*.ipynb')))} notebooks)")
         return 0
     EXERCISES.mkdir(exist_ok=True)
     for path in stale:

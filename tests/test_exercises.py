@@ -197,8 +197,8 @@ def test_exercise_fails_only_in_its_todo_cells(path):
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_chapter_links_its_exercise_notebook(path):
-    """Each chapter's Exercises section links its exercise notebook in Colab (the cell that
-    `python scripts/make_exercises.py --chapter-links` prints carries the badge)."""
+    """Each chapter's Exercises section (written by scripts/make_exercises.py from the
+    solutions' metadata) links its exercise notebook in Colab."""
     chapter = ROOT / "book" / path.name
     assert chapter.exists(), f"book/{path.name} is missing"
     url, branch = make_exercises.repository()
