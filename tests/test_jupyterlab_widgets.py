@@ -27,6 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from test_browser import CHROMIUM_ARGS, _chromium, _missing_browser
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # chapter -> the explorer's value typed into its first slider (its start value differs)
 EXPLORERS = {"02_langevin_dynamics.ipynb": "0.5", "04_denoising_score_matching.ipynb": "1"}
 RUN_SECONDS = 600  # a generous bound on running a whole chapter
+DONE = "all cells have run"  # printed by a last cell added to the copies
 
 
 def _free_port() -> int:
@@ -53,8 +55,10 @@ def jupyterlab(tmp_path_factory):
             pytest.fail(f"CI=true but the JupyterLab test cannot run: {reason}")
         pytest.skip(reason)
     folder = tmp_path_factory.mktemp("lab")
-    for name in EXPLORERS:
-        shutil.copy(ROOT / "book" / name, folder / name)
+    for name in EXPLORERS:  # the chapter, plus a last cell that marks the end of "Run All"
+        nb = nbformat.read(ROOT / "book" / name, as_version=4)
+        nb.cells.append(nbformat.v4.new_code_cell(f"print({DONE!r})"))
+        nbformat.write(nb, folder / name)
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")]),
            "JUPYTER_CONFIG_DIR": str(folder / ".config"), "JUPYTER_RUNTIME_DIR": str(folder / ".runtime"),
@@ -92,20 +96,28 @@ def jupyterlab(tmp_path_factory):
 
 def _run_all(page) -> None:
     """Run every cell from the Run menu and wait until the kernel is done."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    for attempt in range(3):  # a click before the kernel is connected runs nothing: retry
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        try:
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('.jp-InputPrompt')]
+                    .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))""",
+                timeout=60_000, polling=500)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     page.wait_for_function(
-        """() => {
-            const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
-            const indicator = document.querySelector('.jp-Notebook-ExecutionIndicator');
-            return prompts.length > 0 && prompts.every(p => !p.textContent.includes('*'))
-                && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)
-                                      || p.closest('.jp-CodeCell').querySelector('.jp-InputArea-editor')
-                                         .textContent.trim() === '')
-                && indicator && indicator.dataset.status === 'idle';
-        }""", timeout=RUN_SECONDS * 1000, polling=1000)
+        """done => [...document.querySelectorAll('.jp-OutputArea-output')].some(el =>
+            el.textContent.trim() === done  // the last cell ran, or a cell failed
+            || el.dataset.mimeType === 'application/vnd.jupyter.stderr'
+               && /Traceback|Error/.test(el.textContent))""",
+        arg=DONE, timeout=RUN_SECONDS * 1000, polling=1000)
 
 
 def _errors(page) -> list[str]:
@@ -129,12 +141,19 @@ def test_explorer_redraws_in_jupyterlab(jupyterlab, chapter):
                       lambda route: route.continue_() if route.request.url.startswith("data:")
                       else route.abort())
         page = context.new_page()
-        page.goto(f"{base}/lab/tree/{chapter}?token={token}", wait_until="load")
-        _run_all(page)
+        # a workspace of its own, reset: only this chapter is open (no tab of the other one)
+        workspace = Path(chapter).stem.replace("_", "-")
+        page.goto(f"{base}/lab/workspaces/{workspace}/tree/{chapter}?reset&token={token}",
+                  wait_until="load")
+        try:
+            _run_all(page)
+        finally:
+            page.screenshot(path=str(shots / f"jupyterlab_{Path(chapter).stem}_run.png"))
         assert not _errors(page), f"{chapter}: a cell failed in JupyterLab:\n" + "\n".join(_errors(page))
         explorer = page.locator(".widget-interact").first
-        explorer.wait_for(timeout=60_000)
-        explorer.scroll_into_view_if_needed()
+        explorer.wait_for(state="attached", timeout=60_000)
+        explorer.evaluate("el => el.scrollIntoView({block: 'center'})")  # off-screen cells are
+        explorer.wait_for(state="visible", timeout=60_000)  # not drawn until scrolled to
         image = explorer.locator("img").first
         image.wait_for(timeout=120_000)
         before = image.get_attribute("src")
