@@ -626,4 +626,4 @@ class ContinuousDenoisingScoreMatching(ScoreMatchingTrainer):
         super().__init__(model, lr=lr)
 
     def per_example_loss(self, x, generator=None):
-        return continuous_dsm_loss(self.model, x, self.sde, generator=generator)
+        return continuous_dsm_loss(self.forward, x, self.sde, generator=generator)
