@@ -81,14 +81,9 @@ def train_NCSN(
     model.check_images("data", data)
     if (checkpoint_every or sample_every or resume) and out_dir is None:
         raise ValueError("out_dir is required for checkpoint_every, sample_every or resume")
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    data = data.to(model.device).contiguous(memory_format=memory_format)
-    generator = torch.Generator(model.device).manual_seed(seed)
-    trainer = AnnealedDenoisingScoreMatching(model, model.sigmas, lr=lr, ema_rate=ema_rate,
-                                             amp=amp, compile=compile, distributed=True)
-    batches = Batches(data, check_positive_int("batch_size", batch_size) * trainer.world_size,
-                      replacement=False, generator=generator)
+    trainer, batches, generator = make_trainer(
+        model, data, batch_size=batch_size, lr=lr, ema_rate=ema_rate, seed=seed, amp=amp,
+        channels_last=channels_last, compile=compile)
     history = _resume(trainer, batches, generator, out_dir) if resume else []
     hooks = [] if callback is None else [callback]
     # Every rank has the same hooks (the losses are read, all together, when one is due);
@@ -104,6 +99,29 @@ def train_NCSN(
     trainer.use_ema_weights()
     model.to(memory_format=torch.contiguous_format)
     return history
+
+
+def make_trainer(
+    model: NCSN, data: torch.Tensor, *, batch_size: int = 128, lr: float = 1e-3,
+    ema_rate: float | None = 0.999, seed: int = 0, amp: bool = False,
+    channels_last: bool = False, compile: bool = False,
+) -> tuple[AnnealedDenoisingScoreMatching, Batches, torch.Generator]:
+    """The trainer, the batches and the generator of a :func:`train_NCSN` run (arguments as there).
+
+    The model (and the data, moved to the model's device) take the chosen memory layout; the
+    generator lives on the model's device; inside a process group the batches are global
+    (``batch_size`` per process). ``trainer.run(batches, n, generator=generator)`` then runs
+    ``n`` steps (the benchmarks time it so).
+    """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    data = data.to(model.device).contiguous(memory_format=memory_format)
+    generator = torch.Generator(model.device).manual_seed(seed)
+    trainer = AnnealedDenoisingScoreMatching(model, model.sigmas, lr=lr, ema_rate=ema_rate,
+                                             amp=amp, compile=compile, distributed=True)
+    batches = Batches(data, check_positive_int("batch_size", batch_size) * trainer.world_size,
+                      replacement=False, generator=generator)
+    return trainer, batches, generator
 
 
 def _resume(trainer, batches: Batches, generator: torch.Generator, out_dir) -> list[float]:
