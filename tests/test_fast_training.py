@@ -183,3 +183,17 @@ def test_training_on_cuda_is_reproducible_and_resumes_exactly(tmp_path, options)
     resumed = train_NCSN(model, DATA, n_steps=4, batch_size=8, out_dir=tmp_path / "a",
                          checkpoint_every=2, resume=True, progress=False, **options)
     assert resumed == runs[1]
+
+
+@pytest.mark.slow
+def test_compile_traces_the_network_into_the_same_run(monkeypatch, single_thread):
+    """Dynamo's trace of the network with the eager 'aot_eager' backend (no C++ compiler run,
+    which takes minutes on a CPU): the same losses as without compile, up to the order of
+    float operations of the decomposed graph."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    compiled = train_NCSN(_model(ngf=2), DATA, n_steps=3, batch_size=4, progress=False,
+                          compile=True)
+    eager = train_NCSN(_model(ngf=2), DATA, n_steps=3, batch_size=4, progress=False)
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=1e-5, atol=0)
