@@ -5,6 +5,13 @@ model and its Adam optimiser (``.loss``, ``.step``, ``.train``). Every trainer, 
 included (:func:`scorelab.ncsn.train_NCSN`), runs the one loop of
 :meth:`ScoreMatchingTrainer.run` on the batches of :class:`Batches`.
 
+The loop runs anywhere: a ``generator`` may live on the CPU or on the data's device (draws
+happen where it lives); the losses stay on the device and are read every ``log_every``
+steps (the step itself never waits for a GPU); ``amp`` trains under autocast
+(:func:`mixed_precision`), ``compile`` through ``torch.compile``; and
+:class:`AnnealedDenoisingScoreMatching` shards every batch over the processes of a
+``torch.distributed`` group (DistributedDataParallel, as under ``torchrun``).
+
 References
 ----------
 Hyvärinen (2005), *Estimation of non-normalized statistical models by score matching*.
