@@ -58,7 +58,8 @@ def test_channels_last_trains_in_that_layout_and_gives_the_same_run(single_threa
     model = _model()
     conv = next(m for m in model.net.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
     conv.register_forward_hook(
-        lambda module, args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
+        lambda module, args, out: layouts.append(
+            out.is_contiguous(memory_format=torch.channels_last)))
     fast = train_NCSN(model, DATA, n_steps=4, batch_size=8, progress=False, channels_last=True)
     assert layouts and all(layouts)
     assert all(p.is_contiguous() for p in model.parameters())  # handed back in the usual layout
@@ -81,7 +82,8 @@ def test_resume_is_exact_with_the_fast_options(tmp_path, options, single_thread)
     resumed = _model()
     train_NCSN(resumed, DATA, n_steps=6, batch_size=8, out_dir=tmp_path / "b",
                checkpoint_every=2, resume=True, progress=False, **options)
-    a, b = read_checkpoint(latest_checkpoint(tmp_path / "a")), read_checkpoint(latest_checkpoint(tmp_path / "b"))
+    a = read_checkpoint(latest_checkpoint(tmp_path / "a"))
+    b = read_checkpoint(latest_checkpoint(tmp_path / "b"))
     assert torch.equal(a["losses"], b["losses"]) and a["step"] == b["step"] == 6
     for key in ("model", "ema", "generator", "data_order"):
         values = a[key] if isinstance(a[key], dict) else {"": a[key]}

@@ -83,8 +83,9 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
 def test_two_process_run_killed_and_resumed_continues_exactly(tmp_path):
     steps, every = 40, 5
-    command = lambda out, *extra: _train(out, steps, 4, 2, "--checkpoint-every", str(every),  # noqa: E731
-                                         *extra)
+    def command(out, *extra):
+        return _train(out, steps, 4, 2, "--checkpoint-every", str(every), *extra)
+
     subprocess.run(command(tmp_path / "straight"), check=True, capture_output=True,
                    env=_environment())
     broken = tmp_path / "broken"

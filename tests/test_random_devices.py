@@ -132,7 +132,7 @@ def test_sample_without_a_device_goes_where_the_generator_lives():
 @pytest.mark.parametrize("generator_device", ["cpu", "cuda"])
 @pytest.mark.parametrize("name", _NAMES)
 def test_every_public_draw_on_cuda_data_with_a_generator_on_either_device(name, generator_device):
-    if name == "load_digits" and generator_device == "cuda":  # CPU data: a CUDA generator is refused
+    if name == "load_digits" and generator_device == "cuda":  # CPU data: a CUDA generator fails
         with pytest.raises(ValueError, match="generator must live on the CPU"):
             dict(_public_draws("cuda"))[name](torch.Generator("cuda").manual_seed(0))
         return

@@ -26,7 +26,8 @@ def same_device(a, b) -> bool:
     if a.index is None or b.index is None:  # "cuda" is the current device, "cuda:0" one device
         cuda = a.type == "cuda" and torch.cuda.is_available()
         current = torch.cuda.current_device() if cuda else 0
-        return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+        index_a = current if a.index is None else a.index
+        return index_a == (current if b.index is None else b.index)
     return a.index == b.index
 
 
@@ -39,7 +40,8 @@ def check_generator_device(generator: torch.Generator | None, device) -> None:
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        raise ValueError("generator must be a torch.Generator or None, "
+                         f"got {type(generator).__name__}")
     where = generator.device
     if where.type != "cpu" and not same_device(where, device):
         raise ValueError(f"generator must live on the CPU or on the data's device "

@@ -721,7 +721,8 @@ class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
             return annealed_dsm_loss(self.forward, x, self.sigmas, generator=generator)
         n = x.shape[0]
         if n % self.world_size:
-            raise ValueError(f"the global batch ({n}) must split evenly over {self.world_size} ranks")
+            raise ValueError(f"the global batch ({n}) must split evenly over "
+                             f"{self.world_size} ranks")
         # Every rank draws the whole batch's levels and noise, in annealed_dsm_loss's order.
         labels = randint(len(self.sigmas), (n,), generator=generator, device=x.device)
         noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -60,11 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="cpu")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     train.add_argument("--amp", action="store_true",
-                       help="mixed precision: bf16 autocast (fp16 with a gradient scaler on GPUs without bf16)")
+                       help="mixed precision: bf16 autocast (fp16 with a gradient scaler on GPUs "
+                       "without bf16)")
     train.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
-    train.add_argument("--compile", action="store_true", help="torch.compile the network (slow first steps)")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the network (slow first steps)")
     train.add_argument("--log-every", type=int, default=10,
-                       help="read and check the loss every K steps (the step never waits for the GPU)")
+                       help="read and check the loss every K steps (steps never wait for the GPU)")
     train.add_argument("--no-progress", action="store_true")
     sample = commands.add_parser("sample", help="draw a grid of samples from a checkpoint")
     sample.add_argument("--checkpoint", required=True, help="a training checkpoint or a weights file")

@@ -143,7 +143,8 @@ def _resume(trainer, batches: Batches, generator: torch.Generator, out_dir) -> l
 
 
 def _checkpoint_hook(trainer, batches, generator, history, out_dir, every, n_steps):
-    """``(every, hook)``: the hook writes the training state every ``every`` steps and at the end."""
+    """``(every, hook)``: the hook writes the training state every ``every`` steps and at the
+    end (on rank 0)."""
 
     def save(done: int, loss: float) -> None:
         if trainer.rank == 0 and (done == n_steps or (every and done % every == 0)):
