@@ -18,7 +18,8 @@ from scorelab.bench.__main__ import main
 
 def test_every_section_module_is_registered():
     registry = sections()
-    assert {"sampling", "memory", "notebooks", "score_matching", "ncsn", "sde", "inpainting"} <= set(registry)
+    assert {"sampling", "memory", "notebooks", "score_matching", "ncsn", "sde", "inpainting",
+            "gpu"} <= set(registry)
     assert all(registry[name] for name in registry)
 
 
@@ -98,3 +99,54 @@ def test_memory_probe_sees_the_announced_trajectory():
     assert figures["announced"] == 101 * 20_000 * 2 * 4
     increase = figures["peak"] - figures["before"]
     assert figures["announced"] * 0.99 <= increase < figures["announced"] + LIMIT_MB * 1e6
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU section: one explanatory row without CUDA; its checks and its table also run on a CPU
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_section_without_cuda_is_one_row_that_is_not_a_failure():
+    from scorelab.bench import gpu
+
+    (only,) = gpu.gpu_rows(quick=True)
+    assert only["figure"] == "no CUDA device found" and only["ok"] is None
+    assert "CUDA" in only["note"]
+
+
+def _gpu_checks():
+    from scorelab.bench import _gpu_paths
+
+    return dict(_gpu_paths.CHECKS)
+
+
+@pytest.mark.parametrize("name", [
+    name if "NCSN sampling" not in name else pytest.param(name, marks=pytest.mark.slow)
+    for name in _gpu_checks()])
+def test_gpu_path_checks_pass_on_the_cpu(name, single_thread):
+    ok, note = _gpu_checks()[name]("cpu")
+    assert ok, note
+
+
+def test_a_broken_gpu_path_is_a_failed_row_with_the_error():
+    from scorelab.bench import gpu
+
+    failed = gpu._check("broken path", lambda: 1 / 0)
+    assert failed["ok"] is False and "ZeroDivisionError" in failed["note"]
+
+
+def test_gpu_timing_table_has_every_variant_and_both_targets(single_thread):
+    from scorelab.bench import gpu
+
+    rows = gpu.timing_rows(device="cpu", configurations={"MNIST tiny": (28, 2, 4, 3),
+                                                          "digits tiny": (8, 2, 4, 3)},
+                           variants={"fp32": {}, "--amp": {"amp": True}},
+                           steps=1, repeats=1, warmup=1)
+    figures = [r["figure"] for r in rows]
+    assert figures == ["MNIST tiny step, fp32", "MNIST tiny step, --amp",
+                       "MNIST tiny: fastest step vs our fp32", "digits tiny step, fp32",
+                       "digits tiny step, --amp", "digits tiny: fastest step"]
+    assert all(r["value"] > 0 for r in rows)
+    assert rows[2]["target"] == ">= 2" and rows[5]["target"] == "< 15"
+    assert isinstance(rows[2]["ok"], bool) and "not shipped" in rows[2]["note"]

@@ -33,3 +33,110 @@ def test_cuda_data_with_a_generator_on_either_device(generator_device):
     again = _tensors.randn((4, 2), generator=torch.Generator(generator_device).manual_seed(0),
                            device="cuda")
     assert x.device.type == "cuda" and torch.equal(x, again)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every public function that takes a generator: reproducible for a seed, and a generator on a
+# third device (neither the CPU nor the data's) is a ValueError naming ``generator``.
+# ---------------------------------------------------------------------------------------------
+
+
+class _ElsewhereGenerator(torch.Generator):
+    """A CPU generator that reports living on a second CUDA device (no GPU needed to test)."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 1)
+
+
+def _public_draws(device="cpu"):
+    """(name, call(generator)) for every public function of the package that takes a generator."""
+    from scorelab import data, sde
+    from scorelab.densities import Banana, GaussianMixture
+    from scorelab.langevin import annealed_langevin_dynamics, langevin_dynamics, mala
+    from scorelab.ncsn import NCSN, inpaint
+    from scorelab.noise import geometric_sigmas
+    from scorelab.training import (Batches, annealed_dsm_loss, dsm_loss,
+                                   sliced_score_matching_loss)
+
+    mixture = GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-2.0, 0.0], [2.0, 0.0]]),
+                              torch.tensor([1.0, 1.0]))
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(1)).to(device)
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2)).to(device)
+    torch.manual_seed(0)
+    model = NCSN(ngf=2, sigmas=geometric_sigmas(1.0, 0.1, 3), n_steps_each=2, device=device)
+    net = torch.nn.Linear(2, 2).to(device)
+    ve = sde.VESDE(0.1, 5.0)
+    score = lambda y, sigma: -y / (1.0 + sigma**2)  # noqa: E731
+    mask = torch.ones(3, 1, 8, 8, device=device)
+    mask[:, :, 4:] = 0
+    return [
+        ("GaussianMixture.sample", lambda g: mixture.sample(5, g, device=device)),
+        ("Banana.sample", lambda g: Banana().sample(5, g, device=device)),
+        ("PerturbedBanana.sample", lambda g: Banana().perturbed(0.5).sample(5, g, device=device)),
+        ("langevin_dynamics", lambda g: langevin_dynamics(
+            mixture.score, x, 0.1, 3, generator=g, progress=False)),
+        ("annealed_langevin_dynamics", lambda g: annealed_langevin_dynamics(
+            score, x, [2.0, 1.0], 0.1, 2, generator=g, progress=False)),
+        ("mala", lambda g: mala(mixture.log_prob, mixture.score, x, 0.1, 3, generator=g,
+                                progress=False)[0]),
+        ("VESDE.prior_sample", lambda g: ve.prior_sample((4, 2), generator=g, device=device)),
+        ("euler_maruyama", lambda g: sde.euler_maruyama(score, ve, x, 3, generator=g)),
+        ("predictor_corrector", lambda g: sde.predictor_corrector(score, ve, x, 3, snr=0.1,
+                                                                  generator=g)),
+        ("log_likelihood", lambda g: sde.log_likelihood(score, ve, x, divergence="hutchinson",
+                                                        generator=g)),
+        ("continuous_dsm_loss", lambda g: sde.continuous_dsm_loss(
+            lambda y, sigma: net(y), x, ve, generator=g).detach()),
+        ("dsm_loss", lambda g: dsm_loss(net, x, 0.5, generator=g).detach()),
+        ("sliced_score_matching_loss", lambda g: sliced_score_matching_loss(
+            net, x, generator=g).detach()),
+        ("annealed_dsm_loss", lambda g: annealed_dsm_loss(
+            model, images, model.sigmas, generator=g).detach()),
+        ("Batches", lambda g: next(Batches(images, 2, replacement=False, generator=g))),
+        ("NCSN.sample", lambda g: model.sample(2, generator=g)),
+        ("NCSN.loss", lambda g: model.loss(images, generator=g).detach()),
+        ("inpaint", lambda g: inpaint(model, images, mask, generator=g, n_steps_each=2)),
+        ("load_digits", lambda g: data.load_digits("test", dequantize=True, generator=g)[:4]),
+    ]
+
+
+_NAMES = [name for name, _ in _public_draws()]
+
+
+@pytest.mark.parametrize("name", _NAMES)
+def test_every_public_draw_is_reproducible_with_a_cpu_generator(name, single_thread):
+    draw = dict(_public_draws())[name]
+    first = draw(torch.Generator().manual_seed(0))
+    again = dict(_public_draws())[name](torch.Generator().manual_seed(0))
+    assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("name", _NAMES)
+def test_a_generator_on_a_third_device_names_the_generator(name, single_thread):
+    draw = dict(_public_draws())[name]
+    with pytest.raises(ValueError, match="generator must live on the CPU or on the data's device"):
+        draw(_ElsewhereGenerator().manual_seed(0))
+
+
+def test_sample_without_a_device_goes_where_the_generator_lives():
+    from scorelab.densities import GaussianMixture
+
+    mixture = GaussianMixture(torch.tensor([1.0]), torch.tensor([[0.0, 0.0]]), torch.tensor([1.0]))
+    assert mixture.sample(3, torch.Generator().manual_seed(0)).device.type == "cpu"
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        mixture.sample(3, generator=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("generator_device", ["cpu", "cuda"])
+@pytest.mark.parametrize("name", _NAMES)
+def test_every_public_draw_on_cuda_data_with_a_generator_on_either_device(name, generator_device):
+    if name == "load_digits" and generator_device == "cuda":  # CPU data: a CUDA generator fails
+        with pytest.raises(ValueError, match="generator must live on the CPU"):
+            dict(_public_draws("cuda"))[name](torch.Generator("cuda").manual_seed(0))
+        return
+    first = dict(_public_draws("cuda"))[name](torch.Generator(generator_device).manual_seed(0))
+    again = dict(_public_draws("cuda"))[name](torch.Generator(generator_device).manual_seed(0))
+    assert torch.equal(first, again)
+    assert first.device.type == ("cpu" if name == "load_digits" else "cuda")

@@ -18,8 +18,42 @@ def sum_except_batch(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
+def same_device(a, b) -> bool:
+    """Whether devices ``a`` and ``b`` are the same (``"cuda"`` meaning the current CUDA device)."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:  # "cuda" is the current device, "cuda:0" one device
+        cuda = a.type == "cuda" and torch.cuda.is_available()
+        current = torch.cuda.current_device() if cuda else 0
+        index_a = current if a.index is None else a.index
+        return index_a == (current if b.index is None else b.index)
+    return a.index == b.index
+
+
+def check_generator_device(generator: torch.Generator | None, device) -> None:
+    """Raise ValueError unless ``generator`` is None or lives on the CPU or on ``device``.
+
+    The rule of the package: a generator may live on the CPU (its draws are copied to the
+    data) or on the data's device (drawn there); anywhere else is an error, not a silent copy.
+    """
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise ValueError("generator must be a torch.Generator or None, "
+                         f"got {type(generator).__name__}")
+    where = generator.device
+    if where.type != "cpu" and not same_device(where, device):
+        raise ValueError(f"generator must live on the CPU or on the data's device "
+                         f"({torch.device(device)}), got a generator on {where}")
+
+
 def _draw_device(generator: torch.Generator | None, device) -> torch.device:
-    """Where a draw happens: on the generator's device when one is given, else on ``device``."""
+    """Where a draw happens: on the generator's device when one is given, else on ``device``.
+
+    Raises ValueError (naming ``generator``) for a generator on a third device.
+    """
+    check_generator_device(generator, device)
     return generator.device if generator is not None else torch.device(device)
 
 

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from scorelab._tensors import check_generator_device
+
 
 def check_positive(name: str, value) -> float:
     """Return ``value`` as a float, or raise if it is not a finite number > 0."""
@@ -66,12 +68,18 @@ def check_batch(name: str, x) -> torch.Tensor:
     return check_values(name, x)
 
 
-def check_generator(generator) -> None:
-    """Check that ``generator`` is a ``torch.Generator`` or None."""
+def check_generator(generator, device=None) -> None:
+    """Check that ``generator`` is a ``torch.Generator`` or None (on the CPU or on ``device``).
+
+    With ``device`` (the data's device), a generator elsewhere is a ValueError: a generator
+    may live on the CPU or on the data's device (see :mod:`scorelab._tensors`).
+    """
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(
             f"generator must be a torch.Generator or None, got {type(generator).__name__}"
         )
+    if device is not None:
+        check_generator_device(generator, device)
 
 
 def check_score_shape(name: str, score: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scorelab._tensors import rand
+
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.3
 DIGITS_GREY_LEVELS = 17  # scikit-learn's digits take the integer values 0..16
@@ -76,7 +78,7 @@ def load_digits(
         images, labels = images[chosen], labels[chosen]
     pixels = torch.from_numpy(images).unsqueeze(1)  # (N, 1, 8, 8), integers 0..16
     if dequantize:
-        noise = torch.rand(pixels.shape, generator=generator)
+        noise = rand(pixels.shape, generator=generator)  # a generator on the CPU (the data's)
         x = (pixels + noise) / DIGITS_GREY_LEVELS
     else:
         x = pixels / (DIGITS_GREY_LEVELS - 1)

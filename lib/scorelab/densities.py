@@ -21,6 +21,7 @@ import math
 import numpy as np
 import torch
 
+from scorelab._tensors import multinomial, randn
 from scorelab._validation import (check_generator, check_points, check_positive, check_positive_int,
                                   check_values)
 from scorelab.scores import sigma_per_example
@@ -42,6 +43,14 @@ def _as_float64(name: str, value) -> torch.Tensor:
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{name} must contain only finite numbers")
     return tensor
+
+
+def _sample_device(generator: torch.Generator | None, device) -> torch.device:
+    """Where samples go: ``device``, else the generator's device, else the CPU (checked)."""
+    if device is None:
+        device = generator.device if isinstance(generator, torch.Generator) else "cpu"
+    check_generator(generator, device)
+    return torch.device(device)
 
 
 def _check_x(x, dim: int) -> torch.Tensor:
@@ -305,21 +314,26 @@ class GaussianMixture:
         score = torch.mm(responsibilities.T, params["scaled_means"])  # (N, D)
         return score - x * torch.mm(responsibilities.T, params["inverse_variances"])
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` samples, shape (n, D): a component by weight, then its Gaussian."""
+    def sample(self, n: int, generator: torch.Generator | None = None, *,
+               device=None) -> torch.Tensor:
+        """Draw ``n`` samples, shape (n, D): a component by weight, then its Gaussian.
+
+        The samples go to ``device`` (default: the generator's device, else the CPU); the
+        draws happen on the generator's device, so a (generator device, seed) pair gives
+        the same samples wherever they go.
+        """
         n = check_positive_int("n", n)
-        check_generator(generator)
-        components = torch.multinomial(
-            self._weights, n, replacement=True, generator=generator
-        )  # (n,)
-        noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)  # (n, D)
+        device = _sample_device(generator, device)
+        components = multinomial(self._weights, n, generator=generator)  # (n,)
+        noise = randn((n, self.dim), generator=generator, dtype=torch.float64)  # (n, D)
         if self.kind == "full":
             cholesky = self._cholesky[components]  # (n, D, D)
             offsets = (cholesky @ noise[:, :, None])[:, :, 0]  # (n, D)
         else:
             variances = self._covariances[components]  # (n,) or (n, D)
             offsets = noise * (variances[:, None] if self.kind == "isotropic" else variances).sqrt()
-        return (self._means[components] + offsets).to(torch.get_default_dtype())
+        samples = self._means[components] + offsets  # (n, D), float64 on the CPU
+        return samples.to(dtype=torch.get_default_dtype(), device=device)
 
     def perturbed(self, sigma: float) -> GaussianMixture:
         r"""The mixture convolved with :math:`N(0, \sigma^2 I)`: each covariance plus sigma^2 I.
@@ -478,11 +492,15 @@ class Banana:
         s0 = -x[:, 0] / self.scale**2 - 2.0 * self.curvature * x[:, 0] * y1
         return torch.stack([s0, -y1], dim=1)  # (N, 2)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` samples, shape (n, 2): x_0 = a z_0, x_1 = z_1 - b (x_0^2 - a^2)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, *,
+               device=None) -> torch.Tensor:
+        """Draw ``n`` samples, shape (n, 2): x_0 = a z_0, x_1 = z_1 - b (x_0^2 - a^2).
+
+        On ``device`` (default: the generator's device, else the CPU).
+        """
         n = check_positive_int("n", n)
-        check_generator(generator)
-        z = torch.randn(n, 2, generator=generator)  # (n, 2)
+        device = _sample_device(generator, device)
+        z = randn((n, 2), generator=generator, device=device)  # (n, 2)
         x0 = self.scale * z[:, 0]
         x1 = z[:, 1] - self.curvature * (x0.square() - self.scale**2)
         return torch.stack([x0, x1], dim=1)
@@ -596,10 +614,14 @@ class PerturbedBanana:
         """Density of the perturbed banana, shape (N,)."""
         return self.log_prob(x).exp()
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` samples of x + sigma z, x from the banana, z ~ N(0, I), shape (n, 2)."""
-        x = self.banana.sample(n, generator=generator)
-        return x + self.sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    def sample(self, n: int, generator: torch.Generator | None = None, *,
+               device=None) -> torch.Tensor:
+        """Draw ``n`` samples of x + sigma z, x from the banana, z ~ N(0, I), shape (n, 2).
+
+        On ``device`` (default: the generator's device, else the CPU).
+        """
+        x = self.banana.sample(n, generator=generator, device=device)
+        return x + self.sigma * randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Gradient of ``log_prob`` in closed form, shape (N, 2)."""

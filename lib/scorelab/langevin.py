@@ -139,7 +139,7 @@ class _Chain:
     def __init__(self, x0, n_steps: int, *, generator, return_trajectory: bool, record_every,
                  progress: bool, check_every, description: str, extra_frames: int = 0) -> None:
         self.x = check_batch("x0", x0).detach().clone()
-        check_generator(generator)
+        check_generator(generator, self.x.device)
         self.check_every = check_positive_int("check_every", check_every)
         record_every = check_positive_int("record_every", record_every)
         self.recorder = None

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from scorelab._tensors import broadcast_like, sum_except_batch
+from scorelab._tensors import broadcast_like, rand, randn, sum_except_batch
 from scorelab._validation import (check_batch, check_generator, check_positive,
                                   check_positive_int, check_score_shape)
 from scorelab.noise import geometric_sigmas
@@ -121,14 +121,19 @@ class VESDE:
         return geometric_sigmas(self.sigma_max, self.sigma_min, n_levels)
 
     def prior_sample(self, shape, *, generator: torch.Generator | None = None,
-                     dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Draws of the prior N(0, sigma_max^2 I), of ``shape`` (N, *D) (an int N means (N, 1))."""
-        check_generator(generator)
+                     dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+        """Draws of the prior N(0, sigma_max^2 I), of ``shape`` (N, *D) (an int N means (N, 1)).
+
+        On ``device`` (default: the generator's device, else the CPU), drawn on the generator's.
+        """
+        if device is None:
+            device = generator.device if isinstance(generator, torch.Generator) else "cpu"
+        check_generator(generator, device)
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         if len(shape) < 2 or any(not isinstance(n, int) or n < 1 for n in shape):
             raise ValueError(f"shape must be (N, *D) with positive sizes, got {shape}")
         dtype = torch.get_default_dtype() if dtype is None else dtype
-        return self.sigma_max * torch.randn(shape, generator=generator, dtype=dtype)
+        return self.sigma_max * randn(shape, generator=generator, device=device, dtype=dtype)
 
     def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log-density of the prior N(0, sigma_max^2 I) at ``x`` (N, *D), shape (N,), in nats."""
@@ -158,8 +163,7 @@ def _score(score_fn, x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def _normal(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """N(0, I) draws shaped like x, from the generator's device, on x's device and dtype."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+    return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def _check_finite(x: torch.Tensor, step: int, what: str) -> None:
@@ -202,8 +206,9 @@ class _Frames:
 
 
 def _start(x_T, generator) -> torch.Tensor:
-    check_generator(generator)
-    return check_batch("x_T", x_T).detach().clone()
+    x_T = check_batch("x_T", x_T)
+    check_generator(generator, x_T.device)
+    return x_T.detach().clone()
 
 
 @torch.no_grad()
@@ -469,9 +474,8 @@ def _divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | Non
 
 def _draw_probes(x: torch.Tensor, n_probes: int, probe: str,
                  generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else x.device
-    v = torch.randn((n_probes, *x.shape), generator=generator, dtype=x.dtype, device=device)
-    return (v.sign() if probe == "rademacher" else v).to(x.device)  # (M, N, *D), E[v v^T] = I
+    v = randn((n_probes, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+    return v.sign() if probe == "rademacher" else v  # (M, N, *D), E[v v^T] = I
 
 
 def log_likelihood(
@@ -533,7 +537,7 @@ def log_likelihood(
     n_probes = check_positive_int("n_probes", n_probes)
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
-    check_generator(generator)
+    check_generator(generator, x.device)
     if prior_log_prob is not None and not callable(prior_log_prob):
         raise ValueError(f"prior_log_prob must be a callable x -> (N,), got {type(prior_log_prob).__name__}")
     rtol, atol, method = _check_tolerances(rtol, atol, method)
@@ -588,16 +592,16 @@ def continuous_dsm_loss(model, x: torch.Tensor, sde: VESDE, *,
     sde : VESDE
         Supplies sigma_min and sigma_max.
     generator : torch.Generator, optional
-        Source of the times and the noise (on the CPU; the draws are moved to x's device).
+        Source of the times and the noise (on the CPU or on x's device).
 
     Returns
     -------
     Tensor, shape (N,)
     """
     sde = _check_sde(sde)
-    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype).to(x.device)  # (N,)
+    t = rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)  # (N,)
     sigma = sde.sigma(t)  # (N,), log-uniform
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     scaled = broadcast_like(sigma, x)  # (N, 1, ..., 1)
     score = model(x + scaled * noise, sigma)
     check_score_shape("model", score, x)
@@ -622,4 +626,4 @@ class ContinuousDenoisingScoreMatching(ScoreMatchingTrainer):
         super().__init__(model, lr=lr)
 
     def per_example_loss(self, x, generator=None):
-        return continuous_dsm_loss(self.model, x, self.sde, generator=generator)
+        return continuous_dsm_loss(self.forward, x, self.sde, generator=generator)

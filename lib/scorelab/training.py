@@ -5,6 +5,13 @@ model and its Adam optimiser (``.loss``, ``.step``, ``.train``). Every trainer, 
 included (:func:`scorelab.ncsn.train_NCSN`), runs the one loop of
 :meth:`ScoreMatchingTrainer.run` on the batches of :class:`Batches`.
 
+The loop runs anywhere: a ``generator`` may live on the CPU or on the data's device (draws
+happen where it lives); the losses stay on the device and are read every ``log_every``
+steps (the step itself never waits for a GPU); ``amp`` trains under autocast
+(:func:`mixed_precision`), ``compile`` through ``torch.compile``; and
+:class:`AnnealedDenoisingScoreMatching` shards every batch over the processes of a
+``torch.distributed`` group (DistributedDataParallel, as under ``torchrun``).
+
 References
 ----------
 Hyvärinen (2005), *Estimation of non-normalized statistical models by score matching*.
@@ -15,11 +22,11 @@ Song & Ermon (2019), *Generative Modeling by Estimating Gradients of the Data Di
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from scorelab._tensors import broadcast_like, randint, randn, randperm, sum_except_batch
@@ -33,6 +40,7 @@ def annealed_dsm_loss(
     sigmas: torch.Tensor,
     *,
     labels: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Per-example annealed denoising score-matching loss (Song & Ermon 2019, Eq. 5-6).
@@ -56,8 +64,10 @@ def annealed_dsm_loss(
         The noise ladder, indexed by ``labels``.
     labels : LongTensor, shape (N,), optional
         Level of each example; drawn uniformly from ``0..L-1`` when omitted.
+    noise : Tensor, shape (N, *D), optional
+        The standard normal z; drawn (after the labels) when omitted.
     generator : torch.Generator, optional
-        Source of the level draws and the noise.
+        Source of the level draws and the noise (on the CPU or on x's device).
 
     Returns
     -------
@@ -67,7 +77,8 @@ def annealed_dsm_loss(
     if labels is None:
         labels = randint(len(sigmas), (x.shape[0],), generator=generator, device=x.device)
     sigma = broadcast_like(sigmas.to(x)[labels], x)  # (N, 1, ..., 1)
-    noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # z
+    if noise is None:
+        noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # z
     score = _score(model, x + sigma * noise, labels)  # s(x + sigma z, i)
     return 0.5 * sum_except_batch((sigma * score + noise) ** 2)
 
@@ -299,31 +310,76 @@ class Batches:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the shuffled passes from a :meth:`state_dict`."""
-        self.order, self.cursor = state["order"], int(state["cursor"])
+        order = state["order"]
+        if order is not None and self.data is not None:
+            order = order.to(self.data.device)
+        self.order, self.cursor = order, int(state["cursor"])
 
 
-def exponential_moving_average(model: torch.nn.Module, rate: float) -> AveragedModel:
-    """A copy of ``model`` whose parameters follow ``avg <- rate * avg + (1 - rate) * p``.
+class ExponentialMovingAverage:
+    """A copy ``module`` of a model whose parameters follow ``avg <- rate * avg + (1 - rate) * p``.
 
-    ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn(rate)``, started at
-    the current weights (so the first update already averages); buffers are copied from the
-    model at every update. Sampling from the averaged weights gives visibly steadier samples
-    than the last iterate (Song & Ermon 2020, Technique 5, rate 0.999).
+    Started at the model's current weights; buffers are copied from the model at every
+    update. The arithmetic of ``torch.optim.swa_utils.AveragedModel`` with
+    ``get_ema_multi_avg_fn(rate)`` (one ``torch._foreach_lerp_``), without its per-step
+    reads of a step counter on the device (a host synchronisation on a GPU).
     """
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
-        raise ValueError(f"ema_rate must be in (0, 1), got {rate!r}")
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(rate)))
-    average.update_parameters(model)  # W_0^EMA = W_0
-    return average
+
+    def __init__(self, model: torch.nn.Module, rate: float) -> None:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
+            raise ValueError(f"ema_rate must be in (0, 1), got {rate!r}")
+        self.rate = float(rate)
+        self.module = copy.deepcopy(model).requires_grad_(False)
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        """One step of the average towards ``model``'s parameters; copy its buffers."""
+        averaged = [p.detach() for p in self.module.parameters()]
+        torch._foreach_lerp_(averaged, [p.detach() for p in model.parameters()], 1.0 - self.rate)
+        for mine, theirs in zip(self.module.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)
+
+
+def exponential_moving_average(model: torch.nn.Module, rate: float) -> ExponentialMovingAverage:
+    """An :class:`ExponentialMovingAverage` of ``model`` at ``rate``, started at its weights.
+
+    Sampling from the averaged weights gives visibly steadier samples than the last iterate
+    (Song & Ermon 2020, Technique 5, rate 0.999).
+    """
+    return ExponentialMovingAverage(model, rate)
+
+
+def mixed_precision(device, amp: bool) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """The autocast dtype and gradient scaler of ``amp`` training on ``device``.
+
+    Without ``amp``: (None, None), plain float32. On CUDA: bfloat16 where the GPU supports it
+    (no scaler needed: bf16 has float32's range), else float16 with a ``GradScaler`` (older
+    GPUs such as Colab's T4). Elsewhere (the CPU): bfloat16 autocast.
+    """
+    if not amp:
+        return None, None
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16, torch.amp.GradScaler("cuda")
+    return torch.bfloat16, None
+
+
+def _as_hook(hook) -> tuple[int, Callable[[int, float], None]]:
+    """A hook as (every, function): a plain callable runs after every step (every = 1)."""
+    if callable(hook):
+        return 1, hook
+    every, function = hook
+    return check_positive_int("hook period", every), function
 
 
 class ScoreMatchingTrainer:
     """A model, its Adam optimiser, an optional EMA of its weights, and the training loop.
 
-    Subclasses define :meth:`per_example_loss`; ``loss``, ``step``, ``train`` and ``run``
-    come from here. The arguments of the public methods are checked once per call; the
-    loop itself (:meth:`run`) does one forward, backward and optimiser step per batch and
-    reads the loss once (the only device synchronisation of a step).
+    Subclasses define :meth:`per_example_loss` (calling the network as ``self.forward``);
+    ``loss``, ``step``, ``train`` and ``run`` come from here. The arguments of the public
+    methods are checked once per call; the loop itself (:meth:`run`) does one forward,
+    backward and optimiser step per batch and reads the losses every ``log_every`` steps
+    (the only synchronisation with the device).
 
     Parameters
     ----------
@@ -334,14 +390,31 @@ class ScoreMatchingTrainer:
     ema_rate : float, optional
         Keep an exponential moving average of the weights in ``self.ema`` (see
         :func:`exponential_moving_average`); :meth:`use_ema_weights` copies it into the model.
+    amp : bool
+        Mixed precision (see :func:`mixed_precision`): the forward pass and the loss under
+        ``torch.autocast``, float32 weights and optimiser. Off by default.
+    compile : bool
+        Call the network through ``torch.compile`` (off by default; the first steps compile).
     """
 
     def __init__(self, model: torch.nn.Module, *, lr: float = 1e-3,
-                 ema_rate: float | None = None) -> None:
+                 ema_rate: float | None = None, amp: bool = False, compile: bool = False) -> None:
         self.model = model
         self.lr = check_positive("lr", lr)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, betas=(0.9, 0.999))
+        device = next(model.parameters()).device
+        fused = {"fused": True} if device.type == "cuda" else {}  # one kernel, no host sync
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, betas=(0.9, 0.999),
+                                          **fused)
         self.ema = None if ema_rate is None else exponential_moving_average(model, ema_rate)
+        self.amp_dtype, self.scaler = mixed_precision(device, amp)
+        self._device_type = device.type
+        self.forward = self._wrap(model)
+        if compile:
+            self.forward = torch.compile(self.forward)
+
+    def _wrap(self, model: torch.nn.Module):
+        """What the losses call as ``self.forward`` (subclasses wrap it, e.g. for DDP)."""
+        return model
 
     def per_example_loss(
         self, x: torch.Tensor, generator: torch.Generator | None = None
@@ -360,25 +433,38 @@ class ScoreMatchingTrainer:
         loss is not finite.
         """
         self.model.train()
-        return self._update(check_batch("x", x), generator)
-
-    def _update(self, x: torch.Tensor, generator: torch.Generator | None) -> float:
-        """Forward, backward, Adam and EMA on a checked batch; the loss before the update.
-
-        The one place of a step's arithmetic: mixed precision (autocast, a gradient scaler)
-        wraps these lines, and the loss read below is the step's only synchronisation with
-        the device (reading it every k steps means keeping the tensor until then).
-        """
-        loss = self.per_example_loss(x, generator).mean()
-        value = float(loss.detach())  # the step's one read of the loss
+        loss = self._loss(check_batch("x", x), generator)
+        (value,) = self._read([loss])
         if not math.isfinite(value):
             raise TrainingDivergedError(f"the loss is {value}")
+        self._apply(loss)
+        return value
+
+    def _loss(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The batch's mean loss, under autocast with ``amp`` (a scalar tensor; no sync)."""
+        if self.amp_dtype is None:
+            return self.per_example_loss(x, generator).mean()
+        with torch.autocast(self._device_type, dtype=self.amp_dtype):
+            return self.per_example_loss(x, generator).float().mean()
+
+    def _apply(self, loss: torch.Tensor) -> None:
+        """Backward, Adam (through the gradient scaler with float16) and EMA: no sync."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        return value
+
+    def _read(self, losses: list[torch.Tensor]) -> list[float]:
+        """The values of loss tensors, read in one transfer (the synchronisation)."""
+        if len(losses) == 1:
+            return [float(losses[0].detach())]
+        return torch.stack([loss.detach() for loss in losses]).tolist()
 
     def use_ema_weights(self) -> None:
         """Copy the averaged weights into the model (no-op without an EMA)."""
@@ -433,37 +519,69 @@ class ScoreMatchingTrainer:
         *,
         generator: torch.Generator | None = None,
         history: list[float] | None = None,
-        hooks: Iterable[Callable[[int, float], None]] = (),
+        hooks: Iterable = (),
         progress: bool = True,
+        log_every: int = 1,
     ) -> list[float]:
         """The training loop: steps ``len(history) + 1 .. n_steps`` on batches of ``batches``.
 
         ``history`` (the losses of the steps already done, when resuming) is extended in
-        place and returned; after every step each hook is called as ``hook(done, loss)``,
-        ``done`` counting the steps done so far (checkpoints, sample grids, callbacks).
-        A non-finite loss raises :class:`TrainingDivergedError` naming the step.
+        place and returned. The losses stay on the device and are read every ``log_every``
+        steps, at the last step, and whenever a hook is due; there they are checked: a
+        non-finite loss raises :class:`TrainingDivergedError` naming the step, the steps read
+        together and the last finite loss. With ``log_every=1`` the loss is read before the
+        update, so a NaN never reaches the weights; with more, the weights may take up to
+        ``log_every - 1`` bad steps before the error (a checkpoint is only written after a
+        read, so the last one is sound).
+
+        A hook is ``hook(done, loss)``, called after every step (which makes every step read
+        its loss), or a pair ``(every, hook)``, called at the reads, which happen at least at
+        every multiple of ``every``; ``done`` counts the steps done so far and ``loss`` is
+        the last step's (checkpoints, sample grids, callbacks).
         """
         history = [] if history is None else history
-        batches, hooks = iter(batches), list(hooks)
+        log_every = check_positive_int("log_every", log_every)
+        batches, hooks = iter(batches), [_as_hook(hook) for hook in hooks]
         bar = tqdm(range(len(history), n_steps), initial=len(history), total=n_steps,
                    disable=not progress, desc=type(self).__name__)
         self.model.train()
+        pending: list[torch.Tensor] = []  # losses not read yet
         for step in bar:
-            try:
-                value = self._update(next(batches), generator)
-            except TrainingDivergedError as error:
-                last = f"{history[-1]:.4g}" if history else "none (the first step)"
-                raise TrainingDivergedError(
-                    f"training diverged at step {step}: {error}; last finite loss {last}. "
-                    "Try a smaller learning rate or a larger noise level."
-                ) from None
-            history.append(value)
-            for hook in hooks:
-                hook(step + 1, value)
-            if step % 10 == 0 or step == n_steps - 1:
-                bar.set_postfix(loss=f"{value:.4g}")
+            loss = self._loss(next(batches), generator)
+            if log_every == 1:  # read before the update: the weights never see a NaN loss
+                self._check_losses(history, self._read([loss]), step, log_every)
+                self._apply(loss)
+            else:
+                self._apply(loss)
+                pending.append(loss.detach())
+            done = step + 1
+            if pending and (done == n_steps or done % log_every == 0
+                            or any(done % every == 0 for every, _ in hooks)):
+                self._check_losses(history, self._read(pending), done - len(pending), log_every)
+                pending = []
+            if not pending:
+                for _, hook in hooks:
+                    hook(done, history[-1])
+                if progress and (log_every > 1 or step % 10 == 0 or done == n_steps):
+                    bar.set_postfix(loss=f"{history[-1]:.4g}", refresh=False)
         self.model.eval()
         return history
+
+    @staticmethod
+    def _check_losses(history: list[float], values: list[float], first: int, log_every: int):
+        """Append the losses of steps ``first, first + 1, ...`` to ``history``; stop at a NaN."""
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                last = f"{history[-1]:.4g}" if history else "none (the first step)"
+                read = ("" if log_every == 1 else
+                        f" (losses read every {log_every} steps; this read covered steps "
+                        f"{first}-{first + len(values) - 1})")
+                raise TrainingDivergedError(
+                    f"training diverged at step {first + offset}{read}: the loss is {value}; "
+                    f"last finite loss {last}. Try a smaller learning rate or a larger noise "
+                    "level."
+                )
+            history.append(value)
 
 
 class DenoisingScoreMatching(ScoreMatchingTrainer):
@@ -488,7 +606,7 @@ class DenoisingScoreMatching(ScoreMatchingTrainer):
         super().__init__(model, lr=lr, ema_rate=ema_rate)
 
     def per_example_loss(self, x, generator=None):
-        return dsm_loss(self.model, x, self.sigma, generator=generator)
+        return dsm_loss(self.forward, x, self.sigma, generator=generator)
 
 
 class SlicedScoreMatching(ScoreMatchingTrainer):
@@ -527,7 +645,7 @@ class SlicedScoreMatching(ScoreMatchingTrainer):
 
     def per_example_loss(self, x, generator=None):
         return sliced_score_matching_loss(
-            self.model,
+            self.forward,
             x,
             n_projections=self.n_projections,
             variance_reduction=self.variance_reduction,
@@ -548,7 +666,14 @@ class ExactScoreMatching(ScoreMatchingTrainer):
     """
 
     def per_example_loss(self, x, generator=None):
-        return exact_score_matching_loss(self.model, x)
+        return exact_score_matching_loss(self.forward, x)
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the default ``torch.distributed`` process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
@@ -557,20 +682,58 @@ class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
     The objective of :func:`annealed_dsm_loss`; :func:`scorelab.ncsn.train_NCSN` runs this
     trainer on images.
 
+    **Several processes** (``distributed=True`` inside an initialised ``torch.distributed``
+    process group, e.g. under ``torchrun``): the model is wrapped in
+    ``DistributedDataParallel`` and every rank is given the same *global* batch (N, *D),
+    draws the same levels and noise for all N examples from an identically seeded
+    generator, and computes the loss of its own slice of N / world_size examples. DDP
+    averages the gradients, so a step equals one process's step on the whole global batch
+    up to the order of float sums; the losses read are averaged over the ranks.
+
     Parameters
     ----------
     model : nn.Module
         ``model(x, labels) -> score`` with integer level labels (N,).
     sigmas : sequence of float or Tensor, shape (L,)
         The noise ladder, strictly decreasing (see :func:`scorelab.noise.check_sigmas`).
-    lr, ema_rate
+    lr, ema_rate, amp, compile
         As in :class:`ScoreMatchingTrainer`.
+    distributed : bool
+        Shard every batch over the ranks of the process group (see above).
     """
 
     def __init__(self, model: torch.nn.Module, sigmas, *, lr: float = 1e-3,
-                 ema_rate: float | None = None) -> None:
+                 ema_rate: float | None = None, amp: bool = False, compile: bool = False,
+                 distributed: bool = False) -> None:
         self.sigmas = check_sigmas(sigmas)
-        super().__init__(model, lr=lr, ema_rate=ema_rate)
+        self.rank, self.world_size = process_group() if distributed else (0, 1)
+        super().__init__(model, lr=lr, ema_rate=ema_rate, amp=amp, compile=compile)
+
+    def _wrap(self, model: torch.nn.Module):
+        if self.world_size == 1:
+            return model
+        device = next(model.parameters()).device
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
 
     def per_example_loss(self, x, generator=None):
-        return annealed_dsm_loss(self.model, x, self.sigmas, generator=generator)
+        if self.world_size == 1:
+            return annealed_dsm_loss(self.forward, x, self.sigmas, generator=generator)
+        n = x.shape[0]
+        if n % self.world_size:
+            raise ValueError(f"the global batch ({n}) must split evenly over "
+                             f"{self.world_size} ranks")
+        # Every rank draws the whole batch's levels and noise, in annealed_dsm_loss's order.
+        labels = randint(len(self.sigmas), (n,), generator=generator, device=x.device)
+        noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        size = n // self.world_size
+        mine = slice(self.rank * size, (self.rank + 1) * size)
+        return annealed_dsm_loss(self.forward, x[mine], self.sigmas, labels=labels[mine],
+                                 noise=noise[mine])
+
+    def _read(self, losses: list[torch.Tensor]) -> list[float]:
+        if self.world_size == 1:
+            return super()._read(losses)
+        stacked = torch.stack([loss.detach().float() for loss in losses])  # (k,)
+        torch.distributed.all_reduce(stacked)  # the sum over the ranks, then their mean
+        return (stacked / self.world_size).tolist()

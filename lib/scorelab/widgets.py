@@ -25,6 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from scorelab import plotting
+from scorelab._tensors import randn
 from scorelab._validation import check_positive, check_positive_int
 from scorelab.densities import GaussianMixture, ncsn_toy_mixture
 from scorelab.langevin import langevin_dynamics
@@ -112,7 +113,7 @@ def draw_langevin(ax: Axes, step_size: float = 0.05, n_steps: int = 200, *,
     mixture = GaussianMixture(torch.tensor([0.7, 0.3]), torch.tensor([[-1.2, -0.6], [1.2, 0.6]]),
                               torch.tensor([0.7, 0.7]))
     generator = torch.Generator().manual_seed(seed)
-    x0 = torch.tensor([3.5, -3.5]) + 0.3 * torch.randn(n_particles, 2, generator=generator)
+    x0 = torch.tensor([3.5, -3.5]) + 0.3 * randn((n_particles, 2), generator=generator)
     x = langevin_dynamics(mixture.score, x0, step_size, n_steps, generator=generator,
                           progress=False)  # (n_particles, 2)
     share = float(mode_weights(x, mixture.means)[0])
@@ -161,7 +162,7 @@ def draw_dsm(ax: Axes, sigma: float = 0.5, *, n_samples: int = 2000, seed: int =
     level = mixture.perturbed(sigma)
     generator = torch.Generator().manual_seed(seed)
     clean = mixture.sample(n_samples, generator=generator)  # (n_samples, 2)
-    noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
+    noisy = clean + sigma * randn(clean.shape, generator=generator)
     bias = fisher_divergence(level.score, mixture.score, clean, relative=True)
     xs, ys, points = plotting.grid_points(limits, limits, 100)
     with torch.no_grad():

@@ -6,7 +6,8 @@
 - :class:`CondRefineNetDilated` (``refinenet``): the score network;
 - :class:`NCSN` (``model``): the network with its noise ladder, its loss and its sampler;
 - :func:`train_NCSN` (``training``): the package's training loop with an EMA, checkpoints and
-  sample grids;
+  sample grids, mixed precision, channels-last, ``torch.compile`` and several processes
+  (``torchrun``);
 - :func:`load_checkpoint`, :func:`load_pretrained` (``checkpoints``): safe, exact checkpoints
   and the model shipped with the package;
 - :func:`digits_quality` (``quality``): the sample-quality figures of chapter 6 and the benchmark.

@@ -1,6 +1,8 @@
 """Command line: train an NCSN on images, or sample a grid from a checkpoint.
 
     python -m scorelab.ncsn train --out DIR --steps N [--dataset digits|mnist|cifar10] [--ngf G] [--resume]
+        [--device cuda] [--amp] [--channels-last] [--compile] [--log-every K]
+    torchrun --nproc_per_node=N -m scorelab.ncsn train ...     (one process per GPU, or CPU)
     python -m scorelab.ncsn sample --checkpoint PATH --n 64 --out grid.png
 
 The default dataset, the 8x8 digits, works offline; MNIST and CIFAR-10 are read from
@@ -10,13 +12,21 @@ follow the data.
 
 ``train`` writes ``DIR/checkpoints/step_XXXXXXX.pt`` (every ``--checkpoint-every`` steps and
 at the end), optional sample grids ``DIR/samples_step_XXXXXXX.png``, the final (EMA) weights
-``DIR/model.pt`` and ``DIR/run.json`` (the command, seed, wall time, SHA-256 of model.pt).
+``DIR/model.pt`` and ``DIR/run.json`` (the command, seed, wall time, number of processes,
+SHA-256 of model.pt).
+
+Under ``torchrun`` (the environment variables it sets, ``WORLD_SIZE`` > 1), the processes
+train one model with ``DistributedDataParallel`` (the ``nccl`` backend with ``--device cuda``,
+each process on the GPU ``LOCAL_RANK``; ``gloo`` on the CPU): ``--batch-size`` is per process,
+each takes its slice of every global batch, and rank 0 alone writes files. A resume needs the
+same number of processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -49,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     train.add_argument("--device", default="cpu")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    train.add_argument("--amp", action="store_true",
+                       help="mixed precision: bf16 autocast (fp16 with a gradient scaler on GPUs "
+                       "without bf16)")
+    train.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the network (slow first steps)")
+    train.add_argument("--log-every", type=int, default=10,
+                       help="read and check the loss every K steps (steps never wait for the GPU)")
     train.add_argument("--no-progress", action="store_true")
     sample = commands.add_parser("sample", help="draw a grid of samples from a checkpoint")
     sample.add_argument("--checkpoint", required=True, help="a training checkpoint or a weights file")
@@ -73,37 +91,75 @@ def _training_images(args: argparse.Namespace) -> torch.Tensor:
     return getattr(data, DATASETS[args.dataset])(args.data_root, train=True, download=True)
 
 
-def _train(args: argparse.Namespace) -> None:
-    from scorelab.ncsn.checkpoints import save_weights, sha256
-    from scorelab.ncsn.model import NCSN
-    from scorelab.ncsn.training import train_NCSN
-    from scorelab.noise import geometric_sigmas
+def _start_processes(device: str) -> tuple[str, int, int]:
+    """(device, rank, world size); under torchrun, the process group is started here."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return device, 0, 1
+    cuda = torch.device(device).type == "cuda"
+    if cuda:  # one GPU per process
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return device, torch.distributed.get_rank(), world_size
 
+
+def _train(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         images = _training_images(args)
     except RuntimeError as error:  # no torchvision or no network: the message names the alternative
         _parser().error(f"--dataset {args.dataset}: {error} (on this command line: --dataset digits)")
-    torch.manual_seed(args.seed)  # the network's initial weights
+    device, rank, world_size = _start_processes(args.device)
+    try:
+        _train_model(args, images, device, rank, world_size)
+    finally:
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _train_model(args: argparse.Namespace, images: torch.Tensor, device: str, rank: int,
+                 world_size: int) -> None:
+    from scorelab.ncsn.model import NCSN
+    from scorelab.ncsn.training import train_NCSN
+    from scorelab.noise import geometric_sigmas
+
+    torch.manual_seed(args.seed)  # the network's initial weights (the same on every rank)
     sigmas = geometric_sigmas(args.sigma_max, args.sigma_min, args.n_levels)
     model = NCSN(channels=images.shape[1], image_size=images.shape[-1], ngf=args.ngf, sigmas=sigmas,
-                 device=args.device)
-    out = Path(args.out)
+                 device=device)
     start = time.perf_counter()
     losses = train_NCSN(
         model, images, n_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        ema_rate=args.ema_rate or None, seed=args.seed, out_dir=out,
+        ema_rate=args.ema_rate or None, seed=args.seed, out_dir=Path(args.out),
         checkpoint_every=args.checkpoint_every or None, sample_every=args.sample_every or None,
-        resume=args.resume, progress=not args.no_progress,
+        resume=args.resume, progress=not args.no_progress, log_every=args.log_every,
+        amp=args.amp, channels_last=args.channels_last, compile=args.compile,
     )
-    wall = time.perf_counter() - start
+    if rank == 0:  # one writer
+        _write_record(args, model, losses, time.perf_counter() - start, world_size)
+
+
+def _write_record(args: argparse.Namespace, model, losses: list[float], wall: float,
+                  world_size: int) -> None:
+    """Write DIR/model.pt (the final weights) and DIR/run.json, and print the record."""
+    from scorelab.ncsn.checkpoints import save_weights, sha256
+
+    out = Path(args.out)
     weights = save_weights(out / "model.pt", model.cpu())
+    launcher = f"torchrun --nproc_per_node={world_size}" if world_size > 1 else "python"
     record = {
-        "command": "python -m scorelab.ncsn " + shlex.join(sys.argv[1:]),
+        "command": launcher + " -m scorelab.ncsn " + shlex.join(sys.argv[1:]),
         "dataset": args.dataset,
         "seed": args.seed,
         "steps": args.steps,
+        "world_size": world_size,
+        "device": args.device,
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
         "final_loss_mean_last_100": sum(losses[-100:]) / len(losses[-100:]),
         "wall_time_s_this_invocation": round(wall, 1),
         "torch": torch.__version__,

@@ -50,10 +50,14 @@ def _atomic_save(obj: dict, path: Path) -> None:
 
 def save_checkpoint(
     out_dir, *, model: NCSN, optimizer, ema: dict | None, step: int, generator: torch.Generator,
-    data_order: dict, losses: list[float], keep: int = 3,
+    data_order: dict, losses: list[float], keep: int = 3, scaler: dict | None = None,
+    world_size: int = 1,
 ) -> Path:
     """Write the training state at ``step`` to ``out_dir/checkpoints/step_XXXXXXX.pt``.
 
+    Besides the weights and the optimiser: the EMA weights, the gradient scaler's state
+    (mixed precision with float16), the generator's state and device, the data order, the
+    losses so far, and the number of processes (``world_size``) that trained.
     Keeps the ``keep`` most recent checkpoints and deletes older ones (after the new one
     is safely in place). Returns the path written.
     """
@@ -69,6 +73,9 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "step": step,
             "generator": generator.get_state(),
+            "generator_device": generator.device.type,
+            "scaler": scaler,
+            "world_size": int(world_size),
             "data_order": data_order["order"],
             "data_cursor": data_order["cursor"],
             "losses": torch.tensor(losses, dtype=torch.float64),
@@ -168,6 +175,28 @@ def load_training_state(path, *, model: NCSN) -> dict:
     model.load_state_dict(state["model"])
     state["losses"] = state["losses"].tolist()
     return state
+
+
+def check_same_run(path, state: dict, *, world_size: int, generator_device: str) -> None:
+    """Raise :class:`CheckpointError` unless a resume matches the run that wrote ``state``.
+
+    A run resumes exactly only with the same number of processes (each holds a slice of
+    every batch) and its generator on the same kind of device (the state of a CPU
+    generator means nothing to a CUDA one). Checkpoints older than these fields: 1, "cpu".
+    """
+    written = int(state.get("world_size", 1))
+    if written != world_size:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was written by a run on {written} process(es), but this "
+            f"run has {world_size}: resume with the same number (torchrun --nproc_per_node="
+            f"{written}, or no torchrun for 1), or start a new --out folder"
+        )
+    device = state.get("generator_device", "cpu")
+    if device != generator_device:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was written by a run on {device}, but this run trains on "
+            f"{generator_device}: resume on the same device (--device), or start a new --out folder"
+        )
 
 
 def load_checkpoint(path, *, device: str | torch.device = "cpu", use_ema: bool = True) -> NCSN:

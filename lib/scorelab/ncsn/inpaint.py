@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from scorelab._tensors import rand, randn
 from scorelab._validation import check_generator, check_positive, check_positive_int
 
 __all__ = ["inpaint", "keep_rows", "keep_columns", "mean_fill", "completion_shares"]
@@ -63,9 +64,8 @@ def _check_mask(mask, images: torch.Tensor) -> torch.Tensor:
 
 def _draw(kind: str, shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     """Normal or uniform draws of ``shape`` from ``generator`` (on its own device), moved to ``like``'s."""
-    device = generator.device if generator is not None else like.device
-    draw = torch.randn if kind == "normal" else torch.rand
-    return draw(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    draw = randn if kind == "normal" else rand
+    return draw(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 @torch.no_grad()
@@ -132,7 +132,7 @@ def inpaint(
         )
     images = _check_images(model, images)
     mask = _check_mask(mask, images)
-    check_generator(generator)
+    check_generator(generator, images.device)
     step_size = check_positive(
         "step_size", model.step_size if step_size is None else step_size
     )

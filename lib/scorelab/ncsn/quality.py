@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from scorelab._tensors import randperm
+
 CONFIDENT = "confident share"
 SMALLEST_CLASS = "smallest class share"
 FRECHET = "PCA Frechet distance"
@@ -55,7 +57,8 @@ def digits_quality(
         raise ValueError(f"samples must hold between 2 and {len(train)} images, got {len(samples)}")
     test = load_digits("test")
     classifier = digits_classifier()
-    real_subset = train[torch.randperm(len(train), generator=generator)[: len(samples)]]
+    order = randperm(len(train), generator=generator, device=samples.device).cpu()
+    real_subset = train[order[: len(samples)]]
     return {
         CONFIDENT: (classifier_confidence(classifier, samples), classifier_confidence(classifier, test)),
         SMALLEST_CLASS: (

@@ -23,26 +23,38 @@ def train_NCSN(
     ema_rate: float | None = 0.999, seed: int = 0, out_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None, sample_every: int | None = None, n_samples: int = 64,
     resume: bool = False, progress: bool = True,
-    callback: Callable[[int, float], None] | None = None,
+    callback: Callable[[int, float], None] | None = None, log_every: int = 10,
+    amp: bool = False, channels_last: bool = False, compile: bool = False,
 ) -> list[float]:
     """Train ``model`` with the annealed DSM loss (Eq. 6) and Adam; the loss of every step.
 
     Each step draws a batch from a shuffled pass over ``data`` (a new permutation every
     epoch), a noise level per example and the noise, all from one ``torch.Generator``
-    seeded with ``seed``, so a run is reproducible and resumable: a checkpoint holds the
-    model, the optimiser, the EMA weights, the step, the generator state and the data
-    order, and ``resume=True`` continues from the latest one in ``out_dir`` bit for bit.
+    seeded with ``seed`` on the model's device, so a run is reproducible for a (device,
+    seed) and resumable: a checkpoint holds the model, the optimiser, the EMA weights, the
+    gradient scaler, the step, the generator state and the data order, and ``resume=True``
+    continues from the latest one in ``out_dir`` bit for bit. The step never waits for the
+    device: the losses are read every ``log_every`` steps (and at checkpoints, sample grids
+    and the end), and checked there (see :meth:`ScoreMatchingTrainer.run`).
+
+    Inside an initialised ``torch.distributed`` process group (``torchrun``), each of the
+    ``W`` processes trains on its own ``batch_size`` slice of a global batch of
+    ``W * batch_size`` with ``DistributedDataParallel`` (see
+    :class:`~scorelab.training.AnnealedDenoisingScoreMatching`): the run equals a
+    one-process run at batch ``W * batch_size`` up to float summation order. Rank 0 alone
+    writes checkpoints and grids; a resume needs the same ``W``.
 
     Parameters
     ----------
     model : NCSN
         Trained in place; at the end it holds the EMA weights when there is an EMA.
     data : Tensor, shape (N, C, H, H)
-        Training images on [0, 1] (on any device; batches are moved to the model's).
+        Training images on [0, 1], moved to the model's device once.
     n_steps : int
         Total number of optimiser steps (including those done before a resume).
     batch_size, lr, ema_rate : int, float, float or None
-        Adam with betas (0.9, 0.999) as in the paper; the EMA's rate (None: no EMA).
+        Images per step (per process); Adam with betas (0.9, 0.999) as in the paper; the
+        EMA's rate (None: no EMA).
     seed : int
         Seeds the generator (on resume the generator state comes from the checkpoint).
     out_dir, checkpoint_every, sample_every, n_samples : path, int, int, int
@@ -51,7 +63,14 @@ def train_NCSN(
     resume : bool
         Continue from the latest checkpoint in ``out_dir`` (start fresh if there is none).
     progress, callback : bool, callable
-        A tqdm bar with the loss; ``callback(step, loss)`` after every step (from 1).
+        A tqdm bar with the loss; ``callback(step, loss)`` after every step (from 1; a
+        callback reads the loss at every step).
+    log_every : int
+        Read (and check) the losses every ``log_every`` steps.
+    amp, channels_last, compile : bool
+        Mixed precision (:func:`scorelab.training.mixed_precision`: bf16 autocast, or fp16
+        with a gradient scaler on GPUs without bf16), the channels-last memory layout,
+        ``torch.compile`` of the network. All off by default.
 
     Returns
     -------
@@ -62,20 +81,47 @@ def train_NCSN(
     model.check_images("data", data)
     if (checkpoint_every or sample_every or resume) and out_dir is None:
         raise ValueError("out_dir is required for checkpoint_every, sample_every or resume")
-    generator = torch.Generator().manual_seed(seed)
-    trainer = AnnealedDenoisingScoreMatching(model, model.sigmas, lr=lr, ema_rate=ema_rate)
-    batches = Batches(data, batch_size, replacement=False, generator=generator, device=model.device)
+    trainer, batches, generator = make_trainer(
+        model, data, batch_size=batch_size, lr=lr, ema_rate=ema_rate, seed=seed, amp=amp,
+        channels_last=channels_last, compile=compile)
     history = _resume(trainer, batches, generator, out_dir) if resume else []
     hooks = [] if callback is None else [callback]
+    # Every rank has the same hooks (the losses are read, all together, when one is due);
+    # rank 0 alone writes.
     if out_dir is not None:
         hooks.append(_checkpoint_hook(trainer, batches, generator, history, out_dir,
                                       checkpoint_every, n_steps))
     if sample_every:
-        hooks.append(_sample_grid_hook(trainer, out_dir, sample_every, n_samples, seed))
+        hooks.append((sample_every, _sample_grid_hook(trainer, out_dir, sample_every,
+                                                      n_samples, seed)))
     trainer.run(batches, n_steps, generator=generator, history=history, hooks=hooks,
-                progress=progress)
+                progress=progress and trainer.rank == 0, log_every=log_every)
     trainer.use_ema_weights()
+    model.to(memory_format=torch.contiguous_format)
     return history
+
+
+def make_trainer(
+    model: NCSN, data: torch.Tensor, *, batch_size: int = 128, lr: float = 1e-3,
+    ema_rate: float | None = 0.999, seed: int = 0, amp: bool = False,
+    channels_last: bool = False, compile: bool = False,
+) -> tuple[AnnealedDenoisingScoreMatching, Batches, torch.Generator]:
+    """The trainer, the batches and the generator of a :func:`train_NCSN` run (arguments as there).
+
+    The model (and the data, moved to the model's device) take the chosen memory layout; the
+    generator lives on the model's device; inside a process group the batches are global
+    (``batch_size`` per process). ``trainer.run(batches, n, generator=generator)`` then runs
+    ``n`` steps (the benchmarks time it so).
+    """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    data = data.to(model.device).contiguous(memory_format=memory_format)
+    generator = torch.Generator(model.device).manual_seed(seed)
+    trainer = AnnealedDenoisingScoreMatching(model, model.sigmas, lr=lr, ema_rate=ema_rate,
+                                             amp=amp, compile=compile, distributed=True)
+    batches = Batches(data, check_positive_int("batch_size", batch_size) * trainer.world_size,
+                      replacement=False, generator=generator)
+    return trainer, batches, generator
 
 
 def _resume(trainer, batches: Batches, generator: torch.Generator, out_dir) -> list[float]:
@@ -84,26 +130,33 @@ def _resume(trainer, batches: Batches, generator: torch.Generator, out_dir) -> l
     if path is None:
         return []
     state = checkpoints.load_training_state(path, model=trainer.model)
+    checkpoints.check_same_run(path, state, world_size=trainer.world_size,
+                               generator_device=generator.device.type)
     trainer.optimizer.load_state_dict(state["optimizer"])
     if trainer.ema is not None:
         trainer.ema.module.load_state_dict(state["ema"])
+    if trainer.scaler is not None and state.get("scaler") is not None:
+        trainer.scaler.load_state_dict(state["scaler"])
     generator.set_state(state["generator"])
     batches.load_state_dict({"order": state["data_order"], "cursor": state["data_cursor"]})
     return list(state["losses"])
 
 
 def _checkpoint_hook(trainer, batches, generator, history, out_dir, every, n_steps):
-    """``hook(done, loss)`` writing the training state every ``every`` steps and at the end."""
+    """``(every, hook)``: the hook writes the training state every ``every`` steps and at the
+    end (on rank 0)."""
 
     def save(done: int, loss: float) -> None:
-        if done == n_steps or (every and done % every == 0):
+        if trainer.rank == 0 and (done == n_steps or (every and done % every == 0)):
             checkpoints.save_checkpoint(
                 out_dir, model=trainer.model, optimizer=trainer.optimizer,
                 ema=None if trainer.ema is None else trainer.ema.module.state_dict(),
                 step=done, generator=generator, data_order=batches.state_dict(), losses=history,
+                scaler=None if trainer.scaler is None else trainer.scaler.state_dict(),
+                world_size=trainer.world_size,
             )
 
-    return save
+    return (every or n_steps), save
 
 
 def _sample_grid_hook(trainer, out_dir, every: int, n_samples: int, seed: int):
@@ -113,7 +166,7 @@ def _sample_grid_hook(trainer, out_dir, every: int, n_samples: int, seed: int):
     from scorelab.plotting import image_samples
 
     def draw(done: int, loss: float) -> None:
-        if done % every:
+        if done % every or trainer.rank != 0:
             return
         sampled = trainer.model if trainer.ema is None else trainer.ema.module
         # A separate generator, so that drawing samples does not change the training stream.
