@@ -77,7 +77,7 @@ import sys
 if "google.colab" in sys.modules:
     from google.colab import output
 
-    output.enable_custom_widget_manager()  # lets the course's ipywidgets render in Colab
+    output.enable_custom_widget_manager()  # the course's ipywidgets render in Colab
 if importlib.util.find_spec("scorelab") is None:
     %pip install -q "git+{url}"
     importlib.invalidate_caches()"""
