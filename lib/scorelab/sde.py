@@ -172,6 +172,11 @@ def _check_finite(x: torch.Tensor, step: int, what: str) -> None:
                          "use more steps (or, for the corrector, a smaller snr)")
 
 
+def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
 class ScoreCounter:
     """A score function that counts its calls: ``counter = ScoreCounter(score_fn)``.
 
@@ -209,6 +214,15 @@ def _start(x_T, generator) -> torch.Tensor:
     x_T = check_batch("x_T", x_T)
     check_generator(generator, x_T.device)
     return x_T.detach().clone()
+
+
+def _after_step(x: torch.Tensor, step: int, n_steps: int, frames: _Frames | None,
+                what: str) -> None:
+    """After step ``step`` (from 1): check x is finite every 25 steps and at the last; record it."""
+    if step % 25 == 0 or step == n_steps:
+        _check_finite(x, step, what)
+    if frames is not None:
+        frames.add(step, x, step == n_steps)
 
 
 @torch.no_grad()
@@ -261,10 +275,7 @@ def euler_maruyama(
         g2 = sde.g2(t)
         score = _score(score_fn, x, sde.sigma(t))
         x = x + (g2 * dt) * score + math.sqrt(g2 * dt) * _normal(x, generator)
-        if (i + 1) % 25 == 0 or i == n_steps - 1:
-            _check_finite(x, i + 1, "euler_maruyama")
-        if frames is not None:
-            frames.add(i + 1, x, i == n_steps - 1)
+        _after_step(x, i + 1, n_steps, frames, "euler_maruyama")
     return (x, frames.stack()) if frames is not None else x
 
 
@@ -285,6 +296,32 @@ def corrector_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float) ->
     noise_norm = noise.reshape(noise.shape[0], -1).norm(dim=1).mean()
     tiny = torch.finfo(score.dtype).tiny
     return float((2.0 * snr * noise_norm / score_norm.clamp_min(tiny)) ** 2)
+
+
+def _check_n_corrector(n_corrector) -> int:
+    if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
+        raise ValueError(f"n_corrector must be a non-negative integer, got {n_corrector!r}")
+    return n_corrector
+
+
+def _reverse_diffusion_step(score_fn, x: torch.Tensor, sigma: float, sigma_next: float,
+                            generator: torch.Generator | None) -> torch.Tensor:
+    """Reverse diffusion (Song et al. 2021, Appendix E), the ladder's chain (Eq. 8) run backwards:
+    x + (sigma^2 - sigma_next^2) s(x, sigma) + sqrt(sigma^2 - sigma_next^2) z."""
+    variance = sigma**2 - sigma_next**2
+    return x + variance * _score(score_fn, x, sigma) + math.sqrt(variance) * _normal(x, generator)
+
+
+def _langevin_corrector(score_fn, x: torch.Tensor, sigma: float, snr: float, n_steps: int,
+                        generator: torch.Generator | None) -> torch.Tensor:
+    """``n_steps`` Langevin steps x + alpha/2 s(x, sigma) + sqrt(alpha) z at one level, each with
+    alpha set by the signal-to-noise ratio ``snr`` (:func:`corrector_step_size`)."""
+    for _ in range(n_steps):
+        score = _score(score_fn, x, sigma)
+        noise = _normal(x, generator)
+        alpha = corrector_step_size(score, noise, snr)
+        x = x + (0.5 * alpha) * score + math.sqrt(alpha) * noise
+    return x
 
 
 @torch.no_grad()
@@ -338,23 +375,14 @@ def predictor_corrector(
     _check_score_fn(score_fn)
     sde = _check_sde(sde)
     snr = check_positive("snr", snr)
-    if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
-        raise ValueError(f"n_corrector must be a non-negative integer, got {n_corrector!r}")
+    n_corrector = _check_n_corrector(n_corrector)
     x = _start(x_T, generator)
     sigmas = [sde.sigma(t) for t in sde.time_grid(n_steps).tolist()]
     frames = _Frames(x, record_every) if return_trajectory else None
     for i in tqdm(range(n_steps), disable=not progress, desc="predictor-corrector", leave=False):
-        variance = sigmas[i] ** 2 - sigmas[i + 1] ** 2
-        x = x + variance * _score(score_fn, x, sigmas[i]) + math.sqrt(variance) * _normal(x, generator)
-        for _ in range(n_corrector):
-            score = _score(score_fn, x, sigmas[i + 1])
-            noise = _normal(x, generator)
-            alpha = corrector_step_size(score, noise, snr)
-            x = x + (0.5 * alpha) * score + math.sqrt(alpha) * noise
-        if (i + 1) % 25 == 0 or i == n_steps - 1:
-            _check_finite(x, i + 1, "predictor_corrector")
-        if frames is not None:
-            frames.add(i + 1, x, i == n_steps - 1)
+        x = _reverse_diffusion_step(score_fn, x, sigmas[i], sigmas[i + 1], generator)
+        x = _langevin_corrector(score_fn, x, sigmas[i + 1], snr, n_corrector, generator)
+        _after_step(x, i + 1, n_steps, frames, "predictor_corrector")
     return (x, frames.stack()) if frames is not None else x
 
 
@@ -366,6 +394,16 @@ def predictor_corrector(
 def _ode_drift(score_fn, sde: VESDE, x: torch.Tensor, t: float) -> torch.Tensor:
     """The probability-flow drift -1/2 g(t)^2 s(x, sigma(t)) (Song et al. 2021, Eq. 13)."""
     return (-0.5 * sde.g2(t)) * _score(score_fn, x, sde.sigma(t))
+
+
+def _flat64(x: torch.Tensor) -> np.ndarray:
+    """``x`` as the solver's flat float64 NumPy state (on the CPU)."""
+    return x.reshape(-1).double().cpu().numpy()
+
+
+def _from_numpy(y: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """The solver's float64 array ``y`` as a tensor of ``like``'s dtype and device."""
+    return torch.from_numpy(y).to(dtype=like.dtype, device=like.device)
 
 
 def _solve(rhs, y0: np.ndarray, t_span, *, rtol, atol, method, t_eval=None):
@@ -385,15 +423,31 @@ def _check_tolerances(rtol, atol, method) -> tuple[float, float, str]:
     return rtol, atol, method
 
 
+def _frame_times(t_span: tuple[float, float], n_frames) -> np.ndarray:
+    """``n_frames`` (at least 2) equally spaced times over ``t_span``, for the trajectory."""
+    n_frames = check_positive_int("n_frames", n_frames)
+    return np.linspace(*t_span, max(n_frames, 2))
+
+
+def _flow_rhs(score_fn, sde: VESDE, x: torch.Tensor):
+    """``rhs(t, y)`` for solve_ivp: the drift of Eq. 13 at the flat state y, taken in x's dtype."""
+
+    def rhs(t: float, y: np.ndarray) -> np.ndarray:
+        state = _from_numpy(y, x).reshape(x.shape)
+        with torch.no_grad():
+            drift = _ode_drift(score_fn, sde, state, float(t))
+        return _flat64(drift)
+
+    return rhs
+
+
 def probability_flow(
     score_fn,
     sde: VESDE,
     x: torch.Tensor,
     *,
     direction: str = "backward",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    method: str = "RK45",
+    rtol: float = 1e-5, atol: float = 1e-5, method: str = "RK45",
     return_trajectory: bool = False,
     n_frames: int = 41,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -427,29 +481,16 @@ def probability_flow(
     _check_score_fn(score_fn)
     sde = _check_sde(sde)
     x = check_batch("x", x).detach()
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    _check_choice("direction", direction, DIRECTIONS)
     rtol, atol, method = _check_tolerances(rtol, atol, method)
-    shape, dtype, device = x.shape, x.dtype, x.device
     t_span = (1.0, 0.0) if direction == "backward" else (0.0, 1.0)
-    t_eval = None
-    if return_trajectory:
-        n_frames = check_positive_int("n_frames", n_frames)
-        t_eval = np.linspace(*t_span, max(n_frames, 2))
-
-    def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        state = torch.from_numpy(y).to(dtype=dtype, device=device).reshape(shape)
-        with torch.no_grad():
-            drift = _ode_drift(score_fn, sde, state, float(t))
-        return drift.reshape(-1).double().cpu().numpy()
-
-    y0 = x.reshape(-1).double().cpu().numpy()
-    solution = _solve(rhs, y0, t_span, rtol=rtol, atol=atol, method=method, t_eval=t_eval)
-    end = torch.from_numpy(solution.y[:, -1]).to(dtype=dtype, device=device).reshape(shape)
+    t_eval = _frame_times(t_span, n_frames) if return_trajectory else None
+    solution = _solve(_flow_rhs(score_fn, sde, x), _flat64(x), t_span, rtol=rtol, atol=atol,
+                      method=method, t_eval=t_eval)
+    end = _from_numpy(solution.y[:, -1], x).reshape(x.shape)
     if not return_trajectory:
         return end
-    path = torch.from_numpy(solution.y.T.copy()).to(dtype=dtype, device=device)
-    return end, path.reshape(-1, *shape)
+    return end, _from_numpy(solution.y.T.copy(), x).reshape(-1, *x.shape)
 
 
 def _divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None) -> torch.Tensor:
@@ -478,19 +519,65 @@ def _draw_probes(x: torch.Tensor, n_probes: int, probe: str,
     return v.sign() if probe == "rademacher" else v  # (M, N, *D), E[v v^T] = I
 
 
+def _check_divergence(divergence, n_probes, probe) -> int:
+    """Check the divergence estimator's settings; ``n_probes`` as an int."""
+    _check_choice("divergence", divergence, DIVERGENCES)
+    n_probes = check_positive_int("n_probes", n_probes)
+    _check_choice("probe", probe, PROBES)
+    return n_probes
+
+
+def _check_prior(prior_log_prob, sde: VESDE) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The prior's log-density: ``prior_log_prob``, or the SDE's N(0, sigma_max^2 I) when None."""
+    if prior_log_prob is None:
+        return sde.prior_log_prob
+    if not callable(prior_log_prob):
+        raise ValueError("prior_log_prob must be a callable x -> (N,), "
+                         f"got {type(prior_log_prob).__name__}")
+    return prior_log_prob
+
+
+def _flow_and_divergence(
+    score_fn, sde: VESDE, x: torch.Tensor, probes: torch.Tensor | None, *, rtol: float,
+    atol: float, method: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x(1) (N, *D) and the integral of div f over [0, 1] (N,), both float64 on the CPU: Eq. 13
+    solved forward from x(0) = ``x`` together with the divergence's integral."""
+    n, size = x.shape[0], x[0].numel()
+
+    def rhs(t: float, y: np.ndarray) -> np.ndarray:
+        state = _from_numpy(y[: n * size], x).reshape(x.shape)
+        with torch.enable_grad():
+            state.requires_grad_(True)
+            drift = _ode_drift(score_fn, sde, state, float(t))
+            div = _divergence(drift, state, probes)
+        out = torch.cat([drift.detach().reshape(-1), div.detach()])
+        return out.double().cpu().numpy()
+
+    y0 = np.concatenate([_flat64(x), np.zeros(n)])
+    solution = _solve(rhs, y0, (0.0, 1.0), rtol=rtol, atol=atol, method=method)
+    end = torch.from_numpy(solution.y[: n * size, -1]).reshape(x.shape)
+    return end, torch.from_numpy(solution.y[n * size:, -1])
+
+
+def _prior_at(prior, end: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p_1(x(1)) (N,) in float64 on the CPU, the prior called in x's dtype and device."""
+    n = x.shape[0]
+    log_p1 = prior(end.to(dtype=x.dtype, device=x.device)).detach().double().cpu()
+    if log_p1.shape != (n,):
+        raise ValueError(f"prior_log_prob must return shape ({n},), got {tuple(log_p1.shape)}")
+    return log_p1
+
+
 def log_likelihood(
     score_fn,
     sde: VESDE,
     x: torch.Tensor,
     *,
-    divergence: str = "exact",
-    n_probes: int = 1,
-    probe: str = "rademacher",
+    divergence: str = "exact", n_probes: int = 1, probe: str = "rademacher",
     generator: torch.Generator | None = None,
     prior_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    method: str = "RK45",
+    rtol: float = 1e-5, atol: float = 1e-5, method: str = "RK45",
 ) -> torch.Tensor:
     r"""Log-density of ``x`` under the model, in nats per example, by the probability-flow ODE.
 
@@ -532,37 +619,14 @@ def log_likelihood(
     _check_score_fn(score_fn)
     sde = _check_sde(sde)
     x = check_batch("x", x).detach()
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    n_probes = check_positive_int("n_probes", n_probes)
-    if probe not in PROBES:
-        raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
+    n_probes = _check_divergence(divergence, n_probes, probe)
     check_generator(generator, x.device)
-    if prior_log_prob is not None and not callable(prior_log_prob):
-        raise ValueError(f"prior_log_prob must be a callable x -> (N,), got {type(prior_log_prob).__name__}")
+    prior = _check_prior(prior_log_prob, sde)
     rtol, atol, method = _check_tolerances(rtol, atol, method)
-    shape, dtype, device = x.shape, x.dtype, x.device
-    n, size = shape[0], x[0].numel()
     probes = _draw_probes(x, n_probes, probe, generator) if divergence == "hutchinson" else None
-
-    def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        state = torch.from_numpy(y[: n * size]).to(dtype=dtype, device=device).reshape(shape)
-        with torch.enable_grad():
-            state.requires_grad_(True)
-            drift = _ode_drift(score_fn, sde, state, float(t))
-            div = _divergence(drift, state, probes)
-        out = torch.cat([drift.detach().reshape(-1), div.detach()])
-        return out.double().cpu().numpy()
-
-    y0 = np.concatenate([x.reshape(-1).double().cpu().numpy(), np.zeros(n)])
-    solution = _solve(rhs, y0, (0.0, 1.0), rtol=rtol, atol=atol, method=method)
-    end = torch.from_numpy(solution.y[: n * size, -1]).reshape(shape)
-    integral = torch.from_numpy(solution.y[n * size:, -1])  # (N,) float64
-    prior = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
-    log_p1 = prior(end.to(dtype=dtype, device=device)).detach().double().cpu()
-    if log_p1.shape != (n,):
-        raise ValueError(f"prior_log_prob must return shape ({n},), got {tuple(log_p1.shape)}")
-    return (log_p1 + integral).to(dtype=dtype, device=device)
+    end, integral = _flow_and_divergence(score_fn, sde, x, probes, rtol=rtol, atol=atol,
+                                         method=method)
+    return (_prior_at(prior, end, x) + integral).to(dtype=x.dtype, device=x.device)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ of the known ones, and the levels anneal both towards the data.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 
@@ -68,16 +69,72 @@ def _draw(kind: str, shape, generator: torch.Generator | None, like: torch.Tenso
     return draw(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
+def _check_arguments(model, images, mask, generator, step_size, n_steps_each):
+    """The checked ``images``, the known pixels (bool, images' shape), epsilon and T."""
+    if not callable(getattr(model, "score", None)) or not hasattr(model, "sigmas"):
+        raise ValueError(
+            f"model must have score(x, sigma) and sigmas (an NCSN), got {type(model).__name__}"
+        )
+    images = _check_images(model, images)
+    mask = _check_mask(mask, images)
+    check_generator(generator, images.device)
+    step_size = check_positive("step_size", model.step_size if step_size is None else step_size)
+    n_steps_each = check_positive_int(
+        "n_steps_each", model.n_steps_each if n_steps_each is None else n_steps_each
+    )
+    return images, mask.bool(), step_size, n_steps_each
+
+
+@contextmanager
+def _eval_mode(model):
+    """Run the block with ``model`` in evaluation mode, then restore its training flag."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        yield
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+
+
+def _langevin_keeping_known(model, x, sigma: float, alpha: float, n_steps: int, known, observed,
+                            generator) -> torch.Tensor:
+    """``n_steps`` steps x <- x + alpha/2 s(x, sigma) + sqrt(alpha) z, x <- (1 - m) x + m y, with
+    m the ``known`` pixels and y the ``observed`` image at this level."""
+    for _ in range(n_steps):
+        score = model.score(x, sigma)
+        x = x + 0.5 * alpha * score + math.sqrt(alpha) * _draw(
+            "normal", observed.shape, generator, observed
+        )
+        x = torch.where(known, observed, x)
+    return x
+
+
+def _annealed_langevin(model, images, known, sigmas: list[float], step_size: float,
+                       n_steps_each: int, generator) -> torch.Tensor:
+    """Algorithm 2 over every level (largest first) from uniform noise; x (N, C, H, W) at the end.
+
+    Raises a ValueError naming the level when the chain becomes NaN or infinite.
+    """
+    x = _draw("uniform", images.shape, generator, images)  # (N, C, H, W), the paper's start
+    for index, sigma in enumerate(sigmas):
+        alpha = step_size * (sigma / sigmas[-1]) ** 2
+        observed = images + sigma * _draw("normal", images.shape, generator, images)  # y
+        x = _langevin_keeping_known(model, x, sigma, alpha, n_steps_each, known, observed,
+                                    generator)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"inpainting diverged at level {index + 1} (sigma={sigma:.3g}, step "
+                f"{alpha:.3g}): the images became NaN or infinite; try a smaller step_size"
+            )
+    return x
+
+
 @torch.no_grad()
 def inpaint(
-    model,
-    images: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    step_size: float | None = None,
-    n_steps_each: int | None = None,
-    denoise: bool = True,
+    model, images: torch.Tensor, mask: torch.Tensor, *, generator: torch.Generator | None = None,
+    step_size: float | None = None, n_steps_each: int | None = None, denoise: bool = True,
     clamp: bool = True,
 ) -> torch.Tensor:
     r"""Fill in the unknown pixels of ``images`` with a trained NCSN (Song & Ermon 2019, Algorithm 2).
@@ -110,10 +167,8 @@ def inpaint(
         noise), on the CPU or on the images' device.
     step_size, n_steps_each : float, int, optional
         Epsilon and T; default: the model's own sampling settings.
-    denoise : bool
-        Finish with the denoising step.
-    clamp : bool
-        Clip the completed pixels to [0, 1].
+    denoise, clamp : bool
+        Finish with the denoising step; clip the completed pixels to [0, 1].
 
     Returns
     -------
@@ -126,46 +181,13 @@ def inpaint(
         For images or a mask of the wrong shape, a mask that is not 0/1, bad settings, and
         when the chain diverges (naming the level; try a smaller step size).
     """
-    if not callable(getattr(model, "score", None)) or not hasattr(model, "sigmas"):
-        raise ValueError(
-            f"model must have score(x, sigma) and sigmas (an NCSN), got {type(model).__name__}"
-        )
-    images = _check_images(model, images)
-    mask = _check_mask(mask, images)
-    check_generator(generator, images.device)
-    step_size = check_positive(
-        "step_size", model.step_size if step_size is None else step_size
-    )
-    n_steps_each = check_positive_int(
-        "n_steps_each", model.n_steps_each if n_steps_each is None else n_steps_each
-    )
+    images, known, step_size, n_steps_each = _check_arguments(
+        model, images, mask, generator, step_size, n_steps_each)
     sigmas = [float(s) for s in torch.as_tensor(model.sigmas).flatten().tolist()]
-    sigma_last = sigmas[-1]
-    known = mask.bool()
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        x = _draw("uniform", images.shape, generator, images)  # (N, C, H, W), the paper's start
-        for index, sigma in enumerate(sigmas):
-            alpha = step_size * (sigma / sigma_last) ** 2
-            observed = images + sigma * _draw("normal", images.shape, generator, images)  # y
-            for _ in range(n_steps_each):
-                score = model.score(x, sigma)
-                x = x + 0.5 * alpha * score + math.sqrt(alpha) * _draw(
-                    "normal", images.shape, generator, images
-                )
-                x = torch.where(known, observed, x)
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(
-                    f"inpainting diverged at level {index + 1} (sigma={sigma:.3g}, step "
-                    f"{alpha:.3g}): the images became NaN or infinite; try a smaller step_size"
-                )
+    with _eval_mode(model):
+        x = _annealed_langevin(model, images, known, sigmas, step_size, n_steps_each, generator)
         if denoise:
-            x = x + sigma_last**2 * model.score(x, sigma_last)
-    finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
+            x = x + sigmas[-1] ** 2 * model.score(x, sigmas[-1])  # the denoising step
     if clamp:
         x = x.clamp(0.0, 1.0)
     return torch.where(known, images, x)

@@ -28,48 +28,37 @@ def train_NCSN(
 ) -> list[float]:
     """Train ``model`` with the annealed DSM loss (Eq. 6) and Adam; the loss of every step.
 
-    Each step draws a batch from a shuffled pass over ``data`` (a new permutation every
-    epoch), a noise level per example and the noise, all from one ``torch.Generator``
-    seeded with ``seed`` on the model's device, so a run is reproducible for a (device,
-    seed) and resumable: a checkpoint holds the model, the optimiser, the EMA weights, the
-    gradient scaler, the step, the generator state and the data order, and ``resume=True``
-    continues from the latest one in ``out_dir`` bit for bit. The step never waits for the
-    device: the losses are read every ``log_every`` steps (and at checkpoints, sample grids
-    and the end), and checked there (see :meth:`ScoreMatchingTrainer.run`).
+    Each step draws a batch from a shuffled pass over ``data`` (a new permutation every epoch), a
+    noise level per example and the noise, all from one ``torch.Generator`` seeded with ``seed`` on
+    the model's device: a run is reproducible for a (device, seed) and resumes bit for bit from a
+    checkpoint (model, optimiser, EMA weights, gradient scaler, step, generator state, data order).
+    The step never waits for the device: the losses are read and checked every ``log_every`` steps,
+    at checkpoints, sample grids and the end (see :meth:`ScoreMatchingTrainer.run`).
 
-    Inside an initialised ``torch.distributed`` process group (``torchrun``), each of the
-    ``W`` processes trains on its own ``batch_size`` slice of a global batch of
-    ``W * batch_size`` with ``DistributedDataParallel`` (see
-    :class:`~scorelab.training.AnnealedDenoisingScoreMatching`): the run equals a
-    one-process run at batch ``W * batch_size`` up to float summation order. Rank 0 alone
-    writes checkpoints and grids; a resume needs the same ``W``.
+    In a ``torch.distributed`` process group (``torchrun``) of ``W`` processes, each trains its
+    ``batch_size`` slice of a global batch with ``DistributedDataParallel`` (see
+    :class:`~scorelab.training.AnnealedDenoisingScoreMatching`): the run equals a one-process
+    run at batch ``W * batch_size`` up to float summation order. Rank 0 alone writes
+    checkpoints and grids; a resume needs the same ``W``.
 
     Parameters
     ----------
-    model : NCSN
-        Trained in place; at the end it holds the EMA weights when there is an EMA.
-    data : Tensor, shape (N, C, H, H)
-        Training images on [0, 1], moved to the model's device once.
-    n_steps : int
-        Total number of optimiser steps (including those done before a resume).
-    batch_size, lr, ema_rate : int, float, float or None
-        Images per step (per process); Adam with betas (0.9, 0.999) as in the paper; the
-        EMA's rate (None: no EMA).
-    seed : int
-        Seeds the generator (on resume the generator state comes from the checkpoint).
-    out_dir, checkpoint_every, sample_every, n_samples : path, int, int, int
-        Folder for ``checkpoints/step_XXXXXXX.pt`` (every ``checkpoint_every`` steps and
-        at the last) and grids of ``n_samples`` images ``samples_step_XXXXXXX.png``.
-    resume : bool
-        Continue from the latest checkpoint in ``out_dir`` (start fresh if there is none).
-    progress, callback : bool, callable
-        A tqdm bar with the loss; ``callback(step, loss)`` after every step (from 1; a
-        callback reads the loss at every step).
-    log_every : int
-        Read (and check) the losses every ``log_every`` steps.
+    model, data : NCSN, Tensor of shape (N, C, H, H)
+        Trained in place (holding the EMA weights at the end when there is an EMA); training
+        images on [0, 1], moved to the model's device once.
+    n_steps, batch_size, lr, ema_rate : int, int, float, float or None
+        Optimiser steps in all (including those before a resume); images per step (per
+        process); Adam with betas (0.9, 0.999) as in the paper; the EMA's rate (None: no EMA).
+    out_dir, checkpoint_every, sample_every, n_samples, resume : path, int, int, int, bool
+        Folder for ``checkpoints/step_XXXXXXX.pt`` (every ``checkpoint_every`` steps and at the
+        last) and grids of ``n_samples`` images ``samples_step_XXXXXXX.png``; ``resume``
+        continues from its latest checkpoint, generator state included (fresh if there is none).
+    progress, callback, log_every : bool, callable, int
+        A tqdm bar with the loss; ``callback(step, loss)`` after every step (from 1; a callback
+        reads the loss at every step); read (and check) the losses every ``log_every`` steps.
     amp, channels_last, compile : bool
-        Mixed precision (:func:`scorelab.training.mixed_precision`: bf16 autocast, or fp16
-        with a gradient scaler on GPUs without bf16), the channels-last memory layout,
+        Mixed precision (:func:`scorelab.training.mixed_precision`: bf16 autocast, or fp16 with
+        a gradient scaler on GPUs without bf16), the channels-last memory layout,
         ``torch.compile`` of the network. All off by default.
 
     Returns
@@ -77,28 +66,45 @@ def train_NCSN(
     list of float
         Loss of every step (of the whole run, also across a resume).
     """
-    n_steps = check_positive_int("n_steps", n_steps)
-    model.check_images("data", data)
-    if (checkpoint_every or sample_every or resume) and out_dir is None:
-        raise ValueError("out_dir is required for checkpoint_every, sample_every or resume")
+    n_steps = _check_run(model, data, n_steps, out_dir, checkpoint_every, sample_every, resume)
     trainer, batches, generator = make_trainer(
         model, data, batch_size=batch_size, lr=lr, ema_rate=ema_rate, seed=seed, amp=amp,
         channels_last=channels_last, compile=compile)
     history = _resume(trainer, batches, generator, out_dir) if resume else []
+    hooks = _hooks(trainer, batches, generator, history, callback, out_dir, n_steps,
+                   checkpoint_every, sample_every, n_samples, seed)
+    trainer.run(batches, n_steps, generator=generator, history=history, hooks=hooks,
+                progress=progress and trainer.rank == 0, log_every=log_every)
+    trainer.use_ema_weights()
+    model.to(memory_format=torch.contiguous_format)
+    return history
+
+
+def _check_run(model, data, n_steps, out_dir, checkpoint_every, sample_every, resume) -> int:
+    """Check the run's arguments at the start (``data``'s shape, an ``out_dir`` for the outputs
+    that need one); ``n_steps`` as an int."""
+    n_steps = check_positive_int("n_steps", n_steps)
+    model.check_images("data", data)
+    if (checkpoint_every or sample_every or resume) and out_dir is None:
+        raise ValueError("out_dir is required for checkpoint_every, sample_every or resume")
+    return n_steps
+
+
+def _hooks(trainer, batches, generator, history, callback, out_dir, n_steps, checkpoint_every,
+           sample_every, n_samples, seed) -> list:
+    """The run's hooks: ``callback``, then checkpoints (with an ``out_dir``), then sample grids.
+
+    Every rank has the same hooks (the losses are read, all together, when one is due); rank 0
+    alone writes.
+    """
     hooks = [] if callback is None else [callback]
-    # Every rank has the same hooks (the losses are read, all together, when one is due);
-    # rank 0 alone writes.
     if out_dir is not None:
         hooks.append(_checkpoint_hook(trainer, batches, generator, history, out_dir,
                                       checkpoint_every, n_steps))
     if sample_every:
         hooks.append((sample_every, _sample_grid_hook(trainer, out_dir, sample_every,
                                                       n_samples, seed)))
-    trainer.run(batches, n_steps, generator=generator, history=history, hooks=hooks,
-                progress=progress and trainer.rank == 0, log_every=log_every)
-    trainer.use_ema_weights()
-    model.to(memory_format=torch.contiguous_format)
-    return history
+    return hooks
 
 
 def make_trainer(
