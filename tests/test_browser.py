@@ -183,12 +183,29 @@ def _broken_link(html: Path, base: str, page_url: str, href: str) -> str | None:
     return None
 
 
+def _local_context(browser, width: int, height: int):
+    """A browser context that reaches only this machine's servers (127.0.0.1) and data: URLs.
+
+    The network is closed: other hosts fail at once instead of waiting for time-outs.
+    """
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.route(re.compile(r"^(?!http://127\.0\.0\.1:).*"),
+                  lambda route: route.continue_() if route.request.url.startswith("data:")
+                  else route.abort())
+    return context
+
+
+def _wait_for_mathjax(page) -> None:
+    """Wait until MathJax has started and typeset the page."""
+    page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                           timeout=20_000)
+    page.evaluate("() => MathJax.startup.promise")
+
+
 def _math_problems(page, typeset: bool) -> list[str]:
     """What is wrong with the page's maths; with ``typeset``, MathJax must have rendered it all."""
     if typeset and page.locator(".math").count():
-        page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
-                               timeout=20_000)
-        page.evaluate("() => MathJax.startup.promise")
+        _wait_for_mathjax(page)
         problems = page.evaluate(r"""() => {
             const problems = [];
             for (const el of document.querySelectorAll('.math'))
@@ -336,11 +353,7 @@ def test_every_page_in_a_browser(site):
     start = time.perf_counter()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        # the network is closed: fail other hosts at once instead of waiting for time-outs
-        context.route(re.compile(r"^(?!http://127\.0\.0\.1:).*"),
-                      lambda route: route.continue_() if route.request.url.startswith("data:")
-                      else route.abort())
+        context = _local_context(browser, 1280, 900)
         typeset = _serve_mathjax_offline(context)
         if not typeset and os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true but there is no MathJax bundle in {MATHJAX_DIR} (make browser)")

@@ -30,7 +30,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from test_browser import CHROMIUM_ARGS, _chromium, _missing_browser
+from test_browser import CHROMIUM_ARGS, _chromium, _local_context, _missing_browser
 
 ROOT = Path(__file__).resolve().parents[1]
 # chapter -> the explorer's value typed into its first slider (its start value differs)
@@ -136,10 +136,7 @@ def test_explorer_redraws_in_jupyterlab(jupyterlab, chapter):
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1300, "height": 1000})
-        context.route(re.compile(r"^(?!http://127\.0\.0\.1:).*"),
-                      lambda route: route.continue_() if route.request.url.startswith("data:")
-                      else route.abort())
+        context = _local_context(browser, 1300, 1000)
         page = context.new_page()
         # a workspace of its own, reset: only this chapter is open (no tab of the other one)
         workspace = Path(chapter).stem.replace("_", "-")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from test_browser import (CHROMIUM_ARGS, MATHJAX_CDN, MATHJAX_DIR, _chromium, _missing_browser,
-                          _serve_mathjax_offline)
+                          _serve_mathjax_offline, _wait_for_mathjax)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for folder in ("book", "exercises", "solutions")
@@ -72,9 +72,7 @@ def browser_context():
 def _render(context, html_path: Path) -> dict:
     page = context.new_page()
     page.goto(html_path.as_uri(), wait_until="load")
-    page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
-                           timeout=20_000)
-    page.evaluate("() => MathJax.startup.promise")
+    _wait_for_mathjax(page)
     result = page.evaluate(r"""() => {
         const problems = [];
         for (const el of document.querySelectorAll('mjx-merror, [data-mjx-error]'))

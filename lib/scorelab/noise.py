@@ -174,7 +174,7 @@ def langevin_variance_ratio(
     The ratio does not depend on i: that is why one epsilon serves every level. It is the
     paper's Eq. 4 written for this package's step (the authors' ``step_lr`` is half our
     ``step_size``: their update is :math:`x + \epsilon' s + \sqrt{2\epsilon'} z`).
-    Needs 0 < u < 1 (``step_size`` < 2 ``sigma_min``^2).
+    Needs 0 < u < 1, that is ``step_size < 2 * sigma_min**2``.
     """
     step_size = check_positive("step_size", step_size)
     gamma = check_positive("gamma", gamma)
