@@ -13,7 +13,8 @@ read that file, and its formulas would show MathJax errors. This script writes O
   badge and set-up cells that scripts/make_exercises.py puts first (that script copies it into
   exercises/ at the same place);
 - it is tagged ``remove-cell``, so the book, which has the macros from _config.yml, drops it;
-  in Jupyter it renders as an empty line (its source is folded);
+  in Jupyter and Colab it renders as an empty line (its source is not folded: JupyterLab does
+  not render a folded markdown cell, and its macros would stay undefined);
 - running the script twice changes nothing; after editing the macros in _config.yml, run it
   again (and then scripts/make_exercises.py).
 """
@@ -71,7 +72,9 @@ def macro_cell(macros: dict[str, str | list] | None = None):
     )
     cell = nbformat.v4.new_markdown_cell(source)
     cell.id = CELL_ID
-    cell.metadata = {"jupyter": {"source_hidden": True}, "tags": ["remove-cell"]}
+    # Not folded: JupyterLab does not render a markdown cell whose source is hidden, and then
+    # the macros would never be defined. Rendered, the cell is an empty line.
+    cell.metadata = {"tags": ["remove-cell"]}
     return cell
 
 

@@ -160,7 +160,9 @@ def test_make_book_runs_the_guides_command():
     command = re.search(r"^BOOK_BUILD := (.+)$", makefile, re.M).group(1).split()
     assert command[0].endswith("jupyter-book") and command[1:3] == ["build", "."]
     assert "-W" in command and "--toc" not in command and "--config" not in command
-    assert re.search(r"^book: .*\n\t\$\(BOOK_BUILD\)$", makefile, re.M)
+    # make book first executes the notebooks into the build's cache, then runs the build
+    assert re.search(r"^book: .*\n\t\$\(PY\) scripts/execute_notebooks\.py\n\t\$\(BOOK_BUILD\)$",
+                     makefile, re.M)
     assert not (BOOK / "_toc.yml").exists() and not (BOOK / "_config.yml").exists()
 
 

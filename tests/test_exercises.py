@@ -162,12 +162,16 @@ def _execute(path: Path):
 def test_exercise_fails_only_in_its_todo_cells(path):
     """Run with every stub unfilled (fresh kernel): only TODO cells (and cells tagged
     ``depends-on-exercise``) raise, always NotImplementedError; every check says "not done yet",
-    except a debug exercise's, which names the bug still in the code."""
+    except a debug exercise's whose copy holds the buggy code itself: that check names the bug."""
     nb = _execute(ROOT / "exercises" / path.name)
     kinds = {
         c.metadata["exercise"]["id"]: c.metadata["exercise"]["kind"]
         for c in nb.cells
         if "exercise" in c.metadata
+    }
+    stubbed = {  # exercises whose copy has a stub raising NotImplementedError
+        f"{match.group(1)}" for cell in nb.cells if cell.cell_type == "code"
+        for match in re.finditer(r'NotImplementedError\("Exercise (\d+\.\d+)', cell.source)
     }
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
@@ -189,9 +193,10 @@ def test_exercise_fails_only_in_its_todo_cells(path):
         if CHECK_CALL.search(cell.source):
             text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
             number = "{}.{}".format(*CHECK_CALL.search(cell.source).groups())
-            if kinds.get(number) == "debug":  # the untouched bug: the check names it
+            if kinds.get(number) == "debug" and number not in stubbed:
+                # the student's copy holds the buggy code itself: the check names the bug
                 assert text.startswith(f"❌ Exercise {number}:"), f"{where}: printed {text!r}"
-            else:
+            else:  # a stub to fill (a debug exercise may show the bug in a cell of its own)
                 assert "not done yet" in text, f"{where}: the check printed {text!r}"
 
 

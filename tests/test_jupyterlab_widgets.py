@@ -101,6 +101,9 @@ def _run_all(page) -> None:
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
     for attempt in range(3):  # a click before the kernel is connected runs nothing: retry
+        accept = page.locator(".jp-Dialog .jp-mod-accept")  # "Select Kernel": the default
+        if accept.count():
+            accept.first.click()
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
         try:
@@ -147,6 +150,10 @@ def test_explorer_redraws_in_jupyterlab(jupyterlab, chapter):
         finally:
             page.screenshot(path=str(shots / f"jupyterlab_{Path(chapter).stem}_run.png"))
         assert not _errors(page), f"{chapter}: a cell failed in JupyterLab:\n" + "\n".join(_errors(page))
+        maths_errors = page.evaluate("""() => [...document.querySelectorAll(
+            'mjx-merror, [data-mjx-error]')].map(e => e.getAttribute('data-mjx-error')
+            || e.textContent)""")
+        assert not maths_errors, f"{chapter}: MathJax errors in JupyterLab: {maths_errors[:5]}"
         explorer = page.locator(".widget-interact").first
         explorer.wait_for(state="attached", timeout=60_000)
         explorer.evaluate("el => el.scrollIntoView({block: 'center'})")  # off-screen cells are
