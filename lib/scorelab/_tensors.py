@@ -69,6 +69,13 @@ def randn(shape, *, generator: torch.Generator | None = None, device="cpu",
     return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
 
 
+def randn_like(x: torch.Tensor, *, generator: torch.Generator | None = None,
+               shape=None) -> torch.Tensor:
+    """N(0, 1) draws shaped like ``x`` (or ``shape``), on x's device and dtype (see :func:`randn`)."""
+    return randn(x.shape if shape is None else shape, generator=generator, device=x.device,
+                 dtype=x.dtype)
+
+
 def rand(shape, *, generator: torch.Generator | None = None, device="cpu",
          dtype: torch.dtype | None = None) -> torch.Tensor:
     """U(0, 1) draws of ``shape`` on ``device``, drawn on the generator's device (see :func:`randn`)."""

@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from scorelab._tensors import broadcast_like, rand, randn, sum_except_batch
+from scorelab._tensors import rand, randn, randn_like, sum_except_batch
 from scorelab._validation import (check_batch, check_generator, check_positive,
                                   check_positive_int, check_score_shape)
 from scorelab.noise import geometric_sigmas
-from scorelab.training import ScoreMatchingTrainer
+from scorelab.training import ScoreMatchingTrainer, sigma_weighted_dsm
 
 __all__ = ["VESDE", "euler_maruyama", "predictor_corrector", "probability_flow",
            "log_likelihood", "corrector_step_size", "ScoreCounter", "continuous_dsm_loss",
@@ -161,11 +161,6 @@ def _score(score_fn, x: torch.Tensor, sigma: float) -> torch.Tensor:
     return score
 
 
-def _normal(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """N(0, I) draws shaped like x, from the generator's device, on x's device and dtype."""
-    return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
 def _check_finite(x: torch.Tensor, step: int, what: str) -> None:
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} diverged: samples became NaN or infinite at step {step}; "
@@ -274,7 +269,7 @@ def euler_maruyama(
         t, dt = times[i], times[i] - times[i + 1]
         g2 = sde.g2(t)
         score = _score(score_fn, x, sde.sigma(t))
-        x = x + (g2 * dt) * score + math.sqrt(g2 * dt) * _normal(x, generator)
+        x = x + (g2 * dt) * score + math.sqrt(g2 * dt) * randn_like(x, generator=generator)
         _after_step(x, i + 1, n_steps, frames, "euler_maruyama")
     return (x, frames.stack()) if frames is not None else x
 
@@ -309,7 +304,7 @@ def _reverse_diffusion_step(score_fn, x: torch.Tensor, sigma: float, sigma_next:
     """Reverse diffusion (Song et al. 2021, Appendix E), the ladder's chain (Eq. 8) run backwards:
     x + (sigma^2 - sigma_next^2) s(x, sigma) + sqrt(sigma^2 - sigma_next^2) z."""
     variance = sigma**2 - sigma_next**2
-    return x + variance * _score(score_fn, x, sigma) + math.sqrt(variance) * _normal(x, generator)
+    return x + variance * _score(score_fn, x, sigma) + math.sqrt(variance) * randn_like(x, generator=generator)
 
 
 def _langevin_corrector(score_fn, x: torch.Tensor, sigma: float, snr: float, n_steps: int,
@@ -318,7 +313,7 @@ def _langevin_corrector(score_fn, x: torch.Tensor, sigma: float, snr: float, n_s
     alpha set by the signal-to-noise ratio ``snr`` (:func:`corrector_step_size`)."""
     for _ in range(n_steps):
         score = _score(score_fn, x, sigma)
-        noise = _normal(x, generator)
+        noise = randn_like(x, generator=generator)
         alpha = corrector_step_size(score, noise, snr)
         x = x + (0.5 * alpha) * score + math.sqrt(alpha) * noise
     return x
@@ -515,7 +510,7 @@ def _divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | Non
 
 def _draw_probes(x: torch.Tensor, n_probes: int, probe: str,
                  generator: torch.Generator | None) -> torch.Tensor:
-    v = randn((n_probes, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+    v = randn_like(x, generator=generator, shape=(n_probes, *x.shape))
     return v.sign() if probe == "rademacher" else v  # (M, N, *D), E[v v^T] = I
 
 
@@ -665,11 +660,8 @@ def continuous_dsm_loss(model, x: torch.Tensor, sde: VESDE, *,
     sde = _check_sde(sde)
     t = rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)  # (N,)
     sigma = sde.sigma(t)  # (N,), log-uniform
-    noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    scaled = broadcast_like(sigma, x)  # (N, 1, ..., 1)
-    score = model(x + scaled * noise, sigma)
-    check_score_shape("model", score, x)
-    return 0.5 * sum_except_batch((scaled * score + noise) ** 2)
+    noise = randn_like(x, generator=generator)
+    return sigma_weighted_dsm(lambda noisy: model(noisy, sigma), x, sigma, noise)
 
 
 class ContinuousDenoisingScoreMatching(ScoreMatchingTrainer):

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from scorelab._tensors import broadcast_like, randint, randn, randperm, sum_except_batch
+from scorelab._tensors import broadcast_like, randint, randn_like, randperm, sum_except_batch
 from scorelab._validation import check_batch, check_positive, check_positive_int, check_score_shape
 from scorelab.noise import check_sigmas
 
@@ -76,11 +76,22 @@ def annealed_dsm_loss(
     """
     if labels is None:
         labels = randint(len(sigmas), (x.shape[0],), generator=generator, device=x.device)
-    sigma = broadcast_like(sigmas.to(x)[labels], x)  # (N, 1, ..., 1)
     if noise is None:
-        noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # z
-    score = _score(model, x + sigma * noise, labels)  # s(x + sigma z, i)
-    return 0.5 * sum_except_batch((sigma * score + noise) ** 2)
+        noise = randn_like(x, generator=generator)  # z
+    return sigma_weighted_dsm(lambda noisy: model(noisy, labels), x, sigmas.to(x)[labels], noise)
+
+
+def sigma_weighted_dsm(score_at, x: torch.Tensor, sigma: torch.Tensor,
+                       noise: torch.Tensor) -> torch.Tensor:
+    """``1/2 || sigma s(x + sigma z) + z ||^2`` per example: DSM with the weight sigma^2.
+
+    The core of the annealed loss (one ladder level per example) and of the VE SDE's
+    continuous loss (one sigma per example): ``score_at(x_noisy)`` is the model at each
+    example's own level, ``sigma`` has shape (N,), ``noise`` (z) the shape of ``x``; (N,).
+    """
+    scaled = broadcast_like(sigma, x)  # (N, 1, ..., 1)
+    score = _score(score_at, x + scaled * noise)  # s(x + sigma z, sigma)
+    return 0.5 * sum_except_batch((scaled * score + noise) ** 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,11 +104,6 @@ PROJECTIONS = ("gaussian", "rademacher", "sphere")
 def _score(model, x: torch.Tensor, *args) -> torch.Tensor:
     """``model(x, *args)``, checked to be a score shaped like ``x`` (a shape check: no sync)."""
     return check_score_shape("model", model(x, *args), x)
-
-
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None, shape=None) -> torch.Tensor:
-    shape = x.shape if shape is None else shape
-    return randn(shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def dsm_loss(
@@ -128,7 +134,7 @@ def dsm_loss(
     Tensor, shape (N,)
     """
     sigma = check_positive("sigma", sigma)
-    noise = _randn_like(x, generator)
+    noise = randn_like(x, generator=generator)
     score = _score(model, x + sigma * noise)
     return 0.5 * sum_except_batch((score + noise / sigma) ** 2)
 
@@ -137,7 +143,7 @@ def _projections(
     x: torch.Tensor, n_projections: int, projection: str, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Random directions v with E[v v^T] = I, shape (M, N, *D)."""
-    v = _randn_like(x, generator, shape=(n_projections, *x.shape))  # (M, N, *D)
+    v = randn_like(x, generator=generator, shape=(n_projections, *x.shape))  # (M, N, *D)
     if projection == "rademacher":
         return v.sign()
     if projection == "sphere":
@@ -725,7 +731,7 @@ class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
                              f"{self.world_size} ranks")
         # Every rank draws the whole batch's levels and noise, in annealed_dsm_loss's order.
         labels = randint(len(self.sigmas), (n,), generator=generator, device=x.device)
-        noise = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = randn_like(x, generator=generator)
         size = n // self.world_size
         mine = slice(self.rank * size, (self.rank + 1) * size)
         return annealed_dsm_loss(self.forward, x[mine], self.sigmas, labels=labels[mine],
