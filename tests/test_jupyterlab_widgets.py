@@ -99,11 +99,14 @@ def _run_all(page) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    accept = page.locator(".jp-Dialog .jp-mod-accept").first  # "Select Kernel", at times
+    try:
+        accept.wait_for(state="visible", timeout=5_000)
+        accept.click()  # the preferred kernel, already selected
+    except PlaywrightTimeout:
+        pass
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
     for attempt in range(3):  # a click before the kernel is connected runs nothing: retry
-        accept = page.locator(".jp-Dialog .jp-mod-accept")  # "Select Kernel": the default
-        if accept.count():
-            accept.first.click()
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
         try:
