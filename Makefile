@@ -11,7 +11,7 @@ BOOK_BUILD := $(VENV)/bin/jupyter-book build . -W --keep-going
 NBVAL := $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -n 2 --dist loadscope
 NOTEBOOKS ?= book solutions
 
-.PHONY: install browser book test test-package test-notebooks nbval bench bench-quick strip exercises exercises-check grade clean clean-cache
+.PHONY: install browser book test test-package test-notebooks nbval bench bench-quick strip exercises exercises-check notebooks notebooks-check grade clean clean-cache
 
 install: $(VENV)/.installed
 
@@ -76,11 +76,21 @@ strip: install
 	$(PY) scripts/strip_outputs.py book/*.ipynb solutions/*.ipynb
 
 # exercises/ is generated from solutions/ (the single source): regenerate, or check it is up to date.
+# make_exercises also rewrites each chapter's exercise table, so the chapters' copies follow.
 exercises: install
 	$(PY) scripts/make_exercises.py
+	$(PY) scripts/make_notebooks.py
 
 exercises-check: install
 	$(PY) scripts/make_exercises.py --check
+
+# notebooks/ holds the chapters as plain Jupyter notebooks (Colab, Binder), generated from book/:
+# MyST roles, directives and captions turned into plain Markdown, with the book's numbers.
+notebooks: install
+	$(PY) scripts/make_notebooks.py
+
+notebooks-check: install
+	$(PY) scripts/make_notebooks.py --check
 
 # The execution cache does not see changes in lib/ (make book clears it when lib/ changed).
 clean-cache:

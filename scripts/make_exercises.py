@@ -355,33 +355,23 @@ def planned_files() -> dict[Path, str]:
     return files
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="write nothing; exit 1 if exercises/ or solutions/ differ from the generated text",
-    )
-    args = parser.parse_args(argv)
-    try:
-        files = planned_files()
-    except SourceError as error:
-        print(f"make_exercises: {error}", file=sys.stderr)
-        return 2
+def write_or_check(files: dict[Path, str], folder: Path, check: bool, source: str,
+                   command: str, done: str) -> int:
+    """Write the ``files`` that differ and delete the notebooks of ``folder`` that are not
+    among them; or, with ``check``, only list them and return 1 when there is any."""
     stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
-    extra = sorted(set(EXERCISES.glob("*.ipynb")) - set(files))
-    if args.check:
+    extra = sorted(set(folder.glob("*.ipynb")) - set(files))
+    if check:
         for path in stale:
             print(f"out of date: {path.relative_to(ROOT)}")
         for path in extra:
-            print(f"not generated from solutions/: {path.relative_to(ROOT)}")
+            print(f"not generated from {source}: {path.relative_to(ROOT)}")
         if stale or extra:
-            print("run `make exercises` (python scripts/make_exercises.py) and commit the result")
+            print(f"run {command} and commit the result")
             return 1
-        print(f"exercises/, solutions/ and the chapters' exercise tables are up to date "
-              f"({len(list(EXERCISES.glob('*.ipynb')))} notebooks)")
+        print(f"{done} ({len(list(folder.glob('*.ipynb')))} notebooks)")
         return 0
-    EXERCISES.mkdir(exist_ok=True)
+    folder.mkdir(exist_ok=True)
     for path in stale:
         path.write_text(files[path])
         print(f"wrote {path.relative_to(ROOT)}")
@@ -389,6 +379,28 @@ def main(argv: list[str]) -> int:
         path.unlink()
         print(f"removed {path.relative_to(ROOT)}")
     return 0
+
+
+def generator_main(argv: list[str], planned, folder: Path, source: str, command: str,
+                   done: str) -> int:
+    """The command line of a notebook generator: write what ``planned()`` returns, or --check."""
+    parser = argparse.ArgumentParser(description=f"Generate {folder.name}/ from {source}")
+    parser.add_argument("--check", action="store_true",
+                        help=f"write nothing; exit 1 if {folder.name}/ differs from the generated text")
+    args = parser.parse_args(argv)
+    try:
+        files = planned()
+    except SourceError as error:
+        print(f"{Path(sys.argv[0]).stem}: {error}", file=sys.stderr)
+        return 2
+    return write_or_check(files, folder, args.check, source, command, done)
+
+
+def main(argv: list[str]) -> int:
+    return generator_main(
+        argv, planned_files, EXERCISES, "solutions/",
+        "`make exercises` (python scripts/make_exercises.py)",
+        "exercises/, solutions/ and the chapters' exercise tables are up to date")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ and the same offline routing as tests/test_browser.py), configured as JupyterLab
 (``\\grad``, ``\\N``, ...) must then come from the notebook itself (its ``maths-macros`` cell,
 written by scripts/notebook_macros.py); any MathJax error or undefined macro fails the test.
 
-MyST roles (``{eq}``, ``{numref}``, ``{cite}``, ...) only render in the book: outside it they show
-as raw text. The test reports how many remain visible in each chapter (the chapters are written
-for the book, so this is a report), and fails when an exercise or solution notebook, which a
-student opens in Colab, shows any. Skipped without Chromium, Playwright or the MathJax bundle,
+MyST roles (``{eq}``, ``{numref}``, ``{cite}``, ...), directives (``:::{note}``, the quiz) and
+equation labels only render in the book: outside it they show as raw text, or vanish. The test
+reports how many roles remain visible in each chapter of book/ (written for the book, so this is
+a report), and fails when a notebook a student opens in Colab shows any MyST syntax: the
+chapters' plain copies (notebooks/, which the book's Colab and Binder buttons open), the
+exercises and the solutions. Skipped without Chromium, Playwright or the MathJax bundle,
 except under CI=true, where that fails.
 """
 
@@ -26,10 +28,12 @@ from test_browser import (CHROMIUM_ARGS, MATHJAX_CDN, MATHJAX_DIR, _chromium, _m
                           _serve_mathjax_offline, _wait_for_mathjax)
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted(p for folder in ("book", "exercises", "solutions")
+NOTEBOOKS = sorted(p for folder in ("book", "notebooks", "exercises", "solutions")
                    for p in (ROOT / folder).glob("[0-9][0-9]_*.ipynb"))
 # nbconvert turns the role's `target` into <code>, so the visible text shows "{eq}" then the target
 ROLE = re.compile(r"\{(?:eq|numref|cite(?::[a-z]+)?|ref|doc|term|math)\}")
+# in a markdown source: a directive's opening fence, or the label after an equation's closing $$
+DIRECTIVE = re.compile(r"^(?::{3,}|`{3,})\{[\w-]+\}|\$\$[ \t]*\([\w:.-]+\)", re.M)
 # JupyterLab 4 and Notebook 7 run MathJax 3 with these delimiters; Colab's are the same
 JUPYTER_MATHJAX = """window.MathJax = {
   tex: {inlineMath: [['$', '$'], ['\\\\(', '\\\\)']], displayMath: [['$$', '$$'], ['\\\\[', '\\\\]']],
@@ -99,6 +103,19 @@ def _write_notebook(path: Path, markdown: list[str]) -> Path:
     return path
 
 
+def _directives(path: Path) -> list[str]:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    return [m[0] for c in nb.cells if c.cell_type == "markdown" for m in DIRECTIVE.finditer(c.source)]
+
+
+def test_directive_pattern():
+    sources = [":::{note}", "```{quiz} quizzes/01.json", "$$ (eq-langevin)", "$$\n\\tag{2.1}\n$$",
+               "> **Note**", "```python"]
+    assert [bool(DIRECTIVE.search(s)) for s in sources] == [True, True, True, False, False, False]
+
+
 def test_the_check_sees_undefined_macros_and_roles(browser_context, tmp_path):
     """Without the macros cell \\grad is undefined; with it, it typesets; roles show as text."""
     import sys
@@ -133,6 +150,9 @@ def test_every_notebook_renders_its_maths_outside_the_book(browser_context, tmp_
             problems.append("MathJax typeset nothing")
         if roles and not name.startswith("book/"):
             problems.append(f"{len(roles)} raw MyST roles, e.g. {roles[:3]} (Colab shows them as text)")
+        directives = _directives(path)
+        if directives and not name.startswith("book/"):
+            problems.append(f"MyST directives or equation labels left: {directives[:3]}")
         if problems:
             failures[name] = problems
     print("\nstandalone notebooks (nbconvert + MathJax 3, no book config):\n  "

@@ -19,6 +19,10 @@
    book/_static/quiz/) turns them into buttons and answer boxes that give feedback in the browser:
    no kernel, no network. The file is checked when the book is built: a malformed quiz is a
    build error that names the file and the question.
+4. Launch buttons. A chapter's MyST roles, directives and captions render only in the book, so
+   its Colab and Binder buttons open the plain copy of the chapter, notebooks/NN_name.ipynb
+   (written by scripts/make_notebooks.py), instead of book/NN_name.ipynb. A chapter without its
+   copy is a build warning (an error under ``-W``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from pathlib import Path
 from docutils import nodes
 from docutils.parsers.rst import directives
 from sphinx.errors import ExtensionError
+from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
+
+LOGGER = logging.getLogger(__name__)
 
 QUIZ_STATIC = Path(__file__).resolve().parents[1] / "_static" / "quiz"
 QUESTION_TYPES = ("multiple_choice", "numeric")
@@ -61,6 +68,22 @@ def unique_scripts(app, pagename, templatename, context, doctree) -> None:
             seen.add(key)
             scripts.append(script)
     context["script_files"] = scripts
+
+
+def launch_plain_notebooks(app, pagename, templatename, context, doctree) -> None:
+    """Point the Colab and Binder buttons of ``book/NN_name`` at ``notebooks/NN_name.ipynb``."""
+    if not re.fullmatch(r"book/\d\d_\w+", pagename) or pagename not in app.env.all_docs:
+        return
+    if Path(app.env.doc2path(pagename)).suffix != ".ipynb":
+        return
+    name = pagename.removeprefix("book/") + ".ipynb"
+    if not (Path(app.srcdir) / "notebooks" / name).is_file():
+        LOGGER.warning(f"notebooks/{name} is missing: run `make notebooks`", location=pagename)
+        return
+    for group in context.get("header_buttons", []):
+        for button in group.get("buttons", []) if group.get("label") == "launch-buttons" else []:
+            if button.get("text") in ("Colab", "Binder") and f"book/{name}" in button["url"]:
+                button["url"] = button["url"].replace(f"book/{name}", f"notebooks/{name}")
 
 
 def check_quiz(questions, where: str = "quiz") -> list[dict]:
@@ -148,6 +171,8 @@ def add_quiz_static(app, config) -> None:
 def setup(app):
     app.connect("autodoc-process-docstring", escape_shape_stars)
     app.connect("html-page-context", unique_scripts, priority=900)
+    # after sphinx-book-theme's add_launch_buttons (priority 501)
+    app.connect("html-page-context", launch_plain_notebooks, priority=600)
     app.connect("config-inited", add_quiz_static)
     app.add_directive("quiz", QuizDirective)
     app.add_js_file("quiz.js", defer="defer")
