@@ -3,7 +3,8 @@
 notebooks/ must be what the script writes from book/; each copy keeps the chapter's code cell for
 cell; its equation and figure numbers and its citations must be those of the built book
 (``_build/html``, skipped without a build that is newer than the chapter, failed then under
-``SCORELAB_REQUIRE_BUILD=1``); the book's Colab and Binder buttons open the copy. The conversion
+``SCORELAB_REQUIRE_BUILD=1``); the book's Colab and Binder buttons open the copy, and its
+download button gives it. The conversion
 rules themselves are tested on small cells, the refusal of an unknown role or directive too.
 tests/test_standalone_notebooks.py renders the copies in a browser and fails on any MyST
 syntax left or any MathJax error.
@@ -198,3 +199,11 @@ def test_unknown_syntax_is_refused_by_name(chapter, text, named):
     with pytest.raises(SourceError, match=re.escape(named)) as error:
         chapter.markdown(text)
     assert "book/03_test.ipynb, cell 7 (cell-x)" in str(error.value)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_download_button_gives_the_plain_copy(path):
+    page = _built_page(path)
+    assert f'href="../_sources/book/{path.name}"' in page
+    downloaded = ROOT / "_build" / "html" / "_sources" / "book" / path.name
+    assert downloaded.read_text() == (ROOT / "notebooks" / path.name).read_text()

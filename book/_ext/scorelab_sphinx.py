@@ -19,16 +19,18 @@
    book/_static/quiz/) turns them into buttons and answer boxes that give feedback in the browser:
    no kernel, no network. The file is checked when the book is built: a malformed quiz is a
    build error that names the file and the question.
-4. Launch buttons. A chapter's MyST roles, directives and captions render only in the book, so
-   its Colab and Binder buttons open the plain copy of the chapter, notebooks/NN_name.ipynb
-   (written by scripts/make_notebooks.py), instead of book/NN_name.ipynb. A chapter without its
-   copy is a build warning (an error under ``-W``).
+4. Launch and download buttons. A chapter's MyST roles, directives and captions render only in
+   the book, so its Colab and Binder buttons open the plain copy of the chapter,
+   notebooks/NN_name.ipynb (written by scripts/make_notebooks.py), instead of book/NN_name.ipynb,
+   and its download button (``_sources/book/NN_name.ipynb``) gives that copy too. A chapter
+   without its copy is a build warning (an error under ``-W``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 from docutils import nodes
@@ -84,6 +86,16 @@ def launch_plain_notebooks(app, pagename, templatename, context, doctree) -> Non
         for button in group.get("buttons", []) if group.get("label") == "launch-buttons" else []:
             if button.get("text") in ("Colab", "Binder") and f"book/{name}" in button["url"]:
                 button["url"] = button["url"].replace(f"book/{name}", f"notebooks/{name}")
+
+
+def download_plain_notebooks(app, exception) -> None:
+    """Put each chapter's plain copy where the download button of its page points."""
+    if exception is not None or app.builder.format != "html":
+        return
+    for page in sorted((Path(app.outdir) / "_sources" / "book").glob("[0-9][0-9]_*.ipynb")):
+        plain = Path(app.srcdir) / "notebooks" / page.name
+        if plain.is_file():
+            shutil.copyfile(plain, page)
 
 
 def check_quiz(questions, where: str = "quiz") -> list[dict]:
@@ -173,6 +185,7 @@ def setup(app):
     app.connect("html-page-context", unique_scripts, priority=900)
     # after sphinx-book-theme's add_launch_buttons (priority 501)
     app.connect("html-page-context", launch_plain_notebooks, priority=600)
+    app.connect("build-finished", download_plain_notebooks)
     app.connect("config-inited", add_quiz_static)
     app.add_directive("quiz", QuizDirective)
     app.add_js_file("quiz.js", defer="defer")
