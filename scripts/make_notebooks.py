@@ -20,7 +20,9 @@ code, in plain Jupyter Markdown:
   each answer folded under "Answer";
 - links to the book's other pages point to the repository (a chapter: its copy here, in Colab).
 
-Every notebook opens with an "Open in Colab" badge to its own copy. Any other role or directive
+A markdown cell tagged ``book-only`` (say, "the sliders cannot move in this static page") is
+left out; one tagged ``notebook-only`` (which must also be tagged ``remove-cell``, so that the
+book leaves it out) is kept. Every notebook opens with an "Open in Colab" badge to its own copy. Any other role or directive
 stops the script, naming the notebook and cell, so that it gets a plain form here before a
 student meets it raw. tests/test_standalone_notebooks.py checks the numbers and citations
 against the built book and that no MyST syntax is left; the book's Colab and Binder buttons open
@@ -248,6 +250,11 @@ def plain_notebook(book_nb, name: str, book_numbers: tuple[dict, dict], bibliogr
     cells, n_figures = [badge], 0
     for index, cell in enumerate(book_nb.cells):
         chapter.where = f"cell {index} ({cell.get('id', '?')})"
+        tags = cell.metadata.get("tags", [])
+        if "notebook-only" in tags and "remove-cell" not in tags:
+            chapter.fail("a notebook-only cell needs the tag remove-cell too, or the book shows it")
+        if "book-only" in tags:
+            continue
         new = copy.deepcopy(cell)
         new.metadata = {}
         if cell.cell_type == "markdown":

@@ -207,3 +207,36 @@ def test_download_button_gives_the_plain_copy(path):
     assert f'href="../_sources/book/{path.name}"' in page
     downloaded = ROOT / "_build" / "html" / "_sources" / "book" / path.name
     assert downloaded.read_text() == (ROOT / "notebooks" / path.name).read_text()
+
+
+def _notebook(*cells):
+    nb = nbformat.v4.new_notebook()
+    for source, tags in cells:
+        cell = nbformat.v4.new_markdown_cell(source)
+        cell.metadata = {"tags": tags} if tags else {}
+        nb.cells.append(cell)
+    return nb
+
+
+def test_book_only_cells_are_left_out_and_notebook_only_cells_kept(book_numbers, bibliography):
+    nb = _notebook(("shared", []), ("in the static book, look at the figure", ["book-only"]),
+                   ("run the cell below", ["notebook-only", "remove-cell"]))
+    plain = make_notebooks.plain_notebook(nb, "03_test.ipynb", book_numbers, bibliography, URL,
+                                          BRANCH)
+    assert [c.source for c in plain.cells[1:]] == ["shared", "run the cell below"]
+    assert all(not c.metadata for c in plain.cells)
+    nb.cells[2].metadata = {"tags": ["notebook-only"]}  # the book would show it
+    with pytest.raises(SourceError, match="remove-cell"):
+        make_notebooks.plain_notebook(nb, "03_test.ipynb", book_numbers, bibliography, URL, BRANCH)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_the_book_leaves_out_the_notebook_only_text(path):
+    page = _text(_built_page(path))
+    for cell in nbformat.read(path, as_version=4).cells:
+        tags = cell.metadata.get("tags", [])
+        first_words = " ".join(cell.source.split()[:6])
+        if "notebook-only" in tags:
+            assert first_words not in " ".join(page.split()), first_words
+        if "book-only" in tags:
+            assert first_words in " ".join(page.split()), first_words
