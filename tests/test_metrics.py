@@ -142,3 +142,43 @@ def test_digit_metrics_refuse_bad_images(digits):
         metrics.classifier_confidence(classifier, torch.zeros(3, 64), threshold=1.5)
     with pytest.raises(ValueError, match="labels must be given"):
         metrics.digits_classifier(torch.zeros(3, 64))
+
+
+# ---------------------------------------------------------------- bits per dimension
+
+
+def test_bits_per_dim_of_known_densities():
+    # the uniform density on [0, 1]^64 (log p = 0): log2 K for K grey levels
+    assert torch.allclose(metrics.bits_per_dim(torch.zeros(3), 64, n_levels=17),
+                          torch.full((3,), math.log2(17)))
+    # a density of 2^-D everywhere is one bit per dimension; -inf (no mass) is infinitely many
+    got = metrics.bits_per_dim(torch.tensor([-64 * math.log(2), -math.inf]), 64)
+    assert got[0].item() == pytest.approx(1.0) and math.isinf(got[1].item())
+
+
+def test_bits_per_dim_bounds_the_discrete_probability():
+    """The dequantised density of a known discrete law: the bound is its exact codelength."""
+    probabilities = torch.tensor([0.5, 0.25, 0.25])  # 3 levels, one dimension
+    levels = torch.arange(3)
+    # piecewise-constant density on [0, 1]: probability / width 1/3 on each level's cell
+    log_density = torch.log(probabilities[levels] * 3)
+    bits = metrics.bits_per_dim(log_density, 1, n_levels=3)
+    assert torch.allclose(bits, -torch.log2(probabilities))
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ((torch.zeros(2, 2), 64), "shape \\(N,\\)"),
+    (([0.0], 64), "got list"),
+    ((torch.zeros(2, dtype=torch.long), 64), "floating-point"),
+    ((torch.tensor([math.nan]), 64), "NaN"),
+    ((torch.zeros(2), 0), "n_dims"),
+])
+def test_bits_per_dim_rejects_bad_input(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.bits_per_dim(*arguments)
+
+
+@pytest.mark.parametrize("n_levels", [1, 2.5, True])
+def test_bits_per_dim_rejects_bad_levels(n_levels):
+    with pytest.raises(ValueError, match="n_levels"):
+        metrics.bits_per_dim(torch.zeros(2), 64, n_levels=n_levels)
