@@ -313,8 +313,8 @@ def exercises_table(solution, url: str, branch: str, name: str) -> str:
         f"Open the [exercise notebook in Colab]({colab}/exercises/{name}) (or run "
         f"`exercises/{name}` locally): every exercise there has a check that says in words what "
         f"is still wrong, and `checks.hint(\"N.k\")` gives hints in tiers. The "
-        f"[worked solutions]({colab}/solutions/{name}) are also in this book, in the Solutions "
-        f"part. Kinds: {kinds}; ★ to ★★★ is the level.\n\n"
+        f"[worked solutions]({colab}/solutions/{name}) open the same way, and the course's "
+        f"HTML book shows them in its Solutions part. Kinds: {kinds}; ★ to ★★★ is the level.\n\n"
         "| exercise | title | kind | level |\n|---|---|---|---|\n" + "\n".join(rows)
     )
 

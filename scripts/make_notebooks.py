@@ -139,7 +139,11 @@ class Chapter:
         if not label:
             return match[0]
         tag = f"\\tag{{{self.equations[label]}}}"
-        return f"$${body.rstrip()}\n{tag}\n$$" if "\n" in body else f"$${body} {tag}$$"
+        if "\n" not in body:
+            return f"$${body} {tag}$$"
+        indent = body.rsplit("\n", 1)[1]  # an equation inside a list item keeps its indentation
+        indent = indent if not indent.strip() else ""
+        return f"$${body.rstrip()}\n{indent}{tag}\n{indent}$$"
 
     def _role(self, match) -> str:
         role, target = match["role"], match["target"]

@@ -143,6 +143,11 @@ def test_equations_get_the_book_number(chapter):
     assert "$$\na\n$$\n\nplain" == chapter.markdown("$$\na\n$$\n\nplain")  # no label, no tag
 
 
+def test_an_equation_in_a_list_item_keeps_its_indentation(chapter):
+    text = "- **Step**:\n\n  $$\n  x = 1\n  $$ (eq-b)\n\n- next"
+    assert "  $$\n  x = 1\n  \\tag{3.2}\n  $$\n\n- next" in chapter.markdown(text)
+
+
 def test_figure_references_and_citations(chapter):
     assert chapter.markdown("{numref}`fig-a`") == "Fig. 3.4"
     assert chapter.markdown("{numref}`Figure %s <fig-a>`") == "Figure 3.4"

@@ -40,10 +40,16 @@ def test_explorer_builds_with_its_sliders(explorer):
 
 def test_moving_a_slider_redraws():
     widget = widgets.noise_level_explorer(sigma=1.0)
+    widget.update()
+    image = next(child for child in widget.children if isinstance(child, ipywidgets.Image))
+    first = bytes(image.value)
+    assert first.startswith(b"\x89PNG")
     before = plt.get_fignums()
     widget.children[0].value = 10.0
     assert widget.kwargs["sigma"] == pytest.approx(10.0)
-    assert plt.get_fignums() == before  # each redraw closes its figure after showing it
+    assert bytes(image.value).startswith(b"\x89PNG") and bytes(image.value) != first
+    assert plt.get_fignums() == before  # each redraw closes its figure
+    assert widget.children[-1] is widget.out  # where an error would show
 
 
 @pytest.mark.parametrize("weight, separation", [(0.05, 0.5), (0.5, 4.0), (0.95, 8.0)])

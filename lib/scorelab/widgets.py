@@ -4,8 +4,8 @@ Each explorer pairs a plain drawing function, ``draw_*(ax, ...)``, which draws o
 matplotlib ``ax`` and returns it, with a function ``*_explorer(...)`` that returns an ipywidgets
 widget whose sliders redraw the figure. The drawing functions carry all the logic, so tests and
 the static book call them directly: :func:`small_multiples` lays several settings side by side,
-the figure a reader sees where no kernel runs. Only ``ipywidgets.interactive`` and slider classes
-that exist in ipywidgets 7.6 and 8 are used (Colab ships ipywidgets 7).
+the figure a reader sees where no kernel runs. Only ``ipywidgets.interactive``, ``Image`` and
+slider classes that exist in ipywidgets 7.6 and 8 are used (Colab ships ipywidgets 7).
 
 The explorers:
 
@@ -17,6 +17,7 @@ The explorers:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -210,19 +211,32 @@ def small_multiples(draw: Callable[..., Axes], settings: Sequence[Mapping], *, n
 
 
 def _explorer(draw: Callable[..., Axes], sliders: dict, figsize: tuple[float, float]):
-    """Sliders that redraw ``draw`` on a fresh figure, shown in the widget's own output area."""
+    """Sliders that redraw ``draw`` on a fresh figure, shown as a PNG in an ``Image`` widget.
+
+    The picture travels as the image widget's state, not as captured output: the browser
+    routes captured output into a widget only once it has built that widget, so on a slow
+    first load the first figure would land below the explorer. Errors still show in the
+    output area of the ``interactive``, its last child.
+    """
     import ipywidgets
-    from IPython.display import display
+
+    # drawn at 1.5x, shown at the size of matplotlib's inline figures (100 pixels an inch)
+    image = ipywidgets.Image(format="png", width=f"{round(100 * figsize[0])}")
 
     def update(**values):
         fig, ax = plt.subplots(figsize=figsize)
-        draw(ax, **values)
-        fig.tight_layout()
-        # display, then close: the figure shows once, in this output area, under any backend
-        display(fig)
-        plt.close(fig)
+        try:
+            draw(ax, **values)
+            fig.tight_layout()
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=150)
+        finally:
+            plt.close(fig)
+        image.value = buffer.getvalue()
 
-    return ipywidgets.interactive(update, **sliders)
+    explorer = ipywidgets.interactive(update, **sliders)
+    explorer.children = (*explorer.children[:-1], image, explorer.out)
+    return explorer
 
 
 def _slider(kind: str, value, description: str, **bounds):
