@@ -99,10 +99,15 @@ def repository() -> tuple[str, str]:
     return url.removesuffix(".git"), str(section.get("branch", "main"))
 
 
+def colab_url(url: str, branch: str, path: str) -> str:
+    """The Colab address that opens ``path`` (relative to the repository root) of ``url``."""
+    org_repo = url.removeprefix("https://github.com/")
+    return f"https://colab.research.google.com/github/{org_repo}/blob/{branch}/{path}"
+
+
 def badge_source(url: str, branch: str, folder: str, name: str) -> str:
     """Markdown for the "Open in Colab" badge of ``folder/name``."""
-    org_repo = url.removeprefix("https://github.com/")
-    target = f"https://colab.research.google.com/github/{org_repo}/blob/{branch}/{folder}/{name}"
+    target = colab_url(url, branch, f"{folder}/{name}")
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({target})"
 
 
@@ -306,14 +311,15 @@ def exercises_table(solution, url: str, branch: str, name: str) -> str:
         meta = cell.metadata.get("exercise")
         if match and meta:
             rows.append(f"| {meta['id']} | {match.group(2)} | {meta['kind']} | {'★' * meta['level']} |")
-    colab = f"https://colab.research.google.com/github/{url.removeprefix('https://github.com/')}/blob/{branch}"
     kinds = "; ".join(f"*{kind}*: {meaning}" for kind, meaning in KIND_MEANING.items())
+    exercises, solutions = (colab_url(url, branch, f"{folder}/{name}")
+                            for folder in ("exercises", "solutions"))
     return (
         f"{EXERCISES_HEADING}\n\n"
-        f"Open the [exercise notebook in Colab]({colab}/exercises/{name}) (or run "
+        f"Open the [exercise notebook in Colab]({exercises}) (or run "
         f"`exercises/{name}` locally): every exercise there has a check that says in words what "
         f"is still wrong, and `checks.hint(\"N.k\")` gives hints in tiers. The "
-        f"[worked solutions]({colab}/solutions/{name}) open the same way, and the course's "
+        f"[worked solutions]({solutions}) open the same way, and the course's "
         f"HTML book shows them in its Solutions part. Kinds: {kinds}; ★ to ★★★ is the level.\n\n"
         "| exercise | title | kind | level |\n|---|---|---|---|\n" + "\n".join(rows)
     )

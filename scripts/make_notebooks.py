@@ -41,7 +41,7 @@ import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_exercises import (BADGE_ID, NOTEBOOK_METADATA, SourceError,  # noqa: E402
-                            badge_source, generator_main, render, repository)
+                            badge_source, colab_url, generator_main, render, repository)
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -182,9 +182,7 @@ class Chapter:
             self.fail(f"the link target {target!r} is not a file of book/")
         relative = page.relative_to(ROOT).as_posix()
         if page.suffix == ".ipynb" and page.parent == BOOK:
-            org_repo = self.url.removeprefix("https://github.com/")
-            return (f"](https://colab.research.google.com/github/{org_repo}/blob/{self.branch}/"
-                    f"notebooks/{page.name})")
+            return f"]({colab_url(self.url, self.branch, 'notebooks/' + page.name)})"
         return f"]({self.url}/blob/{self.branch}/{relative}{anchor})"
 
     def _directives(self, text: str) -> str:
