@@ -18,7 +18,12 @@ code, in plain Jupyter Markdown:
   bibliography writes them (book/references.bib), linked to the paper;
 - admonitions become block quotes under a bold title; the self-check quiz becomes its questions,
   each answer folded under "Answer";
-- links to the book's other pages point to the repository (a chapter: its copy here, in Colab).
+- links to the book's other pages point to the repository (a chapter: its copy here, in Colab;
+  the notation page: its copy here, notebooks/notation.ipynb, in Colab).
+
+The notation page (book/notation.md) is copied too, as notebooks/notation.ipynb: a notebook of
+markdown cells, one per section, with the maths macros, its definition lists written as bullet
+lists (Jupyter Markdown has no definition lists) and its equation numbered as the book numbers it.
 
 A markdown cell tagged ``book-only`` (say, "the sliders cannot move in this static page") is
 left out; one tagged ``notebook-only`` (which must also be tagged ``remove-cell``, so that the
@@ -42,12 +47,16 @@ import nbformat
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_exercises import (BADGE_ID, NOTEBOOK_METADATA, SourceError,  # noqa: E402
                             badge_source, colab_url, generator_main, render, repository)
+from notebook_macros import macro_cell  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 NOTEBOOKS = ROOT / "notebooks"
 BIBLIOGRAPHY = BOOK / "references.bib"
-GENERATED = ("<!-- Generated from book/{name} by scripts/make_notebooks.py: edit the chapter, "
+NOTATION = BOOK / "notation.md"
+# book pages that are not chapters, and the name of their copy in notebooks/
+PAGE_COPIES = {"notation.md": "notation.ipynb"}
+GENERATED = ("<!-- Generated from book/{name} by scripts/make_notebooks.py: edit that file, "
              "then run `make notebooks`. -->")
 
 ROLE = re.compile(r"\{(?P<role>[a-z:]+)\}`(?P<target>[^`]+)`")
@@ -183,6 +192,9 @@ class Chapter:
         relative = page.relative_to(ROOT).as_posix()
         if page.suffix == ".ipynb" and page.parent == BOOK:
             return f"]({colab_url(self.url, self.branch, 'notebooks/' + page.name)})"
+        if page.parent == BOOK and page.name in PAGE_COPIES:
+            copy_path = "notebooks/" + PAGE_COPIES[page.name]
+            return f"]({colab_url(self.url, self.branch, copy_path)})"
         return f"]({self.url}/blob/{self.branch}/{relative}{anchor})"
 
     def _directives(self, text: str) -> str:
@@ -274,6 +286,51 @@ def plain_notebook(book_nb, name: str, book_numbers: tuple[dict, dict], bibliogr
     return nb
 
 
+def definition_lists(text: str) -> str:
+    """MyST definition lists (``term`` then ``: definition``) as bullet lists ``- term: definition``.
+
+    Continuation lines of a definition are indented by two spaces in the book, which is also what
+    keeps them inside the bullet's list item."""
+    lines = text.split("\n")
+    out = []
+    for index, line in enumerate(lines):
+        if line.startswith(": ") and index > 0 and out and out[-1].strip():
+            out[-1] = f"- {out[-1]}: {line[2:]}"
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def page_equations(text: str) -> dict[str, str]:
+    """The book's numbers of the labelled equations of an unnumbered page: 1, 2, ..."""
+    labels = [m["label"] for m in DISPLAY.finditer(text) if m["label"]]
+    return {label: str(k) for k, label in enumerate(labels, start=1)}
+
+
+def notation_notebook(book_numbers: tuple[dict, dict], bibliography: dict, url: str,
+                      branch: str):
+    """book/notation.md as notebooks/notation.ipynb: a markdown cell per section, macros first."""
+    name = PAGE_COPIES[NOTATION.name]
+    text = NOTATION.read_text()
+    equations = {**book_numbers[0], **page_equations(text)}
+    page = Chapter(NOTATION.name, (equations, book_numbers[1]), bibliography, url, branch)
+    sections = re.split(r"\n(?=## )", definition_lists(text).strip())
+    badge = nbformat.v4.new_markdown_cell(
+        badge_source(url, branch, "notebooks", name) + "\n" + GENERATED.format(name=NOTATION.name))
+    badge.id = BADGE_ID
+    macros = macro_cell()
+    macros.metadata = {}
+    cells = [badge, macros]
+    for index, section in enumerate(sections):
+        page.where = f"section {index + 1}"
+        cell = nbformat.v4.new_markdown_cell(page.markdown(section))
+        cell.id = f"section-{index + 1}"
+        cells.append(cell)
+    nb = nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(NOTEBOOK_METADATA))
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    return nb
+
+
 def _quiz_cell(source: str) -> str:
     """The quiz cell: its heading, a plain-notebook introduction, the questions."""
     heading, _, rest = source.partition("\n")
@@ -308,6 +365,8 @@ def planned_files() -> dict[Path, str]:
     for name, book_nb in chapters.items():
         files[NOTEBOOKS / name] = render(
             plain_notebook(book_nb, name, (equations, figures), bibliography, url, branch))
+    files[NOTEBOOKS / PAGE_COPIES[NOTATION.name]] = render(
+        notation_notebook((equations, figures), bibliography, url, branch))
     return files
 
 

@@ -166,12 +166,36 @@ def test_admonitions_become_block_quotes(chapter):
 
 
 def test_links_to_other_pages_point_to_the_repository(chapter):
-    assert chapter.markdown("[notation](notation.md)") == (
-        f"[notation]({URL}/blob/{BRANCH}/book/notation.md)")
+    assert chapter.markdown("[notation](notation.md)") == (  # the page's own plain copy
+        "[notation](https://colab.research.google.com/github/org/repo/blob/main/"
+        "notebooks/notation.ipynb)")
+    assert chapter.markdown("[API](api.md#scores)") == f"[API]({URL}/blob/{BRANCH}/book/api.md#scores)"
     assert chapter.markdown("[ch. 2](02_langevin_dynamics.ipynb)") == (
         "[ch. 2](https://colab.research.google.com/github/org/repo/blob/main/"
         "notebooks/02_langevin_dynamics.ipynb)")
     assert chapter.markdown("[web](https://example.org/a.md)") == "[web](https://example.org/a.md)"
+
+
+def test_definition_lists_become_bullet_lists():
+    text = "Intro\n\n$x$\n: a point,\n  in $\\R^D$.\n\n$s$\n: the score.\n\n: not a definition"
+    assert make_notebooks.definition_lists(text) == (
+        "Intro\n\n- $x$: a point,\n  in $\\R^D$.\n\n- $s$: the score.\n\n: not a definition")
+
+
+def test_the_notation_page_has_a_plain_copy():
+    """book/notation.md as notebooks/notation.ipynb: macros, no MyST, its equation numbered (1)."""
+    page = (ROOT / "book" / "notation.md").read_text()
+    plain = nbformat.read(ROOT / "notebooks" / "notation.ipynb", as_version=4)
+    assert "notebooks/notation.ipynb" in plain.cells[0].source
+    assert plain.cells[1].id == "maths-macros" and "\\newcommand{\\grad}" in plain.cells[1].source
+    assert all(c.cell_type == "markdown" and not c.metadata for c in plain.cells)
+    text = "\n".join(c.source for c in plain.cells[2:])
+    assert not make_notebooks.ROLE.search(text) and "\n: " not in text
+    assert "\\tag{1}" in text and "half** the\n$\\alpha$ of (1)" in text
+    terms = [line for line in page.splitlines() if line.startswith(": ")]
+    assert len(terms) >= 8 and text.count("\n- ") == len(terms)
+    for heading in re.findall(r"^#+ .*$", page, re.MULTILINE):
+        assert heading in text
 
 
 def test_quiz_becomes_questions_with_folded_answers():

@@ -29,7 +29,8 @@ from test_browser import (CHROMIUM_ARGS, MATHJAX_CDN, MATHJAX_DIR, _chromium, _m
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for folder in ("book", "notebooks", "exercises", "solutions")
-                   for p in (ROOT / folder).glob("[0-9][0-9]_*.ipynb"))
+                   for p in (ROOT / folder).glob("[0-9][0-9]_*.ipynb")) + [
+    ROOT / "notebooks" / "notation.ipynb"]
 # nbconvert turns the role's `target` into <code>, so the visible text shows "{eq}" then the target
 ROLE = re.compile(r"\{(?:eq|numref|cite(?::[a-z]+)?|ref|doc|term|math)\}")
 # in a markdown source: a directive's opening fence, or the label after an equation's closing $$
