@@ -180,7 +180,7 @@ def test_1_4_accepts_the_fix(capsys, grading):
         (make_banana_score(lambda b, x0, x1, y1: 0 * x0), ["lacks the chain-rule term"]),
         (make_banana_score(lambda b, x0, x1, y1: 2 * b * x0 * y1), ["wrong sign"]),
         (make_banana_score(lambda b, x0, x1, y1: -b * x0 * y1), ["without its factor 2"]),
-        (make_banana_score(lambda b, x0, x1, y1: -2 * b * x0 * x1), ["uses x_1"]),
+        (make_banana_score(lambda b, x0, x1, y1: -2 * b * x0 * x1), ["uses x_2"]),
         (
             lambda x, curvature=0.5, scale=1.0: make_banana_score()(x),  # ignores b and a
             ["curvature=0.2, scale=2.0", "differs from the reference"],
@@ -248,12 +248,12 @@ def make_step(drift: float = 0.5, noise: float = 0.5, *, randn=None):
     return langevin_step
 
 
-def authors_epsilon(alpha):
+def authors_step(alpha):
     return alpha / 2
 
 
 def test_2_1_accepts_the_solution(capsys, grading):
-    assert_passes(capsys, checks.exercise_2_1, make_step(), authors_epsilon)
+    assert_passes(capsys, checks.exercise_2_1, make_step(), authors_step)
 
 
 def _in_place_step(x, score_fn, step_size, generator=None):
@@ -287,20 +287,20 @@ def _in_place_step(x, score_fn, step_size, generator=None):
     ],
 )
 def test_2_1_explains_wrong_steps(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_2_1, (answer, authors_epsilon), *phrases)
+    assert_explains(capsys, checks.exercise_2_1, (answer, authors_step), *phrases)
 
 
 @pytest.mark.parametrize(
-    "epsilon, phrases",
+    "authors_step, phrases",
     [
         (lambda a: a, ["returns alpha itself"]),
         (lambda a: 2 * a, ["returns 2 alpha"]),
         (lambda a: math.sqrt(a / 2), ["sqrt(alpha / 2)"]),
-        (lambda a: a / 2 if a < 1 else a, ["authors_epsilon(alpha=1) = 1, expected 0.5"]),
+        (lambda a: a / 2 if a < 1 else a, ["authors_step(alpha=1) = 1, expected 0.5"]),
     ],
 )
-def test_2_1_explains_wrong_epsilons(capsys, epsilon, phrases):
-    assert_explains(capsys, checks.exercise_2_1, (make_step(), epsilon), *phrases)
+def test_2_1_explains_wrong_authors_steps(capsys, authors_step, phrases):
+    assert_explains(capsys, checks.exercise_2_1, (make_step(), authors_step), *phrases)
 
 
 def test_2_2_accepts_the_solution(capsys, grading):

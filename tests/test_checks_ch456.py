@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------- chapter 4
 
 
-def optimal_dsm_score(x, mu, s, sigma):
-    return -(x - mu) / (s**2 + sigma**2)
+def optimal_dsm_score(x, mu, tau, sigma):
+    return -(x - mu) / (tau**2 + sigma**2)
 
 
 def test_4_3_accepts_the_formula(capsys, grading):
@@ -32,21 +32,21 @@ def test_4_3_accepts_the_formula(capsys, grading):
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (lambda x, mu, s, sigma: -(x - mu) / s**2, ["clean density", "sigma -> 0"]),
-        (lambda x, mu, s, sigma: -(x - mu) / sigma**2, ["noise kernel"]),
-        (lambda x, mu, s, sigma: -(x - mu) / (s + sigma) ** 2, ["variances do"]),
-        (lambda x, mu, s, sigma: (x - mu) / (s**2 + sigma**2), ["sign"]),
+        (lambda x, mu, tau, sigma: -(x - mu) / tau**2, ["clean density", "sigma -> 0"]),
+        (lambda x, mu, tau, sigma: -(x - mu) / sigma**2, ["noise kernel"]),
+        (lambda x, mu, tau, sigma: -(x - mu) / (tau + sigma) ** 2, ["variances do"]),
+        (lambda x, mu, tau, sigma: (x - mu) / (tau**2 + sigma**2), ["sign"]),
         (
-            lambda x, mu, s, sigma: -x / (s**2 + sigma**2),
+            lambda x, mu, tau, sigma: -x / (tau**2 + sigma**2),
             ["right when mu = 0", "wrong when mu is not 0"],
         ),
         (
-            lambda x, mu, s, sigma: optimal_dsm_score(x, mu, s, sigma) if sigma < s else 0.0,
+            lambda x, mu, tau, sigma: optimal_dsm_score(x, mu, tau, sigma) if sigma < tau else 0.0,
             ["right for small noise", "wrong", "for large noise"],
         ),
-        (lambda x, mu, s, sigma: -(x - mu) / (s**2 + sigma), ["wrong at", "test points"]),
-        (lambda x, mu, s, sigma: "minus x", ["should be a number"]),
-        (lambda x, mu, s, sigma: torch.full((3,), 1.0), ["single number"]),
+        (lambda x, mu, tau, sigma: -(x - mu) / (tau**2 + sigma), ["wrong at", "test points"]),
+        (lambda x, mu, tau, sigma: "minus x", ["should be a number"]),
+        (lambda x, mu, tau, sigma: torch.full((3,), 1.0), ["single number"]),
     ],
 )
 def test_4_3_explains_wrong_formulas(capsys, answer, phrases):
@@ -143,8 +143,8 @@ def test_4_5_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
 # ---------------------------------------------------------------- chapter 5
 
 
-def sm_objective(m, v, mu, s):
-    return -1 / v + (s**2 + (mu - m) ** 2) / (2 * v**2)
+def sm_objective(m, v, mu, tau):
+    return -1 / v + (tau**2 + (mu - m) ** 2) / (2 * v**2)
 
 
 def test_5_3_accepts_the_formula(capsys, grading):
@@ -154,15 +154,15 @@ def test_5_3_accepts_the_formula(capsys, grading):
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (lambda m, v, mu, s: sm_objective(m, v, mu, s) + 2 / v, ["trace term has the wrong sign"]),
-        (lambda m, v, mu, s: sm_objective(m, v, mu, s) + 1 / (2 * s**2), ["Fisher divergence"]),
-        (lambda m, v, mu, s: -1 / v + (s**2 + (mu - m) ** 2) / v**2, ["1/2"]),
-        (lambda m, v, mu, s: -1 / v + (s**2 + (mu - m) ** 2) / (2 * v), ["square of the variance"]),
+        (lambda m, v, mu, tau: sm_objective(m, v, mu, tau) + 2 / v, ["trace term has the wrong sign"]),
+        (lambda m, v, mu, tau: sm_objective(m, v, mu, tau) + 1 / (2 * tau**2), ["Fisher divergence"]),
+        (lambda m, v, mu, tau: -1 / v + (tau**2 + (mu - m) ** 2) / v**2, ["1/2"]),
+        (lambda m, v, mu, tau: -1 / v + (tau**2 + (mu - m) ** 2) / (2 * v), ["square of the variance"]),
         (
-            lambda m, v, mu, s: -1 / v + s**2 / (2 * v**2),
+            lambda m, v, mu, tau: -1 / v + tau**2 / (2 * v**2),
             ["right when the model's mean m equals mu", "wrong when m differs from mu"],
         ),
-        (lambda m, v, mu, s: math.log(v), ["wrong at"]),
+        (lambda m, v, mu, tau: math.log(v), ["wrong at"]),
     ],
 )
 def test_5_3_explains_wrong_formulas(capsys, answer, phrases):

@@ -33,6 +33,15 @@ def test_parameter_count_grows_with_ngf_squared_and_ignores_image_size():
     assert count(channels=1, image_size=28, ngf=32, num_classes=10) == 1_964_865
 
 
+def test_parameter_counts_quoted_in_chapter_6():
+    """The shipped digits model (ngf 16, 22 levels) and the live run's (ngf 8): the conditional
+    normalisations make the count grow with the number of levels as well as with ngf."""
+    count = lambda **kw: sum(p.numel() for p in CondRefineNetDilated(**kw).parameters())  # noqa: E731
+    assert count(channels=1, image_size=8, ngf=16, num_classes=22) == 583_905
+    assert count(channels=1, image_size=8, ngf=8, num_classes=22) == 176_049
+    assert count(channels=1, image_size=8, ngf=16, num_classes=10) == 518_817
+
+
 def test_conditional_instance_norm_plus_equals_direct_computation():
     torch.manual_seed(0)
     norm = ConditionalInstanceNorm2dPlus(num_features=3, num_classes=4)

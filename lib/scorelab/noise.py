@@ -109,9 +109,11 @@ def level_overlap(gamma: float, dim: int) -> float:
     (Song & Ermon 2020, Technique 2, with :math:`\Phi` the standard normal CDF). For a data
     set of one point, a sample of :math:`N(0, \sigma_i^2 I)` has norm close to
     :math:`\sigma_i\sqrt{D}` with spread about :math:`\sigma_i/\sqrt 2`; C is (approximately)
-    the probability that a sample of level i - 1, :math:`\sigma_{i-1} = \gamma \sigma_i`, falls
-    within three spreads of level i's shell. Technique 2 asks for C of about 0.5: overlap
-    enough for Langevin at level i to start where level i - 1 left it. C falls as gamma grows
+    the probability that a sample of level i falls within three spreads,
+    :math:`3\sigma_{i-1}/\sqrt 2`, of the shell of level i - 1 (radius
+    :math:`\sigma_{i-1}\sqrt D`, :math:`\sigma_{i-1} = \gamma \sigma_i`). Technique 2 asks for C
+    of about 0.5: shells that overlap enough for Langevin at level i to start where level i - 1
+    left it. C falls as gamma grows
     and as D grows; gamma -> 1 gives C -> Phi(3) - Phi(-3) = 0.9973.
     """
     gamma = check_positive("gamma", gamma)

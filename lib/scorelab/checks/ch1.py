@@ -255,8 +255,8 @@ def _banana_cases():
 
 @exercise(
     "1.4",
-    "your banana_score has its chain-rule term -2 b x_0 y_1 back: it agrees with autograd "
-    "everywhere, not only on the parabola y_1 = 0.",
+    "your banana_score has its chain-rule term -2 b x_1 u back: it agrees with autograd "
+    "everywhere, not only on the parabola u = 0.",
 )
 def exercise_1_4(banana_score) -> None:
     """Check ``banana_score(x (N, 2), curvature, scale) -> (N, 2)`` against autograd of log p."""
@@ -270,24 +270,24 @@ def exercise_1_4(banana_score) -> None:
         # the symptom: the closed form disagrees with the gradient autograd takes of log p
         leaf = x.clone().requires_grad_(True)
         (autograd,) = torch.autograd.grad(banana.log_prob(leaf).sum(), leaf)
-        y1 = x[:, 1] + b * (x[:, 0] ** 2 - a**2)
-        s1 = -y1
+        u = x[:, 1] + b * (x[:, 0] ** 2 - a**2)
+        s1 = -u
 
         def with_first(s0):
             return torch.stack([s0, s1], dim=1)
 
         mutants = {
-            f"{call} still lacks the chain-rule term: d/dx_0 of -y_1^2 / 2 is -y_1 * dy_1/dx_0 "
-            "= -2 b x_0 y_1, since y_1 depends on x_0. Without it the score is right only where "
-            "x_0 = 0 or y_1 = 0.": with_first(-x[:, 0] / a**2),
-            f"{call} has the chain-rule term with the wrong sign: y_1 grows with x_0^2, and the "
-            "derivative of -y_1^2 / 2 is minus y_1 times that growth.": with_first(
-                -x[:, 0] / a**2 + 2 * b * x[:, 0] * y1
+            f"{call} still lacks the chain-rule term: d/dx_1 of -u^2 / 2 is -u * du/dx_1 "
+            "= -2 b x_1 u, since u depends on x_1. Without it the score is right only where "
+            "x_1 = 0 or u = 0.": with_first(-x[:, 0] / a**2),
+            f"{call} has the chain-rule term with the wrong sign: u grows with x_1^2, and the "
+            "derivative of -u^2 / 2 is minus u times that growth.": with_first(
+                -x[:, 0] / a**2 + 2 * b * x[:, 0] * u
             ),
-            f"{call} has the chain-rule term without its factor 2: dy_1/dx_0 = 2 b x_0.": with_first(
-                -x[:, 0] / a**2 - b * x[:, 0] * y1
+            f"{call} has the chain-rule term without its factor 2: du/dx_1 = 2 b x_1.": with_first(
+                -x[:, 0] / a**2 - b * x[:, 0] * u
             ),
-            f"{call} uses x_1 in the chain-rule term where it needs y_1 = x_1 + b (x_0^2 - a^2).": with_first(
+            f"{call} uses x_2 in the chain-rule term where it needs u = x_2 + b (x_1^2 - a^2).": with_first(
                 -x[:, 0] / a**2 - 2 * b * x[:, 0] * x[:, 1]
             ),
         }
@@ -420,10 +420,10 @@ register_hints(
     "1.4",
     "Compare the function with the autograd score of exercise 1.2 on a few points: where do "
     "they agree, and where not? The disagreement vanishes on a curve.",
-    "log p = -x_0^2 / (2 a^2) - y_1^2 / 2 + const with y_1 = x_1 + b (x_0^2 - a^2): "
-    "differentiate -y_1^2 / 2 with respect to x_0 by the chain rule.",
-    "The first component of the score needs a second term, ____ * x_0 * y_1, beside "
-    "-x_0 / a^2; the second component is already right.",
+    "log p = -x_1^2 / (2 a^2) - u^2 / 2 + const with u = x_2 + b (x_1^2 - a^2): "
+    "differentiate -u^2 / 2 with respect to x_1 by the chain rule.",
+    "The first component of the score needs a second term, ____ * x_1 * u, beside "
+    "-x_1 / a^2; the second component is already right.",
 )
 register_hints(
     "1.5",

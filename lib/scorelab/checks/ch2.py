@@ -75,26 +75,26 @@ def _name_noise(b: float, alpha: float) -> str | None:
 @exercise(
     "2.1",
     "your langevin_step is x + (alpha/2) * score + sqrt(alpha) * z, with the generator's noise, "
-    "and the authors' epsilon is alpha / 2.",
+    "and the authors' step is alpha / 2.",
 )
-def exercise_2_1(langevin_step, authors_epsilon) -> None:
+def exercise_2_1(langevin_step, authors_step) -> None:
     """Check ``langevin_step(x (N, D), score_fn, step_size, generator) -> (N, D)`` and
-    ``authors_epsilon(alpha) -> float``, the epsilon of x + eps s + sqrt(2 eps) z for that step."""
+    ``authors_step(alpha) -> float``, the step of x + step s + sqrt(2 step) z for that step."""
     for step_size in cases([STEP_SIZE], [0.37, 1.7]):
         _check_step(langevin_step, step_size)
     check_formula(
-        authors_epsilon,
+        authors_step,
         lambda alpha: alpha / 2,
         [{"alpha": a} for a in cases([0.01, 0.1, 1.0], [0.003, 3.0])],
-        what="authors_epsilon",
+        what="authors_step",
         rtol=1e-5,
         atol=1e-8,
         mutants=[
             ("it returns alpha itself; the same number means a different step in the two "
-             "conventions: match eps * s with (alpha / 2) * s.", lambda alpha: alpha),
-            ("it returns 2 alpha; the conversion goes the other way: eps * s = (alpha / 2) * s.",
+             "conventions: match step * s with (alpha / 2) * s.", lambda alpha: alpha),
+            ("it returns 2 alpha; the conversion goes the other way: step * s = (alpha / 2) * s.",
              lambda alpha: 2 * alpha),
-            ("it returns sqrt(alpha / 2) or similar; match the drift terms, eps * s = "
+            ("it returns sqrt(alpha / 2) or similar; match the drift terms, step * s = "
              "(alpha / 2) * s (the noise terms then agree too).",
              lambda alpha: math.sqrt(alpha / 2)),
         ],
@@ -337,14 +337,14 @@ def exercise_2_4(langevin_sampler) -> None:
 register_hints(
     "2.1",
     "One step moves every particle a little along the score and adds fresh Gaussian "
-    "noise. For epsilon, write both updates side by side and match the term in front "
+    "noise. For the authors' step, write both updates side by side and match the term in front "
     "of the score.",
     "The drift is half the step size times the score at the current points; the noise "
     "is a standard normal draw of the shape of the points, from the generator, times "
-    "the square root of the step size. For epsilon, match the factors in front of the "
+    "the square root of the step size. For the authors' step, match the factors in front of the "
     "score.",
     "Two lines: draw the noise, then return the old points plus the drift plus the "
-    "scaled noise. epsilon is the step size times a number.",
+    "scaled noise. The authors' step is your step size times a number.",
 )
 register_hints(
     "2.2",

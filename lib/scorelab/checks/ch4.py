@@ -129,25 +129,25 @@ def exercise_4_2(denoise) -> None:
 # ---------------------------------------------------------------- 4.3 (derive): the DSM optimum
 
 
-def _optimal_dsm_score(x, mu, s, sigma):
-    return -(x - mu) / (s**2 + sigma**2)
+def _optimal_dsm_score(x, mu, tau, sigma):
+    return -(x - mu) / (tau**2 + sigma**2)
 
 
 _SCORE_POINTS = {
     "x": (-5.0, 5.0),
     "mu": (-3.0, 3.0),
-    "s": (0.2, 3.0, "log"),
+    "tau": (0.2, 3.0, "log"),
     "sigma": (0.01, 10.0, "log"),
 }
 
 
 @exercise(
     "4.3",
-    "the optimal DSM score of N(mu, s^2) is -(x - mu) / (s^2 + sigma^2): the score of the "
-    "perturbed density N(mu, s^2 + sigma^2), at every noise level.",
+    "the optimal DSM score of N(mu, tau^2) is -(x - mu) / (tau^2 + sigma^2): the score of the "
+    "perturbed density N(mu, tau^2 + sigma^2), at every noise level.",
 )
 def exercise_4_3(optimal_dsm_score) -> None:
-    """Check ``optimal_dsm_score(x, mu, s, sigma) -> float`` at random parameter values."""
+    """Check ``optimal_dsm_score(x, mu, tau, sigma) -> float`` at random parameter values."""
     # a few centred densities too, so that "right only when mu = 0" can be said
     check_formula(
         optimal_dsm_score,
@@ -156,9 +156,10 @@ def exercise_4_3(optimal_dsm_score) -> None:
         what="optimal_dsm_score",
         regimes=[
             [
-                ("for small noise (sigma < s / 5)", lambda p: p["sigma"] < p["s"] / 5),
-                ("for noise comparable with s", lambda p: p["s"] / 5 <= p["sigma"] <= 5 * p["s"]),
-                ("for large noise (sigma > 5 s)", lambda p: p["sigma"] > 5 * p["s"]),
+                ("for small noise (sigma < tau / 5)", lambda p: p["sigma"] < p["tau"] / 5),
+                ("for noise comparable with tau",
+                 lambda p: p["tau"] / 5 <= p["sigma"] <= 5 * p["tau"]),
+                ("for large noise (sigma > 5 tau)", lambda p: p["sigma"] > 5 * p["tau"]),
             ],
             [
                 ("when mu = 0", lambda p: p["mu"] == 0.0),
@@ -167,30 +168,30 @@ def exercise_4_3(optimal_dsm_score) -> None:
         ],
         mutants=[
             (
-                "this is the score of the clean density N(mu, s^2), right only as sigma -> 0. "
+                "this is the score of the clean density N(mu, tau^2), right only as sigma -> 0. "
                 "DSM's minimiser is the score of the perturbed density: what is the law of "
-                "x + sigma z when x ~ N(mu, s^2)?",
-                lambda x, mu, s, sigma: -(x - mu) / s**2,
+                "x + sigma z when x ~ N(mu, tau^2)?",
+                lambda x, mu, tau, sigma: -(x - mu) / tau**2,
             ),
             (
                 "this is the score of the noise kernel alone, right only as sigma -> infinity. "
                 "The optimum averages the kernel's score over the clean x given x~: it is the "
                 "score of the perturbed density.",
-                lambda x, mu, s, sigma: -(x - mu) / sigma**2,
+                lambda x, mu, tau, sigma: -(x - mu) / sigma**2,
             ),
             (
                 "standard deviations do not add: for independent Gaussians the variances do, "
-                "so x + sigma z has variance s^2 + sigma^2.",
-                lambda x, mu, s, sigma: -(x - mu) / (s + sigma) ** 2,
+                "so x + sigma z has variance tau^2 + sigma^2.",
+                lambda x, mu, tau, sigma: -(x - mu) / (tau + sigma) ** 2,
             ),
             (
                 "the sign is wrong: the score points back towards the mean mu.",
-                lambda x, mu, s, sigma: (x - mu) / (s**2 + sigma**2),
+                lambda x, mu, tau, sigma: (x - mu) / (tau**2 + sigma**2),
             ),
             (
                 "you divided by the standard deviation of the perturbed density; the score of "
                 "N(m, v) is -(x - m) / v, divided by the variance.",
-                lambda x, mu, s, sigma: -(x - mu) / math.sqrt(s**2 + sigma**2),
+                lambda x, mu, tau, sigma: -(x - mu) / math.sqrt(tau**2 + sigma**2),
             ),
         ],
     )
@@ -199,10 +200,10 @@ def exercise_4_3(optimal_dsm_score) -> None:
 # ---------------------------------------------------------------- 4.4 (debug): sigma vs sigma^2
 
 
-def _fitted_line(loss_fn, sigma: float, *, mu: float = 0.5, s: float = 1.0, n: int = 20_000):
+def _fitted_line(loss_fn, sigma: float, *, mu: float = 0.5, tau: float = 1.0, n: int = 20_000):
     """Slope and intercept of a 1-D linear score model s(x) = a x + b that minimises ``loss_fn``
-    on N(mu, s^2) data (LBFGS; the noise is redrawn identically at every evaluation)."""
-    x = mu + s * torch.randn(n, 1, generator=torch.Generator().manual_seed(12))  # (N, 1)
+    on N(mu, tau^2) data (LBFGS; the noise is redrawn identically at every evaluation)."""
+    x = mu + tau * torch.randn(n, 1, generator=torch.Generator().manual_seed(12))  # (N, 1)
     model = torch.nn.Linear(1, 1)
     with torch.no_grad():
         model.weight.zero_()
@@ -223,16 +224,16 @@ def _fitted_line(loss_fn, sigma: float, *, mu: float = 0.5, s: float = 1.0, n: i
     return model.weight.item(), model.bias.item()
 
 
-def _slope_tolerance(sigma: float, s: float = 1.0, n: int = 20_000) -> float:
+def _slope_tolerance(sigma: float, tau: float = 1.0, n: int = 20_000) -> float:
     """Five standard errors of the least-squares slope of -z / sigma on x + sigma z."""
-    residual_variance = 1 / sigma**2 - 1 / (s**2 + sigma**2)
-    return 5 * math.sqrt(residual_variance / (n * (s**2 + sigma**2)))
+    residual_variance = 1 / sigma**2 - 1 / (tau**2 + sigma**2)
+    return 5 * math.sqrt(residual_variance / (n * (tau**2 + sigma**2)))
 
 
 @exercise(
     "4.4",
     "fixed: the target is the kernel's score (x - x~) / sigma^2, and a linear model trained "
-    "with your loss learns the slope -1 / (s^2 + sigma^2) of Exercise 4.3, not sigma times it.",
+    "with your loss learns the slope -1 / (tau^2 + sigma^2) of Exercise 4.3, not sigma times it.",
 )
 def exercise_4_4(fixed_dsm_loss) -> None:
     """Check the fixed ``fixed_dsm_loss(model, x (N, D), sigma, generator) -> (N,)``."""

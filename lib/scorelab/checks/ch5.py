@@ -181,25 +181,25 @@ def exercise_5_2(ssm_vr_loss) -> None:
 # ---------------------------------------------------------------- 5.3 (derive): by parts
 
 
-def _sm_objective(m, v, mu, s):
-    return -1 / v + (s**2 + (mu - m) ** 2) / (2 * v**2)
+def _sm_objective(m, v, mu, tau):
+    return -1 / v + (tau**2 + (mu - m) ** 2) / (2 * v**2)
 
 
 _OBJECTIVE_POINTS = {
     "m": (-3.0, 3.0),
     "v": (0.1, 5.0, "log"),
     "mu": (-3.0, 3.0),
-    "s": (0.2, 3.0, "log"),
+    "tau": (0.2, 3.0, "log"),
 }
 
 
 @exercise(
     "5.3",
-    "J(m, v) = -1/v + (s^2 + (mu - m)^2) / (2 v^2): integration by parts turned the unknown "
-    "data score into the model's own derivative, and J is smallest at m = mu, v = s^2.",
+    "J(m, v) = -1/v + (tau^2 + (mu - m)^2) / (2 v^2): integration by parts turned the unknown "
+    "data score into the model's own derivative, and J is smallest at m = mu, v = tau^2.",
 )
 def exercise_5_3(sm_objective) -> None:
-    """Check ``sm_objective(m, v, mu, s) -> float`` at random parameter values."""
+    """Check ``sm_objective(m, v, mu, tau) -> float`` at random parameter values."""
     # models centred on the data too, so that "right only when m = mu" can be said
     check_formula(
         sm_objective,
@@ -218,26 +218,26 @@ def exercise_5_3(sm_objective) -> None:
             (
                 "the trace term has the wrong sign: the model's score -(x - m) / v has the "
                 "derivative -1/v.",
-                lambda m, v, mu, s: 1 / v + (s**2 + (mu - m) ** 2) / (2 * v**2),
+                lambda m, v, mu, tau: 1 / v + (tau**2 + (mu - m) ** 2) / (2 * v**2),
             ),
             (
-                "you kept the constant 1/2 E[s_p(x)^2] = 1 / (2 s^2): that is the Fisher "
+                "you kept the constant 1/2 E[s_p(x)^2] = 1 / (2 tau^2): that is the Fisher "
                 "divergence itself. Integration by parts leaves that term aside because it "
                 "does not depend on the model; the objective J is the rest.",
-                lambda m, v, mu, s: _sm_objective(m, v, mu, s) + 1 / (2 * s**2),
+                lambda m, v, mu, tau: _sm_objective(m, v, mu, tau) + 1 / (2 * tau**2),
             ),
             (
                 "the 1/2 in front of E[s_theta(x)^2] is missing.",
-                lambda m, v, mu, s: -1 / v + (s**2 + (mu - m) ** 2) / v**2,
+                lambda m, v, mu, tau: -1 / v + (tau**2 + (mu - m) ** 2) / v**2,
             ),
             (
                 "s_theta(x)^2 = (x - m)^2 / v^2: divide by the square of the variance.",
-                lambda m, v, mu, s: -1 / v + (s**2 + (mu - m) ** 2) / (2 * v),
+                lambda m, v, mu, tau: -1 / v + (tau**2 + (mu - m) ** 2) / (2 * v),
             ),
             (
-                "E[(x - m)^2] under N(mu, s^2) is s^2 + (mu - m)^2: the variance plus the "
+                "E[(x - m)^2] under N(mu, tau^2) is tau^2 + (mu - m)^2: the variance plus the "
                 "squared offset of the means, not their difference.",
-                lambda m, v, mu, s: -1 / v + (s**2 - (mu - m) ** 2) / (2 * v**2),
+                lambda m, v, mu, tau: -1 / v + (tau**2 - (mu - m) ** 2) / (2 * v**2),
             ),
         ],
     )

@@ -41,7 +41,7 @@ def _norm_mutants(norm, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torc
     """Outputs of the usual mistakes, from the same parameters."""
     c, eps = norm.num_features, norm.eps
     params = norm.embed(labels).detach()
-    gamma, alpha = params[:, :c, None, None], params[:, c : 2 * c, None, None]  # (N, C, 1, 1)
+    gamma, delta = params[:, :c, None, None], params[:, c : 2 * c, None, None]  # (N, C, 1, 1)
     beta = params[:, 2 * c :, None, None] if norm.bias else 0.0
     means = x.mean(dim=(2, 3))  # (N, C)
 
@@ -58,25 +58,25 @@ def _norm_mutants(norm, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torc
 
     h, m = normalised(), corrected()
     mutants = {
-        "the mean correction alpha * (mu_k - m) / sqrt(v + eps) is missing: without it the network "
+        "the mean correction delta * (mu_k - m) / sqrt(v + eta) is missing: without it the network "
         "cannot see the channel means that instance norm removes.": gamma * h + beta,
         "you added the correction after scaling by gamma; this class adds it before: "
-        "gamma * (h + alpha * correction) + beta.": gamma * h + alpha * m + beta,
+        "gamma * (h + delta * correction) + beta.": gamma * h + delta * m + beta,
         "the spread v of the channel means uses the biased variance; use means.var(dim=1) (unbiased), "
-        "as the authors' code does.": gamma * (h + alpha * corrected(unbiased=False)) + beta,
+        "as the authors' code does.": gamma * (h + delta * corrected(unbiased=False)) + beta,
         "the per-channel spatial variance should be the biased one, x.var(dim=(2, 3), unbiased=False).": gamma
-        * (normalised(unbiased=True) + alpha * m)
+        * (normalised(unbiased=True) + delta * m)
         + beta,
-        "gamma and alpha are swapped: the embedding row holds gamma (first C entries), then alpha "
-        "(next C), then beta.": alpha * (h + gamma * m) + beta,
+        "gamma and delta are swapped: the embedding row holds gamma (first C entries), then delta "
+        "(next C), then beta.": delta * (h + gamma * m) + beta,
         "you normalised over channels and pixels together (layer norm); instance norm normalises each "
         "channel of each example over its pixels, dims (2, 3).": gamma
-        * (normalised(dims=(1, 2, 3)) + alpha * m)
+        * (normalised(dims=(1, 2, 3)) + delta * m)
         + beta,
     }
     if norm.bias:
         mutants["the shift beta is missing: add params[:, 2C:] when self.bias is true."] = gamma * (
-            h + alpha * m
+            h + delta * m
         )
     return mutants
 
@@ -455,13 +455,13 @@ def exercise_6_4(ncsnv2_epsilon) -> None:
 
 register_hints(
     "6.1",
-    "Instance norm removes each channel's spatial mean and scale; the alpha term puts back how "
+    "Instance norm removes each channel's spatial mean and scale; the delta term puts back how "
     "the channel means differ from one another, normalised across the channels.",
     "Per example: the channel means over the pixels; their mean m and unbiased variance v across "
     "channels; each channel standardised with its own biased pixel variance; then gamma times "
-    "(standardised channel + alpha times the standardised channel mean), plus beta.",
+    "(standardised channel + delta times the standardised channel mean), plus beta.",
     "Skeleton: statistics over the pixel dimensions (2, 3), with keepdim where they must "
-    "broadcast; the embedding row of each label holds gamma, alpha (and beta), C entries each; "
+    "broadcast; the embedding row of each label holds gamma, delta (and beta), C entries each; "
     "add two trailing singleton dimensions to per-channel vectors before combining them.",
 )
 register_hints(
