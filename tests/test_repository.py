@@ -87,3 +87,28 @@ def test_notebook_has_no_stray_outputs(path):
         else:
             assert not cell["outputs"], f"cell {index} of {path.name} carries committed output"
     assert "widgets" not in nb["metadata"], f"{path.name} carries widget state"
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _text_sources():
+    folders = ("book", "solutions", "notebooks", "exercises", "lib", "scripts", "tests")
+    suffixes = {".ipynb", ".md", ".json", ".py", ".bib", ".yml"}
+    return sorted(p for d in folders for p in (ROOT / d).rglob("*")
+                  if p.suffix in suffixes and "_build" not in p.parts and p.is_file())
+
+
+def test_no_control_characters_in_sources():
+    """A stray control character (a backspace where "\\b" of "\\boldsymbol" was meant) breaks
+    MathJax in every page that shows the formula."""
+    found = []
+    for path in _text_sources():
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".ipynb":  # the cells' text, as JSON decodes it
+            cells = json.loads(text)["cells"]
+            text = "\n".join("".join(c["source"]) for c in cells)
+        for match in CONTROL.finditer(text):
+            context = text[max(0, match.start() - 25):match.start() + 25]
+            found.append(f"{path.relative_to(ROOT)}: {context!r}")
+    assert not found, "\n".join(found)
