@@ -9,10 +9,15 @@ Modules, one idea each:
 - :mod:`scorelab.plotting`    score fields, densities, trajectories, animations, image grids
 - :mod:`scorelab.nets`        MLP score models for low-dimensional data
 - :mod:`scorelab.training`    denoising, sliced and exact score matching, and the training loop
-- :mod:`scorelab.ncsn`        the Noise Conditional Score Network (CondRefineNetDilated)
+- :mod:`scorelab.sde`         the VE SDE: reverse-SDE and ODE samplers, likelihoods
+- :mod:`scorelab.nets_continuous` a score model conditioned on a continuous sigma
+- :mod:`scorelab.ncsn`        NCSN (CondRefineNetDilated): training, checkpoints, inpainting
 - :mod:`scorelab.data`        toy data sets and the 8x8 digits
 - :mod:`scorelab.metrics`     Fisher divergence, mode weights, MMD, sample quality
 - :mod:`scorelab.widgets`     sliders over figures (mixture weights, step size, noise level)
+- :mod:`scorelab.checks`      the exercises' checks and hints, feedback in plain words
+- :mod:`scorelab.grading`     batch grading of submitted exercise notebooks
+- :mod:`scorelab.bench`       the benchmarks behind every figure the README quotes
 - :mod:`scorelab.seeding`     one call that makes a notebook reproducible
 
 Every score function follows one contract: ``score_fn(x)`` (or ``score_fn(x, sigma)``

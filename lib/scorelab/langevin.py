@@ -192,7 +192,7 @@ def langevin_dynamics(
     generator: torch.Generator | None = None, return_trajectory: bool = False,
     record_every: int = 1, progress: bool = True, check_every: int = 25,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    r"""Unadjusted Langevin dynamics with a known score (Song & Ermon, 2019, Eq. 2).
+    r"""Unadjusted Langevin dynamics with a known score (Song & Ermon, 2019, Sec. 2.2).
 
     Repeats :math:`x_t = x_{t-1} + \tfrac{\alpha}{2} \nabla_x \log p(x_{t-1}) + \sqrt{\alpha} z_t`.
     Its stationary law differs from p by a bias of order alpha; :func:`mala` removes it.

@@ -105,8 +105,9 @@ class BasicNetwork(nn.Module):
 class ConditionalLinear(nn.Module):
     """A linear layer whose output is scaled per noise level: ``gamma[label] * (W x + b)``.
 
-    The conditioning of the toy model of Song & Ermon (2019) (their ``ConditionalLinear``):
-    each level learns its own feature scales, initialised uniformly in [0, 1].
+    A conditioning widely used for toy noise-conditional score networks (the authors' own toy
+    experiments use exact scores): each level learns its own feature scales, initialised
+    uniformly in [0, 1].
 
     Parameters
     ----------
@@ -131,7 +132,7 @@ class NoiseConditionalNetwork(nn.Module):
 
     Every hidden layer is a :class:`ConditionalLinear` that scales its features by a learned
     vector of the level ``i``. With ``sigmas`` given the output is divided by ``sigmas[i]``
-    (the parametrisation of NCSNv2, Song & Ermon 2020, Sec. 3.2) because the true perturbed
+    (NCSNv2's Technique 3, Song & Ermon 2020) because the true perturbed
     score scales like ``1 / sigma``: the network then only learns an O(1) quantity at every level.
 
     Parameters

@@ -2,7 +2,8 @@ r"""From noise ladders to stochastic differential equations: the VE SDE, its sam
 
 Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), *Score-Based Generative Modeling
 through Stochastic Differential Equations* (ICLR 2021), equation numbers of the arXiv version
-2011.13456. The noise ladder of Song & Ermon (2019) is a Markov chain (their Eq. 8),
+2011.13456. The noise ladder of Song & Ermon (2019), its levels numbered from the smallest up
+as this paper does, is a Markov chain (Eq. 8),
 :math:`x_i = x_{i-1} + \sqrt{\sigma_i^2 - \sigma_{i-1}^2}\, z`; with infinitely many levels it
 becomes the **variance-exploding SDE** (Eq. 9)
 
@@ -122,7 +123,7 @@ class VESDE:
 
     def prior_sample(self, shape, *, generator: torch.Generator | None = None,
                      dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
-        """Draws of the prior N(0, sigma_max^2 I), of ``shape`` (N, *D) (an int N means (N, 1)).
+        """Draws of the prior N(0, sigma_max^2 I), of ``shape`` (N, *D).
 
         On ``device`` (default: the generator's device, else the CPU), drawn on the generator's.
         """

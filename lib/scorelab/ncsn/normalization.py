@@ -22,12 +22,13 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
     .. math::
 
         z_k = \gamma[i, k] \left( \frac{x_k - \mu_k}{s_k}
-              + \alpha[i, k] \frac{\mu_k - m}{\sqrt{v + \epsilon}} \right) + \beta[i, k]
+              + \delta[i, k] \frac{\mu_k - m}{\sqrt{v + \eta}} \right) + \beta[i, k]
 
-    where :math:`i` is the noise level (the authors' code scales the correction by
-    :math:`\gamma` too, as here). Plain instance norm throws the channel means away,
-    which shifts colours in generated images; the :math:`\alpha` term puts the relative
-    channel means back.
+    where :math:`i` is the noise level and :math:`\eta` is ``eps`` (the authors' code scales the
+    correction by :math:`\gamma` too, as here). The paper and the code call the mean-correction
+    weight :math:`\alpha`; the course writes :math:`\delta`, keeping :math:`\alpha` for the
+    Langevin step (chapter 6). Plain instance norm throws the channel means away, which shifts
+    colours in generated images; the :math:`\delta` term puts the relative channel means back.
 
     Parameters
     ----------
@@ -42,7 +43,7 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
 
     Notes
     -----
-    :math:`\gamma` and :math:`\alpha` start at N(1, 0.02^2), :math:`\beta` at zero, as in the
+    :math:`\gamma` and :math:`\delta` start at N(1, 0.02^2), :math:`\beta` at zero, as in the
     authors' code. They live in one ``nn.Embedding(num_classes, 3C)`` (2C without bias).
     """
 
@@ -62,8 +63,8 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
         spread, centre = torch.var_mean(mean, dim=1, keepdim=True)  # (N, 1, 1, 1), unbiased as the authors'
         corrected = (mean - centre) / torch.sqrt(spread + self.eps)  # (N, C, 1, 1)
         params = self.embed(labels)[..., None, None]  # (N, 3C, 1, 1) or (N, 2C, 1, 1)
-        gamma, alpha = params[:, : self.num_features], params[:, self.num_features : 2 * self.num_features]
-        shift = gamma * alpha * corrected
+        gamma, delta = params[:, : self.num_features], params[:, self.num_features : 2 * self.num_features]
+        shift = gamma * delta * corrected
         if self.bias:
             shift = shift + params[:, 2 * self.num_features :]
         # gamma (x - mean) / s + shift, written as one scale and one offset per channel so that
