@@ -190,11 +190,9 @@ class Chapter:
         if not page.exists():
             self.fail(f"the link target {target!r} is not a file of book/")
         relative = page.relative_to(ROOT).as_posix()
-        if page.suffix == ".ipynb" and page.parent == BOOK:
-            return f"]({colab_url(self.url, self.branch, 'notebooks/' + page.name)})"
-        if page.parent == BOOK and page.name in PAGE_COPIES:
-            copy_path = "notebooks/" + PAGE_COPIES[page.name]
-            return f"]({colab_url(self.url, self.branch, copy_path)})"
+        copy_name = page.name if page.suffix == ".ipynb" else PAGE_COPIES.get(page.name)
+        if page.parent == BOOK and copy_name:  # a page with a plain copy: open the copy in Colab
+            return f"]({colab_url(self.url, self.branch, 'notebooks/' + copy_name)})"
         return f"]({self.url}/blob/{self.branch}/{relative}{anchor})"
 
     def _directives(self, text: str) -> str:
@@ -258,10 +256,7 @@ def plain_notebook(book_nb, name: str, book_numbers: tuple[dict, dict], bibliogr
                    url: str, branch: str):
     """The chapter ``book/name`` as the plain notebook ``notebooks/name``."""
     chapter = Chapter(name, book_numbers, bibliography, url, branch)
-    badge = nbformat.v4.new_markdown_cell(
-        badge_source(url, branch, "notebooks", name) + "\n" + GENERATED.format(name=name))
-    badge.id = BADGE_ID
-    cells, n_figures = [badge], 0
+    cells, n_figures = [_badge_cell(url, branch, name, name)], 0
     for index, cell in enumerate(book_nb.cells):
         chapter.where = f"cell {index} ({cell.get('id', '?')})"
         tags = cell.metadata.get("tags", [])
@@ -281,6 +276,18 @@ def plain_notebook(book_nb, name: str, book_numbers: tuple[dict, dict], bibliogr
         if figure_of(cell):
             n_figures += 1
             cells.append(_caption_cell(chapter, cell, n_figures))
+    return _notebook(cells)
+
+
+def _badge_cell(url: str, branch: str, name: str, source: str):
+    """The Colab badge of ``notebooks/name``, with the note that it is generated from ``source``."""
+    badge = nbformat.v4.new_markdown_cell(
+        badge_source(url, branch, "notebooks", name) + "\n" + GENERATED.format(name=source))
+    badge.id = BADGE_ID
+    return badge
+
+
+def _notebook(cells):
     nb = nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(NOTEBOOK_METADATA))
     nb.nbformat, nb.nbformat_minor = 4, 5
     return nb
@@ -293,8 +300,8 @@ def definition_lists(text: str) -> str:
     keeps them inside the bullet's list item."""
     lines = text.split("\n")
     out = []
-    for index, line in enumerate(lines):
-        if line.startswith(": ") and index > 0 and out and out[-1].strip():
+    for line in lines:
+        if line.startswith(": ") and out and out[-1].strip():
             out[-1] = f"- {out[-1]}: {line[2:]}"
         else:
             out.append(line)
@@ -315,20 +322,15 @@ def notation_notebook(book_numbers: tuple[dict, dict], bibliography: dict, url: 
     equations = {**book_numbers[0], **page_equations(text)}
     page = Chapter(NOTATION.name, (equations, book_numbers[1]), bibliography, url, branch)
     sections = re.split(r"\n(?=## )", definition_lists(text).strip())
-    badge = nbformat.v4.new_markdown_cell(
-        badge_source(url, branch, "notebooks", name) + "\n" + GENERATED.format(name=NOTATION.name))
-    badge.id = BADGE_ID
     macros = macro_cell()
     macros.metadata = {}
-    cells = [badge, macros]
+    cells = [_badge_cell(url, branch, name, NOTATION.name), macros]
     for index, section in enumerate(sections):
         page.where = f"section {index + 1}"
         cell = nbformat.v4.new_markdown_cell(page.markdown(section))
         cell.id = f"section-{index + 1}"
         cells.append(cell)
-    nb = nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(NOTEBOOK_METADATA))
-    nb.nbformat, nb.nbformat_minor = 4, 5
-    return nb
+    return _notebook(cells)
 
 
 def _quiz_cell(source: str) -> str:

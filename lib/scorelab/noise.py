@@ -113,8 +113,7 @@ def level_overlap(gamma: float, dim: int) -> float:
     :math:`3\sigma_{i-1}/\sqrt 2`, of the shell of level i - 1 (radius
     :math:`\sigma_{i-1}\sqrt D`, :math:`\sigma_{i-1} = \gamma \sigma_i`). Technique 2 asks for C
     of about 0.5: shells that overlap enough for Langevin at level i to start where level i - 1
-    left it. C falls as gamma grows
-    and as D grows; gamma -> 1 gives C -> Phi(3) - Phi(-3) = 0.9973.
+    left it. C falls as gamma grows and as D grows; gamma -> 1 gives C -> Phi(3) - Phi(-3) = 0.9973.
     """
     gamma = check_positive("gamma", gamma)
     if gamma <= 1.0:
