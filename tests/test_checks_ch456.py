@@ -143,8 +143,8 @@ def test_4_5_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
 # ---------------------------------------------------------------- chapter 5
 
 
-def sm_objective(m, v, mu, tau):
-    return -1 / v + (tau**2 + (mu - m) ** 2) / (2 * v**2)
+def sm_objective(m, kappa, mu, tau):
+    return -1 / kappa + (tau**2 + (mu - m) ** 2) / (2 * kappa**2)
 
 
 def test_5_3_accepts_the_formula(capsys, grading):
@@ -154,15 +154,15 @@ def test_5_3_accepts_the_formula(capsys, grading):
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (lambda m, v, mu, tau: sm_objective(m, v, mu, tau) + 2 / v, ["trace term has the wrong sign"]),
-        (lambda m, v, mu, tau: sm_objective(m, v, mu, tau) + 1 / (2 * tau**2), ["Fisher divergence"]),
-        (lambda m, v, mu, tau: -1 / v + (tau**2 + (mu - m) ** 2) / v**2, ["1/2"]),
-        (lambda m, v, mu, tau: -1 / v + (tau**2 + (mu - m) ** 2) / (2 * v), ["square of the variance"]),
+        (lambda m, kappa, mu, tau: sm_objective(m, kappa, mu, tau) + 2 / kappa, ["trace term has the wrong sign"]),
+        (lambda m, kappa, mu, tau: sm_objective(m, kappa, mu, tau) + 1 / (2 * tau**2), ["Fisher divergence"]),
+        (lambda m, kappa, mu, tau: -1 / kappa + (tau**2 + (mu - m) ** 2) / kappa**2, ["1/2"]),
+        (lambda m, kappa, mu, tau: -1 / kappa + (tau**2 + (mu - m) ** 2) / (2 * kappa), ["square of the variance"]),
         (
-            lambda m, v, mu, tau: -1 / v + tau**2 / (2 * v**2),
+            lambda m, kappa, mu, tau: -1 / kappa + tau**2 / (2 * kappa**2),
             ["right when the model's mean m equals mu", "wrong when m differs from mu"],
         ),
-        (lambda m, v, mu, tau: math.log(v), ["wrong at"]),
+        (lambda m, kappa, mu, tau: math.log(kappa), ["wrong at"]),
     ],
 )
 def test_5_3_explains_wrong_formulas(capsys, answer, phrases):

@@ -60,8 +60,8 @@ def fisher_divergence(
 ) -> float:
     """Monte-Carlo Fisher divergence between a model score and a true score.
 
-    ``D_F = E_{x ~ p} || s(x) - grad log p(x) ||^2`` (Hyvärinen 2005, Eq. 2, without its 1/2),
-    estimated on the samples ``x``. With ``relative=True`` it is divided by
+    ``D_F = E_{x ~ p} || s(x) - grad log p(x) ||^2``, the objective ``J(theta)`` of Hyvärinen
+    (2005, Sec. 2) without its 1/2, estimated on the samples ``x``. With ``relative=True`` it is divided by
     ``E_{x ~ p} || grad log p(x) ||^2``, so 0 is perfect and 1 is as bad as predicting zero.
 
     Parameters
@@ -113,16 +113,16 @@ def bits_per_dim(log_prob: torch.Tensor, n_dims: int, *, n_levels: int | None = 
     r"""Bits per dimension, :math:`-\log_2 p(x) / D`, of log-densities (N,) in nats.
 
     With ``n_levels`` = K, ``log_prob`` is the log-density of *dequantised* images in
-    :math:`[0, 1]^D`, :math:`x = (v + u) / K` with integer levels :math:`v \in \{0, \dots, K-1\}^D`
+    :math:`[0, 1]^D`, :math:`x = (k + u) / K` with integer levels :math:`k \in \{0, \dots, K-1\}^D`
     and :math:`u \sim U(0, 1)^D` (:func:`scorelab.data.load_digits` with ``dequantize=True``,
-    K = 17). Any density p of x bounds the probability of the discrete image v, by Jensen's
+    K = 17). Any density p of x bounds the probability of the discrete image k, by Jensen's
     inequality over u (Theis et al. 2016, Sec. 3.1):
 
-    .. math:: \log P(v) = \log \int_{[0,1]^D} p\big(\tfrac{v + u}{K}\big) K^{-D} du
-              \ \ge\ \E_u\big[\log p\big(\tfrac{v + u}{K}\big)\big] - D \log K,
+    .. math:: \log P(k) = \log \int_{[0,1]^D} p\big(\tfrac{k + u}{K}\big) K^{-D} du
+              \ \ge\ \E_u\big[\log p\big(\tfrac{k + u}{K}\big)\big] - D \log K,
 
     so the figure returned, :math:`-\log_2 p(x) / D + \log_2 K`, is (in expectation over u) an
-    upper bound on the bits per dimension of v. The uniform density on :math:`[0, 1]^D` scores
+    upper bound on the bits per dimension of k. The uniform density on :math:`[0, 1]^D` scores
     :math:`\log_2 K` (4.09 for the digits).
 
     Parameters

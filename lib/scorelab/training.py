@@ -109,7 +109,7 @@ def _score(model, x: torch.Tensor, *args) -> torch.Tensor:
 def dsm_loss(
     model, x: torch.Tensor, sigma: float, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Per-example denoising score-matching loss (Vincent 2011, Eq. 10 with a Gaussian kernel).
+    """Per-example denoising score-matching loss (Vincent 2011, ``J_DSM``, Gaussian kernel).
 
     The data are perturbed as ``x~ = x + sigma z``, ``z ~ N(0, I)``, and the model is regressed
     onto the score of the kernel ``q_sigma(x~ | x)``, ``-(x~ - x) / sigma^2 = -z / sigma``:
@@ -164,13 +164,13 @@ def sliced_score_matching_loss(
     projection: str = "gaussian",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Per-example sliced score-matching loss (Song, Garg, Shi & Ermon 2019, Eq. 7-8).
+    """Per-example sliced score-matching loss (Song, Garg, Shi & Ermon 2019).
 
     For random directions ``v`` with ``E[v v^T] = I`` (Gaussian, Rademacher, or unit-sphere
     scaled by sqrt(D)):
 
-        l = mean_v [ v^T (d s / d x) v + 1/2 (v^T s)^2 ]            (SSM, Eq. 7)
-        l = mean_v [ v^T (d s / d x) v ] + 1/2 ||s||^2                (SSM-VR, Eq. 8)
+        l = mean_v [ v^T (d s / d x) v + 1/2 (v^T s)^2 ]            (SSM, ``J(theta; p_v)``)
+        l = mean_v [ v^T (d s / d x) v ] + 1/2 ||s||^2                (SSM-VR)
 
     SSM-VR replaces ``1/2 (v^T s)^2`` by its expectation over ``v``, which is ``1/2 ||s||^2``
     exactly when ``E[v v^T] = I``. Each ``v^T (ds/dx) v`` costs one backward pass,
@@ -214,7 +214,7 @@ def sliced_score_matching_loss(
 
 
 def exact_score_matching_loss(model, x: torch.Tensor) -> torch.Tensor:
-    """Per-example score-matching loss of Hyvärinen (2005, Eq. 4), the trace taken exactly.
+    """Per-example score-matching loss of Hyvärinen (2005, Theorem 1), the trace taken exactly.
 
         l = tr(d s / d x) + 1/2 ||s||^2
 
@@ -358,14 +358,15 @@ def exponential_moving_average(model: torch.nn.Module, rate: float) -> Exponenti
 def mixed_precision(device, amp: bool) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
     """The autocast dtype and gradient scaler of ``amp`` training on ``device``.
 
-    Without ``amp``: (None, None), plain float32. On CUDA: bfloat16 where the GPU supports it
-    (no scaler needed: bf16 has float32's range), else float16 with a ``GradScaler`` (older
-    GPUs such as Colab's T4). Elsewhere (the CPU): bfloat16 autocast.
+    Without ``amp``: (None, None), plain float32. On CUDA: bfloat16 where the GPU computes it
+    natively (no scaler needed: bf16 has float32's range), else float16 with a ``GradScaler``
+    (older GPUs such as Colab's T4, where PyTorch would only emulate bf16, slowly). Elsewhere
+    (the CPU): bfloat16 autocast.
     """
     if not amp:
         return None, None
     device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.float16, torch.amp.GradScaler("cuda")
     return torch.bfloat16, None
 

@@ -165,7 +165,7 @@ def _check_gradients(model, got: torch.Tensor, expected: torch.Tensor) -> None:
     "your ssm_loss is mean_v [ v^T (ds/dx) v + 1/2 (v^T s)^2 ], with gradients through the trace.",
 )
 def exercise_5_1(ssm_loss) -> None:
-    """Check ``ssm_loss(model, x (N, D), n_projections, generator) -> (N,)`` (SSM, Eq. 7)."""
+    """Check ``ssm_loss(model, x (N, D), n_projections, generator) -> (N,)`` (SSM)."""
     _check_sliced(ssm_loss, variance_reduction=False, name="ssm_loss")
 
 
@@ -174,20 +174,20 @@ def exercise_5_1(ssm_loss) -> None:
     "your ssm_vr_loss is mean_v [ v^T (ds/dx) v ] + 1/2 ||s||^2, with gradients through the trace.",
 )
 def exercise_5_2(ssm_vr_loss) -> None:
-    """Check ``ssm_vr_loss(model, x (N, D), n_projections, generator) -> (N,)`` (SSM-VR, Eq. 8)."""
+    """Check ``ssm_vr_loss(model, x (N, D), n_projections, generator) -> (N,)`` (SSM-VR)."""
     _check_sliced(ssm_vr_loss, variance_reduction=True, name="ssm_vr_loss")
 
 
 # ---------------------------------------------------------------- 5.3 (derive): by parts
 
 
-def _sm_objective(m, v, mu, tau):
-    return -1 / v + (tau**2 + (mu - m) ** 2) / (2 * v**2)
+def _sm_objective(m, kappa, mu, tau):
+    return -1 / kappa + (tau**2 + (mu - m) ** 2) / (2 * kappa**2)
 
 
 _OBJECTIVE_POINTS = {
     "m": (-3.0, 3.0),
-    "v": (0.1, 5.0, "log"),
+    "kappa": (0.1, 5.0, "log"),
     "mu": (-3.0, 3.0),
     "tau": (0.2, 3.0, "log"),
 }
@@ -195,11 +195,12 @@ _OBJECTIVE_POINTS = {
 
 @exercise(
     "5.3",
-    "J(m, v) = -1/v + (tau^2 + (mu - m)^2) / (2 v^2): integration by parts turned the unknown "
-    "data score into the model's own derivative, and J is smallest at m = mu, v = tau^2.",
+    "J(m, kappa) = -1/kappa + (tau^2 + (mu - m)^2) / (2 kappa^2): integration by parts turned "
+    "the unknown data score into the model's own derivative, and J is smallest at m = mu, "
+    "kappa = tau^2.",
 )
 def exercise_5_3(sm_objective) -> None:
-    """Check ``sm_objective(m, v, mu, tau) -> float`` at random parameter values."""
+    """Check ``sm_objective(m, kappa, mu, tau) -> float`` at random parameter values."""
     # models centred on the data too, so that "right only when m = mu" can be said
     check_formula(
         sm_objective,
@@ -216,28 +217,28 @@ def exercise_5_3(sm_objective) -> None:
         ],
         mutants=[
             (
-                "the trace term has the wrong sign: the model's score -(x - m) / v has the "
-                "derivative -1/v.",
-                lambda m, v, mu, tau: 1 / v + (tau**2 + (mu - m) ** 2) / (2 * v**2),
+                "the trace term has the wrong sign: the model's score -(x - m) / kappa has the "
+                "derivative -1/kappa.",
+                lambda m, kappa, mu, tau: 1 / kappa + (tau**2 + (mu - m) ** 2) / (2 * kappa**2),
             ),
             (
                 "you kept the constant 1/2 E[s_p(x)^2] = 1 / (2 tau^2): that is the Fisher "
                 "divergence itself. Integration by parts leaves that term aside because it "
                 "does not depend on the model; the objective J is the rest.",
-                lambda m, v, mu, tau: _sm_objective(m, v, mu, tau) + 1 / (2 * tau**2),
+                lambda m, kappa, mu, tau: _sm_objective(m, kappa, mu, tau) + 1 / (2 * tau**2),
             ),
             (
                 "the 1/2 in front of E[s_theta(x)^2] is missing.",
-                lambda m, v, mu, tau: -1 / v + (tau**2 + (mu - m) ** 2) / v**2,
+                lambda m, kappa, mu, tau: -1 / kappa + (tau**2 + (mu - m) ** 2) / kappa**2,
             ),
             (
-                "s_theta(x)^2 = (x - m)^2 / v^2: divide by the square of the variance.",
-                lambda m, v, mu, tau: -1 / v + (tau**2 + (mu - m) ** 2) / (2 * v),
+                "s_theta(x)^2 = (x - m)^2 / kappa^2: divide by the square of the variance.",
+                lambda m, kappa, mu, tau: -1 / kappa + (tau**2 + (mu - m) ** 2) / (2 * kappa),
             ),
             (
                 "E[(x - m)^2] under N(mu, tau^2) is tau^2 + (mu - m)^2: the variance plus the "
                 "squared offset of the means, not their difference.",
-                lambda m, v, mu, tau: -1 / v + (tau**2 - (mu - m) ** 2) / (2 * v**2),
+                lambda m, kappa, mu, tau: -1 / kappa + (tau**2 - (mu - m) ** 2) / (2 * kappa**2),
             ),
         ],
     )
