@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 	$(PY) -m pip install -q -c requirements.txt -e ".[book,test]"
 	@touch $@
 
-# scripts/execute_notebooks.py executes the notebooks into the build's cache two at a time (one
-# per core) and empties the cache when lib/ changed; the build then renders them from the cache.
+# scripts/execute_notebooks.py executes the notebooks into the build's cache, one per CPU
+# core, and empties the cache when lib/ changed; the build then renders them from the cache.
 book: install
 	$(PY) scripts/execute_notebooks.py
 	$(BOOK_BUILD)

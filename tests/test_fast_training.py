@@ -34,6 +34,17 @@ def test_mixed_precision_settings_follow_the_device(monkeypatch):
     assert dtype == torch.float16 and isinstance(scaler, torch.amp.GradScaler)
 
 
+def test_mixed_precision_does_not_count_emulated_bf16_as_support(monkeypatch):
+    # PyTorch reports bf16 on a T4 by default because it can emulate it; emulation is slow
+    def bf16_like_a_t4(including_emulation=True):
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_like_a_t4)
+    with pytest.warns(UserWarning) if not torch.cuda.is_available() else _nothing():
+        dtype, scaler = mixed_precision("cuda", True)
+    assert dtype == torch.float16 and isinstance(scaler, torch.amp.GradScaler)
+
+
 class _nothing:
     def __enter__(self):
         return self
