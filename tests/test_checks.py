@@ -395,7 +395,7 @@ def test_2_4_accepts_the_fix(capsys, grading):
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (make_sampler(noise=lambda a: a), ["still the bug", "collapse"]),
+        (make_sampler(noise=lambda a: a), ["still the bug", "variance alpha^2 instead of alpha"]),
         (make_sampler(noise=lambda a: math.sqrt(2 * a)), ["sqrt(2 alpha)", "mixed"]),
         (make_sampler(drift=1.0, noise=lambda a: a), ["changed the drift"]),
         (make_sampler(noise=lambda a: 0.0), ["no noise"]),

@@ -121,7 +121,7 @@ def test_4_5_accepts_the_experiment(capsys, grading):
     [
         (best_sigma(pick=max), ["largest divergence"]),
         (best_sigma(variance=lambda s: s), ["variances, sigma^2"]),
-        (best_sigma(perturbed=True), ["perturbed score"]),
+        (best_sigma(perturbed=True), ["score of the perturbed density"]),
         (lambda *args: 0.5, ["not one of the sigmas"]),
         (lambda m, train, test, sigmas: sigmas[15], ["relative Fisher divergence of"]),
     ],

@@ -343,7 +343,7 @@ def _merging_cases():
     )
 
 
-#: Relative tolerance of 1.5: a scan of sigma with steps of 1 % (or bisection) lands well inside.
+#: Relative tolerance of 3 %: a scan of sigma with steps of 1 % (or bisection) lands well inside.
 MERGE_RTOL = 0.03
 
 

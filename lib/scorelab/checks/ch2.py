@@ -309,8 +309,10 @@ def exercise_2_4(langevin_sampler) -> None:
             continue
         mutants = {
             "still the bug: the noise is alpha * z, so each step adds variance alpha^2 instead "
-            f"of alpha and the samples collapse (variance {variance:.3g} where N(0, 1) sampled "
-            f"with this step has {target:.3g}).": dict(noise=lambda a: a),
+            "of alpha (too little for alpha < 1, too much for alpha > 1): variance "
+            f"{variance:.3g} where N(0, 1) sampled with this step has {target:.3g}.": dict(
+                noise=lambda a: a
+            ),
             "the noise is now sqrt(2 alpha) * z, the authors' convention, but the drift is still "
             "(alpha / 2) * score: the two conventions must not be mixed.": dict(
                 noise=lambda a: math.sqrt(2 * a)

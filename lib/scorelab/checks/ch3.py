@@ -100,8 +100,8 @@ def exercise_3_3(annealed_step) -> None:
              "alpha grows like sigma_i^2.", lambda eps, sigma_i, sigma_L: eps * sigma_i / sigma_L),
             ("it returns eps * sigma_i^2, not divided by sigma_L^2: then the last level does "
              "not take the step eps itself.", lambda eps, sigma_i, sigma_L: eps * sigma_i**2),
-            ("it returns eps * sigma_L^2 / sigma_i^2, upside down: the largest noise level "
-             "takes the largest step.",
+            ("it returns eps * sigma_L^2 / sigma_i^2, upside down: it gives the largest noise "
+             "level the smallest step, where it should take the largest.",
              lambda eps, sigma_i, sigma_L: eps * sigma_L**2 / sigma_i**2),
             ("it returns eps at every level: plain Langevin steps barely move at large sigma, "
              "where the density is wide.", lambda eps, sigma_i, sigma_L: eps),

@@ -275,7 +275,7 @@ def exercise_4_4(fixed_dsm_loss) -> None:
             raise Mismatch(
                 f"the values match, but a linear model trained with your loss on N(0.5, 1) "
                 f"data at sigma={sigma} learns the slope {slope:.3f}, not "
-                f"{expected_slope:.3f} = -1 / (s^2 + sigma^2)."
+                f"{expected_slope:.3f} = -1 / (tau^2 + sigma^2) with tau = 1."
             )
 
 
@@ -352,8 +352,10 @@ def exercise_4_5(best_sigma) -> None:
             "that is the best sigma if the kernel variance were sigma; GaussianMixture takes "
             "variances, sigma^2.": _argmin(_kde_curve(mixture, train, test, sigmas,
                                                       variance=lambda s: s)[0]),
-            "you compared with the perturbed score p_sigma: DSM does estimate that one well "
-            "at any sigma, but the question is how close it gets to the clean score of p.": _argmin(
+            "you compared with the score of the perturbed density p_sigma: the kernel "
+            "density's score gets close to that one only as sigma grows, so that choice always "
+            "favours the largest sigma; the question is how close it gets to the clean score "
+            "of p.": _argmin(
                 _kde_curve(mixture, train, test, sigmas, perturbed=True)[0]
             ),
             "you measured the divergence on the training points: each sits on its own kernel, "

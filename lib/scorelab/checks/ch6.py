@@ -328,9 +328,9 @@ _RATIO_REGIMES = [
 #: 6.3, part 3: the usual mistakes in the variance recursion.
 _RATIO_MUTANTS = [
     (
-        "this is NCSNv2's formula in the authors' convention x + alpha s + "
-        "sqrt(2 alpha) z; in the paper's convention a step contracts x by "
-        "1 - eps / (2 sigma_L^2) and adds alpha of variance.",
+        "this is NCSNv2's formula in the authors' convention x + a s + sqrt(2a) z; in the "
+        "paper's convention a step contracts x by "
+        "1 - eps / (2 sigma_L^2) and adds alpha_i of variance.",
         _authors_ratio,
     ),
     (
@@ -442,7 +442,7 @@ def exercise_6_4(ncsnv2_epsilon) -> None:
             raise Mismatch(
                 f"{where} your epsilon {answer:.3g} is half the paper-convention value "
                 f"{best:.3g}: it is the authors' step_lr (their formula counts steps as "
-                "x + alpha s + sqrt(2 alpha) z). Use the recursion in the paper's convention."
+                "x + a s + sqrt(2a) z). Use the recursion in the paper's convention."
             )
         raise Mismatch(
             f"{where} your epsilon {answer:.3g} gives the ratio {value:.4f}, but "

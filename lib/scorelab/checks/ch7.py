@@ -247,8 +247,9 @@ def exercise_7_3(measured_variance_ratio, best_step_size) -> None:
     best = langevin_variance_ratio(rule, SHIPPED_GAMMA, 10, 0.01)
     if not 0 < chosen < 2e-4:
         raise Mismatch(
-            f"best_step_size = {chosen:g} is outside (0, 2 sigma_L^2) = (0, 2e-4), where the "
-            "chain is stable."
+            f"best_step_size = {chosen:g} is outside (0, 2 sigma_L^2) = (0, 2e-4), the range "
+            "searched here: beyond it each step overshoots and flips the sign of x (and beyond "
+            "4 sigma_L^2 the chain diverges)."
         )
     reached = langevin_variance_ratio(chosen, SHIPPED_GAMMA, 10, 0.01)
     if reached - best > tolerance * best:
@@ -265,7 +266,8 @@ register_hints(
     "7.4",
     "At level i the network was trained on images with noise sigma_i in every pixel: what "
     "does it see in the known pixels here?",
-    "Algorithm 2 draws y = x + sigma_i z once per level, before that level's steps.",
+    "Algorithm 2 draws y = x_obs + sigma_i z~ (the observed images plus fresh noise of this "
+    "level) once per level, before that level's steps.",
     "Look at the line that sets y inside the level loop.",
 )
 

@@ -163,8 +163,8 @@ register_hints(
     "8.3",
     "Run only corrector steps on N(0, 2 I) long enough to forget the start, then measure the "
     "variance of all coordinates and divide by the target's 2.",
-    "alpha = corrector_step_size(score, z, snr); x <- x + alpha/2 * score + sqrt(alpha) * z, "
-    "with score = -x / 2.",
+    "One corrector step takes the batch's step size from corrector_step_size and then the "
+    "course's Langevin update; the target's score is linear in x.",
     "for _ in range(n_steps): z = ...; score = ...; alpha = ...; x = ...  then x.var() / 2",
 )
 
