@@ -10,6 +10,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 import scorelab.bench as bench
 from scorelab.bench import ROW_FIELDS, register, row, sections
@@ -19,8 +20,20 @@ from scorelab.bench.__main__ import main
 def test_every_section_module_is_registered():
     registry = sections()
     assert {"sampling", "memory", "notebooks", "score_matching", "ncsn", "sde", "inpainting",
-            "gpu"} <= set(registry)
+            "gpu", "densities"} <= set(registry)
     assert all(registry[name] for name in registry)
+
+
+def test_banana_reference_agrees_with_the_quadrature_where_it_is_accurate():
+    from scorelab.bench.densities import largest_error, reference_prob
+    from scorelab.densities import Banana
+
+    banana = Banana()
+    x = banana.sample(50, generator=torch.Generator().manual_seed(0)).double()
+    torch.testing.assert_close(reference_prob(banana, 1.0, x), banana.perturbed(1.0).prob(x),
+                               rtol=1e-9, atol=0.0)
+    error, sigma = largest_error(Banana(curvature=2.0), 64, n_points=100, sigmas=(0.1, 1.0))
+    assert error > 1e-3 and sigma == 1.0  # the hard case the docstring reports
 
 
 def test_a_module_with_only_main_becomes_a_printing_section(capsys):

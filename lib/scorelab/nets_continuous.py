@@ -28,11 +28,12 @@ class SigmaConditionedMLP(nn.Module):
 
     .. math:: s_\theta(x, \sigma) = c(\sigma) \big( F_\theta(c(\sigma) x,\; e(\log\sigma)) - c(\sigma) x \big),
 
-    where :math:`e` holds ``n_frequencies`` sines and cosines of :math:`\log \sigma` (fixed
-    frequencies, geometric from 0.25 to 8 per unit of log sigma) and :math:`F_\theta` is the
-    MLP. The input scaling keeps the network's inputs of order one at every noise level, and
-    with :math:`F_\theta = 0` the model is the score of :math:`N(0, (s_d^2 + \sigma^2) I)`, the
-    right answer at large sigma for centred data: the network learns the correction.
+    where :math:`e` holds :math:`\log \sigma` itself and ``n_frequencies`` sines and cosines of
+    it (2 F + 1 features; fixed frequencies, geometric from 0.25 to 8 per unit of log sigma) and
+    :math:`F_\theta` is the MLP. The input scaling keeps the network's inputs of order one at
+    every noise level, and with :math:`F_\theta = 0` the model is the score of
+    :math:`N(0, (s_d^2 + \sigma^2) I)`, the right answer at large sigma for centred data: the
+    network learns the correction.
 
     Parameters
     ----------
@@ -41,7 +42,7 @@ class SigmaConditionedMLP(nn.Module):
     hidden_dims : sequence of int
         Widths of the hidden layers (SiLU activations: smooth, so the divergence is too).
     n_frequencies : int
-        Frequencies of the sigma embedding (2 features each).
+        Frequencies F of the sigma embedding (2 features each, plus log sigma itself).
     data_scale : float
         :math:`s_d`, about the data's standard deviation per coordinate.
     """

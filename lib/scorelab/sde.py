@@ -113,8 +113,9 @@ class VESDE:
 
         sigma(1 - (i - 1) / (L - 1)) = sigma_max (sigma_min / sigma_max)^((i - 1) / (L - 1)):
         the geometric ladder of Song & Ermon (2019), ``geometric_sigmas(sigma_max, sigma_min,
-        L)``, which this returns; its Markov chain (Song et al. 2021, Eq. 8) adds independent
-        noise of variance sigma_i^2 - sigma_{i-1}^2 from level to level.
+        L)``, which this returns. The SDE's Markov chain (Song et al. 2021, Eq. 8, whose levels
+        run from smallest to largest) adds independent noise of variance sigma_i^2 -
+        sigma_{i+1}^2 going from level i + 1 to level i of this largest-first ladder.
         """
         n_levels = check_positive_int("n_levels", n_levels)
         if n_levels < 2:
@@ -610,7 +611,8 @@ def log_likelihood(
 
     Returns
     -------
-    Tensor, shape (N,): log p(x) in nats (divide by D log 2 for bits per dimension).
+    Tensor, shape (N,): log p(x) in nats; -log p(x) / (D log 2) is bits per dimension (see
+    :func:`scorelab.metrics.bits_per_dim` for dequantised data).
     """
     _check_score_fn(score_fn)
     sde = _check_sde(sde)
