@@ -108,6 +108,51 @@ def test_a_truncated_or_foreign_file_is_a_clear_error(tmp_path):
         load_mnist(tmp_path, download=False)
 
 
+def _write_cifar_batch(root, batch):
+    with open(root / "cifar-10-batches-py" / "test_batch", "wb") as handle:
+        pickle.dump(batch, handle, protocol=2)
+
+
+@pytest.mark.parametrize("batch, match", [
+    ({"data": np.zeros((3, 3072), np.uint8), "labels": [1, 2]}, "'labels' must be 3 integers"),
+    ({"data": np.zeros((3, 3072)), "labels": [1, 2, 3]}, "'data' must be bytes"),
+    ({"data": np.zeros((3, 1000), np.uint8), "labels": [1, 2, 3]}, r"'data' must be bytes of shape \(n, 3072\)"),
+    ({"data": np.zeros((3, 3072), np.uint8)}, "must hold a dict with 'data' and 'labels'"),
+], ids=["labels short", "float data", "wrong width", "no labels"])
+def test_a_cifar_batch_whose_parts_disagree_is_refused(tmp_path, batch, match):
+    make_cifar10(tmp_path)
+    _write_cifar_batch(tmp_path, batch)
+    with pytest.raises(ValueError, match=match):
+        load_cifar10(tmp_path, train=False, download=False)
+
+
+def test_a_corrupt_cifar_batch_is_named(tmp_path):
+    make_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x02}q\x00(X")
+    with pytest.raises(ValueError, match="test_batch is corrupt or not a CIFAR-10 batch"):
+        load_cifar10(tmp_path, train=False, download=False)
+
+
+def test_idx_files_that_disagree_are_refused(tmp_path):
+    make_mnist(tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(5, np.uint8))  # 6 images, 5 labels
+    with pytest.raises(ValueError, match=r"N labels, got uint8 \(6, 28, 28\) and \(5,\)"):
+        load_mnist(tmp_path, download=False)
+    path = raw / "short"
+    path.write_bytes(bytes([0, 0, 0x08, 3, 0, 0]))  # three sizes announced, half of one present
+    with pytest.raises(ValueError, match="truncated: its header announces 3 sizes"):
+        read_idx(path)
+    path.write_bytes(bytes([0, 0, 0x08, 1]) + struct.pack(">i", 2) + bytes(5))
+    with pytest.raises(ValueError, match="has bytes past its data"):
+        read_idx(path)
+    path.write_bytes(bytes([0, 0, 0x0D, 1]) + struct.pack(">i", 2) + np.array([1.5, -2], ">f4").tobytes())
+    assert torch.from_numpy(read_idx(path)).tolist() == [1.5, -2.0]  # big-endian floats, native now
+    (raw / "bad.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="bad.gz is not a readable gzip file"):
+        read_idx(raw / "bad.gz")
+
+
 def test_a_cifar_batch_cannot_run_code_on_load(tmp_path):
     make_cifar10(tmp_path)
 

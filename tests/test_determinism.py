@@ -115,3 +115,12 @@ def test_same_seed_in_a_fresh_process_is_bit_identical():
                                check=True, timeout=120)
     there = json.loads(completed.stdout.strip().splitlines()[-1])
     assert there == here
+
+
+def test_seed_everything_refuses_a_seed_numpy_cannot_take_before_seeding_anything():
+    torch.manual_seed(7)
+    expected = torch.rand(1)
+    torch.manual_seed(7)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\)"):
+        seed_everything(2**40)
+    assert torch.rand(1) == expected  # torch's global generator was left alone

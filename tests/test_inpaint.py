@@ -214,3 +214,46 @@ def test_completion_shares_on_real_digits_and_on_blanks():
         completion_shares(digits[:5], labels[:4])
     with pytest.raises(ValueError, match="completions"):
         completion_shares(digits[:5, :, :4], labels[:5])
+
+
+def test_images_off_the_unit_interval_are_refused_with_a_hint():
+    model = GaussianImageModel(SIGMAS, n_steps_each=1)
+    with pytest.raises(ValueError, match=r"images must lie on the data's scale \[0, 1\], got "
+                                         r"values from 0 to 255 \(divide .* by 255\)"):
+        inpaint(model, torch.tensor([0.0, 255.0, 3.0, 7.0]).reshape(1, 1, 2, 2), torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"images must lie on the data's scale \[0, 1\]"):
+        inpaint(model, torch.full((1, 1, 2, 2), -0.5), torch.ones(2, 2))
+
+
+class _ModelWith(GaussianImageModel):
+    """The Gaussian model with another ladder or a score of another shape."""
+
+    def __init__(self, sigmas, score_shape=None):
+        super().__init__([1.0], n_steps_each=1)
+        self.sigmas, self.score_shape = sigmas, score_shape
+
+    def score(self, x, sigma):
+        return torch.zeros(self.score_shape or x.shape)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (_ModelWith(torch.tensor([])), "model.sigmas must hold at least one noise level"),
+        (_ModelWith([0.1, 1.0]), "model.sigmas must be strictly decreasing"),
+        (_ModelWith([1.0, 0.1], score_shape=(1, 1, 2, 2)), r"model.score must return a tensor "
+                                                           r"of the input's shape \(3, 1, 2, 2\)"),
+        (_ModelWith([1.0, 0.1], score_shape=(4,)), "model.score must return"),
+    ],
+)
+def test_a_custom_models_ladder_and_score_shape_are_checked(model, message):
+    with pytest.raises(ValueError, match=message):
+        inpaint(model, torch.rand(3, 1, 2, 2), torch.zeros(2, 2))
+
+
+def test_the_shipped_model_names_images_of_another_dtype(single_thread):
+    from scorelab.ncsn import load_pretrained
+
+    with pytest.raises(ValueError, match=r"images must have the dtype .*images.float\(\)"):
+        inpaint(load_pretrained("digits"), torch.rand(2, 1, 8, 8, dtype=torch.float64),
+                keep_rows(4))

@@ -173,6 +173,13 @@ def test_blow_up_names_the_step_and_suggests_a_smaller_step_size():
          r"x must have shape \(N, 2\)"),
         (lambda: mala(_gaussian_log_prob, _gaussian_score, torch.zeros(3, 2), 0.0, 5), "step_size must be a positive"),
         (lambda: mala(lambda x: x, _gaussian_score, torch.zeros(3, 2), 0.1, 5), r"log_prob_fn must return .* \(3,\)"),
+        (lambda: mala(lambda x: torch.full((3,), float("nan")), _gaussian_score, torch.zeros(3, 2), 0.1, 5),
+         "log_prob_fn returned NaN"),
+        (lambda: mala(lambda x: torch.zeros(3, dtype=torch.long), _gaussian_score, torch.zeros(3, 2), 0.1, 5),
+         "log_prob_fn must return a floating"),
+        (lambda: mala(None, _gaussian_score, torch.zeros(3, 2), 0.1, 5), "log_prob_fn must be a callable"),
+        (lambda: langevin_dynamics(None, torch.zeros(3, 2), 0.1, 5), "score_fn must be a callable"),
+        (lambda: annealed_langevin_dynamics("s", torch.zeros(3, 2), [2.0, 1.0], 0.1, 5), "score_fn must be a callable"),
         (lambda: geometric_sigmas(1.0, 2.0, 5), "sigma_min must be smaller than sigma_max"),
         (lambda: geometric_sigmas(0.0, 1.0, 5), "sigma_max must be a positive"),
         (lambda: geometric_sigmas(2.0, 1.0, 0), "n_levels must be a positive integer"),
@@ -181,3 +188,22 @@ def test_blow_up_names_the_step_and_suggests_a_smaller_step_size():
 def test_bad_inputs_raise_value_errors_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def _score_that_breaks_after(n_calls):
+    """-x for the first ``n_calls`` calls, then an (N, 1) tensor: a bug x.add_ would broadcast."""
+    calls = []
+
+    def score_fn(x, sigma):
+        calls.append(sigma)
+        return -x if len(calls) <= n_calls else -x[:, :1]
+
+    return score_fn
+
+
+@pytest.mark.parametrize("denoise, n_calls", [(False, 5), (True, 10)], ids=["second level", "denoise"])
+def test_a_score_whose_shape_changes_later_is_caught_not_broadcast(denoise, n_calls):
+    # 2 levels x 5 steps: call 6 opens the second level, call 11 is the denoising step.
+    with pytest.raises(ValueError, match=r"score_fn must return .* \(3, 2\), got \(3, 1\)"):
+        annealed_langevin_dynamics(_score_that_breaks_after(n_calls), torch.zeros(3, 2), [2.0, 1.0],
+                                   0.1, 5, denoise=denoise, progress=False)

@@ -142,6 +142,38 @@ def test_digit_metrics_refuse_bad_images(digits):
         metrics.classifier_confidence(classifier, torch.zeros(3, 64), threshold=1.5)
     with pytest.raises(ValueError, match="labels must be given"):
         metrics.digits_classifier(torch.zeros(3, 64))
+    with pytest.raises(ValueError, match=r"\[0, 1\] scale, got values from 0 to 255 .*by 255"):
+        metrics.classifier_confidence(classifier, torch.linspace(0, 255, 64).expand(3, 64))
+    with pytest.raises(ValueError, match="samples must hold 8x8 images"):
+        metrics.class_coverage(classifier, torch.zeros(3, 2, 32))  # 64 pixels, not an image
+    with pytest.raises(ValueError, match="samples must hold at least one image"):
+        metrics.classifier_confidence(classifier, torch.zeros(0, 64))
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        metrics.classifier_confidence(classifier, torch.zeros(3, 64), threshold="a")
+    with pytest.raises(ValueError, match="n_components must be a positive integer"):
+        metrics.pca_frechet_distance(torch.zeros(3, 64), torch.zeros(3, 64), n_components=0)
+
+
+def test_metrics_refuse_what_would_make_them_nan():
+    with pytest.raises(ValueError, match="score_fn returned NaN"):
+        metrics.fisher_divergence(lambda x: x * float("nan"), gaussian_score, torch.ones(4, 2))
+    with pytest.raises(ValueError, match="true_score_fn must be a callable"):
+        metrics.fisher_divergence(gaussian_score, None, torch.ones(4, 2))
+    with pytest.raises(ValueError, match="a and b must hold finite values"):
+        metrics.frechet_distance(np.full((3, 2), np.nan), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="at least one row each"):
+        metrics.mode_weights(torch.zeros(3, 2), torch.zeros(0, 2))
+
+
+def test_mmd_of_collapsed_samples_is_a_number():
+    # All points equal: the median bandwidth is ~0 and 2 h^2 underflows in float32.
+    assert metrics.mmd(torch.zeros(3, 2), torch.zeros(3, 2)) == pytest.approx(0.0, abs=1e-6)
+    assert math.isfinite(metrics.mmd(torch.zeros(3, 2), torch.ones(3, 2), bandwidth=1e-30))
+
+
+def test_frechet_distance_takes_tensors_and_one_feature():
+    a, b = torch.tensor([[0.0], [2.0]]), np.array([[1.0], [3.0]])  # variances 2 and 2, means 1 apart
+    assert metrics.frechet_distance(a, b) == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------- bits per dimension

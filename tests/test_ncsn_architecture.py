@@ -5,9 +5,17 @@ import torch
 
 from scorelab.ncsn import (
     NCSN,
+    CondCRPBlock,
+    CondMSFBlock,
+    CondRCUBlock,
+    CondRefineBlock,
     CondRefineNetDilated,
     ConditionalInstanceNorm2dPlus,
+    ConditionalResidualBlock,
     ConvMeanPool,
+    conv3x3,
+    dilated_conv3x3,
+    summary_table,
 )
 from scorelab.noise import geometric_sigmas
 
@@ -138,3 +146,113 @@ def test_golden_output_of_cond_refine_net_dilated():
 
 def test_default_ladder_is_the_papers():
     torch.testing.assert_close(NCSN(ngf=4).sigmas, torch.logspace(0, -2, 10))
+
+
+# --------------------------------------------------------------- bad input at the entry points
+
+
+def _tiny_ncsn():
+    torch.manual_seed(0)
+    return NCSN(ngf=2, sigmas=[1.0, 0.5, 0.1])
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (torch.tensor([0]), r"labels must be an integer tensor of shape \(2,\).*got shape \(1,\)"),
+        (torch.tensor([[0], [1]]), r"shape \(2,\).*got shape \(2, 1\)"),
+        (torch.tensor(0), r"shape \(2,\).*got shape \(\)"),
+        (torch.tensor([0, 3]), r"indices from 0 to 2, got values from 0 to 3"),
+        (torch.tensor([-1, 0]), r"indices from 0 to 2, got values from -1 to 0"),
+        (torch.tensor([0.0, 1.0]), "got dtype torch.float32"),
+        (torch.tensor([True, False]), "got dtype torch.bool"),
+        ([0, 1], "got list"),
+    ],
+)
+def test_bad_labels_are_named_by_the_model_and_the_network(labels, message):
+    model, x = _tiny_ncsn(), torch.rand(2, 1, 8, 8)
+    for call in (model, model.net):
+        with pytest.raises(ValueError, match=message):
+            call(x, labels)
+
+
+def test_integer_labels_of_any_width_give_the_same_score():
+    model, x = _tiny_ncsn(), torch.rand(2, 1, 8, 8)
+    reference = model(x, torch.tensor([0, 2]))
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        torch.testing.assert_close(model(x, torch.tensor([0, 2], dtype=dtype)), reference)
+
+
+def test_images_of_another_size_or_dtype_are_refused_with_a_hint():
+    model, labels = _tiny_ncsn(), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 8, 8\), got \(2, 1, 6, 6\)"):
+        model(torch.zeros(2, 1, 6, 6), labels)  # fully convolutional, but built for 8x8
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 8, 8\)"):
+        model.net(torch.zeros(2, 1, 6, 6), labels)
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    for call in (lambda: model(x, labels), lambda: model.score(x, 1.0), lambda: model.loss(x)):
+        with pytest.raises(ValueError, match=r"x must have the dtype of the network's weights, "
+                                             r"torch.float32, got torch.float64.*x.float\(\)"):
+            call()
+    model.double()  # a converted model takes its own dtype
+    assert model.score(x, 1.0).dtype == torch.float64
+
+
+def test_widths_that_would_make_the_norm_nan_are_refused():
+    with pytest.raises(ValueError, match="ngf must be an integer >= 2.*2 channels"):
+        NCSN(ngf=1)
+    with pytest.raises(ValueError, match="num_features must be an integer >= 2"):
+        ConditionalInstanceNorm2dPlus(1, 3)
+    with pytest.raises(ValueError, match="eps must be a positive"):
+        ConditionalInstanceNorm2dPlus(2, 3, eps=-1)
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        ConditionalInstanceNorm2dPlus(2, 0)
+    model = _tiny_ncsn()  # ngf=2, the smallest width, is finite
+    assert torch.isfinite(model.score(torch.rand(2, 1, 8, 8), 1.0)).all()
+    assert torch.isfinite(model.loss(torch.rand(2, 1, 8, 8)))
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: conv3x3(0, 4), "in_channels must be a positive integer, got 0"),
+        (lambda: conv3x3(4, 2.5), "out_channels must be a positive integer"),
+        (lambda: dilated_conv3x3(2, 4, dilation=0), "dilation must be a positive integer, got 0"),
+        (lambda: ConvMeanPool(2, 4, kernel_size=0), "kernel_size must be a positive integer"),
+        (lambda: ConditionalResidualBlock(4, 4, 3, dilation=0), "dilation must be a positive"),
+        (lambda: ConditionalResidualBlock(1, 4, 3), "in_channels must be an integer >= 2"),
+        (lambda: ConditionalResidualBlock(4, 1, 3), "out_channels must be an integer >= 2"),
+        (lambda: CondCRPBlock(4, 3, n_stages=-1), "n_stages must be a positive integer, got -1"),
+        (lambda: CondRCUBlock(4, 3, n_blocks=0, n_stages=2), "n_blocks must be a positive"),
+        (lambda: CondRCUBlock(4, 3, n_blocks=1, n_stages=0), "n_stages must be a positive"),
+        (lambda: CondMSFBlock([], 4, 3), "in_channels must be a non-empty list"),
+        (lambda: CondMSFBlock([4, -2], 4, 3), r"in_channels\[1\] must be an integer >= 2"),
+        (lambda: CondRefineBlock([4, 4], 4, 3, start=True), r"in_channels must be \[features\]"),
+        (lambda: CondRefineBlock(4, 4, 3), "in_channels must be a non-empty list"),
+    ],
+)
+def test_layer_constructors_name_their_bad_argument(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_fusion_blocks_take_one_input_per_path():
+    labels = torch.tensor([0, 1])
+    xs = [torch.rand(2, 4, 4, 4)]  # one input for two paths: zip would drop a path silently
+    with pytest.raises(ValueError, match="xs must be a list of 2 tensors"):
+        CondMSFBlock([4, 4], 4, 3)(xs, labels, (4, 4))
+    with pytest.raises(ValueError, match="xs must be a list of 2 tensors"):
+        CondRefineBlock([4, 4], 4, 3)(xs, labels, (4, 4))
+
+
+def test_sample_requires_a_positive_record_every():
+    model = _tiny_ncsn()
+    with pytest.raises(ValueError, match="record_every must be a positive integer, got 0"):
+        model.sample(2, snapshots=True, record_every=0, n_steps_each=1)
+    _, path = model.sample(2, snapshots=True, record_every=1, n_steps_each=2)
+    assert path.shape[0] == 1 + 3 * 2 + 1
+
+
+def test_summary_table_runs_on_a_converted_network():
+    net = CondRefineNetDilated(1, 8, 2, 3).double()
+    assert summary_table(net).splitlines()[-1].split()[0] == "total"

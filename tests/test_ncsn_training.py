@@ -112,3 +112,28 @@ def test_train_NCSN_is_the_annealed_trainer_on_shuffled_passes():
     assert losses == trainer.run(batches, 7, generator=generator, progress=False)
     for key, value in trained.state_dict().items():
         assert torch.equal(value, by_hand.state_dict()[key])
+
+
+def test_float64_data_trains_as_the_models_float32(single_thread):
+    """train_NCSN converts the data to the model's dtype once (float64 comes from NumPy)."""
+    data = torch.rand(16, 1, 8, 8)
+    as_float64 = train_NCSN(_model(ngf=2), data.double(), n_steps=2, batch_size=4, progress=False)
+    assert as_float64 == train_NCSN(_model(ngf=2), data, n_steps=2, batch_size=4, progress=False)
+
+
+def test_integer_data_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="data must be a floating-point tensor"):
+        train_NCSN(_model(ngf=2), torch.ones(8, 1, 8, 8, dtype=torch.uint8), n_steps=1,
+                   batch_size=4, progress=False)
+
+
+def test_a_bad_output_period_is_named_by_its_argument(tmp_path):
+    import pytest
+
+    model = NCSN(ngf=8, sigmas=geometric_sigmas(1.0, 0.1, 3))
+    data = torch.rand(8, 1, 8, 8)
+    for name in ("checkpoint_every", "sample_every"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer, got -5"):
+            train_NCSN(model, data, n_steps=2, out_dir=tmp_path, progress=False, **{name: -5})

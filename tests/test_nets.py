@@ -100,3 +100,30 @@ def test_score_is_the_network_at_the_level_of_sigma():
         model.score(x, 3.0)
     with pytest.raises(ValueError, match="sigmas must be given"):
         NoiseConditionalNetwork(input_dim=2, n_levels=3).score(x, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("hidden_dims", "message"),
+    [
+        ("64", "hidden_dims must be a non-empty sequence of positive integers, got '64'"),
+        (None, "hidden_dims must be a non-empty sequence of positive integers, got None"),
+        (64, "hidden_dims must be a non-empty sequence of positive integers, got 64"),
+        ({64: 1}, "hidden_dims must be a non-empty sequence"),
+        ([16, 16.0], r"hidden_dims\[1\] must be a positive integer, got 16.0"),
+    ],
+)
+def test_hidden_dims_must_be_a_sequence_of_positive_ints(hidden_dims, message):
+    with pytest.raises(ValueError, match=message):
+        BasicNetwork(2, hidden_dims)
+    with pytest.raises(ValueError, match=message):
+        NoiseConditionalNetwork(2, 3, hidden_dims)
+    assert BasicNetwork(2, [8, 4]).net[2].out_features == 4  # a list is a sequence too
+
+
+@pytest.mark.parametrize("args, name", [((-2, 4, 3), "in_features"), ((2, 0, 3), "out_features"),
+                                        ((2, 4, 0), "n_levels")])
+def test_conditional_linear_names_a_bad_size(args, name):
+    from scorelab.nets import ConditionalLinear
+
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+        ConditionalLinear(*args)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from scorelab.noise import (
+    check_sigmas,
     geometric_sigmas,
     langevin_variance_ratio,
     largest_pairwise_distance,
@@ -210,3 +211,68 @@ def test_step_size_for_ladder_minimises_eq_4():
 def test_technique_4_rejects_bad_arguments(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+# --- The ladder in float32 and bad numbers -------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "sigmas, message",
+    [
+        ([1.0, 1 - 1e-9], "not distinct in float32"),
+        ([1e-50, 1e-60], "underflows to 0 in float32"),
+        ([1e50, 1.0], "overflows float32"),
+    ],
+)
+def test_check_sigmas_refuses_a_ladder_that_float32_breaks(sigmas, message):
+    with pytest.raises(ValueError, match=f"sigmas: level.* {message}"):
+        check_sigmas(sigmas)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((1.0, 0.9999999, 5), "not distinct in float32"),
+        ((1e300, 1e-300, 3), "sigma_max overflows float32"),
+        ((1.0, 1e-50, 3), "sigma_min underflows to 0 in float32"),
+        ((1e39, 1.0, 1), "sigma_max overflows float32"),
+        (("1", 0.01, 5), "sigma_max must be a real number"),
+        ((1.0, "0.01", 5), "sigma_min must be a real number"),
+        ((True, 0.01, 5), "sigma_max must be a real number"),
+    ],
+)
+def test_geometric_sigmas_refuses_what_float32_cannot_hold_and_non_numbers(args, message):
+    with pytest.raises(ValueError, match=message):
+        geometric_sigmas(*args)
+
+
+def test_geometric_sigmas_still_takes_numbers_of_every_kind():
+    expected = torch.tensor([1.0, 0.1, 0.01])
+    for sigma_max in (1, 1.0, torch.tensor(1.0)):
+        ladder = geometric_sigmas(sigma_max, 0.01, 3)
+        assert ladder.dtype == torch.float32 and torch.allclose(ladder, expected)
+    assert torch.equal(check_sigmas([3.0, 2.0, 1.0]), torch.tensor([3.0, 2.0, 1.0]))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: langevin_variance_ratio(1e-5, 0.5, 5, 0.01), "gamma must be larger than 1"),
+        (lambda: langevin_variance_ratio(1e-5, 1.0, 5, 0.01), "gamma must be larger than 1"),
+        (lambda: langevin_variance_ratio(1e-300, 1.3, 5, 1e100), "step_size .* too small"),
+        (lambda: step_size_for_ladder(1.3, 5, 1e200), "sigma_min must lie between"),
+        (lambda: step_size_for_ladder(1.3, 5, 1e-200), "sigma_min must lie between"),
+        (lambda: step_size_for_ladder(1e200, 5, 0.01), "gamma .* gamma\\^2 is finite"),
+        (lambda: n_levels_for_overlap(1, 0.01, 64, target="a"), "target must be a real number"),
+        (lambda: n_levels_for_overlap("1", 0.01, 64), "sigma_max must be a real number"),
+        (lambda: level_overlap("2", 64), "gamma must be a real number"),
+    ],
+)
+def test_technique_rules_name_the_real_bad_input(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_step_size_for_ladder_is_finite_and_positive_across_the_range_of_sigma_min():
+    for sigma_min in (1e-140, 0.01, 1e150):
+        step = step_size_for_ladder(1.3, 5, sigma_min)
+        assert math.isfinite(step) and 0 < step < 2 * sigma_min**2

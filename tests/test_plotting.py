@@ -220,3 +220,15 @@ def test_no_function_calls_show(monkeypatch, ax):
     plotting.plot_trajectories(ax, trajectory)
     plotting.animation_html(plotting.animate_particles(trajectory, figsize=(1, 1), dpi=20))
     plotting.image_grid(torch.zeros(2, 1, 4, 4), nrow=2, ax=ax)
+
+
+def test_plot_arguments_that_used_to_slip_through_are_refused(ax):
+    from scorelab.densities import ncsn_toy_mixture
+
+    with pytest.raises(ValueError, match="levels must be a positive integer"):
+        plotting.plot_density(ax, ncsn_toy_mixture(), (-1, 1), (-1, 1), kind="contour", levels=-3)
+    with pytest.raises(ValueError, match="nrow must be a positive integer"):
+        plotting.image_samples(None, images=torch.zeros(4, 1, 8, 8), nrow=0)
+    with pytest.raises(ValueError, match="must have a .log_prob method"):
+        plotting.animate_particles(torch.zeros(3, 5, 2), density="gm")
+    plt.close("all")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from scorelab.noise import check_sigmas, geometric_sigmas
+from scorelab.nets_continuous import SigmaConditionedMLP
 from scorelab.scores import as_score_fn, sigma_per_example, sigma_to_level
 
 
@@ -57,3 +58,27 @@ def test_sigma_conditioned_adapter_passes_one_sigma_per_example():
     assert torch.allclose(score_fn(x, 2.0), torch.full((4, 2), -0.25))
     assert torch.allclose(score_fn(x, torch.tensor([1.0, 1.0, 2.0, 2.0]))[:, 0],
                           torch.tensor([-1.0, -1.0, -0.25, -0.25]))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: sigma_per_example(1.0, [[0.0, 0.0]]), r"x must be a tensor of shape \(N, \*D\), got list"),
+    (lambda: sigma_to_level(torch.tensor([float("nan")]), geometric_sigmas(1.0, 0.1, 3)),
+     "sigma must be positive and finite"),
+    (lambda: sigma_to_level(1.0, geometric_sigmas(1.0, 0.1, 3)), r"sigma must be a tensor of shape \(N,\)"),
+    (lambda: sigma_to_level(torch.tensor([1.0]), torch.tensor([0.1, 1.0])), "strictly decreasing"),
+    (lambda: sigma_to_level(torch.tensor([1.0]), geometric_sigmas(1.0, 0.1, 3), rtol=-1), "rtol must be"),
+], ids=["list x", "NaN sigma", "float sigma", "increasing ladder", "negative rtol"])
+def test_the_adapters_refuse_bad_input_by_name(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda net: SigmaConditionedMLP(2, 64), "hidden_dims must be a non-empty sequence"),
+    (lambda net: net(torch.zeros(3, 2), torch.tensor([1.0, 0.0, 1.0])), "sigma must hold positive finite"),
+    (lambda net: net(torch.zeros(3, 2), torch.full((3,), float("nan"))), "sigma must hold positive finite"),
+    (lambda net: net(torch.zeros(3, 2, dtype=torch.float64), torch.ones(3)), "x must have the network's dtype"),
+], ids=["int widths", "zero sigma", "NaN sigma", "float64 x"])
+def test_the_sigma_conditioned_network_refuses_bad_input_by_name(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(SigmaConditionedMLP(2, (8,)))

@@ -89,10 +89,50 @@ def test_vesde_sigma_diffusion_and_ladder():
     torch.testing.assert_close(sde.prior_log_prob(x), expected)
 
 
-@pytest.mark.parametrize("bad", [(1.0, 1.0), (2.0, 1.0), (0.0, 1.0), (0.01, float("inf"))])
+@pytest.mark.parametrize("bad", [(1.0, 1.0), (2.0, 1.0), (0.0, 1.0), (0.01, float("inf")),
+                                 ("0.01", "50"), (True, 2.0), (None, 1.0),
+                                 (1e-300, 1e300), (0.01, 1e160)])
 def test_vesde_rejects_bad_noise_range(bad):
     with pytest.raises(ValueError, match="sigma_m"):
         VESDE(*bad)
+
+
+def test_vesde_checks_its_times_and_noise_levels():
+    sde = VESDE(0.01, 10.0)
+    assert sde.sigma(0) == pytest.approx(0.01) and sde.sigma(1) == pytest.approx(10.0)
+    times = torch.tensor([[0.0, 0.5], [1.0, 0.25]], dtype=torch.float64)
+    torch.testing.assert_close(sde.time_of(sde.sigma(times)), times)
+    assert sde.time_of(sde.sigma(torch.tensor([]))).shape == (0,)
+    for bad in (float("nan"), 2.0, -0.1, float("inf"), "0.5", None, 1000.0):
+        for method in (sde.sigma, sde.g2, sde.diffusion):
+            with pytest.raises(ValueError, match=r"t must be a (finite time in \[0, 1\]|real)"):
+                method(bad)
+    for bad in ([0.5, 1.5], [float("nan")], [-1.0]):
+        with pytest.raises(ValueError, match=r"t must hold finite times in \[0, 1\]"):
+            sde.sigma(torch.tensor(bad))
+    with pytest.raises(ValueError, match="t must be a real tensor"):
+        sde.g2(torch.tensor([True]))
+    for bad in ([-1.0], [0.0], [float("inf")], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match="sigma must hold positive finite noise levels"):
+            sde.time_of(torch.tensor(bad))
+    for bad in (float("nan"), 0.0, -1.0, "1.0"):
+        with pytest.raises(ValueError, match="sigma must be a"):
+            sde.time_of(bad)
+
+
+def test_prior_sample_checks_its_dtype_and_takes_integer_like_sizes():
+    import numpy as np
+
+    sde = VESDE(0.01, 10.0)
+    assert sde.prior_sample((np.int64(5), 2)).shape == (5, 2)
+    assert sde.prior_sample((torch.tensor(3), np.int32(2), 1)).shape == (3, 2, 1)
+    assert sde.prior_sample(torch.Size([4, 2]), dtype=torch.float64).dtype == torch.float64
+    for bad in (torch.long, torch.bool, torch.complex64, "float", float):
+        with pytest.raises(ValueError, match="dtype must be a floating torch.dtype"):
+            sde.prior_sample((4, 2), dtype=bad)
+    for bad in (5, 5.0, (5,), (4, 2.0), (True, 2), (4, 0), "ab", None):
+        with pytest.raises(ValueError, match=r"shape must be \(N, \*D\)"):
+            sde.prior_sample(bad)
 
 
 @pytest.mark.parametrize("sampler", ["em", "pc"])
@@ -175,6 +215,83 @@ def test_corrector_step_size_fixes_the_signal_to_noise_ratio():
     drift = (0.5 * alpha * score).norm(dim=1).mean()
     spread = (math.sqrt(alpha) * noise).norm(dim=1).mean()
     assert (drift / spread).item() == pytest.approx(0.2, rel=1e-5)
+
+
+def test_corrector_step_size_rejects_bad_input():
+    score = torch.randn(8, 3, generator=torch.Generator().manual_seed(8))
+    noise = torch.randn(8, 3, generator=torch.Generator().manual_seed(9))
+    for bad in (-0.1, 0.0, float("nan"), float("inf"), "0.1"):
+        with pytest.raises(ValueError, match="snr"):
+            corrector_step_size(score, noise, bad)
+    with pytest.raises(ValueError, match="noise must have the score's shape"):
+        corrector_step_size(score, torch.randn(16, 3), 0.1)
+    with pytest.raises(ValueError, match="noise must have the score's shape"):
+        corrector_step_size(score, noise.reshape(8, 3, 1), 0.1)
+    with pytest.raises(ValueError, match="score is zero everywhere, the corrector's step"):
+        corrector_step_size(torch.zeros(8, 3), noise, 0.1)
+    with pytest.raises(ValueError, match="score must contain only finite values"):
+        corrector_step_size(score * float("nan"), noise, 0.1)
+    with pytest.raises(ValueError, match="score must be a non-empty tensor"):
+        corrector_step_size(score.tolist(), noise, 0.1)
+
+
+def test_predictor_corrector_names_a_score_that_is_zero_everywhere():
+    sde, x_T = VESDE(0.01, 10.0), torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="score that score_fn returned at sigma = .* is zero "
+                                         "everywhere, the corrector's step"):
+        predictor_corrector(lambda x, s: torch.zeros_like(x), sde, x_T, 5, snr=0.1)
+    # without a corrector, a zero score is a valid (if useless) model: the predictor runs
+    x = predictor_corrector(lambda x, s: torch.zeros_like(x), sde, x_T, 5, snr=0.1, n_corrector=0)
+    assert torch.isfinite(x).all()
+
+
+def _limited(score_fn, limit=50):
+    """``score_fn`` counting its calls, failing the test past ``limit`` (the solver's loop)."""
+    def counted(x, sigma):
+        counted.calls += 1
+        assert counted.calls <= limit, "the ODE solver kept calling a non-finite score"
+        return score_fn(x, sigma)
+    counted.calls = 0
+    return counted
+
+
+def test_ode_raises_on_a_non_finite_score_instead_of_looping():
+    """SciPy's solver shrinks its step forever (t becomes NaN) on NaN: the right-hand side raises."""
+    sde, x = VESDE(0.01, 10.0), torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    message = r"score_fn returned non-finite values \(NaN or infinity\) at t = 1, sigma = 10"
+    for direction in ("backward", "forward"):
+        nan = _limited(lambda y, s: torch.full_like(y, float("nan")))
+        with pytest.raises(ValueError, match=message if direction == "backward" else "at t = 0,"):
+            probability_flow(nan, sde, x, direction=direction)
+        assert nan.calls == 1
+    late = _limited(lambda y, s: -y / (1 + s**2) if s > 1.0 else y * float("inf"))
+    with pytest.raises(ValueError, match="score_fn returned non-finite values"):
+        probability_flow(late, sde, x)
+    for divergence in ("exact", "hutchinson"):
+        nan = _limited(lambda y, s: y * float("nan"))
+        with pytest.raises(ValueError, match="score_fn returned non-finite values .* at t = 0,"):
+            log_likelihood(nan, sde, x, divergence=divergence)
+        assert nan.calls == 1
+    # a finite score whose drift -g^2 s / 2 overflows float32
+    huge = _limited(lambda y, s: torch.full_like(y, 3e38))
+    with pytest.raises(ValueError, match="the drift .*NaN or infinite at t = 1: score_fn"):
+        probability_flow(huge, sde, x)
+    # a finite score whose derivative is NaN (the gradient of sqrt on the branch not taken)
+    nan_grad = _limited(lambda y, s: torch.where(y > 1e9, torch.sqrt(y), -y / (1 + s**2)))
+    with pytest.raises(ValueError, match="or its divergence, is NaN or infinite at t = 0"):
+        log_likelihood(nan_grad, sde, x)
+
+
+def test_log_likelihood_rejects_a_nan_prior():
+    sde, x = VESDE(0.01, 10.0), torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="prior_log_prob returned NaN or \\+infinity"):
+            log_likelihood(_gaussian_score(1.0), sde, x, rtol=1e-3, atol=1e-3,
+                           prior_log_prob=lambda y, v=value: torch.full((4,), v))
+    # -infinity is a log-density (of a density that is 0 there): it comes back as it is
+    got = log_likelihood(_gaussian_score(1.0), sde, x, rtol=1e-3, atol=1e-3,
+                         prior_log_prob=lambda y: torch.full((4,), -math.inf))
+    assert (got == -math.inf).all()
 
 
 def test_samplers_are_seeded_and_count_evaluations():

@@ -19,6 +19,7 @@ from scorelab.training import (
     annealed_dsm_loss,
     dsm_loss,
     exact_score_matching_loss,
+    exponential_moving_average,
     sliced_score_matching_loss,
 )
 
@@ -425,3 +426,200 @@ def test_a_nan_loss_stops_training_naming_the_step_and_the_last_finite_loss():
                       callback=lambda step, value: history.append(value), progress=False)
     assert f"{history[-1]:.4g}" in str(info.value)
     assert all(torch.isfinite(p).all() for p in model.parameters())  # no update with the NaN loss
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input to the losses, the loop, the batches and the trainers
+# ----------------------------------------------------------------------------------------------
+
+LADDER = torch.tensor([1.0, 0.5, 0.1])
+
+
+def conditional_net():
+    torch.manual_seed(0)
+    return NoiseConditionalNetwork(input_dim=2, n_levels=3, hidden_dims=(8,))
+
+
+@pytest.mark.parametrize(
+    "sigmas, message",
+    [
+        (torch.tensor([1.0, -0.5, 0.1]), "sigmas must be positive finite"),
+        (torch.tensor([0.1, 0.5, 1.0]), "sigmas must be strictly decreasing"),
+        (torch.tensor([1.0, 0.0, 0.1]), "sigmas must be positive finite"),
+        (torch.tensor([1.0, float("nan"), 0.1]), "sigmas must be positive finite"),
+        ([], "sigmas must hold at least one noise level"),
+        ("abc", "sigmas must be a sequence of positive numbers"),
+    ],
+)
+def test_annealed_loss_checks_its_ladder(sigmas, message):
+    with pytest.raises(ValueError, match=message):
+        annealed_dsm_loss(conditional_net(), points(6, 2, dtype=torch.float32), sigmas)
+
+
+def test_annealed_loss_takes_a_list_ladder_as_the_tensor_one():
+    model, x = conditional_net(), points(6, 2, dtype=torch.float32)
+    from_list = annealed_dsm_loss(model, x, [1.0, 0.5, 0.1], generator=seeded(4))
+    torch.testing.assert_close(from_list, annealed_dsm_loss(model, x, LADDER, generator=seeded(4)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(noise=torch.zeros(6, 1)), r"noise must be a tensor of x's shape \(6, 2\)"),
+        (dict(noise=(1, 2)), "noise must be a tensor of x's shape"),
+        (dict(noise=torch.zeros(6, 2, dtype=torch.float64)), "noise must .* dtype torch.float32"),
+        (dict(noise=torch.full((6, 2), float("nan"))), "noise must contain only finite values"),
+        (dict(labels=torch.full((6,), -1)), r"labels must lie in 0\.\.2"),
+        (dict(labels=torch.full((6,), 3)), r"labels must lie in 0\.\.2"),
+        (dict(labels=torch.zeros(5, dtype=torch.long)), r"labels must be an integer tensor of "
+                                                        r"shape \(6,\)"),
+        (dict(labels=torch.zeros(6)), "labels must be an integer tensor"),
+        (dict(labels=[0] * 6), "labels must be an integer tensor"),
+    ],
+)
+def test_annealed_loss_checks_its_labels_and_noise(kwargs, message):
+    def model(x, labels):  # checks nothing itself: the loss must
+        return -x
+
+    with pytest.raises(ValueError, match=message):
+        annealed_dsm_loss(model, points(6, 2, dtype=torch.float32), LADDER, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "sigma, message",
+    [
+        (-torch.ones(6), "sigma must hold positive finite noise levels"),
+        (torch.zeros(6), "sigma must hold positive finite noise levels"),
+        (torch.full((6,), float("inf")), "sigma must hold positive finite noise levels"),
+        (torch.ones(5), r"sigma must be a floating tensor of shape \(6,\)"),
+        (0.5, "sigma must be a floating tensor"),
+    ],
+)
+def test_sigma_weighted_dsm_checks_sigma(sigma, message):
+    from scorelab.training import sigma_weighted_dsm
+
+    x = points(6, 2, dtype=torch.float32)
+    with pytest.raises(ValueError, match=message):
+        sigma_weighted_dsm(lambda y: -y, x, sigma, torch.zeros_like(x))
+
+
+def test_annealed_trainer_needs_a_ladder_of_the_models_number_of_levels():
+    with pytest.raises(ValueError, match=r"sigmas must hold as many levels as the model has \(3\)"):
+        AnnealedDenoisingScoreMatching(conditional_net(), [1.0, 0.5])
+    AnnealedDenoisingScoreMatching(conditional_net(), LADDER)  # three levels: accepted
+
+
+def test_annealed_trainer_compares_the_ladder_with_the_ncsn_networks_classes():
+    from scorelab.ncsn import CondRefineNetDilated
+
+    net = CondRefineNetDilated(channels=1, image_size=8, ngf=2, num_classes=3)
+    with pytest.raises(ValueError, match=r"sigmas must hold as many levels as the model has \(3\)"):
+        AnnealedDenoisingScoreMatching(net, [1.0, 0.5])
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        ([[0.0, 0.0]], "x must be a non-empty tensor of shape"),
+        (torch.zeros(0, 2), "x must be a non-empty tensor of shape"),
+        (torch.zeros(3), "x must be a non-empty tensor of shape"),
+        (torch.zeros(3, 2, dtype=torch.long), "x must be a floating-point tensor"),
+        (torch.full((3, 2), float("nan")), "x must contain only finite values"),
+    ],
+)
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda x: dsm_loss(BasicNetwork(), x, 0.1),
+        lambda x: sliced_score_matching_loss(BasicNetwork(), x),
+        lambda x: exact_score_matching_loss(BasicNetwork(), x),
+        lambda x: annealed_dsm_loss(conditional_net(), x, LADDER),
+    ],
+)
+def test_every_loss_checks_its_batch(loss, x, message):
+    with pytest.raises(ValueError, match=message):
+        loss(x)
+
+
+def test_run_checks_its_steps_hooks_and_batches():
+    trainer = DenoisingScoreMatching(BasicNetwork(hidden_dims=(8,)), sigma=1.0)
+    batches = Batches(torch.randn(10, 2, generator=seeded(0)), 2, generator=seeded(1))
+    for n_steps in (0, -3, 2.0):
+        with pytest.raises(ValueError, match="n_steps must be a positive integer"):
+            trainer.run(batches, n_steps, progress=False)
+    with pytest.raises(ValueError, match=r"hooks\[0\] must be a callable hook\(done, loss\) or "
+                                         r"a pair \(every, hook\), got 'a'"):
+        trainer.run(batches, 1, hooks=["a"], progress=False)
+    with pytest.raises(ValueError, match=r"hooks\[1\] must be .*, got \(2, 3\)"):
+        trainer.run(batches, 1, hooks=[print, (2, 3)], progress=False)
+    with pytest.raises(ValueError, match="hooks must be an iterable"):
+        trainer.run(batches, 1, hooks=None, progress=False)
+    with pytest.raises(ValueError, match=r"the period of hooks\[0\] \(print\) must be a positive"):
+        trainer.run(batches, 1, hooks=[(-5, print)], progress=False)
+    with pytest.raises(ValueError, match="checkpoint_every must be a positive integer, got -5"):
+        trainer.run(batches, 1, hooks=[(-5, print, "checkpoint_every")], progress=False)
+    with pytest.raises(ValueError, match="every batch of batches must be a non-empty tensor"):
+        trainer.run(iter([torch.zeros(0, 2)]), 1, progress=False)
+    with pytest.raises(ValueError, match="callback must be a callable"):
+        trainer.train(torch.zeros(5, 2), 1, 1, callback="a", progress=False)
+    calls = []
+    history = trainer.run(batches, 4, hooks=[(2, lambda done, loss: calls.append(done),
+                                              "sample_every")], progress=False, log_every=2)
+    assert len(history) == 4 and calls == [2, 4]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: exponential_moving_average("a", 0.9), "model must be a torch.nn.Module"),
+        (lambda: DenoisingScoreMatching(nn.Identity(), 0.1), "model must have parameters"),
+        (lambda: SlicedScoreMatching(lambda x: x), "model must be a torch.nn.Module"),
+        (lambda: AnnealedDenoisingScoreMatching(nn.Identity(), LADDER),
+         "model must have parameters"),
+    ],
+)
+def test_models_without_parameters_are_refused_by_name(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def shuffled_batches():
+    batches = Batches(torch.arange(10.0).reshape(5, 2), 2, replacement=False, generator=seeded(0))
+    next(batches)
+    return batches
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ({}, "state must be a dict with keys 'order' and 'cursor'"),
+        ([1, 2], "state must be a dict"),
+        ({"order": torch.randperm(5), "cursor": -5}, r"state\['cursor'\] must be an int in 0\.\.5"),
+        ({"order": torch.randperm(5), "cursor": 6}, r"state\['cursor'\] must be an int in 0\.\.5"),
+        ({"order": torch.randperm(5), "cursor": "a"}, r"state\['cursor'\] must be an int"),
+        ({"order": None, "cursor": 2}, r"state\['cursor'\] must be an int in 0\.\.0"),
+        ({"order": torch.randperm(3), "cursor": 0}, r"state\['order'\] must be a LongTensor of "
+                                                    r"shape \(5,\)"),
+        ({"order": torch.tensor([0, 0, 1, 2, 3]), "cursor": 0},
+         r"state\['order'\] must be a permutation of 0\.\.4"),
+        ({"order": torch.arange(5.0), "cursor": 0}, r"state\['order'\] must be a LongTensor"),
+    ],
+)
+def test_batches_refuse_a_bad_state(state, message):
+    batches = shuffled_batches()
+    with pytest.raises(ValueError, match=message):
+        batches.load_state_dict(state)
+
+
+def test_batches_take_a_saved_state_and_check_the_device_at_once():
+    batches = shuffled_batches()
+    batches.load_state_dict(batches.state_dict())
+    batches.load_state_dict({"order": torch.arange(5), "cursor": torch.tensor(4)})
+    assert batches.cursor == 4 and isinstance(batches.cursor, int)
+    with pytest.raises(ValueError, match="state\\['order'\\] must be None for batches drawn "
+                                         "from a sampler"):
+        Batches(lambda n: torch.zeros(n, 2), 2).load_state_dict(
+            {"order": torch.arange(5), "cursor": 0})
+    with pytest.raises(ValueError, match="device must be a torch.device or a device name"):
+        Batches(torch.zeros(5, 2), 2, device="nonsense")
+    assert Batches(torch.zeros(5, 2), 2, device="cpu").device == torch.device("cpu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -60,12 +61,7 @@ def check_values(name: str, x: torch.Tensor) -> torch.Tensor:
 
 def check_batch(name: str, x) -> torch.Tensor:
     """Check that ``x`` is a non-empty floating tensor of shape (N, *D) with finite values."""
-    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a non-empty tensor of shape (N, *D), got {got}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    return check_values(name, x)
+    return check_values(name, check_batch_shape(name, x))
 
 
 def check_generator(generator, device=None) -> None:
@@ -90,3 +86,51 @@ def check_score_shape(name: str, score: torch.Tensor, x: torch.Tensor) -> torch.
             f"{name} must return a tensor of the input's shape {tuple(x.shape)}, got {got}"
         )
     return score
+
+
+def check_callable(name: str, fn, signature: str) -> None:
+    """Raise if ``fn`` is not callable; ``signature`` shows how it is called, e.g. "score_fn(x)"."""
+    if not callable(fn):
+        raise ValueError(f"{name} must be a callable {signature}, got {type(fn).__name__}")
+
+
+def check_real(name: str, value) -> float:
+    """Return ``value`` as a float, or raise if it is not a real number.
+
+    Accepts Python and NumPy reals and 0-d real tensors; refuses strings, booleans, complex
+    numbers and sequences. The value may be anything (the caller checks its range).
+    """
+    tensor = isinstance(value, torch.Tensor) and value.ndim == 0
+    real_tensor = tensor and not value.is_complex() and value.dtype != torch.bool
+    if isinstance(value, bool) or not (real_tensor or isinstance(value, numbers.Real)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def check_positive_real(name: str, value) -> float:
+    """:func:`check_positive` for a real number: strings such as ``'1'`` are refused."""
+    return check_positive(name, check_real(name, value))
+
+
+def check_batch_shape(name: str, x) -> torch.Tensor:
+    """:func:`check_batch` without reading the values: no synchronisation with a GPU."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a non-empty tensor of shape (N, *D), got {got}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def check_int_at_least(name: str, value, least: int, reason: str = "") -> int:
+    """Return ``value`` as an int, or raise if it is not an integer >= ``least``.
+
+    ``reason`` (e.g. " (why)") is added to the message after the bound.
+    """
+    integral = isinstance(value, int) or (
+        isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point()
+        and not value.is_complex() and value.dtype != torch.bool
+    )
+    if isinstance(value, bool) or not integral or int(value) < least:
+        raise ValueError(f"{name} must be an integer >= {least}{reason}, got {value!r}")
+    return int(value)

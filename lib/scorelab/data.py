@@ -101,17 +101,26 @@ def read_idx(path) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (gzip.BadGzipFile, EOFError) as error:
+        raise ValueError(f"{path} is not a readable gzip file ({error})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (its first bytes are {raw[:4]!r})")
-    ndim = raw[3]
-    shape = struct.unpack(f">{ndim}i", raw[4:4 + 4 * ndim])
-    values = np.frombuffer(raw, dtype=_IDX_DTYPES[raw[2]], offset=4 + 4 * ndim)
-    if values.size != math.prod(shape):
-        raise ValueError(f"{path} is truncated: its header announces shape {shape}, "
-                         f"it holds {values.size} values")
-    return values.reshape(shape)
+    ndim, offset = raw[3], 4 + 4 * raw[3]
+    if len(raw) < offset:
+        raise ValueError(f"{path} is truncated: its header announces {ndim} sizes, "
+                         f"the file ends after {len(raw)} bytes")
+    shape = struct.unpack(f">{ndim}i", raw[4:offset])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    count = (len(raw) - offset) // dtype.itemsize
+    values = np.frombuffer(raw, dtype=dtype, offset=offset, count=count)
+    if values.size != math.prod(shape) or (len(raw) - offset) % dtype.itemsize:
+        problem = "is truncated" if values.size < math.prod(shape) else "has bytes past its data"
+        raise ValueError(f"{path} {problem}: its header announces shape {shape}, "
+                         f"it holds {len(raw) - offset} bytes of {dtype.itemsize}-byte values")
+    return values.reshape(shape).astype(dtype.newbyteorder("="))  # native order, for torch
 
 
 def _find(folder: Path, name: str) -> Path | None:
@@ -127,7 +136,14 @@ def _read_mnist(root: Path, train: bool):
     if None in found:
         return None
     images, labels = (read_idx(path) for path in found)
+    if images.dtype != np.uint8 or images.ndim != 3 or labels.shape != (len(images),):
+        raise ValueError(f"{found[0]} and {found[1]} must hold N bytes images (N, H, W) and N "
+                         f"labels, got {images.dtype} {images.shape} and {labels.shape}")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+class _ForbiddenObjectError(pickle.UnpicklingError):
+    """A CIFAR-10 batch that holds something other than arrays (it could run code on load)."""
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -139,7 +155,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"a CIFAR-10 batch may hold only arrays, found {module}.{name}")
+            raise _ForbiddenObjectError(
+                f"a CIFAR-10 batch may hold only arrays, found {module}.{name}")
         return super().find_class(module, name)
 
 
@@ -147,13 +164,32 @@ def _read_cifar10(root: Path, train: bool):
     paths = [root / CIFAR10_FOLDER / name for name in CIFAR10_FILES[train]]
     if not all(path.is_file() for path in paths):
         return None
-    batches = []
-    for path in paths:
-        with open(path, "rb") as handle:
-            batches.append(_ArrayUnpickler(handle, encoding="latin1").load())  # as written by Python 2
-    data = np.concatenate([np.asarray(batch["data"], dtype=np.uint8) for batch in batches])
-    labels = np.concatenate([np.asarray(batch["labels"], dtype=np.int64) for batch in batches])
+    batches = [_read_cifar10_batch(path) for path in paths]
+    data = np.concatenate([data for data, _ in batches])
+    labels = np.concatenate([labels for _, labels in batches])
     return torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.from_numpy(labels)
+
+
+def _read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch: bytes (n, 3072) and labels (n,), checked to agree."""
+    try:
+        with open(path, "rb") as handle:
+            batch = _ArrayUnpickler(handle, encoding="latin1").load()  # as written by Python 2
+    except _ForbiddenObjectError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise ValueError(f"{path} is corrupt or not a CIFAR-10 batch ({error})") from None
+    if not isinstance(batch, dict) or not {"data", "labels"} <= set(batch):
+        raise ValueError(f"{path} must hold a dict with 'data' and 'labels', got "
+                         f"{sorted(batch) if isinstance(batch, dict) else type(batch).__name__}")
+    data, labels = np.asarray(batch["data"]), np.asarray(batch["labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: 'data' must be bytes of shape (n, 3072), got {data.dtype} "
+                         f"{data.shape}")
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: 'labels' must be {len(data)} integers, one per image, got "
+                         f"{labels.dtype} {labels.shape}")
+    return data, labels.astype(np.int64)
 
 
 def _download(name: str, root: Path, train: bool) -> None:

@@ -23,8 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from scorelab._tensors import broadcast_like, sum_except_batch
-from scorelab._validation import (check_batch, check_generator, check_positive, check_positive_int,
-                                  check_score_shape)
+from scorelab._validation import (check_batch, check_callable, check_generator, check_positive,
+                                  check_positive_int, check_score_shape)
 from scorelab.noise import check_sigmas, geometric_sigmas  # noqa: F401 (its earlier home)
 from scorelab.scores import ScoreFn as NoiseConditionalScoreFn
 
@@ -133,7 +133,8 @@ class _Chain:
 
     Checks and copies ``x0`` (the run's particles ``x`` are updated in place), draws the
     Gaussian noise, records the trajectory, shows progress, checks the first score's
-    shape and, every ``check_every`` steps and at the end, that the particles are finite.
+    shape at the first step and every ``check_every`` steps, and then and at the end that the
+    particles are finite.
     """
 
     def __init__(self, x0, n_steps: int, *, generator, return_trajectory: bool, record_every,
@@ -150,9 +151,14 @@ class _Chain:
         self.bar = tqdm(total=n_steps, desc=description, leave=False) if progress else None
         self.steps = 0
 
-    def langevin_step(self, score: torch.Tensor, step_size: float, what: str) -> None:
-        """x <- x + (step_size / 2) score + sqrt(step_size) z, in place, then :meth:`done`."""
-        if self.steps == 0:
+    def langevin_step(self, score: torch.Tensor, step_size: float, what: str,
+                      check: bool = False) -> None:
+        """x <- x + (step_size / 2) score + sqrt(step_size) z, in place, then :meth:`done`.
+
+        The score's shape, device and dtype are checked at the first step, every
+        ``check_every`` steps and when ``check`` is set (a wrong shape would broadcast into x).
+        """
+        if check or self.steps % self.check_every == 0:
             _check_score(score, self.x)
         # Refilling one noise buffer and updating x in place keeps the loop free of allocations.
         self.x.add_(score, alpha=0.5 * step_size).add_(self.noise.normal(),
@@ -230,6 +236,7 @@ def langevin_dynamics(
     ValueError
         On bad arguments, and when particles become NaN or infinite (naming the step).
     """
+    check_callable("score_fn", score_fn, "score_fn(x)")
     step_size = check_positive("step_size", step_size)
     n_steps = check_positive_int("n_steps", n_steps)
     with _Chain(x0, n_steps, generator=generator, return_trajectory=return_trajectory,
@@ -276,6 +283,7 @@ def annealed_langevin_dynamics(
     -------
     Tensor, shape ``(N, *D)``, or (Tensor, Tensor) with the trajectory.
     """
+    check_callable("score_fn", score_fn, "score_fn(x, sigma)")
     sigmas = check_sigmas(sigmas).tolist()
     epsilon = check_positive("step_size", step_size)
     n_steps_each = check_positive_int("n_steps_each", n_steps_each)
@@ -287,12 +295,14 @@ def annealed_langevin_dynamics(
         for sigma in sigmas:  # Algorithm 1: for i = 1..L
             alpha = epsilon * (sigma / sigma_last) ** 2  # alpha_i = eps sigma_i^2 / sigma_L^2
             what = f"Annealed Langevin dynamics (level sigma={sigma:.3g})"
-            for _ in range(n_steps_each):  # for t = 1..T
+            for t in range(n_steps_each):  # for t = 1..T
                 # x_t = x_{t-1} + alpha_i/2 s(x_{t-1}, sigma_i) + sqrt(alpha_i) z_t
-                chain.langevin_step(score_fn(x, sigma), alpha, what)
+                chain.langevin_step(score_fn(x, sigma), alpha, what, check=t == 0)
             _check_finite(x, chain.steps, alpha, what)
         if denoise:  # Tweedie: x + sigma_L^2 s(x, sigma_L), the mean of the clean sample
-            x.add_(score_fn(x, sigma_last), alpha=sigma_last**2)
+            score = score_fn(x, sigma_last)
+            _check_score(score, x)
+            x.add_(score, alpha=sigma_last**2)
             if chain.recorder is not None:
                 chain.recorder.append(x)
     return chain.result(epsilon, "The final denoising step" if denoise else what)
@@ -326,6 +336,8 @@ def mala(
         Final particles ``(N, *D)``, the fraction of accepted proposals over all particles
         and steps (a float), and the trajectory ``(1 + n_steps // record_every, N, *D)``.
     """
+    check_callable("log_prob_fn", log_prob_fn, "log_prob_fn(x)")
+    check_callable("score_fn", score_fn, "score_fn(x)")
     step_size = check_positive("step_size", step_size)
     n_steps = check_positive_int("n_steps", n_steps)
     with _Chain(x0, n_steps, generator=generator, return_trajectory=return_trajectory,
@@ -353,6 +365,11 @@ def _mala_start(log_prob_fn: LogProbFn, score_fn: ScoreFn, x: torch.Tensor):
     if not isinstance(log_p, torch.Tensor) or log_p.shape != x.shape[:1]:
         got = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
         raise ValueError(f"log_prob_fn must return a tensor of shape ({x.shape[0]},), got {got}")
+    if not log_p.is_floating_point():
+        raise ValueError(f"log_prob_fn must return a floating-point tensor, got {log_p.dtype}")
+    # A NaN (or +inf) log-density at x0 rejects every proposal: the chain would never move.
+    if torch.isnan(log_p).any() or torch.isposinf(log_p).any():
+        raise ValueError("log_prob_fn returned NaN or +infinity at x0")
     return x.clone(), log_p, score
 
 

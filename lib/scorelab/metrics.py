@@ -36,12 +36,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from scorelab._validation import (check_batch, check_points, check_positive, check_positive_int,
-                                  check_score_shape, check_values)
+from scorelab._validation import (check_batch, check_callable, check_points, check_positive,
+                                  check_positive_int, check_score_shape, check_values)
 from scorelab.scores import sigma_per_example
 
 DIGITS_PIXELS = 64  # 8 x 8
 DIGITS_CLASSES = 10
+PIXEL_SLACK = 0.5  # pixels may stray this far outside [0, 1] (unclamped samples), no further
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +87,9 @@ def fisher_divergence(
     -------
     float
     """
+    signature = "(x)" if sigma is None else "(x, sigma)"
+    check_callable("score_fn", score_fn, "score_fn" + signature)
+    check_callable("true_score_fn", true_score_fn, "true_score_fn" + signature)
     x = check_batch("x", x)
     per_example = sigma_per_example(sigma, x) if sigma is not None else None  # checked (N,)
     error, norm = 0.0, 0.0
@@ -93,8 +97,8 @@ def fisher_divergence(
         chunk = x[start : start + batch_size]
         levels = () if sigma is None else (
             per_example[start : start + batch_size] if isinstance(sigma, torch.Tensor) else sigma,)
-        model = check_score_shape("score_fn", score_fn(chunk, *levels), chunk).detach()
-        true = check_score_shape("true_score_fn", true_score_fn(chunk, *levels), chunk).detach()
+        model = _finite_score("score_fn", score_fn(chunk, *levels), chunk)
+        true = _finite_score("true_score_fn", true_score_fn(chunk, *levels), chunk)
         error += float(((model - true) ** 2).reshape(len(chunk), -1).sum(dim=1).sum())
         norm += float((true**2).reshape(len(chunk), -1).sum(dim=1).sum())
     if relative:
@@ -102,6 +106,14 @@ def fisher_divergence(
             raise ValueError("relative Fisher divergence needs a true score that is not zero on x")
         return error / norm
     return error / x.shape[0]
+
+
+def _finite_score(name: str, score, x: torch.Tensor) -> torch.Tensor:
+    """A score function's output, checked: x's shape, finite values (else the figure is NaN)."""
+    score = check_score_shape(name, score, x).detach()
+    if not torch.isfinite(score).all():
+        raise ValueError(f"{name} returned NaN or infinite values")
+    return score
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,8 +188,9 @@ def mode_weights(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """
     x = check_values("x", check_points("x", x))
     centers = check_values("centers", check_points("centers", centers, dim=x.shape[1]))
-    if len(x) == 0:
-        raise ValueError("x must hold at least one sample")
+    if len(x) == 0 or len(centers) == 0:
+        raise ValueError(f"x and centers must hold at least one row each, got {len(x)} and "
+                         f"{len(centers)}")
     nearest = torch.cdist(x, centers.to(x)).argmin(dim=1)  # (N,)
     return torch.bincount(nearest, minlength=len(centers)).to(x.dtype) / len(x)
 
@@ -218,9 +231,12 @@ def mmd(x: torch.Tensor, y: torch.Tensor, *, bandwidth: float | None = None) -> 
     """
     x, y = _check_pair(x, y)
     h = median_bandwidth(x, y) if bandwidth is None else check_positive("bandwidth", bandwidth)
+    # 2 h^2 floored at the dtype's smallest normal number: a tiny bandwidth (collapsed samples)
+    # must give k = 1 at distance 0 and 0 elsewhere, not 0 / 0 = NaN.
+    two_h2 = max(2 * h * h, torch.finfo(x.dtype).tiny)
 
     def kernel(a, b):
-        return torch.exp(-torch.cdist(a, b) ** 2 / (2 * h**2))
+        return torch.exp(-torch.cdist(a, b) ** 2 / two_h2)
 
     n, m = len(x), len(y)
     # The U-statistic leaves out the diagonal k(x_i, x_i) = 1.
@@ -260,7 +276,7 @@ def _digit_array(name: str, images) -> np.ndarray:
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
     array = np.asarray(images, dtype=np.float64)
-    if array.ndim < 2 or array[0].size != DIGITS_PIXELS:
+    if array.shape[1:] not in ((DIGITS_PIXELS,), (8, 8), (1, 8, 8)):
         raise ValueError(
             f"{name} must hold 8x8 images of shape (N, 64), (N, 8, 8) or (N, 1, 8, 8), "
             f"got shape {array.shape}"
@@ -270,6 +286,12 @@ def _digit_array(name: str, images) -> np.ndarray:
         raise ValueError(f"{name} must hold at least one image")
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must hold finite pixel values")
+    low, high = array.min(), array.max()
+    if low < -PIXEL_SLACK or high > 1 + PIXEL_SLACK:
+        raise ValueError(
+            f"{name} must hold pixels on the [0, 1] scale, got values from {low:.3g} to "
+            f"{high:.3g} (divide 0-16 grey levels by 16, 0-255 bytes by 255)"
+        )
     return array
 
 
@@ -348,8 +370,8 @@ def classifier_confidence(classifier, samples, *, threshold: float = 0.9) -> flo
     -------
     float
     """
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
+    if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
     _check_classifier(classifier, "predict_proba")
     probabilities = classifier.predict_proba(_digit_array("samples", samples))  # (N, 10)
     return float((probabilities.max(axis=1) > threshold).mean())
@@ -381,8 +403,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     Parameters
     ----------
-    a : ndarray, shape (N, F)
-    b : ndarray, shape (M, F)
+    a : ndarray or Tensor, shape (N, F)
+    b : ndarray or Tensor, shape (M, F)
 
     Returns
     -------
@@ -390,12 +412,16 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """
     from scipy import linalg
 
+    a, b = (np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
+            for v in (a, b))
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
         raise ValueError(
             f"a and b must be (N, F) and (M, F) with N, M >= 2, got {a.shape}, {b.shape}"
         )
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("a and b must hold finite values (no NaN or infinity)")
     mean_gap = a.mean(axis=0) - b.mean(axis=0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    cov_a, cov_b = (np.atleast_2d(np.cov(v, rowvar=False)) for v in (a, b))  # (F, F), F = 1 too
     # sqrtm of a product of two PSD matrices is real up to round-off; drop the imaginary dust.
     cross = linalg.sqrtm(cov_a @ cov_b).real
     return float(mean_gap @ mean_gap + np.trace(cov_a + cov_b - 2 * cross))
@@ -424,6 +450,7 @@ def pca_frechet_distance(samples, reference, pca_train=None, *, n_components: in
     """
     from sklearn.decomposition import PCA
 
+    n_components = check_positive_int("n_components", n_components)
     if pca_train is None:
         pca_train, _ = _training_digits()
     pca = PCA(n_components=n_components).fit(_digit_array("pca_train", pca_train))

@@ -4,13 +4,13 @@ Both map points (N, D) to scores (N, D). The activation is smooth (softplus) by 
 exact and sliced score matching put the trace of the score's Jacobian (or ``v^T J v``) in the
 loss (Hyvärinen 2005, Theorem 1), and training differentiates that term once more, with respect
 to the parameters. With ReLU the network is piecewise linear in x, so its Jacobian
-``J = W_3 D_2 W_2 D_1 W_1`` is piecewise constant (``D_l`` the 0/1 masks of the active units; two hidden
-layers). The trace term still has a gradient with respect to every weight matrix, but none
-through the activation, whose second derivative is zero except at the kinks, where autograd
-does not see it: the hidden biases, which enter ``J`` only by moving the kinks, get no gradient
-from the trace at all, and the gradient of a batch average misses how moving the kinks changes
-the expected trace, so it is a biased estimate of the objective's gradient. A smooth activation
-has curvature everywhere, and the trace term's gradient reaches every parameter.
+``J = W_3 D_2 W_2 D_1 W_1`` is piecewise constant (``D_l`` the 0/1 masks of the active units;
+two hidden layers). The trace term still has a gradient with respect to every weight matrix,
+but none through the activation, whose second derivative is zero except at the kinks, where
+autograd does not see it: the hidden biases, which enter ``J`` only by moving the kinks, get no
+gradient from the trace at all, and the gradient of a batch average misses how moving the kinks
+changes the expected trace, so it is a biased estimate of the objective's gradient. A smooth
+activation has curvature everywhere, and the trace term's gradient reaches every parameter.
 """
 
 from __future__ import annotations
@@ -41,11 +41,13 @@ def _activation(name: str) -> nn.Module:
 
 
 def _check_hidden_dims(hidden_dims: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(hidden_dims, int) or len(hidden_dims) == 0:
-        raise ValueError(
-            f"hidden_dims must be a non-empty sequence of integers, got {hidden_dims!r}"
-        )
-    return tuple(check_positive_int("hidden_dims", width) for width in hidden_dims)
+    """The hidden widths as a tuple: a non-empty sequence (list, tuple) of positive ints."""
+    if (isinstance(hidden_dims, (str, bytes)) or not isinstance(hidden_dims, Sequence)
+            or len(hidden_dims) == 0):
+        raise ValueError("hidden_dims must be a non-empty sequence of positive integers, "
+                         f"got {hidden_dims!r}")
+    return tuple(check_positive_int(f"hidden_dims[{index}]", width)
+                 for index, width in enumerate(hidden_dims))
 
 
 def _check_input(x: torch.Tensor, model: nn.Module) -> None:
@@ -117,8 +119,9 @@ class ConditionalLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, n_levels: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(in_features, out_features)
-        self.embedding = nn.Embedding(n_levels, out_features)
+        self.linear = nn.Linear(check_positive_int("in_features", in_features),
+                                check_positive_int("out_features", out_features))
+        self.embedding = nn.Embedding(check_positive_int("n_levels", n_levels), out_features)
         nn.init.uniform_(self.embedding.weight, 0.0, 1.0)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

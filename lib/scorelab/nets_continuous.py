@@ -53,6 +53,9 @@ class SigmaConditionedMLP(nn.Module):
         self.input_dim = check_positive_int("input_dim", input_dim)
         n_frequencies = check_positive_int("n_frequencies", n_frequencies)
         self.data_scale = check_positive("data_scale", data_scale)
+        if isinstance(hidden_dims, (str, bytes)) or not isinstance(hidden_dims, Sequence):
+            raise ValueError(f"hidden_dims must be a non-empty sequence of positive integers, "
+                             f"such as (128, 128), got {hidden_dims!r}")
         hidden_dims = tuple(hidden_dims)
         if not hidden_dims or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
                                   for h in hidden_dims):
@@ -84,7 +87,12 @@ class SigmaConditionedMLP(nn.Module):
             raise ValueError(f"sigma must be a tensor of shape ({x.shape[0]},) (one noise level "
                              f"per point; scorelab.scores.as_score_fn(net) makes one from a "
                              f"float), got {got}")
+        if x.dtype != self.frequencies.dtype:
+            raise ValueError(f"x must have the network's dtype {self.frequencies.dtype}, got "
+                             f"{x.dtype} (convert the data, or the network with .to({x.dtype}))")
         sigma = sigma.to(x)
+        if not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
+            raise ValueError("sigma must hold positive finite noise levels")
         scale = torch.rsqrt(self.data_scale**2 + sigma.square())[:, None]  # (N, 1)
         inputs = scale * x
         correction = self.net(torch.cat([inputs, self.embed(sigma)], dim=1))

@@ -9,10 +9,11 @@ validated the same way wherever it enters.
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
-from scorelab._validation import check_positive, check_positive_int
+from scorelab._validation import check_positive_int, check_positive_real, check_real
 
 __all__ = ["geometric_sigmas", "check_sigmas"]
 
@@ -21,26 +22,34 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, n_levels: int) -> torch
     """Noise levels in geometric progression from ``sigma_max`` down to ``sigma_min``, shape (L,).
 
     sigma_i = sigma_max * (sigma_min / sigma_max) ** ((i - 1) / (L - 1)), i = 1..L
-    (Song & Ermon 2019, Sec. 4.1). Computed in float64, returned as float32.
+    (Song & Ermon 2019, Sec. 4.1). Computed in float64, returned as float32; a ladder that
+    float32 cannot hold (levels that overflow, underflow to 0 or round to equal values) is
+    a ValueError.
     """
-    sigma_max = check_positive("sigma_max", sigma_max)
-    sigma_min = check_positive("sigma_min", sigma_min)
+    sigma_max = check_positive_real("sigma_max", sigma_max)
+    sigma_min = check_positive_real("sigma_min", sigma_min)
     n_levels = check_positive_int("n_levels", n_levels)
+    _check_float32_range("sigma_max", sigma_max)
     if n_levels == 1:
-        return torch.tensor([sigma_max])
+        return torch.tensor([sigma_max], dtype=torch.float32)
+    _check_float32_range("sigma_min", sigma_min)
     if sigma_min >= sigma_max:
         raise ValueError(
             f"sigma_min must be smaller than sigma_max, got {sigma_min} >= {sigma_max}"
         )
     exponents = (math.log10(sigma_max), math.log10(sigma_min))
-    return torch.logspace(*exponents, n_levels, dtype=torch.float64).float()
+    ladder = torch.logspace(*exponents, n_levels, dtype=torch.float64)
+    what = (f"the {n_levels} levels from sigma_max = {sigma_max!r} to sigma_min = "
+            f"{sigma_min!r} (use fewer levels or a wider range)")
+    return _as_float32(ladder, what)
 
 
 def check_sigmas(sigmas, name: str = "sigmas") -> torch.Tensor:
     """Return ``sigmas`` as a float32 CPU tensor (L,), or raise a ValueError naming ``name``.
 
     A valid ladder holds at least one level, every level finite and positive, strictly
-    decreasing (largest noise first).
+    decreasing (largest noise first), and stays so in float32: levels that overflow,
+    underflow to 0 or round to equal values there are refused.
     """
     try:
         tensor = torch.as_tensor(sigmas, dtype=torch.float64, device="cpu")
@@ -56,7 +65,43 @@ def check_sigmas(sigmas, name: str = "sigmas") -> torch.Tensor:
         raise ValueError(f"{name} must be positive finite numbers, got {values}")
     if any(later >= earlier for earlier, later in zip(values, values[1:])):
         raise ValueError(f"{name} must be strictly decreasing (largest noise first), got {values}")
-    return tensor.float()
+    return _as_float32(tensor, name)
+
+
+_FLOAT32 = torch.finfo(torch.float32)
+
+
+def _float32_problem(rounded: float) -> str | None:
+    """What went wrong when a positive value became ``rounded`` in float32 (None: nothing)."""
+    if not math.isfinite(rounded):
+        return f"overflows float32, the dtype of the ladder (largest {_FLOAT32.max:.4g})"
+    if rounded == 0.0:
+        return (f"underflows to 0 in float32, the dtype of the ladder (smallest normal "
+                f"{_FLOAT32.tiny:.4g})")
+    return None
+
+
+def _check_float32_range(name: str, value: float) -> None:
+    """Raise if the positive ``value`` overflows float32 or underflows to 0 there."""
+    problem = _float32_problem(float(torch.tensor(value, dtype=torch.float32)))
+    if problem:
+        raise ValueError(f"{name} {problem}, got {value!r}")
+
+
+def _as_float32(ladder: torch.Tensor, what: str) -> torch.Tensor:
+    """The valid float64 ladder (L,) as float32, or a ValueError saying where ``what`` broke."""
+    values = ladder.float()
+    for index, (wide, narrow) in enumerate(zip(ladder.tolist(), values.tolist())):
+        problem = _float32_problem(narrow)
+        if problem:
+            raise ValueError(f"{what}: level {index} ({wide!r}) {problem}")
+    same = (values[1:] >= values[:-1]).nonzero().flatten().tolist()
+    if same:
+        i = same[0]
+        raise ValueError(f"{what}: levels {i} and {i + 1} ({ladder[i].item()!r} and "
+                         f"{ladder[i + 1].item()!r}) are not distinct in float32, the dtype of "
+                         "the ladder (they round to the same value)")
+    return values
 
 
 # --- NCSNv2's rules for the ladder and the step size (Song & Ermon 2020) -----------------------
@@ -115,9 +160,7 @@ def level_overlap(gamma: float, dim: int) -> float:
     of about 0.5: shells that overlap enough for Langevin at level i to start where level i - 1
     left it. C falls as gamma grows and as D grows; gamma -> 1 gives C -> Phi(3) - Phi(-3) = 0.9973.
     """
-    gamma = check_positive("gamma", gamma)
-    if gamma <= 1.0:
-        raise ValueError(f"gamma must be larger than 1 (sigma_(i-1) / sigma_i), got {gamma!r}")
+    gamma = _check_ratio(gamma)
     dim = check_positive_int("dim", dim)
     shift = math.sqrt(2.0 * dim) * (gamma - 1.0)
     return _normal_cdf(shift + 3.0 * gamma) - _normal_cdf(shift - 3.0 * gamma)
@@ -143,13 +186,15 @@ def n_levels_for_overlap(
     target : float
         In (0, Phi(3) - Phi(-3)) = (0, 0.9973).
     """
-    sigma_max = check_positive("sigma_max", sigma_max)
-    sigma_min = check_positive("sigma_min", sigma_min)
+    sigma_max = check_positive_real("sigma_max", sigma_max)
+    sigma_min = check_positive_real("sigma_min", sigma_min)
     if sigma_min >= sigma_max:
-        raise ValueError(f"sigma_min must be smaller than sigma_max, got {sigma_min} >= {sigma_max}")
+        raise ValueError(
+            f"sigma_min must be smaller than sigma_max, got {sigma_min} >= {sigma_max}"
+        )
     dim = check_positive_int("dim", dim)
     ceiling = _normal_cdf(3.0) - _normal_cdf(-3.0)
-    if not 0.0 < float(target) < ceiling:
+    if not 0.0 < check_real("target", target) < ceiling:
         raise ValueError(f"target must lie in (0, {ceiling:.4f}), got {target!r}")
     log_span = math.log(sigma_max / sigma_min)
     for n_levels in range(2, 10_000_001):
@@ -161,7 +206,7 @@ def n_levels_for_overlap(
 def langevin_variance_ratio(
     step_size: float, gamma: float, n_steps_each: int, sigma_min: float
 ) -> float:
-    r"""Song & Ermon (2020), Eq. 4: the variance that T Langevin steps at level i leave, over sigma_i^2.
+    r"""Song & Ermon (2020), Eq. 4: the variance T Langevin steps at level i leave, over sigma_i^2.
 
     For a data set of one point, level i's density is :math:`N(0, \sigma_i^2 I)`; start from
     level i - 1's, :math:`N(0, \gamma^2\sigma_i^2 I)`, and run T steps of this package's
@@ -175,19 +220,47 @@ def langevin_variance_ratio(
     The ratio does not depend on i: that is why one epsilon serves every level. It is the
     paper's Eq. 4 written for this package's step (the authors' ``step_lr`` is half our
     ``step_size``: their update is :math:`x + \epsilon' s + \sqrt{2\epsilon'} z`).
-    Needs 0 < u < 1, that is ``step_size < 2 * sigma_min**2``.
+    Needs gamma > 1 (as :func:`level_overlap`) and 0 < u < 1, that is
+    ``step_size < 2 * sigma_min**2``.
     """
-    step_size = check_positive("step_size", step_size)
-    gamma = check_positive("gamma", gamma)
+    step_size = check_positive_real("step_size", step_size)
+    gamma = _check_ratio(gamma)
     n_steps_each = check_positive_int("n_steps_each", n_steps_each)
-    sigma_min = check_positive("sigma_min", sigma_min)
-    u = step_size / (2.0 * sigma_min**2)
+    scale = _step_scale(check_positive_real("sigma_min", sigma_min))
+    u = step_size / scale
     if u >= 1.0:
         raise ValueError(
-            f"step_size must be below 2 sigma_min^2 = {2 * sigma_min**2:.4g}, got {step_size!r}"
+            f"step_size must be below 2 sigma_min^2 = {scale:.4g}, got {step_size!r}"
         )
+    if u == 0.0:
+        raise ValueError(f"step_size ({step_size!r}) is too small beside 2 sigma_min^2 = "
+                         f"{scale:.4g}: their ratio underflows to 0")
     stationary = 2.0 / (2.0 - u)  # the chain's own stationary variance over sigma_i^2
-    return (1.0 - u) ** (2 * n_steps_each) * (gamma**2 - stationary) + stationary
+    return (1.0 - u) ** (2 * n_steps_each) * (gamma * gamma - stationary) + stationary
+
+
+def _check_ratio(gamma) -> float:
+    """gamma = sigma_(i-1) / sigma_i as a float: a real number > 1 whose square is finite."""
+    gamma = check_positive_real("gamma", gamma)
+    if gamma <= 1.0:
+        raise ValueError(f"gamma must be larger than 1 (sigma_(i-1) / sigma_i), got {gamma!r}")
+    if not math.isfinite(gamma * gamma):
+        raise ValueError(f"gamma must be small enough that gamma^2 is finite, got {gamma!r}")
+    return gamma
+
+
+def _step_scale(sigma_min: float) -> float:
+    """2 sigma_min^2, the scale of the step size; raise (naming sigma_min) if it leaves float64.
+
+    The step-size rule searches u = step_size / (2 sigma_min^2) down to 1e-12, so 1e-12 times
+    the scale must still be a normal float64 number.
+    """
+    scale = 2.0 * sigma_min * sigma_min
+    if not math.isfinite(scale) or scale * 1e-12 < sys.float_info.min:
+        raise ValueError("sigma_min must lie between about 1.1e-148 and 9e153, where the step "
+                         "sizes 2 sigma_min^2 u (u down to 1e-12) are finite, normal float64 "
+                         f"numbers, got {sigma_min!r}")
+    return scale
 
 
 def step_size_for_ladder(gamma: float, n_steps_each: int, sigma_min: float) -> float:
@@ -205,14 +278,13 @@ def step_size_for_ladder(gamma: float, n_steps_each: int, sigma_min: float) -> f
     twice the authors' ``step_lr``: for CIFAR-10 (gamma = 5000^(1/231), T = 5, sigma_L = 0.01)
     it gives 1.24e-5, their 6.2e-6.
     """
-    gamma = check_positive("gamma", gamma)
-    if gamma <= 1.0:
-        raise ValueError(f"gamma must be larger than 1 (sigma_(i-1) / sigma_i), got {gamma!r}")
+    gamma = _check_ratio(gamma)
     n_steps_each = check_positive_int("n_steps_each", n_steps_each)
-    sigma_min = check_positive("sigma_min", sigma_min)
+    sigma_min = check_positive_real("sigma_min", sigma_min)
+    scale = _step_scale(sigma_min)
 
     def distance(log_u: float) -> float:  # |Eq. 4 - 1| as a function of log u
-        step = 2.0 * sigma_min**2 * math.exp(log_u)
+        step = scale * math.exp(log_u)
         return abs(langevin_variance_ratio(step, gamma, n_steps_each, sigma_min) - 1.0)
 
     grid = torch.linspace(math.log(1e-12), math.log(1.0 - 1e-9), 4001, dtype=torch.float64)
@@ -227,4 +299,4 @@ def step_size_for_ladder(gamma: float, n_steps_each: int, sigma_min: float) -> f
             high = b
         else:
             low = a
-    return 2.0 * sigma_min**2 * math.exp(0.5 * (low + high))
+    return scale * math.exp(0.5 * (low + high))

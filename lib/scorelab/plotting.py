@@ -147,6 +147,7 @@ def plot_density(
     if kind not in ("heatmap", "contour", "contourf"):
         raise ValueError(f"kind must be 'heatmap', 'contour' or 'contourf', got {kind!r}")
     xlim, ylim = _check_limits("xlim", xlim), _check_limits("ylim", ylim)
+    levels = check_positive_int("levels", levels)
     values = _density_grid(density_or_log_prob, xlim, ylim, n_grid, log)  # (G, G)
     if kind == "heatmap":
         mappable = ax.imshow(values, origin="lower", extent=(*xlim, *ylim), cmap=cmap,
@@ -377,7 +378,7 @@ def _backgrounds(density, n_recorded: int, frames, xlim, ylim, n_grid: int) -> d
     """The density grid (G, G) behind each frame t; one density or a sequence, one per state."""
     if density is None:
         return {}
-    per_frame = isinstance(density, Sequence)
+    per_frame = isinstance(density, Sequence) and not isinstance(density, str)
     if per_frame and len(density) != n_recorded:
         raise ValueError(f"density, when a sequence, must have {n_recorded} entries (one per "
                          f"recorded state), got {len(density)}")
@@ -500,7 +501,8 @@ def image_samples(
     if images is None:
         images = model.sample(check_positive_int("n", n), generator=generator, **sample_kwargs)
     images = images.detach().cpu()
-    nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
+    nrow = max(1, math.ceil(math.sqrt(len(images)))) if nrow is None else check_positive_int(
+        "nrow", nrow)
     figure, ax = plt.subplots(figsize=(0.5 * nrow, 0.5 * math.ceil(len(images) / nrow)))
     image_grid(images, nrow=nrow, ax=ax)
     figure.tight_layout(pad=0.1)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 
+from scorelab._validation import check_positive
 from scorelab.noise import check_sigmas
 
 __all__ = ["ScoreFn", "sigma_per_example", "sigma_to_level", "as_score_fn"]
@@ -35,6 +36,9 @@ def sigma_per_example(sigma, x: torch.Tensor, name: str = "sigma") -> torch.Tens
     Raises a ValueError naming ``name`` unless every value is finite and positive and the
     shape is (), (1,) or (N,) with N = x.shape[0].
     """
+    if not isinstance(x, torch.Tensor) or x.ndim < 1:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor of shape (N, *D), got {got}")
     n = x.shape[0]
     if isinstance(sigma, torch.Tensor):
         if sigma.ndim > 1 or (sigma.ndim == 1 and sigma.shape[0] not in (1, n)):
@@ -59,7 +63,14 @@ def sigma_to_level(sigma: torch.Tensor, sigmas: torch.Tensor, rtol: float = 1e-4
     Each sigma must be one of the ladder's levels within relative tolerance ``rtol``: a
     level-indexed network knows nothing in between, so any other value is a ValueError.
     """
-    ladder = sigmas.to(device=sigma.device, dtype=torch.float64)
+    if not isinstance(sigma, torch.Tensor) or sigma.ndim != 1:
+        got = tuple(sigma.shape) if isinstance(sigma, torch.Tensor) else type(sigma).__name__
+        raise ValueError(f"sigma must be a tensor of shape (N,), got {got} "
+                         f"(scorelab.scores.sigma_per_example makes one from a float)")
+    if not bool(((sigma > 0) & sigma.isfinite()).all()):
+        raise ValueError(f"sigma must be positive and finite, got {sigma.unique().tolist()}")
+    rtol = check_positive("rtol", rtol)
+    ladder = check_sigmas(sigmas).to(device=sigma.device, dtype=torch.float64)
     log_gap = sigma.double().log()[:, None] - ladder.log()[None, :]  # (N, L)
     labels = log_gap.abs().argmin(dim=1)
     nearest = ladder[labels]

@@ -33,6 +33,7 @@ adjoint method; nothing here trains through the ODE, and the toys live on the CP
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 
 import numpy as np
@@ -40,10 +41,11 @@ import torch
 from tqdm.auto import tqdm
 
 from scorelab._tensors import rand, randn, randn_like, sum_except_batch
-from scorelab._validation import (check_batch, check_generator, check_positive,
-                                  check_positive_int, check_score_shape)
+from scorelab._validation import (check_batch, check_callable, check_generator, check_positive,
+                                  check_positive_int, check_positive_real, check_real,
+                                  check_score_shape)
 from scorelab.noise import geometric_sigmas
-from scorelab.training import ScoreMatchingTrainer, sigma_weighted_dsm
+from scorelab.training import ScoreMatchingTrainer, _sigma_weighted_dsm
 
 __all__ = ["VESDE", "euler_maruyama", "predictor_corrector", "probability_flow",
            "log_likelihood", "corrector_step_size", "ScoreCounter", "continuous_dsm_loss",
@@ -54,11 +56,53 @@ PROBES = ("rademacher", "gaussian")
 DIRECTIONS = ("backward", "forward")
 
 
+def _check_real_tensor(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Refuse a complex or boolean tensor (times and noise levels are real)."""
+    if x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"{name} must be a real tensor, got dtype {x.dtype}")
+    return x
+
+
+def _check_time(t):
+    """A time in [0, 1]: a finite real number (returned as a float) or a tensor of such times."""
+    if isinstance(t, torch.Tensor):
+        t = _check_real_tensor("t", t)
+        if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):  # False for NaN too
+            raise ValueError(f"t must hold finite times in [0, 1], got values in "
+                             f"[{t.min().item()}, {t.max().item()}]")
+        return t
+    number = check_real("t", t)
+    if not 0.0 <= number <= 1.0:  # False for NaN too
+        raise ValueError(f"t must be a finite time in [0, 1], got {t!r}")
+    return number
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    """``shape`` as a tuple (N, *D) of at least two positive ints (any integer-like sizes)."""
+
+    def size(n) -> int | None:
+        if isinstance(n, bool):
+            return None
+        try:
+            return operator.index(n)
+        except TypeError:
+            return None
+
+    try:
+        sizes = tuple(size(n) for n in shape)
+    except TypeError:  # not a sequence: a single size, a float, ...
+        sizes = ()
+    if len(sizes) < 2 or any(n is None or n < 1 for n in sizes):
+        raise ValueError(f"shape must be (N, *D): at least two positive integers, got {shape!r}")
+    return sizes
+
+
 class VESDE:
     r"""The variance-exploding SDE of Song et al. (2021, Eq. 9): the continuum of the NCSN ladder.
 
     .. math:: \sigma(t) = \sigma_{\min} (\sigma_{\max} / \sigma_{\min})^t, \qquad
-              g(t)^2 = \frac{d\,\sigma^2(t)}{dt} = 2 \sigma(t)^2 \log\frac{\sigma_{\max}}{\sigma_{\min}}.
+              g(t)^2 = \frac{d\,\sigma^2(t)}{dt}
+                     = 2 \sigma(t)^2 \log\frac{\sigma_{\max}}{\sigma_{\min}}.
 
     Parameters
     ----------
@@ -73,38 +117,71 @@ class VESDE:
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
-        self.sigma_min = check_positive("sigma_min", sigma_min)
-        self.sigma_max = check_positive("sigma_max", sigma_max)
+        self.sigma_min = check_positive_real("sigma_min", sigma_min)
+        self.sigma_max = check_positive_real("sigma_max", sigma_max)
         if self.sigma_min >= self.sigma_max:
             raise ValueError(f"sigma_min must be smaller than sigma_max, got sigma_min = "
                              f"{self.sigma_min} >= sigma_max = {self.sigma_max}")
         self.log_ratio = math.log(self.sigma_max / self.sigma_min)
+        if not math.isfinite(self.log_ratio):
+            raise ValueError(f"sigma_max / sigma_min must be a finite ratio, got sigma_min = "
+                             f"{self.sigma_min} and sigma_max = {self.sigma_max}")
+        if not math.isfinite(2.0 * self.log_ratio * self.sigma_max * self.sigma_max):
+            raise ValueError(f"sigma_max = {self.sigma_max} is too large: g(1)^2 = 2 sigma_max^2 "
+                             "log(sigma_max / sigma_min) overflows a float")
 
     def __repr__(self) -> str:
         return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
 
     def sigma(self, t):
-        """The noise level sigma(t) = sigma_min (sigma_max / sigma_min)^t, for a float or tensor t."""
+        """The noise level sigma(t) = sigma_min (sigma_max / sigma_min)^t.
+
+        ``t`` is a float in [0, 1] (a float is returned) or a tensor of such times, of any
+        shape (a tensor of that shape is returned).
+        """
+        return self._sigma(_check_time(t))
+
+    def _sigma(self, t):
+        """:meth:`sigma` without the check of t (for times known to lie in [0, 1])."""
         if isinstance(t, torch.Tensor):
             return self.sigma_min * torch.exp(t * self.log_ratio)
-        return self.sigma_min * math.exp(float(t) * self.log_ratio)
+        return self.sigma_min * math.exp(t * self.log_ratio)
 
     def g2(self, t):
-        """The squared diffusion coefficient g(t)^2 = d sigma^2 / dt = 2 sigma(t)^2 log(smax/smin)."""
+        """The squared diffusion coefficient g(t)^2 = d sigma^2 / dt = 2 sigma(t)^2 log(smax/smin).
+
+        ``t`` as in :meth:`sigma`.
+        """
         return 2.0 * self.log_ratio * self.sigma(t) ** 2
 
     def diffusion(self, t):
-        """The diffusion coefficient g(t) = sigma(t) sqrt(2 log(sigma_max / sigma_min))."""
+        """The diffusion coefficient g(t) = sigma(t) sqrt(2 log(sigma_max / sigma_min)).
+
+        ``t`` as in :meth:`sigma`.
+        """
         return math.sqrt(2.0 * self.log_ratio) * self.sigma(t)
 
     def time_of(self, sigma):
-        """The time t at which sigma(t) = sigma (the inverse of :meth:`sigma`)."""
+        """The time t at which sigma(t) = sigma (the inverse of :meth:`sigma`).
+
+        ``sigma`` is a positive finite float (a float is returned) or a tensor of such noise
+        levels, of any shape (a tensor of that shape is returned). A sigma outside [sigma_min,
+        sigma_max] gives a time outside [0, 1].
+        """
         if isinstance(sigma, torch.Tensor):
+            sigma = _check_real_tensor("sigma", sigma)
+            if sigma.numel() and not bool((torch.isfinite(sigma) & (sigma > 0)).all()):
+                raise ValueError("sigma must hold positive finite noise levels, got values in "
+                                 f"[{sigma.min().item()}, {sigma.max().item()}]")
             return torch.log(sigma / self.sigma_min) / self.log_ratio
-        return math.log(check_positive("sigma", sigma) / self.sigma_min) / self.log_ratio
+        sigma = check_positive_real("sigma", sigma)
+        return math.log(sigma / self.sigma_min) / self.log_ratio
 
     def time_grid(self, n_steps: int) -> torch.Tensor:
-        """Times 1 = t_0 > t_1 > ... > t_n = 0 of ``n_steps`` equal reverse-time steps, float64 (n+1,)."""
+        """Times 1 = t_0 > t_1 > ... > t_n = 0 of ``n_steps`` equal reverse-time steps.
+
+        Float64, shape (n_steps + 1,).
+        """
         n_steps = check_positive_int("n_steps", n_steps)
         return torch.linspace(1.0, 0.0, n_steps + 1, dtype=torch.float64)
 
@@ -119,22 +196,26 @@ class VESDE:
         """
         n_levels = check_positive_int("n_levels", n_levels)
         if n_levels < 2:
-            raise ValueError(f"n_levels must be at least 2 (sigma_max and sigma_min), got {n_levels}")
+            raise ValueError("n_levels must be at least 2 (sigma_max and sigma_min), "
+                             f"got {n_levels}")
         return geometric_sigmas(self.sigma_max, self.sigma_min, n_levels)
 
     def prior_sample(self, shape, *, generator: torch.Generator | None = None,
                      dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
         """Draws of the prior N(0, sigma_max^2 I), of ``shape`` (N, *D).
 
-        On ``device`` (default: the generator's device, else the CPU), drawn on the generator's.
+        ``shape`` holds at least two positive integers (Python or NumPy ints, ...); ``dtype``
+        is a floating torch.dtype (default: torch's default dtype). On ``device`` (default:
+        the generator's device, else the CPU), drawn on the generator's.
         """
         if device is None:
             device = generator.device if isinstance(generator, torch.Generator) else "cpu"
         check_generator(generator, device)
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        if len(shape) < 2 or any(not isinstance(n, int) or n < 1 for n in shape):
-            raise ValueError(f"shape must be (N, *D) with positive sizes, got {shape}")
+        shape = _check_shape(shape)
         dtype = torch.get_default_dtype() if dtype is None else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating torch.dtype such as torch.float32, "
+                             f"got {dtype!r}")
         return self.sigma_max * randn(shape, generator=generator, device=device, dtype=dtype)
 
     def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +234,8 @@ def _check_sde(sde) -> VESDE:
 
 def _check_score_fn(score_fn) -> None:
     if not callable(score_fn):
-        raise ValueError(f"score_fn must be a callable score_fn(x, sigma), got {type(score_fn).__name__}")
+        raise ValueError("score_fn must be a callable score_fn(x, sigma), "
+                         f"got {type(score_fn).__name__}")
 
 
 def _score(score_fn, x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -288,11 +370,28 @@ def corrector_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float) ->
     the paper's :math:`\epsilon = 2 (r \|z\| / \|s\|)^2` written for :math:`\alpha = 2\epsilon`.
     As in the authors' code, the norms are averaged over the batch (per-example norms give
     huge steps to the points where the score vanishes).
+
+    ``score`` and ``noise`` are finite floating tensors of one shape (N, *D); ``snr`` is a
+    positive finite float. A score that is zero everywhere has no step (a ValueError).
     """
-    score_norm = score.reshape(score.shape[0], -1).norm(dim=1).mean()
-    noise_norm = noise.reshape(noise.shape[0], -1).norm(dim=1).mean()
-    tiny = torch.finfo(score.dtype).tiny
-    return float((2.0 * snr * noise_norm / score_norm.clamp_min(tiny)) ** 2)
+    score, noise = check_batch("score", score), check_batch("noise", noise)
+    if noise.shape != score.shape:
+        raise ValueError(f"noise must have the score's shape {tuple(score.shape)}, "
+                         f"got {tuple(noise.shape)}")
+    return _step_size(score, noise, check_positive_real("snr", snr), "score")
+
+
+def _step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, what: str) -> float:
+    """:func:`corrector_step_size` without the checks of its arguments; ``what`` names the
+    score in the error raised when it is zero everywhere (its norm is then 0)."""
+    norms = torch.stack([score.reshape(score.shape[0], -1).norm(dim=1).mean(),
+                         noise.reshape(noise.shape[0], -1).norm(dim=1).mean()])
+    score_norm, noise_norm = norms.tolist()
+    if score_norm == 0.0:
+        raise ValueError(f"{what} is zero everywhere, the corrector's step "
+                         "(2 snr ||z|| / ||s||)^2 is undefined")
+    ratio = 2.0 * snr * noise_norm / score_norm
+    return ratio * ratio  # NaN or infinity for a non-finite score: the sampler reports it
 
 
 def _check_n_corrector(n_corrector) -> int:
@@ -306,7 +405,8 @@ def _reverse_diffusion_step(score_fn, x: torch.Tensor, sigma: float, sigma_next:
     """Reverse diffusion (Song et al. 2021, Appendix E), the ladder's chain (Eq. 8) run backwards:
     x + (sigma^2 - sigma_next^2) s(x, sigma) + sqrt(sigma^2 - sigma_next^2) z."""
     variance = sigma**2 - sigma_next**2
-    return x + variance * _score(score_fn, x, sigma) + math.sqrt(variance) * randn_like(x, generator=generator)
+    score = _score(score_fn, x, sigma)
+    return x + variance * score + math.sqrt(variance) * randn_like(x, generator=generator)
 
 
 def _langevin_corrector(score_fn, x: torch.Tensor, sigma: float, snr: float, n_steps: int,
@@ -316,7 +416,8 @@ def _langevin_corrector(score_fn, x: torch.Tensor, sigma: float, snr: float, n_s
     for _ in range(n_steps):
         score = _score(score_fn, x, sigma)
         noise = randn_like(x, generator=generator)
-        alpha = corrector_step_size(score, noise, snr)
+        alpha = _step_size(score, noise, snr, f"the score that score_fn returned at sigma = "
+                                               f"{sigma:.6g}")
         x = x + (0.5 * alpha) * score + math.sqrt(alpha) * noise
     return x
 
@@ -371,7 +472,7 @@ def predictor_corrector(
     """
     _check_score_fn(score_fn)
     sde = _check_sde(sde)
-    snr = check_positive("snr", snr)
+    snr = check_positive_real("snr", snr)
     n_corrector = _check_n_corrector(n_corrector)
     x = _start(x_T, generator)
     sigmas = [sde.sigma(t) for t in sde.time_grid(n_steps).tolist()]
@@ -389,8 +490,34 @@ def predictor_corrector(
 
 
 def _ode_drift(score_fn, sde: VESDE, x: torch.Tensor, t: float) -> torch.Tensor:
-    """The probability-flow drift -1/2 g(t)^2 s(x, sigma(t)) (Song et al. 2021, Eq. 13)."""
-    return (-0.5 * sde.g2(t)) * _score(score_fn, x, sde.sigma(t))
+    """The probability-flow drift -1/2 g(t)^2 s(x, sigma(t)) (Song et al. 2021, Eq. 13).
+
+    A non-finite score raises (the solver would otherwise shrink its step without end).
+    """
+    sigma = sde.sigma(t)
+    score = _score(score_fn, x, sigma)
+    if not bool(torch.isfinite(score).all()):
+        raise ValueError(f"score_fn returned non-finite values (NaN or infinity) at "
+                         f"t = {t:.6g}, sigma = {sigma:.6g}")
+    return (-0.5 * sde.g2(t)) * score
+
+
+def _solver_time(t: float, y: np.ndarray) -> float:
+    """The solver's time, clamped to [0, 1] against rounding; a non-finite state or time raises."""
+    t = float(t)
+    if not math.isfinite(t) or not np.isfinite(y).all():
+        raise ValueError(f"the probability-flow ODE diverged: its state became NaN or infinite "
+                         f"at t = {t:.6g}; check score_fn (its values may be too large for "
+                         "x's dtype)")
+    return min(max(t, 0.0), 1.0)
+
+
+def _check_rhs(out: np.ndarray, t: float, what: str) -> np.ndarray:
+    """Raise, naming score_fn, unless the right-hand side ``out`` is finite (it may overflow)."""
+    if not np.isfinite(out).all():
+        raise ValueError(f"{what} is NaN or infinite at t = {t:.6g}: score_fn's values are "
+                         "too large (or its derivative is not finite) in x's dtype")
+    return out
 
 
 def _flat64(x: torch.Tensor) -> np.ndarray:
@@ -416,7 +543,8 @@ def _solve(rhs, y0: np.ndarray, t_span, *, rtol, atol, method, t_eval=None):
 def _check_tolerances(rtol, atol, method) -> tuple[float, float, str]:
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     if not isinstance(method, str):
-        raise ValueError(f"method must be the name of a solve_ivp method, e.g. 'RK45', got {method!r}")
+        raise ValueError("method must be the name of a solve_ivp method, e.g. 'RK45', "
+                         f"got {method!r}")
     return rtol, atol, method
 
 
@@ -430,10 +558,11 @@ def _flow_rhs(score_fn, sde: VESDE, x: torch.Tensor):
     """``rhs(t, y)`` for solve_ivp: the drift of Eq. 13 at the flat state y, taken in x's dtype."""
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
+        t = _solver_time(t, y)
         state = _from_numpy(y, x).reshape(x.shape)
         with torch.no_grad():
-            drift = _ode_drift(score_fn, sde, state, float(t))
-        return _flat64(drift)
+            drift = _ode_drift(score_fn, sde, state, t)
+        return _check_rhs(_flat64(drift), t, "the drift -g(t)^2 score_fn(x, sigma(t)) / 2")
 
     return rhs
 
@@ -543,13 +672,15 @@ def _flow_and_divergence(
     n, size = x.shape[0], x[0].numel()
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
+        t = _solver_time(t, y)
         state = _from_numpy(y[: n * size], x).reshape(x.shape)
         with torch.enable_grad():
             state.requires_grad_(True)
-            drift = _ode_drift(score_fn, sde, state, float(t))
+            drift = _ode_drift(score_fn, sde, state, t)
             div = _divergence(drift, state, probes)
         out = torch.cat([drift.detach().reshape(-1), div.detach()])
-        return out.double().cpu().numpy()
+        return _check_rhs(out.double().cpu().numpy(), t,
+                          "the drift of score_fn, or its divergence,")
 
     y0 = np.concatenate([_flat64(x), np.zeros(n)])
     solution = _solve(rhs, y0, (0.0, 1.0), rtol=rtol, atol=atol, method=method)
@@ -563,6 +694,9 @@ def _prior_at(prior, end: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     log_p1 = prior(end.to(dtype=x.dtype, device=x.device)).detach().double().cpu()
     if log_p1.shape != (n,):
         raise ValueError(f"prior_log_prob must return shape ({n},), got {tuple(log_p1.shape)}")
+    if bool((torch.isnan(log_p1) | (log_p1 == math.inf)).any()):
+        raise ValueError("prior_log_prob returned NaN or +infinity: a log-density must be "
+                         "finite (or -infinity where the density is 0)")
     return log_p1
 
 
@@ -660,11 +794,18 @@ def continuous_dsm_loss(model, x: torch.Tensor, sde: VESDE, *,
     -------
     Tensor, shape (N,)
     """
-    sde = _check_sde(sde)
+    check_callable("model", model, "model(x, sigma)")
+    x = check_batch("x", x)
+    check_generator(generator, x.device)
+    return _continuous_dsm_loss(model, x, _check_sde(sde), generator)
+
+
+def _continuous_dsm_loss(model, x, sde: VESDE, generator) -> torch.Tensor:
+    """:func:`continuous_dsm_loss` on checked arguments (no host sync: the training step)."""
     t = rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)  # (N,)
-    sigma = sde.sigma(t)  # (N,), log-uniform
+    sigma = sde._sigma(t)  # (N,), log-uniform; t in [0, 1) needs no check
     noise = randn_like(x, generator=generator)
-    return sigma_weighted_dsm(lambda noisy: model(noisy, sigma), x, sigma, noise)
+    return _sigma_weighted_dsm(lambda noisy: model(noisy, sigma), x, sigma, noise)
 
 
 class ContinuousDenoisingScoreMatching(ScoreMatchingTrainer):
@@ -685,4 +826,4 @@ class ContinuousDenoisingScoreMatching(ScoreMatchingTrainer):
         super().__init__(model, lr=lr)
 
     def per_example_loss(self, x, generator=None):
-        return continuous_dsm_loss(self.forward, x, self.sde, generator=generator)
+        return _continuous_dsm_loss(self.forward, x, self.sde, generator)

@@ -14,7 +14,7 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     Parameters
     ----------
     seed : int
-        The seed, a non-negative integer.
+        The seed, an integer in [0, 2**32) (NumPy's range).
 
     Returns
     -------
@@ -22,8 +22,9 @@ def seed_everything(seed: int = 0) -> torch.Generator:
         A CPU generator seeded with ``seed``; pass it to every sampler and
         training loop so that a re-run notebook prints the same numbers.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        # NumPy's legacy seed takes 32 bits; checked before any generator is touched.
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     random.seed(int(seed))
     np.random.seed(int(seed))
     torch.manual_seed(int(seed))

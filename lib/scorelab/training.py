@@ -29,8 +29,13 @@ from collections.abc import Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from scorelab._tensors import broadcast_like, randint, randn_like, randperm, sum_except_batch
-from scorelab._validation import check_batch, check_positive, check_positive_int, check_score_shape
+from scorelab._tensors import (
+    broadcast_like, randint, randn_like, randperm, same_device, sum_except_batch,
+)
+from scorelab._validation import (
+    check_batch, check_batch_shape, check_positive, check_positive_int, check_score_shape,
+    check_values,
+)
 from scorelab.noise import check_sigmas
 
 
@@ -59,13 +64,15 @@ def annealed_dsm_loss(
         ``model(x_noisy, labels)`` with ``x_noisy`` of shape (N, *D) and ``labels`` a
         LongTensor (N,) of level indices; returns a score of shape (N, *D).
     x : Tensor, shape (N, *D)
-        Clean data (2-D points or images).
-    sigmas : Tensor, shape (L,)
-        The noise ladder, indexed by ``labels``.
-    labels : LongTensor, shape (N,), optional
-        Level of each example; drawn uniformly from ``0..L-1`` when omitted.
+        Clean data (2-D points or images), floating, finite, N >= 1.
+    sigmas : sequence of float or Tensor, shape (L,)
+        The noise ladder, indexed by ``labels``, checked by
+        :func:`scorelab.noise.check_sigmas` (a floating tensor is used in its own dtype).
+    labels : integer Tensor, shape (N,), optional
+        Level of each example, in ``0..L-1``; drawn uniformly when omitted.
     noise : Tensor, shape (N, *D), optional
-        The standard normal z; drawn (after the labels) when omitted.
+        The standard normal z, of x's dtype and device; drawn (after the labels) when
+        omitted.
     generator : torch.Generator, optional
         Source of the level draws and the noise (on the CPU or on x's device).
 
@@ -74,11 +81,53 @@ def annealed_dsm_loss(
     Tensor, shape (N,)
         The per-example losses; the caller takes the mean.
     """
+    x = check_batch("x", x)
+    checked = check_sigmas(sigmas)
+    # A floating tensor is used as given (its dtype kept); anything else as the checked ladder.
+    if not (isinstance(sigmas, torch.Tensor) and sigmas.is_floating_point()):
+        sigmas = checked
+    if labels is not None:
+        _check_labels(labels, x.shape[0], len(checked))
+    if noise is not None:
+        _check_noise(noise, x)
+    return _annealed_dsm_loss(model, x, sigmas, labels, noise, generator)
+
+
+def _annealed_dsm_loss(model, x, sigmas, labels=None, noise=None, generator=None):
+    """:func:`annealed_dsm_loss` on checked arguments (the trainer's loop: no host sync)."""
     if labels is None:
         labels = randint(len(sigmas), (x.shape[0],), generator=generator, device=x.device)
     if noise is None:
         noise = randn_like(x, generator=generator)  # z
-    return sigma_weighted_dsm(lambda noisy: model(noisy, labels), x, sigmas.to(x)[labels], noise)
+    return _sigma_weighted_dsm(lambda noisy: model(noisy, labels), x, sigmas.to(x)[labels], noise)
+
+
+def _check_labels(labels, n: int, n_levels: int) -> torch.Tensor:
+    """``labels`` must be an integer tensor (n,) of levels in 0..n_levels-1."""
+    integer = (isinstance(labels, torch.Tensor) and not labels.is_floating_point()
+               and not labels.is_complex() and labels.dtype != torch.bool)
+    if not integer or labels.shape != (n,):
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else (
+            type(labels).__name__)
+        raise ValueError(f"labels must be an integer tensor of shape ({n},), got {got}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= n_levels:
+        raise ValueError(f"labels must lie in 0..{n_levels - 1} (a level of sigmas each), "
+                         f"got values from {low} to {high}")
+    return labels
+
+
+def _check_noise(noise, x: torch.Tensor) -> torch.Tensor:
+    """``noise`` must be a finite tensor of the shape, dtype and device of ``x``."""
+    if (not isinstance(noise, torch.Tensor) or noise.shape != x.shape
+            or noise.dtype != x.dtype):
+        got = f"{noise.dtype} {tuple(noise.shape)}" if isinstance(noise, torch.Tensor) else (
+            type(noise).__name__)
+        raise ValueError(f"noise must be a tensor of x's shape {tuple(x.shape)} and dtype "
+                         f"{x.dtype}, got {got}")
+    if not same_device(noise.device, x.device):
+        raise ValueError(f"noise must be on x's device {x.device}, got {noise.device}")
+    return check_values("noise", noise)
 
 
 def sigma_weighted_dsm(score_at, x: torch.Tensor, sigma: torch.Tensor,
@@ -87,8 +136,24 @@ def sigma_weighted_dsm(score_at, x: torch.Tensor, sigma: torch.Tensor,
 
     The core of the annealed loss (one ladder level per example) and of the VE SDE's
     continuous loss (one sigma per example): ``score_at(x_noisy)`` is the model at each
-    example's own level, ``sigma`` has shape (N,), ``noise`` (z) the shape of ``x``; (N,).
+    example's own level, ``x`` has shape (N, *D), ``sigma`` (positive, finite) shape (N,),
+    ``noise`` (z) the shape of ``x``; returns (N,). Every argument is checked (reading the
+    values: a synchronisation with a GPU).
     """
+    x = check_batch("x", x)
+    n = x.shape[0]
+    if not isinstance(sigma, torch.Tensor) or sigma.shape != (n,) or not sigma.is_floating_point():
+        got = f"{sigma.dtype} {tuple(sigma.shape)}" if isinstance(sigma, torch.Tensor) else (
+            type(sigma).__name__)
+        raise ValueError(f"sigma must be a floating tensor of shape ({n},), got {got}")
+    if not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
+        raise ValueError("sigma must hold positive finite noise levels, got "
+                         f"values from {sigma.min().item()} to {sigma.max().item()}")
+    return _sigma_weighted_dsm(score_at, x, sigma, _check_noise(noise, x))
+
+
+def _sigma_weighted_dsm(score_at, x, sigma, noise) -> torch.Tensor:
+    """:func:`sigma_weighted_dsm` on checked arguments (no host sync)."""
     scaled = broadcast_like(sigma, x)  # (N, 1, ..., 1)
     score = _score(score_at, x + scaled * noise)  # s(x + sigma z, sigma)
     return 0.5 * sum_except_batch((scaled * score + noise) ** 2)
@@ -133,7 +198,12 @@ def dsm_loss(
     -------
     Tensor, shape (N,)
     """
-    sigma = check_positive("sigma", sigma)
+    x = check_batch("x", x)
+    return _dsm_loss(model, x, check_positive("sigma", sigma), generator)
+
+
+def _dsm_loss(model, x, sigma: float, generator=None) -> torch.Tensor:
+    """:func:`dsm_loss` on checked arguments (the trainer's loop: no host sync)."""
     noise = randn_like(x, generator=generator)
     score = _score(model, x + sigma * noise)
     return 0.5 * sum_except_batch((score + noise / sigma) ** 2)
@@ -194,9 +264,16 @@ def sliced_score_matching_loss(
     -------
     Tensor, shape (N,)
     """
+    x = check_batch("x", x)
     n_projections = check_positive_int("n_projections", n_projections)
     if projection not in PROJECTIONS:
         raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+    return _sliced_loss(model, x, n_projections, bool(variance_reduction), projection, generator)
+
+
+def _sliced_loss(model, x, n_projections: int, variance_reduction: bool, projection: str,
+                 generator=None) -> torch.Tensor:
+    """:func:`sliced_score_matching_loss` on checked arguments (no host sync)."""
     v = _projections(x, n_projections, projection, generator)  # (M, N, *D)
     # One forward pass on M copies of the batch gives every (x, v) pair its own graph.
     x_copies = x.detach().unsqueeze(0).expand_as(v).reshape(-1, *x.shape[1:])  # (M N, *D)
@@ -231,6 +308,11 @@ def exact_score_matching_loss(model, x: torch.Tensor) -> torch.Tensor:
     -------
     Tensor, shape (N,)
     """
+    return _exact_loss(model, check_batch("x", x))
+
+
+def _exact_loss(model, x: torch.Tensor) -> torch.Tensor:
+    """:func:`exact_score_matching_loss` on a checked batch (no host sync)."""
     x = x.detach().clone().requires_grad_(True)
     score = _score(model, x)
     flat_score = score.reshape(x.shape[0], -1)  # (N, D')
@@ -278,7 +360,8 @@ class Batches:
     def __init__(self, data, batch_size: int, *, replacement: bool = True,
                  generator: torch.Generator | None = None, device=None) -> None:
         self.batch_size = check_positive_int("batch_size", batch_size)
-        self.replacement, self.generator, self.device = bool(replacement), generator, device
+        self.replacement, self.generator = bool(replacement), generator
+        self.device = None if device is None else _as_device(device)
         self.order: torch.Tensor | None = None
         self.cursor = 0
         if callable(data) and not isinstance(data, torch.Tensor):
@@ -315,11 +398,51 @@ class Batches:
         return {"order": self.order, "cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue the shuffled passes from a :meth:`state_dict`."""
-        order = state["order"]
-        if order is not None and self.data is not None:
-            order = order.to(self.data.device)
-        self.order, self.cursor = order, int(state["cursor"])
+        """Continue the shuffled passes from a :meth:`state_dict`.
+
+        ``state`` must hold ``"order"``, None or a permutation of ``0..N-1`` (a LongTensor
+        (N,), N the number of examples; None for a sampler), and ``"cursor"``, an int in
+        ``0..N`` (0 without an order).
+        """
+        if not isinstance(state, dict) or not {"order", "cursor"} <= state.keys():
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must be a dict with keys 'order' and 'cursor' (from "
+                             f"Batches.state_dict()), got {got}")
+        order = None if state["order"] is None else self._check_order(state["order"])
+        cursor = state["cursor"]
+        if isinstance(cursor, torch.Tensor) and cursor.ndim == 0:
+            cursor = cursor.item()
+        end = 0 if order is None else len(order)
+        if isinstance(cursor, bool) or not isinstance(cursor, int) or not 0 <= cursor <= end:
+            raise ValueError(f"state['cursor'] must be an int in 0..{end} (the position in "
+                             f"state['order']), got {state['cursor']!r}")
+        self.order, self.cursor = order, cursor
+
+    def _check_order(self, order) -> torch.Tensor:
+        """A saved order: a permutation of 0..N-1 (N examples), moved to the data's device."""
+        if self.data is None:
+            raise ValueError("state['order'] must be None for batches drawn from a sampler, "
+                             f"got {type(order).__name__}")
+        n = self.data.shape[0]
+        if (not isinstance(order, torch.Tensor) or order.shape != (n,)
+                or order.dtype != torch.long):
+            got = f"{order.dtype} {tuple(order.shape)}" if isinstance(order, torch.Tensor) else (
+                type(order).__name__)
+            raise ValueError(f"state['order'] must be a LongTensor of shape ({n},) (one index "
+                             f"per example), got {got}")
+        order = order.to(self.data.device)
+        if not torch.equal(order.sort().values, torch.arange(n, device=order.device)):
+            raise ValueError(f"state['order'] must be a permutation of 0..{n - 1}")
+        return order
+
+
+def _as_device(device) -> torch.device:
+    """``device`` as a ``torch.device``, or a ValueError naming ``device``."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be a torch.device or a device name such as 'cpu' or "
+                         f"'cuda', got {device!r}") from None
 
 
 class ExponentialMovingAverage:
@@ -332,6 +455,7 @@ class ExponentialMovingAverage:
     """
 
     def __init__(self, model: torch.nn.Module, rate: float) -> None:
+        _check_model(model)
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
             raise ValueError(f"ema_rate must be in (0, 1), got {rate!r}")
         self.rate = float(rate)
@@ -371,12 +495,30 @@ def mixed_precision(device, amp: bool) -> tuple[torch.dtype | None, torch.amp.Gr
     return torch.bfloat16, None
 
 
-def _as_hook(hook) -> tuple[int, Callable[[int, float], None]]:
-    """A hook as (every, function): a plain callable runs after every step (every = 1)."""
+def _check_model(model) -> torch.nn.Module:
+    """``model`` must be a ``torch.nn.Module`` with parameters (to train or to average)."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise ValueError(f"model must have parameters to train, got a {type(model).__name__} "
+                         "with none")
+    return model
+
+
+def _as_hook(hook, index: int) -> tuple[int, Callable[[int, float], None]]:
+    """A hook as (every, function): a plain callable runs after every step (every = 1).
+
+    A pair ``(every, function)`` may carry a third item, the name of the argument that set
+    ``every`` (for instance ``"checkpoint_every"``), which a bad period's error then names.
+    """
     if callable(hook):
         return 1, hook
-    every, function = hook
-    return check_positive_int("hook period", every), function
+    if not isinstance(hook, (tuple, list)) or len(hook) not in (2, 3) or not callable(hook[1]):
+        raise ValueError(f"hooks[{index}] must be a callable hook(done, loss) or a pair "
+                         f"(every, hook), got {hook!r}")
+    function = getattr(hook[1], "__name__", type(hook[1]).__name__)
+    name = hook[2] if len(hook) == 3 else f"the period of hooks[{index}] ({function})"
+    return check_positive_int(name, hook[0]), hook[1]
 
 
 class ScoreMatchingTrainer:
@@ -406,7 +548,7 @@ class ScoreMatchingTrainer:
 
     def __init__(self, model: torch.nn.Module, *, lr: float = 1e-3,
                  ema_rate: float | None = None, amp: bool = False, compile: bool = False) -> None:
-        self.model = model
+        self.model = _check_model(model)
         self.lr = check_positive("lr", lr)
         device = next(model.parameters()).device
         fused = {"fused": True} if device.type == "cuda" else {}  # one kernel, no host sync
@@ -515,6 +657,9 @@ class ScoreMatchingTrainer:
             The loss of every step.
         """
         n_steps = check_positive_int("n_steps", n_steps)
+        if callback is not None and not callable(callback):
+            raise ValueError(f"callback must be a callable callback(step, loss) or None, got "
+                             f"{type(callback).__name__}")
         batches = Batches(data, batch_size, replacement=replacement, generator=generator)
         hooks = [] if callback is None else [lambda done, value: callback(done - 1, value)]
         return self.run(batches, n_steps, generator=generator, hooks=hooks, progress=progress)
@@ -544,17 +689,29 @@ class ScoreMatchingTrainer:
         A hook is ``hook(done, loss)``, called after every step (which makes every step read
         its loss), or a pair ``(every, hook)``, called at the reads, which happen at least at
         every multiple of ``every``; ``done`` counts the steps done so far and ``loss`` is
-        the last step's (checkpoints, sample grids, callbacks).
+        the last step's (checkpoints, sample grids, callbacks). A pair may carry a third item,
+        the name of the argument that set ``every``, for its error message:
+        ``(every, hook, "checkpoint_every")``.
+
+        ``n_steps`` (the total, steps already done included) must be a positive int; every
+        batch must be a non-empty floating tensor (N, *D) (its shape checked, not its values:
+        a NaN batch makes the loss NaN, which stops training).
         """
         history = [] if history is None else history
+        n_steps = check_positive_int("n_steps", n_steps)
         log_every = check_positive_int("log_every", log_every)
-        batches, hooks = iter(batches), [_as_hook(hook) for hook in hooks]
+        if hooks is None or isinstance(hooks, (str, bytes)) or not isinstance(hooks, Iterable):
+            raise ValueError("hooks must be an iterable of hooks hook(done, loss) or pairs "
+                             f"(every, hook), got {hooks!r}")
+        hooks = [_as_hook(hook, index) for index, hook in enumerate(hooks)]
+        batches = iter(batches)
         bar = tqdm(range(len(history), n_steps), initial=len(history), total=n_steps,
                    disable=not progress, desc=type(self).__name__)
         self.model.train()
         pending: list[torch.Tensor] = []  # losses not read yet
         for step in bar:
-            loss = self._loss(next(batches), generator)
+            loss = self._loss(check_batch_shape("every batch of batches", next(batches)),
+                              generator)
             if log_every == 1:  # read before the update: the weights never see a NaN loss
                 self._check_losses(history, self._read([loss]), step, log_every)
                 self._apply(loss)
@@ -613,7 +770,7 @@ class DenoisingScoreMatching(ScoreMatchingTrainer):
         super().__init__(model, lr=lr, ema_rate=ema_rate)
 
     def per_example_loss(self, x, generator=None):
-        return dsm_loss(self.forward, x, self.sigma, generator=generator)
+        return _dsm_loss(self.forward, x, self.sigma, generator)
 
 
 class SlicedScoreMatching(ScoreMatchingTrainer):
@@ -651,14 +808,8 @@ class SlicedScoreMatching(ScoreMatchingTrainer):
         super().__init__(model, lr=lr, ema_rate=ema_rate)
 
     def per_example_loss(self, x, generator=None):
-        return sliced_score_matching_loss(
-            self.forward,
-            x,
-            n_projections=self.n_projections,
-            variance_reduction=self.variance_reduction,
-            projection=self.projection,
-            generator=generator,
-        )
+        return _sliced_loss(self.forward, x, self.n_projections, self.variance_reduction,
+                            self.projection, generator)
 
 
 class ExactScoreMatching(ScoreMatchingTrainer):
@@ -673,7 +824,7 @@ class ExactScoreMatching(ScoreMatchingTrainer):
     """
 
     def per_example_loss(self, x, generator=None):
-        return exact_score_matching_loss(self.forward, x)
+        return _exact_loss(self.forward, x)
 
 
 def process_group() -> tuple[int, int]:
@@ -681,6 +832,17 @@ def process_group() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def _model_levels(model: torch.nn.Module) -> int | None:
+    """The number of noise levels a noise-conditional model has, where it says so: the first
+    ``n_levels`` or ``num_classes`` int of its modules (the model first); None otherwise."""
+    for module in model.modules():
+        for attribute in ("n_levels", "num_classes"):
+            value = getattr(module, attribute, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return None
 
 
 class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
@@ -702,7 +864,9 @@ class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
     model : nn.Module
         ``model(x, labels) -> score`` with integer level labels (N,).
     sigmas : sequence of float or Tensor, shape (L,)
-        The noise ladder, strictly decreasing (see :func:`scorelab.noise.check_sigmas`).
+        The noise ladder, strictly decreasing (see :func:`scorelab.noise.check_sigmas`); as
+        many levels as the model has, where it says (``n_levels``, or ``num_classes`` as
+        the NCSN's network).
     lr, ema_rate, amp, compile
         As in :class:`ScoreMatchingTrainer`.
     distributed : bool
@@ -713,6 +877,10 @@ class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
                  ema_rate: float | None = None, amp: bool = False, compile: bool = False,
                  distributed: bool = False) -> None:
         self.sigmas = check_sigmas(sigmas)
+        levels = _model_levels(_check_model(model))
+        if levels is not None and levels != len(self.sigmas):
+            raise ValueError(f"sigmas must hold as many levels as the model has ({levels}), "
+                             f"got {len(self.sigmas)}")
         self.rank, self.world_size = process_group() if distributed else (0, 1)
         super().__init__(model, lr=lr, ema_rate=ema_rate, amp=amp, compile=compile)
 
@@ -725,7 +893,7 @@ class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
 
     def per_example_loss(self, x, generator=None):
         if self.world_size == 1:
-            return annealed_dsm_loss(self.forward, x, self.sigmas, generator=generator)
+            return _annealed_dsm_loss(self.forward, x, self.sigmas, generator=generator)
         n = x.shape[0]
         if n % self.world_size:
             raise ValueError(f"the global batch ({n}) must split evenly over "
@@ -735,8 +903,8 @@ class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
         noise = randn_like(x, generator=generator)
         size = n // self.world_size
         mine = slice(self.rank * size, (self.rank + 1) * size)
-        return annealed_dsm_loss(self.forward, x[mine], self.sigmas, labels=labels[mine],
-                                 noise=noise[mine])
+        return _annealed_dsm_loss(self.forward, x[mine], self.sigmas, labels=labels[mine],
+                                  noise=noise[mine])
 
     def _read(self, losses: list[torch.Tensor]) -> list[float]:
         if self.world_size == 1:

@@ -20,12 +20,17 @@ train one model with ``DistributedDataParallel`` (the ``nccl`` backend with ``--
 each process on the GPU ``LOCAL_RANK``; ``gloo`` on the CPU): ``--batch-size`` is per process,
 each takes its slice of every global batch, and rank 0 alone writes files. A resume needs the
 same number of processes.
+
+Bad values are refused before any work, as ``error: argument --steps: ...`` (exit status 2);
+an error found later (a checkpoint that cannot be used, say) is printed as one ``error: ...``
+line (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -34,6 +39,84 @@ import time
 from pathlib import Path
 
 import torch
+
+
+def _integer(text: str) -> int:
+    """``text`` as an int, else the argparse error."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0 (0 has each flag's own meaning, see its help)."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _width(text: str) -> int:
+    """An argparse type for --ngf: an integer >= 2 (each conditional norm needs two channels)."""
+    value = _integer(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = _number(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _rate(text: str) -> float:
+    """An argparse type for --ema-rate: a number in [0, 1) (0: no EMA)."""
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1) (0: no EMA), got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device (cpu, cuda, cuda:1, mps) that this machine has."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"must be a torch device such as cpu, cuda or cuda:1, got {text!r}") from None
+    if device.type == "cpu":
+        return text
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    elif device.type == "mps":
+        count = 1 if torch.backends.mps.is_available() else 0
+    else:
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda[:index] or mps, got {text!r}")
+    if count == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no {device.type} device")
+    if device.index is not None and device.index >= count:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: this machine has {count} {device.type} device(s), indices 0..{count - 1}")
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,19 +128,23 @@ def _parser() -> argparse.ArgumentParser:
                        help="digits (offline, the default), mnist or cifar10 (read from --data-root; "
                        "downloaded with torchvision when missing)")
     train.add_argument("--data-root", default="data", help="folder of mnist and cifar10 (torchvision's layout)")
-    train.add_argument("--steps", type=int, required=True, help="total optimiser steps")
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--ngf", type=int, default=32, help="base width of CondRefineNetDilated")
+    train.add_argument("--steps", type=_positive_int, required=True,
+                       help="total optimiser steps (with --resume: including those done)")
+    train.add_argument("--batch-size", type=_positive_int, default=128)
+    train.add_argument("--ngf", type=_width, default=32,
+                       help="base width of CondRefineNetDilated (at least 2)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--ema-rate", type=float, default=0.999, help="0 turns the EMA off")
-    train.add_argument("--sigma-max", type=float, default=1.0)
-    train.add_argument("--sigma-min", type=float, default=0.01)
-    train.add_argument("--n-levels", type=int, default=10)
-    train.add_argument("--checkpoint-every", type=int, default=500)
-    train.add_argument("--sample-every", type=int, default=0, help="0: no sample grids")
-    train.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    train.add_argument("--device", default="cpu")
+    train.add_argument("--lr", type=_positive_float, default=1e-3)
+    train.add_argument("--ema-rate", type=_rate, default=0.999, help="0 turns the EMA off")
+    train.add_argument("--sigma-max", type=_positive_float, default=1.0)
+    train.add_argument("--sigma-min", type=_positive_float, default=0.01)
+    train.add_argument("--n-levels", type=_positive_int, default=10)
+    train.add_argument("--checkpoint-every", type=_count, default=500,
+                       help="steps between checkpoints (0: only at the end)")
+    train.add_argument("--sample-every", type=_count, default=0, help="0: no sample grids")
+    train.add_argument("--threads", type=_count, default=0,
+                       help="torch threads (0: torch's default)")
+    train.add_argument("--device", type=_device, default="cpu")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     train.add_argument("--amp", action="store_true",
                        help="mixed precision: bf16 autocast (fp16 with a gradient scaler on GPUs "
@@ -65,18 +152,51 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
     train.add_argument("--compile", action="store_true",
                        help="torch.compile the network (slow first steps)")
-    train.add_argument("--log-every", type=int, default=10,
+    train.add_argument("--log-every", type=_positive_int, default=10,
                        help="read and check the loss every K steps (steps never wait for the GPU)")
     train.add_argument("--no-progress", action="store_true")
     sample = commands.add_parser("sample", help="draw a grid of samples from a checkpoint")
     sample.add_argument("--checkpoint", required=True, help="a training checkpoint or a weights file")
-    sample.add_argument("--n", type=int, default=64)
-    sample.add_argument("--out", required=True, help="the PNG to write")
+    sample.add_argument("--n", type=_positive_int, default=64)
+    sample.add_argument("--out", required=True,
+                        help="the image to write (.png; any suffix matplotlib writes)")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--n-steps-each", type=int, default=None)
-    sample.add_argument("--step-size", type=float, default=None)
-    sample.add_argument("--device", default="cpu")
+    sample.add_argument("--n-steps-each", type=_positive_int, default=None)
+    sample.add_argument("--step-size", type=_positive_float, default=None)
+    sample.add_argument("--device", type=_device, default="cpu")
     return parser
+
+
+def _check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (parser.error) what one flag's type cannot see: paths that would fail only after
+    the work is done (an --out that is a file, a missing folder, an unknown image suffix, a
+    missing checkpoint) and a ladder whose ends are the wrong way round."""
+    out = Path(args.out)
+    if args.command == "train":
+        if out.exists() and not out.is_dir():
+            parser.error(f"argument --out: {args.out!r} is a file; train writes a folder")
+        nearest = next(folder for folder in (out.absolute(), *out.absolute().parents)
+                       if folder.exists())
+        if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+            parser.error(f"argument --out: cannot make or write the folder {args.out!r} "
+                         f"({str(nearest)!r} is not a writable folder)")
+        if args.sigma_max <= args.sigma_min:
+            parser.error(f"argument --sigma-max: must exceed --sigma-min ({args.sigma_min}), "
+                         f"got {args.sigma_max}")
+        return
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lstrip(".").lower() not in formats:
+        parser.error(f"argument --out: must name an image file ending in .png (or "
+                     f"{', '.join('.' + f for f in sorted(formats) if f != 'png')}), "
+                     f"got {args.out!r}")
+    if out.is_dir():
+        parser.error(f"argument --out: {args.out!r} is a folder; name the image file to write")
+    if not out.parent.is_dir():
+        parser.error(f"argument --out: the folder {str(out.parent)!r} does not exist")
+    if not Path(args.checkpoint).is_file():
+        parser.error(f"argument --checkpoint: {args.checkpoint!r} is not a file")
 
 
 DATASETS = {"digits": "load_digits", "mnist": "load_mnist", "cifar10": "load_cifar10"}
@@ -189,11 +309,21 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    if args.command == "train":
-        _train(args)
-    else:
-        _sample(args)
+    """Run the command line; bad arguments exit with status 2, later errors with status 1."""
+    from scorelab.training import TrainingDivergedError
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_paths(parser, args)
+    try:
+        if args.command == "train":
+            _train(args)
+        else:
+            _sample(args)
+    except (ValueError, TrainingDivergedError) as error:  # the library's own, clear messages
+        message = " ".join(str(error).split())  # one line
+        print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

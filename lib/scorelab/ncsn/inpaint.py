@@ -21,13 +21,16 @@ from contextlib import contextmanager
 import torch
 
 from scorelab._tensors import rand, randn
-from scorelab._validation import check_generator, check_positive, check_positive_int
+from scorelab._validation import (check_generator, check_positive, check_positive_int,
+                                  check_score_shape)
+from scorelab.noise import check_sigmas
 
 __all__ = ["inpaint", "keep_rows", "keep_columns", "mean_fill", "completion_shares"]
 
 
 def _check_images(model, images) -> torch.Tensor:
-    """``images`` as a finite floating tensor (N, C, H, W) of the model's shape, else ValueError."""
+    """``images`` as a finite floating tensor (N, C, H, W) on [0, 1] of the model's shape (an
+    NCSN's dtype and device too), else ValueError."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a non-empty tensor of shape (N, C, H, W), got {got}")
@@ -37,6 +40,12 @@ def _check_images(model, images) -> torch.Tensor:
         raise ValueError(f"images must be a floating-point tensor, got dtype {images.dtype}")
     if not bool(torch.isfinite(images).all()):
         raise ValueError("images must contain only finite values (no NaN or infinity)")
+    low, high = torch.aminmax(images.detach())
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"images must lie on the data's scale [0, 1], got values from {float(low):.4g} to "
+            f"{float(high):.4g} (divide images of 0..255 by 255)"
+        )
     return images
 
 
@@ -75,6 +84,7 @@ def _check_arguments(model, images, mask, generator, step_size, n_steps_each):
         raise ValueError(
             f"model must have score(x, sigma) and sigmas (an NCSN), got {type(model).__name__}"
         )
+    check_sigmas(model.sigmas, "model.sigmas")
     images = _check_images(model, images)
     mask = _check_mask(mask, images)
     check_generator(generator, images.device)
@@ -103,7 +113,7 @@ def _langevin_keeping_known(model, x, sigma: float, alpha: float, n_steps: int, 
     """``n_steps`` steps x <- x + alpha/2 s(x, sigma) + sqrt(alpha) z, x <- (1 - m) x + m y, with
     m the ``known`` pixels and y the ``observed`` image at this level."""
     for _ in range(n_steps):
-        score = model.score(x, sigma)
+        score = check_score_shape("model.score", model.score(x, sigma), x)
         x = x + 0.5 * alpha * score + math.sqrt(alpha) * _draw(
             "normal", observed.shape, generator, observed
         )
@@ -156,10 +166,12 @@ def inpaint(
     Parameters
     ----------
     model : NCSN
-        Anything with ``score(x, sigma)`` (sigma a float of its ladder), ``sigmas`` (L,) and,
+        Anything with ``score(x, sigma)`` (sigma a float of its ladder; returns a tensor
+        shaped like x), ``sigmas`` (L,), a valid ladder (positive, strictly decreasing) and,
         for the defaults, ``step_size`` and ``n_steps_each``.
     images : Tensor, shape (N, C, H, W)
-        The observed images; only their known pixels are read.
+        The observed images on the data's [0, 1] scale (an NCSN's dtype and device); only
+        their known pixels are read.
     mask : Tensor of 0s and 1s, shape (N, C, H, W) or broadcastable to it
         1 where a pixel is known, 0 where it is to be filled in.
     generator : torch.Generator, optional
@@ -178,8 +190,9 @@ def inpaint(
     Raises
     ------
     ValueError
-        For images or a mask of the wrong shape, a mask that is not 0/1, bad settings, and
-        when the chain diverges (naming the level; try a smaller step size).
+        For images or a mask of the wrong shape, images off [0, 1], a mask that is not 0/1,
+        bad settings, a model whose ladder is not valid or whose score has another shape than
+        its input, and when the chain diverges (naming the level; try a smaller step size).
     """
     images, known, step_size, n_steps_each = _check_arguments(
         model, images, mask, generator, step_size, n_steps_each)
@@ -187,7 +200,8 @@ def inpaint(
     with _eval_mode(model):
         x = _annealed_langevin(model, images, known, sigmas, step_size, n_steps_each, generator)
         if denoise:
-            x = x + sigmas[-1] ** 2 * model.score(x, sigmas[-1])  # the denoising step
+            score = check_score_shape("model.score", model.score(x, sigmas[-1]), x)
+            x = x + sigmas[-1] ** 2 * score  # the denoising step
     if clamp:
         x = x.clamp(0.0, 1.0)
     return torch.where(known, images, x)

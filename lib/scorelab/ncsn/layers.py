@@ -12,11 +12,35 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scorelab.ncsn.normalization import ConditionalInstanceNorm2dPlus
+from scorelab._validation import check_int_at_least, check_positive_int
+from scorelab.ncsn.normalization import TWO_CHANNELS, ConditionalInstanceNorm2dPlus
+
+
+def _normed_channels(name: str, value) -> int:
+    """``value`` as the channels of a conditional norm (an integer >= 2), else ValueError."""
+    return check_int_at_least(name, value, 2, TWO_CHANNELS)
+
+
+def _channel_list(name: str, values) -> list[int]:
+    """``values`` as a non-empty list of normalised channel counts (each >= 2), else ValueError."""
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"{name} must be a non-empty list of channel counts, got {values!r}")
+    return [_normed_channels(f"{name}[{i}]", value) for i, value in enumerate(values)]
+
+
+def _check_inputs(name: str, xs, expected: int) -> None:
+    """Raise ValueError unless ``xs`` is a list of ``expected`` tensors (one per input path)."""
+    if not isinstance(xs, (list, tuple)) or len(xs) != expected:
+        got = f"{len(xs)} inputs" if isinstance(xs, (list, tuple)) else type(xs).__name__
+        raise ValueError(
+            f"{name} must be a list of {expected} tensors (one per entry of in_channels), got {got}"
+        )
 
 
 def conv3x3(in_channels: int, out_channels: int, *, bias: bool = True) -> nn.Conv2d:
     """A 3x3 convolution with stride 1 and padding 1 (keeps H and W)."""
+    in_channels = check_positive_int("in_channels", in_channels)
+    out_channels = check_positive_int("out_channels", out_channels)
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=bias)
 
 
@@ -28,6 +52,9 @@ def dilated_conv3x3(
     Dilation widens the receptive field without downsampling, so the deep stages of the
     encoder still see the image at the resolution of stage 2.
     """
+    in_channels = check_positive_int("in_channels", in_channels)
+    out_channels = check_positive_int("out_channels", out_channels)
+    dilation = check_positive_int("dilation", dilation)
     return nn.Conv2d(
         in_channels, out_channels, kernel_size=3, padding=dilation, dilation=dilation, bias=bias
     )
@@ -38,6 +65,9 @@ class ConvMeanPool(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3):
         super().__init__()
+        in_channels = check_positive_int("in_channels", in_channels)
+        out_channels = check_positive_int("out_channels", out_channels)
+        kernel_size = check_positive_int("kernel_size", kernel_size)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +81,8 @@ class ConditionalResidualBlock(nn.Module):
     Parameters
     ----------
     in_channels, out_channels : int
-        Channels in and out.
+        Channels in and out (in_channels >= 2, and out_channels >= 2 unless the block
+        downsamples: every normalised feature map needs two channels).
     num_classes : int
         Number of noise levels.
     resample : {None, "down"}
@@ -59,7 +90,8 @@ class ConditionalResidualBlock(nn.Module):
         followed by mean pooling). With a dilation the block keeps H and W, as in the
         authors' dilated network, where only stage 2 downsamples.
     dilation : int or None
-        Dilation of both 3x3 convolutions (and of the shortcut conv when there is one).
+        Dilation (a positive integer) of both 3x3 convolutions (and of the shortcut conv
+        when there is one); None: none.
     """
 
     def __init__(
@@ -74,6 +106,11 @@ class ConditionalResidualBlock(nn.Module):
         super().__init__()
         if resample not in (None, "down"):
             raise ValueError(f"resample must be None or 'down', got {resample!r}")
+        in_channels = _normed_channels("in_channels", in_channels)
+        out_channels = check_positive_int("out_channels", out_channels)
+        if resample is None:  # out_channels is also the width of the second norm
+            _normed_channels("out_channels", out_channels)
+        dilation = None if dilation is None else check_positive_int("dilation", dilation)
         self.norm1 = ConditionalInstanceNorm2dPlus(in_channels, num_classes)
         if resample == "down" and dilation is None:
             self.conv1 = conv3x3(in_channels, in_channels)
@@ -101,11 +138,16 @@ class ConditionalResidualBlock(nn.Module):
 
 
 class CondRCUBlock(nn.Module):
-    """Residual conv unit: ``n_blocks`` residual blocks of ``n_stages`` norm-ELU-conv stages."""
+    """Residual conv unit: ``n_blocks`` residual blocks of ``n_stages`` norm-ELU-conv stages.
+
+    ``features`` (>= 2) channels in and out; ``n_blocks`` and ``n_stages`` positive integers.
+    """
 
     def __init__(self, features: int, num_classes: int, *, n_blocks: int, n_stages: int):
         super().__init__()
-        self.n_stages = n_stages
+        features = _normed_channels("features", features)
+        n_blocks = check_positive_int("n_blocks", n_blocks)
+        self.n_stages = n_stages = check_positive_int("n_stages", n_stages)
         self.norms = nn.ModuleList(
             ConditionalInstanceNorm2dPlus(features, num_classes) for _ in range(n_blocks * n_stages)
         )
@@ -128,10 +170,13 @@ class CondCRPBlock(nn.Module):
 
     The pooling chain gathers context from a growing neighbourhood; average pooling (rather
     than RefineNet's max pooling) keeps the score a smooth function of the input.
+    ``features`` (>= 2) channels in and out; ``n_stages`` a positive integer.
     """
 
     def __init__(self, features: int, num_classes: int, *, n_stages: int):
         super().__init__()
+        features = _normed_channels("features", features)
+        n_stages = check_positive_int("n_stages", n_stages)
         self.norms = nn.ModuleList(
             ConditionalInstanceNorm2dPlus(features, num_classes) for _ in range(n_stages)
         )
@@ -147,11 +192,16 @@ class CondCRPBlock(nn.Module):
 
 
 class CondMSFBlock(nn.Module):
-    """Multi-resolution fusion: norm and conv each input to ``features`` channels, resize, sum."""
+    """Multi-resolution fusion: norm and conv each input to ``features`` channels, resize, sum.
+
+    ``in_channels`` (a non-empty list, each >= 2) gives the channels of each input path;
+    :meth:`forward` takes one tensor per entry.
+    """
 
     def __init__(self, in_channels: list[int], features: int, num_classes: int):
         super().__init__()
-        self.features = features
+        in_channels = _channel_list("in_channels", in_channels)
+        self.features = features = check_positive_int("features", features)
         self.norms = nn.ModuleList(
             ConditionalInstanceNorm2dPlus(c, num_classes) for c in in_channels
         )
@@ -160,6 +210,7 @@ class CondMSFBlock(nn.Module):
     def forward(
         self, xs: list[torch.Tensor], labels: torch.Tensor, output_size: tuple[int, int]
     ) -> torch.Tensor:
+        _check_inputs("xs", xs, len(self.convs))
         total = 0.0
         for x, norm, conv in zip(xs, self.norms, self.convs):
             h = conv(norm(x, labels))
@@ -173,14 +224,15 @@ class CondRefineBlock(nn.Module):
     Parameters
     ----------
     in_channels : list of int
-        Channels of each input path (one for the first cascade, two afterwards: the encoder
-        skip connection and the previous cascade).
+        Channels of each input path, each >= 2 (one for the first cascade, two afterwards:
+        the encoder skip connection and the previous cascade); :meth:`forward` takes one
+        tensor per entry.
     features : int
-        Channels out.
+        Channels out (>= 2).
     num_classes : int
         Number of noise levels.
     start : bool
-        First cascade: a single input, no fusion.
+        First cascade: a single input of ``features`` channels, no fusion.
     end : bool
         Last cascade: three output RCU blocks instead of one.
     """
@@ -195,6 +247,13 @@ class CondRefineBlock(nn.Module):
         end: bool = False,
     ):
         super().__init__()
+        in_channels = _channel_list("in_channels", in_channels)
+        features = _normed_channels("features", features)
+        if start and in_channels != [features]:
+            raise ValueError(
+                f"in_channels must be [features] = [{features}] for the first cascade "
+                f"(start=True: a single input, no fusion), got {in_channels}"
+            )
         self.adapt_convs = nn.ModuleList(
             CondRCUBlock(c, num_classes, n_blocks=2, n_stages=2) for c in in_channels
         )
@@ -207,6 +266,7 @@ class CondRefineBlock(nn.Module):
     def forward(
         self, xs: list[torch.Tensor], labels: torch.Tensor, output_size: tuple[int, int]
     ) -> torch.Tensor:
+        _check_inputs("xs", xs, len(self.adapt_convs))
         hs = [adapt(x, labels) for adapt, x in zip(self.adapt_convs, xs)]
         h = hs[0] if self.msf is None else self.msf(hs, labels, output_size)
         return self.output_convs(self.crp(h, labels), labels)

@@ -16,7 +16,7 @@ from torch import nn
 from scorelab._tensors import rand
 from scorelab._validation import check_positive, check_positive_int
 from scorelab.langevin import annealed_langevin_dynamics
-from scorelab.ncsn.refinenet import CondRefineNetDilated
+from scorelab.ncsn.refinenet import CondRefineNetDilated, check_images
 from scorelab.noise import check_sigmas, geometric_sigmas
 from scorelab.scores import as_score_fn
 from scorelab.training import annealed_dsm_loss
@@ -42,7 +42,7 @@ class NCSN(nn.Module):
     image_size : int
         Image height = width H (even).
     ngf : int
-        Base width of the network.
+        Base width of the network (at least 2).
     sigmas : sequence of float or Tensor (L,), optional
         Strictly decreasing positive noise levels. Default: the paper's geometric ladder
         from 1 to 0.01 with L = 10 (for MNIST/CIFAR-10 on the [0, 1] scale).
@@ -92,6 +92,11 @@ class NCSN(nn.Module):
     def device(self) -> torch.device:
         return self.sigmas.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the network's weights (float32 unless converted), which inputs must have."""
+        return self.net.begin_conv.weight.dtype
+
     def config(self) -> dict:
         """The constructor arguments as plain Python types (stored in every checkpoint)."""
         return {
@@ -101,21 +106,25 @@ class NCSN(nn.Module):
             "sigmas": [float(s) for s in self.sigmas.cpu()],
         }
 
-    def check_images(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Raise ValueError unless ``x`` is a floating tensor (N, C, H, H) of this model's shape."""
-        shape = (self.net.channels, self.net.image_size, self.net.image_size)
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != shape:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{name} must have shape (N, {', '.join(map(str, shape))}), got {got}")
-        if not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-        return x
+    def check_images(self, name: str, x: torch.Tensor, *,
+                     match_weights: bool = True) -> torch.Tensor:
+        """Raise ValueError unless ``x`` is a floating tensor (N, C, H, H) of this model's shape.
+
+        With ``match_weights`` (the default), ``x`` must also have the dtype and the device of
+        the model's weights (the error says how to convert it); without, any floating dtype
+        and device pass (for data the caller converts, as :func:`train_NCSN` does).
+        """
+        weight = self.net.begin_conv.weight if match_weights else None
+        return check_images(name, x, self.net.channels, self.net.image_size, weight)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Score estimate at level indices ``labels`` (N,) for images ``x`` (N, C, H, H).
 
-        The network checks the shape of ``x`` (cheaply, on every call): the sampler calls
-        this many times, so nothing more is checked here.
+        ``labels`` is an integer tensor (N,) of indices into :attr:`sigmas` (``0..L-1``), one
+        per image; ``x`` has the model's shape, dtype (float32 unless the model was
+        converted) and device. The network checks both on every call (shapes and dtypes;
+        the label values on the CPU only, see
+        :func:`~scorelab.ncsn.refinenet.check_labels`), raising a ValueError that names them.
         """
         return self.net(x, labels)
 
@@ -123,12 +132,16 @@ class NCSN(nn.Module):
         """The estimated score of p_sigma at ``x`` (N, C, H, H): the score contract.
 
         ``sigma`` is a float or a tensor (N,) of levels of the ladder
-        (:func:`scorelab.scores.as_score_fn`); any other value is a ValueError.
+        (:func:`scorelab.scores.as_score_fn`); any other value is a ValueError, and so is an
+        ``x`` of another shape, dtype or device than the model's (see :meth:`check_images`).
         """
         return as_score_fn(self, self.sigmas)(self.check_images("x", x), sigma)
 
     def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Annealed DSM loss (Eq. 6, lambda = sigma^2): the mean over images ``x`` (N, C, H, H)."""
+        """Annealed DSM loss (Eq. 6, lambda = sigma^2): the mean over images ``x`` (N, C, H, H).
+
+        ``x`` must have the model's shape, dtype and device (see :meth:`check_images`).
+        """
         x = self.check_images("x", x)
         return annealed_dsm_loss(self, x, self.sigmas, generator=generator).mean()
 
@@ -163,8 +176,8 @@ class NCSN(nn.Module):
         n_steps_each, step_size : int, float, optional
             Steps per level and epsilon; default: the model's ``n_steps_each``/``step_size``.
         snapshots, record_every : bool, int
-            Also return the trajectory, every ``record_every``-th step of it (default
-            ``n_steps_each``: one image per level).
+            Also return the trajectory, every ``record_every``-th step of it (a positive
+            integer; default ``n_steps_each``: one image per level).
         denoise, progress : bool
             Finish with the denoising step; show a progress bar.
 
@@ -177,6 +190,8 @@ class NCSN(nn.Module):
         n = check_positive_int("n", n)
         n_steps_each = self.n_steps_each if n_steps_each is None else n_steps_each
         step_size = self.step_size if step_size is None else step_size
+        record_every = (n_steps_each if record_every is None
+                        else check_positive_int("record_every", record_every))
         shape = (n, self.net.channels, self.net.image_size, self.net.image_size)
         x0 = rand(shape, generator=generator, device=self.device)  # uniform prior on [0, 1]
         was_training = self.training
@@ -185,7 +200,7 @@ class NCSN(nn.Module):
             out = annealed_langevin_dynamics(
                 as_score_fn(self, self.sigmas), x0, self.sigmas, step_size, n_steps_each,
                 generator=generator, return_trajectory=snapshots,
-                record_every=record_every or n_steps_each, progress=progress, denoise=denoise,
+                record_every=record_every, progress=progress, denoise=denoise,
             )
         finally:
             self.train(was_training)

@@ -10,6 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from scorelab._validation import check_int_at_least, check_positive, check_positive_int
+
+#: Why a conditional norm needs two channels: the mean correction divides by their spread.
+TWO_CHANNELS = (" (every ConditionalInstanceNorm2dPlus needs 2 channels: its mean correction "
+                "divides by the spread of the channel means)")
+
 
 class ConditionalInstanceNorm2dPlus(nn.Module):
     r"""Instance normalisation with per-level scale, shift and mean correction.
@@ -33,13 +39,14 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
     Parameters
     ----------
     num_features : int
-        Number of channels C.
+        Number of channels C, at least 2: :math:`v` is the unbiased variance of the C
+        channel means, undefined (NaN) for one channel.
     num_classes : int
         Number of noise levels L (rows of the embedding).
     bias : bool
         Whether to learn the shift :math:`\beta`.
     eps : float
-        Added to variances before the square root.
+        Added to variances before the square root (> 0).
 
     Notes
     -----
@@ -49,9 +56,11 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
 
     def __init__(self, num_features: int, num_classes: int, *, bias: bool = True, eps: float = 1e-5):
         super().__init__()
-        self.num_features = num_features
+        self.num_features = num_features = check_int_at_least(
+            "num_features", num_features, 2, TWO_CHANNELS)
+        num_classes = check_positive_int("num_classes", num_classes)
         self.bias = bias
-        self.eps = eps
+        self.eps = check_positive("eps", eps)
         self.embed = nn.Embedding(num_classes, num_features * (3 if bias else 2))
         with torch.no_grad():
             self.embed.weight[:, : 2 * num_features].normal_(1.0, 0.02)

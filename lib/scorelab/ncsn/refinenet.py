@@ -6,9 +6,64 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scorelab._validation import check_positive_int
+from scorelab._validation import check_int_at_least, check_positive_int
 from scorelab.ncsn.layers import CondRefineBlock, ConditionalResidualBlock, conv3x3
-from scorelab.ncsn.normalization import ConditionalInstanceNorm2dPlus
+from scorelab.ncsn.normalization import TWO_CHANNELS, ConditionalInstanceNorm2dPlus
+
+
+def check_images(name: str, x, channels: int, size: int, weight: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Raise ValueError unless ``x`` is a floating tensor (N, channels, size, size).
+
+    With ``weight`` (a parameter of the network), ``x`` must also have its dtype and device:
+    a float64 batch for float32 weights is an error that says how to convert it.
+    """
+    shape = (channels, size, size)
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != shape:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must have shape (N, {', '.join(map(str, shape))}), got {got}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if weight is not None and x.dtype != weight.dtype:
+        convert = (f"{name}.float()" if weight.dtype == torch.float32
+                   else f"{name}.to({weight.dtype})")
+        raise ValueError(
+            f"{name} must have the dtype of the network's weights, {weight.dtype}, got {x.dtype}: "
+            f"convert it with {convert}"
+        )
+    if weight is not None and x.device != weight.device:
+        raise ValueError(
+            f"{name} must be on the network's device {weight.device}, got {x.device}: "
+            f"move it with {name}.to({str(weight.device)!r})"
+        )
+    return x
+
+
+def check_labels(labels, n: int, num_classes: int, device: torch.device) -> torch.Tensor:
+    """``labels`` as a LongTensor (n,) of level indices in ``0..num_classes-1`` on ``device``.
+
+    Raises ValueError for anything else. The values are read on the CPU only: on an
+    accelerator reading them would make every call wait for the device (the trainer and the
+    sampler call the network thousands of times), so an index out of range is left to the
+    device's own check there; inside ``torch.compile`` graphs they are not read either.
+    """
+    expected = f"an integer tensor of shape ({n},), one noise-level index per image"
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be {expected}, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be {expected}, got dtype {labels.dtype}")
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must be {expected}, got shape {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"labels must be on the images' device {device}, got {labels.device}")
+    if labels.device.type == "cpu" and not torch.compiler.is_compiling() and n:
+        low, high = torch.aminmax(labels)
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"labels must be noise-level indices from 0 to {num_classes - 1}, got values "
+                f"from {int(low)} to {int(high)}"
+            )
+    return labels.long()
 
 
 class CondRefineNetDilated(nn.Module):
@@ -27,7 +82,8 @@ class CondRefineNetDilated(nn.Module):
     image_size : int
         Height = width H of the images; must be even (stage 2 halves it). 8, 28 and 32 work.
     ngf : int
-        Base width: stage 1 has ``ngf`` channels, the deeper stages ``2 * ngf``.
+        Base width: stage 1 has ``ngf`` channels, the deeper stages ``2 * ngf``. At least 2:
+        every :class:`ConditionalInstanceNorm2dPlus` needs two channels.
     num_classes : int
         Number of noise levels L.
 
@@ -48,12 +104,12 @@ class CondRefineNetDilated(nn.Module):
 
     def __init__(self, channels: int, image_size: int, ngf: int, num_classes: int):
         super().__init__()
-        self.channels = check_positive_int("channels", channels)
-        self.image_size = check_positive_int("image_size", image_size)
+        self.channels = channels = check_positive_int("channels", channels)
+        self.image_size = image_size = check_positive_int("image_size", image_size)
         if image_size % 2:
             raise ValueError(f"image_size must be even (stage 2 halves it), got {image_size}")
-        self.ngf = check_positive_int("ngf", ngf)
-        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.ngf = ngf = check_int_at_least("ngf", ngf, 2, TWO_CHANNELS)
+        self.num_classes = num_classes = check_positive_int("num_classes", num_classes)
         wide = 2 * ngf
         self.begin_conv = conv3x3(channels, ngf)
         self.res1 = nn.ModuleList([
@@ -91,19 +147,25 @@ class CondRefineNetDilated(nn.Module):
         Parameters
         ----------
         x : Tensor, shape (N, C, H, H)
-            Noisy images on the data's [0, 1] scale.
-        labels : LongTensor, shape (N,)
-            Noise-level indices in ``0..num_classes-1``.
+            Noisy images on the data's [0, 1] scale, of the network's ``channels`` and
+            ``image_size``, dtype and device (a float64 batch for float32 weights is an
+            error: convert it with ``x.float()``).
+        labels : integer Tensor, shape (N,)
+            Noise-level indices in ``0..num_classes-1``, one per image, on x's device.
 
         Returns
         -------
         Tensor, shape (N, C, H, H)
             The estimated score.
+
+        Raises
+        ------
+        ValueError
+            For any other ``x`` or ``labels`` (see :func:`check_labels`: the label values
+            are read on the CPU only, so that a call never waits for an accelerator).
         """
-        if x.ndim != 4 or x.shape[1] != self.channels or x.shape[2] % 2 or x.shape[2] != x.shape[3]:
-            raise ValueError(
-                f"x must have shape (N, {self.channels}, H, H) with H even, got {tuple(x.shape)}"
-            )
+        x = check_images("x", x, self.channels, self.image_size, self.begin_conv.weight)
+        labels = check_labels(labels, x.shape[0], self.num_classes, x.device)
         h = self.begin_conv(x)  # (N, ngf, H, H)
         layer1 = self._stage(self.res1, h, labels)  # (N, ngf, H, H)
         layer2 = self._stage(self.res2, layer1, labels)  # (N, 2ngf, H/2, H/2)
@@ -127,6 +189,7 @@ def summary_table(net: CondRefineNetDilated, *, batch_size: int = 1) -> str:
         One line per block (``begin_conv``, ``res1``..``res4``, ``refine1``..``refine4``,
         ``end_norm``, ``end_conv``) and a total.
     """
+    batch_size = check_positive_int("batch_size", batch_size)
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(name):
@@ -141,9 +204,11 @@ def summary_table(net: CondRefineNetDilated, *, batch_size: int = 1) -> str:
         for name, module in net.named_children()
     ]
     try:
-        size = net.image_size
+        size, weight = net.image_size, net.begin_conv.weight
         with torch.no_grad():
-            net(torch.zeros(batch_size, net.channels, size, size), torch.zeros(batch_size, dtype=torch.long))
+            net(torch.zeros(batch_size, net.channels, size, size, dtype=weight.dtype,
+                            device=weight.device),
+                torch.zeros(batch_size, dtype=torch.long, device=weight.device))
     finally:
         for hook in hooks:
             hook.remove()

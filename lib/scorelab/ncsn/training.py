@@ -45,7 +45,9 @@ def train_NCSN(
     ----------
     model, data : NCSN, Tensor of shape (N, C, H, H)
         Trained in place (holding the EMA weights at the end when there is an EMA); training
-        images on [0, 1], moved to the model's device once.
+        images on [0, 1] of any floating dtype, moved to the model's device and converted to
+        its dtype (float32 unless the model was converted) once, as a copy: a float64 data
+        set (from NumPy, say) trains as float32.
     n_steps, batch_size, lr, ema_rate : int, int, float, float or None
         Optimiser steps in all (including those before a resume); images per step (per
         process); Adam with betas (0.9, 0.999) as in the paper; the EMA's rate (None: no EMA).
@@ -53,6 +55,10 @@ def train_NCSN(
         Folder for ``checkpoints/step_XXXXXXX.pt`` (every ``checkpoint_every`` steps and at the
         last) and grids of ``n_samples`` images ``samples_step_XXXXXXX.png``; ``resume``
         continues from its latest checkpoint, generator state included (fresh if there is none).
+        A resume must repeat the run: the same data size, ``batch_size``, ``lr``, ``ema_rate``,
+        number of processes and device, and an ``n_steps`` no smaller than the checkpoint's
+        step (equal: nothing left to train, the checkpoint's losses are returned); anything
+        else raises :class:`~scorelab.ncsn.CheckpointError` (a ValueError) naming the setting.
     progress, callback, log_every : bool, callable, int
         A tqdm bar with the loss; ``callback(step, loss)`` after every step (from 1; a callback
         reads the loss at every step); read (and check) the losses every ``log_every`` steps.
@@ -65,14 +71,21 @@ def train_NCSN(
     -------
     list of float
         Loss of every step (of the whole run, also across a resume).
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, and (as :class:`~scorelab.ncsn.CheckpointError`) for a checkpoint
+        that cannot resume this run.
     """
     n_steps = _check_run(model, data, n_steps, out_dir, checkpoint_every, sample_every, resume)
     trainer, batches, generator = make_trainer(
         model, data, batch_size=batch_size, lr=lr, ema_rate=ema_rate, seed=seed, amp=amp,
         channels_last=channels_last, compile=compile)
-    history = _resume(trainer, batches, generator, out_dir) if resume else []
+    history = (_resume(trainer, batches, generator, out_dir, n_steps, batch_size) if resume
+               else [])
     hooks = _hooks(trainer, batches, generator, history, callback, out_dir, n_steps,
-                   checkpoint_every, sample_every, n_samples, seed)
+                   checkpoint_every, sample_every, n_samples, seed, batch_size)
     trainer.run(batches, n_steps, generator=generator, history=history, hooks=hooks,
                 progress=progress and trainer.rank == 0, log_every=log_every)
     trainer.use_ema_weights()
@@ -84,14 +97,17 @@ def _check_run(model, data, n_steps, out_dir, checkpoint_every, sample_every, re
     """Check the run's arguments at the start (``data``'s shape, an ``out_dir`` for the outputs
     that need one); ``n_steps`` as an int."""
     n_steps = check_positive_int("n_steps", n_steps)
-    model.check_images("data", data)
+    for name, every in (("checkpoint_every", checkpoint_every), ("sample_every", sample_every)):
+        if every is not None and every != 0:  # None and 0 switch the output off
+            check_positive_int(name, every)
+    model.check_images("data", data, match_weights=False)  # make_trainer converts the data
     if (checkpoint_every or sample_every or resume) and out_dir is None:
         raise ValueError("out_dir is required for checkpoint_every, sample_every or resume")
     return n_steps
 
 
 def _hooks(trainer, batches, generator, history, callback, out_dir, n_steps, checkpoint_every,
-           sample_every, n_samples, seed) -> list:
+           sample_every, n_samples, seed, batch_size) -> list:
     """The run's hooks: ``callback``, then checkpoints (with an ``out_dir``), then sample grids.
 
     Every rank has the same hooks (the losses are read, all together, when one is due); rank 0
@@ -100,7 +116,7 @@ def _hooks(trainer, batches, generator, history, callback, out_dir, n_steps, che
     hooks = [] if callback is None else [callback]
     if out_dir is not None:
         hooks.append(_checkpoint_hook(trainer, batches, generator, history, out_dir,
-                                      checkpoint_every, n_steps))
+                                      checkpoint_every, n_steps, batch_size))
     if sample_every:
         hooks.append((sample_every, _sample_grid_hook(trainer, out_dir, sample_every,
                                                       n_samples, seed)))
@@ -114,14 +130,14 @@ def make_trainer(
 ) -> tuple[AnnealedDenoisingScoreMatching, Batches, torch.Generator]:
     """The trainer, the batches and the generator of a :func:`train_NCSN` run (arguments as there).
 
-    The model (and the data, moved to the model's device) take the chosen memory layout; the
-    generator lives on the model's device; inside a process group the batches are global
-    (``batch_size`` per process). ``trainer.run(batches, n, generator=generator)`` then runs
-    ``n`` steps (the benchmarks time it so).
+    The model (and the data, moved to the model's device and converted to its dtype) take the
+    chosen memory layout; the generator lives on the model's device; inside a process group
+    the batches are global (``batch_size`` per process). ``trainer.run(batches, n,
+    generator=generator)`` then runs ``n`` steps (the benchmarks time it so).
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
-    data = data.to(model.device).contiguous(memory_format=memory_format)
+    data = data.to(model.device, model.dtype).contiguous(memory_format=memory_format)
     generator = torch.Generator(model.device).manual_seed(seed)
     trainer = AnnealedDenoisingScoreMatching(model, model.sigmas, lr=lr, ema_rate=ema_rate,
                                              amp=amp, compile=compile, distributed=True)
@@ -130,27 +146,66 @@ def make_trainer(
     return trainer, batches, generator
 
 
-def _resume(trainer, batches: Batches, generator: torch.Generator, out_dir) -> list[float]:
-    """Load the latest checkpoint of ``out_dir`` (if any) into the run; the losses so far."""
+def _run_settings(trainer, batches: Batches, batch_size: int) -> dict:
+    """The settings a resume must repeat (compared with a checkpoint's, stored in new ones)."""
+    return {"batch_size": int(batch_size), "data_size": int(batches.data.shape[0]),
+            "ema_rate": None if trainer.ema is None else trainer.ema.rate, "lr": trainer.lr}
+
+
+def _resume(trainer, batches: Batches, generator: torch.Generator, out_dir, n_steps: int,
+            batch_size: int) -> list[float]:
+    """Load the latest checkpoint of ``out_dir`` (if any) into the run; the losses so far.
+
+    Everything is checked (the run's settings, ``n_steps`` against the checkpoint's step,
+    the generator state) before the model, the optimiser, the EMA and the generator are loaded.
+    """
     path = checkpoints.latest_checkpoint(out_dir)
     if path is None:
         return []
-    state = checkpoints.load_training_state(path, model=trainer.model)
+    state = checkpoints.read_training_state(path, model=trainer.model)
     checkpoints.check_same_run(path, state, world_size=trainer.world_size,
-                               generator_device=generator.device.type)
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    if trainer.ema is not None:
-        trainer.ema.module.load_state_dict(state["ema"])
-    if trainer.scaler is not None and state.get("scaler") is not None:
-        trainer.scaler.load_state_dict(state["scaler"])
-    generator.set_state(state["generator"])
+                               generator_device=generator.device.type,
+                               settings=_run_settings(trainer, batches, batch_size))
+    if n_steps < state["step"]:
+        raise ValueError(
+            f"n_steps ({n_steps}) is smaller than the step of checkpoint {str(path)!r} "
+            f"({state['step']}): a resumed run counts all its steps, so ask for at least "
+            f"{state['step']}, or start a new out_dir"
+        )
+    _load_into(path, state, trainer, generator)
     batches.load_state_dict({"order": state["data_order"], "cursor": state["data_cursor"]})
     return list(state["losses"])
 
 
-def _checkpoint_hook(trainer, batches, generator, history, out_dir, every, n_steps):
+def _load_into(path, state: dict, trainer, generator: torch.Generator) -> None:
+    """Load the model, the optimiser, the EMA, the gradient scaler and the generator state of
+    ``state``; a part that does not fit is a CheckpointError naming ``path`` and the part."""
+    name = str(path)
+    try:
+        torch.Generator(generator.device).set_state(state["generator"])  # a trial on a scratch one
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise checkpoints.CheckpointError(
+            f"checkpoint {name!r} holds an unusable generator state ({error})") from None
+    parts = [("model", trainer.model), ("optimizer", trainer.optimizer)]
+    if trainer.ema is not None:
+        parts.append(("ema", trainer.ema.module))
+    if trainer.scaler is not None and state.get("scaler") is not None:
+        parts.append(("scaler", trainer.scaler))
+    for key, target in parts:
+        try:
+            target.load_state_dict(state[key])
+        except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as error:
+            raise checkpoints.CheckpointError(
+                f"checkpoint {name!r}: its {key!r} state does not fit this run "
+                f"({type(error).__name__}: {error})") from None
+    generator.set_state(state["generator"])
+
+
+def _checkpoint_hook(trainer, batches, generator, history, out_dir, every, n_steps, batch_size):
     """``(every, hook)``: the hook writes the training state every ``every`` steps and at the
     end (on rank 0)."""
+    settings = _run_settings(trainer, batches, batch_size)
+    settings.pop("lr")  # the optimiser's state holds it
 
     def save(done: int, loss: float) -> None:
         if trainer.rank == 0 and (done == n_steps or (every and done % every == 0)):
@@ -159,7 +214,7 @@ def _checkpoint_hook(trainer, batches, generator, history, out_dir, every, n_ste
                 ema=None if trainer.ema is None else trainer.ema.module.state_dict(),
                 step=done, generator=generator, data_order=batches.state_dict(), losses=history,
                 scaler=None if trainer.scaler is None else trainer.scaler.state_dict(),
-                world_size=trainer.world_size,
+                world_size=trainer.world_size, **settings,
             )
 
     return (every or n_steps), save
