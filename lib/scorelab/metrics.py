@@ -215,8 +215,9 @@ def mmd(x: torch.Tensor, y: torch.Tensor, *, bandwidth: float | None = None) -> 
     """Squared maximum mean discrepancy with a Gaussian kernel (unbiased U-statistic).
 
     ``MMD^2 = E k(x, x') + E k(y, y') - 2 E k(x, y)`` with
-    ``k(a, b) = exp(-||a - b||^2 / (2 h^2))`` (Gretton et al. 2012, Eq. 3). The unbiased
-    estimate can be slightly negative when the two sets come from one distribution.
+    ``k(a, b) = exp(-||a - b||^2 / (2 h^2))``, estimated by the unbiased statistic MMD^2_u of
+    Gretton et al. (2012), which can be slightly negative when the two sets come from one
+    distribution.
 
     Parameters
     ----------
@@ -399,7 +400,8 @@ def class_coverage(classifier, samples) -> np.ndarray:
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two sets of feature vectors.
 
-    ``||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^{1/2})`` (Heusel et al. 2017, Eq. 6).
+    ``||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^{1/2})``, the formula of the FID
+    (Heusel et al. 2017) applied to any features.
 
     Parameters
     ----------
