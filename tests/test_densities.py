@@ -255,3 +255,14 @@ def test_perturbed_banana_samples_and_cache():
     products = (x - x.mean(0))[:, :, None] * (x - x.mean(0))[:, None, :]  # (n, 2, 2)
     assert ((products.mean(0) - expected).abs() < 4.5 * products.std(0) / math.sqrt(n)).all()
     torch.testing.assert_close(banana.perturbed_score(x[:5].float(), 1.0), perturbed.score(x[:5].float()))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ncsn_toy_mixture().perturbed(1e155),
+    lambda: ncsn_toy_mixture().perturbed_score(torch.zeros(2, 2), torch.tensor([1e30, 1.0])),
+    lambda: Banana(scale=1e200),
+    lambda: Banana().perturbed(1e20),
+], ids=["mixture", "mixture per point", "banana scale", "banana sigma"])
+def test_a_noise_level_whose_variance_overflows_is_named(call):
+    with pytest.raises(ValueError, match=r"must be at most 1.84e\+19 \(its square is a variance"):
+        call()

@@ -232,3 +232,12 @@ def test_plot_arguments_that_used_to_slip_through_are_refused(ax):
     with pytest.raises(ValueError, match="must have a .log_prob method"):
         plotting.animate_particles(torch.zeros(3, 5, 2), density="gm")
     plt.close("all")
+
+
+def test_nan_inputs_are_refused_instead_of_drawing_a_blank_plot(ax):
+    with pytest.raises(ValueError, match="x holds NaN values"):
+        plotting.plot_samples(ax, torch.full((5, 2), float("nan")))
+    with pytest.raises(ValueError, match="images holds NaN values"):
+        plotting.image_grid(torch.full((2, 1, 8, 8), float("nan")), ax=ax)
+    with pytest.raises(ValueError, match="trajectory holds NaN values"):
+        plotting.plot_trajectories(ax, torch.full((3, 5, 2), float("nan")))

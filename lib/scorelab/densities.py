@@ -58,6 +58,18 @@ def _check_x(x, dim: int) -> torch.Tensor:
     return check_values("x", check_points("x", x, dim))
 
 
+_LARGEST_SCALE = math.sqrt(torch.finfo(torch.float32).max)  # about 1.8e19
+
+
+def _check_scale(name: str, value) -> float:
+    """A positive finite number whose square (a variance) is a finite float32."""
+    value = check_positive(name, value)
+    if value > _LARGEST_SCALE:
+        raise ValueError(f"{name} must be at most {_LARGEST_SCALE:.3g} (its square is a "
+                         f"variance, a float32), got {value!r}")
+    return value
+
+
 def _one_sigma(sigma, x: torch.Tensor) -> float | torch.Tensor:
     """``sigma`` as one float when it is a number or a tensor of equal values, else a tensor (N,).
 
@@ -65,8 +77,10 @@ def _one_sigma(sigma, x: torch.Tensor) -> float | torch.Tensor:
     different levels, checked by :func:`scorelab.scores.sigma_per_example`, the per-point one.
     """
     if not isinstance(sigma, torch.Tensor):
-        return check_positive("sigma", sigma)
+        return _check_scale("sigma", sigma)
     values = sigma_per_example(sigma, x)  # (N,), positive and finite
+    if values.numel() and float(values.max()) > _LARGEST_SCALE:
+        _check_scale("sigma", float(values.max()))  # raises, naming the largest level
     if values.numel() == 0 or bool((values == values[0]).all()):
         return float(values[0]) if values.numel() else 1.0
     return values
@@ -343,7 +357,7 @@ class GaussianMixture:
         so ``mixture.perturbed(sigma).score(x)`` inside a sampler loop costs one dictionary
         look-up beyond the score itself.
         """
-        sigma = check_positive("sigma", sigma)
+        sigma = _check_scale("sigma", sigma)
         if sigma not in self._perturbed:
             if len(self._perturbed) >= _PERTURBED_CACHE_SIZE:
                 self._perturbed.clear()
@@ -453,7 +467,7 @@ class Banana:
         if not math.isfinite(curvature) or curvature < 0:
             raise ValueError(f"curvature must be a non-negative finite number, got {curvature!r}")
         self.curvature = curvature
-        self.scale = check_positive("scale", scale)
+        self.scale = _check_scale("scale", scale)
         self._perturbed: dict[tuple[float, int], PerturbedBanana] = {}
 
     def __repr__(self) -> str:
@@ -512,7 +526,7 @@ class Banana:
 
         Results are cached per (sigma, n_nodes), so calling it inside a sampler loop is cheap.
         """
-        key = (check_positive("sigma", sigma), check_positive_int("n_nodes", n_nodes))
+        key = (_check_scale("sigma", sigma), check_positive_int("n_nodes", n_nodes))
         if key not in self._perturbed:
             if len(self._perturbed) >= _PERTURBED_CACHE_SIZE:
                 self._perturbed.clear()
@@ -579,7 +593,7 @@ class PerturbedBanana:
 
     def __init__(self, banana: Banana, sigma: float, n_nodes: int = 64) -> None:
         self.banana = banana
-        self.sigma = check_positive("sigma", sigma)
+        self.sigma = _check_scale("sigma", sigma)
         self.n_nodes = check_positive_int("n_nodes", n_nodes)
         nodes, weights = np.polynomial.hermite.hermgauss(self.n_nodes)
         self._nodes = torch.from_numpy(nodes)  # (J,) Hermite nodes t_j, weight exp(-t^2)

@@ -50,12 +50,20 @@ def _check_ax(ax) -> Axes:
 
 
 def _to_numpy(name: str, values, ndim: int, last: int | None = None) -> np.ndarray:
+    """``values`` as a float array of ``ndim`` dimensions (last size ``last``), without NaN.
+
+    A NaN would be drawn as nothing at all (a blank plot, no warning); infinities are left to
+    the caller (a log-density may be -inf where the density is zero).
+    """
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     array = np.asarray(values, dtype=float)
     if array.ndim != ndim or (last is not None and array.shape[-1] != last):
         expected = f"{ndim} dimensions" + (f" with last size {last}" if last is not None else "")
         raise ValueError(f"{name} must have {expected}, got shape {array.shape}")
+    if np.isnan(array).any():
+        raise ValueError(f"{name} holds NaN values, which would not be drawn (did a sampler "
+                         "diverge?)")
     return array
 
 
