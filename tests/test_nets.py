@@ -78,7 +78,7 @@ def test_bad_labels_and_sigmas_are_refused():
     model = NoiseConditionalNetwork(input_dim=2, n_levels=3)
     with pytest.raises(ValueError, match="labels must lie in 0..2"):
         model(torch.zeros(2, 2), torch.tensor([0, 3]))
-    with pytest.raises(ValueError, match="labels must be a LongTensor"):
+    with pytest.raises(ValueError, match="labels must be an integer tensor of shape \\(2,\\)"):
         model(torch.zeros(2, 2), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="sigmas must hold n_levels = 3 noise levels, got 2"):
         NoiseConditionalNetwork(n_levels=3, sigmas=torch.tensor([1.0, 0.5]))

@@ -134,3 +134,31 @@ def check_int_at_least(name: str, value, least: int, reason: str = "") -> int:
     if isinstance(value, bool) or not integral or int(value) < least:
         raise ValueError(f"{name} must be an integer >= {least}{reason}, got {value!r}")
     return int(value)
+
+
+def check_labels(labels, n: int, n_levels: int, device: torch.device | None = None
+                 ) -> torch.Tensor:
+    """``labels`` as a LongTensor (n,) of noise-level indices in ``0..n_levels-1``.
+
+    Raises a ValueError naming ``labels`` for anything else: not an integer tensor of shape
+    (n,), on another ``device`` than the data's (when given), or values out of range. The
+    values are read on the CPU only: on an accelerator reading them would make every call
+    wait for the device (the trainer and the sampler call a network thousands of times), so
+    an index out of range is left to the device's own check there; inside ``torch.compile``
+    graphs they are not read either.
+    """
+    expected = f"an integer tensor of shape ({n},), one noise-level index per example"
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be {expected}, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be {expected}, got dtype {labels.dtype}")
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"labels must be {expected}, got shape {tuple(labels.shape)}")
+    if device is not None and labels.device != device:
+        raise ValueError(f"labels must be on the data's device {device}, got {labels.device}")
+    if labels.device.type == "cpu" and not torch.compiler.is_compiling() and n:
+        low, high = torch.aminmax(labels)
+        if low < 0 or high >= n_levels:
+            raise ValueError(f"labels must lie in 0..{n_levels - 1} (noise-level indices), got "
+                             f"values from {int(low)} to {int(high)}")
+    return labels.long()

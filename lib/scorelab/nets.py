@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from scorelab._tensors import broadcast_like
-from scorelab._validation import check_points, check_positive_int, check_values
+from scorelab._validation import check_labels, check_points, check_positive_int, check_values
 from scorelab.noise import check_sigmas
 from scorelab.scores import as_score_fn
 
@@ -180,13 +180,13 @@ class NoiseConditionalNetwork(nn.Module):
             self.sigmas = None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Score at ``x`` for noise level ``labels``: (N, D), LongTensor (N,) -> (N, D)."""
+        """Score at ``x`` for noise level ``labels``: (N, D), integer tensor (N,) -> (N, D).
+
+        ``labels`` is checked by :func:`scorelab._validation.check_labels` (its values on the
+        CPU only).
+        """
         _check_input(x, self)
-        if labels.shape != (x.shape[0],) or labels.dtype != torch.long:
-            raise ValueError(f"labels must be a LongTensor of shape ({x.shape[0]},), got "
-                             f"{labels.dtype} {tuple(labels.shape)}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.n_levels):
-            raise ValueError(f"labels must lie in 0..{self.n_levels - 1}")
+        labels = check_labels(labels, x.shape[0], self.n_levels, x.device)
         h = x
         for layer in self.hidden:
             h = self.activation(layer(h, labels))  # (N, width)

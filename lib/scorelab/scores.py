@@ -57,7 +57,11 @@ def sigma_per_example(sigma, x: torch.Tensor, name: str = "sigma") -> torch.Tens
     return values
 
 
-def sigma_to_level(sigma: torch.Tensor, sigmas: torch.Tensor, rtol: float = 1e-4) -> torch.Tensor:
+LEVEL_RTOL = 1e-4  # a sigma this close (relatively) to a level of the ladder is that level
+
+
+def sigma_to_level(sigma: torch.Tensor, sigmas: torch.Tensor,
+                   rtol: float = LEVEL_RTOL) -> torch.Tensor:
     """Indices (N,) into the ladder ``sigmas`` (L,) of the levels ``sigma`` (N,).
 
     Each sigma must be one of the ladder's levels within relative tolerance ``rtol``: a
@@ -69,8 +73,12 @@ def sigma_to_level(sigma: torch.Tensor, sigmas: torch.Tensor, rtol: float = 1e-4
                          f"(scorelab.scores.sigma_per_example makes one from a float)")
     if not bool(((sigma > 0) & sigma.isfinite()).all()):
         raise ValueError(f"sigma must be positive and finite, got {sigma.unique().tolist()}")
-    rtol = check_positive("rtol", rtol)
-    ladder = check_sigmas(sigmas).to(device=sigma.device, dtype=torch.float64)
+    return _sigma_to_level(sigma, check_sigmas(sigmas), check_positive("rtol", rtol))
+
+
+def _sigma_to_level(sigma: torch.Tensor, sigmas: torch.Tensor, rtol: float) -> torch.Tensor:
+    """:func:`sigma_to_level` on checked arguments (the score adapter's path, every call)."""
+    ladder = sigmas.to(device=sigma.device, dtype=torch.float64)
     log_gap = sigma.double().log()[:, None] - ladder.log()[None, :]  # (N, L)
     labels = log_gap.abs().argmin(dim=1)
     nearest = ladder[labels]
@@ -105,6 +113,6 @@ def as_score_fn(net: Callable, sigmas=None) -> ScoreFn:
     ladder = check_sigmas(sigmas)
 
     def level_score_fn(x: torch.Tensor, sigma) -> torch.Tensor:
-        sigma = sigma_per_example(sigma, x)
-        return net(x, sigma_to_level(sigma, ladder))
+        sigma = sigma_per_example(sigma, x)  # (N,), checked positive and finite
+        return net(x, _sigma_to_level(sigma, ladder, LEVEL_RTOL))
     return level_score_fn

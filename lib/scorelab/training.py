@@ -33,8 +33,8 @@ from scorelab._tensors import (
     broadcast_like, randint, randn_like, randperm, same_device, sum_except_batch,
 )
 from scorelab._validation import (
-    check_batch, check_batch_shape, check_positive, check_positive_int, check_score_shape,
-    check_values,
+    check_batch, check_batch_shape, check_labels, check_positive, check_positive_int,
+    check_score_shape, check_values,
 )
 from scorelab.noise import check_sigmas
 
@@ -87,7 +87,7 @@ def annealed_dsm_loss(
     if not (isinstance(sigmas, torch.Tensor) and sigmas.is_floating_point()):
         sigmas = checked
     if labels is not None:
-        _check_labels(labels, x.shape[0], len(checked))
+        labels = check_labels(labels, x.shape[0], len(checked), x.device)
     if noise is not None:
         _check_noise(noise, x)
     return _annealed_dsm_loss(model, x, sigmas, labels, noise, generator)
@@ -100,21 +100,6 @@ def _annealed_dsm_loss(model, x, sigmas, labels=None, noise=None, generator=None
     if noise is None:
         noise = randn_like(x, generator=generator)  # z
     return _sigma_weighted_dsm(lambda noisy: model(noisy, labels), x, sigmas.to(x)[labels], noise)
-
-
-def _check_labels(labels, n: int, n_levels: int) -> torch.Tensor:
-    """``labels`` must be an integer tensor (n,) of levels in 0..n_levels-1."""
-    integer = (isinstance(labels, torch.Tensor) and not labels.is_floating_point()
-               and not labels.is_complex() and labels.dtype != torch.bool)
-    if not integer or labels.shape != (n,):
-        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else (
-            type(labels).__name__)
-        raise ValueError(f"labels must be an integer tensor of shape ({n},), got {got}")
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= n_levels:
-        raise ValueError(f"labels must lie in 0..{n_levels - 1} (a level of sigmas each), "
-                         f"got values from {low} to {high}")
-    return labels
 
 
 def _check_noise(noise, x: torch.Tensor) -> torch.Tensor:

@@ -41,36 +41,25 @@ from pathlib import Path
 import torch
 
 
-def _integer(text: str) -> int:
-    """``text`` as an int, else the argparse error."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+def _integer_at_least(least: int):
+    """An argparse type: an integer >= ``least``, else the argparse error that says so."""
+    bound = "a positive integer" if least == 1 else f"an integer >= {least}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    """An argparse type: an integer >= 0 (0 has each flag's own meaning, see its help)."""
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
-
-
-def _width(text: str) -> int:
-    """An argparse type for --ngf: an integer >= 2 (each conditional norm needs two channels)."""
-    value = _integer(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {value}")
-    return value
+_positive_int = _integer_at_least(1)
+_count = _integer_at_least(0)  # 0 has each flag's own meaning, see its help
+_width = _integer_at_least(2)  # --ngf: each conditional norm needs two channels
 
 
 def _number(text: str) -> float:

@@ -123,8 +123,8 @@ class NCSN(nn.Module):
         ``labels`` is an integer tensor (N,) of indices into :attr:`sigmas` (``0..L-1``), one
         per image; ``x`` has the model's shape, dtype (float32 unless the model was
         converted) and device. The network checks both on every call (shapes and dtypes;
-        the label values on the CPU only, see
-        :func:`~scorelab.ncsn.refinenet.check_labels`), raising a ValueError that names them.
+        the label values on the CPU only, so that a call never waits for an accelerator),
+        raising a ValueError that names them.
         """
         return self.net(x, labels)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scorelab._validation import check_int_at_least, check_positive_int
+from scorelab._validation import check_int_at_least, check_labels, check_positive_int
 from scorelab.ncsn.layers import CondRefineBlock, ConditionalResidualBlock, conv3x3
 from scorelab.ncsn.normalization import TWO_CHANNELS, ConditionalInstanceNorm2dPlus
 
@@ -37,33 +37,6 @@ def check_images(name: str, x, channels: int, size: int, weight: torch.Tensor | 
             f"move it with {name}.to({str(weight.device)!r})"
         )
     return x
-
-
-def check_labels(labels, n: int, num_classes: int, device: torch.device) -> torch.Tensor:
-    """``labels`` as a LongTensor (n,) of level indices in ``0..num_classes-1`` on ``device``.
-
-    Raises ValueError for anything else. The values are read on the CPU only: on an
-    accelerator reading them would make every call wait for the device (the trainer and the
-    sampler call the network thousands of times), so an index out of range is left to the
-    device's own check there; inside ``torch.compile`` graphs they are not read either.
-    """
-    expected = f"an integer tensor of shape ({n},), one noise-level index per image"
-    if not isinstance(labels, torch.Tensor):
-        raise ValueError(f"labels must be {expected}, got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be {expected}, got dtype {labels.dtype}")
-    if tuple(labels.shape) != (n,):
-        raise ValueError(f"labels must be {expected}, got shape {tuple(labels.shape)}")
-    if labels.device != device:
-        raise ValueError(f"labels must be on the images' device {device}, got {labels.device}")
-    if labels.device.type == "cpu" and not torch.compiler.is_compiling() and n:
-        low, high = torch.aminmax(labels)
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"labels must be noise-level indices from 0 to {num_classes - 1}, got values "
-                f"from {int(low)} to {int(high)}"
-            )
-    return labels.long()
 
 
 class CondRefineNetDilated(nn.Module):
@@ -161,8 +134,8 @@ class CondRefineNetDilated(nn.Module):
         Raises
         ------
         ValueError
-            For any other ``x`` or ``labels`` (see :func:`check_labels`: the label values
-            are read on the CPU only, so that a call never waits for an accelerator).
+            For any other ``x`` or ``labels`` (the label values are read on the CPU only,
+            so that a call never waits for an accelerator).
         """
         x = check_images("x", x, self.channels, self.image_size, self.begin_conv.weight)
         labels = check_labels(labels, x.shape[0], self.num_classes, x.device)
