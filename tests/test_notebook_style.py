@@ -53,3 +53,63 @@ def test_the_check_sees_a_long_line(tmp_path):
     path = tmp_path / "nb.ipynb"
     path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     assert [line.split(":")[0] for line in long_lines(path)] == ["cell 0", "cell 1"]
+
+
+# ------------------------------------------------------- inline maths cut by a block marker
+
+PAGES = NOTEBOOKS + sorted((ROOT / "book").glob("*.md"))
+BLOCK_START = re.compile(r"^ {0,3}([-+*]|\d{1,9}[.)]|#{1,6}|>)(\s|$)")
+CODE_SPAN = re.compile(r"`[^`]*`")
+
+
+def markdown_sources(path: Path) -> list[tuple[int, str]]:
+    """(cell index, source) of every markdown cell (a .md page is one cell, index 0)."""
+    if path.suffix == ".md":
+        return [(0, path.read_text())]
+    return [(index, "".join(cell["source"]))
+            for index, cell in enumerate(json.loads(path.read_text())["cells"])
+            if cell["cell_type"] == "markdown"]
+
+
+def cut_inline_maths(source: str) -> list[str]:
+    """Lines that continue an open ``$...$`` but start like a list item, heading or quote.
+
+    Markdown reads such a line as a new block (``- x`` is a list item even in the middle of a
+    paragraph), which cuts the formula in two: MathJax then gets neither half and the page
+    shows raw LaTeX. Display maths (``$$``) and code are left out.
+    """
+    found, open_maths, in_display, in_fence = [], False, False, False
+    for line in source.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            in_fence = not in_fence
+            continue
+        if in_fence:
+            continue
+        if line.strip().startswith("$$"):
+            in_display = not in_display if line.strip().count("$$") == 1 else in_display
+            continue
+        if in_display:
+            continue
+        if not line.strip():
+            open_maths = False  # a blank line ends the paragraph
+            continue
+        if open_maths and BLOCK_START.match(line):
+            found.append(line.strip()[:60])
+        text = CODE_SPAN.sub("", line).replace("\\$", "")
+        if text.count("$") % 2:
+            open_maths = not open_maths
+    return found
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_formula_is_cut_by_a_line_that_starts_a_block(path):
+    cut = [f"cell {index}: {line}" for index, source in markdown_sources(path)
+           for line in cut_inline_maths(source)]
+    assert not cut, (f"{path.name}: a line inside $...$ starts like a list item, heading or "
+                     "quote (move the operator to the end of the line above):\n" + "\n".join(cut))
+
+
+def test_the_check_sees_a_cut_formula():
+    assert cut_inline_maths("so $a = b\n- c$ holds") == ["- c$ holds"]
+    assert cut_inline_maths("so $a = b -\nc$ holds\n\n- a list item") == []
+    assert cut_inline_maths("$$\nx\n- y\n$$") == []
