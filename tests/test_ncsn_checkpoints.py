@@ -238,6 +238,19 @@ def _resume_from(tmp_path, checkpoint, change=None, **kwargs):
 def test_new_checkpoints_record_the_runs_settings(three_steps):
     state = read_checkpoint(three_steps)
     assert (state["batch_size"], state["data_size"], state["ema_rate"]) == (4, 8, 0.999)
+    assert state["precision"] == "float32"
+    assert state["data_digest"] == checkpoints.data_digest(_EIGHT)
+
+
+def test_the_data_digest_reads_values_not_layout_or_device():
+    images = torch.rand(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    digest = checkpoints.data_digest(images)
+    assert len(digest) == 64
+    assert checkpoints.data_digest(images.contiguous(memory_format=torch.channels_last)) == digest
+    assert checkpoints.data_digest(images.clone()) == digest
+    changed = images.clone()
+    changed[2, 1, 3, 3] += 1e-3
+    assert checkpoints.data_digest(changed) != digest
 
 
 @pytest.mark.parametrize(
@@ -246,6 +259,9 @@ def test_new_checkpoints_record_the_runs_settings(three_steps):
         ({"n_steps": 2}, r"n_steps \(2\) is smaller than the step of checkpoint .*step_0000003"),
         ({"batch_size": 2}, "batch_size=4, but this run has batch_size=2"),
         ({"data": torch.rand(16, 1, 8, 8)}, "data_size=8, but this run has data_size=16"),
+        ({"data": _EIGHT.flip(0)}, r"other data: the same number of images \(8\), but other "
+                                   r"values \(data digest [0-9a-f]{12}\.\.\."),
+        ({"amp": True}, r"precision='float32', but this run has precision='bfloat16'.*--amp"),
         ({"lr": 1e-4}, "lr=0.001, but this run has lr=0.0001"),
         ({"ema_rate": None}, "an EMA of the weights, but this run has ema_rate=None"),
         ({"ema_rate": 0.9}, "ema_rate=0.999, but this run has ema_rate=0.9"),
@@ -265,7 +281,8 @@ def test_a_resume_at_the_checkpoints_step_returns_its_losses(tmp_path, three_ste
 
 def _as_old_format(state):
     """A checkpoint written before the run's settings were recorded."""
-    for key in ("batch_size", "data_size", "ema_rate", "world_size", "generator_device"):
+    for key in ("batch_size", "data_size", "data_digest", "ema_rate", "precision", "world_size",
+                "generator_device"):
         del state[key]
 
 

@@ -3,10 +3,11 @@
 Every file is a dict of tensors and plain Python types, read back with
 ``torch.load(..., weights_only=True)``, which refuses pickles that would run code.
 Two kinds are written: a *training* checkpoint (``checkpoints/step_XXXXXXX.pt``: model,
-optimiser, EMA, step, generator state, data order, losses, and the run's batch size, data size
-and EMA rate) and a *weights* file (config and one state dict, e.g. the shipped
-``pretrained/digits.pt``). Fields added later (``world_size``, ``generator_device``,
-``batch_size``, ``data_size``, ``ema_rate``) are optional: files written before them still load.
+optimiser, EMA, step, generator state, data order, losses, and the run's batch size, data size,
+data digest, EMA rate and precision) and a *weights* file (config and one state dict, e.g. the
+shipped ``pretrained/digits.pt``). Fields added later (``world_size``, ``generator_device``,
+``batch_size``, ``data_size``, ``data_digest``, ``ema_rate``, ``precision``) are optional: files
+written before them still load.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: corrupt, unsafe, or of another configuration."""
 
 
+def data_digest(data: torch.Tensor) -> str:
+    """The SHA-256 of a data set's values (hex), whatever its device or memory layout.
+
+    A resume compares it with the checkpoint's, so that a run does not continue on other data
+    of the same size (its saved data order would index other images). Read once per run.
+    """
+    values = data.detach().cpu().contiguous()  # the logical (N, C, H, W) order of every layout
+    return hashlib.sha256(values.view(-1).view(torch.uint8).numpy()).hexdigest()
+
+
 def _atomic_save(obj: dict, path: Path) -> None:
     """Write ``obj`` to ``path`` through a temporary file and ``os.replace``.
 
@@ -57,15 +68,17 @@ def save_checkpoint(
     out_dir, *, model: NCSN, optimizer, ema: dict | None, step: int, generator: torch.Generator,
     data_order: dict, losses: list[float], keep: int = 3, scaler: dict | None = None,
     world_size: int = 1, batch_size: int | None = None, data_size: int | None = None,
-    ema_rate: float | None = None,
+    data_digest: str | None = None, ema_rate: float | None = None, precision: str | None = None,
 ) -> Path:
     """Write the training state at ``step`` to ``out_dir/checkpoints/step_XXXXXXX.pt``.
 
     Besides the weights and the optimiser: the EMA weights, the gradient scaler's state
     (mixed precision with float16), the generator's state and device, the data order, the
     losses so far, the number of processes (``world_size``) that trained, and the run's
-    settings that a resume must repeat (``batch_size`` per process, ``data_size`` images,
-    ``ema_rate``; None: not recorded, or no EMA).
+    settings that a resume must repeat (``batch_size`` per process, ``data_size`` images, the
+    ``data_digest`` of their values (:func:`data_digest`), ``ema_rate`` and ``precision``, the
+    dtype the step computes in: "float32", or "bfloat16" / "float16" under ``amp``; None: not
+    recorded, or no EMA).
     Keeps the ``keep`` most recent checkpoints and deletes older ones (after the new one
     is safely in place). Returns the path written.
     """
@@ -86,7 +99,9 @@ def save_checkpoint(
             "world_size": int(world_size),
             "batch_size": batch_size,
             "data_size": data_size,
+            "data_digest": data_digest,
             "ema_rate": ema_rate,
+            "precision": precision,
             "data_order": data_order["order"],
             "data_cursor": data_order["cursor"],
             "losses": torch.tensor(losses, dtype=torch.float64),
@@ -325,11 +340,12 @@ def check_same_run(path, state: dict, *, world_size: int, generator_device: str,
     A run resumes exactly only with the same number of processes (each holds a slice of
     every batch) and its generator on the same kind of device (the state of a CPU
     generator means nothing to a CUDA one). Checkpoints older than these fields: 1, "cpu".
-    ``settings`` (optional) holds this run's ``batch_size``, ``data_size``, ``ema_rate``
-    (None: no EMA) and ``lr``; each must be the checkpoint's. The batch size and the EMA
-    rate are compared where the checkpoint records them (files written before these fields
-    do not); the data size is read from the data order, the learning rate from the
-    optimiser's state and the presence of an EMA from the EMA weights.
+    ``settings`` (optional) holds this run's ``batch_size``, ``data_size``, ``data_digest``,
+    ``ema_rate`` (None: no EMA), ``precision`` and ``lr``; each must be the checkpoint's. The
+    batch size, the data digest, the EMA rate and the precision are compared where the
+    checkpoint records them (files written before these fields do not); the data size is read
+    from the data order, the learning rate from the optimiser's state and the presence of an
+    EMA from the EMA weights.
     """
     written = int(state.get("world_size", 1))
     if written != world_size:
@@ -350,7 +366,8 @@ def check_same_run(path, state: dict, *, world_size: int, generator_device: str,
 
 def _written_settings(state: dict) -> dict:
     """The settings of the run that wrote ``state``, as far as the checkpoint tells them."""
-    written = {key: state[key] for key in ("batch_size", "data_size") if state.get(key) is not None}
+    written = {key: state[key] for key in ("batch_size", "data_size", "data_digest", "precision")
+               if state.get(key) is not None}
     if "data_size" not in written and isinstance(state.get("data_order"), torch.Tensor):
         written["data_size"] = len(state["data_order"])
     optimizer = state.get("optimizer")
@@ -376,10 +393,18 @@ def _check_settings(path, state: dict, settings: dict) -> None:
                 f"{advice}"
             )
     for key, value in _written_settings(state).items():
-        if key in settings and settings[key] != value:
+        if key not in settings or settings[key] == value:
+            continue
+        if key == "data_digest":
             raise CheckpointError(
-                f"{where} {key}={value!r}, but this run has {key}={settings[key]!r}: {advice}"
+                f"{where} other data: the same number of images ({state.get('data_size')}), but "
+                f"other values (data digest {value[:12]}..., this run's {settings[key][:12]}...): "
+                f"{advice}"
             )
+        switch = " (--amp as before)" if key == "precision" else ""
+        raise CheckpointError(
+            f"{where} {key}={value!r}, but this run has {key}={settings[key]!r}: {advice}{switch}"
+        )
 
 
 def load_checkpoint(path, *, device: str | torch.device = "cpu", use_ema: bool = True) -> NCSN:

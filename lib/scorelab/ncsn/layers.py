@@ -1,4 +1,4 @@
-"""Building blocks of CondRefineNetDilated (Song & Ermon 2019, Appendix A.1).
+"""Building blocks of CondRefineNetDilated (Song & Ermon 2019, Appendix A.3).
 
 Every block takes the noise-level labels ``labels`` (LongTensor (N,)) beside its features,
 because every normalisation inside it is a :class:`ConditionalInstanceNorm2dPlus`. The

@@ -1,4 +1,9 @@
-"""CondRefineNetDilated, the score network of NCSN (Song & Ermon 2019, Appendix A.1)."""
+"""CondRefineNetDilated, the score network of NCSN (Song & Ermon 2019, Appendix A).
+
+The paper's appendix gives its three parts: conditional instance normalisation "++" (A.1),
+dilated convolutions in place of every subsampling layer but the first (A.2), and a 4-cascaded
+RefineNet, a U-Net with residual blocks, its dilation doubling from one stage to the next (A.3).
+"""
 
 from __future__ import annotations
 

@@ -55,8 +55,8 @@ def train_NCSN(
         Folder for ``checkpoints/step_XXXXXXX.pt`` (every ``checkpoint_every`` steps and at the
         last) and grids of ``n_samples`` images ``samples_step_XXXXXXX.png``; ``resume``
         continues from its latest checkpoint, generator state included (fresh if there is none).
-        A resume must repeat the run: the same data size, ``batch_size``, ``lr``, ``ema_rate``,
-        number of processes and device, and an ``n_steps`` no smaller than the checkpoint's
+        A resume must repeat the run: the same data (size and values), ``batch_size``, ``lr``,
+        ``ema_rate``, ``amp`` setting, number of processes and device, and an ``n_steps`` no smaller than the checkpoint's
         step (equal: nothing left to train, the checkpoint's losses are returned); anything
         else raises :class:`~scorelab.ncsn.CheckpointError` (a ValueError) naming the setting.
     progress, callback, log_every : bool, callable, int
@@ -82,10 +82,10 @@ def train_NCSN(
     trainer, batches, generator = make_trainer(
         model, data, batch_size=batch_size, lr=lr, ema_rate=ema_rate, seed=seed, amp=amp,
         channels_last=channels_last, compile=compile)
-    history = (_resume(trainer, batches, generator, out_dir, n_steps, batch_size) if resume
-               else [])
+    settings = None if out_dir is None else _run_settings(trainer, batches, batch_size)
+    history = _resume(trainer, batches, generator, out_dir, n_steps, settings) if resume else []
     hooks = _hooks(trainer, batches, generator, history, callback, out_dir, n_steps,
-                   checkpoint_every, sample_every, n_samples, seed, batch_size)
+                   checkpoint_every, sample_every, n_samples, seed, settings)
     trainer.run(batches, n_steps, generator=generator, history=history, hooks=hooks,
                 progress=progress and trainer.rank == 0, log_every=log_every)
     trainer.use_ema_weights()
@@ -107,7 +107,7 @@ def _check_run(model, data, n_steps, out_dir, checkpoint_every, sample_every, re
 
 
 def _hooks(trainer, batches, generator, history, callback, out_dir, n_steps, checkpoint_every,
-           sample_every, n_samples, seed, batch_size) -> list:
+           sample_every, n_samples, seed, settings) -> list:
     """The run's hooks: ``callback``, then checkpoints (with an ``out_dir``), then sample grids.
 
     Every rank has the same hooks (the losses are read, all together, when one is due); rank 0
@@ -116,7 +116,7 @@ def _hooks(trainer, batches, generator, history, callback, out_dir, n_steps, che
     hooks = [] if callback is None else [callback]
     if out_dir is not None:
         hooks.append(_checkpoint_hook(trainer, batches, generator, history, out_dir,
-                                      checkpoint_every, n_steps, batch_size))
+                                      checkpoint_every, n_steps, settings))
     if sample_every:
         hooks.append((sample_every, _sample_grid_hook(trainer, out_dir, sample_every,
                                                       n_samples, seed)))
@@ -148,24 +148,27 @@ def make_trainer(
 
 def _run_settings(trainer, batches: Batches, batch_size: int) -> dict:
     """The settings a resume must repeat (compared with a checkpoint's, stored in new ones)."""
+    precision = trainer.amp_dtype or torch.float32  # the dtype the step computes in
     return {"batch_size": int(batch_size), "data_size": int(batches.data.shape[0]),
-            "ema_rate": None if trainer.ema is None else trainer.ema.rate, "lr": trainer.lr}
+            "data_digest": checkpoints.data_digest(batches.data),
+            "ema_rate": None if trainer.ema is None else trainer.ema.rate,
+            "precision": str(precision).removeprefix("torch."), "lr": trainer.lr}
 
 
 def _resume(trainer, batches: Batches, generator: torch.Generator, out_dir, n_steps: int,
-            batch_size: int) -> list[float]:
+            settings: dict) -> list[float]:
     """Load the latest checkpoint of ``out_dir`` (if any) into the run; the losses so far.
 
-    Everything is checked (the run's settings, ``n_steps`` against the checkpoint's step,
-    the generator state) before the model, the optimiser, the EMA and the generator are loaded.
+    Everything is checked (the run's ``settings`` from :func:`_run_settings`, ``n_steps``
+    against the checkpoint's step, the generator state) before the model, the optimiser, the
+    EMA and the generator are loaded.
     """
     path = checkpoints.latest_checkpoint(out_dir)
     if path is None:
         return []
     state = checkpoints.read_training_state(path, model=trainer.model)
     checkpoints.check_same_run(path, state, world_size=trainer.world_size,
-                               generator_device=generator.device.type,
-                               settings=_run_settings(trainer, batches, batch_size))
+                               generator_device=generator.device.type, settings=settings)
     if n_steps < state["step"]:
         raise ValueError(
             f"n_steps ({n_steps}) is smaller than the step of checkpoint {str(path)!r} "
@@ -201,11 +204,10 @@ def _load_into(path, state: dict, trainer, generator: torch.Generator) -> None:
     generator.set_state(state["generator"])
 
 
-def _checkpoint_hook(trainer, batches, generator, history, out_dir, every, n_steps, batch_size):
-    """``(every, hook)``: the hook writes the training state every ``every`` steps and at the
-    end (on rank 0)."""
-    settings = _run_settings(trainer, batches, batch_size)
-    settings.pop("lr")  # the optimiser's state holds it
+def _checkpoint_hook(trainer, batches, generator, history, out_dir, every, n_steps, settings):
+    """``(every, hook)``: the hook writes the training state, with the run's ``settings``,
+    every ``every`` steps and at the end (on rank 0)."""
+    settings = {key: value for key, value in settings.items() if key != "lr"}  # optimiser has it
 
     def save(done: int, loss: float) -> None:
         if trainer.rank == 0 and (done == n_steps or (every and done % every == 0)):
