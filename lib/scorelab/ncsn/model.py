@@ -47,8 +47,9 @@ class NCSN(nn.Module):
         Strictly decreasing positive noise levels. Default: the paper's geometric ladder
         from 1 to 0.01 with L = 10 (for MNIST/CIFAR-10 on the [0, 1] scale).
     step_size, n_steps_each : float, int
-        Default sampling settings (paper convention, see :meth:`sample`): the paper's
-        epsilon = 2e-5 in the authors' code is 4e-5 in ours, and 100 steps per level.
+        Default sampling settings (paper convention, see :meth:`sample`): the authors' code's
+        ``step_lr = 2e-5`` (its convention), which is epsilon = 4e-5 in ours (the paper's text
+        states 2e-5), and 100 steps per level.
     device : str or torch.device
         Where the network lives.
 
