@@ -261,7 +261,8 @@ def test_the_data_digest_reads_values_not_layout_or_device():
         ({"data": torch.rand(16, 1, 8, 8)}, "data_size=8, but this run has data_size=16"),
         ({"data": _EIGHT.flip(0)}, r"other data: the same number of images \(8\), but other "
                                    r"values \(data digest [0-9a-f]{12}\.\.\."),
-        ({"amp": True}, r"precision='float32', but this run has precision='bfloat16'.*--amp"),
+        ({"amp": True}, r"precision='float32', but this run has precision='bfloat16': resume with "
+                        r"amp=False \(no --amp\) as before"),
         ({"lr": 1e-4}, "lr=0.001, but this run has lr=0.0001"),
         ({"ema_rate": None}, "an EMA of the weights, but this run has ema_rate=None"),
         ({"ema_rate": 0.9}, "ema_rate=0.999, but this run has ema_rate=0.9"),

@@ -401,10 +401,11 @@ def _check_settings(path, state: dict, settings: dict) -> None:
                 f"other values (data digest {value[:12]}..., this run's {settings[key][:12]}...): "
                 f"{advice}"
             )
-        switch = " (--amp as before)" if key == "precision" else ""
+        if key == "precision":  # what train_NCSN's amp (the CLI's --amp) decides
+            amp = "amp=False (no --amp)" if value == "float32" else "amp=True (--amp)"
+            advice = f"resume with {amp} as before, or start a new out_dir (--out)"
         raise CheckpointError(
-            f"{where} {key}={value!r}, but this run has {key}={settings[key]!r}: {advice}{switch}"
-        )
+            f"{where} {key}={value!r}, but this run has {key}={settings[key]!r}: {advice}")
 
 
 def load_checkpoint(path, *, device: str | torch.device = "cpu", use_ema: bool = True) -> NCSN:
