@@ -238,7 +238,7 @@ def _resume_from(tmp_path, checkpoint, change=None, **kwargs):
 def test_new_checkpoints_record_the_runs_settings(three_steps):
     state = read_checkpoint(three_steps)
     assert (state["batch_size"], state["data_size"], state["ema_rate"]) == (4, 8, 0.999)
-    assert state["precision"] == "float32"
+    assert (state["precision"], state["seed"]) == ("float32", 0)
     assert state["data_digest"] == checkpoints.data_digest(_EIGHT)
 
 
@@ -264,6 +264,7 @@ def test_the_data_digest_reads_values_not_layout_or_device():
         ({"amp": True}, r"precision='float32', but this run has precision='bfloat16': resume with "
                         r"amp=False \(no --amp\) as before"),
         ({"lr": 1e-4}, "lr=0.001, but this run has lr=0.0001"),
+        ({"seed": 1}, "seed=0, but this run has seed=1"),
         ({"ema_rate": None}, "an EMA of the weights, but this run has ema_rate=None"),
         ({"ema_rate": 0.9}, "ema_rate=0.999, but this run has ema_rate=0.9"),
     ],
@@ -282,8 +283,8 @@ def test_a_resume_at_the_checkpoints_step_returns_its_losses(tmp_path, three_ste
 
 def _as_old_format(state):
     """A checkpoint written before the run's settings were recorded."""
-    for key in ("batch_size", "data_size", "data_digest", "ema_rate", "precision", "world_size",
-                "generator_device"):
+    for key in ("batch_size", "data_size", "data_digest", "ema_rate", "precision", "seed",
+                "world_size", "generator_device"):
         del state[key]
 
 

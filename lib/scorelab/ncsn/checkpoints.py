@@ -3,11 +3,11 @@
 Every file is a dict of tensors and plain Python types, read back with
 ``torch.load(..., weights_only=True)``, which refuses pickles that would run code.
 Two kinds are written: a *training* checkpoint (``checkpoints/step_XXXXXXX.pt``: model,
-optimiser, EMA, step, generator state, data order, losses, and the run's batch size, data size,
-data digest, EMA rate and precision) and a *weights* file (config and one state dict, e.g. the
-shipped ``pretrained/digits.pt``). Fields added later (``world_size``, ``generator_device``,
-``batch_size``, ``data_size``, ``data_digest``, ``ema_rate``, ``precision``) are optional: files
-written before them still load.
+optimiser, EMA, step, generator state, data order, losses, and the run's batch size, data
+size, data digest, EMA rate, precision and seed) and a *weights* file (config and one state
+dict, e.g. the shipped ``pretrained/digits.pt``). Fields added later (``world_size``,
+``generator_device``, ``batch_size``, ``data_size``, ``data_digest``, ``ema_rate``,
+``precision``, ``seed``) are optional: files written before them still load.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def save_checkpoint(
     data_order: dict, losses: list[float], keep: int = 3, scaler: dict | None = None,
     world_size: int = 1, batch_size: int | None = None, data_size: int | None = None,
     data_digest: str | None = None, ema_rate: float | None = None, precision: str | None = None,
+    seed: int | None = None,
 ) -> Path:
     """Write the training state at ``step`` to ``out_dir/checkpoints/step_XXXXXXX.pt``.
 
@@ -77,8 +78,8 @@ def save_checkpoint(
     losses so far, the number of processes (``world_size``) that trained, and the run's
     settings that a resume must repeat (``batch_size`` per process, ``data_size`` images, the
     ``data_digest`` of their values (:func:`data_digest`), ``ema_rate`` and ``precision``, the
-    dtype the step computes in: "float32", or "bfloat16" / "float16" under ``amp``; None: not
-    recorded, or no EMA).
+    dtype the step computes in: "float32", or "bfloat16" / "float16" under ``amp``, and the
+    ``seed``; None: not recorded, or no EMA).
     Keeps the ``keep`` most recent checkpoints and deletes older ones (after the new one
     is safely in place). Returns the path written.
     """
@@ -102,6 +103,7 @@ def save_checkpoint(
             "data_digest": data_digest,
             "ema_rate": ema_rate,
             "precision": precision,
+            "seed": seed,
             "data_order": data_order["order"],
             "data_cursor": data_order["cursor"],
             "losses": torch.tensor(losses, dtype=torch.float64),
@@ -341,8 +343,9 @@ def check_same_run(path, state: dict, *, world_size: int, generator_device: str,
     every batch) and its generator on the same kind of device (the state of a CPU
     generator means nothing to a CUDA one). Checkpoints older than these fields: 1, "cpu".
     ``settings`` (optional) holds this run's ``batch_size``, ``data_size``, ``data_digest``,
-    ``ema_rate`` (None: no EMA), ``precision`` and ``lr``; each must be the checkpoint's. The
-    batch size, the data digest, the EMA rate and the precision are compared where the
+    ``ema_rate`` (None: no EMA), ``precision``, ``seed`` and ``lr``; each must be the
+    checkpoint's. The batch size, the data digest, the EMA rate, the precision and the seed are
+    compared where the
     checkpoint records them (files written before these fields do not); the data size is read
     from the data order, the learning rate from the optimiser's state and the presence of an
     EMA from the EMA weights.
@@ -366,8 +369,8 @@ def check_same_run(path, state: dict, *, world_size: int, generator_device: str,
 
 def _written_settings(state: dict) -> dict:
     """The settings of the run that wrote ``state``, as far as the checkpoint tells them."""
-    written = {key: state[key] for key in ("batch_size", "data_size", "data_digest", "precision")
-               if state.get(key) is not None}
+    recorded = ("batch_size", "data_size", "data_digest", "precision", "seed")
+    written = {key: state[key] for key in recorded if state.get(key) is not None}
     if "data_size" not in written and isinstance(state.get("data_order"), torch.Tensor):
         written["data_size"] = len(state["data_order"])
     optimizer = state.get("optimizer")

@@ -56,9 +56,10 @@ def train_NCSN(
         last) and grids of ``n_samples`` images ``samples_step_XXXXXXX.png``; ``resume``
         continues from its latest checkpoint, generator state included (fresh if there is none).
         A resume must repeat the run: the same data (size and values), ``batch_size``, ``lr``,
-        ``ema_rate``, ``amp`` setting, number of processes and device, and an ``n_steps`` no smaller than the checkpoint's
-        step (equal: nothing left to train, the checkpoint's losses are returned); anything
-        else raises :class:`~scorelab.ncsn.CheckpointError` (a ValueError) naming the setting.
+        ``ema_rate``, ``amp`` setting, ``seed``, number of processes and device, and an
+        ``n_steps`` no smaller than the checkpoint's step (equal: nothing left to train, the
+        checkpoint's losses are returned); anything else raises
+        :class:`~scorelab.ncsn.CheckpointError` (a ValueError) naming the setting.
     progress, callback, log_every : bool, callable, int
         A tqdm bar with the loss; ``callback(step, loss)`` after every step (from 1; a callback
         reads the loss at every step); read (and check) the losses every ``log_every`` steps.
@@ -82,7 +83,7 @@ def train_NCSN(
     trainer, batches, generator = make_trainer(
         model, data, batch_size=batch_size, lr=lr, ema_rate=ema_rate, seed=seed, amp=amp,
         channels_last=channels_last, compile=compile)
-    settings = None if out_dir is None else _run_settings(trainer, batches, batch_size)
+    settings = None if out_dir is None else _run_settings(trainer, batches, batch_size, seed)
     history = _resume(trainer, batches, generator, out_dir, n_steps, settings) if resume else []
     hooks = _hooks(trainer, batches, generator, history, callback, out_dir, n_steps,
                    checkpoint_every, sample_every, n_samples, seed, settings)
@@ -146,13 +147,18 @@ def make_trainer(
     return trainer, batches, generator
 
 
-def _run_settings(trainer, batches: Batches, batch_size: int) -> dict:
-    """The settings a resume must repeat (compared with a checkpoint's, stored in new ones)."""
+def _run_settings(trainer, batches: Batches, batch_size: int, seed: int) -> dict:
+    """The settings a resume must repeat (compared with a checkpoint's, stored in new ones).
+
+    The seed too: the generator's state is restored from the checkpoint, so another seed would
+    not change the training, but the sample grids and ``run.json`` would tell another run.
+    """
     precision = trainer.amp_dtype or torch.float32  # the dtype the step computes in
     return {"batch_size": int(batch_size), "data_size": int(batches.data.shape[0]),
             "data_digest": checkpoints.data_digest(batches.data),
             "ema_rate": None if trainer.ema is None else trainer.ema.rate,
-            "precision": str(precision).removeprefix("torch."), "lr": trainer.lr}
+            "precision": str(precision).removeprefix("torch."), "seed": int(seed),
+            "lr": trainer.lr}
 
 
 def _resume(trainer, batches: Batches, generator: torch.Generator, out_dir, n_steps: int,
