@@ -402,7 +402,7 @@ def _check_settings(path, state: dict, settings: dict) -> None:
             raise CheckpointError(
                 f"{where} other data: the same number of images ({state.get('data_size')}), but "
                 f"other values (data digest {value[:12]}..., this run's {settings[key][:12]}...): "
-                f"{advice}"
+                f"resume with the same data, or start a new out_dir (--out)"
             )
         if key == "precision":  # what train_NCSN's amp (the CLI's --amp) decides
             amp = "amp=False (no --amp)" if value == "float32" else "amp=True (--amp)"
