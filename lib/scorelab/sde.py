@@ -233,9 +233,7 @@ def _check_sde(sde) -> VESDE:
 
 
 def _check_score_fn(score_fn) -> None:
-    if not callable(score_fn):
-        raise ValueError("score_fn must be a callable score_fn(x, sigma), "
-                         f"got {type(score_fn).__name__}")
+    check_callable("score_fn", score_fn, "score_fn(x, sigma)")
 
 
 def _score(score_fn, x: torch.Tensor, sigma: float) -> torch.Tensor:
