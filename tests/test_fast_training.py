@@ -5,6 +5,7 @@ variants (bf16, or fp16 with a gradient scaler) run where a GPU exists.
 """
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 from scorelab import training
 from scorelab.ncsn import NCSN, latest_checkpoint, train_NCSN
 from scorelab.ncsn.checkpoints import read_checkpoint
+from scorelab.ncsn.training import make_trainer
 from scorelab.noise import geometric_sigmas
 from scorelab.training import DenoisingScoreMatching, TrainingDivergedError, mixed_precision
 
@@ -196,6 +198,35 @@ def test_training_on_cuda_is_reproducible_and_resumes_exactly(tmp_path, options)
     resumed = train_NCSN(model, DATA, n_steps=4, batch_size=8, out_dir=tmp_path / "a",
                          checkpoint_every=2, resume=True, progress=False, **options)
     assert resumed == runs[1]
+
+
+def _synchronisations(trainer, batches, generator, history, n_steps) -> int:
+    """The host synchronisations CUDA reports while ``trainer.run`` goes on to step ``n_steps``,
+    reading the losses once, at the end."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.run(batches, n_steps, generator=generator, history=history,
+                        progress=False, log_every=n_steps)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(warning.message) for warning in caught)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("options", [{}, {"amp": True, "channels_last": True}])
+def test_training_steps_on_cuda_never_wait_for_the_device(options):
+    # The reads of the losses synchronise; the steps between them must not: 2 steps and 12
+    # steps (three passes over the data, so new shuffles too) synchronise equally often.
+    torch.manual_seed(0)
+    model = NCSN(ngf=4, sigmas=geometric_sigmas(1.0, 0.05, 4), device="cuda")
+    trainer, batches, generator = make_trainer(model, DATA, batch_size=8, **options)
+    batches = iter(batches)
+    history = trainer.run(batches, 1, generator=generator, progress=False)  # first-use copies
+    few = _synchronisations(trainer, batches, generator, history, 3)
+    many = _synchronisations(trainer, batches, generator, history, 15)
+    assert len(history) == 15 and few == many, (few, many)
 
 
 @pytest.mark.slow

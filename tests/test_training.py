@@ -138,6 +138,22 @@ def test_trainer_loss_is_the_mean_of_the_per_example_loss():
     torch.testing.assert_close(loss, expected)
 
 
+def test_trainer_copies_its_ladder_to_the_datas_device_and_dtype_once():
+    # not at every step: on a GPU, a copy from the CPU makes the step wait for the device
+    torch.manual_seed(0)
+    model = NoiseConditionalNetwork(input_dim=2, n_levels=3, hidden_dims=(8,)).double()
+    sigmas = torch.tensor([2.0, 1.0, 0.5])  # float32, the data float64
+    x = points(n=6, dim=2, dtype=torch.float64)
+    trainer = AnnealedDenoisingScoreMatching(model, sigmas)
+    first = trainer.loss(x, generator=seeded(1))
+    ladder = trainer._ladder
+    second = trainer.loss(x, generator=seeded(1))
+    assert trainer._ladder is ladder and ladder.dtype == torch.float64
+    expected = annealed_dsm_loss(model, x, sigmas.double(), generator=seeded(1)).mean()
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Minimisers: a linear score model on Gaussian data
 # ----------------------------------------------------------------------------------------------

@@ -866,8 +866,19 @@ class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
         if levels is not None and levels != len(self.sigmas):
             raise ValueError(f"sigmas must hold as many levels as the model has ({levels}), "
                              f"got {len(self.sigmas)}")
+        self._ladder = self.sigmas  # the ladder on the data's device and dtype (see _ladder_like)
         self.rank, self.world_size = process_group() if distributed else (0, 1)
         super().__init__(model, lr=lr, ema_rate=ema_rate, amp=amp, compile=compile)
+
+    def _ladder_like(self, x: torch.Tensor) -> torch.Tensor:
+        """The ladder (L,) on ``x``'s device and dtype, copied there once and kept.
+
+        A copy from the CPU to a GPU makes the host wait for the GPU; copied every step, the
+        ladder would synchronise every training step.
+        """
+        if self._ladder.device != x.device or self._ladder.dtype != x.dtype:
+            self._ladder = self.sigmas.to(x)
+        return self._ladder
 
     def _wrap(self, model: torch.nn.Module):
         if self.world_size == 1:
@@ -878,7 +889,7 @@ class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
 
     def per_example_loss(self, x, generator=None):
         if self.world_size == 1:
-            return _annealed_dsm_loss(self.forward, x, self.sigmas, generator=generator)
+            return _annealed_dsm_loss(self.forward, x, self._ladder_like(x), generator=generator)
         n = x.shape[0]
         if n % self.world_size:
             raise ValueError(f"the global batch ({n}) must split evenly over "
@@ -888,8 +899,8 @@ class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
         noise = randn_like(x, generator=generator)
         size = n // self.world_size
         mine = slice(self.rank * size, (self.rank + 1) * size)
-        return _annealed_dsm_loss(self.forward, x[mine], self.sigmas, labels=labels[mine],
-                                  noise=noise[mine])
+        return _annealed_dsm_loss(self.forward, x[mine], self._ladder_like(x),
+                                  labels=labels[mine], noise=noise[mine])
 
     def _read(self, losses: list[torch.Tensor]) -> list[float]:
         if self.world_size == 1:
