@@ -5,10 +5,10 @@ variants (bf16, or fp16 with a gradient scaler) run where a GPU exists.
 """
 
 import json
-import warnings
 
 import pytest
 import torch
+from _cuda_helpers import synchronisations
 from torch import nn
 
 from scorelab import training
@@ -200,20 +200,6 @@ def test_training_on_cuda_is_reproducible_and_resumes_exactly(tmp_path, options)
     assert resumed == runs[1]
 
 
-def _synchronisations(trainer, batches, generator, history, n_steps) -> int:
-    """The host synchronisations CUDA reports while ``trainer.run`` goes on to step ``n_steps``,
-    reading the losses once, at the end."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            trainer.run(batches, n_steps, generator=generator, history=history,
-                        progress=False, log_every=n_steps)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchronizing" in str(warning.message) for warning in caught)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("options", [{}, {"amp": True, "channels_last": True}])
 def test_training_steps_on_cuda_never_wait_for_the_device(options):
@@ -224,8 +210,12 @@ def test_training_steps_on_cuda_never_wait_for_the_device(options):
     trainer, batches, generator = make_trainer(model, DATA, batch_size=8, **options)
     batches = iter(batches)
     history = trainer.run(batches, 1, generator=generator, progress=False)  # first-use copies
-    few = _synchronisations(trainer, batches, generator, history, 3)
-    many = _synchronisations(trainer, batches, generator, history, 15)
+
+    def run_to(n_steps):  # reading the losses once, at the end
+        return lambda: trainer.run(batches, n_steps, generator=generator, history=history,
+                                   progress=False, log_every=n_steps)
+
+    few, many = synchronisations(run_to(3)), synchronisations(run_to(15))
     assert len(history) == 15 and few == many, (few, many)
 
 

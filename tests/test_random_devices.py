@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-
+from _cuda_helpers import synchronisations
 from scorelab import _tensors
 
 
@@ -140,3 +140,28 @@ def test_every_public_draw_on_cuda_data_with_a_generator_on_either_device(name, 
     again = dict(_public_draws("cuda"))[name](torch.Generator(generator_device).manual_seed(0))
     assert torch.equal(first, again)
     assert first.device.type == ("cpu" if name == "load_digits" else "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_annealed_langevin_steps_on_cuda_never_wait_for_the_device():
+    # The sampler reads its particles every check_every steps and at the end of each level;
+    # the steps in between, the network's calls through the score adapter included, must
+    # not wait: 2 and 8 steps a level synchronise equally often.
+    from scorelab.langevin import annealed_langevin_dynamics
+    from scorelab.ncsn import NCSN
+    from scorelab.noise import geometric_sigmas
+    from scorelab.scores import as_score_fn
+
+    torch.manual_seed(0)
+    model = NCSN(ngf=4, sigmas=geometric_sigmas(1.0, 0.05, 4), device="cuda").eval()
+    score_fn = as_score_fn(model, model.sigmas)
+    x0 = torch.rand(8, 1, 8, 8, device="cuda")
+
+    def sample(n_steps_each):
+        return lambda: annealed_langevin_dynamics(
+            score_fn, x0, model.sigmas, 1e-4, n_steps_each, check_every=1000, progress=False,
+            generator=torch.Generator("cuda").manual_seed(0))
+
+    sample(2)()  # first-use work
+    few, many = synchronisations(sample(2)), synchronisations(sample(8))
+    assert few == many, (few, many)

@@ -52,6 +52,27 @@ def test_level_indexed_adapter_maps_each_sigma_to_its_level():
     assert sigma_to_level(ladder[[3]], ladder).tolist() == [3]
 
 
+@pytest.mark.parametrize("sigma", [1e5, 1e-8], ids=["overflows", "underflows"])
+def test_a_float_sigma_is_checked_in_the_datas_dtype(sigma):
+    # checked on the host (no wait for a GPU), as the value the network would see
+    assert sigma_per_example(sigma, torch.zeros(2, 1)).dtype == torch.float32
+    with pytest.raises(ValueError, match="sigma must be positive and finite"):
+        sigma_per_example(sigma, torch.zeros(2, 1, dtype=torch.float16))
+
+
+def test_a_float_sigma_finds_the_level_a_tensor_of_it_finds():
+    ladder = geometric_sigmas(1.0, 0.01, 10)
+    score_fn = as_score_fn(lambda x, labels: x * 0 + labels[:, None], ladder)
+    x = torch.zeros(3, 1, dtype=torch.float64)
+    for level, sigma in enumerate(ladder.tolist()):
+        for nearby in (sigma, sigma * (1 + 5e-5), sigma * (1 - 5e-5)):  # within LEVEL_RTOL
+            by_float = score_fn(x, nearby)
+            assert by_float.tolist() == [[level]] * 3
+            assert torch.equal(by_float, score_fn(x, torch.full((3,), nearby)))
+    with pytest.raises(ValueError, match=r"sigma must be one of the model's noise levels"):
+        score_fn(x, ladder[0].item() * (1 + 2e-4))
+
+
 def test_sigma_conditioned_adapter_passes_one_sigma_per_example():
     score_fn = as_score_fn(lambda x, sigma: -x / sigma[:, None] ** 2)
     x = torch.ones(4, 2)

@@ -17,6 +17,7 @@ as in score SDEs). :func:`as_score_fn` turns either into the contract.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -33,8 +34,9 @@ ScoreFn = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
 def sigma_per_example(sigma, x: torch.Tensor, name: str = "sigma") -> torch.Tensor:
     """``sigma`` (a float or a tensor of shape (N,) or ()) as a tensor (N,) on x's device and dtype.
 
-    Raises a ValueError naming ``name`` unless every value is finite and positive and the
-    shape is (), (1,) or (N,) with N = x.shape[0].
+    Raises a ValueError naming ``name`` unless every value is finite and positive (in x's
+    dtype) and the shape is (), (1,) or (N,) with N = x.shape[0]. A float is checked on the
+    host; a tensor's values are read, which on a GPU waits for the device.
     """
     if not isinstance(x, torch.Tensor) or x.ndim < 1:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -51,7 +53,10 @@ def sigma_per_example(sigma, x: torch.Tensor, name: str = "sigma") -> torch.Tens
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be a float or a tensor of shape ({n},), "
                              f"got {type(sigma).__name__}") from None
-        values = torch.full((n,), number, device=x.device, dtype=x.dtype)
+        rounded = float(torch.tensor(number, dtype=x.dtype))  # the value in x's dtype, on the host
+        if not (rounded > 0 and math.isfinite(rounded)):
+            raise ValueError(f"{name} must be positive and finite, got {sigma!r}")
+        return torch.full((n,), number, device=x.device, dtype=x.dtype)
     if values.device.type != "meta" and not bool(((values > 0) & values.isfinite()).all()):
         raise ValueError(f"{name} must be positive and finite, got {sigma!r}")
     return values
@@ -113,6 +118,12 @@ def as_score_fn(net: Callable, sigmas=None) -> ScoreFn:
     ladder = check_sigmas(sigmas)
 
     def level_score_fn(x: torch.Tensor, sigma) -> torch.Tensor:
-        sigma = sigma_per_example(sigma, x)  # (N,), checked positive and finite
-        return net(x, _sigma_to_level(sigma, ladder, LEVEL_RTOL))
+        per_example = sigma_per_example(sigma, x)  # (N,), checked positive and finite
+        if isinstance(sigma, torch.Tensor):
+            return net(x, _sigma_to_level(per_example, ladder, LEVEL_RTOL))
+        # One float for the batch (the samplers' call): its level is found on the host, so
+        # that a sampler's step on a GPU never waits for the device.
+        level = _sigma_to_level(torch.tensor([float(sigma)], dtype=torch.float64), ladder,
+                                LEVEL_RTOL)
+        return net(x, torch.full((x.shape[0],), int(level), device=x.device))
     return level_score_fn
