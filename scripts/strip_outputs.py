@@ -36,10 +36,25 @@ def strip(nb) -> None:
             continue
         if is_checked(cell):
             # drop display-only outputs (widgets, images) that cannot be compared as text
-            cell.outputs = [o for o in cell.outputs if o.get("output_type") in ("stream", "execute_result")]
+            cell.outputs = _joined_streams(
+                [o for o in cell.outputs if o.get("output_type") in ("stream", "execute_result")])
             continue
         cell.outputs = []
         cell.execution_count = None
+
+
+def _joined_streams(outputs: list) -> list:
+    """Consecutive prints to one stream as one output: how a run splits them depends on timing."""
+    joined = []
+    for output in outputs:
+        previous = joined[-1] if joined else None
+        if (output.get("output_type") == "stream" and previous is not None
+                and previous.get("output_type") == "stream"
+                and previous.get("name") == output.get("name")):
+            previous["text"] = "".join(previous["text"]) + "".join(output["text"])
+        else:
+            joined.append(output)
+    return joined
 
 
 def main(argv: list[str]) -> int:

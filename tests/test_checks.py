@@ -304,22 +304,26 @@ def test_2_1_explains_wrong_authors_steps(capsys, authors_step, phrases):
 
 
 def test_2_2_accepts_the_solution(capsys, grading):
-    assert_passes(capsys, checks.exercise_2_2, lambda a: 1 / (1 - a / 4))
+    assert_passes(capsys, checks.exercise_2_2, lambda a, t: t / (1 - a / (4 * t)))
 
 
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (lambda a: 1.0, ["1 for every step size"]),
-        (lambda a: 1 / (1 - a / 2), ["authors' convention"]),
-        (lambda a: math.sqrt(1 / (1 - a / 4)), ["standard deviation"]),
-        (lambda a: 1 - a / 4, ["reciprocal"]),
-        (lambda a: 2.0, ["dropped the square"]),
+        (lambda a, t: t, ["tau^2 for every step size"]),
+        (lambda a, t: 1 / (1 - a / 4), ["tau^2 = 1 only"]),
+        (lambda a, t: t / (1 - a / (2 * t)), ["authors' convention"]),
+        (lambda a, t: math.sqrt(t / (1 - a / (4 * t))), ["standard deviation"]),
+        (lambda a, t: (1 - a / (4 * t)) / t, ["reciprocal"]),
+        (lambda a, t: t / (1 - a * t / 4), ["multiplied by tau^2"]),
+        (lambda a, t: 2.0 * t, ["dropped the square"]),
         (
-            lambda a: 1 + a / 4,
-            ["right for small alpha", "wrong for alpha of order one and for alpha near 4"],
+            lambda a, t: t * (1 + a / (4 * t)),
+            ["right for small steps", "wrong for steps of order tau^2 and for steps near the "
+             "largest stable one"],
         ),
-        (lambda a: torch.ones(2), ["single number", "tensor of shape (2,)"]),
+        (lambda a, t: torch.ones(2), ["single number", "tensor of shape (2,)"]),
+        (lambda a: 1 / (1 - a / 4), ["takes 1 positional argument but 2 were given"]),
     ],
 )
 def test_2_2_explains_wrong_answers(capsys, answer, phrases):
@@ -458,24 +462,28 @@ def test_3_2_explains_wrong_answers(capsys, answer, phrases):
 
 
 def test_3_3_accepts_the_solution(capsys, grading):
-    assert_passes(
-        capsys, checks.exercise_3_3, lambda eps, sigma, sigma_last: eps * (sigma / sigma_last) ** 2
-    )
+    assert_passes(capsys, checks.exercise_3_3,
+                  lambda eps, s, m, t: eps * (t + s**2) / (t + m**2))
 
 
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (lambda a, s, m: a * s / m, ["eps * sigma_i / sigma_L", "sigma_i^2"]),
-        (lambda a, s, m: a * (m / s) ** 2, ["upside down"]),
-        (lambda a, s, m: a * s**2, ["not divided by sigma_L^2"]),
-        (lambda a, s, m: a, ["eps at every level"]),
-        (lambda a, s, m: 2 * a * (s / m) ** 2, ["wrong at 9 of 9 test points"]),
+        (lambda a, s, m, t: a * (s / m) ** 2, ["Algorithm 1's", "tau^2 = 0"]),
+        (lambda a, s, m, t: a * (t**0.5 + s) ** 2 / (t**0.5 + m) ** 2,
+         ["added standard deviations"]),
+        (lambda a, s, m, t: a * (t + s) / (t + m), ["a standard deviation, to tau^2"]),
+        (lambda a, s, m, t: a * ((t + s**2) / (t + m**2)) ** 0.5, ["grow like the variance"]),
+        (lambda a, s, m, t: a * (t + m**2) / (t + s**2), ["upside down"]),
+        (lambda a, s, m, t: a * (t + s**2), ["not normalised"]),
+        (lambda a, s, m, t: 2 * a * (t + s**2) / (t + m**2), ["wrong at 9 of 9 test points"]),
         (
-            lambda a, s, m: a * (s / m) ** 2 if s / m < 10 else a * (s / m) ** 1.5,
-            ["right for the last level", "wrong for sigma_i much larger than sigma_L"],
+            lambda a, s, m, t: a * (t + s**2) / (t + m**2) if m**2 > 100 * t else a * (s / m),
+            ["right when every level is far above the data's spread", "and at the last level",
+             "wrong when the levels straddle the data's spread"],
         ),
-        (lambda a, s, m: [a], ["should be a number", "list"]),
+        (lambda a, s, m: a * (s / m) ** 2, ["takes 3 positional arguments but 4 were given"]),
+        (lambda a, s, m, t: [a], ["should be a number", "list"]),
     ],
 )
 def test_3_3_explains_wrong_answers(capsys, answer, phrases):

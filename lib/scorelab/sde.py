@@ -456,8 +456,8 @@ def predictor_corrector(
     n_steps : int
         Predictor steps; the sampler makes ``n_steps * (1 + n_corrector)`` score evaluations.
     snr : float
-        The corrector's signal-to-noise ratio r > 0 (Song et al. use 0.16 on CIFAR-10 images;
-        low-dimensional data want larger values, see chapter 8).
+        The corrector's signal-to-noise ratio r > 0 (Song et al. use 0.16 on CIFAR-10 images,
+        as chapter 8 does on the 2-D mixture; exercise 8.3 measures what r does).
     n_corrector : int
         Corrector steps after each predictor step (0: the predictor alone).
     generator : torch.Generator, optional

@@ -18,7 +18,7 @@ from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 
 def _mixtures():
-    """Test mixtures: equal variances (so a missing 1/sigma^2 is a constant factor), unequal, and
+    """Test mixtures: equal variances (so a missing 1/v_k is a constant factor), unequal, and
     (while grading) a hidden one with four components."""
     equal = (
         torch.tensor([0.3, 0.7]),
@@ -66,17 +66,17 @@ def _mutants(x, weights, means, variances) -> dict[str, torch.Tensor]:
     density = torch.exp(torch.logsumexp(log_joint, dim=1))[:, None]  # (N, 1)
     return {
         "the responsibilities ignore the mixture weights pi_k: r_k(x) is proportional to "
-        "pi_k N(x; mu_k, sigma_k^2 I), not to N(x; mu_k, sigma_k^2 I) alone.": (
+        "pi_k N(x; mu_k, v_k I), not to N(x; mu_k, v_k I) alone.": (
             resp_unweighted * scores
         ).sum(1),
         "you weighted each component's score by its mixture weight pi_k; weight it by the "
         "responsibility r_k(x) = pi_k N_k(x) / sum_j pi_j N_j(x), which depends on x.": (
             weights[None, :, None] * scores
         ).sum(1),
-        "you forgot to divide by the variance: the score of N(mu_k, sigma_k^2 I) is "
-        "-(x - mu_k) / sigma_k^2.": (resp * -diff).sum(1),
-        "you divided by the standard deviation sigma_k; the score of N(mu_k, sigma_k^2 I) divides "
-        "by the variance sigma_k^2.": (resp * -diff / variances.sqrt()[None, :, None]).sum(1),
+        "you forgot to divide by the variance: the score of N(mu_k, v_k I) is "
+        "-(x - mu_k) / v_k.": (resp * -diff).sum(1),
+        "you divided by the standard deviation sqrt(v_k); the score of N(mu_k, v_k I) divides "
+        "by the variance v_k.": (resp * -diff / variances.sqrt()[None, :, None]).sum(1),
         "this is the gradient of the density p(x), not of log p(x): divide it by p(x).": density
         * (resp * scores).sum(1),
     }
@@ -98,7 +98,7 @@ def exercise_1_3(gmm_score) -> None:
         got = call_student(gmm_score, x.clone(), weights, means, variances, what="gmm_score")
         got = expect_tensor(got, what="gmm_score(x, ...)", shape=tuple(x.shape))
         expect_finite(got, what="gmm_score(x, ...)", where=" near the modes")
-        factors = {"sigma^2": 2.0} if name == "equal" else None
+        factors = {"the variance v_k": 2.0} if name == "equal" else None
         diagnose(
             got,
             _reference(x, weights, means, variances),

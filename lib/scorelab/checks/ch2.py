@@ -1,7 +1,7 @@
 """Checks for the exercises of chapter 2: one Langevin step and the step-size bias.
 
 2.1 (implement) one Langevin step, and the authors' step convention; 2.2 (derive) the
-stationary variance of the chain on N(0, 1); 2.3 (investigate) the measured variance and the
+stationary variance of the chain on N(0, tau^2); 2.3 (investigate) the measured variance and the
 step size at which its bias reaches 10 %; 2.4 (debug) a sampler whose noise is scaled by alpha.
 """
 
@@ -137,9 +137,10 @@ def _check_step(langevin_step, step_size: float) -> None:
     )
 
 
-def _stationary_variance(step_size: float) -> float:
-    """Stationary variance of the Langevin chain on N(0, 1): x' = (1 - alpha/2) x + sqrt(alpha) z."""
-    return 1.0 / (1.0 - step_size / 4.0)
+def _stationary_variance(alpha: float, target_variance: float = 1.0) -> float:
+    """Stationary variance of the Langevin chain on N(0, tau^2):
+    x' = (1 - alpha / (2 tau^2)) x + sqrt(alpha) z settles at tau^2 / (1 - alpha / (4 tau^2))."""
+    return target_variance / (1.0 - alpha / (4.0 * target_variance))
 
 
 #: 2.3's tolerance on the step size of 10 % bias: a variance measured on 2 x 10^5 numbers has a
@@ -233,39 +234,53 @@ def _check_alpha_10(alpha_10) -> None:
 
 @exercise(
     "2.2",
-    "your stationary_variance is 1 / (1 - alpha/4): right for small steps and as alpha -> 4.",
+    "your stationary_variance is tau^2 / (1 - alpha / (4 tau^2)): right for small steps and up "
+    "to the largest stable step, 4 tau^2.",
 )
 def exercise_2_2(stationary_variance) -> None:
-    """Check ``stationary_variance(alpha) -> float`` at random alpha in three regimes."""
-    ranges = {
-        "for small alpha (below 0.003)": (1e-4, 3e-3),
-        "for alpha of order one": (0.3, 1.5),
-        "for alpha near 4": (2.5, 3.95),
+    """Check ``stationary_variance(alpha, target_variance) -> float`` at random (alpha, tau^2),
+    alpha / tau^2 in three regimes."""
+    ranges = {  # alpha / tau^2
+        "for small steps (alpha below 0.003 tau^2)": (1e-4, 3e-3),
+        "for steps of order tau^2": (0.3, 1.5),
+        "for steps near the largest stable one, 4 tau^2": (2.5, 3.95),
     }
-    points, regimes = by_regime({
-        name: [{"alpha": a} for a in cases(random_values(low, high, 3, seed=20 + i),
-                                           random_values(low, high, 3, seed=200 + i))]
-        for i, (name, (low, high)) in enumerate(ranges.items())
-    })
+    named = {}
+    for i, (name, (low, high)) in enumerate(ranges.items()):
+        ratios = cases(random_values(low, high, 3, seed=20 + i),
+                       random_values(low, high, 3, seed=200 + i))
+        variances = cases([1.0] + random_values(0.2, 5.0, 2, seed=40 + i, log=True),
+                          random_values(0.2, 5.0, 3, seed=400 + i, log=True))
+        named[name] = [{"alpha": u * t, "target_variance": t} for u, t in zip(ratios, variances)]
+    points, regimes = by_regime(named)
     check_formula(
         stationary_variance,
-        lambda alpha: _stationary_variance(alpha),
+        _stationary_variance,
         points,
         what="stationary_variance",
         regimes=[regimes],
         rtol=1e-5,
         atol=1e-8,
         mutants=[
-            ("your variance is 1 for every step size: the unadjusted chain is biased, solve "
-             "v = (1 - alpha/2)^2 v + alpha for v.", lambda alpha: 1.0),
-            ("you found 1 / (1 - alpha/2), the authors' convention (drift alpha * s, noise "
-             "sqrt(2 alpha) z); the course's step is (alpha/2) * s + sqrt(alpha) z.",
-             lambda alpha: 1 / (1 - alpha / 2)),
-            ("this is the standard deviation, sqrt(1 / (1 - alpha/4)); the question asks for "
-             "the variance.", lambda alpha: math.sqrt(1 / (1 - alpha / 4))),
-            ("you found 1 - alpha/4, the reciprocal of the answer.", lambda alpha: 1 - alpha / 4),
-            ("you dropped the square of the contraction: the variance of (1 - alpha/2) x is "
-             "(1 - alpha/2)^2 v, not (1 - alpha/2) v.", lambda alpha: 2.0),
+            ("your variance is tau^2 for every step size: the unadjusted chain is biased, solve "
+             "v = (1 - alpha / (2 tau^2))^2 v + alpha for v.",
+             lambda alpha, target_variance: target_variance),
+            ("this is the answer for tau^2 = 1 only: the score of N(0, tau^2) is -x / tau^2, so "
+             "one step contracts x by 1 - alpha / (2 tau^2).",
+             lambda alpha, target_variance: 1 / (1 - alpha / 4)),
+            ("you found tau^2 / (1 - alpha / (2 tau^2)), the authors' convention (drift alpha * s, "
+             "noise sqrt(2 alpha) z); the course's step is (alpha/2) * s + sqrt(alpha) z.",
+             lambda alpha, target_variance: target_variance / (1 - alpha / (2 * target_variance))),
+            ("this is the standard deviation, the square root of the variance the question asks "
+             "for.", lambda alpha, target_variance: math.sqrt(
+                 _stationary_variance(alpha, target_variance))),
+            ("you found the reciprocal of the answer.",
+             lambda alpha, target_variance: 1 / _stationary_variance(alpha, target_variance)),
+            ("you multiplied by tau^2 where the score divides by it: the contraction of one step "
+             "is 1 - alpha / (2 tau^2).",
+             lambda alpha, target_variance: target_variance / (1 - alpha * target_variance / 4)),
+            ("you dropped the square of the contraction: the variance of c x is c^2 v, not c v.",
+             lambda alpha, target_variance: 2.0 * target_variance),
         ],
     )
 
@@ -350,13 +365,15 @@ register_hints(
 )
 register_hints(
     "2.2",
-    "At stationarity the variance before a step equals the variance after it. Write "
-    "the variance of both sides of one step.",
+    "Write one step for the score of N(0, tau^2). At stationarity the variance before a step "
+    "equals the variance after it: write the variance of both sides.",
     "The two terms of a step are independent, so their variances add: the contracted "
     "old point contributes the square of the contraction factor times v, the noise "
-    "contributes the step size.",
+    "contributes the step size. The chain settles only if the contraction factor lies "
+    "strictly between -1 and 1.",
     "That is a linear equation in v: v equals v times a number below one, plus the "
-    "step size. Expand the square, collect the v terms on one side and divide.",
+    "step size. Expand the square, collect the v terms on one side and divide; at tau^2 = 1 "
+    "your answer must be the chapter's.",
 )
 register_hints(
     "2.3",

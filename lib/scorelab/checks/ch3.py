@@ -1,8 +1,8 @@
 """Checks for the exercises of chapter 3: the noise ladder, the annealed step, the sampler.
 
 3.1 (derive) the common ratio of a geometric ladder; 3.2 (implement) the ladder itself;
-3.3 (derive) the step rule alpha_i = eps sigma_i^2 / sigma_L^2 from a constant signal-to-noise
-ratio; 3.4 (investigate) where plain Langevin puts the 0.8 / 0.2 mixture's mass, and why;
+3.3 (derive) the step of each level that keeps exercise 2.2's stationary bias the same on
+Gaussian data, against Algorithm 1's alpha_i = eps sigma_i^2 / sigma_L^2; 3.4 (investigate) where plain Langevin puts the 0.8 / 0.2 mixture's mass, and why;
 3.5 (implement) annealed Langevin dynamics.
 """
 
@@ -62,51 +62,69 @@ def exercise_3_2(geometric_sigmas) -> None:
 
 @exercise(
     "3.3",
-    "your annealed_step is eps * sigma_i^2 / sigma_L^2 (Algorithm 1): the same signal-to-noise "
-    "ratio at every level, and eps itself at the last.",
+    "your equal_bias_step is eps (tau^2 + sigma_i^2) / (tau^2 + sigma_L^2): the same stationary "
+    "bias at every level, Algorithm 1's rule when the data have no spread.",
 )
-def exercise_3_3(annealed_step) -> None:
-    """Check ``annealed_step(eps, sigma_i, sigma_L) -> float`` at random values in three regimes."""
+def exercise_3_3(equal_bias_step) -> None:
+    """Check ``equal_bias_step(eps, sigma_i, sigma_L, tau2) -> float`` at random values with the
+    noise levels far above the data's spread, straddling it, and at the last level."""
 
-    def draw(eps_seed: int, last_seed: int, ratios: tuple | None, shift: int) -> list[dict]:
-        """Points whose sigma_i / sigma_L is drawn from ``ratios`` (low, high, seed, log), or 1."""
-        eps = random_values(1e-4, 0.5, 3, seed=eps_seed + shift, log=True)
-        last = random_values(0.01, 2.0, 3, seed=last_seed + shift, log=True)
-        times = [1.0] * 3
-        if ratios is not None:
-            low, high, seed, log = ratios
-            times = random_values(low, high, 3, seed=seed + shift, log=log)
-        return [{"eps": e, "sigma_i": r * s, "sigma_L": s} for e, r, s in zip(eps, times, last)]
+    def draw(seed: int, noise_over_spread: tuple, level_over_last: tuple | None) -> list[dict]:
+        """Points with sigma_L / tau and sigma_i / sigma_L drawn log-uniformly (or 1)."""
+        eps = random_values(1e-4, 0.5, 3, seed=seed, log=True)
+        tau2 = random_values(0.01, 4.0, 3, seed=seed + 1, log=True)
+        last = random_values(*noise_over_spread, 3, seed=seed + 2, log=True)
+        ratio = [1.0] * 3 if level_over_last is None else random_values(
+            *level_over_last, 3, seed=seed + 3, log=True)
+        return [{"eps": e, "sigma_i": r * k * t**0.5, "sigma_L": k * t**0.5, "tau2": t}
+                for e, t, k, r in zip(eps, tau2, last, ratio)]
 
-    regimes = {
-        "for the last level (sigma_i = sigma_L)": (30, 40, None),
-        "for sigma_i a few times sigma_L": (31, 51, (1.5, 5.0, 41, False)),
-        "for sigma_i much larger than sigma_L": (32, 52, (20.0, 500.0, 42, True)),
+    regimes = {  # name -> (seed, sigma_L / tau, sigma_i / sigma_L)
+        "when every level is far above the data's spread (sigma_L > 10 tau)": (
+            30, (10.0, 100.0), (1.5, 50.0)),
+        "when the levels straddle the data's spread (sigma_L < tau / 10 < sigma_i)": (
+            40, (0.01, 0.1), (200.0, 2000.0)),
+        "at the last level (sigma_i = sigma_L)": (50, (0.01, 100.0), None),
     }
-    points, group = by_regime(
-        {name: cases(draw(*spec, 0), draw(*spec, 100)) for name, spec in regimes.items()}
-    )
+    points, group = by_regime({name: cases(draw(seed, *ranges), draw(seed + 100, *ranges))
+                               for name, (seed, *ranges) in regimes.items()})
     check_formula(
-        annealed_step,
-        lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2,
+        equal_bias_step,
+        _equal_bias_step,
         points,
-        what="annealed_step",
+        what="equal_bias_step",
         regimes=[group],
         rtol=1e-5,
-        atol=1e-8,
+        atol=1e-12,
         mutants=[
-            ("it returns eps * sigma_i / sigma_L: the drift (alpha/2) s is about "
-             "alpha / (2 sigma) and the noise sqrt(alpha); their ratio stays fixed only if "
-             "alpha grows like sigma_i^2.", lambda eps, sigma_i, sigma_L: eps * sigma_i / sigma_L),
-            ("it returns eps * sigma_i^2, not divided by sigma_L^2: then the last level does "
-             "not take the step eps itself.", lambda eps, sigma_i, sigma_L: eps * sigma_i**2),
-            ("it returns eps * sigma_L^2 / sigma_i^2, upside down: it gives the largest noise "
-             "level the smallest step, where it should take the largest.",
-             lambda eps, sigma_i, sigma_L: eps * sigma_L**2 / sigma_i**2),
-            ("it returns eps at every level: plain Langevin steps barely move at large sigma, "
-             "where the density is wide.", lambda eps, sigma_i, sigma_L: eps),
+            ("this is Algorithm 1's eps sigma_i^2 / sigma_L^2, the equal-bias step only for data "
+             "with no spread (tau^2 = 0): level i's density has variance tau^2 + sigma_i^2.",
+             lambda eps, sigma_i, sigma_L, tau2: eps * sigma_i**2 / sigma_L**2),
+            ("you added standard deviations, (tau + sigma_i)^2: independent noise adds "
+             "variances, so level i's variance is tau^2 + sigma_i^2.",
+             lambda eps, sigma_i, sigma_L, tau2: eps * (tau2**0.5 + sigma_i) ** 2
+             / (tau2**0.5 + sigma_L) ** 2),
+            ("you added sigma_i, a standard deviation, to tau^2, a variance: level i's variance "
+             "is tau^2 + sigma_i^2.",
+             lambda eps, sigma_i, sigma_L, tau2: eps * (tau2 + sigma_i) / (tau2 + sigma_L)),
+            ("your step grows like the standard deviation of level i; by exercise 2.2 the bias "
+             "depends on alpha over the variance, so the step must grow like the variance.",
+             lambda eps, sigma_i, sigma_L, tau2: eps * ((tau2 + sigma_i**2)
+                                                        / (tau2 + sigma_L**2)) ** 0.5),
+            ("upside down: your rule gives the noisiest level the smallest step, where its "
+             "density is widest.",
+             lambda eps, sigma_i, sigma_L, tau2: eps * (tau2 + sigma_L**2) / (tau2 + sigma_i**2)),
+            ("your step is proportional to level i's variance but not normalised: the last level "
+             "must take eps itself.",
+             lambda eps, sigma_i, sigma_L, tau2: eps * (tau2 + sigma_i**2)),
         ],
     )
+
+
+def _equal_bias_step(eps: float, sigma_i: float, sigma_L: float, tau2: float) -> float:
+    """alpha_i with alpha_i / (tau^2 + sigma_i^2) = eps / (tau^2 + sigma_L^2): exercise 2.2's
+    bias, a function of alpha over the target's variance, the same at every level."""
+    return eps * (tau2 + sigma_i**2) / (tau2 + sigma_L**2)
 
 
 def _toy_problem():
@@ -333,13 +351,12 @@ register_hints(
 )
 register_hints(
     "3.3",
-    "Write the size of the drift term and of the noise term of one step at level i, "
-    "using that the score there is about one over sigma_i in size.",
-    "Their ratio is proportional to the square root of alpha_i divided by sigma_i. "
-    "Keeping it the same at every level fixes how alpha_i grows with sigma_i; the "
-    "last level fixes the constant.",
-    "alpha_i is proportional to sigma_i to the power ____, normalised so that the "
-    "level sigma_L gets exactly eps.",
+    "By exercise 2.2 the stationary variance of Langevin dynamics on N(0, v), over v, depends "
+    "on the step and v through one combination. What is v at level i?",
+    "Level i's density is the data convolved with N(0, sigma_i^2 I), and independent Gaussians "
+    "add their variances. Keep exercise 2.2's combination the same at every level.",
+    "alpha_i is proportional to the variance of level i's density; alpha_L = eps fixes the "
+    "constant.",
 )
 register_hints(
     "3.4",
@@ -355,7 +372,7 @@ register_hints(
     "3.5",
     "Two nested loops: over the noise levels from the largest to the smallest, and over the "
     "Langevin steps within a level, each with that level's own step size and score.",
-    "At level i: alpha_i = eps * sigma_i^2 / sigma_L^2 and "
+    "At level i: Algorithm 1's alpha_i = eps * sigma_i^2 / sigma_L^2 and "
     "x <- x + (alpha_i / 2) * s(x, sigma_i) + sqrt(alpha_i) * z.",
     "for sigma in <the levels as floats>:  alpha = <your step rule>;  "
     "repeat n_steps_each times: <one Langevin step with score_fn(x, sigma)>;  return x",

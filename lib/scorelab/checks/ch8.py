@@ -70,8 +70,8 @@ def exercise_8_1(sigma_of_t, diffusion) -> None:
         if math.isclose(got, want, rel_tol=1e-6):
             continue
         wrong = {
-            "g(t) is the square root of d sigma / dt; it is the square root of d sigma^2 / dt, "
-            "the growth rate of the variance.": math.sqrt(s * log_ratio),
+            "your g(t) is the square root of d sigma / dt; g(t) is the square root of "
+            "d sigma^2 / dt, the growth rate of the variance.": math.sqrt(s * log_ratio),
             "your g(t) lacks a factor sqrt(2): d sigma^2/dt = 2 sigma dsigma/dt.":
                 s * math.sqrt(log_ratio),
             "your diffusion is g(t)^2, not g(t): take the square root.": want**2,
