@@ -315,7 +315,7 @@ def test_2_2_accepts_the_solution(capsys, grading):
         (lambda a, t: t / (1 - a / (2 * t)), ["authors' convention"]),
         (lambda a, t: math.sqrt(t / (1 - a / (4 * t))), ["standard deviation"]),
         (lambda a, t: (1 - a / (4 * t)) / t, ["reciprocal"]),
-        (lambda a, t: t / (1 - a * t / 4), ["multiplied by tau^2"]),
+        (lambda a, t: 1 / (t * (1 - a * t / 4)), ["multiplied by tau^2"]),
         (lambda a, t: 2.0 * t, ["dropped the square"]),
         (
             lambda a, t: t * (1 + a / (4 * t)),

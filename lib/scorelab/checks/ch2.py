@@ -278,7 +278,8 @@ def exercise_2_2(stationary_variance) -> None:
              lambda alpha, target_variance: 1 / _stationary_variance(alpha, target_variance)),
             ("you multiplied by tau^2 where the score divides by it: the contraction of one step "
              "is 1 - alpha / (2 tau^2).",
-             lambda alpha, target_variance: target_variance / (1 - alpha * target_variance / 4)),
+             lambda alpha, target_variance: 1 / (target_variance
+                                                 * (1 - alpha * target_variance / 4))),
             ("you dropped the square of the contraction: the variance of c x is c^2 v, not c v.",
              lambda alpha, target_variance: 2.0 * target_variance),
         ],

@@ -374,6 +374,6 @@ register_hints(
     "Langevin steps within a level, each with that level's own step size and score.",
     "At level i: Algorithm 1's alpha_i = eps * sigma_i^2 / sigma_L^2 and "
     "x <- x + (alpha_i / 2) * s(x, sigma_i) + sqrt(alpha_i) * z.",
-    "for sigma in <the levels as floats>:  alpha = <your step rule>;  "
+    "for sigma in <the levels as floats>:  alpha = <Algorithm 1's step rule>;  "
     "repeat n_steps_each times: <one Langevin step with score_fn(x, sigma)>;  return x",
 )
