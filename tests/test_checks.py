@@ -41,8 +41,23 @@ def test_assert_all_passed_names_failed_and_missing(capsys):
 # ---------------------------------------------------------------- chapter 1: densities and scores
 
 
-def perturbed_covariance(cov, sigma):
-    return cov + sigma**2 * torch.eye(cov.shape[0])
+def perturbed_covariance(weights, means, covs, sigma):
+    mean = weights @ means
+    offsets = means - mean
+    within = (weights[:, None, None] * covs).sum(dim=0)
+    return within + offsets.T @ (weights[:, None] * offsets) + sigma**2 * torch.eye(
+        means.shape[1], dtype=means.dtype)
+
+
+def _total(w, m, c, s, *, noise=None, between=True, weights_within=None):
+    """The right answer, or one with a part changed (for the mistakes below)."""
+    weights_within = w if weights_within is None else weights_within
+    offsets = m - w @ m
+    out = (weights_within[:, None, None] * c).sum(dim=0)
+    if between:
+        out = out + offsets.T @ (w[:, None] * offsets)
+    eye = torch.eye(m.shape[1], dtype=m.dtype)
+    return out + (s**2 * eye if noise is None else noise)
 
 
 def test_1_1_accepts_the_solution(capsys, grading):
@@ -52,27 +67,35 @@ def test_1_1_accepts_the_solution(capsys, grading):
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (lambda c, s: c + s * torch.eye(c.shape[0]), ["added sigma I", "sigma^2 I"]),
-        (lambda c, s: c + s**2, ["every entry", "diagonal only"]),
-        (lambda c, s: s**2 * c, ["scaled the covariance by sigma^2"]),
-        (lambda c, s: (1 + s**2) * c, ["(1 + sigma^2)"]),
-        (lambda c, s: s**2 * torch.eye(c.shape[0]), ["Sigma is still there"]),
+        (lambda w, m, c, s: _total(w, m, c, s, between=False), ["law of total covariance"]),
+        (lambda w, m, c, s: _total(w, m, c, s, between=False) + m.T @ (w[:, None] * m),
+         ["second moment"]),
+        (lambda w, m, c, s: _total(w, m, c, s, weights_within=w**2), ["pi_k^2"]),
+        (lambda w, m, c, s: _total(w, m, c, s, noise=0.0), ["left out the noise"]),
+        (lambda w, m, c, s: _total(w, m, c, s, noise=s * torch.eye(2, dtype=m.dtype)),
+         ["added sigma I", "sigma^2 I"]),
+        (lambda w, m, c, s: _total(w, m, c, s, noise=s**2), ["every entry", "diagonal only"]),
         (
-            lambda c, s: c + (s**2 if s < 3 else s) * torch.eye(c.shape[0]),
+            lambda w, m, c, s: _total(w, m, c, s) if s < 3 else _total(w, m, c, s, noise=0.0) + s,
             ["right for small sigma", "sigma of order one", "wrong for large sigma"],
         ),
-        (lambda c, s: torch.diag(c) + s**2, ["has shape (2,)", "expected (2, 2)"]),
-        (lambda c, s: (c + s**2 * torch.eye(2)).tolist(), ["should return a number", "list"]),
+        (
+            lambda w, m, c, s: _total(w, m, c, s) * (1.0 if len(w) == 1 else 1.1),
+            ["right on one component", "wrong on two components and on three components"],
+        ),
+        (lambda w, m, c, s: torch.diag(_total(w, m, c, s)), ["has shape (2,)", "expected (2, 2)"]),
+        (lambda w, m, c, s: _total(w, m, c, s).tolist(), ["should return a number", "list"]),
+        (lambda c, s: c + s**2 * torch.eye(2), ["takes 2 positional arguments but 4 were given"]),
     ],
 )
 def test_1_1_explains_wrong_answers(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_1_1, answer, *phrases)
 
 
-def test_1_1_tries_a_hidden_3d_covariance_while_grading(capsys, grading):
-    assert_explains(
-        capsys, checks.exercise_1_1, lambda c, s: c + s**2 * torch.eye(2), "RuntimeError"
-    )
+def test_1_1_tries_a_hidden_3d_mixture_while_grading(capsys, grading):
+    assert_explains(capsys, checks.exercise_1_1,
+                    lambda w, m, c, s: _total(w, m, c[:, :2, :2], s)[:2, :2] if m.shape[1] == 2
+                    else torch.zeros(3, 3, dtype=m.dtype), "on a hidden 3-D mixture")
 
 
 def gmm_score(x, weights, means, variances):

@@ -38,7 +38,7 @@ def _submissions(folder: Path) -> None:
 
     looping = nbformat.read(ROOT / "solutions" / NOTEBOOK, as_version=4)
     cell = _cell(looping, "def perturbed_covariance")
-    cell.source = cell.source.replace("    return cov", "    while True:\n        pass\n    return cov")
+    cell.source = cell.source.replace("    mean = ", "    while True:\n        pass\n    mean = ", 1)
     nbformat.write(looping, folder / "looping.ipynb")
 
 

@@ -1,6 +1,6 @@
 """Checks for the exercises of chapter 1: densities, their scores, and what noise does to them.
 
-1.1 (derive) the covariance of a Gaussian plus independent noise; 1.2 (implement) scores by
+1.1 (derive) the covariance of a mixture plus independent noise; 1.2 (implement) scores by
 autograd; 1.3 (implement) the Gaussian-mixture score, stable far from the modes; 1.4 (debug)
 the banana's score without its chain-rule term; 1.5 (investigate) the noise level at which a
 1-D mixture's two modes merge.
@@ -167,76 +167,106 @@ def exercise_1_2(autograd_score) -> None:
         diagnose(got, density.score(x), what=f"autograd_score on {name}")
 
 
-# ---------------------------------------------------------------- 1.1 (derive) Sigma + sigma^2 I
+# ---------------------------------------------------------------- 1.1 (derive) a noisy mixture's covariance
 
 
-def _covariances() -> dict[str, torch.Tensor]:
-    """A diagonal and a correlated 2-D covariance; while grading, a correlated 3-D one."""
+def _covariance_mixtures() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(weights, means, covs) in float64: one correlated component, two diagonal components,
+    three correlated ones; while grading, a hidden 3-D mixture."""
+    def mixture(weights, means, covs):
+        return tuple(torch.tensor(v, dtype=torch.float64) for v in (weights, means, covs))
+
     named = cases(
         [
-            ("a diagonal covariance", torch.tensor([[2.0, 0.0], [0.0, 0.5]])),
-            ("a correlated covariance", torch.tensor([[2.0, 0.8], [0.8, 1.0]])),
+            ("one component", mixture([1.0], [[1.0, -2.0]], [[[2.0, 0.8], [0.8, 1.0]]])),
+            ("two components", mixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 1.0]],
+                                       [[[1.0, 0.0], [0.0, 0.5]], [[0.5, 0.0], [0.0, 2.0]]])),
+            ("three components", mixture([0.5, 0.2, 0.3], [[0.0, 0.0], [3.0, -1.0], [-2.0, 2.5]],
+                                         [[[1.0, 0.6], [0.6, 1.0]], [[0.5, 0.0], [0.0, 1.5]],
+                                          [[0.4, -0.1], [-0.1, 0.4]]])),
         ],
         [
-            (
-                "a hidden 3-D covariance",
-                torch.tensor([[1.5, 0.3, -0.2], [0.3, 0.7, 0.1], [-0.2, 0.1, 2.5]]),
-            )
+            ("a hidden 3-D mixture", mixture(
+                [0.6, 0.4], [[1.0, 0.0, -1.0], [-1.5, 2.0, 0.5]],
+                [[[1.5, 0.3, -0.2], [0.3, 0.7, 0.1], [-0.2, 0.1, 2.5]], torch.eye(3).tolist()])),
         ],
     )
     return dict(named)
 
 
+def _within(weights, covs):  # E[Cov(x | k)], (D, D)
+    return (weights[:, None, None] * covs).sum(dim=0)
+
+
+def _between(weights, means):  # Cov(E[x | k]), (D, D)
+    offsets = means - weights @ means
+    return offsets.T @ (weights[:, None] * offsets)
+
+
+def _noise(means, variance):  # variance * I, (D, D)
+    return variance * torch.eye(means.shape[1], dtype=torch.float64)
+
+
 @exercise(
     "1.1",
-    "your perturbed_covariance is Sigma + sigma^2 I: independent noise adds its variance "
-    "to the diagonal and nothing to the correlations.",
+    "your perturbed_covariance is sum_k pi_k Sigma_k + sum_k pi_k (mu_k - mu)(mu_k - mu)^T "
+    "+ sigma^2 I: the components' spread, their means' spread and the noise.",
 )
 def exercise_1_1(perturbed_covariance) -> None:
-    """Check ``perturbed_covariance(cov (D, D), sigma) -> (D, D)`` at random sigmas, small to large."""
+    """Check ``perturbed_covariance(weights (K,), means (K, D), covs (K, D, D), sigma) -> (D, D)``
+    at random sigmas, small to large, on mixtures of one to three components."""
     sigma_ranges = {
         "for small sigma (below 0.3)": (0.01, 0.3),
         "for sigma of order one": (0.5, 2.0),
         "for large sigma (above 3)": (3.0, 20.0),
     }
-    covariances = _covariances()
+    mixtures = _covariance_mixtures()
     points, sigma_regimes = by_regime({
         regime: [
-            {"cov": cov, "sigma": s}
-            for cov in covariances.values()
+            {"weights": w, "means": m, "covs": c, "sigma": s}
+            for w, m, c in mixtures.values()
             for s in cases(random_values(low, high, 2, seed=10 + index),
                            random_values(low, high, 2, seed=100 + index))
         ]
         for index, (regime, (low, high)) in enumerate(sigma_ranges.items())
     })
-    cov_regimes = [
-        (f"on {name}", lambda p, cov=cov: p["cov"] is cov) for name, cov in covariances.items()
+    mixture_regimes = [
+        (f"on {name}", lambda p, weights=w: p["weights"] is weights)
+        for name, (w, _, _) in mixtures.items()
     ]
-
-    def eye(cov):
-        return torch.eye(cov.shape[0], dtype=torch.float64)
-
     check_formula(
         perturbed_covariance,
-        lambda cov, sigma: cov.double() + sigma**2 * eye(cov),
+        lambda weights, means, covs, sigma: (_within(weights, covs) + _between(weights, means)
+                                             + _noise(means, sigma**2)),
         points,
         what="perturbed_covariance",
-        regimes=[sigma_regimes, cov_regimes],
+        regimes=[sigma_regimes, mixture_regimes],
         rtol=1e-5,
         atol=1e-8,
         mutants=[
+            ("you averaged the components' covariances but left out how their means spread: "
+             "Cov(x) = E[Cov(x | k)] + Cov(E[x | k]), the law of total covariance.",
+             lambda weights, means, covs, sigma: _within(weights, covs)
+             + _noise(means, sigma**2)),
+            ("you computed the second moment E[x x^T] about 0, not the covariance: measure the "
+             "means' spread about the mixture's mean sum_k pi_k mu_k.",
+             lambda weights, means, covs, sigma: _within(weights, covs)
+             + means.T @ (weights[:, None] * means) + _noise(means, sigma**2)),
+            ("you weighted the components by pi_k^2, as for a weighted sum of independent "
+             "vectors; a mixture draws one component, so each enters with weight pi_k.",
+             lambda weights, means, covs, sigma: _within(weights**2, covs)
+             + _between(weights, means) + _noise(means, sigma**2)),
+            ("you left out the noise: sigma z, independent of x, adds its covariance sigma^2 I.",
+             lambda weights, means, covs, sigma: _within(weights, covs)
+             + _between(weights, means)),
             ("you added sigma I; the noise sigma z has covariance sigma^2 I (the two agree only "
-             "at sigma = 1).", lambda cov, sigma: cov.double() + sigma * eye(cov)),
-            ("you added sigma^2 to every entry; the noise is independent of x and across "
-             "coordinates, so it adds sigma^2 on the diagonal only and leaves the correlations "
-             "alone.", lambda cov, sigma: cov.double() + sigma**2),
-            ("you scaled the covariance by sigma^2; the covariance of a sum of independent "
-             "terms is the sum of their covariances.", lambda cov, sigma: sigma**2 * cov.double()),
-            ("you scaled the covariance by (1 + sigma^2); adding independent noise adds "
-             "covariances, it does not multiply them.",
-             lambda cov, sigma: (1 + sigma**2) * cov.double()),
-            ("you returned sigma^2 I alone; the signal's covariance Sigma is still there.",
-             lambda cov, sigma: sigma**2 * eye(cov)),
+             "at sigma = 1).",
+             lambda weights, means, covs, sigma: _within(weights, covs)
+             + _between(weights, means) + _noise(means, sigma)),
+            ("you added sigma^2 to every entry; the noise is independent across coordinates, "
+             "so it adds sigma^2 on the diagonal only.",
+             lambda weights, means, covs, sigma: _within(weights, covs)
+             + _between(weights, means) + sigma**2),
         ],
     )
 
@@ -389,12 +419,12 @@ def exercise_1_5(merging_sigma) -> None:
 
 register_hints(
     "1.1",
-    "The perturbed point is x + sigma z with z ~ N(0, I) independent of x. What happens to "
-    "covariances when you add two independent random vectors?",
-    "Cov(x + sigma z) = Cov(x) + Cov(sigma z) + the cross terms, and the cross terms vanish "
-    "by independence. Cov(c z) = c^2 Cov(z) for a number c.",
-    "Return a (D, D) tensor: the given covariance plus ____ times the identity of the same "
-    "size (torch.eye(____)).",
+    "A draw of x first picks component k (with probability pi_k), then draws from it. Work out "
+    "the covariance of x given k, and the mean of x given k, then combine them.",
+    "Cov(x) = E[Cov(x | k)] + Cov(E[x | k]) (the law of total covariance). The noise is "
+    "independent of x, so covariances add; Cov(c z) = c^2 Cov(z) for a number c.",
+    "Three (D, D) terms: the pi-weighted average of the Sigma_k; the pi-weighted average of "
+    "the outer products of (mu_k - ____) with itself; and ____ times the identity.",
 )
 register_hints(
     "1.2",
