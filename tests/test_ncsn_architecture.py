@@ -111,6 +111,19 @@ def test_score_maps_sigma_to_its_level():
         model.score(torch.rand(3, 1, 6, 6), 5.0)
 
 
+def test_score_follows_a_loaded_ladder():
+    # The score adapter reads a CPU copy of the ladder (no device read a step); a loaded state
+    # replaces it, so the loaded levels, and only they, are the model's.
+    torch.manual_seed(0)
+    source = NCSN(ngf=4, sigmas=[2.0, 0.2])
+    model = NCSN(ngf=4, sigmas=[1.0, 0.1])
+    model.load_state_dict(source.state_dict())
+    x = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(model.score(x, 0.2), source.score(x, 0.2), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="sigma must be one of"):
+        model.score(x, 0.1)
+
+
 def _golden_output() -> torch.Tensor:
     """CondRefineNetDilated on fixed weights and input, in float64: (3, 1, 8, 8).
 

@@ -165,3 +165,25 @@ def test_annealed_langevin_steps_on_cuda_never_wait_for_the_device():
     sample(2)()  # first-use work
     few, many = synchronisations(sample(2)), synchronisations(sample(8))
     assert few == many, (few, many)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_inpainting_steps_on_cuda_never_wait_for_the_device():
+    # Inpainting reads its images at each level's end; the steps in between, the model's score
+    # calls included, must not wait: 2 and 8 steps a level synchronise equally often.
+    from scorelab.ncsn import NCSN, inpaint
+    from scorelab.ncsn.inpaint import keep_rows
+    from scorelab.noise import geometric_sigmas
+
+    torch.manual_seed(0)
+    model = NCSN(ngf=4, sigmas=geometric_sigmas(1.0, 0.05, 4), device="cuda")
+    images = torch.rand(4, 1, 8, 8, device="cuda")
+    mask = keep_rows(4).to("cuda")
+
+    def fill(n_steps_each):
+        return lambda: inpaint(model, images, mask, n_steps_each=n_steps_each, step_size=1e-4,
+                               generator=torch.Generator("cuda").manual_seed(0))
+
+    fill(2)()  # first-use work
+    few, many = synchronisations(fill(2)), synchronisations(fill(8))
+    assert few == many, (few, many)

@@ -84,7 +84,7 @@ def test_sigma_conditioned_adapter_passes_one_sigma_per_example():
 @pytest.mark.parametrize("call, match", [
     (lambda: sigma_per_example(1.0, [[0.0, 0.0]]), r"x must be a tensor of shape \(N, \*D\), got list"),
     (lambda: sigma_to_level(torch.tensor([float("nan")]), geometric_sigmas(1.0, 0.1, 3)),
-     "sigma must be positive and finite"),
+     "sigma must hold positive finite noise levels"),
     (lambda: sigma_to_level(1.0, geometric_sigmas(1.0, 0.1, 3)), r"sigma must be a tensor of shape \(N,\)"),
     (lambda: sigma_to_level(torch.tensor([1.0]), torch.tensor([0.1, 1.0])), "strictly decreasing"),
     (lambda: sigma_to_level(torch.tensor([1.0]), geometric_sigmas(1.0, 0.1, 3), rtol=-1), "rtol must be"),

@@ -88,6 +88,15 @@ def check_score_shape(name: str, score: torch.Tensor, x: torch.Tensor) -> torch.
     return score
 
 
+def check_positive_values(name: str, values: torch.Tensor) -> torch.Tensor:
+    """Raise unless every value of the real tensor ``values`` is positive and finite (noise
+    levels); reading them waits for a GPU, so loops on a device check them on the CPU only."""
+    if values.numel() and not bool(((values > 0) & values.isfinite()).all()):
+        raise ValueError(f"{name} must hold positive finite noise levels, got values from "
+                         f"{values.min().item():.6g} to {values.max().item():.6g}")
+    return values
+
+
 def check_callable(name: str, fn, signature: str) -> None:
     """Raise if ``fn`` is not callable; ``signature`` shows how it is called, e.g. "score_fn(x)"."""
     if not callable(fn):

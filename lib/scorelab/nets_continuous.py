@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from scorelab._validation import check_positive, check_positive_int
+from scorelab._validation import check_positive, check_positive_int, check_positive_values
 
 __all__ = ["SigmaConditionedMLP"]
 
@@ -92,8 +92,8 @@ class SigmaConditionedMLP(nn.Module):
                              f"{x.dtype} (convert the data, or the network with .to({x.dtype}))")
         sigma = sigma.to(x)
         # The values are read on the CPU only: on an accelerator every training step would wait.
-        if sigma.device.type == "cpu" and not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
-            raise ValueError("sigma must hold positive finite noise levels")
+        if sigma.device.type == "cpu":
+            check_positive_values("sigma", sigma)
         scale = torch.rsqrt(self.data_scale**2 + sigma.square())[:, None]  # (N, 1)
         inputs = scale * x
         correction = self.net(torch.cat([inputs, self.embed(sigma)], dim=1))

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from scorelab._validation import check_positive
+from scorelab._validation import check_positive, check_positive_values
 from scorelab.noise import check_sigmas
 
 __all__ = ["ScoreFn", "sigma_per_example", "sigma_to_level", "as_score_fn"]
@@ -38,28 +38,35 @@ def sigma_per_example(sigma, x: torch.Tensor, name: str = "sigma") -> torch.Tens
     dtype) and the shape is (), (1,) or (N,) with N = x.shape[0]. A float is checked on the
     host; a tensor's values are read, which on a GPU waits for the device.
     """
+    n = _batch_size(x)
+    if not isinstance(sigma, torch.Tensor):
+        return torch.full((n,), _sigma_number(sigma, x, name), device=x.device, dtype=x.dtype)
+    if sigma.ndim > 1 or (sigma.ndim == 1 and sigma.shape[0] not in (1, n)):
+        raise ValueError(f"{name} must be a float or a tensor of shape ({n},), "
+                         f"got shape {tuple(sigma.shape)}")
+    values = sigma.detach().to(device=x.device, dtype=x.dtype).reshape(-1).expand(n)
+    return values if values.device.type == "meta" else check_positive_values(name, values)
+
+
+def _batch_size(x) -> int:
+    """N of a tensor ``x`` of shape (N, *D), or a ValueError naming x."""
     if not isinstance(x, torch.Tensor) or x.ndim < 1:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a tensor of shape (N, *D), got {got}")
-    n = x.shape[0]
-    if isinstance(sigma, torch.Tensor):
-        if sigma.ndim > 1 or (sigma.ndim == 1 and sigma.shape[0] not in (1, n)):
-            raise ValueError(f"{name} must be a float or a tensor of shape ({n},), "
-                             f"got shape {tuple(sigma.shape)}")
-        values = sigma.detach().to(device=x.device, dtype=x.dtype).reshape(-1).expand(n)
-    else:
-        try:
-            number = float(sigma)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a float or a tensor of shape ({n},), "
-                             f"got {type(sigma).__name__}") from None
-        rounded = float(torch.tensor(number, dtype=x.dtype))  # the value in x's dtype, on the host
-        if not (rounded > 0 and math.isfinite(rounded)):
-            raise ValueError(f"{name} must be positive and finite, got {sigma!r}")
-        return torch.full((n,), number, device=x.device, dtype=x.dtype)
-    if values.device.type != "meta" and not bool(((values > 0) & values.isfinite()).all()):
+    return x.shape[0]
+
+
+def _sigma_number(sigma, x: torch.Tensor, name: str) -> float:
+    """A number ``sigma`` as a float, checked positive and finite in x's dtype on the host."""
+    try:
+        number = float(sigma)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a float or a tensor of shape ({x.shape[0]},), "
+                         f"got {type(sigma).__name__}") from None
+    rounded = float(torch.tensor(number, dtype=x.dtype))  # the value the network would see
+    if not (rounded > 0 and math.isfinite(rounded)):
         raise ValueError(f"{name} must be positive and finite, got {sigma!r}")
-    return values
+    return number
 
 
 LEVEL_RTOL = 1e-4  # a sigma this close (relatively) to a level of the ladder is that level
@@ -76,8 +83,7 @@ def sigma_to_level(sigma: torch.Tensor, sigmas: torch.Tensor,
         got = tuple(sigma.shape) if isinstance(sigma, torch.Tensor) else type(sigma).__name__
         raise ValueError(f"sigma must be a tensor of shape (N,), got {got} "
                          f"(scorelab.scores.sigma_per_example makes one from a float)")
-    if not bool(((sigma > 0) & sigma.isfinite()).all()):
-        raise ValueError(f"sigma must be positive and finite, got {sigma.unique().tolist()}")
+    check_positive_values("sigma", sigma)
     return _sigma_to_level(sigma, check_sigmas(sigmas), check_positive("rtol", rtol))
 
 
@@ -115,15 +121,15 @@ def as_score_fn(net: Callable, sigmas=None) -> ScoreFn:
             return net(x, sigma_per_example(sigma, x))
         return score_fn
 
-    ladder = check_sigmas(sigmas)
+    ladder = check_sigmas(sigmas).double()  # float64, as the level search compares
 
     def level_score_fn(x: torch.Tensor, sigma) -> torch.Tensor:
-        per_example = sigma_per_example(sigma, x)  # (N,), checked positive and finite
         if isinstance(sigma, torch.Tensor):
-            return net(x, _sigma_to_level(per_example, ladder, LEVEL_RTOL))
-        # One float for the batch (the samplers' call): its level is found on the host, so
-        # that a sampler's step on a GPU never waits for the device.
-        level = _sigma_to_level(torch.tensor([float(sigma)], dtype=torch.float64), ladder,
-                                LEVEL_RTOL)
-        return net(x, torch.full((x.shape[0],), int(level), device=x.device))
+            return net(x, _sigma_to_level(sigma_per_example(sigma, x), ladder, LEVEL_RTOL))
+        # One float for the batch (the samplers' call): checked and given its level on the
+        # host, so that a sampler's step on a GPU never waits for the device.
+        n = _batch_size(x)
+        number = torch.tensor([_sigma_number(sigma, x, "sigma")], dtype=torch.float64)
+        level = int(_sigma_to_level(number, ladder, LEVEL_RTOL))
+        return net(x, torch.full((n,), level, device=x.device))
     return level_score_fn

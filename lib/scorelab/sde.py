@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 
 from scorelab._tensors import rand, randn, randn_like, sum_except_batch
 from scorelab._validation import (check_batch, check_callable, check_generator, check_positive,
-                                  check_positive_int, check_positive_real, check_real,
-                                  check_score_shape)
+                                  check_positive_int, check_positive_real, check_positive_values,
+                                  check_real, check_score_shape)
 from scorelab.noise import geometric_sigmas
 from scorelab.training import ScoreMatchingTrainer, _sigma_weighted_dsm
 
@@ -170,9 +170,7 @@ class VESDE:
         """
         if isinstance(sigma, torch.Tensor):
             sigma = _check_real_tensor("sigma", sigma)
-            if sigma.numel() and not bool((torch.isfinite(sigma) & (sigma > 0)).all()):
-                raise ValueError("sigma must hold positive finite noise levels, got values in "
-                                 f"[{sigma.min().item()}, {sigma.max().item()}]")
+            check_positive_values("sigma", sigma)
             return torch.log(sigma / self.sigma_min) / self.log_ratio
         sigma = check_positive_real("sigma", sigma)
         return math.log(sigma / self.sigma_min) / self.log_ratio

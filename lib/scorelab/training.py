@@ -34,7 +34,7 @@ from scorelab._tensors import (
 )
 from scorelab._validation import (
     check_batch, check_batch_shape, check_labels, check_positive, check_positive_int,
-    check_score_shape, check_values,
+    check_positive_values, check_score_shape, check_values,
 )
 from scorelab.noise import check_sigmas
 
@@ -131,9 +131,7 @@ def sigma_weighted_dsm(score_at, x: torch.Tensor, sigma: torch.Tensor,
         got = f"{sigma.dtype} {tuple(sigma.shape)}" if isinstance(sigma, torch.Tensor) else (
             type(sigma).__name__)
         raise ValueError(f"sigma must be a floating tensor of shape ({n},), got {got}")
-    if not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
-        raise ValueError("sigma must hold positive finite noise levels, got "
-                         f"values from {sigma.min().item()} to {sigma.max().item()}")
+    check_positive_values("sigma", sigma)
     return _sigma_weighted_dsm(score_at, x, sigma, _check_noise(noise, x))
 
 

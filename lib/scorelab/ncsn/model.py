@@ -27,6 +27,11 @@ DEFAULT_SIGMA_MIN = 0.01
 DEFAULT_N_LEVELS = 10
 
 
+def _refresh_host_sigmas(model: "NCSN", incompatible_keys) -> None:
+    """After ``load_state_dict``: the CPU copy of the ladder follows the loaded buffer."""
+    model._host_sigmas = check_sigmas(model.sigmas)
+
+
 class NCSN(nn.Module):
     r"""A noise-conditional score network with its noise ladder.
 
@@ -87,6 +92,10 @@ class NCSN(nn.Module):
         self.n_steps_each = check_positive_int("n_steps_each", n_steps_each)
         self.net = CondRefineNetDilated(channels, image_size, ngf, num_classes=len(sigmas))
         self.register_buffer("sigmas", sigmas)  # (L,)
+        # The ladder's values on the CPU, for the score adapter: reading the buffer on a GPU at
+        # every score call (every sampling or inpainting step) would wait for the device.
+        self._host_sigmas = sigmas.clone()
+        self.register_load_state_dict_post_hook(_refresh_host_sigmas)
         self.to(device)
 
     @property
@@ -136,7 +145,7 @@ class NCSN(nn.Module):
         (:func:`scorelab.scores.as_score_fn`); any other value is a ValueError, and so is an
         ``x`` of another shape, dtype or device than the model's (see :meth:`check_images`).
         """
-        return as_score_fn(self, self.sigmas)(self.check_images("x", x), sigma)
+        return as_score_fn(self, self._host_sigmas)(self.check_images("x", x), sigma)
 
     def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Annealed DSM loss (Eq. 6, lambda = sigma^2): the mean over images ``x`` (N, C, H, H).
@@ -199,8 +208,8 @@ class NCSN(nn.Module):
         self.eval()
         try:
             out = annealed_langevin_dynamics(
-                as_score_fn(self, self.sigmas), x0, self.sigmas, step_size, n_steps_each,
-                generator=generator, return_trajectory=snapshots,
+                as_score_fn(self, self._host_sigmas), x0, self._host_sigmas, step_size,
+                n_steps_each, generator=generator, return_trajectory=snapshots,
                 record_every=record_every, progress=progress, denoise=denoise,
             )
         finally:
