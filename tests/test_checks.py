@@ -182,24 +182,63 @@ def test_1_2_explains_wrong_answers(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_1_2, answer, *phrases)
 
 
-def make_banana_score(term=lambda b, x0, x1, y1: -2 * b * x0 * y1):
-    """The banana's score with first component -x0 / a^2 + term; the right term is -2 b x0 y1."""
+def make_banana_score(term=lambda b, x0, x1, y1: -2 * b * x0 * y1, offset=lambda a: a**2):
+    """The banana's score with first component -x0 / a^2 + term; the right term is -2 b x0 y1,
+    the right offset of u is b a^2."""
 
     def banana_score(x, curvature=0.5, scale=1.0):
-        y1 = x[:, 1] + curvature * (x[:, 0] ** 2 - scale**2)
+        y1 = x[:, 1] + curvature * (x[:, 0] ** 2 - offset(scale))
         s0 = -x[:, 0] / scale**2 + term(curvature, x[:, 0], x[:, 1], y1)
         return torch.stack([s0, -y1], dim=1)
 
     return banana_score
 
 
+def colleagues_banana_score(x, curvature=0.5, scale=1.0):
+    """The exercise's starting point: it writes u into x[:, 1], and its offset is b a."""
+    x1, u = x[:, 0], x[:, 1]
+    u += curvature * (x1**2 - scale)
+    score_1 = -x1 / scale**2 - 2 * curvature * x1 * u
+    return torch.stack([score_1, -u], dim=1)
+
+
 def test_1_4_accepts_the_fix(capsys, grading):
     assert_passes(capsys, checks.exercise_1_4, make_banana_score())
+
+
+def test_1_4_accepts_a_fix_that_copies_x_first(capsys):
+    def banana_score(x, curvature=0.5, scale=1.0):
+        x = x.clone()
+        x1, u = x[:, 0], x[:, 1]
+        u += curvature * (x1**2 - scale**2)
+        return torch.stack([-x1 / scale**2 - 2 * curvature * x1 * u, -u], dim=1)
+
+    assert_passes(capsys, checks.exercise_1_4, banana_score)
+
+
+def test_1_4_the_colleagues_version_is_wrong_only_through_its_input_at_scale_1():
+    """The exercise's premise: at a = 1 the formula is right (autograd first agrees to float
+    precision), and the gap measured the other way round comes from the changed points."""
+    from scorelab.densities import Banana
+
+    banana = Banana()
+    x = banana.sample(500, generator=torch.Generator().manual_seed(0))
+    leaf = x.clone().requires_grad_(True)
+    (autograd,) = torch.autograd.grad(banana.log_prob(leaf).sum(), leaf)
+    before = x.clone()
+    assert torch.allclose(colleagues_banana_score(x), autograd, atol=1e-5)
+    assert not torch.equal(x, before)  # ... but x[:, 1] now holds u
+    assert torch.equal(x[:, 0], before[:, 0])
 
 
 @pytest.mark.parametrize(
     "answer, phrases",
     [
+        (colleagues_banana_score, ["changed the points it was given", "x[:, 1] differs"]),
+        (
+            make_banana_score(offset=lambda a: a),
+            ["scale=2.0", "although the default banana (a = 1) agrees"],
+        ),
         (make_banana_score(lambda b, x0, x1, y1: 0 * x0), ["lacks the chain-rule term"]),
         (make_banana_score(lambda b, x0, x1, y1: 2 * b * x0 * y1), ["wrong sign"]),
         (make_banana_score(lambda b, x0, x1, y1: -b * x0 * y1), ["without its factor 2"]),

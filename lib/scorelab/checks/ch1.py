@@ -2,8 +2,8 @@
 
 1.1 (derive) the covariance of a mixture plus independent noise; 1.2 (implement) scores by
 autograd; 1.3 (implement) the Gaussian-mixture score, stable far from the modes; 1.4 (debug)
-the banana's score without its chain-rule term; 1.5 (investigate) the noise level at which a
-1-D mixture's two modes merge.
+a colleague's banana score that writes into its input and has a where a^2 belongs;
+1.5 (investigate) the noise level at which a 1-D mixture's two modes merge.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def exercise_1_1(perturbed_covariance) -> None:
     )
 
 
-# ---------------------------------------------------------------- 1.4 (debug) the banana's chain rule
+# ---------------------------------------------------------------- 1.4 (debug) a colleague's banana
 
 
 def _banana_cases():
@@ -283,42 +283,67 @@ def _banana_cases():
     )
 
 
+def _expect_input_untouched(given: torch.Tensor, original: torch.Tensor, call: str) -> None:
+    """Mismatch if the student's function wrote into the points it was given."""
+    if torch.equal(given, original):
+        return
+    columns = range(original.shape[1])
+    changed = [f"x[:, {j}]" for j in columns if not torch.equal(given[:, j], original[:, j])]
+    moved = (given - original).abs().max().item()
+    verb = "differs" if len(changed) == 1 else "differ"
+    raise Mismatch(
+        f"{call} changed the points it was given: after the call, {' and '.join(changed)} "
+        f"{verb} from before by up to {moved:.3g}. A function that writes into its input "
+        "makes every later use of x (the comparison with autograd here, a sampler's next "
+        "step elsewhere) see other points. Find the line that writes into x."
+    )
+
+
 @exercise(
     "1.4",
-    "your banana_score has its chain-rule term -2 b x_1 u back: it agrees with autograd "
-    "everywhere, not only on the parabola u = 0.",
+    "your banana_score leaves its input alone and agrees with autograd at every curvature and "
+    "scale tried, not only at a = 1.",
 )
 def exercise_1_4(banana_score) -> None:
-    """Check ``banana_score(x (N, 2), curvature, scale) -> (N, 2)`` against autograd of log p."""
+    """Check ``banana_score(x (N, 2), curvature, scale) -> (N, 2)``: it must not write into x,
+    and must equal autograd's gradient of log p for several (b, a)."""
     for banana in _banana_cases():
         b, a = banana.curvature, banana.scale
         x = banana.sample(256, generator=torch.Generator().manual_seed(3))  # (256, 2)
         call = f"banana_score(x, curvature={b}, scale={a})"
-        got = call_student(banana_score, x.clone(), b, a, what="banana_score")
+        given = x.clone()
+        got = call_student(banana_score, given, b, a, what="banana_score")
+        _expect_input_untouched(given, x, call)
         got = expect_tensor(got, what=call, shape=(256, 2))
         expect_finite(got, what=call)
         # the symptom: the closed form disagrees with the gradient autograd takes of log p
         leaf = x.clone().requires_grad_(True)
         (autograd,) = torch.autograd.grad(banana.log_prob(leaf).sum(), leaf)
-        u = x[:, 1] + b * (x[:, 0] ** 2 - a**2)
-        s1 = -u
+        x1 = x[:, 0]
+        u = x[:, 1] + b * (x1**2 - a**2)
+        u_offset_a = x[:, 1] + b * (x1**2 - a)  # the colleague's offset b a
 
-        def with_first(s0):
-            return torch.stack([s0, s1], dim=1)
+        def score(first, second=u):
+            return torch.stack([first, -second], dim=1)
 
         mutants = {
-            f"{call} still lacks the chain-rule term: d/dx_1 of -u^2 / 2 is -u * du/dx_1 "
+            f"{call} differs from autograd although the default banana (a = 1) agrees: "
+            "somewhere a power of a is wrong (a and a^2 are equal only at a = 1). Compare "
+            "every a in your function with the chapter's formula.": score(
+                -x1 / a**2 - 2 * b * x1 * u_offset_a, u_offset_a
+            ),
+            f"{call} lacks the chain-rule term: d/dx_1 of -u^2 / 2 is -u * du/dx_1 "
             "= -2 b x_1 u, since u depends on x_1. Without it the score is right only where "
-            "x_1 = 0 or u = 0.": with_first(-x[:, 0] / a**2),
+            "x_1 = 0 or u = 0.": score(-x1 / a**2),
             f"{call} has the chain-rule term with the wrong sign: u grows with x_1^2, and the "
-            "derivative of -u^2 / 2 is minus u times that growth.": with_first(
-                -x[:, 0] / a**2 + 2 * b * x[:, 0] * u
+            "derivative of -u^2 / 2 is minus u times that growth.": score(
+                -x1 / a**2 + 2 * b * x1 * u
             ),
-            f"{call} has the chain-rule term without its factor 2: du/dx_1 = 2 b x_1.": with_first(
-                -x[:, 0] / a**2 - b * x[:, 0] * u
+            f"{call} has the chain-rule term without its factor 2: du/dx_1 = 2 b x_1.": score(
+                -x1 / a**2 - b * x1 * u
             ),
-            f"{call} uses x_2 in the chain-rule term where it needs u = x_2 + b (x_1^2 - a^2).": with_first(
-                -x[:, 0] / a**2 - 2 * b * x[:, 0] * x[:, 1]
+            f"{call} uses x_2 in the chain-rule term where it needs u = x_2 + b (x_1^2 - a^2).": score(
+                -x1 / a**2 - 2 * b * x1 * x[:, 1]
             ),
         }
         diagnose(got, autograd, what=call, mutants=mutants, rtol=1e-4, atol=1e-4)
@@ -448,12 +473,13 @@ register_hints(
 )
 register_hints(
     "1.4",
-    "Compare the function with the autograd score of exercise 1.2 on a few points: where do "
-    "they agree, and where not? The disagreement vanishes on a curve.",
-    "log p = -x_1^2 / (2 a^2) - u^2 / 2 + const with u = x_2 + b (x_1^2 - a^2): "
-    "differentiate -u^2 / 2 with respect to x_1 by the chain rule.",
-    "The first component of the score needs a second term, ____ * x_1 * u, beside "
-    "-x_1 / a^2; the second component is already right.",
+    "Experiment before you read the formula: call banana_score twice on the same points and "
+    "compare the two answers; then compare the points themselves before and after one call.",
+    "Indexing a column, x[:, 1], gives a view that shares memory with x: an in-place operation "
+    "on it (+=, *=, ...) changes x itself. Once x stays as it was, try a banana whose scale is "
+    "not 1: at a = 1 some mistakes cancel.",
+    "u must be a new tensor, x_2 + b (x_1^2 - a^2). Then compare every power of a in the "
+    "function with the chapter's formula for the score.",
 )
 register_hints(
     "1.5",
