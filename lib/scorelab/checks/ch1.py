@@ -468,8 +468,9 @@ register_hints(
     "and component, then turn those into responsibilities with a softmax over components.",
     "log N(x; mu, v I) = -|x - mu|^2 / (2 v) - (D / 2) log(2 pi v);  "
     "r_k = softmax_k(log pi_k + log N_k);  score = sum_k r_k (mu_k - x) / v_k.",
-    "diff = <x against every mean, shape (N, K, D)>;  log_joint = <shape (N, K)>;  "
-    "resp = <softmax over K>;  return <resp-weighted sum over K of the component scores>.",
+    "Check the shapes as you go: (N, K, D) for x against every mean, (N, K) for the log-joint, "
+    "the softmax over the K axis, and a sum over K that leaves (N, D). If the check finds NaN "
+    "far from the modes, an exp of a log-density comes before the softmax.",
 )
 register_hints(
     "1.4",
@@ -487,6 +488,8 @@ register_hints(
     "those crossings along a line of x for a range of noise levels.",
     "The perturbed mixture is mixture.perturbed(sigma); its score on a column of points "
     "x (G, 1) gives s (G,). A mode sits between neighbours with s[i] > 0 >= s[i + 1].",
-    "for sigma in <an increasing grid of noise levels>: s = <perturbed score on a fine x grid>; "
-    "n_modes = <number of + to - sign changes>; if n_modes == 1: return sigma",
+    "Too small a sigma: your x grid is too coarse to separate two crossings close together, "
+    "or too narrow to hold both modes. Too large: your sigma grid is too coarse near the "
+    "answer (3 % needs steps of about 1 % there), or bisect between the last sigma with two "
+    "modes and the first with one.",
 )

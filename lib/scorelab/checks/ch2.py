@@ -383,8 +383,9 @@ register_hints(
     "Standard error of a variance from n Gaussian numbers: v * sqrt(2 / n). At alpha near 0.36 "
     "the variance changes by about 0.3 per unit of alpha, so n must be in the hundreds of "
     "thousands to place the crossing within 0.02.",
-    "samples = langevin_dynamics(<score of N(0, I)>, <zeros, many particles>, step_size, "
-    "<a few hundred>, ...);  alpha_10 = <first alpha of a fine scan whose variance >= 1.1>",
+    "If the measured variances zig-zag as alpha grows, give every step size the same seed "
+    "(common random numbers): the runs then differ only through alpha, and the curve is "
+    "smooth. The answer is the first alpha of the scan whose variance reaches 1.1.",
 )
 register_hints(
     "2.4",

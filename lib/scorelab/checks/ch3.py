@@ -346,8 +346,9 @@ register_hints(
     "A geometric ladder is evenly spaced on a logarithmic axis.",
     "log sigma_i runs linearly from log sigma_max to log sigma_min in L points; "
     "exponentiate back.",
-    "logs = <L evenly spaced numbers between the two logarithms>;  return <their "
-    "exponential, a float32 tensor of shape (L,)>.",
+    "Check your ladder: it starts at sigma_max and ends at sigma_min (not one step short), "
+    "neighbours have the same ratio everywhere, and it is float32. torch.logspace counts in "
+    "powers of 10 unless you give it a base.",
 )
 register_hints(
     "3.3",
@@ -374,6 +375,8 @@ register_hints(
     "Langevin steps within a level, each with that level's own step size and score.",
     "At level i: Algorithm 1's alpha_i = eps * sigma_i^2 / sigma_L^2 and "
     "x <- x + (alpha_i / 2) * s(x, sigma_i) + sqrt(alpha_i) * z.",
-    "for sigma in <the levels as floats>:  alpha = <Algorithm 1's step rule>;  "
-    "repeat n_steps_each times: <one Langevin step with score_fn(x, sigma)>;  return x",
+    "If the check finds weights or spreads unlike the reference sampler's, check three "
+    "things: the levels run from the largest to the smallest; the step at the last level is "
+    "step_size itself; and every single step draws new noise from the generator (not one "
+    "draw per level).",
 )

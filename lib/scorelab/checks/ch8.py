@@ -161,11 +161,12 @@ def exercise_8_2(em_step) -> None:
 
 register_hints(
     "8.3",
-    "Run only corrector steps on N(0, 2 I) long enough to forget the start, then measure the "
-    "variance of all coordinates and divide by the target's 2.",
+    "Start from samples of the target N(0, 2 I) itself and run only corrector steps; then "
+    "measure the variance of all coordinates and divide by the target's 2.",
     "One corrector step takes the batch's step size from corrector_step_size and then the "
     "course's Langevin update; the target's score is linear in x.",
-    "for _ in range(n_steps): z = ...; score = ...; alpha = ...; x = ...  then x.var() / 2",
+    "Inside one step the order matters: the step size depends on this step's noise and this "
+    "step's score, so both come first, and the move adds that same noise.",
 )
 
 TARGET_VARIANCE = 2.0
