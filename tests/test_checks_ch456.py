@@ -327,6 +327,102 @@ def test_6_4_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
     assert_explains(capsys, checks.exercise_6_4, [lambda s, t: memorised], "T = 100")
 
 
+def score_norm_profile(score_fn, x, sigmas, generator=None, *, mistake=None):
+    """The profile sigma E|s(x + sigma z, sigma)| / sqrt(D) (L,), or one named mistake."""
+    dim = x[0].numel()
+    values = []
+    for sigma in sigmas.tolist():
+        noisy = x if mistake == "clean" else x + sigma * torch.randn(x.shape, generator=generator)
+        s = score_fn(noisy, sigma)
+        norm = s.norm() if mistake == "batch" else s.reshape(len(x), -1).norm(dim=1).mean()
+        factor = {"no sigma": 1.0, "sigma^2": sigma**2}.get(mistake, sigma)
+        values.append(factor * norm / (1.0 if mistake == "no sqrt(D)" else math.sqrt(dim)))
+    return torch.stack(values)
+
+
+def network_score(model, *, ladder=None, divide=False, shift=0):
+    """A score function of a level-indexed network: right by default; with the colleague's
+    ascending ladder, the NCSNv2 division by sigma, or an off-by-one level."""
+    levels = model.sigmas.cpu() if ladder is None else ladder
+
+    def score_fn(x, sigma):
+        level = int(torch.argmin((levels - sigma).abs())) + shift
+        out = model(x, torch.full((x.shape[0],), level))
+        return out / sigma if divide else out
+
+    return score_fn
+
+
+COLLEAGUES_LADDER = torch.logspace(math.log10(0.01), math.log10(5.0), 22)
+
+
+def test_6_5_accepts_the_fix(capsys, grading):
+    assert_passes(capsys, checks.exercise_6_5, score_norm_profile, network_score)
+
+
+def test_6_5_accepts_the_package_adapter_and_a_root_mean_square_profile(capsys):
+    from scorelab.scores import as_score_fn
+
+    def rms_profile(score_fn, x, sigmas, generator=None):
+        return torch.stack([
+            s * score_fn(x + s * torch.randn(x.shape, generator=generator), s).pow(2).mean().sqrt()
+            for s in sigmas.tolist()
+        ])
+
+    assert_passes(capsys, checks.exercise_6_5, rms_profile,
+                  lambda model: as_score_fn(model, model.sigmas))
+
+
+@pytest.mark.parametrize(
+    "mistake, phrases",
+    [
+        ("no sigma", ["misses the factor sigma"]),
+        ("sigma^2", ["sigma^2 where it needs sigma"]),
+        ("no sqrt(D)", ["not divided by sqrt(D)", "is 64 here"]),
+        ("clean", ["at the clean data"]),
+        ("batch", ["one norm over the whole batch"]),
+    ],
+)
+def test_6_5_explains_a_wrong_profile(capsys, mistake, phrases):
+    answer = lambda f, x, s, g=None: score_norm_profile(f, x, s, g, mistake=mistake)  # noqa: E731
+    assert_explains(capsys, checks.exercise_6_5, [answer, network_score], *phrases)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda m: network_score(m, ladder=COLLEAGUES_LADDER, divide=True),
+         ["still has both of the colleague's bugs", "score_norm_profile"]),
+        (lambda m: network_score(m, ladder=COLLEAGUES_LADDER),
+         ["asks the network for level 21", "instead of level 0", "runs the other way"]),
+        (lambda m: network_score(m, divide=True), ["divides the network's output by sigma"]),
+        (lambda m: network_score(m, ladder=COLLEAGUES_LADDER.flip(0)),
+         ["a model with 7 levels", "shipped model's ladder", "read the ladder from the model"]),
+        (lambda m: network_score(m, shift=1), ["an off-by-one", "level 1 instead of 0"]),
+        (lambda m: m, ["raised ValueError", "labels must be an integer tensor"]),
+        (lambda m: 42, ["must return a function"]),
+    ],
+)
+def test_6_5_explains_a_wrong_network_score(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_6_5, [score_norm_profile, answer], *phrases)
+
+
+def test_6_5_the_colleagues_bugs_break_the_bound_the_fix_keeps():
+    """The exercise's premise, measured: the colleague's profile is far above 1 at the largest
+    level, the fixed one is at most about 1 at every level and close to 1 at the largest."""
+    from scorelab.data import load_digits
+    from scorelab.ncsn import load_pretrained
+
+    model, digits = load_pretrained(), load_digits("test")[:128]
+    with torch.no_grad():
+        fixed = score_norm_profile(network_score(model), digits, model.sigmas,
+                                   torch.Generator().manual_seed(0))
+        buggy = score_norm_profile(network_score(model, ladder=COLLEAGUES_LADDER, divide=True),
+                                   digits, model.sigmas, torch.Generator().manual_seed(0))
+    assert fixed.max() < 1.05 and fixed[0] > 0.95, fixed
+    assert buggy[0] > 20, buggy
+
+
 # ---------------------------------------------------------------- all of them
 
 
@@ -339,6 +435,7 @@ NEW_CHECKS = [
     (checks.exercise_5_5, 1),
     (checks.exercise_6_3, 3),
     (checks.exercise_6_4, 1),
+    (checks.exercise_6_5, 2),
 ]
 
 

@@ -4,8 +4,8 @@ Each check runs the student's function on fixed inputs, compares the result with
 package's reference and prints one line: a success line, "not done yet" for an unfilled
 stub, or what is wrong (shape, dtype, sign, a missing factor, NaN far from the modes,
 an exception...). It never raises for a wrong answer. One module per chapter.
-``checks.hint("N.k")`` prints the next hint tier of exercise N.k (the idea, the equation, a
-skeleton with blanks); while grading (SCORELAB_GRADING=1) the checks also try hidden cases.
+``checks.hint("N.k")`` prints the next hint tier of exercise N.k (the idea, the equation, then
+what to check in one's own code or an outline); while grading (SCORELAB_GRADING=1) the checks also try hidden cases.
 """
 
 from scorelab.checks._core import HINTS, Mismatch, assert_all_passed, hint, results
@@ -14,7 +14,7 @@ from scorelab.checks.ch2 import exercise_2_1, exercise_2_2, exercise_2_3, exerci
 from scorelab.checks.ch3 import exercise_3_1, exercise_3_2, exercise_3_3, exercise_3_4, exercise_3_5
 from scorelab.checks.ch4 import exercise_4_1, exercise_4_2, exercise_4_3, exercise_4_4, exercise_4_5
 from scorelab.checks.ch5 import exercise_5_1, exercise_5_2, exercise_5_3, exercise_5_4, exercise_5_5
-from scorelab.checks.ch6 import exercise_6_1, exercise_6_2, exercise_6_3, exercise_6_4
+from scorelab.checks.ch6 import exercise_6_1, exercise_6_2, exercise_6_3, exercise_6_4, exercise_6_5
 from scorelab.checks.ch7 import exercise_7_1, exercise_7_2, exercise_7_3, exercise_7_4
 from scorelab.checks.ch8 import exercise_8_1, exercise_8_2, exercise_8_3, exercise_8_4
 

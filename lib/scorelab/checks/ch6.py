@@ -1,6 +1,7 @@
 """Checks for the exercises of chapter 6: ConditionalInstanceNorm2dPlus.forward, the annealed DSM
 loss, the step size of annealed Langevin dynamics (derive: the paper's rule, the authors' code
-convention and NCSNv2's variance recursion) and NCSNv2's choice of epsilon (investigate)."""
+convention and NCSNv2's variance recursion), NCSNv2's choice of epsilon (investigate) and a
+colleague's score function for the shipped model, found by its norm profile (debug)."""
 
 from __future__ import annotations
 
@@ -451,6 +452,148 @@ def exercise_6_4(ncsnv2_epsilon) -> None:
         )
 
 
+# ---------------------------------------------------------------- 6.5 (debug): a colleague's score
+
+
+PROFILE_RTOL = 0.015  # the Gaussian's profile from 2,000 examples of D = 64 is within 0.3 %
+
+
+def _gaussian_profile(tau: float, sigmas: torch.Tensor, dim: int) -> torch.Tensor:
+    """The exact profile sigma E|s| / sqrt(D) of N(0, tau^2 I) data (L,): the perturbed points
+    are N(0, (tau^2 + sigma^2) I), their norm has the chi mean, and s = -x / (tau^2 + sigma^2)."""
+    chi_mean = math.sqrt(2.0) * math.exp(math.lgamma((dim + 1) / 2) - math.lgamma(dim / 2))
+    spread = torch.sqrt(tau**2 + sigmas**2)
+    return sigmas / spread * chi_mean / math.sqrt(dim)
+
+
+def _check_profile(score_norm_profile) -> None:
+    tau, n = 0.5, 2000
+    sigmas = torch.tensor([5.0, 1.0, 0.3, 0.1, 0.03, 0.01], dtype=torch.float64)
+    for shape in cases([(1, 8, 8)], [(64,)]):
+        dim = math.prod(shape)
+        x = tau * torch.randn(n, *shape, generator=torch.Generator().manual_seed(SEED))
+        call = f"score_norm_profile on {n} examples of shape {shape}, N(0, {tau}^2 I) data"
+
+        def exact_score(x_noisy, sigma):
+            return -x_noisy / (tau**2 + sigma**2)
+
+        got = call_student(score_norm_profile, exact_score, x.clone(), sigmas.float(),
+                           torch.Generator().manual_seed(SEED + 1), what="score_norm_profile")
+        got = expect_tensor(got, what=call, shape=(len(sigmas),), dtype=None).double()
+        expect_finite(got, what=call)
+        expected = _gaussian_profile(tau, sigmas, dim)
+        spread = torch.sqrt(tau**2 + sigmas**2)
+        diagnose(got, expected, what=f"{call}: your profile", rtol=PROFILE_RTOL, atol=1e-3,
+                 mutants={
+            "your profile misses the factor sigma: it is E|s| / sqrt(D), which grows without "
+            "bound as sigma falls; sigma E|s| / sqrt(D) stays near 1.": expected / sigmas,
+            "your profile multiplies by sigma^2 where it needs sigma.": expected * sigmas,
+            "your profile is not divided by sqrt(D) (D, the number of entries of one example, "
+            f"is {dim} here).": expected * math.sqrt(dim),
+            "your profile evaluates the score at the clean data: perturb x with the level's "
+            "noise first, x + sigma z, and evaluate the score there.": expected * tau / spread,
+            "your profile takes one norm over the whole batch: take each example's norm (over "
+            "every dimension but the first), then their mean.": expected * math.sqrt(n),
+        })
+
+
+_SHIPPED_LADDER = torch.logspace(math.log10(5.0), math.log10(0.01), 22)  # descending
+
+
+def _small_model(sigmas: torch.Tensor):
+    """An NCSN with random weights and the ladder ``sigmas``, for a ladder no one writes down."""
+    from scorelab.ncsn import NCSN
+
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        return NCSN(ngf=4, sigmas=sigmas).eval()
+
+
+def _score_models():
+    from scorelab.ncsn import load_pretrained
+    from scorelab.noise import geometric_sigmas
+
+    return cases(
+        [("the shipped model", load_pretrained()),
+         ("a model with 7 levels from 1 to 0.05", _small_model(geometric_sigmas(1.0, 0.05, 7)))],
+        [("a model with 12 levels from 8 to 0.02",
+          _small_model(geometric_sigmas(8.0, 0.02, 12)))],
+    )
+
+
+def _check_network_score(network_score) -> None:
+    from scorelab.data import load_digits
+    from scorelab.scores import as_score_fn
+
+    digits = load_digits("test")[:32]  # (32, 1, 8, 8)
+    for name, model in _score_models():
+        ladder = model.sigmas.tolist()
+        reference = as_score_fn(model, model.sigmas)
+        score_fn = call_student(network_score, model, what="network_score")
+        if not callable(score_fn):
+            raise Mismatch(f"network_score({name}) returned a {type(score_fn).__name__}: it "
+                           "must return a function score_fn(x, sigma).")
+        last = len(ladder) - 1
+        for level in sorted({0, last // 2, last}):
+            sigma = ladder[level]
+            x = digits + sigma * torch.randn(digits.shape, generator=torch.Generator()
+                                             .manual_seed(SEED + level))
+            call = f"network_score({name})(x, sigma={sigma:.3g})"
+            with torch.no_grad():
+                try:
+                    got = score_fn(x.clone(), sigma)
+                except (IndexError, ValueError, RuntimeError) as error:
+                    advice = "" if name == "the shipped model" else (
+                        f" Does your function read the levels from the model ({len(ladder)} "
+                        "here), or from a ladder written down for another model?")
+                    raise Mismatch(f"{call} raised {type(error).__name__}: {error}.{advice}"
+                                   ) from None
+                got = expect_tensor(got, what=call, shape=tuple(x.shape))
+                expected = reference(x, sigma)
+
+                def network_at(j):
+                    return model(x, torch.full((x.shape[0],), j))
+
+                flipped = last - level
+                mutants = {
+                    f"{call} still has both of the colleague's bugs. Run your "
+                    "score_norm_profile on it and on as_score_fn(model, model.sigmas), and "
+                    "compare the two level by level.": network_at(flipped) / sigma,
+                    f"{call} asks the network for level {flipped} (sigma = "
+                    f"{ladder[flipped]:.3g}) instead of level {level}: the ladder in which your "
+                    "function looks the level up runs the other way from the model's.":
+                        network_at(flipped),
+                    f"{call} divides the network's output by sigma. NCSNv2's networks are built "
+                    "that way, but this network (NCSN's CondRefineNetDilated) outputs the score "
+                    "itself: your profile is the right one divided by sigma.": expected / sigma,
+                    f"{call} multiplies the network's output by sigma; this network outputs "
+                    "the score itself.": expected * sigma,
+                }
+                written = int(torch.argmin((_SHIPPED_LADDER - sigma).abs()))
+                if written != level and written <= last:
+                    mutants[f"{call} asks the network for level {written}, the level of sigma "
+                            "in the shipped model's ladder (22 levels from 5 to 0.01), not in "
+                            "this model's: read the ladder from the model."] = network_at(written)
+                for j in (level - 1, level + 1):
+                    if 0 <= j <= last:
+                        mutants[f"{call} asks the network for level {j} instead of {level}: "
+                                "an off-by-one in the level lookup."] = network_at(j)
+            diagnose(got, expected, what=call, mutants=mutants, rtol=1e-4, atol=1e-4)
+
+
+@exercise(
+    "6.5",
+    "your profile measures what it should, and your network_score gives the model's own "
+    "score at every level, for the shipped model and for models with other ladders.",
+)
+def exercise_6_5(score_norm_profile, network_score) -> None:
+    """Check ``score_norm_profile(score_fn, x (N, *D), sigmas (L,), generator) -> (L,)`` on a
+    Gaussian's exact score, then ``network_score(model) -> score_fn(x, sigma)`` against
+    :func:`scorelab.scores.as_score_fn` on the shipped model and on models with other ladders."""
+    _check_profile(score_norm_profile)
+    _check_network_score(network_score)
+
+
 # ---------------------------------------------------------------- hints: idea, equation, skeleton
 
 register_hints(
@@ -494,4 +637,16 @@ register_hints(
     "times it.",
     "Skeleton: grid = <epsilon values, log-spaced, fine enough>; evaluate the ratio on the grid; "
     "return <the grid value where it is smallest, as a float>.",
+)
+register_hints(
+    "6.5",
+    "Part 1: at each level, perturb the whole batch with fresh noise of that level, evaluate "
+    "the score there at that sigma, and average the examples' norms; multiply by sigma and "
+    "divide by sqrt(D).",
+    "Part 2: compare the profile of network_score(shipped) with that of as_score_fn(shipped, "
+    "shipped.sigmas). Too large at the large levels and too small at the small ones: the "
+    "network is told the wrong level. Off by a factor that grows as sigma falls: a power of "
+    "sigma too many.",
+    "Print the model's ladder and the colleague's side by side, first and last entries. Then "
+    "ask what this network returns: the score itself, or the score times sigma?",
 )
