@@ -146,6 +146,31 @@ def test_blow_up_names_the_step_and_suggests_a_smaller_step_size():
         langevin_dynamics(lambda x: 1e6 * x, torch.ones(5, 2), 1.0, 8, progress=False)  # the final check
 
 
+def test_blow_up_between_checks_is_reported_as_divergence_not_as_the_densitys_input_error():
+    """The package's densities refuse non-finite points; a chain that overflows between two
+    finiteness checks must still say that it diverged, at which step, and what to do."""
+    from scorelab.densities import ncsn_toy_mixture
+
+    mixture, x0 = ncsn_toy_mixture(), torch.zeros(100, 2)
+    with pytest.raises(ValueError, match=r"^Langevin dynamics diverged: .* by step \d+ "
+                       r"\(step size 5\); try a smaller step_size") as caught:
+        langevin_dynamics(mixture.score, x0, 5.0, 200, generator=torch.Generator().manual_seed(0),
+                          progress=False)
+    assert "finite values" in str(caught.value.__cause__)  # the density's own error, chained
+    with pytest.raises(ValueError, match=r"^Annealed Langevin dynamics \(level sigma=.*\) "
+                       "diverged: .*smaller step_size"):
+        annealed_langevin_dynamics(mixture.perturbed_score, x0, [20.0, 5.0, 1.0], 5.0, 100,
+                                   generator=torch.Generator().manual_seed(0), progress=False)
+
+
+def test_a_score_function_error_on_finite_particles_is_not_hidden():
+    def broken(x):
+        raise RuntimeError("the score function's own bug")
+
+    with pytest.raises(RuntimeError, match="the score function's own bug"):
+        langevin_dynamics(broken, torch.zeros(3, 2), 0.1, 5, progress=False)
+
+
 @pytest.mark.parametrize(
     "call, match",
     [

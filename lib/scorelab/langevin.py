@@ -94,12 +94,16 @@ def _check_score(score, x: torch.Tensor) -> None:
         raise ValueError(f"score_fn must return a floating-point tensor, got dtype {score.dtype}")
 
 
+def _divergence(step: int, step_size: float, what: str) -> ValueError:
+    return ValueError(
+        f"{what} diverged: particles became NaN or infinite by step {step} "
+        f"(step size {step_size:.3g}); try a smaller step_size"
+    )
+
+
 def _check_finite(x: torch.Tensor, step: int, step_size: float, what: str) -> None:
     if not torch.isfinite(x).all():
-        raise ValueError(
-            f"{what} diverged: particles became NaN or infinite by step {step} "
-            f"(step size {step_size:.3g}); try a smaller step_size"
-        )
+        raise _divergence(step, step_size, what)
 
 
 class _RandomSource:
@@ -150,6 +154,18 @@ class _Chain:
         self.noise = _RandomSource(self.x, generator)
         self.bar = tqdm(total=n_steps, desc=description, leave=False) if progress else None
         self.steps = 0
+
+    def score(self, score_fn: Callable, *args, step_size: float, what: str) -> torch.Tensor:
+        """``score_fn(x, *args)``. A score function that refuses particles that are no longer
+        finite (the package's densities do) would otherwise report its own input error between
+        two finiteness checks: the divergence, which names the step and the cure, is raised
+        instead, chained to that error."""
+        try:
+            return score_fn(self.x, *args)
+        except Exception as error:
+            if bool(torch.isfinite(self.x).all()):
+                raise
+            raise _divergence(self.steps, step_size, what) from error
 
     def langevin_step(self, score: torch.Tensor, step_size: float, what: str,
                       check: bool = False) -> None:
@@ -242,8 +258,10 @@ def langevin_dynamics(
     with _Chain(x0, n_steps, generator=generator, return_trajectory=return_trajectory,
                 record_every=record_every, progress=progress, check_every=check_every,
                 description="Langevin") as chain:
+        what = "Langevin dynamics"
         for _ in range(n_steps):
-            chain.langevin_step(score_fn(chain.x), step_size, "Langevin dynamics")
+            chain.langevin_step(chain.score(score_fn, step_size=step_size, what=what),
+                                step_size, what)
     return chain.result(step_size, "Langevin dynamics")
 
 
@@ -297,7 +315,8 @@ def annealed_langevin_dynamics(
             what = f"Annealed Langevin dynamics (level sigma={sigma:.3g})"
             for t in range(n_steps_each):  # for t = 1..T
                 # x_t = x_{t-1} + alpha_i/2 s(x_{t-1}, sigma_i) + sqrt(alpha_i) z_t
-                chain.langevin_step(score_fn(x, sigma), alpha, what, check=t == 0)
+                score = chain.score(score_fn, sigma, step_size=alpha, what=what)
+                chain.langevin_step(score, alpha, what, check=t == 0)
             _check_finite(x, chain.steps, alpha, what)
         if denoise:  # Tweedie: x + sigma_L^2 s(x, sigma_L), the mean of the clean sample
             score = score_fn(x, sigma_last)
