@@ -646,6 +646,76 @@ def test_3_5_explains_wrong_answers(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_3_5, answer, *phrases)
 
 
+def make_seeded(*, restart=False, power=2):
+    """The seeded sampler of exercise 3.6: right by default; the colleague's version has
+    restart=True (a new generator at every level) and power=1 (a step growing like sigma)."""
+
+    def annealed_langevin_seeded(score_fn, x0, sigmas, step_size, n_steps_each, seed=0):
+        generator, x = torch.Generator().manual_seed(seed), x0.clone()
+        for sigma in sigmas.tolist():
+            if restart:
+                generator = torch.Generator().manual_seed(seed)
+            alpha = step_size * (sigma / sigmas[-1].item()) ** power
+            for _ in range(n_steps_each):
+                z = torch.randn(x.shape, generator=generator)
+                x = x + alpha / 2 * score_fn(x, sigma) + math.sqrt(alpha) * z
+        return x
+
+    return annealed_langevin_seeded
+
+
+def test_3_6_accepts_the_fix(capsys, grading):
+    assert_passes(capsys, checks.exercise_3_6, make_seeded())
+
+
+def test_3_6_accepts_the_global_generator_seeded_once(capsys):
+    def seeded_globally(score_fn, x0, sigmas, step_size, n_steps_each, seed=0):
+        torch.manual_seed(seed)
+        x = x0.clone()
+        for sigma in sigmas.tolist():
+            alpha = step_size * (sigma / sigmas[-1].item()) ** 2
+            for _ in range(n_steps_each):
+                x = x + alpha / 2 * score_fn(x, sigma) + math.sqrt(alpha) * torch.randn(x.shape)
+        return x
+
+    assert_passes(capsys, checks.exercise_3_6, seeded_globally)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (make_seeded(restart=True, power=1), ["behaves like your colleague's version"]),
+        (make_seeded(restart=True), ["Algorithm 1's step now", "a seed fixes where"]),
+        (make_seeded(power=1), ["one noise stream now", "grows like sigma_i;"]),
+        (lambda f, x0, s, a, n, seed=0: x0, ["differs from the reference"]),
+        (lambda f, x0, s, a, n, seed=0: x0[:, 0], ["shape"]),
+    ],
+)
+def test_3_6_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_3_6, answer, *phrases)
+
+
+def test_3_6_restarting_the_noise_biases_the_weights_beyond_the_seeds_spread():
+    """The exercise's premise, measured (its answer quotes five seeds; three suffice here): with
+    Algorithm 1's step, restarting the stream at every level lowers the weight of (5, 5)."""
+    from scorelab.densities import ncsn_toy_mixture
+
+    mixture = ncsn_toy_mixture()
+    ladder = torch.logspace(math.log10(20.0), 0.0, 10)
+    start = 16 * torch.rand(10_000, 2, generator=torch.Generator().manual_seed(0)) - 8
+
+    def weights(sampler):
+        return torch.tensor([
+            (sampler(lambda x, s: mixture.perturbed(s).score(x), start, ladder, 0.1, 100,
+                     seed=seed).sum(dim=1) > 0).float().mean().item()
+            for seed in range(3)
+        ])
+
+    restarted, fixed = weights(make_seeded(restart=True)), weights(make_seeded())
+    assert restarted.max() < fixed.min(), (restarted, fixed)
+    assert 0.015 < fixed.mean() - restarted.mean() < 0.04, (restarted, fixed)
+
+
 # ---------------------------------------------------------------- chapter 4: denoising score matching
 
 

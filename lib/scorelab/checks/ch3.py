@@ -3,7 +3,8 @@
 3.1 (derive) the common ratio of a geometric ladder; 3.2 (implement) the ladder itself;
 3.3 (derive) the step of each level that keeps exercise 2.2's stationary bias the same on
 Gaussian data, against Algorithm 1's alpha_i = eps sigma_i^2 / sigma_L^2; 3.4 (investigate) where plain Langevin puts the 0.8 / 0.2 mixture's mass, and why;
-3.5 (implement) annealed Langevin dynamics.
+3.5 (implement) annealed Langevin dynamics; 3.6 (debug) a colleague's seeded sampler whose step
+grows like sigma and whose noise restarts at every level.
 """
 
 from __future__ import annotations
@@ -210,6 +211,63 @@ def _mode_variance(x: torch.Tensor) -> float:
     return near.var(dim=0).mean().item() if len(near) > 1 else float("nan")
 
 
+# ---------------------------------------------------------------- 3.6 (debug) a seeded sampler
+
+
+def _seeded(score_fn, x0, sigmas, step_size: float, n_steps: int, seed: int, *,
+            restart: bool, power: int) -> torch.Tensor:
+    """The colleague's sampler and its half-fixed versions: the noise stream restarted at
+    every level or not, the step growing like sigma^power."""
+    generator, x, last = torch.Generator().manual_seed(seed), x0.clone(), float(sigmas[-1])
+    for sigma in sigmas.tolist():
+        if restart:
+            generator = torch.Generator().manual_seed(seed)
+        alpha = step_size * (sigma / last) ** power
+        for _ in range(n_steps):
+            noise = torch.randn(x.shape, generator=generator)
+            x = x + alpha / 2 * score_fn(x, sigma) + math.sqrt(alpha) * noise
+    return x
+
+
+@exercise(
+    "3.6",
+    "your sampler draws exactly what Algorithm 1 draws from the same seed: the step grows like "
+    "sigma^2, and one noise stream runs through all the levels.",
+)
+def exercise_3_6(annealed_langevin_seeded) -> None:
+    """Check ``annealed_langevin_seeded(score_fn, x0 (N, 2), sigmas (L,), step_size,
+    n_steps_each, seed)`` draw for draw against :func:`annealed_langevin_dynamics`."""
+    from scorelab.langevin import annealed_langevin_dynamics
+
+    _, sigmas, score_fn = _toy_problem()
+    n, n_steps = 1000, 20
+    x0 = 8.0 * torch.rand(n, 2, generator=torch.Generator().manual_seed(5)) - 4.0  # (N, 2)
+    for seed, step_size in cases([(0, 0.1), (7, 0.05)], [(123, 0.08)]):
+        call = f"annealed_langevin_seeded(..., step_size={step_size}, seed={seed})"
+        got = call_student(annealed_langevin_seeded, score_fn, x0.clone(), sigmas.clone(),
+                           step_size, n_steps, seed=seed, what="annealed_langevin_seeded")
+        got = expect_tensor(got, what=call, shape=(n, 2))
+        expected = annealed_langevin_dynamics(
+            score_fn, x0, sigmas, step_size, n_steps,
+            generator=torch.Generator().manual_seed(seed), progress=False)
+
+        def variant(restart: bool, power: int) -> torch.Tensor:
+            return _seeded(score_fn, x0, sigmas, step_size, n_steps, seed, restart=restart,
+                           power=power)
+
+        mutants = {
+            f"{call} still behaves like your colleague's version: read its step against "
+            "Algorithm 1 first, then measure what is left.": variant(True, 1),
+            f"{call} has Algorithm 1's step now, but its noise differs from the reference "
+            "sampler's after the first level. Compare the first noise draw of two levels: a "
+            "seed fixes where a random stream starts.": variant(True, 2),
+            f"{call} draws one noise stream now, but its step at level i grows like sigma_i; "
+            "Algorithm 1's grows like sigma_i^2 (step_size * sigma_i^2 / sigma_L^2).": variant(
+                False, 1),
+        }
+        diagnose(got, expected, what=call, mutants=mutants, rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- 3.1 (derive) the common ratio
 
 
@@ -379,4 +437,14 @@ register_hints(
     "things: the levels run from the largest to the smallest; the step at the last level is "
     "step_size itself; and every single step draws new noise from the generator (not one "
     "draw per level).",
+)
+register_hints(
+    "3.6",
+    "Read the step first and compare it with Algorithm 1's alpha_i. Once it is right, measure "
+    "before you read further: the weight over several seeds, against the package's sampler, "
+    "with its standard error.",
+    "A seed fixes where a random stream starts. Print the first noise draw of the first two "
+    "levels: are they different numbers?",
+    "Make the generator once, before the loop over the levels, so that every draw continues "
+    "the same stream; a run is then still reproducible from its seed.",
 )
