@@ -635,8 +635,9 @@ register_hints(
     "gamma is the ratio of the last two levels and sigma_L the last one; evaluate your "
     "variance_ratio on a log-spaced grid of epsilon running from far below sigma_L^2 to a few "
     "times it.",
-    "Skeleton: grid = <epsilon values, log-spaced, fine enough>; evaluate the ratio on the grid; "
-    "return <the grid value where it is smallest, as a float>.",
+    "Check your grid: neighbouring values at most 2 % apart, and wide enough that the ratio "
+    "rises again at both ends (if the smallest ratio sits at an end, the best epsilon lies "
+    "outside). Return that epsilon as a float, in the paper's convention.",
 )
 register_hints(
     "6.5",
