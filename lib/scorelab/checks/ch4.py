@@ -395,8 +395,8 @@ register_hints(
     "Tweedie's formula: the best guess of the clean point is the noisy point moved along the "
     "score of the noisy density.",
     "The length of the move is the noise variance (not the standard deviation) times the score.",
-    "Skeleton: one return line: the noisy points, plus the noise variance times the score "
-    "function evaluated at the noisy points.",
+    "Check it where you know the answer: if every clean point is the same mu, the noisy points "
+    "follow N(mu, sigma^2 I), and denoising must give back mu exactly, whatever the noisy point.",
 )
 register_hints(
     "4.3",
@@ -405,8 +405,9 @@ register_hints(
     "Independent Gaussians add their means and their variances (not their standard "
     "deviations). The score of a Gaussian is linear in the point: zero at its mean, with slope "
     "minus one over its variance.",
-    "Skeleton: return <minus the offset of the point from the data mean> / <the variance of the "
-    "perturbed density>.",
+    "Check your formula in its two limits: as sigma -> 0 it must become the score of the clean "
+    "data; for sigma much larger than tau, nearly the score of the noise alone, as if the data "
+    "sat at its mean.",
 )
 register_hints(
     "4.4",

@@ -443,8 +443,9 @@ register_hints(
     "After integrating by parts, J is the expectation under the data of the model score's "
     "derivative plus half the model score squared. Here that derivative is a constant, and the "
     "expected squared distance from m is the data variance plus the squared offset of the means.",
-    "Skeleton: return <the expected derivative of the model's score> + <half the expected square "
-    "of the model's score>, each in closed form.",
+    "Check your J where you know the answer: at m = mu it must be smallest at kappa = tau^2 "
+    "(score matching recovers the data's Gaussian), and it must grow without bound as kappa "
+    "-> 0.",
 )
 register_hints(
     "5.4",

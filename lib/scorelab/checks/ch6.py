@@ -625,8 +625,8 @@ register_hints(
     "Part 3: one step multiplies x by a constant r and adds independent noise of variance "
     "alpha_i, so the variance obeys v <- r^2 v + alpha_i, a geometric recursion; sum it over T "
     "steps from v_0 = gamma^2 sigma_i^2.",
-    "Skeleton for part 3: r = <the factor multiplying x in one step>; return <r^(2T) times "
-    "gamma^2> + <alpha_i / sigma_i^2 times the geometric sum of the powers of r^2>.",
+    "Check part 3 in two limits: with T = 0 it must give gamma^2 (nothing has moved yet); after "
+    "very many steps it must no longer depend on gamma (the chain has forgotten its start).",
 )
 register_hints(
     "6.4",
