@@ -475,7 +475,7 @@ def test_solutions_mark_every_exercise(name):
     assert [m["level"] for m in marked] == sorted(m["level"] for m in marked)
     assert {"derive", "implement", "investigate"} <= {m["kind"] for m in marked}
     for meta in marked:
-        assert len(_core.HINTS[meta["id"]]) == 3, f"exercise {meta['id']}: idea, equation, skeleton"
+        assert len(_core.HINTS[meta["id"]]) == 3, f"exercise {meta['id']}: idea, equation, checks"
 
 
 def test_chapter_6_lists_the_step_size_exercise():

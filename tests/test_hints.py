@@ -115,7 +115,7 @@ def test_no_hint_tier_spells_out_the_solution(number):
 
 @pytest.mark.parametrize("number", sorted(EXERCISES), ids=str)
 def test_every_exercise_has_tiered_hints(number):
-    """checks.hint("N.k") has at least the idea and the equation (and usually a skeleton)."""
+    """checks.hint("N.k") has at least the idea and the equation (and usually checks to run on the answer)."""
     assert len(checks.HINTS.get(number, ())) >= 2, f"exercise {number}: register_hints is missing"
 
 

@@ -29,7 +29,8 @@ results: dict[str, bool] = {}
 #: checks then also try their hidden cases, parameter values the student's notebook never shows.
 GRADING = os.environ.get("SCORELAB_GRADING") == "1"
 
-#: Hint tiers by exercise number: the idea, then the equation to use, then a skeleton with blanks.
+#: Hint tiers by exercise number: the idea, then the equation to use, then checks to run on
+#: one's own answer.
 HINTS: dict[str, tuple[str, ...]] = {}
 _hints_shown: dict[str, int] = {}
 
@@ -40,7 +41,7 @@ def cases(public: Iterable, hidden: Iterable = ()) -> list:
 
 
 def register_hints(number: str, *tiers: str) -> None:
-    """Record the hint tiers of exercise ``number``, from the most general to a skeleton."""
+    """Record the hint tiers of exercise ``number``, from the most general to the most precise."""
     if not tiers:
         raise ValueError(f"exercise {number} needs at least one hint tier")
     HINTS[number] = tuple(tiers)

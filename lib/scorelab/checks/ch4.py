@@ -377,7 +377,7 @@ def _argmin(values: list[float]) -> int:
     return min(range(len(values)), key=values.__getitem__)
 
 
-# ---------------------------------------------------------------- hints: idea, equation, skeleton
+# ---------------------------------------------------------------- hints: idea, equation, checks
 
 register_hints(
     "4.1",
@@ -425,7 +425,7 @@ register_hints(
     "For each sigma: build that kernel density as a GaussianMixture (equal weights, the "
     "training points as means, the variance of the noise for every bump), then measure the "
     "relative Fisher divergence of its score to the clean mixture score on the test points.",
-    "Skeleton: loop over the sigmas; in the loop build the kernel density and append its "
-    "relative Fisher divergence (scorelab.metrics has it) to a list; return the sigma at the "
-    "smallest entry.",
+    "Check your curve before you read off its minimum: it should fall, then rise. If it only "
+    "falls, the grid of sigma stops too early; if it only rises, it starts too late. A minimum "
+    "at an end of the grid is no answer.",
 )

@@ -413,7 +413,7 @@ def exercise_5_5(spread_ratio) -> None:
         )
 
 
-# ---------------------------------------------------------------- hints: idea, equation, skeleton
+# ---------------------------------------------------------------- hints: idea, equation, checks
 
 register_hints(
     "5.1",
@@ -422,10 +422,9 @@ register_hints(
     "For one direction v, v^T (ds/dx) v is the dot product of v with the gradient of v . s(x). "
     "The loss of an example adds half the square of v . s(x), and averages both over the "
     "directions.",
-    "Skeleton: draw all directions at once, shape (M, N, D); make M copies of the batch that "
-    "require gradients; evaluate the model on them; one autograd call with create_graph=True "
-    "gives every Jacobian-vector product; combine the terms and average over the first "
-    "dimension.",
+    "Check it on a model whose answer you know: for s(x) = -x (a lambda will do) the Jacobian "
+    "is -I, so with many directions the loss of an example tends to -D + |x|^2 / 2. The loss "
+    "must also carry a gradient (create_graph=True), or training cannot use it.",
 )
 register_hints(
     "5.2",
@@ -433,8 +432,9 @@ register_hints(
     "known exactly, so there is nothing left to sample.",
     "E over v of (v^T s)^2 is s^T E[v v^T] s, the squared norm of s; the trace term stays "
     "as it is.",
-    "Skeleton: copy your ssm_loss and change the one line that adds the second term: half the "
-    "squared norm of the score, summed over the last dimension.",
+    "Check it against your ssm_loss on s(x) = -x: averaged over many directions the two must "
+    "agree (both tend to -D + |x|^2 / 2); yours gets there with fewer directions at points far "
+    "from the origin, where (v . s)^2 varies most.",
 )
 register_hints(
     "5.3",
@@ -463,6 +463,7 @@ register_hints(
     "Sphere directions of radius sqrt(D) are Gaussian draws normalised to length one, then "
     "scaled. For a batch of directions as rows, each row's quadratic form is the row sum of the "
     "elementwise product of (rows times A) with the rows.",
-    "Skeleton: draw both batches from the generator; compute the two sets of values; return "
-    "<the spread of the sphere values> / <the spread of the Gaussian values>, as a Python float.",
+    "Check each batch of directions first: the sphere's must all have length sqrt(D) exactly, "
+    "the Gaussian ones only on average (their squared length averages D). Return the ratio of "
+    "the two spreads as a Python float.",
 )

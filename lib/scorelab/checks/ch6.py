@@ -594,7 +594,7 @@ def exercise_6_5(score_norm_profile, network_score) -> None:
     _check_network_score(network_score)
 
 
-# ---------------------------------------------------------------- hints: idea, equation, skeleton
+# ---------------------------------------------------------------- hints: idea, equation, checks
 
 register_hints(
     "6.1",
@@ -603,9 +603,9 @@ register_hints(
     "Per example: the channel means over the pixels; their mean m and unbiased variance v across "
     "channels; each channel standardised with its own biased pixel variance; then gamma times "
     "(standardised channel + delta times the standardised channel mean), plus beta.",
-    "Skeleton: statistics over the pixel dimensions (2, 3), with keepdim where they must "
-    "broadcast; the embedding row of each label holds gamma, delta (and beta), C entries each; "
-    "add two trailing singleton dimensions to per-channel vectors before combining them.",
+    "Check special cases: with gamma = 1, delta = 0 and beta = 0 your layer is plain instance "
+    "norm (every channel of every example has mean 0 and variance about 1 over its pixels); "
+    "with delta = 0 the channel means play no part at all.",
 )
 register_hints(
     "6.2",
@@ -613,9 +613,9 @@ register_hints(
     "and the DSM loss of that level weighted by lambda(sigma) = sigma^2.",
     "Per example i: half sigma_i^2 times the squared norm of (model at x_i + sigma_i z_i with "
     "label i) plus z_i / sigma_i, summed over every dimension but the batch one.",
-    "Skeleton: per-example sigmas reshaped to (N, 1, ..., 1) so they broadcast over points and "
-    "images; noise shaped like x; the model at the noisy batch and the labels; flatten each "
-    "example's weighted squared error and sum it.",
+    "Check it with a model that always returns zeros: every example's loss is then |z|^2 / 2, "
+    "about D / 2, at every level, which is what the weight sigma^2 buys. Then check the shape: "
+    "(N,) for points (N, D) and for images (N, C, H, W) alike.",
 )
 register_hints(
     "6.3",
