@@ -5,7 +5,8 @@ package's reference and prints one line: a success line, "not done yet" for an u
 stub, or what is wrong (shape, dtype, sign, a missing factor, NaN far from the modes,
 an exception...). It never raises for a wrong answer. One module per chapter.
 ``checks.hint("N.k")`` prints the next hint tier of exercise N.k (the idea, the equation, then
-checks to run on one's own answer); while grading (SCORELAB_GRADING=1) the checks also try hidden cases.
+checks to run on one's own answer); while grading (SCORELAB_GRADING=1) the checks also try
+hidden cases.
 """
 
 from scorelab.checks._core import HINTS, Mismatch, assert_all_passed, hint, results
