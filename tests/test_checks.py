@@ -646,15 +646,16 @@ def test_3_5_explains_wrong_answers(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_3_5, answer, *phrases)
 
 
-def make_seeded(*, restart=False, power=2):
+def make_seeded(*, restart=False, power=2, level_seeds=False):
     """The seeded sampler of exercise 3.6: right by default; the colleague's version has
-    restart=True (a new generator at every level) and power=1 (a step growing like sigma)."""
+    restart=True (a new generator at every level) and power=1 (a step growing like sigma);
+    level_seeds restarts level i from seed + i instead."""
 
     def annealed_langevin_seeded(score_fn, x0, sigmas, step_size, n_steps_each, seed=0):
         generator, x = torch.Generator().manual_seed(seed), x0.clone()
-        for sigma in sigmas.tolist():
+        for level, sigma in enumerate(sigmas.tolist()):
             if restart:
-                generator = torch.Generator().manual_seed(seed)
+                generator = torch.Generator().manual_seed(seed + level * level_seeds)
             alpha = step_size * (sigma / sigmas[-1].item()) ** power
             for _ in range(n_steps_each):
                 z = torch.randn(x.shape, generator=generator)
@@ -687,6 +688,7 @@ def test_3_6_accepts_the_global_generator_seeded_once(capsys):
         (make_seeded(restart=True, power=1), ["behaves like your colleague's version"]),
         (make_seeded(restart=True), ["Algorithm 1's step now", "a seed fixes where"]),
         (make_seeded(power=1), ["one noise stream now", "grows like sigma_i;"]),
+        (make_seeded(restart=True, level_seeds=True), ["a seed of its own", "one generator"]),
         (lambda f, x0, s, a, n, seed=0: x0, ["differs from the reference"]),
         (lambda f, x0, s, a, n, seed=0: x0[:, 0], ["shape"]),
     ],

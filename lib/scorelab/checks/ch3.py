@@ -215,13 +215,14 @@ def _mode_variance(x: torch.Tensor) -> float:
 
 
 def _seeded(score_fn, x0, sigmas, step_size: float, n_steps: int, seed: int, *,
-            restart: bool, power: int) -> torch.Tensor:
+            restart: bool, power: int, per_level_seeds: bool = False) -> torch.Tensor:
     """The colleague's sampler and its half-fixed versions: the noise stream restarted at
-    every level or not, the step growing like sigma^power."""
+    every level (from seed, or from seed + i at level i) or not, the step growing like
+    sigma^power."""
     generator, x, last = torch.Generator().manual_seed(seed), x0.clone(), float(sigmas[-1])
-    for sigma in sigmas.tolist():
+    for level, sigma in enumerate(sigmas.tolist()):
         if restart:
-            generator = torch.Generator().manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed + level * per_level_seeds)
         alpha = step_size * (sigma / last) ** power
         for _ in range(n_steps):
             noise = torch.randn(x.shape, generator=generator)
@@ -255,7 +256,12 @@ def exercise_3_6(annealed_langevin_seeded) -> None:
             return _seeded(score_fn, x0, sigmas, step_size, n_steps, seed, restart=restart,
                            power=power)
 
+        per_level = _seeded(score_fn, x0, sigmas, step_size, n_steps, seed, restart=True,
+                            power=2, per_level_seeds=True)
         mutants = {
+            f"{call} seeds every level with a seed of its own. That does give fresh noise, "
+            "but the check compares draw for draw with one stream: make one generator from "
+            "seed, before the loop over the levels.": per_level,
             f"{call} still behaves like your colleague's version: read its step against "
             "Algorithm 1 first, then measure what is left.": variant(True, 1),
             f"{call} has Algorithm 1's step now, but its noise differs from the reference "
