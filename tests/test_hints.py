@@ -121,3 +121,20 @@ def test_every_exercise_has_tiered_hints(number):
 
 def test_every_registered_hint_belongs_to_an_exercise():
     assert set(checks.HINTS) <= set(EXERCISES), set(checks.HINTS) - set(EXERCISES)
+
+
+def test_the_readme_quotes_each_chapters_largest_hint_share():
+    """The README's exercise table gives, per chapter, the largest share of any hint and the
+    exercise it belongs to: both are this file's measure, rounded to two decimals."""
+    rows = re.findall(r"^\| (\d) \|.*\| (0\.\d\d) \((\d+\.\d+)\) \|$",
+                      (ROOT / "README.md").read_text(encoding="utf-8"), re.MULTILINE)
+    quoted = {chapter: (float(value), number) for chapter, value, number in rows}
+    largest: dict[str, tuple[float, str]] = {}
+    for number in EXERCISES:
+        chapter = number.split(".")[0]
+        for _, text in tiers_of(number):
+            value = share(text, EXERCISES[number]["solution"])
+            if value > largest.get(chapter, (-1.0, ""))[0]:
+                largest[chapter] = (value, number)
+    measured = {chapter: (round(value, 2), number) for chapter, (value, number) in largest.items()}
+    assert quoted == measured
