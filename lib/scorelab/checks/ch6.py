@@ -497,9 +497,6 @@ def _check_profile(score_norm_profile) -> None:
         })
 
 
-_SHIPPED_LADDER = torch.logspace(math.log10(5.0), math.log10(0.01), 22)  # descending
-
-
 def _small_model(sigmas: torch.Tensor):
     """An NCSN with random weights and the ladder ``sigmas``, for a ladder no one writes down."""
     from scorelab.ncsn import NCSN
@@ -526,7 +523,10 @@ def _check_network_score(network_score) -> None:
     from scorelab.scores import as_score_fn
 
     digits = load_digits("test")[:32]  # (32, 1, 8, 8)
-    for name, model in _score_models():
+    models = _score_models()
+    shipped = models[0][1].sigmas  # the ladder a student may have written down
+    written_down = f"{len(shipped)} levels from {shipped[0]:g} to {shipped[-1]:g}"
+    for name, model in models:
         ladder = model.sigmas.tolist()
         reference = as_score_fn(model, model.sigmas)
         score_fn = call_student(network_score, model, what="network_score")
@@ -569,11 +569,11 @@ def _check_network_score(network_score) -> None:
                     f"{call} multiplies the network's output by sigma; this network outputs "
                     "the score itself.": expected * sigma,
                 }
-                written = int(torch.argmin((_SHIPPED_LADDER - sigma).abs()))
+                written = int(torch.argmin((shipped - sigma).abs()))
                 if written != level and written <= last:
                     mutants[f"{call} asks the network for level {written}, the level of sigma "
-                            "in the shipped model's ladder (22 levels from 5 to 0.01), not in "
-                            "this model's: read the ladder from the model."] = network_at(written)
+                            f"in the shipped model's ladder ({written_down}), not in this "
+                            "model's: read the ladder from the model."] = network_at(written)
                 for j in (level - 1, level + 1):
                     if 0 <= j <= last:
                         mutants[f"{call} asks the network for level {j} instead of {level}: "
