@@ -317,3 +317,18 @@ def test_metadata_that_disagrees_with_the_heading_is_refused(meta, message):
     solution = make_exercises.normalise_solution(nb, url, "main", "09_x.ipynb")
     with pytest.raises(make_exercises.SourceError, match=message):
         make_exercises.make_exercise(solution, url, "main", "09_x.ipynb")
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_the_introduction_states_the_range_of_difficulty_the_exercises_have(path):
+    """"These exercises go with chapter N, in rising difficulty (★ to ★★)" names the lowest and
+    the highest level among the chapter's exercises ("(★★)" alone when all share one level)."""
+    nb = nbformat.read(path, as_version=4)
+    intro = next(c.source for c in nb.cells if c.source.startswith("# Exercises"))
+    stated = re.search(r"\((★{1,3})(?: to (★{1,3}))?\)", intro)
+    assert stated, f"{path.name}: the introduction does not state the difficulty (★ to ★★★)"
+    low, high = len(stated.group(1)), len(stated.group(2) or stated.group(1))
+    levels = [c.metadata["exercise"]["level"] for c in nb.cells if "exercise" in c.metadata]
+    assert (low, high) == (min(levels), max(levels)), (
+        f"{path.name}: the introduction says {stated.group(0)}, the exercises' levels are {levels}"
+    )

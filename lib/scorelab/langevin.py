@@ -4,8 +4,9 @@ Step-size convention (the NCSN paper's): one step is
 
     x <- x + (step_size / 2) * score(x) + sqrt(step_size) * z,   z ~ N(0, I).
 
-The authors' ncsn code writes ``step_size * score + sqrt(2 step_size) z`` instead, which is
-this update with twice the number. Every sampler is vectorised over particles, accepts
+The authors' image sampler (ncsn's annealed Langevin runner, and NCSNv2's) writes
+``step * score + sqrt(2 step) z`` instead, the same update with step_size = 2 * step; their toy
+experiments use the form above. Every sampler is vectorised over particles, accepts
 ``x0`` of any shape ``(N, *D)`` (points or images), runs under ``torch.no_grad()`` (a score
 function that needs autograd must switch it on itself with ``torch.enable_grad()``), and
 checks every ``check_every`` steps, and at the end, that no particle became NaN or

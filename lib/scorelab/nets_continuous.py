@@ -3,9 +3,10 @@ r"""A score network conditioned on a continuous noise level sigma, for low-dimen
 The NCSN of chapter 6 knows L noise levels by their index; the samplers and likelihoods of
 :mod:`scorelab.sde` query the score at any :math:`\sigma \in [\sigma_{\min}, \sigma_{\max}]`.
 :class:`SigmaConditionedMLP` takes :math:`\sigma` itself, through Fourier features of
-:math:`\log \sigma` (the time embedding of Song et al. 2021's networks, here of the noise
-level, as in Karras et al. 2022), and is called as ``net(x, sigma)`` with sigma a tensor (N,):
-:func:`scorelab.scores.as_score_fn` (without ``sigmas``) turns it into the score contract.
+:math:`\log \sigma` (as Song et al. 2021's networks for the VE SDE embed it, with random
+Fourier features; here the frequencies are fixed), and is called as ``net(x, sigma)`` with
+sigma a tensor (N,): :func:`scorelab.scores.as_score_fn` (without ``sigmas``) turns it into
+the score contract.
 """
 
 from __future__ import annotations

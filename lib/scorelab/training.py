@@ -53,7 +53,8 @@ def annealed_dsm_loss(
     For each example a noise level ``sigma_i`` is drawn (or given by ``labels``), the
     example is perturbed as ``x~ = x + sigma_i z`` and the model is regressed onto the
     score of the perturbation kernel, ``-(x~ - x) / sigma_i^2 = -z / sigma_i``, with the
-    weighting ``lambda(sigma) = sigma^2`` that makes every level contribute equally:
+    weighting ``lambda(sigma) = sigma^2``, which puts every level's regression target, z, on
+    one scale (E||z||^2 = D at every level):
 
         l_i = 1/2 * sigma_i^2 * || s(x~, i) + z / sigma_i ||^2
             = 1/2 * || sigma_i s(x~, i) + z ||^2.

@@ -108,7 +108,7 @@ def draw_langevin(ax: Axes, step_size: float = 0.05, n_steps: int = 200, *,
     the share of particles nearest to the heavier mode's mean (0.68 once the chain has mixed: the
     components overlap, so the nearest-mean share of exact samples is
     0.7 Phi(d / 2s) + 0.3 Phi(-d / 2s) = 0.678, with d = 2.68 between the means and s = 0.84 the
-    components' standard deviation), and the update is Eq. (eq-langevin) of chapter 2,
+    components' standard deviation), and the update is Eq. (2.1) of chapter 2,
     ``x <- x + (alpha/2) s(x) + sqrt(alpha) z``.
     """
     step_size = check_positive("step_size", step_size)

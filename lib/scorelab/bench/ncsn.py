@@ -103,9 +103,9 @@ def compared_step_sizes() -> dict[str, float]:
 
 
 def step_size_rows(n_samples: int, *, shipped: dict) -> list[dict]:
-    """Confident and smallest-class shares of the shipped model's samples at each step size of
+    """The three quality figures of the shipped model's samples at each step size of
     :func:`compared_step_sizes` (``shipped``: the figures already measured at its own step)."""
-    from scorelab.ncsn.quality import CONFIDENT, SMALLEST_CLASS
+    from scorelab.ncsn.quality import CONFIDENT, FRECHET, SMALLEST_CLASS
 
     rows = []
     for name, step in compared_step_sizes().items():
@@ -114,7 +114,8 @@ def step_size_rows(n_samples: int, *, shipped: dict) -> list[dict]:
         label = f"step {step:.1e} ({name}), 10 steps a level"
         rows += [row("ncsn steps", f"{label}: {CONFIDENT}", figures[CONFIDENT][0],
                      note=f"{n_samples} samples"),
-                 row("ncsn steps", f"{label}: {SMALLEST_CLASS}", figures[SMALLEST_CLASS][0])]
+                 row("ncsn steps", f"{label}: {SMALLEST_CLASS}", figures[SMALLEST_CLASS][0]),
+                 row("ncsn steps", f"{label}: {FRECHET}", figures[FRECHET][0])]
     return rows
 
 

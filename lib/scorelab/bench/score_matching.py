@@ -21,9 +21,9 @@ scorelab.bench.score_matching [--quick]``). Two groups of figures:
 2. Cost per training step vs dimension D in (2, 8, 32, 128, 512): exact score matching (D
    backward passes for the Hessian trace) against SSM-VR (one), median wall time of an Adam step
    on a batch of 32 with one thread. The network is ``BasicNetwork(D, (1024, 1024))``: its own
-   cost grows with D only through the D x 1024 first and last layers, which stay a minor share
-   next to the 1024 x 1024 middle layer, so the table shows the cost of the objective, not of a
-   network that grows with D. Targets: SSM's cost grows at most 2x from D = 2 to 512, exact
+   cost grows with D only through the D x 1024 first and last layers, which at D = 512 together
+   match the 1024 x 1024 middle layer (so the network at most doubles in size), and the table
+   shows the cost of the objective, not of a network that grows with D. Targets: SSM's cost grows at most 2x from D = 2 to 512, exact
    SM's at least 50x. Chapter 5 computes and plots the same table with :func:`step_costs`.
 """
 
