@@ -746,7 +746,7 @@ def test_4_1_accepts_the_solution(capsys):
         ),
         (
             lambda m, x, s, generator=None: dsm_loss(m, x, s, generator, weight=s**2),
-            ["factor of sigma^2"],
+            ["is sigma^2 (= 0.09) times the reference"],
         ),
         (
             lambda m, x, s, generator=None: dsm_loss(m, x, s, generator, weight=2.0),
@@ -990,7 +990,7 @@ def test_6_2_accepts_the_solution(capsys):
         ({"weight": lambda s: s}, ["the weighting is sigma;"]),
         ({"weight": lambda s: 1 / s**2}, ["1 / sigma^2"]),
         ({"target_sign": 1.0}, ["wrong sign"]),
-        ({"flat_sigma": True}, ["right on 2-D points", "images", "(N, 1, ..., 1)"]),
+        ({"flat_sigma": True}, ["right on points (N, D)", "images", "(N, 1, ..., 1)"]),
         ({"weight": lambda s: 2 * s**2}, ["the 1/2 in front"]),
     ],
 )

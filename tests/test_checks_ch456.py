@@ -182,9 +182,15 @@ def sphere_loss(length=lambda d: math.sqrt(d), *, normalise=True):
     return loss
 
 
-@pytest.mark.parametrize("answer", [sphere_loss(), sphere_loss(normalise=False)])
-def test_5_4_accepts_sphere_and_gaussian_directions(capsys, grading, answer):
-    assert_passes(capsys, checks.exercise_5_4, answer)
+def test_5_4_accepts_directions_of_length_sqrt_d(capsys, grading):
+    assert_passes(capsys, checks.exercise_5_4, sphere_loss())
+
+
+def test_5_4_refuses_to_swap_the_sphere_for_gaussian_directions(capsys):
+    # E[v v^T] = I as well, but the exercise asks to fix the sphere, and the success message
+    # speaks of directions of length sqrt(D)
+    assert_explains(capsys, checks.exercise_5_4, sphere_loss(normalise=False),
+                    "directions are Gaussian", "keeps them on a sphere")
 
 
 @pytest.mark.parametrize(
@@ -203,7 +209,7 @@ def test_5_4_explains_wrong_fixes(capsys, answer, phrases):
 
 def test_5_4_sees_the_symptom_in_other_dimensions(capsys):
     # fixed only in the dimension where the values are compared
-    sly = sphere_loss(lambda d: math.sqrt(d) if d == 3 else 1.0)
+    sly = sphere_loss(lambda d: math.sqrt(d) if d == 5 else 1.0)
     assert_explains(capsys, checks.exercise_5_4, [sly], "8 dimensions", "1/D = 0.125")
 
 
@@ -321,10 +327,11 @@ def test_6_4_explains_wrong_answers(capsys, answer, phrases):
 def test_6_4_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
     from scorelab.noise import geometric_sigmas
 
-    memorised = ncsnv2_epsilon(geometric_sigmas(5.0, 0.01, 22), 10)
-    assert_passes(capsys, checks.exercise_6_4, lambda s, t: memorised)
+    public = [((5.0, 0.01, 22), 10), ((1.0, 0.01, 10), 100)]  # the two ladders shown
+    memorised = {t: ncsnv2_epsilon(geometric_sigmas(*ladder), t) for ladder, t in public}
+    assert_passes(capsys, checks.exercise_6_4, lambda s, t: memorised[t])
     monkeypatch.setattr(_core, "GRADING", True)
-    assert_explains(capsys, checks.exercise_6_4, [lambda s, t: memorised], "T = 100")
+    assert_explains(capsys, checks.exercise_6_4, [lambda s, t: memorised.get(t, 1e-3)], "T = 5")
 
 
 def score_norm_profile(score_fn, x, sigmas, generator=None, *, mistake=None):
@@ -484,3 +491,20 @@ def test_chapter_6_lists_the_step_size_exercise():
     text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
     assert "| 6.3 | the step size | derive | ★★★ |" in text
     assert "Exercise 6.3" in text.split("## Exercises")[0]
+
+
+def test_6_1_sees_a_forward_that_hands_the_work_back_to_the_package(capsys):
+    from scorelab.ncsn import ConditionalInstanceNorm2dPlus
+
+    class Lazy(ConditionalInstanceNorm2dPlus):
+        def forward(self, x, labels):
+            return super().forward(x, labels)
+
+    assert_explains(capsys, checks.exercise_6_1, Lazy, "super().forward")
+    out = ConditionalInstanceNorm2dPlus(2, 2)(torch.ones(1, 2, 3, 3), torch.zeros(1, dtype=torch.long))
+    assert out.shape == (1, 2, 3, 3)  # the package's forward is back after the check
+
+
+def test_6_4_tries_a_second_ladder_so_a_constant_fails(capsys):
+    assert_explains(capsys, checks.exercise_6_4, lambda sigmas, n_steps: 3.13e-5,
+                    "from 1 to 0.01 in 10 levels")

@@ -219,3 +219,56 @@ def test_hint_prints_the_tiers_in_turn(capsys):
     checks.hint("7.2")
     out = capsys.readouterr().out
     assert "Hint 1 of 3 for exercise 7.2" in out and "Hint 2 of 3" in out
+
+
+def test_7_1_accepts_an_answer_computed_in_float32(capsys):
+    def in_float32(D):
+        root = torch.sqrt(torch.tensor(2.0 * D))
+        return (root / (root - 3)).item()
+
+    assert_passes(capsys, checks.exercise_7_1, in_float32)
+
+
+def test_7_2_accepts_a_mask_for_the_whole_batch_and_names_more_mistakes(capsys):
+    # a mask of shape (1, H, W) for a batch (N, 1, H, W): indexing with it fails, where does not
+    def by_indexing(s, x, y, m, sig, a, z):
+        moved = x + 0.5 * a * s(x, sig) + math.sqrt(a) * z
+        moved[m.bool()] = y[m.bool()]
+        return moved
+
+    out = run_check(capsys, checks.exercise_7_2, by_indexing)
+    assert out.startswith("❌") and "raised" in out, out
+    assert_explains(capsys, checks.exercise_7_2, lambda s, x, y, m, sig, a, z: torch.where(
+        m.bool(), y, x + a * s(x, sig) + math.sqrt(a) * z), "lacks its 1/2")
+    assert_explains(capsys, checks.exercise_7_2, lambda s, x, y, m, sig, a, z: inpainting_step(
+        s, x, y, m, sig, a, z).clamp(0, 1), "clamped")
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda e, g, T, s, **k: measured_variance_ratio(e, SHIPPED, T, s, **k),
+         ["gamma=2, T=2, sigma_min=0.1"]),
+        (lambda e, g, T, s, **k: measured_variance_ratio(e, g, 10, s, **k),
+         ["T=2", "but Eq. 4 gives"]),
+        (lambda e, g, T, s, **k: measured_variance_ratio(e, g, T, 0.01, **k), ["sigma_min=0.1"]),
+        (lambda e, g, T, s, **k: measured_variance_ratio(e, g, T - 1, s, **k),
+         ["one step fewer or more"]),
+        (lambda e, g, T, s, **k: measured_variance_ratio(e, 1.0, T, s, **k),
+         ["level i's own variance"]),
+    ],
+)
+def test_7_3_tries_other_ladders_and_step_counts(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_7_3, (answer, BEST_STEP), *phrases)
+
+
+SHIPPED = 500.0 ** (1.0 / 21.0)
+
+
+def test_7_4_catches_noise_scaled_by_the_square_root_of_the_step(capsys):
+    def sqrt_alpha_noise(score_fn, sigmas, images, mask, step_size, n_steps_each, generator=None):
+        scale = {sigma: math.sqrt(step_size) * sigma / sigmas[-1] for sigma in sigmas}
+        return make_inpaint(noise_scale=lambda sigma: scale[sigma])(
+            score_fn, sigmas, images, mask, step_size, n_steps_each, generator=generator)
+
+    assert_explains(capsys, checks.exercise_7_4, sqrt_alpha_noise, "the score was shown known pixels")

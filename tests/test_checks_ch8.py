@@ -40,6 +40,9 @@ def test_8_1(capsys, monkeypatch):
     assert_explains(capsys, checks.exercise_8_1,
              (sigma_of_t, lambda t, lo, hi: math.sqrt(sigma_of_t(t, lo, hi) * math.log(hi / lo))),
              "d sigma / dt")
+    assert_explains(capsys, checks.exercise_8_1,
+             (sigma_of_t, lambda t, lo, hi: sigma_of_t(t, lo, hi) * math.sqrt(2 * math.log10(hi / lo))),
+             "natural logarithm")
     assert_explains(capsys, checks.exercise_8_1, (sigma_of_t, lambda t, lo, hi: "g"), "number")
     out = run_check(capsys, checks.exercise_8_1, stub, stub)
     assert "not done yet" in out
@@ -74,6 +77,26 @@ def test_8_2(capsys):
     assert_explains(capsys, checks.exercise_8_2, no_sqrt_dt, "sqrt(dt)")
     assert_explains(capsys, checks.exercise_8_2, sigma_squared, "sigma(t)^2")
     assert_explains(capsys, checks.exercise_8_2, lambda *a: em_step(*a)[:, :1], "wrong shape")
+
+    def score_at_time(score_fn, sde, x, t, dt, z):
+        return em_step(lambda y, sigma: score_fn(y, t), sde, x, t, dt, z)
+
+    def noise_g_dt(score_fn, sde, x, t, dt, z):
+        return em_step(score_fn, sde, x, t, dt, 0.0 * z) + math.sqrt(sde.g2(t)) * dt * z
+
+    def noise_without_g(score_fn, sde, x, t, dt, z):
+        return em_step(score_fn, sde, x, t, dt, 0.0 * z) + math.sqrt(dt) * z
+
+    def at_the_end(score_fn, sde, x, t, dt, z):
+        g2 = sde.g2(t - dt)
+        return x + g2 * dt * score_fn(x, sde.sigma(t - dt)) + math.sqrt(sde.g2(t) * dt) * z
+
+    assert_explains(capsys, checks.exercise_8_2, score_at_time, "noise level sigma(t)")
+    assert_explains(capsys, checks.exercise_8_2, noise_g_dt, "g sqrt(dt) z")
+    assert_explains(capsys, checks.exercise_8_2, noise_without_g, "lacks g")
+    assert_explains(capsys, checks.exercise_8_2, at_the_end, "where the step starts")
+    assert_explains(capsys, checks.exercise_8_2, lambda f, sde, x, t, dt, z: em_step(f, sde, x, t, dt, -z),
+             "minus sign")
     assert "not done yet" in run_check(capsys, checks.exercise_8_2, stub)
 
 
@@ -91,11 +114,24 @@ def measure(snr, *, factor=1.0, n_steps=200, start=math.sqrt(2.0), scale=2.0):
     return x.var().item() / scale
 
 
+def full_score_step(snr):
+    """The corrector with x + alpha s + sqrt(alpha) z: the score term lacks its 1/2."""
+    generator = torch.Generator().manual_seed(0)
+    x = math.sqrt(2.0) * torch.randn(1_000, 100, generator=generator)
+    for _ in range(200):
+        z = torch.randn(x.shape, generator=generator)
+        score = -x / 2.0
+        alpha = corrector_step_size(score, z, snr)
+        x = x + alpha * score + math.sqrt(alpha) * z
+    return x.var().item() / 2.0
+
+
 def test_8_3(capsys):
     assert_passes(capsys, checks.exercise_8_3, measure)
     assert_explains(capsys, checks.exercise_8_3, lambda snr: math.sqrt(measure(snr)), "standard deviations")
     assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, scale=1.0), "variance itself")
     assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, factor=0.5), "half of alpha")
+    assert_explains(capsys, checks.exercise_8_3, full_score_step, "pulls twice as hard")
     assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.3),
              "forgotten its start")
     assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.0),
@@ -120,7 +156,9 @@ def test_8_4(capsys):
     assert_explains(capsys, checks.exercise_8_4,
              lambda f, sde, x, t: -0.5 * sde.diffusion(t) * f(x, sde.sigma(t)), "g instead of g^2")
     assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: -0.25 * sde.g2(t) * f(x, sde.sigma(t)),
-             "factor")
+             "-1/4 g^2 s")
+    assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: -0.5 * sde.g2(t) * f(x, t),
+             "noise level sigma(t)")
     assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: pf_drift(f, sde, x, t).float(), "dtype")
     assert "not done yet" in run_check(capsys, checks.exercise_8_4, stub)
 

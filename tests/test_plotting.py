@@ -188,6 +188,16 @@ def test_image_grid_tiles_the_images(ax):
     assert np.allclose(canvas[10:18, 1:9], images[4, 0].numpy())  # second row starts at image 4
 
 
+def test_image_grid_labels_each_column_above_its_centre(ax):
+    plotting.image_grid(torch.zeros(6, 1, 8, 8), nrow=3, ax=ax, column_labels=["a", "b", "c"])
+    texts = {t.get_text(): t.get_position() for t in ax.texts}
+    assert list(texts) == ["a", "b", "c"]
+    assert [x for x, _ in texts.values()] == [4.5, 13.5, 22.5]  # 1 + 9 k + 3.5
+    assert all(y < 0 for _, y in texts.values())  # above the first row
+    with pytest.raises(ValueError, match=r"column_labels must hold one label per column \(3\)"):
+        plotting.image_grid(torch.zeros(6, 1, 8, 8), nrow=3, ax=ax, column_labels=["a", "b"])
+
+
 def test_image_grid_colour_images_and_own_figure():
     ax = plotting.image_grid(np.full((2, 3, 4, 4), 0.5), nrow=2, padding=0)
     assert ax.get_images()[0].get_array().shape == (4, 8, 3)

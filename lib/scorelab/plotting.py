@@ -432,7 +432,8 @@ def animation_html(anim: FuncAnimation, *, fps: float | None = None, frame_forma
 
 
 def image_grid(images, nrow: int = 8, ax: Axes | None = None, *, padding: int = 1,
-               vmin: float = 0.0, vmax: float = 1.0, cmap: str = "gray") -> Axes:
+               vmin: float = 0.0, vmax: float = 1.0, cmap: str = "gray",
+               column_labels=None) -> Axes:
     """Tile a batch of images into one picture.
 
     Parameters
@@ -445,6 +446,8 @@ def image_grid(images, nrow: int = 8, ax: Axes | None = None, *, padding: int = 
         Where to draw; a new figure is made when omitted.
     padding : int
         Pixels of background between images.
+    column_labels : sequence of str, optional
+        One label written above each column (as many as there are columns).
 
     Returns
     -------
@@ -462,6 +465,10 @@ def image_grid(images, nrow: int = 8, ax: Axes | None = None, *, padding: int = 
     if not vmin < vmax:
         raise ValueError(f"vmin must be below vmax, got vmin={vmin}, vmax={vmax}")
     columns, rows = min(nrow, n), math.ceil(n / nrow)
+    if column_labels is not None and (isinstance(column_labels, str)
+                                      or len(column_labels) != columns):
+        raise ValueError(f"column_labels must hold one label per column ({columns}), "
+                         f"got {column_labels!r}")
     canvas = np.full((rows * (height + padding) + padding, columns * (width + padding) + padding,
                       channels), vmax, dtype=float)  # (rows*H', columns*W', C), light background
     for k in range(n):
@@ -476,6 +483,9 @@ def image_grid(images, nrow: int = 8, ax: Axes | None = None, *, padding: int = 
     else:
         ax.imshow((canvas - vmin) / (vmax - vmin), interpolation="nearest")
     ax.set_axis_off()
+    for k, label in enumerate(column_labels or []):
+        centre = padding + k * (width + padding) + (width - 1) / 2
+        ax.text(centre, -0.5, str(label), ha="center", va="bottom", fontsize=8)
     return ax
 
 

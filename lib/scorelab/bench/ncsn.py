@@ -9,8 +9,9 @@ Run with ``python -m scorelab.bench ncsn`` (or ``python -m scorelab.bench.ncsn``
   targets of :mod:`scorelab.ncsn.quality`: confident share >= 80% of the real test digits'
   share, every class >= 3% of the samples, PCA Fréchet distance <= 0.3;
 - the same figures at other step sizes (same samples' seed and count): NCSNv2's Technique 4
-  for the shipped ladder and T = 10, half the shipped step and twice it. This is how the
-  shipped step was chosen: by the samples it gives, not by the one-point rule (chapter 7).
+  for the shipped ladder and T = 10, half the shipped step and twice it. The shipped step was
+  chosen by the confident share of its samples, not by the one-point rule; the PCA Fréchet
+  distance prefers the rule's step (chapter 7 discusses both).
 """
 
 from __future__ import annotations

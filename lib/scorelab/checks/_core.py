@@ -205,7 +205,7 @@ def diagnose(
     *,
     what: str,
     mutants: dict[str, torch.Tensor] | None = None,
-    factors: dict[str, float] | None = None,
+    factors: dict[str, float | tuple[float, str, str]] | None = None,
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> None:
@@ -213,7 +213,9 @@ def diagnose(
 
     The tests, in order: a known mistake from ``mutants`` (name -> the value that mistake
     produces); a wrong sign; a constant factor named in ``factors`` (name -> value, e.g.
-    ``{"sigma^2": 4.0}``); any other constant factor; and finally the largest error.
+    ``{"sigma^2": 4.0}``, or name -> (value, advice when ``got`` is that many times too large,
+    advice when it is that many times too small)); any other constant factor; and finally the
+    largest error.
     """
     if is_close(got, expected, rtol=rtol, atol=atol):
         return
@@ -224,15 +226,14 @@ def diagnose(
         raise Mismatch(f"{what} has the wrong sign: it equals minus the reference.")
     ratio = _constant_ratio(got, expected)
     if ratio is not None:
-        for name, factor in (factors or {}).items():
+        for name, spec in (factors or {}).items():
+            factor, too_large, too_small = spec if isinstance(spec, tuple) else (spec, "", "")
             if math.isclose(ratio, factor, rel_tol=1e-3):
-                raise Mismatch(
-                    f"{what} is off by a factor of {name} (= {factor:.4g}): it is {name} times the reference."
-                )
+                raise Mismatch(f"{what} is {name} (= {factor:.4g}) times the reference"
+                               + (f": {too_large}" if too_large else "."))
             if math.isclose(ratio, 1.0 / factor, rel_tol=1e-3):
-                raise Mismatch(
-                    f"{what} is off by a factor of 1/{name}: it is the reference divided by {name} (= {factor:.4g})."
-                )
+                raise Mismatch(f"{what} is the reference divided by {name} (= {factor:.4g})"
+                               + (f": {too_small}" if too_small else "."))
         raise Mismatch(
             f"{what} is the reference times {ratio:.4g}: the direction is right, the scale is not."
         )

@@ -98,7 +98,10 @@ def exercise_1_3(gmm_score) -> None:
         got = call_student(gmm_score, x.clone(), weights, means, variances, what="gmm_score")
         got = expect_tensor(got, what="gmm_score(x, ...)", shape=tuple(x.shape))
         expect_finite(got, what="gmm_score(x, ...)", where=" near the modes")
-        factors = {"the variance v_k": 2.0} if name == "equal" else None
+        factors = {"the variance v_k": (
+            2.0, "divide each component's (mu_k - x) by its variance v_k.",
+            "each component's (mu_k - x) is divided by its variance v_k twice.")
+        } if name == "equal" else None
         diagnose(
             got,
             _reference(x, weights, means, variances),

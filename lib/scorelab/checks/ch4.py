@@ -87,10 +87,10 @@ def exercise_4_1(dsm_loss) -> None:
         factors={
             "sigma^2": SIGMA**2,
             "sigma": SIGMA,
-            "2 (the 1/2 in front)": 2.0,
-            "D, the dimension (sum the squares over the dimensions, do not average them)": float(
-                x.shape[1]
-            ),
+            "2": (2.0, "the 1/2 in front of the squared norm is missing.",
+                  "the 1/2 in front of the squared norm is there twice."),
+            "D": (float(x.shape[1]), "",
+                  "sum the squares over the dimensions, do not average them."),
         },
     )
 
@@ -265,7 +265,9 @@ def exercise_4_4(fixed_dsm_loss) -> None:
             expected.detach(),
             what=f"fixed_dsm_loss at sigma={sigma}",
             mutants=mutants,
-            factors={"sigma^2": sigma**2, "sigma": sigma, "2 (the 1/2 in front)": 2.0},
+            factors={"sigma^2": sigma**2, "sigma": sigma,
+                     "2": (2.0, "the 1/2 in front of the squared norm is missing.",
+                           "the 1/2 in front of the squared norm is there twice.")},
         )
     # The symptom: trained with the buggy loss, a linear model learns sigma times the score.
     for sigma in cases([0.5], [2.0]):

@@ -15,8 +15,8 @@ from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exer
 from scorelab.checks._formulas import check_formula, points_with_special
 
 SEED = 17
-N_PROJECTIONS = 3  # 3 projections: averaging vs summing them is a factor 3, distinct from 2 and 1/2
-DIM = 3
+N_PROJECTIONS = 3  # averaging vs summing them is a factor 3, distinct from 2, 1/2 and DIM
+DIM = 5
 
 
 def _model() -> torch.nn.Module:
@@ -138,7 +138,12 @@ def _check_sliced(fn, *, variance_reduction: bool, name: str) -> None:
             what=name,
             mutants=_mutants(model, x, variance_reduction),
             factors={
-                "M, the number of projections (average over them, do not sum)": float(N_PROJECTIONS)
+                "M, the number of projections": (
+                    float(N_PROJECTIONS), "average over the projections, do not sum them.",
+                    "the projections are averaged twice?"),
+                "D, the dimension": (
+                    float(DIM), "", "sum over the dimensions (v^T s and ||s||^2 are sums), do "
+                    "not average over them."),
             },
         )
     except Mismatch as mismatch:
@@ -300,7 +305,14 @@ def exercise_5_4(fixed_ssm_vr_loss) -> None:
         ).detach()
         for projection in ("sphere", "gaussian")
     ]
-    if not any(is_close(got.detach(), r) for r in references):
+    sphere, gaussian = (is_close(got.detach(), r) for r in references)
+    if gaussian and not sphere:
+        raise Mismatch(
+            "your directions are Gaussian: they have E[v v^T] = I too, but the exercise keeps "
+            "them on a sphere. Fix the unit vectors themselves: which length gives them "
+            "E[v v^T] = I?"
+        )
+    if not sphere:
         t = _sphere_terms(model, x, N_PROJECTIONS)
         scale = {
             "the bug is still there: unit vectors have E[v v^T] = I / D, so the trace term "

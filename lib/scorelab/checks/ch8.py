@@ -77,6 +77,8 @@ def exercise_8_1(sigma_of_t, diffusion) -> None:
             "your diffusion is g(t)^2, not g(t): take the square root.": want**2,
             "your g(t) lacks the square root of log(sigma_max/sigma_min).": s * math.sqrt(2.0),
             "your g(t) is d sigma/dt; the SDE needs sqrt(d sigma^2/dt).": s * log_ratio,
+            "your g(t) uses the base-10 logarithm: the derivative of a^t is a^t times the "
+            "natural logarithm of a (math.log).": s * math.sqrt(2.0 * math.log10(hi / lo)),
         }
         for message, value in wrong.items():
             if math.isclose(got, value, rel_tol=1e-6):
@@ -91,12 +93,13 @@ def exercise_8_1(sigma_of_t, diffusion) -> None:
 
 register_hints(
     "8.2",
-    "Time runs backwards: the step moves x along +g^2 times the score (the reverse drift is "
-    "-g^2 s with dt < 0) and adds noise of variance g^2 dt.",
-    "Drift: g squared, times the step's length, times the score at level sigma(t). Noise: "
-    "standard deviation g times the square root of the step's length.",
-    "Three lines: read g^2 from the sde, evaluate the score once, return x plus drift plus "
-    "noise.",
+    "Write the reverse SDE's increment over a step from t to t - dt: which term changes sign "
+    "because time runs backwards, which term scales with dt and which with sqrt(dt)?",
+    "Drift: g squared, times the step's length, times the score at level sigma(t) (not at t). "
+    "Noise: standard deviation g times the square root of the step's length.",
+    "Check your step on your own: with a zero score it must add variance g^2 dt to a cloud of "
+    "10,000 points; with z = 0 and the score -x / v of N(0, v I), it must multiply x by "
+    "1 - g^2 dt / v (backwards in time the cloud contracts towards the data).",
 )
 
 
@@ -135,6 +138,17 @@ def exercise_8_2(em_step) -> None:
             "the drift uses g instead of g^2.": x + math.sqrt(g2) * dt * s + math.sqrt(g2 * dt) * z,
             "the drift uses sigma(t)^2 instead of g(t)^2 = 2 sigma^2 log(sigma_max/sigma_min).":
                 x + sigma**2 * dt * s + math.sqrt(g2 * dt) * z,
+            "the score is evaluated at the time t; score_fn takes the noise level sigma(t).":
+                x + g2 * dt * score_fn(x, t) + math.sqrt(g2 * dt) * z,
+            "the noise is g dt z: over a step of length dt Brownian motion moves by sqrt(dt) z, "
+            "so the noise is g sqrt(dt) z.": x + g2 * dt * s + math.sqrt(g2) * dt * z,
+            "the noise lacks g: its standard deviation over a step is g sqrt(dt).":
+                x + g2 * dt * s + math.sqrt(dt) * z,
+            "the drift is evaluated at t - dt; Euler-Maruyama evaluates it where the step starts, "
+            "at t.": x + sde.g2(t - dt) * dt * score_fn(x, sde.sigma(t - dt))
+                     + math.sqrt(g2 * dt) * z,
+            "the noise enters with a minus sign: in distribution that is the same step, but the "
+            "check passes you z and expects + g sqrt(dt) z.": x + g2 * dt * s - math.sqrt(g2 * dt) * z,
         }
         diagnose(got, _em_reference(score_fn, sde, x, t, dt, z), what="em_step", mutants=mutants,
                  rtol=1e-4, atol=1e-4)
@@ -205,6 +219,12 @@ def exercise_8_3(measure_variance_ratio) -> None:
                            "snr^2) to this precision): either you return a ratio of standard "
                            "deviations instead of variances, or your step is half of alpha = "
                            "(2 r |z| / |s|)^2 (the paper's epsilon is alpha / 2).")
+        full_score = 1.0 / (2.0 * (1.0 - 2.0 * snr**2))  # x + alpha s: twice the pull
+        if abs(got - full_score) <= tolerance:
+            raise Mismatch(f"at snr = {snr} the variance ratio is {got:.3f}, close to "
+                           f"{full_score:.3f}: what a step x + alpha s + sqrt(alpha) z gives. The "
+                           "course's step moves by (alpha / 2) s; a full alpha s pulls twice as "
+                           "hard towards the mode and halves the variance.")
         if got < 1.0 - tolerance:
             raise Mismatch(f"at snr = {snr} the variance ratio is {got:.3f}, below 1: the chain "
                            "has not forgotten its start yet; run more steps, or start wider.")
@@ -221,7 +241,8 @@ register_hints(
     "Compare the drift with the reverse SDE's: the ODE shares the SDE's marginals only with "
     "half of its score term.",
     "The ODE's velocity is minus one half of g squared times the score.",
-    "Keep the buggy line and change one constant in it.",
+    "Check your fix on the Gaussian above: carried back from t = 1 by the ODE, the samples "
+    "should have variance 2 (ratio 1.0); the buggy drift leaves almost none.",
 )
 
 
@@ -252,9 +273,12 @@ def exercise_8_4(pf_drift) -> None:
             "the drift has the wrong sign: the ODE is dx/dt = -1/2 g^2 s.": 0.5 * g2 * s,
             "the drift uses g instead of g^2.": -0.5 * math.sqrt(g2) * s,
             "the drift uses sigma(t)^2 instead of g(t)^2.": -0.5 * sde.sigma(t) ** 2 * s,
+            "the drift is -1/4 g^2 s, half of the ODE's: the probability flow halves the reverse "
+            "SDE's -g^2 s once, to -1/2 g^2 s.": -0.25 * g2 * s,
+            "the score is evaluated at the time t; score_fn takes the noise level sigma(t).":
+                -0.5 * g2 * score_fn(x, t),
         }
-        diagnose(got, -0.5 * g2 * s, what="pf_drift", mutants=mutants,
-                 factors={"2 (the ODE's 1/2)": 2.0})
+        diagnose(got, -0.5 * g2 * s, what="pf_drift", mutants=mutants)
     # The symptom: with the bug the backward ODE shrinks the spread to almost nothing.
     sde = VESDE(0.01, 50.0)
     x1 = math.sqrt(variance + 50.0**2) * torch.randn(2_000, 2, generator=generator,
