@@ -807,6 +807,8 @@ def sliced_loss(
     reduce="mean",
     create_graph=True,
     per_projection_draws=False,
+    detach_second=False,
+    average_dims=False,
 ):
     if per_projection_draws:
         v = torch.stack([torch.randn(x.shape, generator=generator) for _ in range(n_projections)])
@@ -818,7 +820,9 @@ def sliced_loss(
     jv = torch.autograd.grad((score * v).sum(), x, create_graph=create_graph)[0]
     trace = (jv * v).sum(-1)
     norm = half * (score**2).sum(-1) if vr else half * (score * v).sum(-1) ** 2
-    loss = trace_sign * trace + norm  # (M, N)
+    if average_dims:
+        trace, norm = trace / x.shape[-1], norm / x.shape[-1]
+    loss = trace_sign * trace + (norm.detach() if detach_second else norm)  # (M, N)
     return loss.mean(0) if reduce == "mean" else loss.sum(0)
 
 
@@ -848,6 +852,11 @@ def test_5_accepts_directions_drawn_in_another_order(capsys, check, vr):
         (checks.exercise_5_1, False, {"reduce": "sum"}, ["number of projections"]),
         (checks.exercise_5_2, True, {"create_graph": False}, ["create_graph=True"]),
         (checks.exercise_5_1, False, {"trace_sign": 0.0}, ["trace term", "missing"]),
+        (checks.exercise_5_1, False, {"detach_second": True}, ["second term carries no gradient"]),
+        (checks.exercise_5_2, True, {"average_dims": True},
+         ["divided by D, the dimension", "do not average over them"]),
+        (checks.exercise_5_1, False, {"reduce": "sum"},
+         ["M, the number of projections (= 3) times", "do not sum them"]),
     ],
 )
 def test_5_explains_wrong_answers(capsys, check, vr, options, phrases):
@@ -1043,3 +1052,14 @@ def test_hidden_cases_only_while_grading(monkeypatch):
     assert _core.cases([1, 2], [3]) == [1, 2]
     monkeypatch.setattr(_core, "GRADING", True)
     assert _core.cases([1, 2], [3]) == [1, 2, 3]
+
+
+def test_5_1_explains_a_model_called_on_stacked_copies(capsys):
+    def unflattened(model, x, n_projections=1, generator=None):
+        v = torch.randn((n_projections, *x.shape), generator=generator)
+        copies = x.detach().unsqueeze(0).expand_as(v).clone().requires_grad_(True)
+        score = model(copies)  # (M, N, D) into a network that takes (N, D)
+        jv = torch.autograd.grad((score * v).sum(), copies, create_graph=True)[0]
+        return ((jv * v).sum(-1) + 0.5 * (score * v).sum(-1) ** 2).mean(0)
+
+    assert_explains(capsys, checks.exercise_5_1, unflattened, "x.reshape(-1, D)")

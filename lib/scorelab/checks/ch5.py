@@ -32,20 +32,23 @@ def _data(n: int = 64) -> torch.Tensor:
     return torch.randn(n, DIM, generator=torch.Generator().manual_seed(8))  # (N, D)
 
 
-def _terms(model, x: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-projection terms (M, N) for directions v (M, N, D): v^T J v, 1/2 (v^T s)^2, 1/2 ||s||^2."""
+def _terms(model, x: torch.Tensor, v: torch.Tensor, *,
+           graph: bool = False) -> dict[str, torch.Tensor]:
+    """Per-projection terms (M, N) for directions v (M, N, D): v^T J v, 1/2 (v^T s)^2, 1/2 ||s||^2
+    (detached, or with ``graph`` differentiable in the model's parameters)."""
     copies = (
         x.detach().unsqueeze(0).expand_as(v).reshape(-1, DIM).clone().requires_grad_(True)
     )  # (M N, D)
     flat_v = v.reshape(copies.shape)
     score = model(copies)
-    jacobian_v = torch.autograd.grad((score * flat_v).sum(), copies)[0]
+    jacobian_v = torch.autograd.grad((score * flat_v).sum(), copies, create_graph=graph)[0]
     shape = v.shape[:2]
-    return {
-        "trace": (jacobian_v * flat_v).sum(dim=1).reshape(shape).detach(),
-        "projected": (0.5 * (score * flat_v).sum(dim=1) ** 2).reshape(shape).detach(),
-        "norm": (0.5 * (score**2).sum(dim=1)).reshape(shape).detach(),
+    terms = {
+        "trace": (jacobian_v * flat_v).sum(dim=1).reshape(shape),
+        "projected": (0.5 * (score * flat_v).sum(dim=1) ** 2).reshape(shape),
+        "norm": (0.5 * (score**2).sum(dim=1)).reshape(shape),
     }
+    return terms if graph else {name: term.detach() for name, term in terms.items()}
 
 
 def _mutants(model, x: torch.Tensor, variance_reduction: bool) -> dict[str, torch.Tensor]:
@@ -70,7 +73,8 @@ def _mutants(model, x: torch.Tensor, variance_reduction: bool) -> dict[str, torc
 
 
 def _parameter_gradients(model, loss: torch.Tensor) -> list[torch.Tensor]:
-    grads = torch.autograd.grad(loss.sum(), list(model.parameters()), allow_unused=True)
+    grads = torch.autograd.grad(loss.sum(), list(model.parameters()), allow_unused=True,
+                                retain_graph=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(model.parameters(), grads)]
 
 
@@ -124,7 +128,7 @@ def _check_sliced(fn, *, variance_reduction: bool, name: str) -> None:
         generator=torch.Generator().manual_seed(SEED),
     )
     if is_close(got, expected):
-        _check_gradients(model, got, expected)
+        _check_gradients(model, x, got, expected, variance_reduction=variance_reduction)
         return
     expect_same_draws(
         run, got,
@@ -153,16 +157,30 @@ def _check_sliced(fn, *, variance_reduction: bool, name: str) -> None:
     _statistical_check(fn, variance_reduction, name)
 
 
-def _check_gradients(model, got: torch.Tensor, expected: torch.Tensor) -> None:
-    """Mismatch unless the parameter gradients of the two losses agree."""
-    for mine, reference in zip(
-        _parameter_gradients(model, got), _parameter_gradients(model, expected)
-    ):
-        if not is_close(mine, reference, rtol=1e-3, atol=1e-5):
-            raise Mismatch(
-                "the values are right but the gradients are not: the trace term must stay "
-                "differentiable, so pass create_graph=True to torch.autograd.grad."
-            )
+def _check_gradients(model, x, got: torch.Tensor, expected: torch.Tensor, *,
+                     variance_reduction: bool) -> None:
+    """Mismatch unless the parameter gradients of the two losses agree; when they do not, say
+    which of the two terms carries no gradient."""
+    def agree(first, second):
+        return all(is_close(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(first, second))
+
+    mine = _parameter_gradients(model, got)
+    if agree(mine, _parameter_gradients(model, expected)):
+        return
+    v = torch.randn((N_PROJECTIONS, *x.shape), generator=torch.Generator().manual_seed(SEED))
+    terms = _terms(model, x, v, graph=True)
+    second = terms["norm" if variance_reduction else "projected"]
+    if agree(mine, _parameter_gradients(model, second.mean(0))):
+        raise Mismatch(
+            "the values are right but the trace term carries no gradient: it must stay "
+            "differentiable, so pass create_graph=True to torch.autograd.grad."
+        )
+    if agree(mine, _parameter_gradients(model, terms["trace"].mean(0))):
+        raise Mismatch(
+            "the values are right but the second term carries no gradient (is it detached?): "
+            "both terms must stay differentiable in the model's parameters."
+        )
+    raise Mismatch("the values are right but the gradients are not.")
 
 
 @exercise(
