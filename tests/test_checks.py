@@ -149,12 +149,22 @@ def test_1_3_refuses_a_non_function(capsys):
 
 
 def autograd_score(log_prob_fn, x):
-    x = x.detach().requires_grad_(True)
-    return torch.autograd.grad(log_prob_fn(x).sum(), x)[0]
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        return torch.autograd.grad(log_prob_fn(x).sum(), x)[0]
 
 
 def test_1_2_accepts_the_solution(capsys, grading):
     assert_passes(capsys, checks.exercise_1_2, autograd_score)
+
+
+def test_1_2_wants_the_score_under_no_grad_too(capsys):
+    def chapters_version(log_prob_fn, x):
+        x = x.detach().requires_grad_(True)
+        return torch.autograd.grad(log_prob_fn(x).sum(), x)[0]
+
+    assert_explains(capsys, checks.exercise_1_2, chapters_version, "torch.no_grad()",
+                    "torch.enable_grad()")
 
 
 def _in_place(log_prob_fn, x):
@@ -393,13 +403,20 @@ def test_2_2_explains_wrong_answers(capsys, answer, phrases):
 
 
 def variance_answer(law):
-    return lambda step_size, generator=None: law(step_size)
+    """A 'measurement' that follows law(step_size), with a little noise from the generator."""
+    def answer(step_size, generator=None):
+        value = law(step_size)
+        if isinstance(value, float) and math.isfinite(value):
+            value *= 1 + 1e-4 * torch.randn(1, generator=generator).item()
+        return value
+
+    return answer
 
 
 def langevin_variance(step_size, generator=None):
     from scorelab.langevin import langevin_dynamics
 
-    x0 = torch.zeros(4000, 2)
+    x0 = torch.zeros(100_000, 2)
     x = langevin_dynamics(lambda x: -x, x0, step_size, 300, generator=generator, progress=False)
     return x.var().item()
 
@@ -418,6 +435,8 @@ def test_2_3_accepts_the_solution(capsys, grading):
         (variance_answer(lambda a: "1.0"), ["should be a number", "str"]),
         (variance_answer(lambda a: float("nan")), ["returned nan"]),
         (variance_answer(lambda a: 1 + a), ["do not follow 1 / (1 - alpha/4)"]),
+        (lambda a, generator=None: 1 / (1 - a / 4), ["whatever the seed", "formula"]),
+        (lambda a, generator=None: langevin_variance(a), ["with the same seed"]),
     ],
 )
 def test_2_3_explains_wrong_measurements(capsys, answer, phrases):
@@ -466,6 +485,8 @@ def test_2_4_accepts_the_fix(capsys, grading):
         (make_sampler(drift=1.0, noise=lambda a: a), ["changed the drift"]),
         (make_sampler(noise=lambda a: 0.0), ["no noise"]),
         (make_sampler(randn=torch.randn_like), ["does not reproduce", "generator"]),
+        (lambda f, x0, a, n, generator=None: x0.add_(make_sampler()(f, x0, a, n, generator) - x0),
+         ["changed the tensor it was given"]),
     ],
 )
 def test_2_4_explains_wrong_fixes(capsys, answer, phrases):
@@ -565,10 +586,12 @@ def test_3_4_accepts_the_solution(capsys, grading):
     assert_passes(capsys, checks.exercise_3_4, plain_langevin_share, "b")
 
 
-def test_3_4_accepts_the_share_of_the_start(capsys, grading):
-    """Predicting the answer from the start alone is the point of the exercise."""
+def test_3_4_a_share_counted_at_the_start_fails_across_the_gap(capsys):
+    """Counting the start's sides without sampling agrees on boxes, not on a line just below
+    x + y = 0, which lies in the heavy mode's basin (its edge is at x + y = -0.14)."""
     answer = lambda x0, generator=None: (x0.sum(dim=1) > 0).float().mean().item()  # noqa: E731
-    assert_passes(capsys, checks.exercise_3_4, answer, "B ")
+    assert_explains(capsys, checks.exercise_3_4, (answer, "b"), "on the line x + y = -0.1",
+                    "you report 0.000")
 
 
 @pytest.mark.parametrize(
@@ -597,25 +620,40 @@ def test_3_4_explains_wrong_answers(capsys, answers, phrases):
     assert_explains(capsys, checks.exercise_3_4, answers, *phrases)
 
 
-def test_3_4_hidden_starts_catch_a_constant_answer(capsys, monkeypatch):
-    from scorelab.checks import _core
-
-    assert_passes(capsys, checks.exercise_3_4, lambda x0, generator=None: 0.5, "b")
-    monkeypatch.setattr(_core, "GRADING", True)
+def test_3_4_a_constant_answer_fails_on_the_lopsided_start(capsys):
     assert_explains(
-        capsys, checks.exercise_3_4, (lambda x0, generator=None: 0.5, "b"), "hidden start"
+        capsys, checks.exercise_3_4, (lambda x0, generator=None: 0.5, "b"), "[-8, 2] x [-8, 8]"
     )
 
 
-def make_annealed(*, reverse=False, exponent=2, noise=True, randn=None):
+def test_3_4_hidden_starts_catch_an_answer_tuned_to_the_public_ones(capsys, monkeypatch):
+    from scorelab.checks import _core
+
+    tuned = {0.474: 0.48, 0.3285: 0.34, 0.0: 0.62}  # the share at the start -> the answer
+
+    def memorised(x0, generator=None):
+        start = round((x0.sum(dim=1) > 0).float().mean().item(), 4)
+        return tuned.get(start, 0.5)
+
+    assert_passes(capsys, checks.exercise_3_4, memorised, "b")
+    monkeypatch.setattr(_core, "GRADING", True)
+    assert_explains(capsys, checks.exercise_3_4, (memorised, "b"), "hidden start")
+
+
+def make_annealed(*, reverse=False, exponent=2, noise=True, randn=None, divide=True,
+                  steps_short=0, in_place=False):
     def annealed_langevin(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
-        x = x0.clone()
+        x = x0 if in_place else x0.clone()
         ladder = sigmas.flip(0) if reverse else sigmas
         for sigma in ladder.tolist():
-            alpha = step_size * (sigma / sigmas[-1].item()) ** exponent
-            for _ in range(n_steps_each):
+            alpha = step_size * (sigma / (sigmas[-1].item() if divide else 1.0)) ** exponent
+            for _ in range(n_steps_each - steps_short):
                 z = randn(x) if randn else torch.randn(x.shape, generator=generator)
-                x = x + alpha / 2 * score_fn(x, sigma) + (math.sqrt(alpha) * z if noise else 0)
+                step = alpha / 2 * score_fn(x, sigma) + (math.sqrt(alpha) * z if noise else 0)
+                if in_place:
+                    x += step
+                else:
+                    x = x + step
         return x
 
     return annealed_langevin
@@ -640,6 +678,9 @@ def test_3_5_accepts_a_statistically_equivalent_sampler(capsys):
         (make_annealed(exponent=-2, reverse=True), ["weight of the (5, 5) mode"]),
         (lambda f, x0, s, a, n, generator=None: x0[:, :1], ["wrong shape"]),
         (lambda f, x0, s, a, n, generator=None: x0 * float("nan"), ["diverged"]),
+        (make_annealed(divide=False), ["without the division by sigma_L^2", "sigma_L = 0.5"]),
+        (make_annealed(steps_short=1), ["one step fewer"]),
+        (make_annealed(in_place=True), ["changed the tensor it was given"]),
     ],
 )
 def test_3_5_explains_wrong_answers(capsys, answer, phrases):
@@ -786,6 +827,7 @@ def test_4_2_accepts_the_solution(capsys):
         (lambda x, f, s: x - s**2 * f(x), ["add it"]),
         (lambda x, f, s: x + s**2 * f(x).sum(), ["differs from the reference"]),
         (lambda x, f, s: (x + s**2 * f(x)).numpy(), ["ndarray"]),
+        (lambda x, f, s: x.add_(s**2 * f(x)), ["changed the tensor it was given"]),
     ],
 )
 def test_4_2_explains_wrong_answers(capsys, answer, phrases):

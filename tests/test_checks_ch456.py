@@ -112,8 +112,12 @@ def best_sigma(pick=min, **options):
     return answer
 
 
+def kde_divergences(**options):
+    return lambda mixture, train, test, sigmas: kde_curve(mixture, train, test, sigmas, **options)
+
+
 def test_4_5_accepts_the_experiment(capsys, grading):
-    assert_passes(capsys, checks.exercise_4_5, best_sigma())
+    assert_passes(capsys, checks.exercise_4_5, kde_divergences(), best_sigma())
 
 
 @pytest.mark.parametrize(
@@ -127,16 +131,37 @@ def test_4_5_accepts_the_experiment(capsys, grading):
     ],
 )
 def test_4_5_explains_wrong_experiments(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_4_5, [answer], *phrases)
+    assert_explains(capsys, checks.exercise_4_5, [kde_divergences(), answer], *phrases)
+
+
+@pytest.mark.parametrize(
+    "options, phrases",
+    [
+        ({"at": "train"}, ["measured on the training points"]),
+        ({"variance": lambda s: s}, ["variance sigma", "sigma^2"]),
+        ({"perturbed": True}, ["perturbed density p_sigma"]),
+    ],
+)
+def test_4_5_checks_the_curve_itself(capsys, options, phrases):
+    def curve(mixture, train, test, sigmas):
+        chosen = {**options, "at": train} if options.get("at") == "train" else options
+        return kde_curve(mixture, train, test, sigmas, **chosen)
+
+    assert_explains(capsys, checks.exercise_4_5, [curve, best_sigma()], *phrases)
 
 
 def test_4_5_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
     sigmas = [float(s) for s in torch.logspace(-1.5, 0.5, 21)]
-    memorised = min(sigmas, key=lambda s: abs(s - 0.5))  # the public case's best sigma
-    assert_passes(capsys, checks.exercise_4_5, lambda *args: memorised)
+    public = {200: 0.5, 50: 0.5}  # the public cases' best sigmas, by number of training points
+    memorised = {n: min(sigmas, key=lambda s: abs(s - v)) for n, v in public.items()}
+
+    def answer(mixture, train, test, sigmas):
+        return memorised.get(len(train), 0.1)
+
+    assert_passes(capsys, checks.exercise_4_5, kde_divergences(), answer)
     monkeypatch.setattr(_core, "GRADING", True)
     assert_explains(
-        capsys, checks.exercise_4_5, [lambda *args: memorised], "training points your sigma"
+        capsys, checks.exercise_4_5, [kde_divergences(), answer], "training points your sigma"
     )
 
 
@@ -343,7 +368,9 @@ def score_norm_profile(score_fn, x, sigmas, generator=None, *, mistake=None):
         s = score_fn(noisy, sigma)
         norm = s.norm() if mistake == "batch" else s.reshape(len(x), -1).norm(dim=1).mean()
         factor = {"no sigma": 1.0, "sigma^2": sigma**2}.get(mistake, sigma)
-        values.append(factor * norm / (1.0 if mistake == "no sqrt(D)" else math.sqrt(dim)))
+        divisor = {"no sqrt(D)": 1.0, "by D": dim, "last dim": math.sqrt(x.shape[-1])}.get(
+            mistake, math.sqrt(dim))
+        values.append(factor * norm / divisor)
     return torch.stack(values)
 
 
@@ -386,6 +413,8 @@ def test_6_5_accepts_the_package_adapter_and_a_root_mean_square_profile(capsys):
         ("no sigma", ["misses the factor sigma"]),
         ("sigma^2", ["sigma^2 where it needs sigma"]),
         ("no sqrt(D)", ["not divided by sqrt(D)", "is 64 here"]),
+        ("by D", ["divides by D = 64"]),
+        ("last dim", ["divides by sqrt(8), the last dimension", "x[0].numel()"]),
         ("clean", ["at the clean data"]),
         ("batch", ["one norm over the whole batch"]),
     ],
@@ -436,7 +465,7 @@ def test_6_5_the_colleagues_bugs_break_the_bound_the_fix_keeps():
 NEW_CHECKS = [
     (checks.exercise_4_3, 1),
     (checks.exercise_4_4, 1),
-    (checks.exercise_4_5, 1),
+    (checks.exercise_4_5, 2),
     (checks.exercise_5_3, 1),
     (checks.exercise_5_4, 1),
     (checks.exercise_5_5, 1),

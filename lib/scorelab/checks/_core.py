@@ -132,6 +132,19 @@ KNOWN_ERRORS = {
 }
 
 
+def expect_untouched(given: torch.Tensor, original: torch.Tensor, *, call: str) -> None:
+    """Mismatch if the student's function wrote into the tensor ``given`` (a copy of
+    ``original`` that it received)."""
+    if torch.equal(given, original):
+        return
+    moved = (given.double() - original.double()).abs().max().item()
+    raise Mismatch(
+        f"{call} changed the tensor it was given (by up to {moved:.3g}): a function that writes "
+        "into its input (x += ..., x[...] = ...) changes the caller's points under it. Work on "
+        "a copy, or write x = x + ... ."
+    )
+
+
 def _known_error_hint(error: BaseException) -> str:
     text = str(error)
     for fragment, hint in KNOWN_ERRORS.items():

@@ -142,7 +142,8 @@ def _log_prob_fns():
 
 
 @exercise(
-    "1.2", "your autograd_score agrees with the closed-form scores of the mixture and the banana."
+    "1.2", "your autograd_score agrees with the closed-form scores of the mixture and the banana, "
+    "also under torch.no_grad(), where the samplers call it."
 )
 def exercise_1_2(autograd_score) -> None:
     """Check ``autograd_score(log_prob_fn, x (N, D)) -> (N, D)``, the gradient of log_prob_fn."""
@@ -168,6 +169,26 @@ def exercise_1_2(autograd_score) -> None:
             )
         expect_finite(got, what=f"autograd_score on {name}")
         diagnose(got, density.score(x), what=f"autograd_score on {name}")
+    _check_under_no_grad(autograd_score, x)
+
+
+def _check_under_no_grad(autograd_score, x: torch.Tensor) -> None:
+    """The samplers call score functions under torch.no_grad(): autograd_score must work there."""
+    from scorelab.densities import Banana
+
+    density = Banana()
+    try:
+        with torch.no_grad():
+            got = autograd_score(density.log_prob, x.clone())
+    except RuntimeError as error:
+        raise Mismatch(
+            "right, but under torch.no_grad(), where the course's samplers call score "
+            f"functions, your autograd_score raised RuntimeError ({str(error).splitlines()[0]}): "
+            "autograd records nothing there until you switch it back on inside the function "
+            "(torch.enable_grad())."
+        ) from None
+    got = expect_tensor(got, what="autograd_score under torch.no_grad()", shape=tuple(x.shape))
+    diagnose(got, density.score(x), what="autograd_score under torch.no_grad()")
 
 
 # ---------------------------------------------------------------- 1.1 (derive) a noisy mixture's covariance
@@ -461,9 +482,9 @@ register_hints(
     "Make a fresh leaf tensor from x that tracks gradients, evaluate the log-density "
     "on it, sum, and ask torch.autograd for the gradient of that sum with respect to "
     "the leaf.",
-    "Three lines: a detached copy of the points that requires gradients; the sum of "
-    "the log-densities there; its gradient with respect to the copy (the first and "
-    "only element of what autograd returns).",
+    "Check yours the way the samplers use it: called inside a no-grad block, where autograd "
+    "records nothing, it must still return the score. Recording can be switched back on for a "
+    "block of your function.",
 )
 register_hints(
     "1.3",

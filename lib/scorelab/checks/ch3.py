@@ -9,14 +9,13 @@ grows like sigma and whose noise restarts at every level.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, check_choice, diagnose,
-                                   exercise, expect_finite, expect_tensor, register_hints,
-                                   to_float)
+                                   exercise, expect_finite, expect_tensor, expect_untouched,
+                                   register_hints, to_float)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 
@@ -128,13 +127,13 @@ def _equal_bias_step(eps: float, sigma_i: float, sigma_L: float, tau2: float) ->
     return eps * (tau2 + sigma_i**2) / (tau2 + sigma_L**2)
 
 
-def _toy_problem():
-    """The NCSN paper's 0.8/0.2 mixture, its perturbed score and a short annealed run's settings."""
+def _toy_problem(sigma_max: float = 20.0, sigma_min: float = 1.0, n_levels: int = 10):
+    """The NCSN paper's 0.8/0.2 mixture, its perturbed score and a short annealed run's ladder."""
     from scorelab.densities import ncsn_toy_mixture
     from scorelab.noise import geometric_sigmas
 
     mixture = ncsn_toy_mixture()
-    sigmas = geometric_sigmas(20.0, 1.0, 10)
+    sigmas = geometric_sigmas(sigma_max, sigma_min, n_levels)
     perturbed = {float(s): mixture.perturbed(float(s)) for s in sigmas}
 
     def score_fn(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -153,14 +152,20 @@ def _weight_of_first_mode(x: torch.Tensor) -> float:
 )
 def exercise_3_5(annealed_langevin) -> None:
     """Check ``annealed_langevin(score_fn, x0 (N, D), sigmas (L,), step_size, n_steps_each, generator)``."""
-    for step_size, start_seed, noise_seed in cases([(0.1, 3, 4)], [(0.05, 13, 14)]):
-        _check_annealed(annealed_langevin, step_size, start_seed, noise_seed)
+    # the paper's ladder ends at sigma_L = 1, where a step without / sigma_L^2 looks right;
+    # the second ends at 0.5
+    for step_size, ladder, start_seed, noise_seed in cases(
+        [(0.1, (20.0, 1.0, 10), 3, 4), (0.02, (10.0, 0.5, 8), 5, 6)],
+        [(0.05, (20.0, 1.0, 10), 13, 14), (0.01, (15.0, 0.3, 12), 15, 16)],
+    ):
+        _check_annealed(annealed_langevin, step_size, ladder, start_seed, noise_seed)
 
 
-def _check_annealed(annealed_langevin, step_size: float, start_seed: int, noise_seed: int) -> None:
+def _check_annealed(annealed_langevin, step_size: float, ladder: tuple, start_seed: int,
+                    noise_seed: int) -> None:
     from scorelab.langevin import annealed_langevin_dynamics
 
-    _, sigmas, score_fn = _toy_problem()
+    _, sigmas, score_fn = _toy_problem(*ladder)
     n, n_steps = 2000, 50
     x0 = (
         8.0 * torch.rand(n, 2, generator=torch.Generator().manual_seed(start_seed)) - 4.0
@@ -170,7 +175,11 @@ def _check_annealed(annealed_langevin, step_size: float, start_seed: int, noise_
         return sampler(score_fn, x0.clone(), sigmas, step_size, n_steps,
                        generator=torch.Generator().manual_seed(noise_seed), **options)
 
-    got = sample(functools.partial(call_student, annealed_langevin), what="annealed_langevin")
+    given = x0.clone()
+    got = call_student(annealed_langevin, score_fn, given, sigmas, step_size, n_steps,
+                       generator=torch.Generator().manual_seed(noise_seed),
+                       what="annealed_langevin")
+    expect_untouched(given, x0, call="annealed_langevin(score_fn, x0, ...)")
     got = expect_tensor(got, what="annealed_langevin(...)", shape=(n, 2))
     if not torch.isfinite(got).all():
         raise Mismatch(
@@ -180,6 +189,19 @@ def _check_annealed(annealed_langevin, step_size: float, start_seed: int, noise_
     expected = sample(annealed_langevin_dynamics, progress=False)
     if torch.allclose(got, expected, atol=1e-3, rtol=1e-3):
         return
+    sigma_L = float(sigmas[-1])
+    mutants = {  # the same draws, with one of the usual slips
+        f"your step at level i is step_size * sigma_i^2, without the division by sigma_L^2 "
+        f"(invisible when sigma_L = 1; here sigma_L = {sigma_L:g}): Algorithm 1's step is "
+        "step_size * sigma_i^2 / sigma_L^2.": dict(step=step_size * sigma_L**2),
+        "you run one step fewer than n_steps_each at each level.": dict(steps=n_steps - 1),
+    }
+    for message, slip in mutants.items():
+        slipped = annealed_langevin_dynamics(
+            score_fn, x0.clone(), sigmas, slip.get("step", step_size), slip.get("steps", n_steps),
+            generator=torch.Generator().manual_seed(noise_seed), progress=False)
+        if torch.allclose(got, slipped, atol=1e-3, rtol=1e-3):
+            raise Mismatch(message)
     spread, reference_spread = _mode_variance(got), _mode_variance(expected)
     if not spread > 0.2 * reference_spread:
         raise Mismatch(
@@ -340,16 +362,24 @@ WHY_OPTIONS = {
 
 
 def _share_starts():
-    """Starting clouds of 2,000 particles: uniform on [-8, 8]^2; hidden, lopsided boxes."""
+    """Starting clouds of 2,000 particles: uniform on [-8, 8]^2, a lopsided box, a line across
+    the gap between the modes (where a share counted at the start, without sampling, is 0);
+    hidden, other boxes."""
 
     def box(x_low, x_high, seed):
         u = torch.rand(2000, 2, generator=torch.Generator().manual_seed(seed))
         return torch.stack([x_low + (x_high - x_low) * u[:, 0], 16 * u[:, 1] - 8], dim=1)
 
+    def near_the_gap(seed):  # every point just on the (-5, -5) side of x + y = 0
+        t = 12 * torch.rand(2000, generator=torch.Generator().manual_seed(seed)) - 6
+        return torch.stack([t, -0.1 - t], dim=1)
+
     return cases(
-        [("a uniform start on [-8, 8]^2", box(-8.0, 8.0, 5))],
-        [("a hidden start on [-8, 2] x [-8, 8]", box(-8.0, 2.0, 6)),
-         ("a hidden start on [-3, 8] x [-8, 8]", box(-3.0, 8.0, 7))],
+        [("a uniform start on [-8, 8]^2", box(-8.0, 8.0, 5)),
+         ("a start on [-8, 2] x [-8, 8]", box(-8.0, 2.0, 6)),
+         ("a start on the line x + y = -0.1, across the gap", near_the_gap(8))],
+        [("a hidden start on [-3, 8] x [-8, 8]", box(-3.0, 8.0, 7)),
+         ("a hidden start on [-6, 4] x [-8, 8]", box(-6.0, 4.0, 9))],
     )
 
 

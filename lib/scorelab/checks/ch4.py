@@ -9,6 +9,7 @@ import math
 import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
+                                   expect_untouched,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
                                    is_close, register_hints, to_float)
 from scorelab.checks._formulas import check_formula, points_with_special
@@ -109,7 +110,9 @@ def exercise_4_2(denoise) -> None:
     )
     perturbed = mixture.perturbed(sigma)
     x_noisy = perturbed.sample(300, generator=torch.Generator().manual_seed(2))  # (N, 2)
-    got = call_student(denoise, x_noisy.clone(), perturbed.score, sigma, what="denoise")
+    given = x_noisy.clone()
+    got = call_student(denoise, given, perturbed.score, sigma, what="denoise")
+    expect_untouched(given, x_noisy, call="denoise(x_noisy, score_fn, sigma)")
     got = expect_tensor(got, what="denoise(x_noisy, score_fn, sigma)", shape=tuple(x_noisy.shape))
     expect_finite(got, what="denoise(x_noisy, score_fn, sigma)")
     score = perturbed.score(x_noisy)
@@ -256,8 +259,9 @@ def exercise_4_4(fixed_dsm_loss) -> None:
             z = torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED))
             bug = 0.5 * ((model(x + sigma * z) + z) ** 2).sum(dim=1)
             mutants = {
-                "the bug is still there: (x - x_noisy) / sigma is -z, the noise itself; the "
-                "score of the kernel N(x~; x, sigma^2 I) at x~ is (x - x~) / sigma^2.": bug,
+                "the bug is still there: the target (x - x_noisy) / sigma is the noise -z "
+                "itself, not the score of the perturbation kernel N(x~; x, sigma^2 I) at x~ "
+                "(differentiate its log-density with respect to x~).": bug,
                 **_dsm_mutants(model, x, sigma),
             }
         diagnose(
@@ -305,6 +309,36 @@ def _kde_curve(
     return values, errors
 
 
+def _check_kde_divergences(kde_divergences, mixture, train, test, sigmas) -> None:
+    call = f"kde_divergences on {len(train)} training points"
+    got = call_student(kde_divergences, mixture, train.clone(), test.clone(), list(sigmas),
+                       what="kde_divergences")
+    try:
+        got = torch.tensor([float(v) for v in got], dtype=torch.float64)
+    except (TypeError, ValueError):
+        raise Mismatch(f"{call} should return a list of floats, one per sigma; got "
+                       f"{type(got).__name__}.") from None
+    if got.shape != (len(sigmas),):
+        raise Mismatch(f"{call} returned {len(got)} values for {len(sigmas)} sigmas.")
+
+    def curve(**options):
+        return torch.tensor(_kde_curve(mixture, train, test, sigmas, **options)[0],
+                            dtype=torch.float64)
+
+    norm_ratio = float((mixture.score(test) ** 2).sum(dim=1).double().mean())
+    diagnose(got, curve(), what=call, rtol=1e-3, atol=1e-6, mutants={
+        f"{call}: measured on the training points, where each point sits on its own kernel; "
+        "measure on test_points.": curve(at=train),
+        f"{call}: the kernels have variance sigma; GaussianMixture takes variances, so give "
+        "it sigma^2.": curve(variance=lambda s: s),
+        f"{call}: compared with the score of the perturbed density p_sigma; the question is "
+        "how close the kernel density's score comes to the clean score of p.":
+            curve(perturbed=True),
+        f"{call}: not relative: divide by the mean squared size of the clean score on the test "
+        "points.": curve() * norm_ratio,
+    })
+
+
 def _kde_case(n_train: int, seed: int):
     from scorelab.densities import GaussianMixture
 
@@ -321,11 +355,13 @@ def _kde_case(n_train: int, seed: int):
     "your sigma minimises the Fisher divergence of DSM's optimum on the sample (the kernel "
     "density's score) to the clean score: smaller sigma overfits the sample, larger sigma blurs.",
 )
-def exercise_4_5(best_sigma) -> None:
-    """Check ``best_sigma(mixture, train_points, test_points, sigmas) -> float``."""
+def exercise_4_5(kde_divergences, best_sigma) -> None:
+    """Check ``kde_divergences(mixture, train_points, test_points, sigmas) -> list of floats``
+    and ``best_sigma(mixture, train_points, test_points, sigmas) -> float``."""
     sigmas = [float(s) for s in torch.logspace(-1.5, 0.5, 21)]
-    for n_train, seed in cases([(200, 0)], [(50, 7), (1000, 8)]):
+    for n_train, seed in cases([(200, 0), (50, 7)], [(1000, 8)]):
         mixture, train, test = _kde_case(n_train, seed)
+        _check_kde_divergences(kde_divergences, mixture, train, test, sigmas)
         answer = to_float(
             call_student(
                 best_sigma, mixture, train.clone(), test.clone(), list(sigmas), what="best_sigma"

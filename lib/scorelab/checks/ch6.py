@@ -282,7 +282,7 @@ def _ratio_points(seed: int) -> list[dict]:
             "n_steps": (1, 200, "int"),
         },
     )
-    return [
+    points = [
         {
             "eps": p["u"] * p["sigma_L"] ** 2,
             "sigma_L": p["sigma_L"],
@@ -291,6 +291,7 @@ def _ratio_points(seed: int) -> list[dict]:
         }
         for p in raw
     ]
+    return sorted(points, key=lambda p: p["n_steps"])  # a failure shows the fewest steps first
 
 
 def _u(p: dict) -> float:
@@ -530,6 +531,10 @@ def _check_profile(score_norm_profile) -> None:
             "noise first, x + sigma z, and evaluate the score there.": expected * tau / spread,
             "your profile takes one norm over the whole batch: take each example's norm (over "
             "every dimension but the first), then their mean.": expected * math.sqrt(n),
+            f"your profile divides by D = {dim}: it is divided by sqrt(D).": expected / math.sqrt(dim),
+            **({f"your profile divides by sqrt({shape[-1]}), the last dimension of the data: D is "
+                f"the number of entries of one example, {dim} here (x[0].numel())":
+                expected * math.sqrt(dim / shape[-1])} if shape[-1] != dim else {}),
         })
 
 
