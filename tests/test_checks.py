@@ -118,6 +118,15 @@ def test_1_3_accepts_the_solution(capsys, grading):
     assert_passes(capsys, checks.exercise_1_3, gmm_score)
 
 
+def test_1_3_names_responsibilities_without_the_normalising_constant(capsys):
+    def unnormalised(x, weights, means, variances):
+        diff = x[:, None, :] - means  # (N, K, D)
+        log_joint = torch.log(weights) - 0.5 * (diff**2).sum(-1) / variances
+        return (torch.softmax(log_joint, dim=1)[..., None] * -diff / variances[:, None]).sum(1)
+
+    assert_explains(capsys, checks.exercise_1_3, unnormalised, "normalising constant")
+
+
 @pytest.mark.parametrize(
     "answer, phrases",
     [
@@ -350,6 +359,12 @@ def _in_place_step(x, score_fn, step_size, generator=None):
         (lambda x, s, a, generator=None: x + a / 2 * s(x), ["adds no noise"]),
         (make_step(randn=torch.randn_like), ["draw the noise from the generator"]),
         (_in_place_step, ["in place"]),
+        (
+            lambda x, s, a, generator=None: (
+                lambda y: y + a / 2 * s(y)
+            )(x + math.sqrt(a) * torch.randn(x.shape, generator=generator)),
+            ["evaluated after the noise was added"],
+        ),
         (
             lambda x, s, a, generator=None: (
                 x + a / 2 * s(x) + math.sqrt(a) * torch.randn(x.shape[::-1], generator=generator).T

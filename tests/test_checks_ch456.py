@@ -76,6 +76,7 @@ def test_4_4_accepts_the_fix(capsys, grading):
         (dsm(clean=True), ["clean x"]),
         (dsm(target_power=3), ["-z / sigma^2"]),
         (dsm(reduce=True), ["wrong shape"]),
+        (lambda m, x, s, generator=None: dsm()(m, x, s, None), ["identically seeded"]),
     ],
 )
 def test_4_4_explains_wrong_fixes(capsys, answer, phrases):

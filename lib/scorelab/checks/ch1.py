@@ -79,6 +79,10 @@ def _mutants(x, weights, means, variances) -> dict[str, torch.Tensor]:
         "by the variance v_k.": (resp * -diff / variances.sqrt()[None, :, None]).sum(1),
         "this is the gradient of the density p(x), not of log p(x): divide it by p(x).": density
         * (resp * scores).sum(1),
+        "the responsibilities miss the normalising constant of each Gaussian, "
+        "-(D/2) log(2 pi v_k): invisible when all variances are equal, wrong when they differ.":
+            (torch.softmax(log_joint + 0.5 * x.shape[1] * torch.log(2 * torch.pi * variances),
+                           dim=1)[..., None] * scores).sum(1),
     }
 
 

@@ -66,6 +66,10 @@ def _name_noise(b: float, alpha: float) -> str | None:
         0.0: "the step adds no noise: without sqrt(alpha) * z it is gradient ascent, which collapses "
         "onto the modes instead of sampling.",
         alpha / 2: "the noise is (alpha / 2) * z; its standard deviation should be sqrt(alpha).",
+        # with the check's score -(x - m) / 0.5, a score taken at x + sqrt(alpha) z adds
+        # -alpha sqrt(alpha) z to the increment
+        math.sqrt(alpha) * (1 - alpha): "the score is evaluated after the noise was added: "
+        "take score_fn at the current x, then add both terms.",
     }
     for value, message in named.items():
         if math.isclose(abs(b), value, rel_tol=1e-3, abs_tol=1e-6):

@@ -244,16 +244,14 @@ def exercise_4_4(fixed_dsm_loss) -> None:
 
     model, x = _linear_model(), _data()
     for sigma in cases([SIGMA, 2.0], [0.05, 1.0]):
-        got = call_student(
-            fixed_dsm_loss,
-            model,
-            x,
-            sigma,
-            generator=torch.Generator().manual_seed(SEED),
-            what="fixed_dsm_loss",
-        )
-        got = expect_tensor(got, what=f"fixed_dsm_loss at sigma={sigma}", shape=(x.shape[0],))
+        def run(sigma=sigma):
+            return call_student(fixed_dsm_loss, model, x, sigma,
+                                generator=torch.Generator().manual_seed(SEED),
+                                what="fixed_dsm_loss")
+
+        got = expect_tensor(run(), what=f"fixed_dsm_loss at sigma={sigma}", shape=(x.shape[0],))
         expect_finite(got, what=f"fixed_dsm_loss at sigma={sigma}")
+        expect_same_draws(run, got)
         expected = reference_loss(model, x, sigma, generator=torch.Generator().manual_seed(SEED))
         with torch.no_grad():
             z = torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED))
