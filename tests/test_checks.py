@@ -404,6 +404,7 @@ def test_2_2_accepts_the_solution(capsys, grading):
         (lambda a, t: (1 - a / (4 * t)) / t, ["reciprocal"]),
         (lambda a, t: 1 / (t * (1 - a * t / 4)), ["multiplied by tau^2"]),
         (lambda a, t: 2.0 * t, ["dropped the square"]),
+        (lambda a, t: t / (1 - a / 4), ["tau^2 times the chapter's answer"]),
         (
             lambda a, t: t * (1 + a / (4 * t)),
             ["right for small steps", "wrong for steps of order tau^2 and for steps near the "
@@ -549,6 +550,7 @@ def test_3_2_accepts_the_solution(capsys, grading):
     [
         (lambda a, b, n: geometric_sigmas(a, b, n).flip(0), ["is increasing"]),
         (lambda a, b, n: torch.linspace(a, b, n), ["evenly spaced (linspace)"]),
+        (lambda a, b, n: a * (b / a) ** (torch.arange(n) / n), ["stops short of sigma_min"]),
         (lambda a, b, n: geometric_sigmas(a, b, n + 1), ["wrong shape"]),
         (lambda a, b, n: geometric_sigmas(a, b, n).tolist(), ["returned a list"]),
         (lambda a, b, n: geometric_sigmas(a, b, n).double(), ["dtype torch.float64"]),
@@ -567,7 +569,8 @@ def test_3_3_accepts_the_solution(capsys, grading):
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (lambda a, s, m, t: a * (s / m) ** 2, ["Algorithm 1's", "tau^2 = 0"]),
+        (lambda a, s, m, t: a * (s / m) ** 2, ["Algorithm 1's", "not sigma_i^2"]),
+        (lambda a, s, m, t: a * (t**2 + s**2) / (t**2 + m**2), ["squared tau2"]),
         (lambda a, s, m, t: a * (t**0.5 + s) ** 2 / (t**0.5 + m) ** 2,
          ["added standard deviations"]),
         (lambda a, s, m, t: a * (t + s) / (t + m), ["a standard deviation, to tau^2"]),

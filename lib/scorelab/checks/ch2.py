@@ -303,6 +303,9 @@ def exercise_2_2(stationary_variance) -> None:
             ("this is the answer for tau^2 = 1 only: the score of N(0, tau^2) is -x / tau^2, so "
              "one step contracts x by 1 - alpha / (2 tau^2).",
              lambda alpha, target_variance: 1 / (1 - alpha / 4)),
+            ("this is tau^2 times the chapter's answer for tau^2 = 1, 1 / (1 - alpha / 4): the "
+             "contraction of one step depends on tau^2 as well, 1 - alpha / (2 tau^2).",
+             lambda alpha, target_variance: target_variance / (1 - alpha / 4)),
             ("you found tau^2 / (1 - alpha / (2 tau^2)), the authors' convention (drift alpha * s, "
              "noise sqrt(2 alpha) z); the course's step is (alpha/2) * s + sqrt(alpha) z.",
              lambda alpha, target_variance: target_variance / (1 - alpha / (2 * target_variance))),

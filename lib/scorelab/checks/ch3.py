@@ -56,6 +56,9 @@ def exercise_3_2(geometric_sigmas) -> None:
             f"{call} is evenly spaced and increasing; it should be geometric and decreasing.": torch.linspace(
                 sigma_min, sigma_max, n_levels
             ),
+            f"{call} stops short of sigma_min: a ladder of L levels has L - 1 gaps, so level i "
+            "is sigma_max (sigma_min / sigma_max)^(i / (L - 1)).": sigma_max * (
+                sigma_min / sigma_max) ** (torch.arange(n_levels, dtype=expected.dtype) / n_levels),
         }
         diagnose(got, expected, what=call, mutants=mutants)
 
@@ -63,7 +66,7 @@ def exercise_3_2(geometric_sigmas) -> None:
 @exercise(
     "3.3",
     "your equal_bias_step is eps (tau^2 + sigma_i^2) / (tau^2 + sigma_L^2): the same stationary "
-    "bias at every level, Algorithm 1's rule when the data have no spread.",
+    "bias at every level. Now compare it with Algorithm 1's rule, in the question below.",
 )
 def exercise_3_3(equal_bias_step) -> None:
     """Check ``equal_bias_step(eps, sigma_i, sigma_L, tau2) -> float`` at random values with the
@@ -97,8 +100,8 @@ def exercise_3_3(equal_bias_step) -> None:
         rtol=1e-5,
         atol=1e-12,
         mutants=[
-            ("this is Algorithm 1's eps sigma_i^2 / sigma_L^2, the equal-bias step only for data "
-             "with no spread (tau^2 = 0): level i's density has variance tau^2 + sigma_i^2.",
+            ("this is Algorithm 1's eps sigma_i^2 / sigma_L^2: level i's density has variance "
+             "tau^2 + sigma_i^2, not sigma_i^2.",
              lambda eps, sigma_i, sigma_L, tau2: eps * sigma_i**2 / sigma_L**2),
             ("you added standard deviations, (tau + sigma_i)^2: independent noise adds "
              "variances, so level i's variance is tau^2 + sigma_i^2.",
@@ -117,6 +120,9 @@ def exercise_3_3(equal_bias_step) -> None:
             ("your step is proportional to level i's variance but not normalised: the last level "
              "must take eps itself.",
              lambda eps, sigma_i, sigma_L, tau2: eps * (tau2 + sigma_i**2)),
+            ("you squared tau2: the argument tau2 is already the data's variance tau^2.",
+             lambda eps, sigma_i, sigma_L, tau2: eps * (tau2**2 + sigma_i**2)
+             / (tau2**2 + sigma_L**2)),
         ],
     )
 
