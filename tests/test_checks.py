@@ -965,6 +965,7 @@ def make_norm(
     swap=False,
     dims=(2, 3),
     shift=True,
+    eta="inside",
 ):
     from scorelab.ncsn import ConditionalInstanceNorm2dPlus
 
@@ -973,12 +974,13 @@ def make_norm(
             c = self.num_features
             means = x.mean(dim=(2, 3))  # (N, C)
             spread = means.var(dim=1, keepdim=True, unbiased=spread_unbiased)
-            corrected = ((means - means.mean(dim=1, keepdim=True)) / torch.sqrt(spread + self.eps))[
+            spread_eta = 0.0 if eta == "none in v" else self.eps
+            corrected = ((means - means.mean(dim=1, keepdim=True)) / torch.sqrt(spread + spread_eta))[
                 ..., None, None
             ]
-            h = (x - x.mean(dim=dims, keepdim=True)) / torch.sqrt(
-                x.var(dim=dims, unbiased=pixel_unbiased, keepdim=True) + self.eps
-            )
+            variance = x.var(dim=dims, unbiased=pixel_unbiased, keepdim=True)
+            scale = variance.sqrt() + self.eps if eta == "outside" else torch.sqrt(variance + self.eps)
+            h = (x - x.mean(dim=dims, keepdim=True)) / scale
             params = self.embed(labels)
             gamma, alpha = params[:, :c, None, None], params[:, c : 2 * c, None, None]
             if swap:
@@ -1010,6 +1012,8 @@ def test_6_1_accepts_the_solution(capsys):
         ({"swap": True}, ["swapped"]),
         ({"dims": (1, 2, 3)}, ["layer norm"]),
         ({"shift": False}, ["beta is missing"]),
+        ({"eta": "outside"}, ["eta sits outside the square root"]),
+        ({"eta": "none in v"}, ["has no eta"]),
     ],
 )
 def test_6_1_explains_wrong_answers(capsys, options, phrases):
