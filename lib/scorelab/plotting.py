@@ -433,7 +433,7 @@ def animation_html(anim: FuncAnimation, *, fps: float | None = None, frame_forma
 
 def image_grid(images, nrow: int = 8, ax: Axes | None = None, *, padding: int = 1,
                vmin: float = 0.0, vmax: float = 1.0, cmap: str = "gray",
-               column_labels=None) -> Axes:
+               column_labels: Sequence[str] | None = None) -> Axes:
     """Tile a batch of images into one picture.
 
     Parameters

@@ -23,8 +23,8 @@ scorelab.bench.score_matching [--quick]``). Two groups of figures:
    on a batch of 32 with one thread. The network is ``BasicNetwork(D, (1024, 1024))``: its own
    cost grows with D only through the D x 1024 first and last layers, which at D = 512 together
    match the 1024 x 1024 middle layer (so the network at most doubles in size), and the table
-   shows the cost of the objective, not of a network that grows with D. Targets: SSM's cost grows at most 2x from D = 2 to 512, exact
-   SM's at least 50x. Chapter 5 computes and plots the same table with :func:`step_costs`.
+   shows the cost of the objective, not of a network that grows with D. Targets: SSM's cost
+   grows at most 2x from D = 2 to 512, exact SM's at least 50x. Chapter 5 computes and plots the same table with :func:`step_costs`.
 """
 
 from __future__ import annotations

@@ -139,9 +139,9 @@ def expect_untouched(given: torch.Tensor, original: torch.Tensor, *, call: str) 
         return
     moved = (given.double() - original.double()).abs().max().item()
     raise Mismatch(
-        f"{call} changed the tensor it was given (by up to {moved:.3g}): a function that writes "
-        "into its input (x += ..., x[...] = ...) changes the caller's points under it. Work on "
-        "a copy, or write x = x + ... ."
+        f"{call} changed the tensor it was given in place (by up to {moved:.3g}): a function "
+        "that writes into its input (x += ..., x[...] = ...) changes the caller's points under "
+        "it. Return a new tensor (x = x + ...), or work on a copy."
     )
 
 

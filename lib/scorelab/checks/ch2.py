@@ -116,11 +116,7 @@ def _check_step(langevin_step, step_size: float) -> None:
     given = x.clone()
     got = run(given)
     got = expect_tensor(got, what="langevin_step(x, ...)", shape=tuple(x.shape))
-    if not torch.equal(given, x):
-        raise Mismatch(
-            "your step changed x in place (e.g. with x += ...); return a new tensor "
-            "(x = x + ...) so that the caller's samples are left alone."
-        )
+    expect_untouched(given, x, call="langevin_step(x, ...)")
     expect_finite(got, what="langevin_step(x, ...)")
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED))
     reference = x + step_size / 2 * _gaussian_score(x) + math.sqrt(step_size) * noise

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from unittest import mock
 
 import torch
 from torch import nn
@@ -132,20 +133,15 @@ def _package_forward_refused():
     forward that hands the work back to it (``super().forward``) is seen for what it is."""
     from scorelab.ncsn import ConditionalInstanceNorm2dPlus
 
-    def refuse(self, *args, **kwargs):
-        raise _PackageForwardCalled
-
-    original = ConditionalInstanceNorm2dPlus.forward
-    ConditionalInstanceNorm2dPlus.forward = refuse
     try:
-        yield
+        with mock.patch.object(ConditionalInstanceNorm2dPlus, "forward",
+                               side_effect=_PackageForwardCalled):
+            yield
     except _PackageForwardCalled:
         raise Mismatch(
             "your forward calls the package's ConditionalInstanceNorm2dPlus.forward (through "
             "super().forward?): write the normalisation yourself."
         ) from None
-    finally:
-        ConditionalInstanceNorm2dPlus.forward = original
 
 
 class _ToyConditionalModel(nn.Module):
