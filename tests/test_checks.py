@@ -394,6 +394,14 @@ def test_2_2_accepts_the_solution(capsys, grading):
     assert_passes(capsys, checks.exercise_2_2, lambda a, t: t / (1 - a / (4 * t)))
 
 
+def test_formula_checks_pass_python_floats_as_the_exercise_text_does(capsys, grading):
+    def answer(alpha, target_variance):
+        assert type(alpha) is float and type(target_variance) is float, (alpha, target_variance)
+        return target_variance / (1 - alpha / (4 * target_variance))
+
+    assert_passes(capsys, checks.exercise_2_2, answer)
+
+
 @pytest.mark.parametrize(
     "answer, phrases",
     [
@@ -412,6 +420,7 @@ def test_2_2_accepts_the_solution(capsys, grading):
         ),
         (lambda a, t: torch.ones(2), ["single number", "tensor of shape (2,)"]),
         (lambda a: 1 / (1 - a / 4), ["takes 1 positional argument but 2 were given"]),
+        (lambda a, t: torch.sqrt(t) ** 2 / (1 - a / (4 * t)), ["use math.sqrt", "Python floats"]),
     ],
 )
 def test_2_2_explains_wrong_answers(capsys, answer, phrases):
@@ -962,7 +971,7 @@ def make_norm(
     correction="inside",
     spread_unbiased=True,
     pixel_unbiased=False,
-    swap=False,
+    order=("gamma", "delta", "beta"),
     dims=(2, 3),
     shift=True,
     eta="inside",
@@ -981,10 +990,9 @@ def make_norm(
             variance = x.var(dim=dims, unbiased=pixel_unbiased, keepdim=True)
             scale = variance.sqrt() + self.eps if eta == "outside" else torch.sqrt(variance + self.eps)
             h = (x - x.mean(dim=dims, keepdim=True)) / scale
-            params = self.embed(labels)
-            gamma, alpha = params[:, :c, None, None], params[:, c : 2 * c, None, None]
-            if swap:
-                gamma, alpha = alpha, gamma
+            chunks = self.embed(labels)[..., None, None].split(c, dim=1)  # each (N, C, 1, 1)
+            read = dict(zip(order[: len(chunks)], chunks))
+            gamma, alpha = read["gamma"], read["delta"]
             if correction == "inside":
                 out = gamma * (h + alpha * corrected)
             elif correction == "outside":
@@ -992,7 +1000,7 @@ def make_norm(
             else:
                 out = gamma * h
             if self.bias and shift:
-                out = out + params[:, 2 * c :, None, None]
+                out = out + read["beta"]
             return out
 
     return Norm
@@ -1009,7 +1017,10 @@ def test_6_1_accepts_the_solution(capsys):
         ({"correction": "outside"}, ["after scaling by gamma"]),
         ({"spread_unbiased": False}, ["biased variance"]),
         ({"pixel_unbiased": True}, ["unbiased=False"]),
-        ({"swap": True}, ["swapped"]),
+        ({"order": ("delta", "gamma", "beta")}, ["read the embedding row as delta, gamma, beta",
+                                                  "it holds gamma (first C entries), then delta"]),
+        ({"order": ("beta", "gamma", "delta")}, ["read the embedding row as beta, gamma, delta"]),
+        ({"order": ("gamma", "beta", "delta")}, ["read the embedding row as gamma, beta, delta"]),
         ({"dims": (1, 2, 3)}, ["layer norm"]),
         ({"shift": False}, ["beta is missing"]),
         ({"eta": "outside"}, ["eta sits outside the square root"]),

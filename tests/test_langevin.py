@@ -163,6 +163,18 @@ def test_blow_up_between_checks_is_reported_as_divergence_not_as_the_densitys_in
                                    generator=torch.Generator().manual_seed(0), progress=False)
 
 
+def test_mala_reports_proposals_that_overflow_where_the_density_refuses_them():
+    """A proposal at infinity is rejected when the density returns -inf there; the package's
+    densities raise on it instead, and MALA must then name the cause and the cure."""
+    from scorelab.densities import ncsn_toy_mixture
+
+    mixture = ncsn_toy_mixture()
+    with pytest.raises(ValueError, match=r"^MALA's proposals overflowed .* at step 1 "
+                       r"\(step size 1e\+39\).*smaller step_size") as caught:
+        mala(mixture.log_prob, mixture.score, torch.randn(10, 2), 1e39, 5, progress=False)
+    assert "finite values" in str(caught.value.__cause__)  # the density's own error, chained
+
+
 def test_a_score_function_error_on_finite_particles_is_not_hidden():
     def broken(x):
         raise RuntimeError("the score function's own bug")

@@ -352,6 +352,27 @@ def test_clear_errors():
         euler_maruyama(lambda y, s: y * float("nan"), sde, x, 5)
 
 
+@pytest.mark.parametrize("sampler, options", [(euler_maruyama, {}),
+                                               (predictor_corrector, {"snr": 0.16})])
+def test_blow_up_between_checks_is_reported_as_divergence_not_as_the_densitys_input_error(
+    sampler, options
+):
+    """The samplers check finiteness every 25 steps; a score that refuses non-finite points
+    (the package's densities do) in between must still give the divergence, with its step."""
+    mixture, sde = ncsn_toy_mixture(), VESDE(0.01, 50.0)
+    x = sde.prior_sample((100, 2), generator=torch.Generator().manual_seed(0))
+
+    def too_large(y, sigma):  # 100 times the true score: the chain overflows within 25 steps
+        return 100.0 * mixture.perturbed_score(y, sigma)
+
+    with pytest.raises(ValueError, match=rf"^{sampler.__name__} diverged: .* by step \d+; "
+                       "use more steps") as caught:
+        sampler(too_large, sde, x, 100, generator=torch.Generator().manual_seed(0), **options)
+    assert "finite values" in str(caught.value.__cause__)  # the density's own error, chained
+    step = int(str(caught.value).split("by step ")[1].split(";")[0])
+    assert step % 25 != 0  # between two checks, where the density's error arrives first
+
+
 # --- continuous-sigma denoising score matching ------------------------------------------------
 
 

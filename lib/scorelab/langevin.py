@@ -367,7 +367,7 @@ def mala(
         uniform, accepted = _RandomSource(state[1], generator), 0
         for _ in range(n_steps):
             state, accept = _mala_step(log_prob_fn, score_fn, state, step_size,
-                                       chain.noise.normal(), uniform.uniform())
+                                       chain.noise.normal(), uniform.uniform(), chain.steps + 1)
             chain.x = state[0]
             accepted += accept.sum()
             chain.done(step_size, "MALA")
@@ -393,11 +393,22 @@ def _mala_start(log_prob_fn: LogProbFn, score_fn: ScoreFn, x: torch.Tensor):
     return x.clone(), log_p, score
 
 
-def _mala_step(log_prob_fn, score_fn, state, step_size: float, z: torch.Tensor, u: torch.Tensor):
-    """One Metropolis-adjusted step from ``state``; the new state and the accepted mask (N,)."""
+def _mala_step(log_prob_fn, score_fn, state, step_size: float, z: torch.Tensor, u: torch.Tensor,
+               step: int):
+    """Step ``step`` (from 1), Metropolis-adjusted, from ``state``; the new state and the
+    accepted mask (N,)."""
     x, log_p, score = state
     proposal = x + 0.5 * step_size * score + math.sqrt(step_size) * z  # y
-    log_p_new, score_new = log_prob_fn(proposal), score_fn(proposal)
+    try:
+        log_p_new, score_new = log_prob_fn(proposal), score_fn(proposal)
+    except Exception as error:  # functions that refuse non-finite points (the package's do)
+        if bool(torch.isfinite(proposal).all()):
+            raise
+        raise ValueError(
+            f"MALA's proposals overflowed to NaN or infinity at step {step} (step size "
+            f"{step_size:.3g}), where log_prob_fn and score_fn cannot be evaluated; try a "
+            "smaller step_size"
+        ) from error
     # log q(x | y) - log q(y | x); the forward residual is exactly sqrt(alpha) z.
     backward = x - proposal - 0.5 * step_size * score_new
     log_ratio = (log_p_new - log_p - sum_except_batch(backward.square()) / (2.0 * step_size)

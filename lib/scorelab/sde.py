@@ -32,6 +32,7 @@ adjoint method; nothing here trains through the ODE, and the toys live on the CP
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from collections.abc import Callable
@@ -234,17 +235,41 @@ def _check_score_fn(score_fn) -> None:
     check_callable("score_fn", score_fn, "score_fn(x, sigma)")
 
 
+class _NonFiniteInput(Exception):
+    """score_fn raised on samples that were no longer finite (the package's densities refuse
+    them): the caller reports the divergence, chained to score_fn's own error."""
+
+
 def _score(score_fn, x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Call the score and check that it is shaped like x (a clear error instead of a broadcast)."""
-    score = score_fn(x, sigma)
+    try:
+        score = score_fn(x, sigma)
+    except Exception as error:
+        if bool(torch.isfinite(x).all()):
+            raise
+        raise _NonFiniteInput from error
     check_score_shape("score_fn", score, x)
     return score
 
 
+def _diverged(step: int, what: str) -> ValueError:
+    return ValueError(f"{what} diverged: samples became NaN or infinite by step {step}; "
+                      "use more steps (or, for the corrector, a smaller snr)")
+
+
 def _check_finite(x: torch.Tensor, step: int, what: str) -> None:
     if not torch.isfinite(x).all():
-        raise ValueError(f"{what} diverged: samples became NaN or infinite at step {step}; "
-                         "use more steps (or, for the corrector, a smaller snr)")
+        raise _diverged(step, what)
+
+
+@contextlib.contextmanager
+def _reports_divergence(step: int, what: str):
+    """Around step ``step`` (from 1) of a sampler: a score_fn that refused non-finite samples
+    (they are checked only every 25 steps) becomes the divergence error, naming the step."""
+    try:
+        yield
+    except _NonFiniteInput as error:
+        raise _diverged(step, what) from error.__cause__
 
 
 def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
@@ -348,7 +373,8 @@ def euler_maruyama(
     for i in tqdm(range(n_steps), disable=not progress, desc="Euler-Maruyama", leave=False):
         t, dt = times[i], times[i] - times[i + 1]
         g2 = sde.g2(t)
-        score = _score(score_fn, x, sde.sigma(t))
+        with _reports_divergence(i + 1, "euler_maruyama"):
+            score = _score(score_fn, x, sde.sigma(t))
         x = x + (g2 * dt) * score + math.sqrt(g2 * dt) * randn_like(x, generator=generator)
         _after_step(x, i + 1, n_steps, frames, "euler_maruyama")
     return (x, frames.stack()) if frames is not None else x
@@ -474,8 +500,9 @@ def predictor_corrector(
     sigmas = [sde.sigma(t) for t in sde.time_grid(n_steps).tolist()]
     frames = _Frames(x, record_every) if return_trajectory else None
     for i in tqdm(range(n_steps), disable=not progress, desc="predictor-corrector", leave=False):
-        x = _reverse_diffusion_step(score_fn, x, sigmas[i], sigmas[i + 1], generator)
-        x = _langevin_corrector(score_fn, x, sigmas[i + 1], snr, n_corrector, generator)
+        with _reports_divergence(i + 1, "predictor_corrector"):
+            x = _reverse_diffusion_step(score_fn, x, sigmas[i], sigmas[i + 1], generator)
+            x = _langevin_corrector(score_fn, x, sigmas[i + 1], snr, n_corrector, generator)
         _after_step(x, i + 1, n_steps, frames, "predictor_corrector")
     return (x, frames.stack()) if frames is not None else x
 
@@ -491,7 +518,11 @@ def _ode_drift(score_fn, sde: VESDE, x: torch.Tensor, t: float) -> torch.Tensor:
     A non-finite score raises (the solver would otherwise shrink its step without end).
     """
     sigma = sde.sigma(t)
-    score = _score(score_fn, x, sigma)
+    try:
+        score = _score(score_fn, x, sigma)
+    except _NonFiniteInput as error:
+        raise ValueError(f"the ODE's state overflowed to NaN or infinity by t = {t:.6g}: "
+                         "score_fn's values are too large in x's dtype") from error.__cause__
     if not bool(torch.isfinite(score).all()):
         raise ValueError(f"score_fn returned non-finite values (NaN or infinity) at "
                          f"t = {t:.6g}, sigma = {sigma:.6g}")

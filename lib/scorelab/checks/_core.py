@@ -127,6 +127,9 @@ KNOWN_ERRORS = {
     "must match the size of tensor": "print the shapes: a dimension does not line up for broadcasting",
     "Trying to backward through the graph a second time": "pass create_graph=True when the result "
     "must itself be differentiated",
+    "must be Tensor, not float": "the numbers are Python floats, as in your own calls: torch "
+    "functions such as torch.sqrt and torch.exp take tensors, so use math.sqrt, math.exp (or "
+    "** 0.5) on floats",
     "must have shape (N, ": "the network takes a batch of points (N, D): flatten any extra leading "
     "dimensions with x.reshape(-1, D), call it, and reshape its output back",
 }

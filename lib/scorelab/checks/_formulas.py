@@ -70,10 +70,8 @@ def by_regime(named: dict[str, list[Point]]) -> tuple[list[Point], list[Regime]]
 
 
 def _argument(value):
-    # A 0-d float64 tensor works with math.* and torch.* alike; counts stay Python ints.
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    return value if isinstance(value, int) else torch.tensor(value, dtype=torch.float64)
+    # Numbers go in as Python numbers, as in the student's own calls; tensors as copies.
+    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
 def _show(point: Point) -> str:
@@ -162,8 +160,8 @@ def check_formula(
 ) -> None:
     """Return when ``fn`` equals ``truth`` at every point; else raise a Mismatch in words.
 
-    ``fn`` is called with the point's values in order (numbers as 0-d float64 tensors,
-    integers as ints, tensors as copies), ``truth`` and the mutants with them by name; a
+    ``fn`` is called with the point's values in order (numbers as Python floats and ints,
+    tensors as copies), ``truth`` and the mutants with them by name; a
     formula returns a number, or a tensor of the truth's shape. ``mutants`` are
     (explanation, formula) pairs of known mistakes: a student's formula equal to one at every
     point gets that explanation. Otherwise the message says in which regime the formula is

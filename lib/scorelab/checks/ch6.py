@@ -6,6 +6,7 @@ colleague's score function for the shipped model, found by its norm profile (deb
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from unittest import mock
 
@@ -81,8 +82,6 @@ def _norm_mutants(norm, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torc
         "the per-channel spatial variance should be the biased one, x.var(dim=(2, 3), unbiased=False).": gamma
         * (normalised(unbiased=True) + delta * m)
         + beta,
-        "gamma and delta are swapped: the embedding row holds gamma (first C entries), then delta "
-        "(next C), then beta.": delta * (h + gamma * m) + beta,
         "you normalised over channels and pixels together (layer norm); instance norm normalises each "
         "channel of each example over its pixels, dims (2, 3).": gamma
         * (normalised(dims=(1, 2, 3)) + delta * m)
@@ -92,6 +91,23 @@ def _norm_mutants(norm, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torc
         mutants["the shift beta is missing: add params[:, 2C:] when self.bias is true."] = gamma * (
             h + delta * m
         )
+    mutants.update(_misread_rows(params, c, h, m))
+    return mutants
+
+
+def _misread_rows(params, c: int, h, m) -> dict[str, torch.Tensor]:
+    """Outputs when the embedding row's C-wide chunks are read in a wrong order."""
+    names = ("gamma", "delta", "beta")[: params.shape[1] // c]
+    chunks = dict(zip(names, params[..., None, None].split(c, dim=1)))  # each (N, C, 1, 1)
+    order = ", then ".join(f"{name} ({place})" for name, place in
+                           zip(names, ("first C entries", "next C", "last C")))
+    mutants = {}
+    for read in itertools.permutations(names):
+        if read == names:
+            continue
+        got = dict(zip(read, chunks.values()))
+        output = got["gamma"] * (h + got["delta"] * m) + got.get("beta", 0.0)
+        mutants[f"you read the embedding row as {', '.join(read)}; it holds {order}."] = output
     return mutants
 
 
