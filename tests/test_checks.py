@@ -153,6 +153,52 @@ def test_1_3_explains_wrong_answers(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_1_3, answer, *phrases)
 
 
+def make_gmm_score(*, half=0.5, sign=-1.0, normaliser_dim=None, softmax_dim=1):
+    """gmm_score with one slip in log N: the factor of the quadratic (1/2), its sign, the D of
+    the normaliser (None: the points' own), or the axis of the softmax."""
+
+    def slipped(x, weights, means, variances):
+        diff = x[:, None, :] - means  # (N, K, D)
+        dim = x.shape[1] if normaliser_dim is None else normaliser_dim
+        log_normal = sign * half * (diff**2).sum(-1) / variances - 0.5 * dim * torch.log(
+            2 * torch.pi * variances)
+        responsibilities = torch.softmax(torch.log(weights) + log_normal, dim=softmax_dim)
+        return (responsibilities[..., None] * -diff / variances[:, None]).sum(dim=1)
+
+    return slipped
+
+
+def _gmm_score_writing_into_x(x, weights, means, variances):
+    out = gmm_score(x, weights, means, variances)
+    x.zero_()
+    return out
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (make_gmm_score(normaliser_dim=1), ["1-D normalising constant", "-(D/2) log(2 pi v_k)"]),
+        (make_gmm_score(half=1.0), ["misses its 1/2"]),
+        (make_gmm_score(softmax_dim=0), ["softmax runs over the points", "dim=1"]),
+        (make_gmm_score(sign=1.0), ["quadratic term of log N has the wrong sign"]),
+        (_gmm_score_writing_into_x, ["gmm_score(x, ...) changed the tensor it was given"]),
+    ],
+)
+def test_1_3_names_slips_in_the_log_density(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_1_3, answer, *phrases)
+
+
+def test_1_3_names_the_1d_normaliser_that_only_unequal_variances_show(capsys):
+    """With equal variances the normaliser cancels in the softmax: the slip shows only on the
+    unequal mixture, and the check must not pass it because of the first."""
+    x = 3.0 * torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    w, m = torch.tensor([0.3, 0.7]), torch.tensor([[-2.0, 0.0], [2.0, 1.0]])
+    v = torch.tensor([2.0, 2.0])
+    assert torch.allclose(make_gmm_score(normaliser_dim=1)(x, w, m, v), gmm_score(x, w, m, v),
+                          atol=1e-5)
+    assert_explains(capsys, checks.exercise_1_3, make_gmm_score(normaliser_dim=1), "1-D")
+
+
 def test_1_3_refuses_a_non_function(capsys):
     assert_explains(capsys, checks.exercise_1_3, torch.zeros(3), "pass your function itself")
 
@@ -195,6 +241,10 @@ def _no_sum(log_prob_fn, x):
         (_in_place, ["requires_grad", "caller's tensor"]),
         (_no_sum, ["RuntimeError", "sum the outputs"]),
         (lambda f, x: autograd_score(f, x).requires_grad_(True), ["autograd graph"]),
+        (lambda f, x: autograd_score(lambda y: f(y).mean(), x),
+         ["1/N (= 0.01562) times the reference", "averaged", "sum them"]),
+        (lambda f, x: autograd_score(lambda y: f(y).exp(), x),
+         ["gradient of the density p(x), not of log p(x)"]),
     ],
 )
 def test_1_2_explains_wrong_answers(capsys, answer, phrases):
@@ -358,6 +408,12 @@ def _in_place_step(x, score_fn, step_size, generator=None):
         ),
         (lambda x, s, a, generator=None: x + a / 2 * s(x), ["adds no noise"]),
         (make_step(randn=torch.randn_like), ["draw the noise from the generator"]),
+        (
+            lambda x, s, a, generator=None: (
+                x + a / 2 * s(x) - math.sqrt(a) * torch.randn(x.shape, generator=generator)
+            ),
+            ["noise enters with a minus sign", "+ sqrt(alpha) * z"],
+        ),
         (_in_place_step, ["in place"]),
         (
             lambda x, s, a, generator=None: (
@@ -473,7 +529,11 @@ def test_2_3_explains_wrong_measurements(capsys, answer, phrases):
     [
         (0.4, ["first-order answer"]),
         (0.694, ["standard deviation"]),
+        (0.69, ["standard deviation"]),  # what a scan in steps of 0.01 finds on the s.d.
+        (0.70, ["standard deviation"]),
         (0.182, ["authors' convention"]),
+        (0.19, ["authors' convention"]),  # ... and in the authors' convention
+        (0.39, ["too large"]),  # a scan just outside the tolerance is not the first-order answer
         (0.55, ["too large"]),
         (0.1, ["too small"]),
     ],
@@ -509,7 +569,10 @@ def test_2_4_accepts_the_fix(capsys, grading):
         (make_sampler(noise=lambda a: math.sqrt(2 * a)), ["sqrt(2 alpha)", "mixed"]),
         (make_sampler(drift=1.0, noise=lambda a: a), ["changed the drift"]),
         (make_sampler(noise=lambda a: 0.0), ["no noise"]),
-        (make_sampler(randn=torch.randn_like), ["does not reproduce", "generator"]),
+        (make_sampler(randn=torch.randn_like), ["identically seeded generators", "generator"]),
+        (make_sampler(drift=1.0, noise=lambda a: math.sqrt(2 * a)),
+         ["authors' convention", "2 alpha", "change only the noise line"]),
+        (make_sampler(noise=lambda a: math.sqrt(a / 2)), ["does not reproduce", "step by step"]),
         (lambda f, x0, a, n, generator=None: x0.add_(make_sampler()(f, x0, a, n, generator) - x0),
          ["changed the tensor it was given"]),
     ],
@@ -562,7 +625,13 @@ def test_3_2_accepts_the_solution(capsys, grading):
         (lambda a, b, n: a * (b / a) ** (torch.arange(n) / n), ["stops short of sigma_min"]),
         (lambda a, b, n: geometric_sigmas(a, b, n + 1), ["wrong shape"]),
         (lambda a, b, n: geometric_sigmas(a, b, n).tolist(), ["returned a list"]),
-        (lambda a, b, n: geometric_sigmas(a, b, n).double(), ["dtype torch.float64"]),
+        (lambda a, b, n: geometric_sigmas(a, b, n).double(),
+         ["dtype torch.float64", "return float32, as the exercise asks"]),
+        (lambda a, b, n: torch.tensor([a * ((b / a) ** (1 / (n - 1))) ** i
+                                       for i in range(1, n + 1)]),  # i = 1, ..., L
+         ["shifted one level down", "i runs from 0"]),
+        (lambda a, b, n: torch.logspace(math.log(a), math.log(b), n),
+         ["torch.logspace", "powers of 10", "base=math.e"]),
         (lambda a, b, n: geometric_sigmas(a, b, n) ** 2, ["differs from the reference"]),
     ],
 )
@@ -668,15 +737,23 @@ def test_3_4_hidden_starts_catch_an_answer_tuned_to_the_public_ones(capsys, monk
 
 
 def make_annealed(*, reverse=False, exponent=2, noise=True, randn=None, divide=True,
-                  steps_short=0, in_place=False):
+                  steps_short=0, in_place=False, drift=0.5, noise_factor=1.0,
+                  levels=slice(None), one_draw_per_level=False, float_sigmas=True):
+    """The annealed sampler of exercise 3.5: right by default, else with one slip (a step
+    drift * alpha * s + sqrt(noise_factor * alpha) * z, some levels only, one draw per level,
+    steps_short steps fewer per level (negative: more), sigma passed as a 0-d tensor...)."""
+
     def annealed_langevin(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
         x = x0 if in_place else x0.clone()
         ladder = sigmas.flip(0) if reverse else sigmas
-        for sigma in ladder.tolist():
-            alpha = step_size * (sigma / (sigmas[-1].item() if divide else 1.0)) ** exponent
+        for sigma in (ladder.tolist() if float_sigmas else list(ladder))[levels]:
+            alpha = step_size * (float(sigma) / (sigmas[-1].item() if divide else 1.0)) ** exponent
+            z = None
             for _ in range(n_steps_each - steps_short):
-                z = randn(x) if randn else torch.randn(x.shape, generator=generator)
-                step = alpha / 2 * score_fn(x, sigma) + (math.sqrt(alpha) * z if noise else 0)
+                if z is None or not one_draw_per_level:
+                    z = randn(x) if randn else torch.randn(x.shape, generator=generator)
+                step = drift * alpha * score_fn(x, sigma) + (
+                    math.sqrt(noise_factor * alpha) * z if noise else 0)
                 if in_place:
                     x += step
                 else:
@@ -690,11 +767,85 @@ def test_3_5_accepts_the_solution(capsys, grading):
     assert_passes(capsys, checks.exercise_3_5, make_annealed())
 
 
-def test_3_5_accepts_a_statistically_equivalent_sampler(capsys):
-    """Noise drawn another way cannot match the reference sample by sample, but its weights do."""
-    assert_passes(
-        capsys, checks.exercise_3_5, make_annealed(randn=lambda x: torch.randn(x.shape).to(x))
-    )
+def test_3_5_accepts_correct_variants(capsys, grading):
+    """Float64 inside, the step computed from tensors, and the package's own sampler all stay
+    within the check's tolerance of the reference, draw for draw."""
+    from scorelab.langevin import annealed_langevin_dynamics
+
+    def in_float64(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
+        x, ladder = x0.double(), sigmas.double()
+        for sigma in ladder.tolist():
+            alpha = step_size * (sigma / ladder[-1].item()) ** 2
+            for _ in range(n_steps_each):
+                z = torch.randn(x0.shape, generator=generator).double()
+                x = x + alpha / 2 * score_fn(x.float(), sigma).double() + math.sqrt(alpha) * z
+        return x.float()
+
+    def tensor_steps(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
+        x, alphas = x0.clone(), step_size * (sigmas / sigmas[-1]) ** 2
+        for sigma, alpha in zip(sigmas.tolist(), alphas.tolist()):
+            for _ in range(n_steps_each):
+                x = x + 0.5 * alpha * score_fn(x, sigma) + alpha**0.5 * torch.randn(
+                    x.shape, generator=generator)
+        return x
+
+    def package(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
+        return annealed_langevin_dynamics(score_fn, x0, sigmas, step_size, n_steps_each,
+                                          generator=generator, progress=False)
+
+    for answer in (in_float64, tensor_steps, package):
+        assert_passes(capsys, checks.exercise_3_5, answer)
+
+
+def test_3_5_refuses_a_sampler_that_ignores_the_generator(capsys):
+    """Its weights are right, but the text prescribes the draws: the check compares draw for draw."""
+    assert_explains(
+        capsys, checks.exercise_3_5, make_annealed(randn=lambda x: torch.randn(x.shape).to(x)),
+        "identically seeded generators", "torch.randn(x.shape, generator=generator)")
+
+
+def _ignores_n_steps_each(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
+    return make_annealed()(score_fn, x0, sigmas, step_size, 100, generator=generator)
+
+
+def _every_other_level(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
+    ladder = torch.cat([sigmas[:-1:2], sigmas[-1:]])
+    x = x0.clone()
+    for sigma in ladder.tolist():
+        alpha = step_size * (sigma / sigmas[-1].item()) ** 2
+        for _ in range(n_steps_each):
+            z = torch.randn(x.shape, generator=generator)
+            x = x + alpha / 2 * score_fn(x, sigma) + math.sqrt(alpha) * z
+    return x
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (make_annealed(drift=1.0, noise_factor=2.0), ["authors' code convention", "2 alpha_i"]),
+        (lambda f, x0, s, a, n, generator=None: make_annealed()(f, x0, s, 2 * a, n, generator),
+         ["twice Algorithm 1's step"]),  # a doubled step is the authors' convention
+        (make_annealed(noise_factor=2.0), ["must not be mixed"]),
+        (make_annealed(steps_short=-1), ["one step more than n_steps_each"]),
+        (make_annealed(exponent=1), ["grows like sigma_i;", "sigma_i^2"]),
+        (make_annealed(one_draw_per_level=True), ["one noise vector per level"]),
+        (make_annealed(levels=slice(1, None)), ["skip the first level"]),
+        (make_annealed(levels=slice(None, -1)), ["skip the last level"]),
+        (make_annealed(float_sigmas=False),
+         ["pass sigma as a Python float: iterate over sigmas.tolist()"]),
+        (_ignores_n_steps_each, ["draw for draw", "exactly n_steps_each"]),
+        (_every_other_level, ["draw for draw", "every level of the ladder once"]),
+    ],
+)
+def test_3_5_names_the_slips_that_statistics_miss(capsys, answer, phrases):
+    """Each of these gave weights and a spread close enough to the reference's to pass before."""
+    assert_explains(capsys, checks.exercise_3_5, answer, *phrases)
+
+
+def test_3_5_hidden_cases_compare_draw_for_draw_too(capsys, grading):
+    for answer in (make_annealed(drift=1.0, noise_factor=2.0), make_annealed(steps_short=-1),
+                   make_annealed(levels=slice(1, None))):
+        assert_explains(capsys, checks.exercise_3_5, answer, "not yet right")
 
 
 @pytest.mark.parametrize(
@@ -737,7 +888,9 @@ def test_3_6_accepts_the_fix(capsys, grading):
     assert_passes(capsys, checks.exercise_3_6, make_seeded())
 
 
-def test_3_6_accepts_the_global_generator_seeded_once(capsys):
+def test_3_6_refuses_the_global_generator_seeded_once(capsys):
+    """Draw for draw it is the reference (the global generator seeded with seed gives the same
+    stream), but it reseeds the caller's global random state, and the text asks for a generator."""
     def seeded_globally(score_fn, x0, sigmas, step_size, n_steps_each, seed=0):
         torch.manual_seed(seed)
         x = x0.clone()
@@ -747,7 +900,15 @@ def test_3_6_accepts_the_global_generator_seeded_once(capsys):
                 x = x + alpha / 2 * score_fn(x, sigma) + math.sqrt(alpha) * torch.randn(x.shape)
         return x
 
-    assert_passes(capsys, checks.exercise_3_6, seeded_globally)
+    assert_explains(capsys, checks.exercise_3_6, seeded_globally, "global random state",
+                    "torch.manual_seed", "torch.Generator seeded with seed")
+
+
+def test_3_6_leaves_the_callers_global_random_state_alone(capsys):
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
+    assert_passes(capsys, checks.exercise_3_6, make_seeded())
+    assert torch.equal(torch.random.get_rng_state(), before)
 
 
 @pytest.mark.parametrize(
@@ -1138,3 +1299,11 @@ def test_5_1_explains_a_model_called_on_stacked_copies(capsys):
         return ((jv * v).sum(-1) + 0.5 * (score * v).sum(-1) ** 2).mean(0)
 
     assert_explains(capsys, checks.exercise_5_1, unflattened, "x.reshape(-1, D)")
+
+
+def test_a_formula_right_up_to_float32_round_off_is_told_so(capsys):
+    def in_float32(alpha, target_variance):
+        a, t = torch.tensor(alpha), torch.tensor(target_variance)
+        return t / (1 - (1 - a / (2 * t)) ** 2) * a / t  # the right algebra, in float32
+
+    assert_explains(capsys, checks.exercise_2_2, in_float32, "round-off", "float64")

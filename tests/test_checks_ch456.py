@@ -195,15 +195,20 @@ def test_5_3_explains_wrong_formulas(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_5_3, [answer], *phrases)
 
 
-def sphere_loss(length=lambda d: math.sqrt(d), *, normalise=True):
+def sphere_loss(length=lambda d: math.sqrt(d), *, normalise=True, norm_weight=lambda d: 1.0,
+                second="vr", create_graph=True, retain_graph=None, rademacher=False):
     def loss(model, x, n_projections=1, generator=None):
         v = torch.randn((n_projections, *x.shape), generator=generator).to(x)
-        if normalise:
+        if rademacher:
+            v = v.sign()
+        elif normalise:
             v = v / v.norm(dim=-1, keepdim=True) * length(x.shape[-1])
         x = x.detach().unsqueeze(0).expand_as(v).clone().requires_grad_(True)
         score = model(x.reshape(-1, x.shape[-1])).reshape(x.shape)
-        jv = torch.autograd.grad((score * v).sum(), x, create_graph=True)[0]
-        return ((jv * v).sum(-1) + 0.5 * (score**2).sum(-1)).mean(0)
+        jv = torch.autograd.grad((score * v).sum(), x, create_graph=create_graph,
+                                 retain_graph=retain_graph)[0]
+        other = (score**2).sum(-1) if second == "vr" else (score * v).sum(-1) ** 2
+        return ((jv * v).sum(-1) + 0.5 * norm_weight(x.shape[-1]) * other).mean(0)
 
     return loss
 
@@ -222,7 +227,7 @@ def test_5_4_refuses_to_swap_the_sphere_for_gaussian_directions(capsys):
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (sphere_loss(lambda d: 1.0), ["bug is still there", "sqrt(D)"]),
+        (sphere_loss(lambda d: 1.0), ["bug is still there", "1/D times the true score"]),
         (sphere_loss(lambda d: float(d)), ["length D"]),
         (sphere_loss(lambda d: 1 / math.sqrt(d)), ["divided by sqrt(D)"]),
         (lambda *args, **kwargs: sphere_loss()(*args, **kwargs).detach(), ["no gradient"]),
@@ -230,6 +235,34 @@ def test_5_4_refuses_to_swap_the_sphere_for_gaussian_directions(capsys):
     ],
 )
 def test_5_4_explains_wrong_fixes(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_5_4, [answer], *phrases)
+
+
+def test_5_4_describes_the_unfixed_bug_without_handing_out_the_fix(capsys):
+    out = run_check(capsys, checks.exercise_5_4, sphere_loss(lambda d: 1.0))
+    assert out.startswith("❌") and "bug is still there" in out and "1/D" in out
+    for answer in ("sqrt(D)", "I / D", "E[v v^T]"):
+        assert answer not in out, out
+    assert "I / D" not in checks.HINTS["5.4"][1]  # the equation tier asks, it does not tell
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (sphere_loss(lambda d: 1.0, norm_weight=lambda d: 1 / d),
+         ["divided the norm term by D", "right minimiser"]),
+        (sphere_loss(lambda d: 1.0, second="ssm"),
+         ["plain SSM term 1/2 (v^T s)^2", "kept the unit vectors"]),
+        (sphere_loss(second="ssm"), ["plain SSM", "fixes SSM-VR"]),
+        (sphere_loss(create_graph=False), ["trace term carries no gradient", "create_graph=True"]),
+        (sphere_loss(create_graph=False, retain_graph=True),
+         ["trace term carries no gradient", "create_graph=True"]),
+        (sphere_loss(rademacher=True), ["Rademacher", "uniform"]),
+    ],
+    ids=["norm term / D", "unit + SSM term", "plain SSM", "no create_graph",
+         "no create_graph, retained", "rademacher"],
+)
+def test_5_4_names_other_fixes_that_are_not_asked_for(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_5_4, [answer], *phrases)
 
 
@@ -255,18 +288,162 @@ def test_5_5_accepts_the_simulation(capsys, grading):
     assert_passes(capsys, checks.exercise_5_5, spread_ratio())
 
 
+def signs_or_squares(*, rademacher=False, squares=False):
+    """5.5 with random-sign "sphere" directions, or with ||v A||^2 instead of v^T A v."""
+    def answer(matrix, n_draws=20_000, generator=None):
+        d = matrix.shape[0]
+        g = torch.randn(n_draws, d, generator=generator)
+        s = torch.randn(n_draws, d, generator=generator)
+        s = s.sign() if rademacher else s / s.norm(dim=1, keepdim=True) * math.sqrt(d)
+
+        def form(v):
+            return ((v @ matrix) ** 2).sum(1) if squares else ((v @ matrix) * v).sum(1)
+
+        return (form(s).std() / form(g).std()).item()
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (signs_or_squares(rademacher=True), ["for diag(1, ..., 10)", "Rademacher"]),
+        (signs_or_squares(squares=True), ["||v A||^2", "v^T A v"]),
+    ],
+    ids=["rademacher", "squared length"],
+)
+def test_5_5_names_other_directions_and_other_forms_on_public_cases(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_5_5, [answer], *phrases)
+
+
 @pytest.mark.parametrize(
     "answer, phrases",
     [
         (spread_ratio(lambda r: r**2), ["ratio of the variances"]),
         (spread_ratio(lambda r: 1 / r), ["Gaussian over sphere"]),
         (spread_ratio(length=lambda d: 1.0), ["length 1"]),
-        (lambda *args, **kwargs: 0.5, ["your ratio is 0.500"]),
+        (lambda *args, **kwargs: 0.5, ["differently seeded generators", "simulation"]),
+        (lambda matrix, n_draws=20_000, generator=None: 0.9 + 1e-3 * torch.rand(
+            (), generator=generator).item(), ["your ratio is 0.90"]),
         (lambda *args, **kwargs: "smaller", ["should be a number"]),
     ],
 )
 def test_5_5_explains_wrong_answers(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_5_5, [answer], *phrases)
+
+
+def sliced(*, vr=False, draw="MND", dtype=torch.float32, rademacher=False, create_graph=True,
+           retain_graph=None, shared=False, one_copy=False, detach_second=False, at_least=1):
+    """A 5.1 (or with ``vr`` 5.2) answer whose directions may be drawn another way than the
+    reference's (another order or dtype, random signs), or with one of the mistakes: no
+    create_graph, directions shared by the batch, one copy of x for all the projections, a
+    detached second term, more projections than asked."""
+    def loss(model, x, n_projections=1, generator=None):
+        (n, d), m = x.shape, max(n_projections, at_least)
+        if shared:
+            v = torch.randn((m, 1, d), generator=generator).expand(m, n, d)
+        elif draw == "NMD":
+            v = torch.randn((n, m, d), generator=generator, dtype=dtype).transpose(0, 1)
+        else:
+            v = torch.randn((m, n, d), generator=generator, dtype=dtype)
+        v = (v.sign() if rademacher else v).to(x)
+        if one_copy:  # the pitfall of the stub's HINT
+            copies = x.detach().clone().requires_grad_(True)
+            score = model(copies).expand(m, n, d)
+        else:
+            copies = x.detach().unsqueeze(0).expand(m, n, d).clone().requires_grad_(True)
+            score = model(copies.reshape(-1, d)).reshape(m, n, d)
+        jv = torch.autograd.grad((score * v).sum(), copies, create_graph=create_graph,
+                                 retain_graph=retain_graph)[0]
+        second = 0.5 * (score**2).sum(-1) if vr else 0.5 * (score * v).sum(-1) ** 2
+        return ((jv * v).sum(-1) + (second.detach() if detach_second else second)).mean(0)
+
+    return loss
+
+
+def jvp_loop(vr=False):
+    """5.1 / 5.2 with torch.func.jvp, one projection at a time, directions drawn in float64."""
+    from torch.func import jvp
+
+    def loss(model, x, n_projections=1, generator=None):
+        v = torch.randn((n_projections, *x.shape), generator=generator, dtype=torch.float64).to(x)
+        terms = []
+        for direction in v:
+            score, jv = jvp(model, (x,), (direction,))
+            second = 0.5 * (score**2).sum(1) if vr else 0.5 * (score * direction).sum(1) ** 2
+            terms.append((jv * direction).sum(1) + second)
+        return torch.stack(terms).mean(0)
+
+    return loss
+
+
+SLICED_CHECKS = [(checks.exercise_5_1, False), (checks.exercise_5_2, True)]
+
+
+@pytest.mark.parametrize("check, vr", SLICED_CHECKS, ids=["5.1", "5.2"])
+@pytest.mark.parametrize(
+    "options",
+    [{"dtype": torch.float64}, {"draw": "NMD"}, {"rademacher": True},
+     {"rademacher": True, "draw": "NMD"}, "jvp"],
+    ids=["float64", "N-M-D order", "rademacher", "rademacher N-M-D", "torch.func.jvp"],
+)
+def test_5_1_and_5_2_accept_directions_drawn_another_way(capsys, check, vr, options):
+    # the values differ from the reference's, so the statistical check decides
+    answer = jvp_loop(vr) if options == "jvp" else sliced(vr=vr, **options)
+    assert_passes(capsys, check, answer)
+
+
+@pytest.mark.parametrize("check, vr", SLICED_CHECKS, ids=["5.1", "5.2"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"create_graph": False},  # the reference's draws: the graph is freed
+        {"create_graph": False, "retain_graph": True},
+        {"create_graph": False, "dtype": torch.float64},  # other draws: the statistical check
+        {"create_graph": False, "dtype": torch.float64, "retain_graph": True},
+        {"create_graph": False, "draw": "NMD", "retain_graph": True},
+        {"create_graph": False, "rademacher": True, "retain_graph": True},
+    ],
+    ids=["freed", "retained", "float64 freed", "float64 retained", "N-M-D", "rademacher"],
+)
+def test_5_1_and_5_2_see_a_trace_term_without_gradient(capsys, check, vr, options):
+    assert_explains(capsys, check, sliced(vr=vr, **options),
+                    "trace term carries no gradient", "create_graph=True")
+
+
+@pytest.mark.parametrize("check, vr", SLICED_CHECKS, ids=["5.1", "5.2"])
+def test_5_1_and_5_2_refuse_the_exact_loss(capsys, check, vr):
+    from scorelab.training import exact_score_matching_loss
+
+    def exact(model, x, n_projections=1, generator=None):
+        return exact_score_matching_loss(model, x)
+
+    assert_explains(capsys, check, exact, "does not depend on the random directions",
+                    "exact_score_matching_loss")
+
+
+@pytest.mark.parametrize("check, vr", SLICED_CHECKS, ids=["5.1", "5.2"])
+def test_5_1_and_5_2_refuse_directions_shared_by_the_batch(capsys, check, vr):
+    assert_explains(capsys, check, sliced(vr=vr, shared=True),
+                    "shared by the whole batch", "(n_projections, *x.shape)")
+
+
+@pytest.mark.parametrize("check, vr", SLICED_CHECKS, ids=["5.1", "5.2"])
+def test_5_1_and_5_2_name_one_copy_of_x_for_all_projections(capsys, check, vr):
+    assert_explains(capsys, check, sliced(vr=vr, one_copy=True),
+                    "share one copy of x", "own copy of the batch")
+
+
+@pytest.mark.parametrize("check, vr", SLICED_CHECKS, ids=["5.1", "5.2"])
+def test_5_1_and_5_2_see_a_detached_second_term_drawn_another_way(capsys, check, vr):
+    assert_explains(capsys, check, sliced(vr=vr, draw="NMD", detach_second=True),
+                    "second term carries no gradient")
+
+
+def test_5_1_sees_too_small_a_spread(capsys):
+    # right on average, with right gradients, but ten directions where one was asked for
+    assert_explains(capsys, checks.exercise_5_1, sliced(draw="NMD", at_least=10),
+                    "with one projection", "exactly n_projections")
 
 
 # ---------------------------------------------------------------- chapter 6
@@ -343,6 +520,7 @@ def test_6_4_accepts_the_search(capsys, grading):
         (lambda s, t: ncsnv2_epsilon(s, t, authors=True), ["half the paper-convention value"]),
         (lambda s, t: -1e-5, ["positive number"]),
         (lambda s, t: ncsnv2_epsilon(s, t) * 1.3, ["gives the ratio"]),
+        (lambda s, t: ncsnv2_epsilon(s, t) * 1.1, ["near the best", "finer grid"]),
         (lambda s, t: float(s[-1]) ** 2, ["gives the ratio"]),
     ],
 )

@@ -44,7 +44,12 @@ def measured_variance_ratio(step_size, gamma, n_steps_each, sigma_min, *, n=2000
 BEST_STEP = 3.2e-5  # what a scan of measured_variance_ratio finds for the shipped ladder
 
 
-def make_inpaint(*, noise_scale=lambda sigma: sigma, exact_end=True, redraw_each_step=False):
+def langevin_move(score_fn, x, sigma, alpha, z, step_size):
+    return x + 0.5 * alpha * score_fn(x, sigma) + math.sqrt(alpha) * z
+
+
+def make_inpaint(*, noise_scale=lambda sigma: sigma, exact_end=True, redraw_each_step=False,
+                 move=langevin_move):
     def inpaint_fn(score_fn, sigmas, images, mask, step_size, n_steps_each, generator=None):
         known = mask.bool().expand(images.shape)
         x = torch.rand(images.shape, generator=generator)
@@ -53,7 +58,7 @@ def make_inpaint(*, noise_scale=lambda sigma: sigma, exact_end=True, redraw_each
             y = images + noise_scale(sigma) * torch.randn(images.shape, generator=generator)
             for _ in range(n_steps_each):
                 z = torch.randn(images.shape, generator=generator)
-                x = x + 0.5 * alpha * score_fn(x, sigma) + math.sqrt(alpha) * z
+                x = move(score_fn, x, sigma, alpha, z, step_size)
                 if redraw_each_step:
                     y = images + noise_scale(sigma) * torch.randn(images.shape, generator=generator)
                 x = torch.where(known, y, x)
@@ -123,6 +128,10 @@ def test_7_2_accepts_the_solution(capsys, grading):
             s, torch.where(m.bool(), y, x), y, torch.zeros_like(m), sig, a, z), ["before the step"]),
         (lambda s, x, y, m, sig, a, z: inpainting_step(s, x, y, m, sig, a, z)[:3],
          ["wrong shape"]),
+        (lambda s, x, y, m, sig, a, z: torch.where(
+            m.bool(), y, x - 0.5 * a * s(x, sig) + math.sqrt(a) * z), ["wrong sign"]),
+        (lambda s, x, y, m, sig, a, z: inpainting_step(
+            s, torch.where(m.bool(), y, x), y, m, sig, a, z), ["both before and after"]),
     ],
 )
 def test_7_2_explains_wrong_answers(capsys, answer, phrases):
@@ -163,6 +172,21 @@ def test_7_4_accepts_the_solution_and_the_authors_per_step_noise(capsys, grading
         (make_inpaint(noise_scale=lambda sigma: sigma**2), ["the score was shown known pixels"]),
         (make_inpaint(noise_scale=lambda sigma: 1.0), ["the score was shown known pixels"]),
         (make_inpaint(exact_end=False), ["differ from the observed images"]),
+        # the known pixels right, the move of the unknown ones wrong
+        (make_inpaint(move=lambda s, x, sig, a, z, e: x - 0.5 * a * s(x, sig) + math.sqrt(a) * z),
+         ["from their exact conditional mean", "the sign of the score term"]),
+        (make_inpaint(move=lambda s, x, sig, a, z, e: x + 0.5 * a * s(x, sig)),
+         ["vary too little", "sqrt(alpha_i) z"]),
+        (make_inpaint(move=lambda s, x, sig, a, z, e: x + 0.5 * e * s(x, sig) + math.sqrt(e) * z),
+         ["from their exact conditional mean"]),
+        (make_inpaint(move=lambda s, x, sig, a, z, e: s(x, sig) * 0 + x),
+         ["from their exact conditional mean"]),
+        (make_inpaint(move=lambda s, x, sig, a, z, e: x + a * s(x, sig) + math.sqrt(2 * a) * z),
+         ["from their exact conditional mean"]),
+        (make_inpaint(move=lambda s, x, sig, a, z, e: langevin_move(s, x, sig**2, a, z, e)),
+         ["called at sigma = 0.0625", "not a level of the ladder"]),
+        (make_inpaint(move=lambda s, x, sig, a, z, e: langevin_move(s, x, 0.06, a, z, e)),
+         ["called only at sigma = [0.06]"]),
     ],
 )
 def test_7_4_explains_wrong_answers(capsys, answer, phrases):

@@ -43,6 +43,11 @@ def test_8_1(capsys, monkeypatch):
     assert_explains(capsys, checks.exercise_8_1,
              (sigma_of_t, lambda t, lo, hi: sigma_of_t(t, lo, hi) * math.sqrt(2 * math.log10(hi / lo))),
              "natural logarithm")
+    assert_explains(capsys, checks.exercise_8_1,
+             (sigma_of_t, lambda t, lo, hi: sigma_of_t(t, lo, hi) * math.sqrt(2) * math.log(hi / lo)),
+             "logarithm outside the square root")
+    assert_explains(capsys, checks.exercise_8_1,
+             (sigma_of_t, lambda t, lo, hi: math.sqrt(2 * math.log(hi / lo))), "lacks sigma(t)")
     assert_explains(capsys, checks.exercise_8_1, (sigma_of_t, lambda t, lo, hi: "g"), "number")
     out = run_check(capsys, checks.exercise_8_1, stub, stub)
     assert "not done yet" in out
@@ -103,14 +108,14 @@ def test_8_2(capsys):
 # --- 8.3 ----------------------------------------------------------------------------------------
 
 
-def measure(snr, *, factor=1.0, n_steps=200, start=math.sqrt(2.0), scale=2.0):
+def measure(snr, *, factor=1.0, n_steps=200, start=math.sqrt(2.0), scale=2.0, noise=1.0):
     generator = torch.Generator().manual_seed(0)
     x = start * torch.randn(1_000, 100, generator=generator)
     for _ in range(n_steps):
         z = torch.randn(x.shape, generator=generator)
         score = -x / 2.0
         alpha = factor * corrector_step_size(score, z, snr)
-        x = x + 0.5 * alpha * score + math.sqrt(alpha) * z
+        x = x + 0.5 * alpha * score + math.sqrt(noise * alpha) * z
     return x.var().item() / scale
 
 
@@ -131,6 +136,8 @@ def test_8_3(capsys):
     assert_explains(capsys, checks.exercise_8_3, lambda snr: math.sqrt(measure(snr)), "standard deviations")
     assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, scale=1.0), "variance itself")
     assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, factor=0.5), "half of alpha")
+    assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, noise=2.0),
+                    "noise sqrt(2 alpha) z", "the course's step adds sqrt(alpha) z")
     assert_explains(capsys, checks.exercise_8_3, full_score_step, "pulls twice as hard")
     assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.3),
              "forgotten its start")
@@ -145,6 +152,25 @@ def test_8_3(capsys):
 
 def pf_drift(score_fn, sde, x, t):
     return -0.5 * sde.g2(t) * score_fn(x, sde.sigma(t))
+
+
+def test_8_2_and_8_4_name_a_step_that_writes_into_its_input(capsys):
+    def in_place_step(score_fn, sde, x, t, dt, z):
+        g2 = sde.g2(t)
+        x += g2 * dt * score_fn(x, sde.sigma(t))
+        x += math.sqrt(g2 * dt) * z
+        return x
+
+    def in_place_noise(score_fn, sde, x, t, dt, z):
+        g2 = sde.g2(t)
+        return x + g2 * dt * score_fn(x, sde.sigma(t)) + z.mul_(math.sqrt(g2 * dt))
+
+    def in_place_drift(score_fn, sde, x, t):
+        return x.copy_(-0.5 * sde.g2(t) * score_fn(x, sde.sigma(t)))
+
+    assert_explains(capsys, checks.exercise_8_2, in_place_step, "on x changed the tensor")
+    assert_explains(capsys, checks.exercise_8_2, in_place_noise, "on z changed the tensor")
+    assert_explains(capsys, checks.exercise_8_4, in_place_drift, "changed the tensor it was given")
 
 
 def test_8_4(capsys):

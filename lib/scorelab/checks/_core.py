@@ -193,9 +193,10 @@ def expect_tensor(
             f"{what} has the wrong shape: got {tuple(value.shape)}, expected {tuple(shape)}.{hint}"
         )
     if dtype is not None and value.dtype != dtype:
+        avoid = {torch.float32: ".double()", torch.float64: ".float()"}.get(dtype, ".to(...)")
         raise Mismatch(
             f"{what} has dtype {value.dtype}, expected {dtype}: keep the input's dtype "
-            "(avoid .double() or integer tensors)."
+            f"(avoid {avoid} or integer tensors)."
         )
     return value
 

@@ -184,6 +184,14 @@ def check_formula(
     for explanation, formula in mutants:
         if all(_close(g, _as_tensor(formula(**p)), rtol, atol) for g, p in zip(got, points)):
             raise Mismatch(f"{what}: {explanation}")
+    if all(_close(g, e, 1e-3, atol) for g, e in zip(got, expected)):
+        i = min(wrong)
+        gap = ((got[i] - expected[i]).abs() / expected[i].abs().clamp_min(atol)).max().item()
+        raise Mismatch(
+            f"{what} agrees with the formula to 1e-3 at every point, but the check asks for "
+            f"{rtol:g}: {calls[i]} is off by a relative {gap:.2g}. That is round-off: compute "
+            "with Python floats (or float64), not float32 tensors."
+        )
     first = min(wrong)
     example = f"{calls[first]} = {_short(got[first])}, expected {_short(expected[first])}"
     named = _named_regimes(regimes, points, wrong)

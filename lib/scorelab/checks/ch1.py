@@ -13,7 +13,8 @@ import math
 import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
-                                   expect_finite, expect_tensor, register_hints, to_float)
+                                   expect_finite, expect_tensor, expect_untouched,
+                                   register_hints, to_float)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 
@@ -64,7 +65,28 @@ def _mutants(x, weights, means, variances) -> dict[str, torch.Tensor]:
     resp_unweighted = torch.softmax(log_joint - torch.log(weights), dim=1)[..., None]
     diff = x[:, None, :] - means[None]
     density = torch.exp(torch.logsumexp(log_joint, dim=1))[:, None]  # (N, 1)
+    dim = x.shape[1]
+    quadratic = (diff**2).sum(-1) / variances  # (N, K), |x - mu_k|^2 / v_k
+    normaliser = torch.log(2 * torch.pi * variances)  # (K,), log(2 pi v_k)
+
+    def with_log_joint(wrong_log_joint, over=1):  # the score with these responsibilities
+        return (torch.softmax(wrong_log_joint, dim=over)[..., None] * scores).sum(1)
+
+    log_weights = torch.log(weights)
     return {
+        "the responsibilities use the 1-D normalising constant, -(1/2) log(2 pi v_k); in D "
+        "dimensions N(x; mu_k, v_k I) has -(D/2) log(2 pi v_k) (invisible when all variances "
+        "are equal, wrong when they differ).": with_log_joint(
+            log_weights - 0.5 * quadratic - 0.5 * normaliser),
+        "the exponent of each Gaussian misses its 1/2: log N(x; mu_k, v_k I) = "
+        "-|x - mu_k|^2 / (2 v_k) - (D/2) log(2 pi v_k).": with_log_joint(
+            log_weights - quadratic - 0.5 * dim * normaliser),
+        "the quadratic term of log N has the wrong sign: log N(x; mu_k, v_k I) = "
+        "-|x - mu_k|^2 / (2 v_k) - (D/2) log(2 pi v_k) falls away from the mean.": with_log_joint(
+            log_weights + 0.5 * quadratic - 0.5 * dim * normaliser),
+        "the softmax runs over the points (dim=0): each point's responsibilities must sum to 1 "
+        "over the K components, a softmax over dim=1 of the (N, K) log-joint.": with_log_joint(
+            log_joint, over=0),
         "the responsibilities ignore the mixture weights pi_k: r_k(x) is proportional to "
         "pi_k N(x; mu_k, v_k I), not to N(x; mu_k, v_k I) alone.": (
             resp_unweighted * scores
@@ -99,7 +121,9 @@ def exercise_1_3(gmm_score) -> None:
     """Check ``gmm_score(x (N, D), weights (K,), means (K, D), variances (K,)) -> (N, D)``."""
     x = _points()
     for name, (weights, means, variances) in _mixtures().items():
-        got = call_student(gmm_score, x.clone(), weights, means, variances, what="gmm_score")
+        given = x.clone()
+        got = call_student(gmm_score, given, weights, means, variances, what="gmm_score")
+        expect_untouched(given, x, call="gmm_score(x, ...)")
         got = expect_tensor(got, what="gmm_score(x, ...)", shape=tuple(x.shape))
         expect_finite(got, what="gmm_score(x, ...)", where=" near the modes")
         factors = {"the variance v_k": (
@@ -114,7 +138,9 @@ def exercise_1_3(gmm_score) -> None:
             factors=factors,
         )
     weights, means, variances = _mixtures()["unequal"]
-    far = call_student(gmm_score, FAR_POINTS.clone(), weights, means, variances, what="gmm_score")
+    given = FAR_POINTS.clone()
+    far = call_student(gmm_score, given, weights, means, variances, what="gmm_score")
+    expect_untouched(given, FAR_POINTS, call="gmm_score(x, ...)")
     far = expect_tensor(far, what="gmm_score(x, ...)", shape=tuple(FAR_POINTS.shape))
     if not torch.isfinite(far).all():
         raise Mismatch(
@@ -172,7 +198,19 @@ def exercise_1_2(autograd_score) -> None:
                 "return it detached (torch.autograd.grad(...)[0].detach())."
             )
         expect_finite(got, what=f"autograd_score on {name}")
-        diagnose(got, density.score(x), what=f"autograd_score on {name}")
+        score, n = density.score(x), x.shape[0]
+        diagnose(
+            got, score, what=f"autograd_score on {name}",
+            mutants={
+                "this is the gradient of the density p(x), not of log p(x): differentiate the "
+                "log-probabilities themselves (their sum), not their exp.":
+                    density.log_prob(x).exp()[:, None] * score,
+            },
+            factors={"1/N": (
+                1.0 / n, f"you averaged the N = {n} log-probabilities before differentiating; "
+                "sum them: the gradient of the sum with respect to row n is the score at x_n, "
+                "while the mean divides every score by N.", "")},
+        )
     _check_under_no_grad(autograd_score, x)
 
 
@@ -494,8 +532,10 @@ register_hints(
     "1.3",
     "Compute everything as logarithms: log(pi_k) + log N(x; mu_k, var_k I) for every point "
     "and component, then turn those into responsibilities with a softmax over components.",
-    "log N(x; mu, v I) = -|x - mu|^2 / (2 v) - (D / 2) log(2 pi v);  "
-    "r_k = softmax_k(log pi_k + log N_k);  score = sum_k r_k (mu_k - x) / v_k.",
+    "The equation to use: log N(x; mu, v I) = -|x - mu|^2 / (2 v) - (D / 2) log(2 pi v), with D "
+    "the dimension (in 1-D the log term has 1/2 in front). The responsibilities are the "
+    "log-joints log pi_k + log N_k normalised over the components, which a softmax over the "
+    "component axis does without ever leaving log space.",
     "Check the shapes as you go: (N, K, D) for x against every mean, (N, K) for the log-joint, "
     "the softmax over the K axis, and a sum over K that leaves (N, D). If the check finds NaN "
     "far from the modes, an exp of a log-density comes before the softmax.",
@@ -507,8 +547,10 @@ register_hints(
     "Indexing a column, x[:, 1], gives a view that shares memory with x: an in-place operation "
     "on it (+=, *=, ...) changes x itself. Once x stays as it was, try a banana whose scale is "
     "not 1: at a = 1 some mistakes cancel.",
-    "u must be a new tensor, x_2 + b (x_1^2 - a^2). Then compare every power of a in the "
-    "function with the chapter's formula for the score.",
+    "Checks to run on your fix: keep a copy of the points, call banana_score once and test "
+    "that the points equal the copy; call it twice and compare the answers; then compare it "
+    "with autograd_score on a banana with curvature 0.2 and scale 2, where a and a^2 differ, "
+    "and see which column disagrees.",
 )
 register_hints(
     "1.5",

@@ -14,8 +14,8 @@ import math
 import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, check_choice, diagnose,
-                                   exercise, expect_finite, expect_tensor, expect_untouched,
-                                   register_hints, to_float)
+                                   exercise, expect_finite, expect_same_draws, expect_tensor,
+                                   expect_untouched, register_hints, to_float)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 
@@ -43,7 +43,13 @@ def exercise_3_2(geometric_sigmas) -> None:
                 f"{call} returned a {type(got).__name__}; return a torch.Tensor "
                 "(e.g. torch.exp(torch.linspace(...)))."
             )
-        got = expect_tensor(got, what=call, shape=(n_levels,))
+        got = expect_tensor(got, what=call, shape=(n_levels,), dtype=None)
+        if got.dtype != torch.float32:
+            raise Mismatch(
+                f"{call} has dtype {got.dtype}: return float32, as the exercise asks (from "
+                "Python floats, torch.linspace and torch.exp give float32; convert anything "
+                "else with .float())."
+            )
         expect_finite(got, what=call)
         expected = reference(sigma_max, sigma_min, n_levels)
         mutants = {
@@ -59,6 +65,14 @@ def exercise_3_2(geometric_sigmas) -> None:
             f"{call} stops short of sigma_min: a ladder of L levels has L - 1 gaps, so level i "
             "is sigma_max (sigma_min / sigma_max)^(i / (L - 1)).": sigma_max * (
                 sigma_min / sigma_max) ** (torch.arange(n_levels, dtype=expected.dtype) / n_levels),
+            f"{call} is the ladder shifted one level down: it starts one level below sigma_max "
+            "and ends one level below sigma_min. i runs from 0: level i is sigma_max (sigma_min "
+            "/ sigma_max)^(i / (L - 1)) for i = 0, ..., L - 1, so that sigmas[0] = sigma_max and "
+            "sigmas[-1] = sigma_min.": expected * (expected[1] / expected[0]),
+            f"{call} looks like torch.logspace given natural logarithms: logspace counts in "
+            "powers of 10 (10^start to 10^end), so pass base=math.e, or give it "
+            "math.log10(sigma_max) and math.log10(sigma_min).": torch.logspace(
+                math.log(sigma_max), math.log(sigma_min), n_levels),
         }
         diagnose(got, expected, what=call, mutants=mutants)
 
@@ -133,8 +147,12 @@ def _equal_bias_step(eps: float, sigma_i: float, sigma_L: float, tau2: float) ->
     return eps * (tau2 + sigma_i**2) / (tau2 + sigma_L**2)
 
 
-def _toy_problem(sigma_max: float = 20.0, sigma_min: float = 1.0, n_levels: int = 10):
-    """The NCSN paper's 0.8/0.2 mixture, its perturbed score and a short annealed run's ladder."""
+def _toy_problem(sigma_max: float = 20.0, sigma_min: float = 1.0, n_levels: int = 10, *,
+                 floats_only: bool = False):
+    """The NCSN paper's 0.8/0.2 mixture, its perturbed score and a short annealed run's ladder.
+
+    With ``floats_only`` the score refuses a sigma that is not a Python float (a 0-d tensor from
+    iterating over the ladder), as the notebook's own score functions, keyed by float, do."""
     from scorelab.densities import ncsn_toy_mixture
     from scorelab.noise import geometric_sigmas
 
@@ -143,6 +161,13 @@ def _toy_problem(sigma_max: float = 20.0, sigma_min: float = 1.0, n_levels: int 
     perturbed = {float(s): mixture.perturbed(float(s)) for s in sigmas}
 
     def score_fn(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        if floats_only and not isinstance(sigma, float):
+            raise Mismatch(
+                f"score_fn(x, sigma) was called with sigma = {sigma!r}, a "
+                f"{type(sigma).__name__}: pass sigma as a Python float: iterate over "
+                "sigmas.tolist(), as the exercise asks (the score functions of the notebook "
+                "look each level up by its float value)."
+            )
         return perturbed[float(sigma)].score(x)
 
     return mixture, sigmas, score_fn
@@ -167,24 +192,74 @@ def exercise_3_5(annealed_langevin) -> None:
         _check_annealed(annealed_langevin, step_size, ladder, start_seed, noise_seed)
 
 
+def _annealed_variant(score_fn, x0, sigmas, step_size: float, n_steps: int, seed: int, *,
+                      drift: float = 0.5, noise: float = 1.0, power: int = 2,
+                      divide: bool = True, levels: slice = slice(None),
+                      one_draw_per_level: bool = False) -> torch.Tensor:
+    """Algorithm 1 with the course's step, or one of the usual slips: at level i the step
+    alpha_i = step_size (sigma_i / sigma_L)^power (without / sigma_L^power unless ``divide``),
+    x + drift * alpha_i * s + sqrt(noise * alpha_i) * z, over the levels ``levels`` of the ladder,
+    with a new z every step (or one per level); z from a generator seeded with ``seed``."""
+    generator, x = torch.Generator().manual_seed(seed), x0.clone()
+    last = float(sigmas[-1]) if divide else 1.0
+    for sigma in sigmas.tolist()[levels]:
+        alpha = step_size * (sigma / last) ** power
+        z = None
+        for _ in range(n_steps):
+            if z is None or not one_draw_per_level:
+                z = torch.randn(x.shape, generator=generator)
+            x = x + drift * alpha * score_fn(x, sigma) + math.sqrt(noise * alpha) * z
+    return x
+
+
+def _annealed_mutants(step_size: float, n_steps: int, sigma_L: float) -> dict[str, dict]:
+    """The usual slips of 3.5, keyed by their explanation: the options of
+    :func:`_annealed_variant`, with ``steps`` for another number of steps per level."""
+    return {
+        f"your step at level i is step_size * sigma_i^2, without the division by sigma_L^2 "
+        f"(invisible when sigma_L = 1; here sigma_L = {sigma_L:g}): Algorithm 1's step is "
+        "step_size * sigma_i^2 / sigma_L^2.": dict(divide=False),
+        "your update is x + alpha_i * s + sqrt(2 alpha_i) * z, twice Algorithm 1's step: the "
+        "authors' code convention (or the course's step with 2 alpha_i). The course's step, "
+        "exercise 2.1's, is x + (alpha_i / 2) * s + sqrt(alpha_i) * z, with alpha_i = "
+        "step_size * sigma_i^2 / sigma_L^2.": dict(drift=1.0, noise=2.0),
+        "your noise is sqrt(2 alpha_i) * z, the authors' convention, but your drift is the "
+        "course's (alpha_i / 2) * s: the two conventions must not be mixed. The course's step "
+        "is x + (alpha_i / 2) * s + sqrt(alpha_i) * z.": dict(noise=2.0),
+        "your step at level i grows like sigma_i; Algorithm 1's grows like sigma_i^2 "
+        "(step_size * sigma_i^2 / sigma_L^2), which keeps a step's drift and noise in the same "
+        "ratio at every level.": dict(power=1),
+        "you draw one noise vector per level and reuse it for all the steps of that level: "
+        "every step needs fresh noise, z = torch.randn(x.shape, generator=generator) inside "
+        "the inner loop.": dict(one_draw_per_level=True),
+        "you skip the first level, sigma_1 = sigma_max: run all the levels of the ladder, "
+        "from sigmas[0] down to sigmas[-1].": dict(levels=slice(1, None)),
+        "you skip the last level, sigma_L: run all the levels of the ladder, from sigmas[0] "
+        "down to sigmas[-1].": dict(levels=slice(None, -1)),
+        f"you run one step fewer than n_steps_each (= {n_steps}) at each level.": dict(
+            steps=n_steps - 1),
+        f"you run one step more than n_steps_each (= {n_steps}) at each level.": dict(
+            steps=n_steps + 1),
+    }
+
+
 def _check_annealed(annealed_langevin, step_size: float, ladder: tuple, start_seed: int,
                     noise_seed: int) -> None:
     from scorelab.langevin import annealed_langevin_dynamics
 
-    _, sigmas, score_fn = _toy_problem(*ladder)
+    _, sigmas, score_fn = _toy_problem(*ladder, floats_only=True)
     n, n_steps = 2000, 50
     x0 = (
         8.0 * torch.rand(n, 2, generator=torch.Generator().manual_seed(start_seed)) - 4.0
     )  # (N, 2), uniform on [-4, 4]^2
 
-    def sample(sampler, **options):  # the student's sampler and the reference, same inputs
-        return sampler(score_fn, x0.clone(), sigmas, step_size, n_steps,
-                       generator=torch.Generator().manual_seed(noise_seed), **options)
+    def run(points):
+        return call_student(annealed_langevin, score_fn, points, sigmas.clone(), step_size,
+                            n_steps, generator=torch.Generator().manual_seed(noise_seed),
+                            what="annealed_langevin")
 
     given = x0.clone()
-    got = call_student(annealed_langevin, score_fn, given, sigmas, step_size, n_steps,
-                       generator=torch.Generator().manual_seed(noise_seed),
-                       what="annealed_langevin")
+    got = run(given)
     expect_untouched(given, x0, call="annealed_langevin(score_fn, x0, ...)")
     got = expect_tensor(got, what="annealed_langevin(...)", shape=(n, 2))
     if not torch.isfinite(got).all():
@@ -192,22 +267,22 @@ def _check_annealed(annealed_langevin, step_size: float, ladder: tuple, start_se
             "the samples contain NaN or inf: the chain diverged. Is the step at level i "
             "step_size * sigma_i^2 / sigma_L^2 with sigma_L the smallest sigma?"
         )
-    expected = sample(annealed_langevin_dynamics, progress=False)
+    expected = annealed_langevin_dynamics(score_fn, x0.clone(), sigmas, step_size, n_steps,
+                                          generator=torch.Generator().manual_seed(noise_seed),
+                                          progress=False)
     if torch.allclose(got, expected, atol=1e-3, rtol=1e-3):
         return
-    sigma_L = float(sigmas[-1])
-    mutants = {  # the same draws, with one of the usual slips
-        f"your step at level i is step_size * sigma_i^2, without the division by sigma_L^2 "
-        f"(invisible when sigma_L = 1; here sigma_L = {sigma_L:g}): Algorithm 1's step is "
-        "step_size * sigma_i^2 / sigma_L^2.": dict(step=step_size * sigma_L**2),
-        "you run one step fewer than n_steps_each at each level.": dict(steps=n_steps - 1),
-    }
-    for message, slip in mutants.items():
-        slipped = annealed_langevin_dynamics(
-            score_fn, x0.clone(), sigmas, slip.get("step", step_size), slip.get("steps", n_steps),
-            generator=torch.Generator().manual_seed(noise_seed), progress=False)
+    # The text prescribes every draw, so a right sampler reproduces the reference draw for draw.
+    expect_same_draws(
+        lambda: run(x0.clone()), got, outputs="samples",
+        draw="draw the noise of every step with torch.randn(x.shape, generator=generator), "
+        "and nothing else from any other source")
+    for message, slip in _annealed_mutants(step_size, n_steps, float(sigmas[-1])).items():
+        steps = slip.pop("steps", n_steps)
+        slipped = _annealed_variant(score_fn, x0, sigmas, step_size, steps, noise_seed, **slip)
         if torch.allclose(got, slipped, atol=1e-3, rtol=1e-3):
             raise Mismatch(message)
+    # Not a known slip: the statistics only word the message.
     spread, reference_spread = _mode_variance(got), _mode_variance(expected)
     if not spread > 0.2 * reference_spread:
         raise Mismatch(
@@ -231,6 +306,16 @@ def _check_annealed(annealed_langevin, step_size: float, ladder: tuple, start_se
             f"reference sampler gives {reference_spread:.3f}: do you finish at the smallest "
             "sigma, with noise sqrt(alpha_i) * z at every step?"
         )
+    largest = (got - expected).abs().max().item()
+    raise Mismatch(
+        f"your samples look plausible (weight of the (5, 5) mode {weight:.3f}, the reference "
+        f"sampler's {reference_weight:.3f}) but differ from the reference sampler's by up to "
+        f"{largest:.3g}, from the same start and the same draws. The text fixes every draw, so "
+        "the check compares draw for draw: every level of the ladder once, largest sigma "
+        "first; exactly n_steps_each steps per level; the step alpha_i = step_size * sigma_i^2 "
+        "/ sigma_L^2; each step x + (alpha_i / 2) * s + sqrt(alpha_i) * z with one new "
+        "z = torch.randn(x.shape, generator=generator)."
+    )
 
 
 def _mode_variance(x: torch.Tensor) -> float:
@@ -258,6 +343,11 @@ def _seeded(score_fn, x0, sigmas, step_size: float, n_steps: int, seed: int, *,
     return x
 
 
+#: 3.6: the global generator is seeded with this before the student's call, so that any
+#: torch.manual_seed(seed) or draw without a generator in the student's code shows as a change.
+GLOBAL_PROBE_SEED = 20_190_712
+
+
 @exercise(
     "3.6",
     "your sampler draws exactly what Algorithm 1 draws from the same seed: the step grows like "
@@ -273,8 +363,19 @@ def exercise_3_6(annealed_langevin_seeded) -> None:
     x0 = 8.0 * torch.rand(n, 2, generator=torch.Generator().manual_seed(5)) - 4.0  # (N, 2)
     for seed, step_size in cases([(0, 0.1), (7, 0.05)], [(123, 0.08)]):
         call = f"annealed_langevin_seeded(..., step_size={step_size}, seed={seed})"
+        # the check runs under fork_rng: seeding the global generator here changes nothing outside
+        torch.random.default_generator.manual_seed(GLOBAL_PROBE_SEED)
+        global_state = torch.random.get_rng_state()
         got = call_student(annealed_langevin_seeded, score_fn, x0.clone(), sigmas.clone(),
                            step_size, n_steps, seed=seed, what="annealed_langevin_seeded")
+        if not torch.equal(torch.random.get_rng_state(), global_state):
+            raise Mismatch(
+                f"{call} changed torch's global random state (torch.manual_seed, or a draw "
+                "without generator=): that reseeds or advances every other random draw of the "
+                "caller's notebook. Keep the interface the exercise asks for: one "
+                "torch.Generator seeded with seed, passed to every torch.randn(x.shape, "
+                "generator=...)."
+            )
         got = expect_tensor(got, what=call, shape=(n, 2))
         expected = annealed_langevin_dynamics(
             score_fn, x0, sigmas, step_size, n_steps,
@@ -456,8 +557,10 @@ register_hints(
     "on the step and v through one combination. What is v at level i?",
     "Level i's density is the data convolved with N(0, sigma_i^2 I), and independent Gaussians "
     "add their variances. Keep exercise 2.2's combination the same at every level.",
-    "alpha_i is proportional to the variance of level i's density; alpha_L = eps fixes the "
-    "constant.",
+    "Checks to run on your rule: at the last level it gives eps; for data of a single point, "
+    "whose variance is 0, it becomes Algorithm 1's rule; and for data spread far wider than "
+    "every noise level the steps hardly change from level to level. Can you say why each must "
+    "hold?",
 )
 register_hints(
     "3.4",
@@ -465,20 +568,23 @@ register_hints(
     "the share from the start alone.",
     "The (5, 5) mode is the half-plane x + y > 0; the score there is almost exactly "
     "that component's own -(x - mu), whatever its weight.",
-    "Run langevin_dynamics from x0 with the mixture's score, then take the mean of a "
-    "mask: the samples whose two coordinates add up to more than zero. why is a "
-    "one-letter string.",
+    "Checks to run: from the uniform box your share should be close to the share of the start "
+    "already on the (5, 5) side, and it should barely move with twice the steps or half the "
+    "step size. For the letter, say what each option predicts for such a change, and test "
+    "one.",
 )
 register_hints(
     "3.5",
     "Two nested loops: over the noise levels from the largest to the smallest, and over the "
     "Langevin steps within a level, each with that level's own step size and score.",
-    "At level i: Algorithm 1's alpha_i = eps * sigma_i^2 / sigma_L^2 and "
-    "x <- x + (alpha_i / 2) * s(x, sigma_i) + sqrt(alpha_i) * z.",
-    "If the check finds weights or spreads unlike the reference sampler's, check three "
-    "things: the levels run from the largest to the smallest; the step at the last level is "
-    "step_size itself; and every single step draws new noise from the generator (not one "
-    "draw per level).",
+    "The equation to use: Algorithm 1's step at level i is alpha_i = eps sigma_i^2 / "
+    "sigma_L^2, with eps the argument step_size and sigma_L the smallest sigma (so the last "
+    "level takes step_size itself). Each step is exercise 2.1's update, with step alpha_i and "
+    "the score at sigma_i.",
+    "The check compares draw for draw with the package's sampler. If it names no mistake, "
+    "check: every level runs once, from the largest sigma to the smallest, with exactly "
+    "n_steps_each steps; the step at the last level is step_size itself; and every single step "
+    "draws new noise from the generator (not one draw per level, and no other draws).",
 )
 register_hints(
     "3.6",
@@ -487,6 +593,8 @@ register_hints(
     "with its standard error.",
     "A seed fixes where a random stream starts. Print the first noise draw of the first two "
     "levels: are they different numbers?",
-    "Make the generator once, before the loop over the levels, so that every draw continues "
-    "the same stream; a run is then still reproducible from its seed.",
+    "Checks to run: print a few numbers of the first noise draw of every level; then run the "
+    "package's annealed_langevin_dynamics on the same inputs with a generator seeded with seed, "
+    "and compare: the two must agree at every level, not only the first. Your function must "
+    "also leave torch's global random state as it found it.",
 )

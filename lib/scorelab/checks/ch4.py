@@ -68,10 +68,13 @@ def exercise_4_1(dsm_loss) -> None:
     model, x = _linear_model(), _data()
 
     def run():
-        return call_student(
-            dsm_loss, model, x, SIGMA, generator=torch.Generator().manual_seed(SEED),
+        given = x.clone()
+        loss = call_student(
+            dsm_loss, model, given, SIGMA, generator=torch.Generator().manual_seed(SEED),
             what="dsm_loss",
         )
+        expect_untouched(given, x, call="dsm_loss(model, x, sigma)")
+        return loss
 
     got = expect_loss(run(), name="dsm_loss", what="dsm_loss(model, x, sigma)", n=x.shape[0])
     expected = reference_loss(model, x, SIGMA, generator=torch.Generator().manual_seed(SEED))
@@ -245,12 +248,15 @@ def exercise_4_4(fixed_dsm_loss) -> None:
     model, x = _linear_model(), _data()
     for sigma in cases([SIGMA, 2.0], [0.05, 1.0]):
         def run(sigma=sigma):
-            return call_student(fixed_dsm_loss, model, x, sigma,
+            given = x.clone()
+            loss = call_student(fixed_dsm_loss, model, given, sigma,
                                 generator=torch.Generator().manual_seed(SEED),
                                 what="fixed_dsm_loss")
+            expect_untouched(given, x, call="fixed_dsm_loss(model, x, sigma)")
+            return loss
 
-        got = expect_tensor(run(), what=f"fixed_dsm_loss at sigma={sigma}", shape=(x.shape[0],))
-        expect_finite(got, what=f"fixed_dsm_loss at sigma={sigma}")
+        got = expect_loss(run(), name="fixed_dsm_loss", what=f"fixed_dsm_loss at sigma={sigma}",
+                          n=x.shape[0])
         expect_same_draws(run, got)
         expected = reference_loss(model, x, sigma, generator=torch.Generator().manual_seed(SEED))
         with torch.no_grad():

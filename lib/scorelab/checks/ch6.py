@@ -15,6 +15,7 @@ from torch import nn
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
+                                   expect_untouched,
                                    is_close, register_hints, to_float)
 from scorelab.checks._formulas import check_formula, random_points
 
@@ -126,7 +127,9 @@ def exercise_6_1(norm_class) -> None:
         mine.load_state_dict(reference.state_dict())
         what = f"forward(x, labels) with bias={bias}"
         with _package_forward_refused():
-            got = call_student(mine, x.clone(), labels, what="forward")
+            given = x.clone()
+            got = call_student(mine, given, labels, what="forward")
+        expect_untouched(given, x, call=f"your {what}")
         got = expect_tensor(got, what=what, shape=tuple(x.shape))
         expect_finite(got, what=what)
         with torch.no_grad():
@@ -217,10 +220,13 @@ def exercise_6_2(annealed_dsm_loss) -> None:
         what = f"annealed_dsm_loss on {kind}"
 
         def run(x=x):
-            return call_student(
-                annealed_dsm_loss, model, x, sigmas, labels,
+            given = x.clone()
+            loss = call_student(
+                annealed_dsm_loss, model, given, sigmas, labels,
                 generator=torch.Generator().manual_seed(SEED), what="annealed_dsm_loss",
             )
+            expect_untouched(given, x, call="annealed_dsm_loss(model, x, sigmas, labels)")
+            return loss
 
         got = expect_loss(
             _on_images_too(run) if x is images else run(),
@@ -505,9 +511,16 @@ def exercise_6_4(ncsnv2_epsilon) -> None:
                 f"{best:.3g}: it is the authors' step_lr (their formula counts steps as "
                 "x + a s + sqrt(2a) z). Use the recursion in the paper's convention."
             )
+        lowest = _ratio_at(best, sigmas, n_steps)
+        if abs(math.log(answer / best)) <= 0.15:
+            raise Mismatch(
+                f"{where} your epsilon {answer:.4g} is near the best, {best:.4g}, but not within "
+                f"2 % of it (ratio {value:.6f} against {lowest:.6f}): the minimum is flat, so "
+                "search it on a finer grid, neighbouring values at most 2 % apart."
+            )
         raise Mismatch(
-            f"{where} your epsilon {answer:.3g} gives the ratio {value:.4g}, but "
-            f"epsilon = {best:.3g} gives {_ratio_at(best, sigmas, n_steps):.4f}"
+            f"{where} your epsilon {answer:.3g} gives the ratio {value:.4f}, but "
+            f"epsilon = {best:.3g} gives {lowest:.4f}"
             " (the ratio is always above 1: take the epsilon where it is smallest; sigma_L is "
             "the smallest level, and eps / sigma_L^2 >= 4 makes the chain blow up)."
         )

@@ -184,6 +184,13 @@ def exercise_7_2(inpainting_step) -> None:
             "writes x + (alpha / 2) s + sqrt(alpha) z.": torch.where(
                 known, y, x + alpha * score + math.sqrt(2 * alpha) * z
             ),
+            f"{what}: the score term has the wrong sign: the step climbs the density, "
+            "x + (alpha / 2) s + sqrt(alpha) z.": torch.where(
+                known, y, x - 0.5 * alpha * score + math.sqrt(alpha) * z
+            ),
+            f"{what}: the known pixels were put back both before and after the step (as the "
+            "authors' code does); this course's step moves x as given, then puts y back.":
+                _reference_step(model.score, torch.where(known, y, x), y, mask, sigma, alpha, z),
             f"{what}: the noise term is missing: add sqrt(alpha) z.": torch.where(
                 known, y, x + 0.5 * alpha * score
             ),
@@ -342,6 +349,7 @@ def exercise_7_4(fixed_inpaint) -> None:
                 "the known pixels of the result differ from the observed images: put them back "
                 "exactly after the last step (they still carry the smallest level's noise)."
             )
+        _expect_ladder_levels(model.calls, sigmas)
         # 800 known pixels a call, 3 calls a level: the std of ~2,400 standard normal draws
         # has a standard error of about 1.5%; accept 0.85-1.15.
         for sigma, std in known_pixel_noise(model.calls, images, known).items():
@@ -356,3 +364,81 @@ def exercise_7_4(fixed_inpaint) -> None:
                 f"the score was called {len(model.calls)} times; {len(sigmas)} levels of 4 steps "
                 "need at least one call a step."
             )
+    _expect_conditional(fixed_inpaint)
+
+
+def _expect_ladder_levels(calls, sigmas) -> None:
+    """Mismatch unless the score was asked about every level of the ladder, and only those."""
+    ladder = {round(float(sigma), 9) for sigma in sigmas}
+    called = {round(sigma, 9) for sigma, _ in calls}
+    if called - ladder:
+        odd = ", ".join(f"{sigma:g}" for sigma in sorted(called - ladder, reverse=True))
+        raise Mismatch(
+            f"the score was called at sigma = {odd}, not a level of the ladder "
+            f"{tuple(float(s) for s in sigmas)}: the network is conditioned on the noise level "
+            "sigma_i of the loop, not on the step or the variance."
+        )
+    if ladder - called:
+        raise Mismatch(
+            f"the score was called only at sigma = {sorted(called, reverse=True)}: at each level "
+            "of the loop, ask it about that level, sigma_i."
+        )
+
+
+def _reference_inpaint(score_fn, sigmas, images, mask, step_size, n_steps_each, generator):
+    """Algorithm 2 of Song & Ermon (2019), with the final denoising step and the clamp."""
+    known = mask.bool().expand(images.shape)
+    x = torch.rand(images.shape, generator=generator)
+    for sigma in sigmas:
+        alpha = step_size * (sigma / sigmas[-1]) ** 2
+        y = images + sigma * torch.randn(images.shape, generator=generator)
+        for _ in range(n_steps_each):
+            z = torch.randn(images.shape, generator=generator)
+            x = _reference_step(score_fn, x, y, mask, sigma, alpha, z)
+    x = x + sigmas[-1] ** 2 * score_fn(x, sigmas[-1])
+    return torch.where(known, images, x.clamp(0, 1))
+
+
+def _conditional_error(inpaint_fn, what: str) -> tuple[float, float]:
+    """Run ``inpaint_fn`` on 4,000 images of the Gaussian model with their top row known (30
+    steps a level, step 5e-4): the mean and the mean square of (filled-in bottom row - its
+    exact conditional mean given the top row), over both unknown pixels."""
+    model = GaussianImages()
+    n, known, unknown = 4000, [0, 1], [2, 3]
+    cov = model.cov
+    draws = torch.randn(n, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(740))
+    flat = model.mu + draws @ torch.linalg.cholesky(cov).T  # (n, 4), exact samples
+    regression = cov[unknown][:, known] @ torch.linalg.inv(cov[known][:, known])  # (2, 2)
+    mean = model.mu[unknown] + (flat[:, known] - model.mu[known]) @ regression.T  # (n, 2)
+    images = flat.float().reshape(n, 1, 2, 2)
+    out = call_student(
+        inpaint_fn, model.score, model.sigmas.tolist(), images.clone(),
+        torch.tensor([[1.0, 1.0], [0.0, 0.0]]), 5e-4, 30,
+        generator=torch.Generator().manual_seed(1), what=what,
+    )
+    out = expect_tensor(out, what=f"{what}(...)", shape=tuple(images.shape))
+    residual = out.detach().reshape(n, 4)[:, unknown].double() - mean  # (n, 2)
+    return residual.mean().item(), residual.square().mean().item()
+
+
+def _expect_conditional(fixed_inpaint) -> None:
+    """Mismatch unless the filled-in pixels follow Algorithm 2's conditional distribution.
+
+    Over 4,000 images Algorithm 2's mean square error from the exact conditional mean varies
+    by about 2 % between seeds and its mean offset by 0.004: accept 15 % and 0.02."""
+    offset, error = _conditional_error(fixed_inpaint, "fixed_inpaint")
+    ref_offset, ref_error = _conditional_error(
+        lambda *args, generator: _reference_inpaint(*args, generator), "the reference")
+    if abs(error / ref_error - 1.0) <= 0.15 and abs(offset - ref_offset) <= 0.02:
+        return
+    found = (f"the filled-in pixels lie {error:.4f} (mean square) from their exact conditional "
+             f"mean given the known ones, offset by {offset:+.3f} on average; Algorithm 2 gives "
+             f"{ref_error:.4f} and {ref_offset:+.3f}")
+    if error < 0.5 * ref_error:
+        cause = ("they vary too little from image to image: does each Langevin step add its "
+                 "noise sqrt(alpha_i) z?")
+    else:
+        cause = ("the known pixels are right, so look at the move of the others: the sign of "
+                 "the score term, the step alpha_i = step_size sigma_i^2 / sigma_L^2 with half "
+                 "of it on the score, the noise sqrt(alpha_i) z, and the final denoising step.")
+    raise Mismatch(f"{found} (on the Gaussian image model, 30 steps a level): {cause}")
