@@ -958,6 +958,11 @@ def dsm_loss(
     return weight * 0.5 * ((score - target(z, sigma)) ** 2).sum(dim=1)
 
 
+def dsm_loss_with_noise_in_float64(model, x, sigma, generator=None):
+    z = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.dtype)
+    return 0.5 * ((model(x + sigma * z) + z / sigma) ** 2).sum(dim=1)
+
+
 def test_4_1_accepts_the_solution(capsys):
     assert_passes(capsys, checks.exercise_4_1, dsm_loss)
 
@@ -992,6 +997,7 @@ def test_4_1_accepts_the_solution(capsys):
         ),
         (lambda m, x, s, generator=None: dsm_loss(m, x, s, generator).detach(), ["no gradient"]),
         (lambda m, x, s, generator=None: dsm_loss(m, x, s, generator) / 3, ["divided by D"]),
+        (dsm_loss_with_noise_in_float64, ["drawn in float64"]),
         (
             lambda m, x, s, generator=None: dsm_loss(m, x, s, None),
             ["draw the noise from the generator"],
@@ -1016,6 +1022,7 @@ def test_4_2_accepts_the_solution(capsys):
         (lambda x, f, s: x + s**2 * f(x).sum(), ["differs from the reference"]),
         (lambda x, f, s: (x + s**2 * f(x)).numpy(), ["ndarray"]),
         (lambda x, f, s: x.add_(s**2 * f(x)), ["changed the tensor it was given"]),
+        (lambda x, f, s: x + 0.5 * s**2 * f(x), ["half of sigma^2 * s(x~)"]),
     ],
 )
 def test_4_2_explains_wrong_answers(capsys, answer, phrases):
@@ -1192,6 +1199,19 @@ def test_6_1_explains_wrong_answers(capsys, options, phrases):
     assert_explains(capsys, checks.exercise_6_1, make_norm(**options), *phrases)
 
 
+def test_a_normalisation_that_assumes_a_shift_is_told_about_bias_false(capsys):
+    base = make_norm()
+
+    class AlwaysThree(base):
+        def forward(self, x, labels):  # right with bias=True, where base adds beta itself
+            beta = self.embed(labels)[:, 2 * self.num_features :, None, None]  # (N, C, 1, 1)?
+            out = super().forward(x, labels)
+            return out if self.bias else out + beta  # no beta without bias: (N, 0, 1, 1)
+
+    assert_explains(capsys, checks.exercise_6_1, AlwaysThree, "works with bias=True",
+                    "only gamma and delta")
+
+
 def test_6_1_refuses_an_instance(capsys):
     assert_explains(capsys, checks.exercise_6_1, make_norm()(4, 3), "pass your class itself")
 
@@ -1206,13 +1226,14 @@ def annealed_dsm_loss(
     weight=lambda s: s**2,
     target_sign=-1.0,
     flat_sigma=False,
+    target_power=1,
 ):
     sigma = sigmas[labels]
     sigma = sigma[:, None] if flat_sigma else sigma.reshape(-1, *[1] * (x.ndim - 1))
     z = torch.randn(x.shape, generator=generator)
     score = model(x + sigma * z, labels)
     return (
-        (0.5 * weight(sigma) * (score - target_sign * z / sigma) ** 2)
+        (0.5 * weight(sigma) * (score - target_sign * z / sigma**target_power) ** 2)
         .reshape(len(x), -1)
         .sum(dim=1)
     )
@@ -1237,6 +1258,8 @@ def test_6_2_accepts_the_solution(capsys):
         ({"target_sign": 1.0}, ["wrong sign"]),
         ({"flat_sigma": True}, ["right on points (N, D)", "images", "(N, 1, ..., 1)"]),
         ({"weight": lambda s: 2 * s**2}, ["the 1/2 in front"]),
+        ({"target_power": 2}, ["the target is -z / sigma^2"]),
+        ({"target_power": 0}, ["the target is -z:", "weighted form"]),
     ],
 )
 def test_6_2_explains_wrong_answers(capsys, options, phrases):

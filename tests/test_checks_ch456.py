@@ -76,11 +76,22 @@ def test_4_4_accepts_the_fix(capsys, grading):
         (dsm(clean=True), ["clean x"]),
         (dsm(target_power=3), ["-z / sigma^2"]),
         (dsm(reduce=True), ["wrong shape"]),
+        (lambda m, x, s, generator=None: s**2 * dsm()(m, x, s, generator), ["lambda(sigma)"]),
+        (lambda m, x, s, generator=None: dsm()(m, x, s, generator) / x.shape[1],
+         ["average over the dimensions"]),
         (lambda m, x, s, generator=None: dsm()(m, x, s, None), ["identically seeded"]),
     ],
 )
 def test_4_4_explains_wrong_fixes(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_4_4, [answer], *phrases)
+
+
+def test_a_detached_fixed_loss_is_told_it_carries_no_gradient(capsys):
+    def detached(model, x, sigma, generator=None):
+        z = torch.randn(x.shape, generator=generator)
+        return (0.5 * ((model(x + sigma * z) + z / sigma) ** 2).sum(dim=1)).detach()
+
+    assert_explains(capsys, checks.exercise_4_4, detached, "carries no gradient")
 
 
 def test_4_4_sees_the_symptom_when_the_values_only_match_at_the_tested_sigmas(capsys):
@@ -151,6 +162,20 @@ def test_4_5_checks_the_curve_itself(capsys, options, phrases):
     assert_explains(capsys, checks.exercise_4_5, [curve, best_sigma()], *phrases)
 
 
+def test_4_5_names_the_arguments_of_fisher_divergence_swapped(capsys):
+    from scorelab.densities import GaussianMixture
+    from scorelab.metrics import fisher_divergence
+
+    def swapped(mixture, train, test, sigmas):
+        n = len(train)
+        return [fisher_divergence(mixture.score, GaussianMixture(
+            torch.full((n,), 1 / n), train, torch.full((n,), s**2)).score, test, True)
+            for s in sigmas]
+
+    assert_explains(capsys, checks.exercise_4_5, [swapped, best_sigma()],
+                    "takes the model's score first")
+
+
 def test_4_5_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
     sigmas = [float(s) for s in torch.logspace(-1.5, 0.5, 21)]
     public = {200: 0.5, 50: 0.5}  # the public cases' best sigmas, by number of training points
@@ -189,6 +214,8 @@ def test_5_3_accepts_the_formula(capsys, grading):
             ["right when the model's mean m equals mu", "wrong when m differs from mu"],
         ),
         (lambda m, kappa, mu, tau: math.log(kappa), ["wrong at"]),
+        (lambda m, kappa, mu, tau: -1 / kappa**2 + (tau**2 + (mu - m) ** 2) / (2 * kappa**4),
+         ["standard deviation"]),
     ],
 )
 def test_5_3_explains_wrong_formulas(capsys, answer, phrases):
@@ -485,6 +512,8 @@ def test_6_3_accepts_the_three_formulas(capsys, grading):
             ["authors' convention"],
         ),
         (2, lambda eps, sl, g, t: 1 / (1 - eps / (4 * sl**2)), ["stationary ratio"]),
+        (2, lambda eps, sl, g, t: (1 - eps / (2 * sl**2)) ** (2 * t) * g**2,
+         ["only the start is left"]),
         (
             2,
             lambda eps, sl, g, t: variance_ratio(eps, sl, math.sqrt(g), t),
@@ -545,7 +574,12 @@ def score_norm_profile(score_fn, x, sigmas, generator=None, *, mistake=None):
     for sigma in sigmas.tolist():
         noisy = x if mistake == "clean" else x + sigma * torch.randn(x.shape, generator=generator)
         s = score_fn(noisy, sigma)
-        norm = s.norm() if mistake == "batch" else s.reshape(len(x), -1).norm(dim=1).mean()
+        if mistake == "batch":
+            norm = s.norm()
+        elif mistake == "row norms":
+            norm = s.norm(dim=-1).mean()
+        else:
+            norm = s.reshape(len(x), -1).norm(dim=1).mean()
         factor = {"no sigma": 1.0, "sigma^2": sigma**2}.get(mistake, sigma)
         divisor = {"no sqrt(D)": 1.0, "by D": dim, "last dim": math.sqrt(x.shape[-1])}.get(
             mistake, math.sqrt(dim))
@@ -594,6 +628,7 @@ def test_6_5_accepts_the_package_adapter_and_a_root_mean_square_profile(capsys):
         ("no sqrt(D)", ["not divided by sqrt(D)", "is 64 here"]),
         ("by D", ["divides by D = 64"]),
         ("last dim", ["divides by sqrt(8), the last dimension", "x[0].numel()"]),
+        ("row norms", ["norm over the last dimension only", "x.flatten(1)"]),
         ("clean", ["at the clean data"]),
         ("batch", ["one norm over the whole batch"]),
     ],

@@ -54,7 +54,25 @@ def _dsm_mutants(model, x: torch.Tensor, sigma: float) -> dict[str, torch.Tensor
         "the noise is added without its scale: perturb with x~ = x + sigma * z.": half_sq(
             model(x + z) + z / sigma
         ),
+        "the noise has shape (N, 1), one draw shared by every coordinate of a point: draw "
+        "z = torch.randn(x.shape, generator=generator).": _with_noise(
+            model, x, sigma, torch.randn(x.shape[0], 1, generator=_seeded()).expand_as(x)
+        ),
+        "the formula is right but the noise was drawn in float64: the check compares draw for "
+        "draw with z = torch.randn(x.shape, generator=generator), in x's dtype.": _with_noise(
+            model, x, sigma,
+            torch.randn(x.shape, generator=_seeded(), dtype=torch.float64).to(x.dtype),
+        ),
     }
+
+
+def _seeded() -> torch.Generator:
+    return torch.Generator().manual_seed(SEED)
+
+
+def _with_noise(model, x: torch.Tensor, sigma: float, z: torch.Tensor) -> torch.Tensor:
+    """The DSM loss (N,) with the noise ``z`` (N, D) given."""
+    return 0.5 * ((model(x + sigma * z) + z / sigma) ** 2).sum(dim=1)
 
 
 @exercise(
@@ -128,6 +146,8 @@ def exercise_4_2(denoise) -> None:
         * score,
         "you divided the score by sigma^2; Tweedie's formula multiplies it by sigma^2.": x_noisy
         + score / sigma**2,
+        "you took half of sigma^2 * s(x~), like the drift of a Langevin step of size sigma^2; "
+        "Tweedie's formula adds all of it: x~ + sigma^2 s(x~).": x_noisy + 0.5 * sigma**2 * score,
     }
     diagnose(got, x_noisy + sigma**2 * score, what="denoise", mutants=mutants)
 
@@ -273,7 +293,12 @@ def exercise_4_4(fixed_dsm_loss) -> None:
             expected.detach(),
             what=f"fixed_dsm_loss at sigma={sigma}",
             mutants=mutants,
-            factors={"sigma^2": sigma**2, "sigma": sigma,
+            factors={"sigma^2": (sigma**2, "that is the loss weighted by lambda(sigma) = "
+                                 "sigma^2 (chapter 6), 1/2 ||sigma s(x~) + z||^2; this loss is "
+                                 "chapter 4's unweighted one.", ""),
+                     "sigma": sigma,
+                     f"D = {x.shape[1]}": (float(x.shape[1]), "", "did you average over the "
+                                           "dimensions? Sum over them, as the squared norm does."),
                      "2": (2.0, "the 1/2 in front of the squared norm is missing.",
                            "the 1/2 in front of the squared norm is there twice.")},
         )
@@ -293,7 +318,8 @@ def exercise_4_4(fixed_dsm_loss) -> None:
 
 
 def _kde_curve(
-    mixture, train, test, sigmas, *, variance=lambda s: s**2, perturbed=False, at=None
+    mixture, train, test, sigmas, *, variance=lambda s: s**2, perturbed=False, at=None,
+    swapped=False,
 ):
     """Relative Fisher divergence (and its standard error) of the score of the Gaussian kernel
     density estimate of ``train`` (bandwidth sigma: DSM's optimum on that finite sample) to the
@@ -307,7 +333,8 @@ def _kde_curve(
         kde = GaussianMixture(torch.full((n,), 1 / n), train, torch.full((n,), variance(sigma)))
         true = (mixture.perturbed(sigma) if perturbed else mixture).score(points)  # (M, D)
         squared = ((kde.score(points) - true) ** 2).sum(dim=1).double()  # (M,)
-        norm = (true**2).sum(dim=1).double().mean()
+        scale = kde.score(points) if swapped else true  # swapped: the arguments' order mixed up
+        norm = (scale**2).sum(dim=1).double().mean()
         values.append(float(squared.mean() / norm))
         errors.append(float(squared.std() / math.sqrt(len(points)) / norm))
     return values, errors
@@ -340,6 +367,9 @@ def _check_kde_divergences(kde_divergences, mixture, train, test, sigmas) -> Non
             curve(perturbed=True),
         f"{call}: not relative: divide by the mean squared size of the clean score on the test "
         "points.": curve() * norm_ratio,
+        f"{call}: divided by the kernel density's score, not the clean one: "
+        "fisher_divergence(score_fn, true_score_fn, x, relative=True) takes the model's score "
+        "first and the true score second.": curve(swapped=True),
     })
 
 

@@ -387,6 +387,12 @@ def exercise_5_3(sm_objective) -> None:
                 "squared offset of the means, not their difference.",
                 lambda m, kappa, mu, tau: -1 / kappa + (tau**2 - (mu - m) ** 2) / (2 * kappa**2),
             ),
+            (
+                "you read kappa as a standard deviation: the model N(m, kappa) has variance "
+                "kappa, and its score is -(x - m) / kappa.",
+                lambda m, kappa, mu, tau: -1 / kappa**2 + (tau**2 + (mu - m) ** 2)
+                / (2 * kappa**4),
+            ),
         ],
     )
 

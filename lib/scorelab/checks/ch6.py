@@ -126,7 +126,7 @@ def exercise_6_1(norm_class) -> None:
         mine = norm_class(4, 3, bias=bias)
         mine.load_state_dict(reference.state_dict())
         what = f"forward(x, labels) with bias={bias}"
-        with _package_forward_refused():
+        with _package_forward_refused(), _bias_false_explained(bias):
             given = x.clone()
             got = call_student(mine, given, labels, what="forward")
         expect_untouched(given, x, call=f"your {what}")
@@ -140,6 +140,23 @@ def exercise_6_1(norm_class) -> None:
             raise Mismatch(
                 "the output carries no gradient: the embedding's parameters could not be trained."
             )
+
+
+@contextlib.contextmanager
+def _bias_false_explained(bias: bool):
+    """With bias=False, an error of a forward that worked with bias=True is explained: the
+    embedding row then has no beta."""
+    try:
+        yield
+    except (RuntimeError, ValueError, IndexError) as error:
+        if bias:
+            raise
+        raise Mismatch(
+            f"your forward works with bias=True but raised {type(error).__name__} with "
+            f"bias=False ({str(error).splitlines()[0]}): without bias the embedding row holds "
+            "only gamma and delta, 2C entries, so read beta (and add it) only when self.bias "
+            "is true."
+        ) from None
 
 
 class _PackageForwardCalled(Exception):
@@ -194,6 +211,11 @@ def _loss_mutants(model, x, sigmas, labels) -> dict[str, torch.Tensor]:
             1 / sigma**2, -z / sigma, noisy
         ),
         "the target has the wrong sign: regress onto -z / sigma.": loss(sigma**2, z / sigma, noisy),
+        "the target is -z / sigma^2; the kernel's score -(x~ - x) / sigma^2 at x~ = x + sigma z "
+        "is -z / sigma.": loss(sigma**2, -z / sigma**2, noisy),
+        "the target is -z: that is the target of sigma s_theta, in the weighted form "
+        "1/2 ||sigma s_theta + z||^2; for s_theta itself it is -z / sigma.":
+            loss(sigma**2, -z, noisy),
         "the model is evaluated at the clean x; evaluate it at x + sigma_i z.": loss(
             sigma**2, -z / sigma, x
         ),
@@ -415,6 +437,12 @@ _RATIO_MUTANTS = [
         ),
     ),
     (
+        "only the start is left: each step also adds alpha_i of fresh noise variance, so "
+        "v <- r^2 v + alpha_i, and the noise terms add up over the T steps.",
+        lambda eps, sigma_L, gamma, n_steps: (1 - eps / (2 * sigma_L**2)) ** (2 * n_steps)
+        * gamma**2,
+    ),
+    (
         "this is the stationary ratio (T -> infinity); after T steps a share "
         "r^(2T) of the starting variance gamma^2 is still there.",
         lambda eps, sigma_L, gamma, n_steps: 1 / (1 - eps / (4 * sigma_L**2)),
@@ -572,6 +600,11 @@ def _check_profile(score_norm_profile) -> None:
             **({f"your profile divides by sqrt({shape[-1]}), the last dimension of the data: D is "
                 f"the number of entries of one example, {dim} here (x[0].numel())":
                 expected * math.sqrt(dim / shape[-1])} if shape[-1] != dim else {}),
+            **({"your profile takes the norm over the last dimension only (norm(dim=-1)): that "
+                "is the norm of one row of an image; flatten each example first (x.flatten(1)) "
+                f"and take the norm over all its D = {dim} entries.":
+                _gaussian_profile(tau, sigmas, shape[-1]) * math.sqrt(shape[-1] / dim)}
+               if shape[-1] != dim else {}),
         })
 
 
