@@ -433,12 +433,13 @@ def ncsn_toy_mixture() -> GaussianMixture:
 class Banana:
     r"""The twisted-Gaussian "banana" of Haario, Saksman & Tamminen (1999), in two dimensions.
 
-    With :math:`y = \phi(x) = (x_0,\; x_1 + b (x_0^2 - a^2))`, a map of unit Jacobian,
+    In chapter 1's notation (coordinates :math:`x_1, x_2`), with
+    :math:`\phi(x) = (x_1,\; u)`, :math:`u = x_2 + b (x_1^2 - a^2)`, a map of unit Jacobian,
 
-    .. math:: p(x) = N(x_0; 0, a^2) \, N(x_1 + b (x_0^2 - a^2); 0, 1),
+    .. math:: p(x) = N(x_1; 0, a^2) \, N(x_2 + b (x_1^2 - a^2); 0, 1),
 
     the Gaussian :math:`N(0, \mathrm{diag}(a^2, 1))` bent along the parabola
-    :math:`x_1 = -b (x_0^2 - a^2)`. Haario et al. use :math:`a = 10` with :math:`b = 0.03`
+    :math:`x_2 = -b (x_1^2 - a^2)`. Haario et al. use :math:`a = 10` with :math:`b = 0.03`
     ("moderately twisted") or :math:`b = 0.1` ("highly twisted"); the course's default
     :math:`a = 1, b = 0.5` fits in a window of a few units.
 
@@ -447,12 +448,12 @@ class Banana:
     curvature : float
         The twist :math:`b \ge 0` (0 gives a Gaussian).
     scale : float
-        The standard deviation :math:`a > 0` along :math:`x_0`.
+        The standard deviation :math:`a > 0` along :math:`x_1`.
 
     Notes
     -----
-    Score: :math:`s_0 = -x_0 / a^2 - 2 b x_0 y_1`, :math:`s_1 = -y_1`, where
-    :math:`y_1 = x_1 + b (x_0^2 - a^2)`. Mean :math:`(0, 0)`, covariance
+    Score (chapter 1): :math:`s_1 = -x_1 / a^2 - 2 b x_1 u`, :math:`s_2 = -u`,
+    where :math:`u = x_2 + b (x_1^2 - a^2)`. Mean :math:`(0, 0)`, covariance
     :math:`\mathrm{diag}(a^2, 1 + 2 b^2 a^4)`.
     """
 
@@ -485,7 +486,7 @@ class Banana:
         return torch.diag(torch.tensor([a2, 1.0 + 2.0 * self.curvature**2 * a2**2]))
 
     def _untwist(self, x: torch.Tensor) -> torch.Tensor:
-        """The second coordinate of phi(x), y_1 = x_1 + b (x_0^2 - a^2), shape (N,)."""
+        """The second coordinate of phi(x), u = x_2 + b (x_1^2 - a^2), shape (N,)."""
         return x[:, 1] + self.curvature * (x[:, 0].square() - self.scale**2)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -508,7 +509,7 @@ class Banana:
 
     def sample(self, n: int, generator: torch.Generator | None = None, *,
                device=None) -> torch.Tensor:
-        """Draw ``n`` samples, shape (n, 2): x_0 = a z_0, x_1 = z_1 - b (x_0^2 - a^2).
+        """Draw ``n`` samples, shape (n, 2): x_1 = a z_1, x_2 = z_2 - b (x_1^2 - a^2).
 
         On ``device`` (default: the generator's device, else the CPU).
         """
@@ -562,21 +563,21 @@ class Banana:
 class PerturbedBanana:
     r"""The banana convolved with :math:`N(0, \sigma^2 I)`, by Gauss-Hermite quadrature.
 
-    The noise on :math:`x_1` integrates in closed form, and the product of the two
-    Gaussians in :math:`x_0` is again Gaussian, which leaves one smooth 1-D integral:
+    In chapter 1's coordinates :math:`x_1, x_2`: the noise on :math:`x_2` integrates in closed
+    form, and the product of the two Gaussians in :math:`x_1` is again Gaussian, which leaves one smooth 1-D integral:
 
     .. math::
 
-        p_\sigma(x) = N(x_0; 0, a^2 + \sigma^2)\;
-        \mathbb{E}_{u \sim N(m, v)} \big[ N(x_1 + b (u^2 - a^2); 0, 1 + \sigma^2) \big],
-        \quad m = \frac{a^2 x_0}{a^2 + \sigma^2},\; v = \frac{a^2 \sigma^2}{a^2 + \sigma^2}.
+        p_\sigma(x) = N(x_1; 0, a^2 + \sigma^2)\;
+        \mathbb{E}_{w \sim N(m, v)} \big[ N(x_2 + b (w^2 - a^2); 0, 1 + \sigma^2) \big],
+        \quad m = \frac{a^2 x_1}{a^2 + \sigma^2},\; v = \frac{a^2 \sigma^2}{a^2 + \sigma^2}.
 
-    The expectation uses ``n_nodes`` Gauss-Hermite nodes :math:`u_j = m + \sqrt{2 v}\, t_j`,
+    The expectation uses ``n_nodes`` Gauss-Hermite nodes :math:`w_j = m + \sqrt{2 v}\, t_j`,
     summed in log space (logsumexp), and the score is the exact gradient of that
     quadrature, in closed form.
 
-    Accuracy: the integrand is a Gaussian bump in :math:`u^2` of width about
-    :math:`\sqrt{1 + \sigma^2} / (2 b |u|)`, which the nodes resolve while it is not much
+    Accuracy: the integrand is a Gaussian bump in :math:`w^2` of width about
+    :math:`\sqrt{1 + \sigma^2} / (2 b |w|)`, which the nodes resolve while it is not much
     narrower than :math:`\sqrt{v} \le \sigma`: strongly curved bananas at :math:`\sigma` of
     order one and above are the hard cases. Measured by ``python -m scorelab.bench --only
     densities`` against a converged trapezoid rule (and the default banana against a 2-D grid
@@ -600,7 +601,7 @@ class PerturbedBanana:
         self._log_weights = torch.from_numpy(np.log(weights) - 0.5 * math.log(math.pi))  # (J,)
         a2, s2 = banana.scale**2, self.sigma**2
         self._x0_variance = a2 + s2
-        self._shrink = a2 / (a2 + s2)  # dm / dx_0
+        self._shrink = a2 / (a2 + s2)  # dm / dx_1
         self._u_std = math.sqrt(2.0 * a2 * s2 / (a2 + s2))  # sqrt(2 v)
         self._y_variance = 1.0 + s2
 
@@ -608,7 +609,8 @@ class PerturbedBanana:
         return f"PerturbedBanana({self.banana!r}, sigma={self.sigma}, n_nodes={self.n_nodes})"
 
     def _terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-terms of the quadrature, nodes u_j and y_j = x_1 + b (u_j^2 - a^2), each (N, J)."""
+        """Log-terms of the quadrature, nodes w_j (``u``) and y_j = x_2 + b (w_j^2 - a^2), each
+        (N, J)."""
         b, a2 = self.banana.curvature, self.banana.scale**2
         nodes = self._nodes.to(dtype=x.dtype, device=x.device)
         log_weights = self._log_weights.to(dtype=x.dtype, device=x.device)
@@ -645,6 +647,6 @@ class PerturbedBanana:
         node_weights = torch.softmax(log_terms, dim=1)  # (N, J): posterior weight of each node
         pull = y / self._y_variance  # (N, J): -d log N(y_j) / d y_j
         s1 = -(node_weights * pull).sum(1)
-        chain = 2.0 * self.banana.curvature * u * self._shrink  # (N, J): d y_j / d x_0
+        chain = 2.0 * self.banana.curvature * u * self._shrink  # (N, J): d y_j / d x_1
         s0 = -x[:, 0] / self._x0_variance - (node_weights * pull * chain).sum(1)
         return torch.stack([s0, s1], dim=1)  # (N, 2)

@@ -296,7 +296,7 @@ class ScoreCounter:
 
 
 class _Frames:
-    """Keeps x at the start and after every ``every``-th step (returned as (T, N, *D))."""
+    """Keeps x at the start and after every ``every``-th step (returned as (n_frames, N, *D))."""
 
     def __init__(self, x: torch.Tensor, every: int) -> None:
         self.every = check_positive_int("record_every", every)
@@ -351,12 +351,13 @@ def euler_maruyama(
         ``score_fn(x, sigma) -> (N, *D)``, the score of the data perturbed at ``sigma``.
     sde : VESDE
     x_T : Tensor, shape (N, *D)
-        Samples at t = 1 (from the prior ``sde.prior_sample`` or from the true p_1).
+        Samples at t = 1 (from the prior ``sde.prior_sample`` or from the true p_1); named
+        after Song et al., whose time runs to T (here T = 1, not the steps per level).
     n_steps : int
         Steps, one score evaluation each.
     generator : torch.Generator, optional
     return_trajectory : bool
-        Also return the states (T, N, *D): the start and every ``record_every``-th step.
+        Also return the states (n_frames, N, *D): the start and every ``record_every``-th step.
     progress : bool
         Show a progress bar.
 
