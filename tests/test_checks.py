@@ -1212,6 +1212,26 @@ def test_a_normalisation_that_assumes_a_shift_is_told_about_bias_false(capsys):
                     "only gamma and delta")
 
 
+def test_6_1_names_the_one_pass_variance_that_round_off_breaks(capsys):
+    base = make_norm()
+
+    class OnePass(base):
+        def forward(self, x, labels):
+            c = self.num_features
+            means = x.mean(dim=(2, 3))  # (N, C)
+            spread = means.var(dim=1, keepdim=True)
+            corrected = ((means - means.mean(dim=1, keepdim=True))
+                         / torch.sqrt(spread + self.eps))[..., None, None]
+            mu = x.mean(dim=(2, 3), keepdim=True)
+            variance = (x**2).mean(dim=(2, 3), keepdim=True) - mu**2  # E[x^2] - E[x]^2
+            h = (x - mu) / torch.sqrt(variance + self.eps)
+            params = self.embed(labels)[..., None, None]
+            out = params[:, :c] * (h + params[:, c : 2 * c] * corrected)
+            return out + params[:, 2 * c :] if self.bias else out
+
+    assert_explains(capsys, checks.exercise_6_1, OnePass, "round-off", "from the deviations")
+
+
 def test_6_1_refuses_an_instance(capsys):
     assert_explains(capsys, checks.exercise_6_1, make_norm()(4, 3), "pass your class itself")
 

@@ -498,6 +498,16 @@ def test_6_3_accepts_the_three_formulas(capsys, grading):
     assert_passes(capsys, checks.exercise_6_3, *STEP_ANSWERS)
 
 
+def test_6_3_accepts_a_variance_ratio_written_with_torch_functions(capsys, grading):
+    """Exercise 6.4 calls variance_ratio on a tensor grid: torch functions must be fine."""
+    def with_torch(eps, sigma_L, gamma, n_steps):
+        u = eps / sigma_L**2
+        kept = torch.exp(2 * n_steps * torch.log1p(-u / 2))  # r^(2T)
+        return kept * gamma**2 + (1 - kept) / (1 - u / 4)
+
+    assert_passes(capsys, checks.exercise_6_3, *STEP_ANSWERS[:2], with_torch)
+
+
 @pytest.mark.parametrize(
     "which, answer, phrases",
     [
@@ -576,12 +586,13 @@ def score_norm_profile(score_fn, x, sigmas, generator=None, *, mistake=None):
         s = score_fn(noisy, sigma)
         if mistake == "batch":
             norm = s.norm()
-        elif mistake == "row norms":
+        elif mistake in ("row norms", "row norms by row length"):
             norm = s.norm(dim=-1).mean()
         else:
             norm = s.reshape(len(x), -1).norm(dim=1).mean()
         factor = {"no sigma": 1.0, "sigma^2": sigma**2}.get(mistake, sigma)
-        divisor = {"no sqrt(D)": 1.0, "by D": dim, "last dim": math.sqrt(x.shape[-1])}.get(
+        divisor = {"no sqrt(D)": 1.0, "by D": dim, "last dim": math.sqrt(x.shape[-1]),
+                   "row norms by row length": math.sqrt(x.shape[-1])}.get(
             mistake, math.sqrt(dim))
         values.append(factor * norm / divisor)
     return torch.stack(values)
@@ -629,6 +640,7 @@ def test_6_5_accepts_the_package_adapter_and_a_root_mean_square_profile(capsys):
         ("by D", ["divides by D = 64"]),
         ("last dim", ["divides by sqrt(8), the last dimension", "x[0].numel()"]),
         ("row norms", ["norm over the last dimension only", "x.flatten(1)"]),
+        ("row norms by row length", ["norm of each row of an image", "x.flatten(1)"]),
         ("clean", ["at the clean data"]),
         ("batch", ["one norm over the whole batch"]),
     ],

@@ -69,9 +69,14 @@ def by_regime(named: dict[str, list[Point]]) -> tuple[list[Point], list[Regime]]
     return points, group
 
 
-def _argument(value):
-    # Numbers go in as Python numbers, as in the student's own calls; tensors as copies.
-    return value.clone() if isinstance(value, torch.Tensor) else value
+def _argument(value, tensors: bool = False):
+    # Numbers go in as Python numbers, as in the student's own calls (or as 0-d float64
+    # tensors where the course calls the formula on tensors); counts stay ints.
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if tensors and isinstance(value, float):
+        return torch.tensor(value, dtype=torch.float64)
+    return value
 
 
 def _show(point: Point) -> str:
@@ -157,11 +162,13 @@ def check_formula(
     mutants: Sequence[tuple[str, Callable]] = (),
     rtol: float = 1e-6,
     atol: float = 1e-12,
+    tensors: bool = False,
 ) -> None:
     """Return when ``fn`` equals ``truth`` at every point; else raise a Mismatch in words.
 
-    ``fn`` is called with the point's values in order (numbers as Python floats and ints,
-    tensors as copies), ``truth`` and the mutants with them by name; a
+    ``fn`` is called with the point's values in order (numbers as Python floats and ints, or,
+    with ``tensors``, real numbers as 0-d float64 tensors, for a formula the course also calls
+    on tensors; tensors as copies), ``truth`` and the mutants with them by name; a
     formula returns a number, or a tensor of the truth's shape. ``mutants`` are
     (explanation, formula) pairs of known mistakes: a student's formula equal to one at every
     point gets that explanation. Otherwise the message says in which regime the formula is
@@ -175,7 +182,7 @@ def check_formula(
     calls = [f"{what}{_show(p)}" for p in points]
     expected = [_as_tensor(truth(**p)) for p in points]
     got = [
-        _read(call_student(fn, *map(_argument, p.values()), what=what), e, call)
+        _read(call_student(fn, *(_argument(v, tensors) for v in p.values()), what=what), e, call)
         for p, e, call in zip(points, expected, calls)
     ]
     wrong = {i for i in range(len(points)) if not _close(got[i], expected[i], rtol, atol)}

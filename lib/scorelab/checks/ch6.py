@@ -80,6 +80,11 @@ def _norm_mutants(norm, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torc
         "gamma * (h + delta * correction) + beta.": gamma * h + delta * m + beta,
         "the spread v of the channel means uses the biased variance; use means.var(dim=1) (unbiased), "
         "as the authors' code does.": gamma * (h + delta * corrected(unbiased=False)) + beta,
+        "round-off: E[x^2] - E[x]^2 loses the variance of a nearly flat channel in float32 (the "
+        "last test image); compute it from the deviations, ((x - mean)^2).mean() or x.var(...).":
+            gamma * ((x - x.mean(dim=(2, 3), keepdim=True)) / torch.sqrt(
+                (x.square().mean(dim=(2, 3), keepdim=True) - x.mean(dim=(2, 3), keepdim=True)
+                 .square()) + eps) + delta * m) + beta,
         "the per-channel spatial variance should be the biased one, x.var(dim=(2, 3), unbiased=False).": gamma
         * (normalised(unbiased=True) + delta * m)
         + beta,
@@ -481,6 +486,7 @@ def exercise_6_3(annealed_step, authors_step_lr, variance_ratio) -> None:
         what="variance_ratio",
         regimes=_RATIO_REGIMES,
         mutants=_RATIO_MUTANTS,
+        tensors=True,  # exercise 6.4 calls it on a tensor grid of eps
     )
 
 
@@ -603,7 +609,11 @@ def _check_profile(score_norm_profile) -> None:
             **({"your profile takes the norm over the last dimension only (norm(dim=-1)): that "
                 "is the norm of one row of an image; flatten each example first (x.flatten(1)) "
                 f"and take the norm over all its D = {dim} entries.":
-                _gaussian_profile(tau, sigmas, shape[-1]) * math.sqrt(shape[-1] / dim)}
+                _gaussian_profile(tau, sigmas, shape[-1]) * math.sqrt(shape[-1] / dim),
+                "your profile takes the norm of each row of an image (norm(dim=-1)) and divides "
+                f"by sqrt({shape[-1]}): it measures rows, not examples; flatten each example "
+                f"(x.flatten(1)) and divide its norm by sqrt(D), D = {dim}.":
+                _gaussian_profile(tau, sigmas, shape[-1])}
                if shape[-1] != dim else {}),
         })
 
