@@ -269,3 +269,14 @@ def test_the_book_leaves_out_the_notebook_only_text(path):
             assert first_words not in " ".join(page.split()), first_words
         if "book-only" in tags:
             assert first_words in " ".join(page.split()), first_words
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_each_cell_shows_its_printed_text_as_one_block(path):
+    """A loop that prints slowly leaves several stdout chunks; the book merges them
+    (nb_merge_streams), so a table is never split into boxes with an empty one between."""
+    page = _built_page(path)
+    outputs = page.split('<div class="cell_output docutils container">')[1:]
+    split = [o for o in outputs
+             if o.split('<div class="cell ')[0].count('class="output stream') > 1]
+    assert not split, f"{path.name}: {len(split)} cell(s) with stdout split into several blocks"
