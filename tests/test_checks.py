@@ -245,6 +245,8 @@ def _no_sum(log_prob_fn, x):
          ["1/N (= 0.01562) times the reference", "averaged", "sum them"]),
         (lambda f, x: autograd_score(lambda y: f(y).exp(), x),
          ["gradient of the density p(x), not of log p(x)"]),
+        (lambda f, x: torch.func.vmap(torch.func.grad(lambda xi: f(xi[None])[0]))(x),
+         ["torch.func.vmap cannot trace", "log_p.sum()"]),
     ],
 )
 def test_1_2_explains_wrong_answers(capsys, answer, phrases):

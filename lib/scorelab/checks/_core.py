@@ -130,6 +130,10 @@ KNOWN_ERRORS = {
     "must be Tensor, not float": "the numbers are Python floats, as in your own calls: torch "
     "functions such as torch.sqrt and torch.exp take tensors, so use math.sqrt, math.exp (or "
     "** 0.5) on floats",
+    "vmap: It looks like you're either (1) calling .item()": "the package's densities check "
+    "their input (finite values, the right shape), which torch.func.vmap cannot trace; "
+    "differentiate the batch's summed log-density instead, torch.autograd.grad(log_p.sum(), x) "
+    "(each point's gradient is its own term's)",
     "must have shape (N, ": "the network takes a batch of points (N, D): flatten any extra leading "
     "dimensions with x.reshape(-1, D), call it, and reshape its output back",
 }
