@@ -435,6 +435,34 @@ def _learned_scale(loss_fn, dim: int, n: int = 2000) -> float:
     return -c1 / (2 * c2) if c2 > 0 else math.nan
 
 
+def _fixed_loss_mutants(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """5.4's known wrong fixes (and the bug itself), from the unit-sphere terms of the loss."""
+    t = _sphere_terms(model, x, N_PROJECTIONS)
+    scale = {
+        "the bug is still there: your loss gives the same values as buggy_ssm_vr_loss, and "
+        "a linear model trained with it learns about 1/D times the true score (the cell "
+        "above shows W near -I/8 rather than -I in 8 dimensions). Find the cause before "
+        "you change the code; checks.hint(\"5.4\") helps.": 1.0,
+        "your directions have length D, so E[v v^T] = D I: the trace term is now D times "
+        "too large. Which length makes E[v v^T] = I?": float(DIM**2),
+        "you divided by sqrt(D) instead of multiplying: the directions should have "
+        "length sqrt(D).": 1.0 / DIM,
+    }
+    mutants = {text: c * t["trace"] + t["norm"] for text, c in scale.items()}
+    mutants.update({
+        "you divided the norm term by D and kept the unit vectors: that loss is the fixed "
+        "one divided by D, so it has the right minimiser, but the exercise keeps SSM-VR's "
+        "1/2 ||s||^2 as it is and fixes the directions instead.": t["trace"] + t["norm"] / DIM,
+        "you replaced the norm term by the plain SSM term 1/2 (v^T s)^2 and kept the unit "
+        "vectors: both terms are then D times too small, so the minimiser is right, but "
+        "the exercise fixes SSM-VR: keep its closed-form 1/2 ||s||^2 and fix the "
+        "directions instead.": t["trace"] + t["projected"],
+        "your loss is plain SSM, with the term 1/2 (v^T s)^2: the exercise fixes SSM-VR, "
+        "whose second term is 1/2 ||s||^2.": DIM * (t["trace"] + t["projected"]),
+    })
+    return mutants
+
+
 @exercise(
     "5.4",
     "fixed: with directions of length sqrt(D), E[v v^T] = I, and a linear model trained with "
@@ -474,29 +502,7 @@ def exercise_5_4(fixed_ssm_vr_loss) -> None:
             "fix the length of those unit vectors."
         )
     if not sphere:
-        t = _sphere_terms(model, x, N_PROJECTIONS)
-        scale = {
-            "the bug is still there: your loss gives the same values as buggy_ssm_vr_loss, and "
-            "a linear model trained with it learns about 1/D times the true score (the cell "
-            "above shows W near -I/8 rather than -I in 8 dimensions). Find the cause before "
-            "you change the code; checks.hint(\"5.4\") helps.": 1.0,
-            "your directions have length D, so E[v v^T] = D I: the trace term is now D times "
-            "too large. Which length makes E[v v^T] = I?": float(DIM**2),
-            "you divided by sqrt(D) instead of multiplying: the directions should have "
-            "length sqrt(D).": 1.0 / DIM,
-        }
-        mutants = {text: c * t["trace"] + t["norm"] for text, c in scale.items()}
-        mutants.update({
-            "you divided the norm term by D and kept the unit vectors: that loss is the fixed "
-            "one divided by D, so it has the right minimiser, but the exercise keeps SSM-VR's "
-            "1/2 ||s||^2 as it is and fixes the directions instead.": t["trace"] + t["norm"] / DIM,
-            "you replaced the norm term by the plain SSM term 1/2 (v^T s)^2 and kept the unit "
-            "vectors: both terms are then D times too small, so the minimiser is right, but "
-            "the exercise fixes SSM-VR: keep its closed-form 1/2 ||s||^2 and fix the "
-            "directions instead.": t["trace"] + t["projected"],
-            "your loss is plain SSM, with the term 1/2 (v^T s)^2: the exercise fixes SSM-VR, "
-            "whose second term is 1/2 ||s||^2.": DIM * (t["trace"] + t["projected"]),
-        })
+        mutants = _fixed_loss_mutants(model, x)
         diagnose(got.detach(), references["sphere"].detach(), what="fixed_ssm_vr_loss",
                  mutants=mutants)
     sphere_directions = _unit_directions(x, N_PROJECTIONS) * math.sqrt(DIM)
@@ -559,6 +565,38 @@ def _spread_matrices(seed: int, dim: int) -> torch.Tensor:
     return torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed)) + torch.eye(dim)
 
 
+def _spread_tolerance(matrix: torch.Tensor, n_draws: int) -> float:
+    """4 standard deviations of the estimated ratio over 20 repeated simulations, plus 1e-3."""
+    replicas = torch.tensor([
+        _simulated_ratio(matrix, n_draws, torch.Generator().manual_seed(1000 + r))
+        for r in range(20)
+    ])
+    return 4 * float(replicas.std()) + 1e-3
+
+
+def _spread_mistakes(matrix: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """Each known mistake of 5.5: explanation -> (its value, how much an error in the ratio
+    grows in it)."""
+    expected, dim = _theory_ratio(matrix), matrix.shape[0]
+    return {
+        "you returned the ratio of the variances; the question asks for the ratio of the "
+        "standard deviations (take the square root).": (expected**2, 2 * expected),
+        "you returned Gaussian over sphere; the question asks for sphere over Gaussian.": (
+            (1 / expected, 1 / expected**2) if expected > 0 else (math.inf, 1.0)
+        ),
+        "your sphere directions have length 1: scale them by sqrt(D), or the trace "
+        "estimate is D times too small (and so is its spread).": (expected / dim, 1.0),
+        "your sphere directions are random signs (Rademacher vectors): they have length "
+        "sqrt(D), but they are not uniform on the sphere; draw Gaussian vectors, "
+        "normalise them to length one, then scale them by sqrt(D).": (
+            _rademacher_ratio(matrix), 1.0
+        ),
+        "you computed the squared length ||v A||^2 (or ||A v||^2) of each direction's "
+        "product with A; the trace estimate is the quadratic form v^T A v, a dot product "
+        "of v A with v.": (_theory_ratio(matrix.T @ matrix), 1.0),
+    }
+
+
 @exercise(
     "5.5",
     "your simulation matches the theory: directions on the sphere of radius sqrt(D) give a "
@@ -600,37 +638,11 @@ def exercise_5_5(spread_ratio) -> None:
                 "generator, compute v^T A v for each, and compare the spreads."
             )
         expected = _theory_ratio(matrix)
-        # the tolerance: 4 standard deviations of this estimator over repeated simulations
-        replicas = torch.tensor(
-            [
-                _simulated_ratio(matrix, n_draws, torch.Generator().manual_seed(1000 + r))
-                for r in range(20)
-            ]
-        )
-        tolerance = 4 * float(replicas.std()) + 1e-3
+        tolerance = _spread_tolerance(matrix, n_draws)
         if abs(answer - expected) <= tolerance:
             continue
-        dim = matrix.shape[0]
-        # each mistake: (its value, how much an error in the ratio grows in it)
-        mistakes = {
-            "you returned the ratio of the variances; the question asks for the ratio of the "
-            "standard deviations (take the square root).": (expected**2, 2 * expected),
-            "you returned Gaussian over sphere; the question asks for sphere over Gaussian.": (
-                (1 / expected, 1 / expected**2) if expected > 0 else (math.inf, 1.0)
-            ),
-            "your sphere directions have length 1: scale them by sqrt(D), or the trace "
-            "estimate is D times too small (and so is its spread).": (expected / dim, 1.0),
-            "your sphere directions are random signs (Rademacher vectors): they have length "
-            "sqrt(D), but they are not uniform on the sphere; draw Gaussian vectors, "
-            "normalise them to length one, then scale them by sqrt(D).": (
-                _rademacher_ratio(matrix), 1.0
-            ),
-            "you computed the squared length ||v A||^2 (or ||A v||^2) of each direction's "
-            "product with A; the trace estimate is the quadratic form v^T A v, a dot product "
-            "of v A with v.": (_theory_ratio(matrix.T @ matrix), 1.0),
-        }
         matching = [
-            explanation for explanation, (value, growth) in mistakes.items()
+            explanation for explanation, (value, growth) in _spread_mistakes(matrix).items()
             if math.isfinite(value) and abs(answer - value) <= tolerance * max(1.0, growth)
         ]
         if len(matching) == 1:

@@ -144,6 +144,49 @@ def _reference_step(score_fn, x, y, mask, sigma, alpha, z):
     return torch.where(mask.bool(), y, moved)
 
 
+def _step_mutants(model, x, y, images, mask, sigma, alpha, z, what) -> dict[str, torch.Tensor]:
+    """7.2's known mistakes, each the result of one inpainting step done that wrong way."""
+    score = model.score(x, sigma)
+    moved = x + 0.5 * alpha * score + math.sqrt(alpha) * z
+    known = mask.bool().expand(x.shape)
+    return {
+        f"{what}: the known pixels were not put back; after the step, set them to y "
+        "(where mask is 1).": moved,
+        f"{what}: the known pixels hold the clean images? They should hold y, which carries "
+        "this level's noise.": torch.where(known, images, moved),
+        f"{what}: the mask is used the wrong way round: 1 marks a known pixel (take y there).": torch.where(
+            ~known, y, moved
+        ),
+        f"{what}: the step is x + alpha s + sqrt(2 alpha) z, the authors' code; this course "
+        "writes x + (alpha / 2) s + sqrt(alpha) z.": torch.where(
+            known, y, x + alpha * score + math.sqrt(2 * alpha) * z
+        ),
+        f"{what}: the score term has the wrong sign: the step climbs the density, "
+        "x + (alpha / 2) s + sqrt(alpha) z.": torch.where(
+            known, y, x - 0.5 * alpha * score + math.sqrt(alpha) * z
+        ),
+        f"{what}: the known pixels were put back both before and after the step (as the "
+        "authors' code does); this course's step moves x as given, then puts y back.":
+            _reference_step(model.score, torch.where(known, y, x), y, mask, sigma, alpha, z),
+        f"{what}: the noise term is missing: add sqrt(alpha) z.": torch.where(
+            known, y, x + 0.5 * alpha * score
+        ),
+        f"{what}: the noise is scaled by alpha; it is sqrt(alpha) z.": torch.where(
+            known, y, x + 0.5 * alpha * score + alpha * z
+        ),
+        f"{what}: the known pixels were put back before the step, not after it.": _reference_step(
+            model.score, torch.where(known, y, x), y, torch.zeros_like(x), sigma, alpha, z
+        ),
+        f"{what}: the score term lacks its 1/2: the move is x + (alpha / 2) s + sqrt(alpha) z.":
+            torch.where(known, y, x + alpha * score + math.sqrt(alpha) * z),
+        f"{what}: the known pixels hold y plus more noise? y already carries this level's "
+        "noise: copy it as it is.": torch.where(known, y + sigma * z, moved),
+        f"{what}: the result is clamped to [0, 1]; within a level the pixels carry noise "
+        "and must not be clamped (the sampler clamps once, at the end).":
+            torch.where(known, y, moved).clamp(0, 1),
+    }
+
+
 @exercise(
     "7.2",
     "your inpainting_step takes the Langevin step and then puts the (noisy) known pixels back.",
@@ -169,45 +212,7 @@ def exercise_7_2(inpainting_step) -> None:
         got = expect_tensor(got, what=what, shape=tuple(x.shape))
         expect_finite(got, what=what)
         expected = _reference_step(model.score, x, y, mask, sigma, alpha, z)
-        score = model.score(x, sigma)
-        moved = x + 0.5 * alpha * score + math.sqrt(alpha) * z
-        known = mask.bool().expand(x.shape)
-        mutants = {
-            f"{what}: the known pixels were not put back; after the step, set them to y "
-            "(where mask is 1).": moved,
-            f"{what}: the known pixels hold the clean images? They should hold y, which carries "
-            "this level's noise.": torch.where(known, images, moved),
-            f"{what}: the mask is used the wrong way round: 1 marks a known pixel (take y there).": torch.where(
-                ~known, y, moved
-            ),
-            f"{what}: the step is x + alpha s + sqrt(2 alpha) z, the authors' code; this course "
-            "writes x + (alpha / 2) s + sqrt(alpha) z.": torch.where(
-                known, y, x + alpha * score + math.sqrt(2 * alpha) * z
-            ),
-            f"{what}: the score term has the wrong sign: the step climbs the density, "
-            "x + (alpha / 2) s + sqrt(alpha) z.": torch.where(
-                known, y, x - 0.5 * alpha * score + math.sqrt(alpha) * z
-            ),
-            f"{what}: the known pixels were put back both before and after the step (as the "
-            "authors' code does); this course's step moves x as given, then puts y back.":
-                _reference_step(model.score, torch.where(known, y, x), y, mask, sigma, alpha, z),
-            f"{what}: the noise term is missing: add sqrt(alpha) z.": torch.where(
-                known, y, x + 0.5 * alpha * score
-            ),
-            f"{what}: the noise is scaled by alpha; it is sqrt(alpha) z.": torch.where(
-                known, y, x + 0.5 * alpha * score + alpha * z
-            ),
-            f"{what}: the known pixels were put back before the step, not after it.": _reference_step(
-                model.score, torch.where(known, y, x), y, torch.zeros_like(x), sigma, alpha, z
-            ),
-            f"{what}: the score term lacks its 1/2: the move is x + (alpha / 2) s + sqrt(alpha) z.":
-                torch.where(known, y, x + alpha * score + math.sqrt(alpha) * z),
-            f"{what}: the known pixels hold y plus more noise? y already carries this level's "
-            "noise: copy it as it is.": torch.where(known, y + sigma * z, moved),
-            f"{what}: the result is clamped to [0, 1]; within a level the pixels carry noise "
-            "and must not be clamped (the sampler clamps once, at the end).":
-                torch.where(known, y, moved).clamp(0, 1),
-        }
+        mutants = _step_mutants(model, x, y, images, mask, sigma, alpha, z, what)
         diagnose(got.detach(), expected, what=what, mutants=mutants)
 
 

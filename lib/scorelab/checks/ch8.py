@@ -115,6 +115,34 @@ def _em_reference(score_fn, sde, x, t, dt, z):
     return x + g2 * dt * score_fn(x, sde.sigma(t)) + math.sqrt(g2 * dt) * z
 
 
+def _em_mutants(score_fn, sde, x, t, dt, z) -> dict[str, torch.Tensor]:
+    """8.2's known mistakes, each one Euler-Maruyama step done that wrong way."""
+    g2, s, sigma = sde.g2(t), score_fn(x, sde.sigma(t)), sde.sigma(t)
+    return {
+        "the drift has the wrong sign: backwards in time the step moves along +g^2 s.":
+            x - g2 * dt * s + math.sqrt(g2 * dt) * z,
+        "the drift has a factor 1/2: that is the probability-flow ODE's drift; the reverse "
+        "SDE's is g^2 s.": x + 0.5 * g2 * dt * s + math.sqrt(g2 * dt) * z,
+        "the noise lacks sqrt(dt): its variance over a step is g^2 dt.":
+            x + g2 * dt * s + math.sqrt(g2) * z,
+        "the noise is missing.": x + g2 * dt * s,
+        "the drift uses g instead of g^2.": x + math.sqrt(g2) * dt * s + math.sqrt(g2 * dt) * z,
+        "the drift uses sigma(t)^2 instead of g(t)^2 = 2 sigma^2 log(sigma_max/sigma_min).":
+            x + sigma**2 * dt * s + math.sqrt(g2 * dt) * z,
+        "the score is evaluated at the time t; score_fn takes the noise level sigma(t).":
+            x + g2 * dt * score_fn(x, t) + math.sqrt(g2 * dt) * z,
+        "the noise is g dt z: over a step of length dt Brownian motion moves by sqrt(dt) z, "
+        "so the noise is g sqrt(dt) z.": x + g2 * dt * s + math.sqrt(g2) * dt * z,
+        "the noise lacks g: its standard deviation over a step is g sqrt(dt).":
+            x + g2 * dt * s + math.sqrt(dt) * z,
+        "the drift is evaluated at t - dt; Euler-Maruyama evaluates it where the step starts, "
+        "at t.": x + sde.g2(t - dt) * dt * score_fn(x, sde.sigma(t - dt))
+                 + math.sqrt(g2 * dt) * z,
+        "the noise enters with a minus sign: in distribution that is the same step, but the "
+        "check passes you z and expects + g sqrt(dt) z.": x + g2 * dt * s - math.sqrt(g2 * dt) * z,
+    }
+
+
 @exercise("8.2", "your step is x + g^2 dt s(x, sigma(t)) + g sqrt(dt) z, and it samples the "
                  "mixture with the right weights.")
 def exercise_8_2(em_step) -> None:
@@ -137,30 +165,7 @@ def exercise_8_2(em_step) -> None:
         expect_untouched(given_x, x, call="em_step(score_fn, sde, x, t, dt, z) on x")
         expect_untouched(given_z, z, call="em_step(score_fn, sde, x, t, dt, z) on z")
         expect_finite(got, what="em_step(...)")
-        g2, s, sigma = sde.g2(t), score_fn(x, sde.sigma(t)), sde.sigma(t)
-        mutants = {
-            "the drift has the wrong sign: backwards in time the step moves along +g^2 s.":
-                x - g2 * dt * s + math.sqrt(g2 * dt) * z,
-            "the drift has a factor 1/2: that is the probability-flow ODE's drift; the reverse "
-            "SDE's is g^2 s.": x + 0.5 * g2 * dt * s + math.sqrt(g2 * dt) * z,
-            "the noise lacks sqrt(dt): its variance over a step is g^2 dt.":
-                x + g2 * dt * s + math.sqrt(g2) * z,
-            "the noise is missing.": x + g2 * dt * s,
-            "the drift uses g instead of g^2.": x + math.sqrt(g2) * dt * s + math.sqrt(g2 * dt) * z,
-            "the drift uses sigma(t)^2 instead of g(t)^2 = 2 sigma^2 log(sigma_max/sigma_min).":
-                x + sigma**2 * dt * s + math.sqrt(g2 * dt) * z,
-            "the score is evaluated at the time t; score_fn takes the noise level sigma(t).":
-                x + g2 * dt * score_fn(x, t) + math.sqrt(g2 * dt) * z,
-            "the noise is g dt z: over a step of length dt Brownian motion moves by sqrt(dt) z, "
-            "so the noise is g sqrt(dt) z.": x + g2 * dt * s + math.sqrt(g2) * dt * z,
-            "the noise lacks g: its standard deviation over a step is g sqrt(dt).":
-                x + g2 * dt * s + math.sqrt(dt) * z,
-            "the drift is evaluated at t - dt; Euler-Maruyama evaluates it where the step starts, "
-            "at t.": x + sde.g2(t - dt) * dt * score_fn(x, sde.sigma(t - dt))
-                     + math.sqrt(g2 * dt) * z,
-            "the noise enters with a minus sign: in distribution that is the same step, but the "
-            "check passes you z and expects + g sqrt(dt) z.": x + g2 * dt * s - math.sqrt(g2 * dt) * z,
-        }
+        mutants = _em_mutants(score_fn, sde, x, t, dt, z)
         diagnose(got, _em_reference(score_fn, sde, x, t, dt, z), what="em_step", mutants=mutants,
                  rtol=1e-4, atol=1e-4)
     # The symptom test: 200 of the student's steps from exact samples of p_1 recover 0.8.
