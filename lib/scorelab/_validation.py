@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 import torch
 
@@ -171,3 +172,17 @@ def check_labels(labels, n: int, n_levels: int, device: torch.device | None = No
             raise ValueError(f"labels must lie in 0..{n_levels - 1} (noise-level indices), got "
                              f"values from {int(low)} to {int(high)}")
     return labels.long()
+
+
+def call_on_samples(fn: Callable, x: torch.Tensor, *args, diverged: Callable[[], Exception]):
+    """``fn(x, *args)``. A sampler's particles ``x`` are checked for finiteness only now and
+    then; a function that refuses non-finite points (the package's densities do) would report
+    its own input error in between. Then the error ``diverged()`` (which names the step and
+    the cure) is raised instead, chained to that input error; an error on finite points is
+    the function's own and passes unchanged."""
+    try:
+        return fn(x, *args)
+    except Exception as error:
+        if bool(torch.isfinite(x).all()):
+            raise
+        raise diverged() from error

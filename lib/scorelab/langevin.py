@@ -24,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from scorelab._tensors import broadcast_like, sum_except_batch
-from scorelab._validation import (check_batch, check_callable, check_generator, check_positive,
-                                  check_positive_int, check_score_shape)
+from scorelab._validation import (call_on_samples, check_batch, check_callable, check_generator,
+                                  check_positive, check_positive_int, check_score_shape)
 from scorelab.noise import check_sigmas, geometric_sigmas  # noqa: F401 (its earlier home)
 from scorelab.scores import ScoreFn as NoiseConditionalScoreFn
 
@@ -157,16 +157,10 @@ class _Chain:
         self.steps = 0
 
     def score(self, score_fn: Callable, *args, step_size: float, what: str) -> torch.Tensor:
-        """``score_fn(x, *args)``. A score function that refuses particles that are no longer
-        finite (the package's densities do) would otherwise report its own input error between
-        two finiteness checks: the divergence, which names the step and the cure, is raised
-        instead, chained to that error."""
-        try:
-            return score_fn(self.x, *args)
-        except Exception as error:
-            if bool(torch.isfinite(self.x).all()):
-                raise
-            raise _divergence(self.steps, step_size, what) from error
+        """``score_fn(x, *args)``; on particles that are no longer finite, the divergence
+        error (:func:`~scorelab._validation.call_on_samples`)."""
+        return call_on_samples(score_fn, self.x, *args,
+                               diverged=lambda: _divergence(self.steps, step_size, what))
 
     def langevin_step(self, score: torch.Tensor, step_size: float, what: str,
                       check: bool = False) -> None:
@@ -399,16 +393,15 @@ def _mala_step(log_prob_fn, score_fn, state, step_size: float, z: torch.Tensor, 
     accepted mask (N,)."""
     x, log_p, score = state
     proposal = x + 0.5 * step_size * score + math.sqrt(step_size) * z  # y
-    try:
-        log_p_new, score_new = log_prob_fn(proposal), score_fn(proposal)
-    except Exception as error:  # functions that refuse non-finite points (the package's do)
-        if bool(torch.isfinite(proposal).all()):
-            raise
-        raise ValueError(
+    def overflowed() -> ValueError:
+        return ValueError(
             f"MALA's proposals overflowed to NaN or infinity at step {step} (step size "
             f"{step_size:.3g}), where log_prob_fn and score_fn cannot be evaluated; try a "
             "smaller step_size"
-        ) from error
+        )
+
+    log_p_new = call_on_samples(log_prob_fn, proposal, diverged=overflowed)
+    score_new = call_on_samples(score_fn, proposal, diverged=overflowed)
     # log q(x | y) - log q(y | x); the forward residual is exactly sqrt(alpha) z.
     backward = x - proposal - 0.5 * step_size * score_new
     log_ratio = (log_p_new - log_p - sum_except_batch(backward.square()) / (2.0 * step_size)

@@ -32,7 +32,6 @@ adjoint method; nothing here trains through the ODE, and the toys live on the CP
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
 from collections.abc import Callable
@@ -42,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scorelab._tensors import rand, randn, randn_like, sum_except_batch
-from scorelab._validation import (check_batch, check_callable, check_generator, check_positive,
+from scorelab._validation import (call_on_samples, check_batch, check_callable, check_generator, check_positive,
                                   check_positive_int, check_positive_real, check_positive_values,
                                   check_real, check_score_shape)
 from scorelab.noise import geometric_sigmas
@@ -242,12 +241,7 @@ class _NonFiniteInput(Exception):
 
 def _score(score_fn, x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Call the score and check that it is shaped like x (a clear error instead of a broadcast)."""
-    try:
-        score = score_fn(x, sigma)
-    except Exception as error:
-        if bool(torch.isfinite(x).all()):
-            raise
-        raise _NonFiniteInput from error
+    score = call_on_samples(score_fn, x, sigma, diverged=_NonFiniteInput)
     check_score_shape("score_fn", score, x)
     return score
 
@@ -262,14 +256,20 @@ def _check_finite(x: torch.Tensor, step: int, what: str) -> None:
         raise _diverged(step, what)
 
 
-@contextlib.contextmanager
-def _reports_divergence(step: int, what: str):
-    """Around step ``step`` (from 1) of a sampler: a score_fn that refused non-finite samples
-    (they are checked only every 25 steps) becomes the divergence error, naming the step."""
-    try:
-        yield
-    except _NonFiniteInput as error:
-        raise _diverged(step, what) from error.__cause__
+class _StepCounter:
+    """Around a sampler's loop (``with _StepCounter(what) as counter``, ``counter.step`` set at
+    each step, from 1): a score_fn that refused non-finite samples (they are checked only every
+    25 steps) becomes the divergence error, naming the step."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.step = what, 0
+
+    def __enter__(self) -> _StepCounter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if isinstance(error, _NonFiniteInput):
+            raise _diverged(self.step, self.what) from error.__cause__
 
 
 def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
@@ -371,13 +371,14 @@ def euler_maruyama(
     x = _start(x_T, generator)
     times = sde.time_grid(n_steps).tolist()
     frames = _Frames(x, record_every) if return_trajectory else None
-    for i in tqdm(range(n_steps), disable=not progress, desc="Euler-Maruyama", leave=False):
-        t, dt = times[i], times[i] - times[i + 1]
-        g2 = sde.g2(t)
-        with _reports_divergence(i + 1, "euler_maruyama"):
+    with _StepCounter("euler_maruyama") as counter:
+        for i in tqdm(range(n_steps), disable=not progress, desc="Euler-Maruyama", leave=False):
+            counter.step = i + 1
+            t, dt = times[i], times[i] - times[i + 1]
+            g2 = sde.g2(t)
             score = _score(score_fn, x, sde.sigma(t))
-        x = x + (g2 * dt) * score + math.sqrt(g2 * dt) * randn_like(x, generator=generator)
-        _after_step(x, i + 1, n_steps, frames, "euler_maruyama")
+            x = x + (g2 * dt) * score + math.sqrt(g2 * dt) * randn_like(x, generator=generator)
+            _after_step(x, i + 1, n_steps, frames, "euler_maruyama")
     return (x, frames.stack()) if frames is not None else x
 
 
@@ -500,11 +501,13 @@ def predictor_corrector(
     x = _start(x_T, generator)
     sigmas = [sde.sigma(t) for t in sde.time_grid(n_steps).tolist()]
     frames = _Frames(x, record_every) if return_trajectory else None
-    for i in tqdm(range(n_steps), disable=not progress, desc="predictor-corrector", leave=False):
-        with _reports_divergence(i + 1, "predictor_corrector"):
+    with _StepCounter("predictor_corrector") as counter:
+        for i in tqdm(range(n_steps), disable=not progress, desc="predictor-corrector",
+                      leave=False):
+            counter.step = i + 1
             x = _reverse_diffusion_step(score_fn, x, sigmas[i], sigmas[i + 1], generator)
             x = _langevin_corrector(score_fn, x, sigmas[i + 1], snr, n_corrector, generator)
-        _after_step(x, i + 1, n_steps, frames, "predictor_corrector")
+            _after_step(x, i + 1, n_steps, frames, "predictor_corrector")
     return (x, frames.stack()) if frames is not None else x
 
 

@@ -84,6 +84,10 @@ _NO_TRACE_GRADIENT = (
     "that v^T (ds/dx) v stays differentiable in the model's parameters (without it, training "
     "with this loss ignores the trace term, or loss.backward() fails)."
 )
+_NO_SECOND_TERM_GRADIENT = (
+    "the second term carries no gradient (is it detached?): both terms must stay "
+    "differentiable in the model's parameters."
+)
 
 
 def _parameter_gradients(model, loss: torch.Tensor) -> list[torch.Tensor]:
@@ -220,10 +224,7 @@ def _check_mean_gradient(fn, name: str, m: int = 500, tolerance: float = 0.3) ->
     if off(norm_only) <= tolerance:
         raise Mismatch(_NO_TRACE_GRADIENT)
     if off(exact - norm_only) <= tolerance:
-        raise Mismatch(
-            "the second term carries no gradient (is it detached?): both terms must stay "
-            "differentiable in the model's parameters."
-        )
+        raise Mismatch(_NO_SECOND_TERM_GRADIENT)
     raise Mismatch(
         f"the values are right on average, but with {m} projections the gradient of your loss "
         "with respect to the model's parameters should approach that of exact score matching, "
@@ -295,15 +296,9 @@ def _check_gradients(model, x, got: torch.Tensor, expected: torch.Tensor, *,
     terms = _terms(model, x, v, graph=True)
     second = terms["norm" if variance_reduction else "projected"]
     if agree(mine, _parameter_gradients(model, second.mean(0))):
-        raise Mismatch(
-            "the values are right but the trace term carries no gradient: it must stay "
-            "differentiable, so pass create_graph=True to torch.autograd.grad."
-        )
+        raise Mismatch("the values are right but " + _NO_TRACE_GRADIENT)
     if agree(mine, _parameter_gradients(model, terms["trace"].mean(0))):
-        raise Mismatch(
-            "the values are right but the second term carries no gradient (is it detached?): "
-            "both terms must stay differentiable in the model's parameters."
-        )
+        raise Mismatch("the values are right but " + _NO_SECOND_TERM_GRADIENT)
     raise Mismatch("the values are right but the gradients are not.")
 
 
