@@ -145,6 +145,28 @@ def test_bad_images_are_named(images, message):
         inpaint(GaussianImageModel(SIGMAS), images, torch.ones(2, 2))
 
 
+def test_snapshots_record_the_start_every_level_and_the_completion():
+    """The path is (L + 2, N, C, H, W): the uniform start, each level's state (its known pixels
+    noisy at that level, as the network saw them) and the completion; recording draws nothing."""
+    model = GaussianImageModel(SIGMAS, n_steps_each=3)
+    images = torch.rand(200, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(1, 1, 2, 2)
+    plain = inpaint(model, images, mask, generator=torch.Generator().manual_seed(3))
+    completed, path = inpaint(model, images, mask, generator=torch.Generator().manual_seed(3),
+                              snapshots=True)
+    assert torch.equal(completed, plain)
+    assert path.shape == (len(SIGMAS) + 2, 200, 1, 2, 2)
+    assert torch.equal(path[-1], completed)
+    assert path.min() >= 0 and path.max() <= 1
+    known = mask.expand_as(images).bool()
+    noise_of_level = [(path[k + 1][known] - images[known]).abs().mean().item()
+                      for k in range(len(SIGMAS))]
+    assert noise_of_level[0] > 0.2 and noise_of_level[-1] < 0.05  # sigma 1 ... 0.03
+    assert noise_of_level == sorted(noise_of_level, reverse=True)
+    with pytest.raises(ValueError, match="snapshots must be True or False"):
+        inpaint(model, images, mask, snapshots="yes")
+
+
 def test_bad_settings_are_named():
     model = GaussianImageModel(SIGMAS)
     images, mask = torch.rand(2, 1, 2, 2), torch.ones(2, 2)

@@ -172,6 +172,43 @@ def test_animate_particles_rejects_bad_input(kwargs, match):
         plotting.animate_particles(**arguments)
 
 
+def test_plot_score_error_draws_the_log10_distance_between_two_scores(ax):
+    density = StandardGaussian()
+    image = plotting.plot_score_error(ax, lambda x: density.score(x) + torch.tensor([3.0, 4.0]),
+                                      density, (-2, 2), (-2, 2), n_grid=10)
+    values = image.get_array()
+    assert values.shape == (10, 10)
+    assert np.allclose(values, np.log10(5.0), atol=1e-5)  # |(3, 4)| = 5 everywhere
+    with pytest.raises(ValueError, match="vmin"):
+        plotting.plot_score_error(ax, density, density, (-2, 2), (-2, 2), vmin=1, vmax=0)
+    with pytest.raises(ValueError, match="reference"):
+        plotting.plot_score_error(ax, density, lambda x: x[:, :1], (-2, 2), (-2, 2))
+
+
+def test_animate_images_plays_one_frame_per_recorded_state():
+    path = torch.rand(5, 6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    anim = plotting.animate_images(path, nrow=3, frame_titles=list("abcde"), figsize=(2, 1.5),
+                                   dpi=30)
+    assert isinstance(anim, FuncAnimation)
+    assert plotting.animation_html(anim, frame_format="png").data.count(
+        "data:image/png;base64") == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"path": torch.zeros(3, 2, 8, 8)}, "path"),
+        ({"frame_titles": ["only one"]}, "frame_titles"),
+        ({"frame_titles": "abc"}, "frame_titles"),
+        ({"nrow": 0}, "nrow"),
+    ],
+)
+def test_animate_images_rejects_bad_input(kwargs, match):
+    arguments = {"path": torch.zeros(3, 2, 1, 8, 8), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        plotting.animate_images(**arguments)
+
+
 def test_animation_html_rejects_a_non_animation():
     with pytest.raises(ValueError, match="anim"):
         plotting.animation_html("not an animation")

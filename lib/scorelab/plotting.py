@@ -24,9 +24,11 @@ __all__ = [
     "grid_points",
     "plot_density",
     "plot_score_field",
+    "plot_score_error",
     "plot_samples",
     "plot_trajectories",
     "animate_particles",
+    "animate_images",
     "animation_html",
     "image_grid",
     "image_samples",
@@ -226,6 +228,47 @@ def plot_score_field(
     return ax
 
 
+def plot_score_error(
+    ax: Axes, score_fn, reference, xlim: Limits, ylim: Limits, *, n_grid: int = 80,
+    vmin: float = -1.5, vmax: float = 1.0, cmap: str = "coolwarm",
+):
+    r"""Draw :math:`\log_{10} \|s(\mathbf{x}) - s_{\text{ref}}(\mathbf{x})\|` as a heatmap.
+
+    Where a learned score is wrong, and by how much, on a log scale so that small and large
+    errors both show (chapters 4 and 5 compare it with the density's contours).
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    score_fn, reference : object with ``.score`` or callable
+        The score to judge and the one it should be (each maps (N, 2) to (N, 2)); for
+        instance a trained network and ``density.score``.
+    xlim, ylim : (low, high)
+    n_grid : int
+        Grid points per axis.
+    vmin, vmax : float
+        The colour scale's ends, in log10 units (values beyond them take the end colours).
+    cmap : str
+
+    Returns
+    -------
+    matplotlib.image.AxesImage
+        For a colour bar: ``fig.colorbar(image, ax=ax)``.
+    """
+    _check_ax(ax)
+    if not vmin < vmax:
+        raise ValueError(f"vmin must be below vmax, got vmin={vmin}, vmax={vmax}")
+    _, _, points = grid_points(xlim, ylim, n_grid)
+    with torch.no_grad():
+        values = [_to_numpy(f"{name}(points)", _score_fn(fn)(points), ndim=2, last=2)
+                  for name, fn in [("score_fn", score_fn), ("reference", reference)]]
+    error = np.linalg.norm(values[0] - values[1], axis=1)  # (G*G,)
+    log_error = np.log10(np.maximum(error, 1e-12)).reshape(n_grid, n_grid)  # (G, G)
+    return ax.imshow(log_error, origin="lower", extent=(*_check_limits("xlim", xlim),
+                     *_check_limits("ylim", ylim)), cmap=cmap, vmin=vmin, vmax=vmax,
+                     aspect="auto")
+
+
 def plot_samples(
     ax: Axes,
     x,
@@ -378,6 +421,51 @@ def animate_particles(
 
     anim = FuncAnimation(fig, update, frames=list(frames), interval=check_positive_int(
         "interval", interval), blit=False)
+    plt.close(fig)
+    return anim
+
+
+def animate_images(
+    path, *, nrow: int = 8, frame_titles: Sequence[str] | None = None, interval: int = 200,
+    figsize: tuple[float, float] = (4.5, 2.8), dpi: int = 80,
+) -> FuncAnimation:
+    """Animate a batch of images as it changes, one frame per recorded state (a sampler's path).
+
+    Parameters
+    ----------
+    path : tensor or array of shape (T, N, C, H, W)
+        Recorded states, e.g. the trajectory of ``NCSN.sample(..., snapshots=True)`` or of
+        ``inpaint(..., snapshots=True)``; each frame is drawn by :func:`image_grid` (values
+        clipped to [0, 1]).
+    nrow : int
+        Images per row of each frame.
+    frame_titles : sequence of T strings, optional
+        A title per recorded state (default "recorded state t").
+    interval, figsize, dpi
+        Milliseconds between frames; figure size in inches and resolution of each frame.
+
+    Returns
+    -------
+    matplotlib.animation.FuncAnimation, its figure closed (show it with :func:`animation_html`).
+    """
+    frames = _to_numpy("path", path, ndim=5)  # (T, N, C, H, W)
+    if frame_titles is None:
+        frame_titles = [f"recorded state {t}" for t in range(len(frames))]
+    if isinstance(frame_titles, str) or len(frame_titles) != len(frames):
+        raise ValueError(f"frame_titles must have one title per recorded state ({len(frames)}), "
+                         f"got {frame_titles!r}")
+    nrow = check_positive_int("nrow", nrow)
+    fig, ax = plt.subplots(figsize=figsize, dpi=check_positive_int("dpi", dpi))
+
+    def show(t: int):
+        ax.clear()
+        image_grid(frames[t], nrow=nrow, ax=ax)
+        ax.set_title(frame_titles[t], fontsize=9)
+
+    show(0)
+    fig.tight_layout()
+    anim = FuncAnimation(fig, show, frames=len(frames), interval=check_positive_int(
+        "interval", interval))
     plt.close(fig)
     return anim
 

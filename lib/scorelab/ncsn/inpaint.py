@@ -122,12 +122,15 @@ def _langevin_keeping_known(model, x, sigma: float, alpha: float, n_steps: int, 
 
 
 def _annealed_langevin(model, images, known, sigmas: list[float], step_size: float,
-                       n_steps_each: int, generator) -> torch.Tensor:
+                       n_steps_each: int, generator, recorder: list | None = None) -> torch.Tensor:
     """Algorithm 2 over every level (largest first) from uniform noise; x (N, C, H, W) at the end.
 
+    ``recorder``, if given, receives the start and the state after every level (L + 1 tensors).
     Raises a ValueError naming the level when the chain becomes NaN or infinite.
     """
     x = _draw("uniform", images.shape, generator, images)  # (N, C, H, W), the paper's start
+    if recorder is not None:
+        recorder.append(x)
     for index, sigma in enumerate(sigmas):
         alpha = step_size * (sigma / sigmas[-1]) ** 2
         observed = images + sigma * _draw("normal", images.shape, generator, images)  # y
@@ -138,6 +141,8 @@ def _annealed_langevin(model, images, known, sigmas: list[float], step_size: flo
                 f"inpainting diverged at level {index + 1} (sigma={sigma:.3g}, step "
                 f"{alpha:.3g}): the images became NaN or infinite; try a smaller step_size"
             )
+        if recorder is not None:
+            recorder.append(x)
     return x
 
 
@@ -145,8 +150,8 @@ def _annealed_langevin(model, images, known, sigmas: list[float], step_size: flo
 def inpaint(
     model, images: torch.Tensor, mask: torch.Tensor, *, generator: torch.Generator | None = None,
     step_size: float | None = None, n_steps_each: int | None = None, denoise: bool = True,
-    clamp: bool = True,
-) -> torch.Tensor:
+    clamp: bool = True, snapshots: bool = False,
+):
     r"""Fill in the unknown pixels of ``images`` with a trained NCSN (Song & Ermon 2019, Algorithm 2).
 
     Starting from uniform noise on [0, 1], for each level :math:`\sigma_i` (largest first):
@@ -181,11 +186,16 @@ def inpaint(
         Epsilon and T; default: the model's own sampling settings.
     denoise, clamp : bool
         Finish with the denoising step; clip the completed pixels to [0, 1].
+    snapshots : bool
+        Also return the chain's path: the uniform start, the state after every level (the
+        known pixels carrying that level's noise, as the network saw them) and the completed
+        images, each clipped to [0, 1] for display.
 
     Returns
     -------
     Tensor, shape (N, C, H, W)
-        The completed images: ``images`` where ``mask`` is 1, the sampler's pixels elsewhere.
+        The completed images: ``images`` where ``mask`` is 1, the sampler's pixels elsewhere;
+        with ``snapshots`` a pair (images, path of shape (L + 2, N, C, H, W)).
 
     Raises
     ------
@@ -196,15 +206,22 @@ def inpaint(
     """
     images, known, step_size, n_steps_each = _check_arguments(
         model, images, mask, generator, step_size, n_steps_each)
+    if not isinstance(snapshots, bool):
+        raise ValueError(f"snapshots must be True or False, got {snapshots!r}")
     sigmas = [float(s) for s in torch.as_tensor(model.sigmas).flatten().tolist()]
+    recorder = [] if snapshots else None
     with _eval_mode(model):
-        x = _annealed_langevin(model, images, known, sigmas, step_size, n_steps_each, generator)
+        x = _annealed_langevin(model, images, known, sigmas, step_size, n_steps_each, generator,
+                               recorder)
         if denoise:
             score = check_score_shape("model.score", model.score(x, sigmas[-1]), x)
             x = x + sigmas[-1] ** 2 * score  # the denoising step
     if clamp:
         x = x.clamp(0.0, 1.0)
-    return torch.where(known, images, x)
+    completed = torch.where(known, images, x)
+    if snapshots:
+        return completed, torch.stack([*recorder, completed]).clamp(0.0, 1.0)
+    return completed
 
 
 def keep_rows(n_rows: int, *, size: int = 8, from_top: bool = True) -> torch.Tensor:
