@@ -18,6 +18,8 @@ code, in plain Jupyter Markdown:
   bibliography writes them (book/references.bib), linked to the paper;
 - admonitions become block quotes under a bold title; the self-check quiz becomes its questions,
   each answer folded under "Answer";
+- the book's maths macros (``\\grad``, ``\\E``, ...) are written out (notebook_macros.py says
+  why);
 - links to the book's other pages point to the repository (a chapter: its copy here, in Colab;
   the notation page: its copy here, notebooks/notation.ipynb, in Colab).
 
@@ -47,7 +49,7 @@ import nbformat
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_exercises import (BADGE_ID, NOTEBOOK_METADATA, SourceError,  # noqa: E402
                             badge_source, colab_url, generator_main, render, repository)
-from notebook_macros import macro_cell  # noqa: E402
+from notebook_macros import CELL_ID, expand_macros, macro_cell  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -141,7 +143,7 @@ class Chapter:
         text = DISPLAY.sub(self._equation, text)
         text = ROLE.sub(self._role, text)
         text = LINK.sub(self._link, text)
-        return self._directives(text)
+        return expand_macros(self._directives(text))
 
     def _equation(self, match) -> str:
         body, label = match["body"], match["label"]
@@ -266,7 +268,7 @@ def plain_notebook(book_nb, name: str, book_numbers: tuple[dict, dict], bibliogr
             continue
         new = copy.deepcopy(cell)
         new.metadata = {}
-        if cell.cell_type == "markdown":
+        if cell.cell_type == "markdown" and cell.get("id") != CELL_ID:
             new.source = chapter.markdown(cell.source)
             if "```{quiz}" in cell.source:
                 new.source = _quiz_cell(new.source)

@@ -17,11 +17,19 @@ read that file, and its formulas would show MathJax errors. This script writes O
   not render a folded markdown cell, and its macros would stay undefined);
 - running the script twice changes nothing; after editing the macros in _config.yml, run it
   again (and then scripts/make_exercises.py).
+
+A macro defined in one cell is not seen in another by every renderer: GitHub's and VS Code's
+notebook views show ``\\grad`` as an error, and Colab's has been reported to. So the notebooks that
+readers open as they are, solutions/ (and exercises/, generated from them) and the plain copies
+in notebooks/ (scripts/make_notebooks.py), have every macro written out
+(:func:`expand_macros`); only book/, which the book renders with _config.yml's macros, keeps
+them. The cell stays in every notebook, for formulas a reader writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "_config.yml"
 FOLDERS = ("book", "solutions")
+EXPANDED = ("solutions",)  # opened as they are (Colab, GitHub, VS Code): macros written out
 CELL_ID = "maths-macros"
 # the first cells of a solution notebook, written by scripts/make_exercises.py
 HEADER_IDS = ("colab-badge", "colab-setup")
@@ -60,6 +69,27 @@ def newcommands(macros: dict[str, str | list]) -> str:
             definition, arguments = definition[0], f"[{definition[1]}]"
         lines.append(f"\\newcommand{{\\{name}}}{arguments}{{{definition}}}")
     return "\n".join(lines)
+
+
+def expand_macros(text: str, macros: dict[str, str | list] | None = None) -> str:
+    """``text`` with every use of a macro written out, as MathJax would (``\\grad \\log p`` ->
+    ``\\nabla_{\\mathbf{x}} \\log p``); a name followed by a letter (``\\Rightarrow``) is another
+    command and stays. Only macros without arguments can be written out."""
+    macros = config_macros() if macros is None else macros
+    for name, definition in macros.items():
+        if not isinstance(definition, str):
+            raise ValueError(f"macro {name!r} takes arguments: only macros without arguments can "
+                             "be written out")
+        text = re.sub(rf"\\{re.escape(name)}(?![A-Za-z])", lambda _: definition, text)
+    return text
+
+
+def with_expanded_macros(nb, macros: dict[str, str | list] | None = None):
+    """The notebook with the macros written out in every markdown cell but the macros cell."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.get("id") != CELL_ID:
+            cell.source = expand_macros(cell.source, macros)
+    return nb
 
 
 def macro_cell(macros: dict[str, str | list] | None = None):
@@ -109,12 +139,15 @@ def main(argv: list[str]) -> int:
     stale = []
     for path in args.paths or notebooks():
         text = path.read_text()
-        new = render(with_macros(nbformat.reads(text, as_version=4), cell))
+        nb = with_macros(nbformat.reads(text, as_version=4), cell)
+        if path.resolve().parent.name in EXPANDED:
+            nb = with_expanded_macros(nb)
+        new = render(nb)
         if new != text:
             stale.append(path)
             if not args.check:
                 path.write_text(new)
-                print(f"wrote the macros cell of {path}")
+                print(f"wrote the macros of {path}")
     if args.check:
         for path in stale:
             print(f"macros cell missing or out of date: {path}")

@@ -97,3 +97,35 @@ def test_make_exercises_keeps_the_macros_cell(tmp_path):
         cells = nbformat.read(exercise, as_version=4).cells
         macros = [i for i, c in enumerate(cells) if c.source == expected]
         assert macros == [2], f"{exercise.name}: macros cell at {macros}, expected right after the header"
+
+
+def test_expand_macros_writes_out_each_macro_as_mathjax_would():
+    macros = {"grad": "\\nabla_{\\mathbf{x}}", "N": "\\mathcal{N}", "R": "\\mathbb{R}"}
+    text = "$\\grad \\log \\N(\\mathbf{x}; 0, I)$, $\\R^D \\Rightarrow \\gradient$"
+    assert notebook_macros.expand_macros(text, macros) == (
+        "$\\nabla_{\\mathbf{x}} \\log \\mathcal{N}(\\mathbf{x}; 0, I)$, "
+        "$\\mathbb{R}^D \\Rightarrow \\gradient$")
+    with pytest.raises(ValueError, match="norm.*arguments"):
+        notebook_macros.expand_macros("$x$", {"norm": ["\\lVert #1 \\rVert", 1]})
+
+
+def test_the_macros_cell_is_kept_and_other_cells_are_written_out():
+    cell = notebook_macros.macro_cell({"E": "\\mathbb{E}"})
+    nb = _notebook(cell, _markdown("$\\E[x]$", "text"))
+    expanded = notebook_macros.with_expanded_macros(nb, {"E": "\\mathbb{E}"})
+    assert [c.source for c in expanded.cells] == [cell.source, "$\\mathbb{E}[x]$"]
+
+
+OPENED_AS_THEY_ARE = sorted(p for folder in ("solutions", "exercises", "notebooks")
+                            for p in (ROOT / folder).glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", OPENED_AS_THEY_ARE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_notebooks_opened_as_they_are_use_no_macro(path):
+    """GitHub, VS Code (and Colab, by some reports) do not carry a macro from one cell to the next."""
+    macros = notebook_macros.config_macros()
+    for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.cell_type == "markdown" and cell.get("id") != notebook_macros.CELL_ID:
+            assert notebook_macros.expand_macros(cell.source, macros) == cell.source, (
+                f"{path.name}, cell {index} uses a macro: run `python scripts/notebook_macros.py`"
+                " and `make exercises notebooks`")
