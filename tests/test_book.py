@@ -219,9 +219,9 @@ def test_every_chapter_ends_with_its_quiz(chapter):
 
 @pytest.mark.parametrize("path", sorted(QUIZZES.glob("*.json")), ids=lambda p: p.name)
 def test_quiz_files_are_valid_jupyterquiz(path):
-    """3-5 questions in jupyterquiz's format, each with a right and a wrong answer and feedback."""
+    """3-6 questions in jupyterquiz's format, each with a right and a wrong answer and feedback."""
     questions = _quiz_checker()(json.loads(path.read_text()), where=path.name)
-    assert 3 <= len(questions) <= 5, f"{path.name}: {len(questions)} questions, expected 3 to 5"
+    assert 3 <= len(questions) <= 6, f"{path.name}: {len(questions)} questions, expected 3 to 6"
     for question in questions:
         answers = question["answers"]
         assert any(a.get("correct") is False for a in answers), f"{path.name}: no wrong answer to explain"
