@@ -189,7 +189,91 @@ def test_8_4(capsys):
     assert "not done yet" in run_check(capsys, checks.exercise_8_4, stub)
 
 
-@pytest.mark.parametrize("number", ["8.1", "8.2", "8.3", "8.4"])
+# --- 8.5 ----------------------------------------------------------------------------------------
+
+
+def make_log_likelihood(n_steps=1_000, method="heun", *, scale=0.5, sign=1.0, level=None,
+                        power="g2", prior="prior", backwards=False, divergence="drift"):
+    """Exercise 8.5's answer by fixed steps, with one of its known mistakes switched on."""
+    def ode_log_likelihood(score_fn, divergence_fn, sde, x0):
+        at = level or sde.sigma
+        g2 = sde.g2 if power == "g2" else sde.diffusion
+        weight = (lambda t: -scale * g2(t)) if divergence == "drift" else (lambda t: 1.0)
+        drift = lambda x, t: -scale * g2(t) * score_fn(x, at(t))  # noqa: E731
+        rate = lambda x, t: weight(t) * divergence_fn(x, at(t))  # noqa: E731
+        x, integral = x0, torch.zeros(len(x0), dtype=x0.dtype)
+        times = torch.linspace(1.0, 0.0, n_steps + 1) if backwards else torch.linspace(
+            0.0, 1.0, n_steps + 1)
+        for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
+            dt = t_next - t
+            if method == "euler":
+                integral, x = integral + dt * rate(x, t), x + dt * drift(x, t)
+                continue
+            x_euler = x + dt * drift(x, t)
+            integral = integral + 0.5 * dt * (rate(x, t) + rate(x_euler, t_next))
+            x = x + 0.5 * dt * (drift(x, t) + drift(x_euler, t_next))
+        end = {"prior": x, "start": x0}.get(prior, x)
+        log_prior = sde.prior_log_prob(end)
+        if prior == "unnormalised":
+            log_prior = -0.5 * (end**2).sum(1) / sde.sigma_max**2
+        return log_prior + sign * integral
+    return ode_log_likelihood
+
+
+def solve_ivp_log_likelihood(score_fn, divergence_fn, sde, x0):
+    """A right answer written another way: SciPy's adaptive solver on the augmented state."""
+    import numpy as np
+    from scipy.integrate import solve_ivp
+
+    n, dim = x0.shape
+
+    def rhs(t, y):
+        x = torch.from_numpy(y[: n * dim]).reshape(n, dim)
+        g2 = sde.g2(t)
+        drift = -0.5 * g2 * score_fn(x, sde.sigma(t))
+        rate = -0.5 * g2 * divergence_fn(x, sde.sigma(t))
+        return np.concatenate([drift.reshape(-1).numpy(), rate.numpy()])
+
+    start = np.concatenate([x0.reshape(-1).numpy(), np.zeros(n)])
+    end = solve_ivp(rhs, (0.0, 1.0), start, rtol=1e-8, atol=1e-8).y[:, -1]
+    x1 = torch.from_numpy(end[: n * dim]).reshape(n, dim)
+    return sde.prior_log_prob(x1) + torch.from_numpy(end[n * dim:])
+
+
+def test_8_5(capsys, monkeypatch):
+    assert_passes(capsys, checks.exercise_8_5, make_log_likelihood())
+    assert_passes(capsys, checks.exercise_8_5, solve_ivp_log_likelihood)
+    assert_passes(capsys, checks.exercise_8_5, make_log_likelihood(5_000, "euler"))
+    monkeypatch.setattr(_core, "GRADING", True)  # the hidden case too
+    assert_passes(capsys, checks.exercise_8_5, make_log_likelihood(300))
+    monkeypatch.setattr(_core, "GRADING", False)
+    for wrong, phrase in [
+        (make_log_likelihood(sign=-1.0), "PLUS the integral"),
+        (make_log_likelihood(scale=1.0), "reverse SDE's"),
+        (make_log_likelihood(level=lambda t: t), "noise level sigma(t)"),
+        (make_log_likelihood(power="g"), "g(t) instead of g(t)^2"),
+        (make_log_likelihood(prior="start"), "prior at x(0)"),
+        (make_log_likelihood(prior="unnormalised"), "normalising constant"),
+        (make_log_likelihood(divergence="score"), "divergence of the score"),
+        (make_log_likelihood(backwards=True), "from t = 1 down to 0"),
+        (make_log_likelihood(1_000, "euler"), "discretisation error"),
+        (lambda f, d, sde, x0: make_log_likelihood()(f, d, sde, x0).float(), "dtype"),
+        (lambda f, d, sde, x0: make_log_likelihood()(f, d, sde, x0)[:, None], "shape"),
+    ]:
+        assert_explains(capsys, checks.exercise_8_5, wrong, phrase)
+    assert "not done yet" in run_check(capsys, checks.exercise_8_5, stub)
+
+
+def test_8_5_names_a_function_that_writes_into_x0(capsys):
+    def in_place(score_fn, divergence_fn, sde, x0):
+        result = make_log_likelihood()(score_fn, divergence_fn, sde, x0.clone())
+        x0.mul_(2.0)
+        return result
+
+    assert_explains(capsys, checks.exercise_8_5, in_place, "x0")
+
+
+@pytest.mark.parametrize("number", ["8.1", "8.2", "8.3", "8.4", "8.5"])
 def test_hints_exist_and_stay_short(capsys, number):
     tiers = _core.HINTS[number]
     assert len(tiers) == 3
@@ -220,7 +304,7 @@ def test_no_hint_tier_spells_out_more_than_30_percent_of_the_solution():
             for body in re.findall(r"# BEGIN SOLUTION\n(.*?)# END SOLUTION", source, re.S):
                 lines = [line for line in body.splitlines() if not line.strip().startswith("#")]
                 solutions[number] = solutions.get(number, "") + "\n".join(lines)
-    assert set(solutions) == {"8.1", "8.2", "8.3", "8.4"}
+    assert set(solutions) == {"8.1", "8.2", "8.3", "8.4", "8.5"}
     for number, code in solutions.items():
         solution = _tokens(code)
         for tier in _core.HINTS[number]:
@@ -233,7 +317,7 @@ def test_exercise_metadata_kinds_and_levels():
 
     notebook = json.loads((Path(__file__).parents[1] / "solutions" / "08_sde.ipynb").read_text())
     marked = {c["metadata"]["exercise"]["id"]: c for c in notebook["cells"] if "exercise" in c["metadata"]}
-    assert set(marked) == {"8.1", "8.2", "8.3", "8.4"}
+    assert set(marked) == {"8.1", "8.2", "8.3", "8.4", "8.5"}
     kinds = {m["metadata"]["exercise"]["kind"] for m in marked.values()}
     assert kinds == {"derive", "implement", "investigate", "debug"}
     for number, cell in marked.items():

@@ -1,5 +1,5 @@
 """Checks for the exercises of chapter 8: the VE SDE, one Euler-Maruyama step, the corrector's
-signal-to-noise ratio, and a probability-flow drift with a bug."""
+signal-to-noise ratio, a probability-flow drift with a bug, and a log-likelihood by the ODE."""
 
 from __future__ import annotations
 
@@ -325,3 +325,180 @@ def exercise_8_4(pf_drift) -> None:
     if abs(ratio - 1.0) > 0.1:  # 2,000 x 2 draws: the variance's error is about 0.02
         raise Mismatch(f"the drift matches on single inputs, but the ODE's samples have "
                        f"{ratio:.3f} times the target's variance instead of 1.")
+
+
+# ---------------------------------------------------------------------------------------------
+# 8.5 (implement): a log-likelihood by the probability-flow ODE
+# ---------------------------------------------------------------------------------------------
+
+register_hints(
+    "8.5",
+    "Along a trajectory of the ODE the log-density changes at a rate set by the drift's "
+    "divergence. You know the density at one end only: carry the points there, and add up "
+    "the change on the way.",
+    "With the drift f = -1/2 g(t)^2 s(x, sigma(t)), d/dt log p_t(x(t)) = -div f, so "
+    "log p_0(x(0)) = log p_1(x(1)) + (integral from 0 to 1 of div f dt), and div f is "
+    "-1/2 g(t)^2 times divergence_fn(x, sigma(t)); log p_1 is the prior N(0, sigma_max^2 I), "
+    "normalising constant included.",
+    "Check on a case you can do by hand: for N(0, v I) data, x(1) = x(0) sqrt((v + "
+    "sigma_max^2)/(v + sigma_min^2)) and the integral is D/2 log((v + sigma_max^2)/(v + "
+    "sigma_min^2)). A first-order (Euler) step needs thousands of steps for 0.01 nats; "
+    "Heun's method needs far fewer.",
+)
+
+_TOLERANCE_85 = 0.01  # nats, mean absolute error; Heun with 1,000 steps is within 1e-3
+
+
+def _flow(sde, x0, velocity, rate, *, n_steps=1_000, backwards=False):
+    """Heun's method for dx/dt = velocity(x, t) from t = 0 to 1 (or 1 to 0), with the integral
+    of rate(x, t) (N,) along the way: (the end point, the integral)."""
+    x, integral = x0, torch.zeros(len(x0), dtype=x0.dtype)
+    times = torch.linspace(1.0, 0.0, n_steps + 1) if backwards else torch.linspace(0.0, 1.0,
+                                                                                n_steps + 1)
+    for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
+        dt = t_next - t
+        x_euler = x + dt * velocity(x, t)
+        integral = integral + 0.5 * dt * (rate(x, t) + rate(x_euler, t_next))
+        x = x + 0.5 * dt * (velocity(x, t) + velocity(x_euler, t_next))
+    return x, integral
+
+
+def _log_likelihood_parts(score_fn, divergence_fn, sde):
+    """The drift f = -scale g^2 s(x, level(t)) and its divergence, as functions of (x, t)."""
+    def drift(scale=0.5, level=sde.sigma, power=sde.g2):
+        return (lambda x, t: -scale * power(t) * score_fn(x, level(t)),
+                lambda x, t: -scale * power(t) * divergence_fn(x, level(t)))
+    return drift
+
+
+def _log_likelihood_reference(score_fn, divergence_fn, sde, x0) -> torch.Tensor:
+    """log p_0(x0) (N,): log p_1(x(1)) + the integral of div f, the prior N(0, sigma_max^2 I)."""
+    end, integral = _flow(sde, x0, *_log_likelihood_parts(score_fn, divergence_fn, sde)())
+    return sde.prior_log_prob(end) + integral
+
+
+def _log_likelihood_mutants(score_fn, divergence_fn, sde, x0) -> list[tuple[str, torch.Tensor]]:
+    """8.5's known mistakes, each log-likelihood computed that wrong way."""
+    drift, prior = _log_likelihood_parts(score_fn, divergence_fn, sde), sde.prior_log_prob
+    end, integral = _flow(sde, x0, *drift())
+    unnormalised = -0.5 * (end**2).sum(1) / sde.sigma_max**2
+    mutants = {
+        "you subtract the integral of the divergence: along the ODE log p_t(x(t)) falls at "
+        "the rate div f, so log p_0(x(0)) = log p_1(x(1)) PLUS the integral from 0 to 1.":
+            prior(end) - integral,
+        "you evaluate the prior at x(0): the prior is the density at t = 1, at the end of the "
+        "trajectory that starts at x(0).": prior(x0) + integral,
+        "your prior lacks its normalising constant -D/2 log(2 pi sigma_max^2): a log-"
+        "likelihood needs the normalised prior.": unnormalised + integral,
+        "your prior's variance is sigma_max instead of sigma_max^2.":
+            unnormalised * sde.sigma_max
+            - 0.5 * x0.shape[1] * math.log(2 * math.pi * sde.sigma_max) + integral,
+    }
+    wrong_flows = {
+        "your drift is the reverse SDE's, -g^2 s: the probability flow has -1/2 g^2 s, and its "
+        "divergence the same 1/2.": drift(scale=1.0),
+        "you pass the time t to score_fn and divergence_fn; they take the noise level "
+        "sigma(t).": drift(level=lambda t: t),
+        "your drift uses g(t) instead of g(t)^2.": drift(power=sde.diffusion),
+    }
+    for message, (velocity, rate) in wrong_flows.items():
+        wrong_end, wrong_integral = _flow(sde, x0, velocity, rate)
+        mutants[message] = prior(wrong_end) + wrong_integral
+    score_only = _flow(sde, x0, drift()[0], lambda x, t: divergence_fn(x, sde.sigma(t)))[1]
+    mutants["you integrate the divergence of the score, not of the drift: div f is "
+            "-1/2 g(t)^2 times divergence_fn(x, sigma(t))."] = prior(end) + score_only
+    back_end, back_integral = _flow(sde, x0, *drift(), backwards=True)
+    backwards = ("you run the ODE from t = 1 down to 0: the points are data, at t = 0; carry "
+                 "them forward to t = 1, where the prior is known.")
+    pairs = list(mutants.items())  # (message, value); the backwards run with either sign
+    return pairs + [(backwards, prior(back_end) + back_integral),
+                    (backwards, prior(back_end) - back_integral)]
+
+
+def _gaussian_case(variance: float, dim: int, sigma_min: float, sigma_max: float, n: int,
+                   generator: torch.Generator):
+    """Data N(0, variance I) in ``dim`` dimensions: its perturbed score and that score's
+    divergence, an SDE and ``n`` points of p_0, in float64."""
+    from scorelab.sde import VESDE
+
+    def score_fn(x, sigma):
+        return -x / (variance + sigma**2)
+
+    def divergence_fn(x, sigma):
+        return torch.full((len(x),), -x.shape[1] / (variance + sigma**2), dtype=x.dtype)
+
+    x0 = math.sqrt(variance + sigma_min**2) * torch.randn(n, dim, generator=generator,
+                                                          dtype=torch.float64)
+    return (f"Gaussian data N(0, {variance:g} I) in D = {dim}, sigma from {sigma_min:g} to "
+            f"{sigma_max:g}", score_fn, divergence_fn, VESDE(sigma_min, sigma_max), x0)
+
+
+def _mixture_case(n: int, generator: torch.Generator):
+    """Chapter 8's 0.8/0.2 mixture: a drift that is not linear in x, the divergence of its
+    perturbed score by automatic differentiation, sigma from 0.01 to 50."""
+    from scorelab.densities import ncsn_toy_mixture
+    from scorelab.sde import VESDE
+
+    mixture = ncsn_toy_mixture()  # components N(mu_k, I)
+    means, weights = mixture.means.double(), mixture.weights.double()
+
+    def parts(x, sigma):  # responsibilities r (N, K), a_k = (mu_k - x) / v (N, K, D), v
+        variance = 1.0 + sigma**2
+        offsets = (means[None] - x[:, None]) / variance
+        log_r = torch.log(weights) - 0.5 * variance * (offsets**2).sum(-1)
+        return torch.softmax(log_r, dim=1), offsets, variance
+
+    def score_fn(x, sigma):  # sum_k r_k a_k
+        r, offsets, _ = parts(x, sigma)
+        return (r[..., None] * offsets).sum(1)
+
+    def divergence_fn(x, sigma):  # sum_k r_k (|a_k|^2 - D / v) - |s|^2
+        r, offsets, variance = parts(x, sigma)
+        inner = (offsets**2).sum(-1) - x.shape[1] / variance
+        return (r * inner).sum(1) - (score_fn(x, sigma) ** 2).sum(1)
+
+    x0 = mixture.perturbed(0.01).sample(n, generator=generator).double()
+    return ("chapter 8's 0.8/0.2 mixture, sigma from 0.01 to 50", score_fn, divergence_fn,
+            VESDE(0.01, 50.0), x0)
+
+
+@exercise("8.5", "log p_0(x(0)) = log p_1(x(1)) + the integral of div f along the ODE, within "
+                 "0.01 nats of an accurate solution, on a Gaussian and on the mixture.")
+def exercise_8_5(ode_log_likelihood) -> None:
+    """Check ``ode_log_likelihood(score_fn, divergence_fn, sde, x0) -> (N,)`` against Heun's
+    method with 1,000 steps (the Gaussian's exact log-density is within 1e-3 of it)."""
+    generator = torch.Generator().manual_seed(85)
+    public = [lambda: _gaussian_case(2.0, 2, 0.01, 50.0, 200, generator),
+              lambda: _mixture_case(60, generator)]
+    hidden = [lambda: _gaussian_case(0.5, 5, 0.05, 20.0, 100, generator)]
+    for make_case in cases(public, hidden):
+        where, score_fn, divergence_fn, sde, x0 = make_case()
+        given = x0.clone()
+        got = expect_tensor(call_student(ode_log_likelihood, score_fn, divergence_fn, sde,
+                                         given, what="ode_log_likelihood"),
+                            what="ode_log_likelihood(...)", shape=(len(x0),),
+                            dtype=torch.float64)
+        expect_untouched(given, x0, call="ode_log_likelihood(score_fn, divergence_fn, sde, x0)")
+        expect_finite(got, what="ode_log_likelihood(...)", where=f" on {where}")
+        got = got.double()
+        want = _log_likelihood_reference(score_fn, divergence_fn, sde, x0)
+        error = (got - want).abs().mean().item()
+        if error <= _TOLERANCE_85:
+            continue
+        _explain_85(got, want, error, where,
+                    _log_likelihood_mutants(score_fn, divergence_fn, sde, x0))
+
+
+def _explain_85(got, want, error: float, where: str, mutants) -> None:
+    """Raise the Mismatch that names 8.5's mistake, or says how far off the answer is."""
+    for message, value in mutants:
+        if (got - value).abs().mean().item() <= max(5 * _TOLERANCE_85, 0.02 * error):
+            raise Mismatch(message + f" (Seen on {where}.)")
+    bias = (got - want).mean().item()
+    if error < 0.3 and abs(bias) > 0.8 * error:
+        raise Mismatch(f"on {where} your log-likelihoods are off by {error:.3f} nats on "
+                       f"average, almost all in one direction ({bias:+.3f}): the size of a "
+                       "solver's discretisation error (Euler steps of 1/1,000 are off by about "
+                       "0.03). Take more steps, or a second-order method such as Heun's.")
+    raise Mismatch(f"on {where} your log-likelihoods differ from an accurate solution by "
+                   f"{error:.3f} nats on average (largest {(got - want).abs().max():.3f}).")
