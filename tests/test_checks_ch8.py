@@ -257,11 +257,38 @@ def test_8_5(capsys, monkeypatch):
         (make_log_likelihood(divergence="score"), "divergence of the score"),
         (make_log_likelihood(backwards=True), "from t = 1 down to 0"),
         (make_log_likelihood(1_000, "euler"), "discretisation error"),
+        (lambda f, d, sde, x0: -make_log_likelihood()(f, d, sde, x0), "negative log-likelihood"),
+        (lambda f, d, sde, x0: make_log_likelihood()(f, d, sde, x0) / 2, "per dimension"),
         (lambda f, d, sde, x0: make_log_likelihood()(f, d, sde, x0).float(), "dtype"),
         (lambda f, d, sde, x0: make_log_likelihood()(f, d, sde, x0)[:, None], "shape"),
     ]:
         assert_explains(capsys, checks.exercise_8_5, wrong, phrase)
     assert "not done yet" in run_check(capsys, checks.exercise_8_5, stub)
+
+
+def test_8_5_passes_a_fourth_order_solver(capsys):
+    assert_passes(capsys, checks.exercise_8_5, make_rk4_log_likelihood(50))
+
+
+def make_rk4_log_likelihood(n_steps):
+    """A right answer by the classical fourth-order Runge-Kutta method on (x, the integral)."""
+    def ode_log_likelihood(score_fn, divergence_fn, sde, x0):
+        def slopes(x, t):
+            g2 = sde.g2(t)
+            return (-0.5 * g2 * score_fn(x, sde.sigma(t)),
+                    -0.5 * g2 * divergence_fn(x, sde.sigma(t)))
+
+        x, integral, h = x0, torch.zeros(len(x0), dtype=x0.dtype), 1.0 / n_steps
+        for k in range(n_steps):
+            t = k * h
+            k1, l1 = slopes(x, t)
+            k2, l2 = slopes(x + h / 2 * k1, t + h / 2)
+            k3, l3 = slopes(x + h / 2 * k2, t + h / 2)
+            k4, l4 = slopes(x + h * k3, t + h)
+            x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            integral = integral + h / 6 * (l1 + 2 * l2 + 2 * l3 + l4)
+        return sde.prior_log_prob(x) + integral
+    return ode_log_likelihood
 
 
 def test_8_5_names_a_function_that_writes_into_x0(capsys):

@@ -485,12 +485,16 @@ def exercise_8_5(ode_log_likelihood) -> None:
         error = (got - want).abs().mean().item()
         if error <= _TOLERANCE_85:
             continue
-        _explain_85(got, want, error, where,
+        _explain_85(got, want, error, where, x0.shape[1],
                     _log_likelihood_mutants(score_fn, divergence_fn, sde, x0))
 
 
-def _explain_85(got, want, error: float, where: str, mutants) -> None:
+def _explain_85(got, want, error: float, where: str, dim: int, mutants) -> None:
     """Raise the Mismatch that names 8.5's mistake, or says how far off the answer is."""
+    mutants = [("you return minus the log-likelihood (a negative log-likelihood, a loss); the "
+                "exercise asks for log p_0(x0) itself.", -want),
+               ("you return the log-likelihood per dimension; the exercise asks for log p_0(x0) "
+                "of each point, summed over its D coordinates.", want / dim), *mutants]
     for message, value in mutants:
         if (got - value).abs().mean().item() <= max(5 * _TOLERANCE_85, 0.02 * error):
             raise Mismatch(message + f" (Seen on {where}.)")
@@ -499,6 +503,7 @@ def _explain_85(got, want, error: float, where: str, mutants) -> None:
         raise Mismatch(f"on {where} your log-likelihoods are off by {error:.3f} nats on "
                        f"average, almost all in one direction ({bias:+.3f}): the size of a "
                        "solver's discretisation error (Euler steps of 1/1,000 are off by about "
-                       "0.03). Take more steps, or a second-order method such as Heun's.")
+                       "0.03). Take more steps, a second-order method such as Heun's, or "
+                       "tighter tolerances for an adaptive solver.")
     raise Mismatch(f"on {where} your log-likelihoods differ from an accurate solution by "
                    f"{error:.3f} nats on average (largest {(got - want).abs().max():.3f}).")
