@@ -197,7 +197,7 @@ def make_log_likelihood(n_steps=1_000, method="heun", *, scale=0.5, sign=1.0, le
     """Exercise 8.5's answer by fixed steps, with one of its known mistakes switched on."""
     def ode_log_likelihood(score_fn, divergence_fn, sde, x0):
         at = level or sde.sigma
-        g2 = sde.g2 if power == "g2" else sde.diffusion
+        g2 = {"g2": sde.g2, "g": sde.diffusion, "sigma2": lambda t: sde.sigma(t) ** 2}[power]
         weight = (lambda t: -scale * g2(t)) if divergence == "drift" else (lambda t: 1.0)
         drift = lambda x, t: -scale * g2(t) * score_fn(x, at(t))  # noqa: E731
         rate = lambda x, t: weight(t) * divergence_fn(x, at(t))  # noqa: E731
@@ -247,22 +247,24 @@ def test_8_5(capsys, monkeypatch):
     monkeypatch.setattr(_core, "GRADING", True)  # the hidden case too
     assert_passes(capsys, checks.exercise_8_5, make_log_likelihood(300))
     monkeypatch.setattr(_core, "GRADING", False)
-    for wrong, phrase in [
+    for wrong, *phrase in [
         (make_log_likelihood(sign=-1.0), "PLUS the integral"),
         (make_log_likelihood(scale=1.0), "reverse SDE's"),
-        (make_log_likelihood(level=lambda t: t), "noise level sigma(t)"),
+        (make_log_likelihood(level=lambda t: t), "blow up", "noise level sigma(t)"),
         (make_log_likelihood(power="g"), "g(t) instead of g(t)^2"),
         (make_log_likelihood(prior="start"), "prior at x(0)"),
         (make_log_likelihood(prior="unnormalised"), "normalising constant"),
         (make_log_likelihood(divergence="score"), "divergence of the score"),
         (make_log_likelihood(backwards=True), "from t = 1 down to 0"),
+        (make_log_likelihood(sign=0.0), "lacks the integral"),
+        (make_log_likelihood(power="sigma2"), "sigma(t)^2 instead of g(t)^2"),
         (make_log_likelihood(1_000, "euler"), "discretisation error"),
         (lambda f, d, sde, x0: -make_log_likelihood()(f, d, sde, x0), "negative log-likelihood"),
         (lambda f, d, sde, x0: make_log_likelihood()(f, d, sde, x0) / 2, "per dimension"),
         (lambda f, d, sde, x0: make_log_likelihood()(f, d, sde, x0).float(), "dtype"),
         (lambda f, d, sde, x0: make_log_likelihood()(f, d, sde, x0)[:, None], "shape"),
     ]:
-        assert_explains(capsys, checks.exercise_8_5, wrong, phrase)
+        assert_explains(capsys, checks.exercise_8_5, wrong, *phrase)
     assert "not done yet" in run_check(capsys, checks.exercise_8_5, stub)
 
 
@@ -289,6 +291,17 @@ def make_rk4_log_likelihood(n_steps):
             integral = integral + h / 6 * (l1 + 2 * l2 + 2 * l3 + l4)
         return sde.prior_log_prob(x) + integral
     return ode_log_likelihood
+
+
+def test_8_5_an_answer_right_only_on_the_gaussian_is_not_blamed_on_a_crash(capsys):
+    """The divergence taken at the start x0 is right for a Gaussian (where it is constant) and
+    wrong on the mixture; the check's own wrong flows may overflow there, and must not crash."""
+    def divergence_at_start(score_fn, divergence_fn, sde, x0):
+        return make_log_likelihood()(score_fn, lambda x, sigma: divergence_fn(x0, sigma), sde,
+                                     x0)
+
+    out = run_check(capsys, checks.exercise_8_5, divergence_at_start)
+    assert out.startswith("❌") and "mixture" in out and "raised" not in out, out
 
 
 def test_8_5_names_a_function_that_writes_into_x0(capsys):
