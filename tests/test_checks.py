@@ -583,6 +583,71 @@ def test_2_4_explains_wrong_fixes(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_2_4, answer, *phrases)
 
 
+def make_mala_log_accept(*, variance=1.0, mean_scale=0.5, back_score="y", clamp=True,
+                         proposal=True, flip=False):
+    """Exercise 2.5's answer, with one of its known mistakes switched on."""
+    def mala_log_accept(log_prob_fn, score_fn, x, y, step_size):
+        def log_q(to, start, score):
+            mean = start + mean_scale * step_size * score
+            return -((to - mean) ** 2).sum(1) / (2 * variance * step_size)
+
+        back = score_fn(y) if back_score == "y" else score_fn(x)
+        log_r = log_prob_fn(y) - log_prob_fn(x)
+        if proposal:
+            log_r = log_r + log_q(x, y, back) - log_q(y, x, score_fn(x))
+        log_r = -log_r if flip else log_r
+        return torch.clamp(log_r, max=0.0) if clamp else log_r
+
+    return mala_log_accept
+
+
+def mala_with_normal_densities(log_prob_fn, score_fn, x, y, step_size):
+    """A right answer written another way: torch.distributions, constants included."""
+    scale = math.sqrt(step_size)
+    forward = torch.distributions.Normal(x + 0.5 * step_size * score_fn(x), scale)
+    backward = torch.distributions.Normal(y + 0.5 * step_size * score_fn(y), scale)
+    log_r = (log_prob_fn(y) + backward.log_prob(x).sum(1)
+             - log_prob_fn(x) - forward.log_prob(y).sum(1))
+    return torch.minimum(log_r, torch.zeros_like(log_r))
+
+
+def test_2_5_accepts_the_solution(capsys, grading):
+    assert_passes(capsys, checks.exercise_2_5, make_mala_log_accept())
+    assert_passes(capsys, checks.exercise_2_5, mala_with_normal_densities)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (make_mala_log_accept(proposal=False), ["left out the proposal's densities"]),
+        (make_mala_log_accept(flip=True), ["upside down"]),
+        (make_mala_log_accept(variance=0.5), ["variance is alpha / 2"]),
+        (make_mala_log_accept(variance=2.0), ["variance is 2 alpha"]),
+        (make_mala_log_accept(mean_scale=1.0), ["lacks the 1/2"]),
+        (make_mala_log_accept(back_score="x"), ["score at x"]),
+        (make_mala_log_accept(clamp=False), ["at most 1", "min(0, log r)"]),
+        (lambda *args: torch.exp(make_mala_log_accept()(*args)), ["not its logarithm"]),
+        (lambda *args: make_mala_log_accept()(*args)[:, None], ["shape"]),
+        (lambda lp, sf, x, y, a: make_mala_log_accept()(lp, sf, x.mul_(1.0), y.add_(1.0), a),
+         ["changed the tensor it was given"]),
+    ],
+)
+def test_2_5_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_2_5, answer, *phrases)
+
+
+def test_2_5_catches_an_acceptance_that_is_right_only_where_it_is_checked(capsys):
+    """Right on the check's proposals, wrong in a chain: the variance test sees it."""
+    right = make_mala_log_accept()
+
+    def only_for_small_steps(log_prob_fn, score_fn, x, y, step_size):
+        if step_size < 1.0:
+            return right(log_prob_fn, score_fn, x, y, step_size)
+        return torch.zeros(len(x))  # accept everything: plain Langevin at step 1.0
+
+    assert_explains(capsys, checks.exercise_2_5, only_for_small_steps, "variance")
+
+
 # ---------------------------------------------------------------- chapter 3: annealing
 
 

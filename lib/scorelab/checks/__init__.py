@@ -11,7 +11,8 @@ hidden cases.
 
 from scorelab.checks._core import HINTS, Mismatch, assert_all_passed, hint, results
 from scorelab.checks.ch1 import exercise_1_1, exercise_1_2, exercise_1_3, exercise_1_4, exercise_1_5
-from scorelab.checks.ch2 import exercise_2_1, exercise_2_2, exercise_2_3, exercise_2_4
+from scorelab.checks.ch2 import (exercise_2_1, exercise_2_2, exercise_2_3, exercise_2_4,
+                                  exercise_2_5)
 from scorelab.checks.ch3 import (exercise_3_1, exercise_3_2, exercise_3_3, exercise_3_4,
                                   exercise_3_5, exercise_3_6)
 from scorelab.checks.ch4 import exercise_4_1, exercise_4_2, exercise_4_3, exercise_4_4, exercise_4_5

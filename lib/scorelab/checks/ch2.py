@@ -2,7 +2,8 @@
 
 2.1 (implement) one Langevin step, and the authors' step convention; 2.2 (derive) the
 stationary variance of the chain on N(0, tau^2); 2.3 (investigate) the measured variance and the
-step size at which its bias reaches 10 %; 2.4 (debug) a sampler whose noise is scaled by alpha.
+step size at which its bias reaches 10 %; 2.4 (debug) a sampler whose noise is scaled by alpha;
+2.5 (implement) MALA's acceptance probability, the correction that removes the bias.
 """
 
 from __future__ import annotations
@@ -456,3 +457,136 @@ register_hints(
     "Only one line is wrong: the noise coefficient should be the number whose ____ is "
     "step_size.",
 )
+
+
+# ---------------------------------------------------------------- 2.5 (implement): MALA
+
+register_hints(
+    "2.5",
+    "Metropolis-Hastings accepts a proposal y from x with probability min(1, r), where r "
+    "compares the target at y with the target at x, each weighted by how likely the proposal "
+    "is to make the move that leads away from it.",
+    "r = p(y) q(x | y) / (p(x) q(y | x)), with q(y | x) the density of the Langevin proposal: "
+    "a Gaussian centred at x + (alpha/2) s(x) with variance alpha in every coordinate. Work "
+    "with logarithms; the Gaussians' normalising constants cancel.",
+    "Checks to run: for a symmetric move the ratio of the q's must not be 1 unless the scores "
+    "at x and y agree; for y = x the answer is 0; with your function inside a MALA loop, "
+    "N(0, 1) sampled with step 1.0 must keep variance 1 (Langevin alone gives 1/(1 - 1/4)).",
+)
+
+
+def _proposal_log_density(mean_from, to, score_at, step_size, scale=1.0, variance=None):
+    """log q(to | mean_from) up to a constant: -|to - from - (alpha/2) s(from)|^2 / (2 var)."""
+    variance = step_size if variance is None else variance
+    mean = mean_from + scale * 0.5 * step_size * score_at
+    return -((to - mean) ** 2).sum(1) / (2 * variance)
+
+
+def _mala_reference_and_mutants(log_prob_fn, score_fn, x, y, step_size):
+    """2.5's log acceptance probability log min(1, r) (N,) and its known mistakes."""
+    log_px, log_py, sx, sy = log_prob_fn(x), log_prob_fn(y), score_fn(x), score_fn(y)
+
+    def log_accept(log_ratio):
+        return torch.clamp(log_ratio, max=0.0)
+
+    def ratio(**kwargs):
+        forward = _proposal_log_density(x, y, sx, step_size, **kwargs)
+        backward = _proposal_log_density(y, x, sy, step_size, **kwargs)
+        return log_py - log_px + backward - forward
+
+    right = ratio()
+    mutants = {
+        "you left out the proposal's densities: with a Langevin proposal q(y | x) is not "
+        "q(x | y), so r = p(y) q(x | y) / (p(x) q(y | x)).": log_accept(log_py - log_px),
+        "the proposal densities are the wrong way round: r has q(x | y), the density of the "
+        "move back from y, in the numerator.": log_accept(log_py - log_px - (right
+                                                                            - log_py + log_px)),
+        "your ratio is upside down (p(x) q(y | x) over p(y) q(x | y)).": log_accept(-right),
+        "your proposal's variance is alpha / 2; the step adds sqrt(alpha) z, variance alpha.":
+            log_accept(ratio(variance=step_size / 2)),
+        "your proposal's variance is 2 alpha; the step adds sqrt(alpha) z, variance alpha.":
+            log_accept(ratio(variance=2 * step_size)),
+        "your proposal's mean lacks the 1/2: the Langevin step moves by (alpha/2) s(x).":
+            log_accept(ratio(scale=2.0)),
+        "the move back uses the score at x; q(x | y) is centred at y + (alpha/2) s(y).":
+            log_accept(log_py - log_px + _proposal_log_density(y, x, sx, step_size)
+                       - _proposal_log_density(x, y, sx, step_size)),
+        "you return log r itself: a probability is at most 1, so take min(0, log r).": right,
+        "you return the acceptance probability min(1, r), not its logarithm.":
+            torch.exp(log_accept(right)),
+    }
+    return log_accept(right), mutants
+
+
+def _mala_cases(generator: torch.Generator):
+    """(where, log_prob_fn, score_fn, x, y, step) for a Gaussian, a mixture and, hidden, an
+    anisotropic Gaussian in 5 dimensions; y is a Langevin proposal from x."""
+    from scorelab.densities import GaussianMixture
+
+    mixture = GaussianMixture(torch.tensor([0.7, 0.3]), torch.tensor([[-2.0, 0.0], [2.0, 1.0]]),
+                              torch.tensor([0.5, 0.8]))
+    scales = torch.tensor([1.0, 0.3, 2.0, 0.7, 1.5])
+
+    def gaussian(x):
+        return -0.5 * (x**2).sum(1)
+
+    def anisotropic(x):
+        return -0.5 * ((x / scales) ** 2).sum(1)
+
+    targets = [("N(0, I) in D = 2", gaussian, lambda x: -x, 2, 0.5),
+               ("a two-component mixture", mixture.log_prob, mixture.score, 2, 0.3)]
+    hidden = [("an anisotropic Gaussian in D = 5", anisotropic, lambda x: -x / scales**2, 5,
+               0.2)]
+    for where, log_prob_fn, score_fn, dim, step in cases(targets, hidden):
+        x = 2.0 * torch.randn(64, dim, generator=generator)
+        y = (x + 0.5 * step * score_fn(x)
+             + math.sqrt(step) * torch.randn(64, dim, generator=generator))
+        yield where, log_prob_fn, score_fn, x, y, step
+
+
+@exercise("2.5", "log min(1, r) with r = p(y) q(x | y) / (p(x) q(y | x)): the Metropolis "
+                 "correction keeps p exactly stationary at any step size.")
+def exercise_2_5(mala_log_accept) -> None:
+    """Check ``mala_log_accept(log_prob_fn, score_fn, x, y, step_size) -> (N,)``, then use it
+    in a MALA chain on N(0, 1) at step 1.0, where Langevin alone is 33 % too wide."""
+    generator = torch.Generator().manual_seed(25)
+    for where, log_prob_fn, score_fn, x, y, step in _mala_cases(generator):
+        given_x, given_y = x.clone(), y.clone()
+        got = expect_tensor(call_student(mala_log_accept, log_prob_fn, score_fn, given_x,
+                                         given_y, step, what="mala_log_accept"),
+                            what="mala_log_accept(...)", shape=(len(x),))
+        expect_untouched(given_x, x, call="mala_log_accept(log_prob_fn, score_fn, x, y, "
+                                          "step_size)")
+        expect_untouched(given_y, y, call="mala_log_accept(log_prob_fn, score_fn, x, y, "
+                                          "step_size)")
+        expect_finite(got, what="mala_log_accept(...)", where=f" on {where}")
+        want, mutants = _mala_reference_and_mutants(log_prob_fn, score_fn, x, y, step)
+        if is_close(got, want, rtol=1e-4, atol=1e-4):
+            continue
+        for message, value in mutants.items():
+            if is_close(got, value, rtol=1e-4, atol=1e-4):
+                raise Mismatch(f"{message} (Seen on {where}, step {step}.)")
+        worst = (got - want).abs().max().item()
+        raise Mismatch(f"on {where} (step {step}) your log acceptance probabilities differ from "
+                       f"log min(1, r) by up to {worst:.3g}.")
+    _check_mala_variance(mala_log_accept)
+
+
+def _check_mala_variance(mala_log_accept) -> None:
+    """The student's acceptance in a MALA chain on N(0, 1) with step 1.0 keeps variance 1."""
+    generator = torch.Generator().manual_seed(52)
+    x = torch.randn(20_000, 1, generator=generator)  # start at the target: only the bias shows
+
+    def log_prob_fn(points):
+        return -0.5 * (points**2).sum(1)
+
+    for _ in range(200):
+        y = 0.5 * x + torch.randn(x.shape, generator=generator)  # x + (1/2) * 1.0 * (-x) + z
+        log_u = torch.log(torch.rand(len(x), generator=generator))
+        accept = log_u < call_student(mala_log_accept, log_prob_fn, lambda p: -p, x, y, 1.0,
+                                      what="mala_log_accept")
+        x = torch.where(accept[:, None], y, x)
+    variance = x.var().item()
+    if abs(variance - 1.0) > 0.05:  # 20,000 draws: the variance's error is about 0.02
+        raise Mismatch(f"your acceptance matches on single inputs, but a MALA chain on N(0, 1) "
+                       f"with step 1.0 ends with variance {variance:.3f} instead of 1.")
