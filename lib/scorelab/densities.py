@@ -564,7 +564,8 @@ class PerturbedBanana:
     r"""The banana convolved with :math:`N(0, \sigma^2 I)`, by Gauss-Hermite quadrature.
 
     In chapter 1's coordinates :math:`x_1, x_2`: the noise on :math:`x_2` integrates in closed
-    form, and the product of the two Gaussians in :math:`x_1` is again Gaussian, which leaves one smooth 1-D integral:
+    form, and the product of the two Gaussians in :math:`x_1` is again Gaussian, which leaves
+    one smooth 1-D integral:
 
     .. math::
 

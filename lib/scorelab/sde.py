@@ -41,9 +41,9 @@ import torch
 from tqdm.auto import tqdm
 
 from scorelab._tensors import rand, randn, randn_like, sum_except_batch
-from scorelab._validation import (call_on_samples, check_batch, check_callable, check_generator, check_positive,
-                                  check_positive_int, check_positive_real, check_positive_values,
-                                  check_real, check_score_shape)
+from scorelab._validation import (call_on_samples, check_batch, check_callable, check_generator,
+                                  check_positive, check_positive_int, check_positive_real,
+                                  check_positive_values, check_real, check_score_shape)
 from scorelab.noise import geometric_sigmas
 from scorelab.training import ScoreMatchingTrainer, _sigma_weighted_dsm
 

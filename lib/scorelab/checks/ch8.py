@@ -461,32 +461,23 @@ def _gaussian_case(variances: list[float], sigma_min: float, sigma_max: float, n
 
 
 def _mixture_case(n: int, generator: torch.Generator):
-    """Chapter 8's 0.8/0.2 mixture: a drift that is not linear in x, the divergence of its
-    perturbed score by automatic differentiation, sigma from 0.01 to 50."""
+    """Chapter 8's 0.8/0.2 mixture, sigma from 0.01 to 50: a drift that is not linear in x, and
+    the divergence of its perturbed score in closed form."""
     from scorelab.densities import ncsn_toy_mixture
     from scorelab.sde import VESDE
 
     mixture = ncsn_toy_mixture()  # components N(mu_k, I)
-    means, weights = mixture.means.double(), mixture.weights.double()
 
-    def parts(x, sigma):  # responsibilities r (N, K), a_k = (mu_k - x) / v (N, K, D), v
+    def divergence_fn(x, sigma):  # sum_k r_k (|a_k|^2 - D / v) - |s|^2, a_k = (mu_k - x) / v
         variance = 1.0 + sigma**2
-        offsets = (means[None] - x[:, None]) / variance
-        log_r = torch.log(weights) - 0.5 * variance * (offsets**2).sum(-1)
-        return torch.softmax(log_r, dim=1), offsets, variance
-
-    def score_fn(x, sigma):  # sum_k r_k a_k
-        r, offsets, _ = parts(x, sigma)
-        return (r[..., None] * offsets).sum(1)
-
-    def divergence_fn(x, sigma):  # sum_k r_k (|a_k|^2 - D / v) - |s|^2
-        r, offsets, variance = parts(x, sigma)
+        offsets = (mixture.means.to(x)[None] - x[:, None]) / variance  # (N, K, D)
+        r = mixture.perturbed(sigma).responsibilities(x)  # (N, K)
         inner = (offsets**2).sum(-1) - x.shape[1] / variance
-        return (r * inner).sum(1) - (score_fn(x, sigma) ** 2).sum(1)
+        return (r * inner).sum(1) - (mixture.perturbed_score(x, sigma) ** 2).sum(1)
 
     x0 = mixture.perturbed(0.01).sample(n, generator=generator).double()
-    return ("chapter 8's 0.8/0.2 mixture, sigma from 0.01 to 50", score_fn, divergence_fn,
-            VESDE(0.01, 50.0), x0)
+    return ("chapter 8's 0.8/0.2 mixture, sigma from 0.01 to 50", mixture.perturbed_score,
+            divergence_fn, VESDE(0.01, 50.0), x0)
 
 
 @exercise("8.5", "log p_0(x(0)) = log p_1(x(1)) + the integral of div f along the ODE, within "
