@@ -468,9 +468,10 @@ register_hints(
     "r = p(y) q(x | y) / (p(x) q(y | x)), with q(y | x) the density of the Langevin proposal: "
     "a Gaussian centred at x + (alpha/2) s(x) with variance alpha in every coordinate. Work "
     "with logarithms; the Gaussians' normalising constants cancel.",
-    "Checks to run: for a symmetric move the ratio of the q's must not be 1 unless the scores "
-    "at x and y agree; for y = x the answer is 0; with your function inside a MALA loop, "
-    "N(0, 1) sampled with step 1.0 must keep variance 1 (Langevin alone gives 1/(1 - 1/4)).",
+    "Checks to run: with a score of zero the two q's are equal and only p(y)/p(x) remains, but "
+    "a constant non-zero score already makes them differ (it favours moves along it); for "
+    "y = x the answer is 0; with your function inside a MALA loop, N(0, 1) sampled with step "
+    "1.0 must keep variance 1 (Langevin alone gives 1/(1 - 1/4)).",
 )
 
 
