@@ -14,7 +14,9 @@ import torch
 from _checks_helpers import assert_explains, assert_passes, lcs, run_check, stub
 from scorelab import checks
 from scorelab.checks import _core
-from scorelab.checks.ch7 import GaussianImages, known_pixel_noise
+from scorelab.checks.ch7 import (GaussianImages, known_pixel_noise, plateau_parts,
+                                 spread_ratio)
+from scorelab.ncsn.inpaint import inpaint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,13 +73,36 @@ def make_inpaint(*, noise_scale=lambda sigma: sigma, exact_end=True, redraw_each
 fixed_inpaint = make_inpaint()
 
 
+def gaussian_conditional(mean, cov, known, values):
+    unknown = ~known
+    cov_uk = cov[unknown][:, known]
+    gain = torch.linalg.solve(cov[known][:, known], cov_uk.T).T
+    return mean[unknown] + (values - mean[known]) @ gain.T, cov[unknown][:, unknown] - gain @ cov_uk.T
+
+
+def conditional_with(*, gain=None, means=None, covariance=None):
+    """gaussian_conditional with one part computed another (wrong) way."""
+    def answer(mean, cov, known, values):
+        right_means, right_cov = gaussian_conditional(mean, cov, known, values)
+        g = gain(mean, cov, known) if gain else None
+        got_means = (means(mean, cov, known, values) if means
+                     else mean[~known] + (values - mean[known]) @ g.T if gain else right_means)
+        return got_means, covariance(mean, cov, known) if covariance else right_cov
+
+    return answer
+
+
+def _right_gain(mean, cov, known):
+    return cov[~known][:, known] @ torch.linalg.inv(cov[known][:, known])
+
+
 # ------------------------------------------------------------------------------ tests
 
 
 @pytest.mark.parametrize(
     "check, n_args",
     [(checks.exercise_7_1, 1), (checks.exercise_7_2, 1), (checks.exercise_7_3, 2),
-     (checks.exercise_7_4, 1)],
+     (checks.exercise_7_4, 1), (checks.exercise_7_5, 1)],
 )
 def test_an_unfilled_stub_is_not_done_yet(capsys, check, n_args):
     out = run_check(capsys, check, *([stub] + [1e-5] * (n_args - 1)))
@@ -227,7 +252,7 @@ def _solution_regions() -> dict[str, str]:
     return regions
 
 
-@pytest.mark.parametrize("number", ["7.1", "7.2", "7.3", "7.4"])
+@pytest.mark.parametrize("number", ["7.1", "7.2", "7.3", "7.4", "7.5", "7.6"])
 def test_hints_have_tiers_and_give_away_at_most_30_percent(number):
     tiers = _core.HINTS[number]
     assert len(tiers) == 3
@@ -296,3 +321,130 @@ def test_7_4_catches_noise_scaled_by_the_square_root_of_the_step(capsys):
             score_fn, sigmas, images, mask, step_size, n_steps_each, generator=generator)
 
     assert_explains(capsys, checks.exercise_7_4, sqrt_alpha_noise, "the score was shown known pixels")
+
+
+# ------------------------------------------------------------------- 7.5 and 7.6
+
+
+def test_7_5_accepts_the_solution_and_a_float32_answer(capsys, grading):
+    assert_passes(capsys, checks.exercise_7_5, gaussian_conditional)
+
+    def in_float32(mean, cov, known, values):
+        means, covariance = gaussian_conditional(mean.float(), cov.float(), known, values.float())
+        return means, covariance
+
+    assert_passes(capsys, checks.exercise_7_5, in_float32)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (conditional_with(covariance=lambda m, c, k: c[~k][:, ~k]), ["marginal one"]),
+        (conditional_with(covariance=lambda m, c, k: c[~k][:, ~k] + _right_gain(m, c, k)
+                          @ c[k][:, ~k]), ["adds what x_k explains"]),
+        (conditional_with(covariance=lambda m, c, k: torch.linalg.inv(c)[~k][:, ~k]),
+         ["block of the precision"]),
+        (conditional_with(gain=lambda m, c, k: c[~k][:, k] @ torch.linalg.inv(c)[k][:, k]),
+         ["(Sigma^-1)_kk is not (Sigma_kk)^-1"]),
+        (conditional_with(means=lambda m, c, k, v: m[~k] + v @ _right_gain(m, c, k).T),
+         ["ignore mu_k"]),
+        (conditional_with(means=lambda m, c, k, v: (v - m[k]) @ _right_gain(m, c, k).T),
+         ["lack mu_u"]),
+        (conditional_with(means=lambda m, c, k, v: m[~k] - (v - m[k]) @ _right_gain(m, c, k).T),
+         ["the wrong way"]),
+        (conditional_with(means=lambda m, c, k, v: m[~k].expand(len(v), -1)),
+         ["marginal means"]),
+        (lambda m, c, k, v: gaussian_conditional(m, c, ~k, v), ["swapped"]),
+        (lambda m, c, k, v: gaussian_conditional(m, c, k, v)[0], ["should return a pair"]),
+        (lambda m, c, k, v: (gaussian_conditional(m, c, k, v)[0][0],
+                             gaussian_conditional(m, c, k, v)[1]), ["wrong shape"]),
+        (lambda m, c, k, v: (gaussian_conditional(m, c, k, v)[0] * float("nan"),
+                             gaussian_conditional(m, c, k, v)[1]), ["NaN"]),
+    ],
+)
+def test_7_5_explains_wrong_answers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_7_5, answer, *phrases)
+
+
+def _two_by_two_only(mean, cov, known, values):
+    """Right up to D = 4 (the public cases), wrong for the hidden ones of D = 5 and 6."""
+    means, covariance = gaussian_conditional(mean, cov, known, values)
+    return (means, covariance) if len(mean) <= 4 else (means + 0.1, covariance)
+
+
+def test_7_5_public_cases_stop_at_four_coordinates(capsys):
+    assert_passes(capsys, checks.exercise_7_5, _two_by_two_only)
+
+
+def test_7_5_hidden_cases_catch_an_answer_for_four_coordinates_only(capsys, grading):
+    assert_explains(capsys, checks.exercise_7_5, _two_by_two_only, "D = 5")
+
+
+def test_7_5_names_the_swapped_mask_when_the_shapes_differ(capsys):
+    def known_block(mean, cov, known, values):  # right for the 2 + 2 pixels, then swapped
+        if len(mean) == 4:
+            return gaussian_conditional(mean, cov, known, values)
+        return values.clone(), cov[known][:, known]
+
+    assert_explains(capsys, checks.exercise_7_5, known_block, "one column per *known* coordinate")
+
+
+def test_7_6_accepts_the_solution(capsys):
+    assert_passes(capsys, checks.exercise_7_6, 10, plateau_parts()["exact"] * 1.01)
+
+
+def test_7_6_is_not_done_while_its_numbers_are_none(capsys):
+    assert "not done yet" in run_check(capsys, checks.exercise_7_6, None, None)
+
+
+@pytest.mark.parametrize(
+    "steps, plateau, phrases",
+    [
+        (3, 1.24, ["at T = 3", "not yet forgotten"]),
+        (30, 1.24, ["take the smallest"]),
+        (7, 1.24, ["choose one of the scan's T"]),
+        (10, 1.0, ["would make Algorithm 2 exact"]),
+        (10, "covariance only", ["*their own* mean"]),
+        (10, "noise added", ["adds sigma_L^2 to each unknown pixel"]),
+        (10, "denoised", ["*with* the denoising step"]),
+        (10, 1.37, ["measured at the model's step"]),
+        (10, 0.7, ["too small"]),
+        (10, 1.8, ["too large"]),
+    ],
+)
+def test_7_6_explains_wrong_answers(capsys, steps, plateau, phrases):
+    plateau = plateau_parts()[plateau] if isinstance(plateau, str) else plateau
+    assert_explains(capsys, checks.exercise_7_6, (steps, plateau), *phrases)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_7_6_answer_does_not_hang_on_the_seed(seed):
+    """Ten steps a level is the answer for other draws of the images and the chain too: the
+    ratios at T = 3 and T = 10 sit far on either side of the 10 % band."""
+    ratios = __import__("scorelab.checks.ch7", fromlist=["_scan_ratios"])._scan_ratios(
+        up_to=10, seed=seed)
+    assert ratios[3] > 1.2 and abs(ratios[10] - 1.0) < 0.06, ratios
+
+
+def test_7_6_limits_match_a_long_run_at_a_small_step():
+    """The closed forms of plateau_parts against Algorithm 2 with 1,000 steps of 5e-4 a level
+    on 12,000 images: within 2 % (measured: within 0.6 % for three seeds)."""
+    toy = GaussianImages(record=False)
+    images, mask = toy.top_row_known(12_000, generator=torch.Generator().manual_seed(3))
+    parts = plateau_parts(toy)
+    for denoise, name in [(False, "exact"), (True, "denoised")]:
+        completed = inpaint(toy, images, mask, step_size=5e-4, n_steps_each=1000,
+                            denoise=denoise, clamp=False, generator=torch.Generator().manual_seed(4))
+        assert spread_ratio(completed, toy) == pytest.approx(parts[name], rel=0.02), name
+
+
+def test_spread_ratio_is_one_for_exact_conditional_draws():
+    toy = GaussianImages()
+    images, _ = toy.top_row_known(20_000, generator=torch.Generator().manual_seed(5))
+    known = torch.tensor([True, True, False, False])
+    flat = images.reshape(len(images), 4).double()
+    means, covariance = gaussian_conditional(toy.mu, toy.cov, known, flat[:, known])
+    draws = torch.randn(len(images), 2, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(6))
+    flat[:, ~known] = means + draws @ torch.linalg.cholesky(covariance).T
+    assert spread_ratio(flat.reshape(images.shape), toy) == pytest.approx(1.0, abs=0.03)

@@ -1,5 +1,6 @@
 """Checks for the exercises of chapter 7: NCSNv2's overlap ratio, one inpainting step,
-Technique 4 by simulation, and an inpainting loop that forgets the known pixels' noise.
+Technique 4 by simulation, an inpainting loop that forgets the known pixels' noise, a
+Gaussian's conditional law, and how far Algorithm 2 is from it.
 
 The inpainting checks run the student's code on a *Gaussian image model*: 2x2 "images"
 drawn from a correlated Gaussian, whose perturbed score is exact at every noise level. It is
@@ -21,6 +22,7 @@ from scorelab.checks._core import (
     exercise,
     expect_finite,
     expect_tensor,
+    is_close,
     register_hints,
     to_float,
 )
@@ -106,22 +108,38 @@ def exercise_7_1(gamma_half) -> None:
 class GaussianImages:
     """N(mu, Sigma) on (1, 2, 2) images, with the exact score of its perturbed densities.
 
-    ``score(x, sigma)`` records (sigma, a copy of x) for every call, so a check can see which
-    images the sampler asked about.
+    ``mu`` (4,) and ``cov`` (4, 4) are float64, the pixels flattened row by row. Unless
+    ``record`` is False, ``score(x, sigma)`` records (sigma, a copy of x) for every call, so a
+    check can see which images the sampler asked about.
     """
 
-    def __init__(self, sigmas=(1.0, 0.5, 0.25, 0.12, 0.06), step_size=0.01, n_steps_each=5):
+    def __init__(self, sigmas=(1.0, 0.5, 0.25, 0.12, 0.06), step_size=0.01, n_steps_each=5, *,
+                 record: bool = True):
         self.sigmas = torch.tensor(sigmas)
-        self.step_size, self.n_steps_each = step_size, n_steps_each
+        self.step_size, self.n_steps_each, self.record = step_size, n_steps_each, record
         self.mu = torch.tensor([0.5, 0.3, 0.6, 0.4], dtype=torch.float64)
         root = torch.tensor([[1.0, 0.8, 0.6, 0.4], [0.0, 0.6, 0.3, 0.2], [0.0, 0.0, 0.7, 0.3],
                              [0.0, 0.0, 0.0, 0.5]], dtype=torch.float64)
         self.cov = 0.05 * root.T @ root  # (4, 4)
         self.calls: list[tuple[float, torch.Tensor]] = []
 
+    def top_row_known(self, n: int, generator: torch.Generator | None = None):
+        """n images (n, 1, 2, 2) whose top row is an exact draw of the model's and whose bottom
+        row, to be filled in, shows 0.5; and the mask (2, 2) of the known top row.
+
+        Images lie in [0, 1], so draws whose top row leaves it are skipped; that leaves the law
+        of the bottom row *given* the top row unchanged.
+        """
+        draws = torch.randn(3 * n, 4, dtype=torch.float64, generator=generator)
+        flat = self.mu + draws @ torch.linalg.cholesky(self.cov).T  # (3n, 4), exact samples
+        flat = flat[((flat[:, :2] >= 0) & (flat[:, :2] <= 1)).all(dim=1)][:n]
+        flat[:, 2:] = 0.5
+        return flat.float().reshape(n, 1, 2, 2), torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+
     def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
         sigma = float(sigma)
-        self.calls.append((sigma, x.detach().clone()))
+        if self.record:
+            self.calls.append((sigma, x.detach().clone()))
         flat = x.reshape(len(x), 4).double() - self.mu  # (N, 4)
         precision = torch.linalg.inv(self.cov + sigma**2 * torch.eye(4, dtype=torch.float64))
         return (-flat @ precision).reshape(x.shape).to(x.dtype)
@@ -398,18 +416,12 @@ def _conditional_error(inpaint_fn, what: str) -> tuple[float, float]:
     from scorelab.ncsn.inpaint import inpaint
 
     model = GaussianImages()
-    n, known, unknown = 4000, [0, 1], [2, 3]
-    cov = model.cov
-    draws = torch.randn(3 * n, 4, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(740))
-    flat = model.mu + draws @ torch.linalg.cholesky(cov).T  # (3n, 4), exact samples
-    # images lie in [0, 1]: keep the draws whose known pixels do (which leaves the unknown
-    # pixels' conditional law given them unchanged), and show 0.5 in the unknown ones
-    flat = flat[((flat[:, known] >= 0) & (flat[:, known] <= 1)).all(dim=1)][:n]
-    regression = cov[unknown][:, known] @ torch.linalg.inv(cov[known][:, known])  # (2, 2)
-    mean = model.mu[unknown] + (flat[:, known] - model.mu[known]) @ regression.T  # (n, 2)
-    flat[:, unknown] = 0.5
-    images, mask = flat.float().reshape(n, 1, 2, 2), torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    n = 4000
+    images, mask = model.top_row_known(n, generator=torch.Generator().manual_seed(740))
+    known = mask.flatten().bool()
+    gain, _ = _gaussian_conditional(model.cov, known)
+    flat = images.reshape(n, 4).double()
+    mean = model.mu[~known] + (flat[:, known] - model.mu[known]) @ gain.T  # (n, 2)
     generator = torch.Generator().manual_seed(1)
     if inpaint_fn is None:  # Algorithm 2, with the final denoising step and the clamp
         out = inpaint(model, images, mask, generator=generator, step_size=5e-4, n_steps_each=30)
@@ -417,7 +429,7 @@ def _conditional_error(inpaint_fn, what: str) -> tuple[float, float]:
         out = call_student(inpaint_fn, model.score, model.sigmas.tolist(), images.clone(),
                            mask, 5e-4, 30, generator=generator, what=what)
     out = expect_tensor(out, what=f"{what}(...)", shape=tuple(images.shape))
-    residual = out.detach().reshape(n, 4)[:, unknown].double() - mean  # (n, 2)
+    residual = out.detach().reshape(n, 4)[:, ~known].double() - mean  # (n, 2)
     return residual.mean().item(), residual.square().mean().item()
 
 
@@ -441,3 +453,294 @@ def _expect_conditional(fixed_inpaint) -> None:
                  "the score term, the step alpha_i = step_size sigma_i^2 / sigma_L^2 with half "
                  "of it on the score, the noise sqrt(alpha_i) z, and the final denoising step.")
     raise Mismatch(f"{found} (on the Gaussian image model, 30 steps a level): {cause}")
+
+
+# ------------------------------------------------------------------------------ 7.5 (derive)
+
+register_hints(
+    "7.5",
+    "Split x into the known block k and the unknown block u. With x_k fixed, the exponent of "
+    "the joint density is a quadratic in x_u alone, so the conditional law is Gaussian: "
+    "completing the square in x_u gives its mean and covariance.",
+    "The conditional mean is mu_u moved by a linear regression on x_k - mu_k, whose matrix is "
+    "Sigma_uk Sigma_kk^-1; the conditional covariance is Sigma_uu minus the part that x_k "
+    "explains, Sigma_uk Sigma_kk^-1 Sigma_ku (the Schur complement of Sigma_kk).",
+    "Test your function by hand: for a 2-D Gaussian with x_1 known the answer is mu_2 + "
+    "rho (s_2 / s_1)(x_1 - mu_1) and s_2^2 (1 - rho^2); a known block independent of the "
+    "unknown one leaves the marginal law; the covariance is symmetric and does not depend on "
+    "the values.",
+)
+
+
+def _gaussian_conditional(cov: torch.Tensor, known: torch.Tensor):
+    """The regression matrix Sigma_uk Sigma_kk^-1 (U, K) and the conditional covariance
+    Sigma_uu - Sigma_uk Sigma_kk^-1 Sigma_ku (U, U) of N(mu, cov) given the ``known`` block."""
+    cov_uk = cov[~known][:, known]
+    gain = torch.linalg.solve(cov[known][:, known], cov_uk.T).T
+    return gain, cov[~known][:, ~known] - gain @ cov_uk.T
+
+
+def _random_covariance(dim: int, generator: torch.Generator) -> torch.Tensor:
+    root = torch.randn(dim, dim, dtype=torch.float64, generator=generator)
+    return root @ root.T / dim + 0.2 * torch.eye(dim, dtype=torch.float64)
+
+
+def _conditional_mutants(mean, cov, known, values):
+    """7.5's known mistakes: (name -> conditional means, name -> conditional covariance)."""
+    gain, covariance = _gaussian_conditional(cov, known)
+    mu_u, mu_k = mean[~known], mean[known]
+    cov_uk = cov[~known][:, known]
+    precision = torch.linalg.inv(cov)
+    means = {
+        "the conditional means ignore mu_k: the regression acts on x_k - mu_k, the known "
+        "values' departure from their own mean.": mu_u + values @ gain.T,
+        "the conditional means lack mu_u: start from the unknown block's own mean and move "
+        "it by the regression.": (values - mu_k) @ gain.T,
+        "the conditional means move the wrong way: a known value above its mean pulls a "
+        "positively correlated unknown one up, not down.": mu_u - (values - mu_k) @ gain.T,
+        "the regression matrix takes the known block of Sigma^-1 instead of the inverse of "
+        "Sigma's known block: (Sigma^-1)_kk is not (Sigma_kk)^-1.":
+            mu_u + (values - mu_k) @ (cov_uk @ precision[known][:, known]).T,
+        "the conditional means are the unknown block's marginal means: the known values "
+        "should move them.": mu_u.expand(len(values), -1),
+    }
+    covariances = {
+        "the conditional covariance is Sigma_uu, the marginal one: knowing x_k removes the "
+        "part of the spread that it explains.": cov[~known][:, ~known],
+        "the conditional covariance adds what x_k explains instead of removing it: "
+        "Sigma_uu - Sigma_uk Sigma_kk^-1 Sigma_ku.": cov[~known][:, ~known] + gain @ cov_uk.T,
+        "the conditional covariance is the unknown block of the precision Sigma^-1; the "
+        "covariance is its inverse.": precision[~known][:, ~known],
+    }
+    return means, covariances
+
+
+def _conditional_cases():
+    """(mean, cov, known, values) for 7.5: the Gaussian image model with its top row known,
+    a 3-D Gaussian given its middle coordinate, then hidden ones of other sizes and masks."""
+    generator = torch.Generator().manual_seed(75)
+    model = GaussianImages()
+    public = [(model.mu, model.cov, torch.tensor([True, True, False, False]), 5),
+              (torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64),
+               torch.tensor([[2.0, 0.6, -0.3], [0.6, 1.0, 0.4], [-0.3, 0.4, 0.5]],
+                            dtype=torch.float64), torch.tensor([False, True, False]), 3)]
+    hidden = [(torch.randn(dim, dtype=torch.float64, generator=generator),
+               _random_covariance(dim, generator), torch.tensor(known), n)
+              for dim, known, n in [(5, [True, False, True, False, False], 4),
+                                    (2, [False, True], 1),
+                                    (6, [False, False, False, True, True, True], 2)]]
+    out = []
+    for mean, cov, known, n in cases(public=public, hidden=hidden):
+        values = mean[known] + torch.randn(n, int(known.sum()), dtype=torch.float64,
+                                           generator=generator)
+        out.append((mean, cov, known, values))
+    return out
+
+
+def _expect_pair(answer, what: str, n: int, n_unknown: int, n_known: int):
+    """The (means, covariance) pair of 7.5, as tensors of the right shapes, or a Mismatch."""
+    if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
+        raise Mismatch(f"{what} should return a pair (means (N, U), covariance (U, U)), but "
+                       f"returned {type(answer).__name__}"
+                       + (f" of length {len(answer)}." if isinstance(answer, (tuple, list))
+                          else "."))
+    means, covariance = answer
+    if (isinstance(means, torch.Tensor) and n_known != n_unknown
+            and tuple(means.shape) == (n, n_known)):
+        raise Mismatch(f"{what}: the means have one column per *known* coordinate; the law "
+                       "asked for is that of the unknown ones (where known is False).")
+    means = expect_tensor(means, what=f"{what}'s means", shape=(n, n_unknown), dtype=None)
+    covariance = expect_tensor(covariance, what=f"{what}'s covariance",
+                               shape=(n_unknown, n_unknown), dtype=None)
+    expect_finite(means, what=f"{what}'s means")
+    expect_finite(covariance, what=f"{what}'s covariance")
+    return means.detach().double(), covariance.detach().double()
+
+
+@exercise(
+    "7.5",
+    "your gaussian_conditional gives the exact law of the unknown coordinates given the known "
+    "ones, for any mask.",
+)
+def exercise_7_5(gaussian_conditional) -> None:
+    """Check ``gaussian_conditional(mean (D,), cov (D, D), known (D,) bool, values (N, K))
+    -> (means (N, U), covariance (U, U))``."""
+    for mean, cov, known, values in _conditional_cases():
+        n, n_known = values.shape
+        n_unknown = len(mean) - n_known
+        what = (f"gaussian_conditional for D = {len(mean)} with known = "
+                f"{[int(k) for k in known.tolist()]}")
+        answer = call_student(gaussian_conditional, mean.clone(), cov.clone(), known.clone(),
+                              values.clone(), what="gaussian_conditional")
+        means, covariance = _expect_pair(answer, what, n, n_unknown, n_known)
+        gain, expected_cov = _gaussian_conditional(cov, known)
+        expected_means = mean[~known] + (values - mean[known]) @ gain.T
+        if n_known == n_unknown:
+            swapped_gain, _ = _gaussian_conditional(cov, ~known)
+            if is_close(means, mean[known] + (values - mean[~known]) @ swapped_gain.T):
+                raise Mismatch(f"{what}: the roles of the blocks are swapped; known is True "
+                               "where a coordinate is given.")
+        mean_mutants, cov_mutants = _conditional_mutants(mean, cov, known, values)
+        diagnose(means, expected_means, what=f"{what}: the means",
+                 mutants={f"{what}: {name}": value for name, value in mean_mutants.items()},
+                 rtol=1e-5, atol=1e-6)
+        diagnose(covariance, expected_cov, what=f"{what}: the covariance",
+                 mutants={f"{what}: {name}": value for name, value in cov_mutants.items()},
+                 rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------- 7.6 (investigate)
+
+register_hints(
+    "7.6",
+    "At the last level, with many small steps, the chain forgets where it started: it samples "
+    "the law that this level's score describes, given the known pixels that level shows it.",
+    "That law is the conditional of the perturbed model N(mu, Sigma + sigma_L^2 I) given "
+    "x_k = y, where y = x_k + sigma_L z is noisy: your gaussian_conditional gives it, and the "
+    "spread to predict is that of its draws around the exact conditional mean given x_k.",
+    "The expected square distance is tr(covariance) plus the mean square distance between the "
+    "two conditional means, which you can average over draws of z. Compare with the small-step "
+    "curve of the figure.",
+)
+
+STEP_GRID = (1, 3, 10, 30, 100, 300)  # the steps a level of 7.6's scan
+TOLERANCE_76 = 0.015  # relative; Monte Carlo over y moves a prediction by about 0.1 %
+
+
+def spread_ratio(completed: torch.Tensor, model: GaussianImages) -> float:
+    """The mean square distance of the filled-in bottom rows of ``completed`` (N, 1, 2, 2) from
+    their exact conditional mean given the top rows, over the trace of the exact conditional
+    covariance: 1 when the bottom rows are exact draws of the conditional law."""
+    known = torch.tensor([True, True, False, False])
+    gain, covariance = _gaussian_conditional(model.cov, known)
+    flat = completed.detach().reshape(len(completed), 4).double()
+    means = model.mu[~known] + (flat[:, known] - model.mu[known]) @ gain.T
+    return ((flat[:, ~known] - means).square().sum(1).mean() / covariance.trace()).item()
+
+
+def _scan_ratios(up_to: int, seed: int = 76) -> dict[int, float]:
+    """Algorithm 2 at the model's step with the denoising step (no clamp): T -> spread ratio,
+    for the T of ``STEP_GRID`` up to ``up_to``."""
+    from scorelab.ncsn.inpaint import inpaint
+
+    model = GaussianImages(record=False)
+    images, mask = model.top_row_known(4000, generator=torch.Generator().manual_seed(seed))
+    ratios = {}
+    for n_steps in (t for t in STEP_GRID if t <= up_to):
+        completed = inpaint(model, images, mask, n_steps_each=n_steps, clamp=False,
+                            generator=torch.Generator().manual_seed(seed + 1))
+        ratios[n_steps] = spread_ratio(completed, model)
+    return ratios
+
+
+def plateau_parts(model: GaussianImages | None = None) -> dict[str, float]:
+    """Spread ratios of Algorithm 2 in the limit of small steps and many of them: without its
+    denoising step (``"exact"``, the plateau of 7.6), with it (``"denoised"``), and the values
+    that typical partial answers give for the first.
+
+    The last level's chain samples N(m_s(y), C_s), the perturbed model N(mu, Sigma +
+    sigma_L^2 I) conditioned on the noisy known pixels y = x_k + sigma_L z (R, R_s: the
+    regression matrices of the clean and perturbed models), while the ratio measures the
+    distance from m(x_k), the exact conditional mean: E|x_u - m(x_k)|^2 = tr C_s +
+    sigma_L^2 |R_s|_F^2 + tr((R_s - R) Sigma_kk (R_s - R)^T), over tr C. The denoising step
+    x + sigma_L^2 s(x, sigma_L) = mu + A (x - mu), A = Sigma (Sigma + sigma_L^2 I)^-1
+    (Tweedie's formula for a Gaussian), maps x_u - mu_u to G (y - mu_k) + A_uu xi with
+    G = A_uk + A_uu R_s and xi ~ N(0, C_s).
+    """
+    model = model or GaussianImages()
+    known = torch.tensor([True, True, False, False])
+    sigma = float(model.sigmas[-1])
+    gain, covariance = _gaussian_conditional(model.cov, known)
+    perturbed = model.cov + sigma**2 * torch.eye(4, dtype=torch.float64)
+    gain_s, covariance_s = _gaussian_conditional(perturbed, known)
+    cov_kk = model.cov[known][:, known]
+
+    def through(matrix):  # the mean square of (matrix - R)(x_k - mu_k) + sigma matrix z
+        shift = matrix - gain
+        return (shift @ cov_kk @ shift.T).trace() + sigma**2 * matrix.square().sum()
+
+    shrink = model.cov @ torch.linalg.inv(perturbed)  # A
+    shrink_uu = shrink[~known][:, ~known]
+    parts = {
+        "exact": through(gain_s) + covariance_s.trace(),
+        "denoised": through(shrink[~known][:, known] + shrink_uu @ gain_s)
+        + (shrink_uu @ covariance_s @ shrink_uu.T).trace(),
+        "covariance only": covariance_s.trace(),
+        "noise added": covariance.trace() + 2 * sigma**2,
+    }
+    return {name: (value / covariance.trace()).item() for name, value in parts.items()}
+
+
+def _expect_steps_needed(steps_needed) -> None:
+    chosen = to_float(steps_needed, what="steps_needed")
+    if chosen not in STEP_GRID:
+        raise Mismatch(f"steps_needed = {steps_needed!r}: choose one of the scan's T, {STEP_GRID}.")
+    ratios = _scan_ratios(up_to=int(chosen))
+    needed = next((t for t in ratios if abs(ratios[t] - 1.0) <= 0.1), None)
+    if needed is None or chosen < needed:
+        raise Mismatch(
+            f"steps_needed = {int(chosen)}: at T = {int(chosen)} the denoised spread is "
+            f"{ratios[int(chosen)]:.2f} times the exact one, more than 10 % off: the chain has "
+            "not yet forgotten its uniform start and the noise of the first levels."
+        )
+    if chosen > needed:
+        raise Mismatch(
+            f"steps_needed = {int(chosen)}: a smaller T of the scan already lands within 10 % "
+            "of 1; take the smallest."
+        )
+
+
+def _expect_plateau(predicted_plateau) -> None:
+    got = to_float(predicted_plateau, what="predicted_plateau")
+    parts = plateau_parts()
+    exact = parts["exact"]
+    if not math.isfinite(got):
+        raise Mismatch(f"predicted_plateau = {got}: not a finite number.")
+    if abs(got / exact - 1.0) <= TOLERANCE_76:
+        return
+    near = {name: abs(got / value - 1.0) <= 0.005 for name, value in parts.items()}
+    if near["covariance only"]:
+        cause = ("that is the spread of the last level's draws around *their own* mean, the "
+                 "regression on the noisy y = x_k + sigma_L z; the ratio measures the distance "
+                 "from the exact conditional mean given x_k: add the mean square distance "
+                 "between the two conditional means.")
+    elif near["noise added"]:
+        cause = ("that adds sigma_L^2 to each unknown pixel of the exact conditional law; "
+                 "conditioning the perturbed model on noisy known pixels is not that: use your "
+                 "gaussian_conditional on N(mu, Sigma + sigma_L^2 I) given y.")
+    elif near["denoised"]:
+        cause = ("that is the limit *with* the denoising step; the plateau asked for is "
+                 "without it, which leaves the last level's own noise in the sample.")
+    elif abs(got - 1.0) <= 0.02:
+        cause = ("1 would make Algorithm 2 exact; the small-step curve without denoising "
+                 "levels off elsewhere. What law does the last level's chain sample?")
+    elif 1.3 <= got <= 1.45:
+        cause = ("is that the plateau measured at the model's step? There each Langevin step "
+                 "adds a bias of its own (a finite step widens the chain's law); the plateau "
+                 "asked for is the limit of small steps, which the last level's conditional "
+                 "law gives exactly.")
+    elif got < exact:
+        cause = ("too small. The expected square distance from the exact conditional mean "
+                 "adds the trace of the chain's conditional covariance (both unknown pixels) "
+                 "and the mean square distance between the two conditional means.")
+    else:
+        cause = ("too large. Take the last level's sigma_L, the perturbed covariance "
+                 "Sigma + sigma_L^2 I, noise of standard deviation sigma_L on the known "
+                 "pixels, and divide by the trace of the exact conditional covariance.")
+    raise Mismatch(f"predicted_plateau = {got:.4f} is not the limit (within "
+                   f"{TOLERANCE_76:.1%}): {cause}")
+
+
+@exercise(
+    "7.6",
+    "you found how many steps a level the model's step needs, and predicted exactly where the "
+    "sampler settles without its denoising step.",
+)
+def exercise_7_6(steps_needed, predicted_plateau) -> None:
+    """Check 7.6's two numbers: the smallest T of ``STEP_GRID`` whose denoised spread ratio is
+    within 10 % of 1 at the model's step, and the spread ratio without denoising in the limit
+    of small steps (``plateau_parts()["exact"]``, within 1.5 %)."""
+    if steps_needed is None or predicted_plateau is None:
+        raise NotImplementedError
+    _expect_steps_needed(steps_needed)
+    _expect_plateau(predicted_plateau)
