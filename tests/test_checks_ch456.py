@@ -763,3 +763,29 @@ def test_6_1_sees_a_forward_that_hands_the_work_back_to_the_package(capsys):
 def test_6_4_tries_a_second_ladder_so_a_constant_fails(capsys):
     assert_explains(capsys, checks.exercise_6_4, lambda sigmas, n_steps: 3.13e-5,
                     "from 1 to 0.01 in 10 levels")
+
+
+def other_draws_loss(kind):
+    """SSM-VR with unbiased directions drawn otherwise than the exercise's code draws them."""
+    def loss(model, x, n_projections=1, generator=None):
+        shape = (n_projections, *x.shape)
+        if kind == "signs":
+            v = (torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(x)
+        else:  # Gaussian draws in another order, normalised to length sqrt(D)
+            v = torch.randn((x.shape[1], n_projections, x.shape[0]), generator=generator)
+            v = v.permute(1, 2, 0).to(x)
+            v = v / v.norm(dim=-1, keepdim=True) * math.sqrt(x.shape[-1])
+        x = x.detach().unsqueeze(0).expand_as(v).clone().requires_grad_(True)
+        score = model(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+        jv = torch.autograd.grad((score * v).sum(), x, create_graph=True)[0]
+        return ((jv * v).sum(-1) + 0.5 * (score**2).sum(-1)).mean(0)
+
+    return loss
+
+
+@pytest.mark.parametrize("kind", ["signs", "reordered"])
+def test_5_4_names_unbiased_directions_drawn_another_way(capsys, kind):
+    """Random signs from randint, or the sphere's directions from draws in another order,
+    match no reference value; the check sees that they train the true score and says so."""
+    assert_explains(capsys, checks.exercise_5_4, [other_draws_loss(kind)],
+                    "learns the true score", "change only their length")

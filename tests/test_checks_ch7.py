@@ -77,7 +77,8 @@ def gaussian_conditional(mean, cov, known, values):
     unknown = ~known
     cov_uk = cov[unknown][:, known]
     gain = torch.linalg.solve(cov[known][:, known], cov_uk.T).T
-    return mean[unknown] + (values - mean[known]) @ gain.T, cov[unknown][:, unknown] - gain @ cov_uk.T
+    means = mean[unknown] + (values - mean[known]) @ gain.T
+    return means, cov[unknown][:, unknown] - gain @ cov_uk.T
 
 
 def conditional_with(*, gain=None, means=None, covariance=None):
@@ -434,7 +435,8 @@ def test_7_6_limits_match_a_long_run_at_a_small_step():
     parts = plateau_parts(toy)
     for denoise, name in [(False, "exact"), (True, "denoised")]:
         completed = inpaint(toy, images, mask, step_size=5e-4, n_steps_each=1000,
-                            denoise=denoise, clamp=False, generator=torch.Generator().manual_seed(4))
+                            denoise=denoise, clamp=False,
+                            generator=torch.Generator().manual_seed(4))
         assert spread_ratio(completed, toy) == pytest.approx(parts[name], rel=0.02), name
 
 
