@@ -10,6 +10,7 @@ score network would have been shown.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -124,11 +125,14 @@ class GaussianImages:
         self.calls: list[tuple[float, torch.Tensor]] = []
 
     def top_row_known(self, n: int, generator: torch.Generator | None = None):
-        """n images (n, 1, 2, 2) whose top row is an exact draw of the model's and whose bottom
-        row, to be filled in, shows 0.5; and the mask (2, 2) of the known top row.
+        """n images (n, 1, 2, 2) whose top row is an exact draw of the model's top row,
+        conditioned on lying in [0, 1], and whose bottom row, to be filled in, shows 0.5; and
+        the mask (2, 2) of the known top row.
 
-        Images lie in [0, 1], so draws whose top row leaves it are skipped; that leaves the law
-        of the bottom row *given* the top row unchanged.
+        Images lie in [0, 1], so draws whose top row leaves it (about 10 %) are skipped. That
+        depends on the top row alone, so the law of the bottom row *given* the top row is
+        unchanged (the top rows' own spread shrinks: ``plateau_parts``, which assumes the
+        untruncated law, differs by 0.05 % from the truncated one).
         """
         draws = torch.randn(3 * n, 4, dtype=torch.float64, generator=generator)
         flat = self.mu + draws @ torch.linalg.cholesky(self.cov).T  # (3n, 4), exact samples
@@ -496,37 +500,45 @@ def _conditional_mutants(mean, cov, known, values):
         "values' departure from their own mean.": mu_u + values @ gain.T,
         "the conditional means lack mu_u: start from the unknown block's own mean and move "
         "it by the regression.": (values - mu_k) @ gain.T,
-        "the conditional means move the wrong way: a known value above its mean pulls a "
-        "positively correlated unknown one up, not down.": mu_u - (values - mu_k) @ gain.T,
+        "the conditional means move the wrong way: the regression (Sigma_uk Sigma_kk^-1)"
+        "(v - mu_k) is added to mu_u, not subtracted from it.": mu_u - (values - mu_k) @ gain.T,
         "the regression matrix takes the known block of Sigma^-1 instead of the inverse of "
         "Sigma's known block: (Sigma^-1)_kk is not (Sigma_kk)^-1.":
             mu_u + (values - mu_k) @ (cov_uk @ precision[known][:, known]).T,
         "the conditional means are the unknown block's marginal means: the known values "
         "should move them.": mu_u.expand(len(values), -1),
     }
+    if gain.shape[0] == gain.shape[1]:  # only then does the transposed matrix fit
+        means["the regression matrix is applied transposed: each conditional mean is mu_u + "
+              "(Sigma_uk Sigma_kk^-1)(v - mu_k), and with the N vectors v as rows that is "
+              "(values - mu_k) times the matrix's transpose."] = mu_u + (values - mu_k) @ gain
     covariances = {
         "the conditional covariance is Sigma_uu, the marginal one: knowing x_k removes the "
         "part of the spread that it explains.": cov[~known][:, ~known],
         "the conditional covariance adds what x_k explains instead of removing it: "
         "Sigma_uu - Sigma_uk Sigma_kk^-1 Sigma_ku.": cov[~known][:, ~known] + gain @ cov_uk.T,
-        "the conditional covariance is the unknown block of the precision Sigma^-1; the "
-        "covariance is its inverse.": precision[~known][:, ~known],
+        "your conditional covariance is the unknown block of the precision Sigma^-1; the "
+        "conditional covariance is the inverse of that block.": precision[~known][:, ~known],
     }
     return means, covariances
 
 
 def _conditional_cases():
     """(mean, cov, known, values) for 7.5: the Gaussian image model with its top row known,
-    a 3-D Gaussian given its middle coordinate, then hidden ones of other sizes and masks."""
+    a 3-D Gaussian given its middle coordinate, a 5-D one given its first and third for a
+    single vector of values, then hidden ones of other sizes and masks."""
     generator = torch.Generator().manual_seed(75)
     model = GaussianImages()
     public = [(model.mu, model.cov, torch.tensor([True, True, False, False]), 5),
               (torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64),
                torch.tensor([[2.0, 0.6, -0.3], [0.6, 1.0, 0.4], [-0.3, 0.4, 0.5]],
                             dtype=torch.float64), torch.tensor([False, True, False]), 3)]
+    public += [(torch.randn(dim, dtype=torch.float64, generator=generator),
+                _random_covariance(dim, generator), torch.tensor(known), n)
+               for dim, known, n in [(5, [True, False, True, False, False], 1)]]
     hidden = [(torch.randn(dim, dtype=torch.float64, generator=generator),
                _random_covariance(dim, generator), torch.tensor(known), n)
-              for dim, known, n in [(5, [True, False, True, False, False], 4),
+              for dim, known, n in [(4, [False, True, False, True], 3),
                                     (2, [False, True], 1),
                                     (6, [False, False, False, True, True, True], 2)]]
     out = []
@@ -549,11 +561,18 @@ def _expect_pair(answer, what: str, n: int, n_unknown: int, n_known: int):
             and tuple(means.shape) == (n, n_known)):
         raise Mismatch(f"{what}: the means have one column per *known* coordinate; the law "
                        "asked for is that of the unknown ones (where known is False).")
-    means = expect_tensor(means, what=f"{what}'s means", shape=(n, n_unknown), dtype=None)
-    covariance = expect_tensor(covariance, what=f"{what}'s covariance",
+    if isinstance(means, torch.Tensor) and n == 1 and tuple(means.shape) == (n_unknown,):
+        raise Mismatch(f"{what}: the means have shape ({n_unknown},) for N = {n} vector(s) of "
+                       f"values; keep the N axis: shape ({n}, {n_unknown}).")
+    if isinstance(covariance, torch.Tensor) and covariance.ndim == 3:
+        raise Mismatch(f"{what}: the covariance has shape {tuple(covariance.shape)}, one matrix "
+                       f"per vector of values; the conditional covariance does not depend on "
+                       f"the values: return one ({n_unknown}, {n_unknown}) matrix.")
+    means = expect_tensor(means, what=f"{what}: the means", shape=(n, n_unknown), dtype=None)
+    covariance = expect_tensor(covariance, what=f"{what}: the covariance",
                                shape=(n_unknown, n_unknown), dtype=None)
-    expect_finite(means, what=f"{what}'s means")
-    expect_finite(covariance, what=f"{what}'s covariance")
+    expect_finite(means, what=f"{what}: the means")
+    expect_finite(covariance, what=f"{what}: the covariance")
     return means.detach().double(), covariance.detach().double()
 
 
@@ -581,10 +600,11 @@ def exercise_7_5(gaussian_conditional) -> None:
                 raise Mismatch(f"{what}: the roles of the blocks are swapped; known is True "
                                "where a coordinate is given.")
         mean_mutants, cov_mutants = _conditional_mutants(mean, cov, known, values)
-        diagnose(means, expected_means, what=f"{what}: the means",
+        diagnose(means, expected_means, what=f"{what}: the first tensor returned (the means)",
                  mutants={f"{what}: {name}": value for name, value in mean_mutants.items()},
                  rtol=1e-5, atol=1e-6)
-        diagnose(covariance, expected_cov, what=f"{what}: the covariance",
+        diagnose(covariance, expected_cov,
+                 what=f"{what}: the second tensor returned (the covariance)",
                  mutants={f"{what}: {name}": value for name, value in cov_mutants.items()},
                  rtol=1e-5, atol=1e-6)
 
@@ -604,7 +624,7 @@ register_hints(
 )
 
 STEP_GRID = (1, 3, 10, 30, 100, 300)  # the steps a level of 7.6's scan
-TOLERANCE_76 = 0.015  # relative; Monte Carlo over y moves a prediction by about 0.1 %
+TOLERANCE_76 = 0.01  # relative; Monte Carlo over y moves a prediction by about 0.1 %
 
 
 def spread_ratio(completed: torch.Tensor, model: GaussianImages) -> float:
@@ -618,9 +638,10 @@ def spread_ratio(completed: torch.Tensor, model: GaussianImages) -> float:
     return ((flat[:, ~known] - means).square().sum(1).mean() / covariance.trace()).item()
 
 
-def _scan_ratios(up_to: int, seed: int = 76) -> dict[int, float]:
-    """Algorithm 2 at the model's step with the denoising step (no clamp): T -> spread ratio,
-    for the T of ``STEP_GRID`` up to ``up_to``."""
+@functools.lru_cache(maxsize=8)  # deterministic, and a wrong plateau asks for it again
+def _scan_ratios(up_to: int, seed: int = 76, denoise: bool = True) -> dict[int, float]:
+    """Algorithm 2 at the model's step, with or without the denoising step (no clamp):
+    T -> spread ratio, for the T of ``STEP_GRID`` up to ``up_to``."""
     from scorelab.ncsn.inpaint import inpaint
 
     model = GaussianImages(record=False)
@@ -628,7 +649,7 @@ def _scan_ratios(up_to: int, seed: int = 76) -> dict[int, float]:
     ratios = {}
     for n_steps in (t for t in STEP_GRID if t <= up_to):
         completed = inpaint(model, images, mask, n_steps_each=n_steps, clamp=False,
-                            generator=torch.Generator().manual_seed(seed + 1))
+                            denoise=denoise, generator=torch.Generator().manual_seed(seed + 1))
         ratios[n_steps] = spread_ratio(completed, model)
     return ratios
 
@@ -668,6 +689,7 @@ def plateau_parts(model: GaussianImages | None = None) -> dict[str, float]:
         "covariance only": covariance_s.trace(),
         "noise added": covariance.trace() + 2 * sigma**2,
     }
+    parts["divided by tr C_s"] = parts["exact"] * covariance.trace() / covariance_s.trace()
     return {name: (value / covariance.trace()).item() for name, value in parts.items()}
 
 
@@ -685,8 +707,8 @@ def _expect_steps_needed(steps_needed) -> None:
         )
     if chosen > needed:
         raise Mismatch(
-            f"steps_needed = {int(chosen)}: a smaller T of the scan already lands within 10 % "
-            "of 1; take the smallest."
+            f"steps_needed = {int(chosen)}: at the model's step (eps = 0.01, the denoised row) a "
+            "smaller T of the scan already lands within 10 % of 1; take the smallest."
         )
 
 
@@ -699,11 +721,16 @@ def _expect_plateau(predicted_plateau) -> None:
     if abs(got / exact - 1.0) <= TOLERANCE_76:
         return
     near = {name: abs(got / value - 1.0) <= 0.005 for name, value in parts.items()}
+    at_model_step = _scan_ratios(up_to=STEP_GRID[-1], denoise=False)  # T -> raw ratio
     if near["covariance only"]:
-        cause = ("that is the spread of the last level's draws around *their own* mean, the "
-                 "regression on the noisy y = x_k + sigma_L z; the ratio measures the distance "
-                 "from the exact conditional mean given x_k: add the mean square distance "
-                 "between the two conditional means.")
+        cause = ("part of the distance is missing. The chain is shown y = x_k + sigma_L z, "
+                 "and its draws spread around the perturbed model's conditional mean given "
+                 "that noisy y, while the ratio measures the distance from the exact "
+                 "conditional mean given the clean x_k: both the spread around the chain's "
+                 "own mean and the distance between the two means count.")
+    elif near["divided by tr C_s"]:
+        cause = ("the ratio divides by the trace of the *exact* conditional covariance (the "
+                 "clean model's), not the perturbed one's.")
     elif near["noise added"]:
         cause = ("that adds sigma_L^2 to each unknown pixel of the exact conditional law; "
                  "conditioning the perturbed model on noisy known pixels is not that: use your "
@@ -713,12 +740,19 @@ def _expect_plateau(predicted_plateau) -> None:
                  "without it, which leaves the last level's own noise in the sample.")
     elif abs(got - 1.0) <= 0.02:
         cause = ("1 would make Algorithm 2 exact; the small-step curve without denoising "
-                 "levels off elsewhere. What law does the last level's chain sample?")
-    elif 1.3 <= got <= 1.45:
-        cause = ("is that the plateau measured at the model's step? There each Langevin step "
-                 "adds a bias of its own (a finite step widens the chain's law); the plateau "
-                 "asked for is the limit of small steps, which the last level's conditional "
-                 "law gives exactly.")
+                 "levels off elsewhere. What law does the last level's chain sample? (And "
+                 "take this model's sigma_L, toy.sigmas[-1] = 0.06.)")
+    elif any(abs(got / ratio - 1.0) <= 0.03 for t, ratio in at_model_step.items() if t >= 10):
+        cause = ("that is about what the model's step gives without denoising (" + ", ".join(
+            f"{ratio:.2f} at T = {t}" for t, ratio in at_model_step.items() if t >= 30)
+            + "): there each Langevin step adds a bias of its own, as a finite step widens "
+            "the chain's law. The plateau asked for is the limit of small steps. (If you "
+            "predicted it, count the last level's noise once: the perturbed conditional law "
+            "already holds it.)")
+    elif abs(got / exact - 1.0) <= 0.05:
+        cause = ("close, but is it measured? At T = 300 the small-step rows are still a "
+                 "percent or two above their limits, with a Monte Carlo error of about 2 %: "
+                 "predict the limit from the law that the last level's chain samples.")
     elif got < exact:
         cause = ("too small. The expected square distance from the exact conditional mean "
                  "adds the trace of the chain's conditional covariance (both unknown pixels) "
@@ -739,7 +773,7 @@ def _expect_plateau(predicted_plateau) -> None:
 def exercise_7_6(steps_needed, predicted_plateau) -> None:
     """Check 7.6's two numbers: the smallest T of ``STEP_GRID`` whose denoised spread ratio is
     within 10 % of 1 at the model's step, and the spread ratio without denoising in the limit
-    of small steps (``plateau_parts()["exact"]``, within 1.5 %)."""
+    of small steps (``plateau_parts()["exact"]``, within 1 %)."""
     if steps_needed is None or predicted_plateau is None:
         raise NotImplementedError
     _expect_steps_needed(steps_needed)
