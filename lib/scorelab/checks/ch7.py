@@ -767,8 +767,8 @@ def _expect_plateau(predicted_plateau) -> None:
 
 @exercise(
     "7.6",
-    "you found how many steps a level the model's step needs, and predicted exactly where the "
-    "sampler settles without its denoising step.",
+    "you found how many steps a level the model's step needs, and predicted (within 1 %) where "
+    "the sampler settles without its denoising step.",
 )
 def exercise_7_6(steps_needed, predicted_plateau) -> None:
     """Check 7.6's two numbers: the smallest T of ``STEP_GRID`` whose denoised spread ratio is
