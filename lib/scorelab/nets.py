@@ -10,7 +10,8 @@ but none through the activation, whose second derivative is zero except at the k
 autograd does not see it: the hidden biases, which enter ``J`` only by moving the kinks, get no
 gradient from the trace at all, and the gradient of a batch average misses how moving the kinks
 changes the expected trace, so it is a biased estimate of the objective's gradient. A smooth
-activation has curvature everywhere, and the trace term's gradient reaches every parameter.
+activation has curvature everywhere, and the trace term's gradient reaches every weight and
+hidden bias (not the output bias: it shifts the score by a constant, outside the Jacobian).
 """
 
 from __future__ import annotations

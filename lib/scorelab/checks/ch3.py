@@ -459,9 +459,11 @@ def exercise_3_1(common_ratio) -> None:
 
 # ---------------------------------------------------------------- 3.4 (investigate) plain Langevin's share
 
-#: 3.4: the share is set by the start; two runs of 2,000 particles differ only through the few
-#: that start near the dividing line, by far less than this.
-SHARE_TOLERANCE = 0.03
+#: 3.4: the reference runs with the student's seed, so a sampler given the generator agrees
+#: exactly. One that draws from elsewhere is an independent run: from the line x + y = -0.1,
+#: where every particle starts on the dividing line, two runs of 2,000 particles differ by
+#: about 0.016 (sd; from the boxes far less); accept three of those.
+SHARE_TOLERANCE = 0.05
 
 WHY_OPTIONS = {
     "a": "more steps do not help: to change sides a particle must cross the low-density gap "
@@ -513,7 +515,7 @@ def exercise_3_4(plain_langevin_share, why) -> None:
             what=f"plain_langevin_share on {name}",
         )
         samples = langevin_dynamics(mixture.score, x0, 0.1, 500, progress=False,
-                                    generator=torch.Generator().manual_seed(9))
+                                    generator=torch.Generator().manual_seed(8))
         expected = _weight_of_first_mode(samples)
         if abs(got - expected) <= SHARE_TOLERANCE:
             continue
