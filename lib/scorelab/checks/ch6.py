@@ -302,7 +302,7 @@ def _variance_ratio(eps, sigma_L, gamma, n_steps):
     """NCSNv2's Var[x_T] / sigma_i^2 after T steps at level i, in the paper's convention.
 
     With p_sigma_i = N(0, sigma_i^2 I), x <- x + (alpha/2) s + sqrt(alpha) z contracts by
-    r = 1 - eps / (2 sigma_L^2) per step and adds alpha = eps sigma_i^2 / sigma_L^2 of variance.
+    rho = 1 - eps / (2 sigma_L^2) per step and adds alpha = eps sigma_i^2 / sigma_L^2 of variance.
     """
     u = eps / sigma_L**2
     r = 1 - u / 2
@@ -434,7 +434,7 @@ _RATIO_MUTANTS = [
     ),
     (
         "a variance is multiplied by the square of the contraction factor: after T "
-        "steps the start keeps r^(2T) of its variance, not r^T.",
+        "steps the start keeps rho^(2T) of its variance, not rho^T.",
         lambda eps, sigma_L, gamma, n_steps: (
             (1 - eps / (2 * sigma_L**2)) ** n_steps * gamma**2
             + (eps / sigma_L**2) * (1 - (1 - eps / (2 * sigma_L**2)) ** n_steps)
@@ -443,13 +443,13 @@ _RATIO_MUTANTS = [
     ),
     (
         "only the start is left: each step also adds alpha_i of fresh noise variance, so "
-        "v <- r^2 v + alpha_i, and the noise terms add up over the T steps.",
+        "v <- rho^2 v + alpha_i, and the noise terms add up over the T steps.",
         lambda eps, sigma_L, gamma, n_steps: (1 - eps / (2 * sigma_L**2)) ** (2 * n_steps)
         * gamma**2,
     ),
     (
         "this is the stationary ratio (T -> infinity); after T steps a share "
-        "r^(2T) of the starting variance gamma^2 is still there.",
+        "rho^(2T) of the starting variance gamma^2 is still there.",
         lambda eps, sigma_L, gamma, n_steps: 1 / (1 - eps / (4 * sigma_L**2)),
     ),
 ]
@@ -743,8 +743,8 @@ register_hints(
     "Part 1: the step scales like the level's variance. Part 2: match the two updates term by "
     "term. Part 3: with a Gaussian score the update is linear in x, so follow the variance "
     "step by step.",
-    "Part 3: one step multiplies x by a constant r and adds independent noise of variance "
-    "alpha_i, so the variance obeys v <- r^2 v + alpha_i, a geometric recursion; sum it over T "
+    "Part 3: one step multiplies x by a constant rho and adds independent noise of variance "
+    "alpha_i, so the variance obeys v <- rho^2 v + alpha_i, a geometric recursion; sum it over T "
     "steps from v_0 = gamma^2 sigma_i^2.",
     "Check part 3 in two limits: with T = 0 it must give gamma^2 (nothing has moved yet); after "
     "very many steps it must no longer depend on gamma (the chain has forgotten its start).",
