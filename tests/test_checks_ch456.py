@@ -136,8 +136,9 @@ def test_4_5_accepts_the_experiment(capsys, grading):
     "answer, phrases",
     [
         (best_sigma(pick=max), ["largest divergence"]),
-        (best_sigma(variance=lambda s: s), ["variances, sigma^2"]),
-        (best_sigma(perturbed=True), ["score of the perturbed density"]),
+        (best_sigma(variance=lambda s: s), ["kernels of variance sigma would favour"]),
+        (best_sigma(perturbed=True), ["the perturbed density p_sigma would favour"]),
+        (lambda m, train, test, sigmas: sigmas[12], ["1000 training points", "0.501"]),
         (lambda *args: 0.5, ["not one of the sigmas"]),
         (lambda m, train, test, sigmas: sigmas[15], ["relative Fisher divergence of"]),
     ],
@@ -178,7 +179,7 @@ def test_4_5_names_the_arguments_of_fisher_divergence_swapped(capsys):
 
 def test_4_5_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
     sigmas = [float(s) for s in torch.logspace(-1.5, 0.5, 21)]
-    public = {200: 0.5, 50: 0.5}  # the public cases' best sigmas, by number of training points
+    public = {1000: 0.4, 50: 0.5}  # the public cases' best sigmas, by number of training points
     memorised = {n: min(sigmas, key=lambda s: abs(s - v)) for n, v in public.items()}
 
     def answer(mixture, train, test, sigmas):
@@ -789,3 +790,31 @@ def test_5_4_names_unbiased_directions_drawn_another_way(capsys, kind):
     match no reference value; the check sees that they train the true score and says so."""
     assert_explains(capsys, checks.exercise_5_4, [other_draws_loss(kind)],
                     "learns the true score", "change only their length")
+
+
+def test_4_5_names_a_mean_of_per_point_ratios(capsys):
+    """The text warns against it; the check names it when a student does it anyway."""
+    from scorelab.densities import GaussianMixture
+
+    def per_point(mixture, train, test, sigmas):
+        n, values = len(train), []
+        for s in sigmas:
+            kde = GaussianMixture(torch.full((n,), 1 / n), train, torch.full((n,), s**2))
+            true = mixture.score(test)
+            ratios = ((kde.score(test) - true) ** 2).sum(1) / (true**2).sum(1)
+            values.append(float(ratios.mean()))
+        return values
+
+    assert_explains(capsys, checks.exercise_4_5, [per_point, best_sigma()],
+                    "a mean of per-point ratios", "ratio of means")
+
+
+def test_5_5_names_directions_of_length_d(capsys):
+    def length_d(matrix, n_draws, generator=None):
+        dim = matrix.shape[0]
+        draws = [torch.randn(n_draws, dim, generator=generator) for _ in range(2)]
+        sphere = draws[0] / draws[0].norm(dim=1, keepdim=True) * dim
+        quad = lambda v: ((v @ matrix) * v).sum(1)  # noqa: E731
+        return (quad(sphere).std() / quad(draws[1]).std()).item()
+
+    assert_explains(capsys, checks.exercise_5_5, [length_d], "length D", "sqrt(D)")

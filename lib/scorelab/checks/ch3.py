@@ -301,15 +301,18 @@ def _explain_unknown_slip(got: torch.Tensor, expected: torch.Tensor, n: int) -> 
     if abs(weight - reference_weight) > tolerance:
         raise Mismatch(
             f"the weight of the (5, 5) mode is {weight:.3f}, the reference sampler finds "
-            f"{reference_weight:.3f} (true value 0.8). Run the levels from the largest sigma to "
-            "the smallest, with step step_size * sigma_i^2 / sigma_L^2 at level i: large early "
-            "steps at large sigma are what let particles cross between the modes."
+            f"{reference_weight:.3f} (true value 0.8). Check the three things that move "
+            "particles between the modes: the levels run from the largest sigma to the "
+            "smallest; the step at level i is step_size * sigma_i^2 / sigma_L^2 (large steps at "
+            "large sigma); and each step adds noise sqrt(alpha_i) z, freshly drawn from the "
+            "generator."
         )
     if not abs(spread / reference_spread - 1) < 0.25:
         raise Mismatch(
             f"the weights are right but the (5, 5) mode has variance {spread:.3f} where the "
             f"reference sampler gives {reference_spread:.3f}: do you finish at the smallest "
-            "sigma, with noise sqrt(alpha_i) * z at every step?"
+            "sigma, with noise sqrt(alpha_i) * z at every step, and return the last step's "
+            "samples as they are (Algorithm 1 has no final denoising step)?"
         )
     largest = (got - expected).abs().max().item()
     raise Mismatch(

@@ -602,9 +602,14 @@ def _spread_mistakes(matrix: torch.Tensor) -> dict[str, tuple[float, float]]:
         ),
         "your sphere directions have length 1: scale them by sqrt(D), or the trace "
         "estimate is D times too small (and so is its spread).": (expected / dim, 1.0),
-        "your sphere directions are random signs (Rademacher vectors): they have length "
-        "sqrt(D), but they are not uniform on the sphere; draw Gaussian vectors, "
-        "normalise them to length one, then scale them by sqrt(D).": (
+        "your directions have length D: scale the unit vectors by sqrt(D), the radius that "
+        "gives E[v v^T] = I; at length D the trace estimate, and its spread, are D times too "
+        "large.": (expected * dim, float(dim)),
+        "your ratio is what random signs (Rademacher vectors) give: they have length sqrt(D) "
+        "but are not uniform on the sphere (on a diagonal matrix their estimate does not vary "
+        "at all). If you used them, draw Gaussian vectors, normalise them to length one, then "
+        "scale them by sqrt(D); if not, check that each direction, a row of your draws, has "
+        "length sqrt(D) (normalising over the wrong axis makes every row tiny).": (
             _rademacher_ratio(matrix), 1.0
         ),
         "you computed the squared length ||v A||^2 (or ||A v||^2) of each direction's "

@@ -488,6 +488,25 @@ def exercise_6_3(annealed_step, authors_step_lr, variance_ratio) -> None:
         mutants=_RATIO_MUTANTS,
         tensors=True,  # exercise 6.4 calls it on a tensor grid of eps
     )
+    _expect_ratio_on_a_grid(variance_ratio)
+
+
+def _expect_ratio_on_a_grid(variance_ratio) -> None:
+    """Mismatch unless ``variance_ratio`` takes a 1-D tensor of eps, as exercise 6.4 calls it,
+    and returns the ratio for each (a tensor of the same shape)."""
+    eps = torch.logspace(-6, -4, 5, dtype=torch.float64)
+    call = "variance_ratio(eps, 0.01, 1.33, 10) with eps a tensor of 5 values"
+    advice = ("exercise 6.4 calls it on a grid of eps, as its text says: write it with tensor "
+              "arithmetic (**, torch functions), not math.pow, math.exp or float().")
+    try:
+        got = call_student(variance_ratio, eps.clone(), 0.01, 1.33, 10, what="variance_ratio")
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise Mismatch(f"{call} raised {type(error).__name__}: {error}; {advice}") from None
+    if not (isinstance(got, torch.Tensor) and got.shape == eps.shape):
+        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+        raise Mismatch(f"{call} returned {shape}, not one ratio per eps; {advice}")
+    if not torch.allclose(got.double(), _variance_ratio(eps, 0.01, 1.33, 10), rtol=1e-4):
+        raise Mismatch(f"{call} is right for single values but not on the grid; {advice}")
 
 
 # ---------------------------------------------------------------- 6.4 (investigate): NCSNv2's eps
@@ -546,6 +565,12 @@ def exercise_6_4(ncsnv2_epsilon) -> None:
                 "x + a s + sqrt(2a) z). Use the recursion in the paper's convention."
             )
         lowest = _ratio_at(best, sigmas, n_steps)
+        for other in (n_steps - 1, n_steps + 1):
+            if other > 0 and abs(math.log(answer / _best_epsilon(sigmas, other))) <= 0.02:
+                raise Mismatch(
+                    f"{where} your epsilon {answer:.4g} is the best for T = {other} steps a "
+                    f"level, not T = {n_steps}: run the variance recursion for n_steps steps."
+                )
         if abs(math.log(answer / best)) <= 0.15:
             raise Mismatch(
                 f"{where} your epsilon {answer:.4g} is near the best, {best:.4g}, but not within "
