@@ -483,6 +483,9 @@ def exercise_1_5(merging_sigma) -> None:
         expected = merging_sigma_reference(mixture)
         if math.isfinite(got) and abs(got - expected) <= MERGE_RTOL * expected:
             continue
+        if not math.isfinite(got):
+            raise Mismatch(f"on {name} your sigma is {got}, not a finite number: does your "
+                           "search ever find a sigma with a single mode?")
         gap = abs(means[1] - means[0])
         equal_rule = math.sqrt(max(gap**2 / 4 - sum(variances) / 2, 0.0))
         if math.isclose(got, expected**2, rel_tol=MERGE_RTOL):
