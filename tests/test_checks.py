@@ -568,7 +568,7 @@ def test_2_4_accepts_the_fix(capsys, grading):
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (make_sampler(noise=lambda a: a), ["still the bug", "variance alpha^2 instead of alpha"]),
+        (make_sampler(noise=lambda a: a), ["still the bug", "draws what the colleague's does"]),
         (make_sampler(noise=lambda a: math.sqrt(2 * a)), ["sqrt(2 alpha)", "mixed"]),
         (make_sampler(drift=1.0, noise=lambda a: a), ["changed the drift"]),
         (make_sampler(noise=lambda a: 0.0), ["no noise"]),
@@ -1259,7 +1259,7 @@ def test_6_1_accepts_the_solution(capsys):
         ({"order": ("gamma", "beta", "delta")}, ["read the embedding row as gamma, beta, delta"]),
         ({"dims": (1, 2, 3)}, ["layer norm"]),
         ({"shift": False}, ["beta is missing"]),
-        ({"eta": "outside"}, ["eta sits outside the square root"]),
+        ({"eta": "outside"}, ["your eta sits outside the square root"]),
         ({"eta": "none in v"}, ["has no eta"]),
     ],
 )

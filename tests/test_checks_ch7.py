@@ -486,3 +486,19 @@ def test_spread_ratio_is_one_for_exact_conditional_draws():
                         generator=torch.Generator().manual_seed(6))
     flat[:, ~known] = means + draws @ torch.linalg.cholesky(covariance).T
     assert spread_ratio(flat.reshape(images.shape), toy) == pytest.approx(1.0, abs=0.03)
+
+
+def test_7_3_names_the_authors_step_and_a_formula_in_place_of_a_measurement(capsys):
+    from scorelab.noise import langevin_variance_ratio
+
+    def authors(step_size, gamma, n_steps_each, sigma_min, *, n=2000, dim=64, generator=None):
+        alpha = step_size / sigma_min**2
+        x = gamma * torch.randn(n, dim, generator=generator)
+        for _ in range(n_steps_each):
+            z = torch.randn(n, dim, generator=generator)
+            x = x + alpha * (-x) + math.sqrt(2 * alpha) * z  # x + a s + sqrt(2a) z
+        return x.var().item()
+
+    assert_explains(capsys, checks.exercise_7_3, (authors, BEST_STEP), "authors' convention")
+    formula = lambda s, g, t, m, **kwargs: langevin_variance_ratio(s, g, t, m)  # noqa: E731
+    assert_explains(capsys, checks.exercise_7_3, (formula, BEST_STEP), "to nine digits")

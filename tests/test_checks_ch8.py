@@ -119,16 +119,21 @@ def measure(snr, *, factor=1.0, n_steps=200, start=math.sqrt(2.0), scale=2.0, no
     return x.var().item() / scale
 
 
-def full_score_step(snr):
-    """The corrector with x + alpha s + sqrt(alpha) z: the score term lacks its 1/2."""
+def corrector_ratio(snr, *, drift=0.5, noise=1.0):
+    """The variance ratio of the corrector x + drift alpha s + sqrt(noise alpha) z on N(0, 2 I)."""
     generator = torch.Generator().manual_seed(0)
     x = math.sqrt(2.0) * torch.randn(1_000, 100, generator=generator)
     for _ in range(200):
         z = torch.randn(x.shape, generator=generator)
         score = -x / 2.0
         alpha = corrector_step_size(score, z, snr)
-        x = x + alpha * score + math.sqrt(alpha) * z
+        x = x + drift * alpha * score + math.sqrt(noise * alpha) * z
     return x.var().item() / 2.0
+
+
+def full_score_step(snr):
+    """The corrector with x + alpha s + sqrt(alpha) z: the score term lacks its 1/2."""
+    return corrector_ratio(snr, drift=1.0)
 
 
 def test_8_3(capsys):
@@ -364,3 +369,13 @@ def test_exercise_metadata_kinds_and_levels():
         level = cell["metadata"]["exercise"]["level"]
         assert "".join(cell["source"]).startswith(f"## Exercise {number}:")
         assert "★" * level in "".join(cell["source"]).splitlines()[0]
+
+
+def authors_step(snr):
+    """The corrector in the authors' convention, x + alpha s + sqrt(2 alpha) z: 1 + 2 snr^2."""
+    return corrector_ratio(snr, drift=1.0, noise=2.0)
+
+
+def test_8_3_names_the_authors_step_and_the_formula_in_place_of_a_measurement(capsys):
+    assert_explains(capsys, checks.exercise_8_3, authors_step, "1 + 2 snr^2", "authors' convention")
+    assert_explains(capsys, checks.exercise_8_3, lambda snr: 1 + snr**2, "not a measurement")

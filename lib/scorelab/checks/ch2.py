@@ -376,9 +376,10 @@ def exercise_2_4(langevin_sampler) -> None:
             continue
         expect_same_draws(lambda: run(x0.clone()), got, outputs="samples")
         mutants = {
-            "still the bug: the noise is alpha * z, so each step adds variance alpha^2 instead "
-            "of alpha (too little for alpha < 1, too much for alpha > 1): variance "
-            f"{variance:.3g} where N(0, 1) sampled with this step has {target:.3g}.": dict(
+            "still the bug: your sampler draws what the colleague's does, variance "
+            f"{variance:.3g} where N(0, 1) sampled with this step has {target:.3g}. Compare "
+            "each term of the step with exercise 2.1's update, and ask how much variance each "
+            "step adds; checks.hint(\"2.4\") helps.": dict(
                 noise=lambda a: a
             ),
             "the noise is now sqrt(2 alpha) * z, the authors' convention, but the drift is still "

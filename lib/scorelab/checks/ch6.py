@@ -67,7 +67,7 @@ def _norm_mutants(norm, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torc
     h, m = normalised(), corrected()
     spread = means.var(dim=1, keepdim=True)
     mutants = {
-        "eta sits outside the square root: the pixels are divided by sqrt(s_k^2 + eta), which "
+        "your eta sits outside the square root; divide the pixels by sqrt(s_k^2 + eta), which "
         "stays finite and smooth for a flat channel.": gamma * (
             (x - x.mean(dim=(2, 3), keepdim=True))
             / (x.var(dim=(2, 3), unbiased=False, keepdim=True).sqrt() + eps) + delta * m) + beta,

@@ -281,20 +281,31 @@ def exercise_7_3(measured_variance_ratio, best_step_size) -> None:
             what=call,
         )
         expected = langevin_variance_ratio(step_size, gamma, n_steps, sigma_min)
+        if abs(got / expected - 1.0) < 1e-9:
+            raise Mismatch(
+                f"{call} equals Eq. 4 to nine digits: a simulation of {n} x {dim} draws cannot. "
+                "The exercise asks you to measure the ratio by running the chain, then to "
+                "compare with Eq. 4."
+            )
         if not math.isfinite(got) or abs(got / expected - 1.0) > tolerance:
-            near = lambda value: abs(got - value) < tolerance * value  # noqa: E731
-            hint = ""
-            if near(gamma**2):
-                hint = (" That is gamma^2, the ratio at the start: did the chain move at all? "
-                        "(With alpha = eps instead of eps sigma_i^2 / sigma_L^2 it barely does.)")
-            elif near(math.sqrt(expected)):
-                hint = " That is the square root of Eq. 4: return a variance, not a standard deviation."
-            elif near(langevin_variance_ratio(step_size, 1.0 + 1e-12, n_steps, sigma_min)):
-                hint = (" That is Eq. 4 for a start at level i's own variance: the chain starts "
-                        "from the previous level, N(0, gamma^2 sigma_i^2 I).")
-            elif any(near(langevin_variance_ratio(step_size, gamma, t, sigma_min))
-                     for t in (n_steps - 1, n_steps + 1)):
-                hint = f" That is Eq. 4 for one step fewer or more: run T = {n_steps} steps."
+            known_mistakes = {  # value -> explanation; the nearest within tolerance is named
+                gamma**2: " That is gamma^2, the ratio at the start: did the chain move at all? "
+                "(With alpha = eps instead of eps sigma_i^2 / sigma_L^2 it barely does.)",
+                math.sqrt(expected): " That is the square root of Eq. 4: return a variance, not "
+                "a standard deviation.",
+                langevin_variance_ratio(step_size, 1.0 + 1e-12, n_steps, sigma_min):
+                " That is Eq. 4 for a start at level i's own variance: the chain starts from "
+                "the previous level, N(0, gamma^2 sigma_i^2 I).",
+                langevin_variance_ratio(2 * step_size, gamma, n_steps, sigma_min):
+                " That is Eq. 4 for twice the step: x + alpha s + sqrt(2 alpha) z is the "
+                "authors' convention; this course's step is x + (alpha / 2) s + sqrt(alpha) z.",
+                **{langevin_variance_ratio(step_size, gamma, t, sigma_min):
+                   f" That is Eq. 4 for one step fewer or more: run T = {n_steps} steps."
+                   for t in (n_steps - 1, n_steps + 1)},
+            }
+            close = [value for value in known_mistakes
+                     if math.isfinite(got) and abs(got - value) < tolerance * value]
+            hint = known_mistakes[min(close, key=lambda v: abs(got - v))] if close else ""
             raise Mismatch(
                 f"{call} = {got:.4f}, but Eq. 4 gives {expected:.4f} (a simulation with "
                 f"{n} x {dim} draws should land within {tolerance:.1%}).{hint}"
@@ -324,7 +335,8 @@ register_hints(
     "At level i the network was trained on images with noise sigma_i in every pixel: what "
     "does it see in the known pixels here?",
     "Algorithm 2 draws y = x_obs + sigma_i z~ (the observed images plus fresh noise of this "
-    "level) once per level, before that level's steps.",
+    "level) once per level, before that level's steps (the authors' code draws it anew at "
+    "every step, which serves as well).",
     "Check your fix with noise_seen: every level should read about 1.00 (the buggy loop reads "
     "much less), and the known pixels of the result must equal the observed ones exactly.",
 )
