@@ -497,12 +497,17 @@ def variance_answer(law):
     return answer
 
 
-def langevin_variance(step_size, generator=None):
+def langevin_variance_along(score_fn, step_size, generator=None):
+    """2.3's measurement with a given score: -x is N(0, I)'s, +x the sign slip that diverges."""
     from scorelab.langevin import langevin_dynamics
 
-    x0 = torch.zeros(100_000, 2)
-    x = langevin_dynamics(lambda x: -x, x0, step_size, 300, generator=generator, progress=False)
+    x = langevin_dynamics(score_fn, torch.zeros(100_000, 2), step_size, 300,
+                          generator=generator, progress=False)
     return x.var().item()
+
+
+def langevin_variance(step_size, generator=None):
+    return langevin_variance_along(lambda x: -x, step_size, generator)
 
 
 def test_2_3_accepts_the_solution(capsys, grading):
@@ -521,6 +526,8 @@ def test_2_3_accepts_the_solution(capsys, grading):
         (variance_answer(lambda a: 1 + a), ["do not follow 1 / (1 - alpha/4)"]),
         (lambda a, generator=None: 1 / (1 - a / 4), ["whatever the seed", "formula"]),
         (lambda a, generator=None: langevin_variance(a), ["with the same seed"]),
+        (lambda a, generator=None: langevin_variance_along(lambda x: x, a, generator),
+         ["diverged", "the score it follows"]),
     ],
 )
 def test_2_3_explains_wrong_measurements(capsys, answer, phrases):

@@ -379,3 +379,10 @@ def authors_step(snr):
 def test_8_3_names_the_authors_step_and_the_formula_in_place_of_a_measurement(capsys):
     assert_explains(capsys, checks.exercise_8_3, authors_step, "1 + 2 snr^2", "authors' convention")
     assert_explains(capsys, checks.exercise_8_3, lambda snr: 1 + snr**2, "not a measurement")
+
+
+def test_8_4_names_the_score_taken_at_the_variance(capsys):
+    def at_variance(score_fn, sde, x, t):
+        return -0.5 * sde.g2(t) * score_fn(x, sde.sigma(t) ** 2)
+
+    assert_explains(capsys, checks.exercise_8_4, at_variance, "evaluated at sigma(t)^2")

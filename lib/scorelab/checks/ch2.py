@@ -210,7 +210,12 @@ def _check_variances(langevin_variance) -> None:
         )
         measured[step_size] = to_float(value, what=f"langevin_variance({step_size})")
         if not math.isfinite(measured[step_size]):
-            raise Mismatch(f"langevin_variance({step_size}) returned {measured[step_size]}.")
+            raise Mismatch(
+                f"langevin_variance({step_size}) returned {measured[step_size]}: the chain "
+                "diverged. Below alpha = 4 it cannot on N(0, I), so look at the score it "
+                "follows: -x, which pulls every point back towards 0 (with +x each step pushes "
+                "it further out)."
+            )
     theory = {s: _stationary_variance(s) for s in measured}
     if all(abs(measured[s] / theory[s] - 1) < VARIANCE_RTOL for s in measured):
         return

@@ -319,6 +319,8 @@ def exercise_8_4(pf_drift) -> None:
             "SDE's -g^2 s once, to -1/2 g^2 s.": -0.25 * g2 * s,
             "the score is evaluated at the time t; score_fn takes the noise level sigma(t).":
                 -0.5 * g2 * score_fn(x, t),
+            "the score is evaluated at sigma(t)^2; score_fn takes the noise level sigma(t) "
+            "itself, a standard deviation.": -0.5 * g2 * score_fn(x, sde.sigma(t) ** 2),
         }
         diagnose(got, -0.5 * g2 * s, what="pf_drift", mutants=mutants)
     # The symptom: with the bug the backward ODE shrinks the spread to almost nothing.
