@@ -432,12 +432,7 @@ def _conditional_error(inpaint_fn, what: str) -> tuple[float, float]:
     from scorelab.ncsn.inpaint import inpaint
 
     model = GaussianImages()
-    n = 4000
-    images, mask = model.top_row_known(n, generator=torch.Generator().manual_seed(740))
-    known = mask.flatten().bool()
-    gain, _ = _gaussian_conditional(model.cov, known)
-    flat = images.reshape(n, 4).double()
-    mean = model.mu[~known] + (flat[:, known] - model.mu[known]) @ gain.T  # (n, 2)
+    images, mask = model.top_row_known(4000, generator=torch.Generator().manual_seed(740))
     generator = torch.Generator().manual_seed(1)
     if inpaint_fn is None:  # Algorithm 2, with the final denoising step and the clamp
         out = inpaint(model, images, mask, generator=generator, step_size=5e-4, n_steps_each=30)
@@ -445,7 +440,7 @@ def _conditional_error(inpaint_fn, what: str) -> tuple[float, float]:
         out = call_student(inpaint_fn, model.score, model.sigmas.tolist(), images.clone(),
                            mask, 5e-4, 30, generator=generator, what=what)
     out = expect_tensor(out, what=f"{what}(...)", shape=tuple(images.shape))
-    residual = out.detach().reshape(n, 4)[:, ~known].double() - mean  # (n, 2)
+    residual = _bottom_row_residuals(model, out, given=images)  # (n, 2)
     return residual.mean().item(), residual.square().mean().item()
 
 
@@ -639,15 +634,24 @@ STEP_GRID = (1, 3, 10, 30, 100, 300)  # the steps a level of 7.6's scan
 TOLERANCE_76 = 0.01  # relative; Monte Carlo over y moves a prediction by about 0.1 %
 
 
+def _bottom_row_residuals(model: GaussianImages, completed: torch.Tensor,
+                          given: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 2): the bottom rows of ``completed`` (N, 1, 2, 2) minus their exact conditional mean
+    given the top rows of ``given`` (default: ``completed``'s own)."""
+    known = torch.tensor([True, True, False, False])
+    gain, _ = _gaussian_conditional(model.cov, known)
+    flat = completed.detach().reshape(len(completed), 4).double()
+    top = (flat if given is None else given.reshape(len(given), 4).double())[:, known]
+    return flat[:, ~known] - (model.mu[~known] + (top - model.mu[known]) @ gain.T)
+
+
 def spread_ratio(completed: torch.Tensor, model: GaussianImages) -> float:
     """The mean square distance of the filled-in bottom rows of ``completed`` (N, 1, 2, 2) from
     their exact conditional mean given the top rows, over the trace of the exact conditional
     covariance: 1 when the bottom rows are exact draws of the conditional law."""
-    known = torch.tensor([True, True, False, False])
-    gain, covariance = _gaussian_conditional(model.cov, known)
-    flat = completed.detach().reshape(len(completed), 4).double()
-    means = model.mu[~known] + (flat[:, known] - model.mu[known]) @ gain.T
-    return ((flat[:, ~known] - means).square().sum(1).mean() / covariance.trace()).item()
+    _, covariance = _gaussian_conditional(model.cov, torch.tensor([True, True, False, False]))
+    residuals = _bottom_row_residuals(model, completed)
+    return (residuals.square().sum(1).mean() / covariance.trace()).item()
 
 
 @functools.lru_cache(maxsize=8)  # deterministic, and a wrong plateau asks for it again
