@@ -546,6 +546,7 @@ def test_2_3_explains_wrong_measurements(capsys, answer, phrases):
         (0.39, ["too large"]),  # a scan just outside the tolerance is not the first-order answer
         (0.55, ["too large"]),
         (0.1, ["too small"]),
+        (4 * (1 - 1 / 1.1), ["formula of exercise 2.2", "by experiment"]),
     ],
 )
 def test_2_3_explains_wrong_step_sizes(capsys, alpha_10, phrases):
@@ -1218,21 +1219,26 @@ def make_norm(
     dims=(2, 3),
     shift=True,
     eta="inside",
+    cut=(),
 ):
     from scorelab.ncsn import ConditionalInstanceNorm2dPlus
+
+    def kept(name, value):  # a statistic as written, or cut from the graph
+        return value.detach() if name in cut else value
 
     class Norm(ConditionalInstanceNorm2dPlus):
         def forward(self, x, labels):
             c = self.num_features
-            means = x.mean(dim=(2, 3))  # (N, C)
+            means = kept("mean", x.mean(dim=(2, 3)))  # (N, C)
             spread = means.var(dim=1, keepdim=True, unbiased=spread_unbiased)
             spread_eta = 0.0 if eta == "none in v" else self.eps
             corrected = ((means - means.mean(dim=1, keepdim=True)) / torch.sqrt(spread + spread_eta))[
                 ..., None, None
             ]
-            variance = x.var(dim=dims, unbiased=pixel_unbiased, keepdim=True)
-            scale = variance.sqrt() + self.eps if eta == "outside" else torch.sqrt(variance + self.eps)
-            h = (x - x.mean(dim=dims, keepdim=True)) / scale
+            variance = kept("var", x.var(dim=dims, unbiased=pixel_unbiased, keepdim=True))
+            pixel_eta = 0.0 if eta == "none in pixels" else self.eps
+            scale = variance.sqrt() + self.eps if eta == "outside" else torch.sqrt(variance + pixel_eta)
+            h = (x - kept("mean", x.mean(dim=dims, keepdim=True))) / scale
             chunks = self.embed(labels)[..., None, None].split(c, dim=1)  # each (N, C, 1, 1)
             read = dict(zip(order[: len(chunks)], chunks))
             gamma, alpha = read["gamma"], read["delta"]
@@ -1267,7 +1273,12 @@ def test_6_1_accepts_the_solution(capsys):
         ({"dims": (1, 2, 3)}, ["layer norm"]),
         ({"shift": False}, ["beta is missing"]),
         ({"eta": "outside"}, ["your eta sits outside the square root"]),
-        ({"eta": "none in v"}, ["has no eta"]),
+        ({"eta": "none in v"}, ["spread of the channel means has no eta"]),
+        ({"eta": "none in pixels"}, ["pixel variance has no eta"]),
+        ({"cut": ("mean",)}, ["pixel means are cut from the graph", "gradient with respect to x"]),
+        ({"cut": ("var",)}, ["pixel variances are cut from the graph"]),
+        ({"cut": ("mean", "var")}, ["gradient of your forward(x, labels) with bias=True",
+                                    "with respect to x differs"]),
     ],
 )
 def test_6_1_explains_wrong_answers(capsys, options, phrases):
@@ -1322,11 +1333,12 @@ def annealed_dsm_loss(
     target_sign=-1.0,
     flat_sigma=False,
     target_power=1,
+    model_gets="labels",
 ):
     sigma = sigmas[labels]
     sigma = sigma[:, None] if flat_sigma else sigma.reshape(-1, *[1] * (x.ndim - 1))
     z = torch.randn(x.shape, generator=generator)
-    score = model(x + sigma * z, labels)
+    score = model(x + sigma * z, labels if model_gets == "labels" else sigmas[labels])
     return (
         (0.5 * weight(sigma) * (score - target_sign * z / sigma**target_power) ** 2)
         .reshape(len(x), -1)
@@ -1355,6 +1367,8 @@ def test_6_2_accepts_the_solution(capsys):
         ({"weight": lambda s: 2 * s**2}, ["the 1/2 in front"]),
         ({"target_power": 2}, ["the target is -z / sigma^2"]),
         ({"target_power": 0}, ["the target is -z:", "weighted form"]),
+        ({"model_gets": "sigmas"}, ["noise levels (floats, such as sigmas[labels])",
+                                    "level indices"]),
     ],
 )
 def test_6_2_explains_wrong_answers(capsys, options, phrases):

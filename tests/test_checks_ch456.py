@@ -619,17 +619,26 @@ def test_6_5_accepts_the_fix(capsys, grading):
     assert_passes(capsys, checks.exercise_6_5, score_norm_profile, network_score)
 
 
-def test_6_5_accepts_the_package_adapter_and_a_root_mean_square_profile(capsys):
-    from scorelab.scores import as_score_fn
-
+def test_6_5_accepts_a_root_mean_square_profile(capsys):
     def rms_profile(score_fn, x, sigmas, generator=None):
         return torch.stack([
             s * score_fn(x + s * torch.randn(x.shape, generator=generator), s).pow(2).mean().sqrt()
             for s in sigmas.tolist()
         ])
 
-    assert_passes(capsys, checks.exercise_6_5, rms_profile,
-                  lambda model: as_score_fn(model, model.sigmas))
+    assert_passes(capsys, checks.exercise_6_5, rms_profile, network_score)
+
+
+def test_6_5_asks_for_the_colleagues_function_debugged_not_replaced(capsys):
+    from scorelab.scores import as_score_fn
+
+    def wrapped(model):
+        package = as_score_fn(model, model.sigmas)
+        return lambda x, sigma: package(x, sigma)
+
+    for replaced in (lambda model: as_score_fn(model, model.sigmas), wrapped):
+        assert_explains(capsys, checks.exercise_6_5, [score_norm_profile, replaced],
+                        "hands the work to the package's as_score_fn", "two bugs")
 
 
 @pytest.mark.parametrize(

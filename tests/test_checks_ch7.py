@@ -502,3 +502,11 @@ def test_7_3_names_the_authors_step_and_a_formula_in_place_of_a_measurement(caps
     assert_explains(capsys, checks.exercise_7_3, (authors, BEST_STEP), "authors' convention")
     formula = lambda s, g, t, m, **kwargs: langevin_variance_ratio(s, g, t, m)  # noqa: E731
     assert_explains(capsys, checks.exercise_7_3, (formula, BEST_STEP), "to nine digits")
+
+
+def test_7_3_refuses_the_packages_rule_in_place_of_a_scan(capsys):
+    from scorelab.noise import step_size_for_ladder
+
+    rule = step_size_for_ladder(500.0 ** (1 / 21), 10, 0.01)
+    assert_explains(capsys, checks.exercise_7_3, (measured_variance_ratio, rule),
+                    "step_size_for_ladder to nine digits", "your own scan")

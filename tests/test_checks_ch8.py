@@ -105,6 +105,15 @@ def test_8_2(capsys):
     assert "not done yet" in run_check(capsys, checks.exercise_8_2, stub)
 
 
+def test_8_2_names_the_exact_variance_increment(capsys):
+    def increment(score_fn, sde, x, t, dt, z):
+        step = sde.sigma(t) ** 2 - sde.sigma(t - dt) ** 2
+        return x + step * score_fn(x, sde.sigma(t)) + math.sqrt(step) * z
+
+    assert_explains(capsys, checks.exercise_8_2, increment, "sigma(t)^2 - sigma(t - dt)^2",
+                    "reverse-diffusion predictor", "g(t)^2 dt")
+
+
 # --- 8.3 ----------------------------------------------------------------------------------------
 
 

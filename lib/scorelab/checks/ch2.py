@@ -252,6 +252,13 @@ ALPHA_10_MUTANT_WINDOW = 0.012
 def _check_alpha_10(alpha_10) -> None:
     alpha = to_float(alpha_10, what="alpha_10")
     truth = alpha_for_bias(0.1)
+    if abs(alpha / truth - 1.0) < 1e-9:
+        raise Mismatch(
+            f"alpha_10 = {alpha:.9g} is 4 (1 - 1 / 1.1), the formula of exercise 2.2, to nine "
+            "digits: this exercise asks you to find the step by experiment, from your measured "
+            "variances (a scan in steps of 0.01 gives two decimals). Compare with the formula "
+            "afterwards."
+        )
     if abs(alpha - truth) <= ALPHA_10_TOLERANCE:
         return
     # value -> (window, message); a scan in steps of 0.01 lands within 0.01 of a wrong crossing

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import sys
 from unittest import mock
 
 import torch
@@ -71,6 +72,10 @@ def _norm_mutants(norm, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torc
         "stays finite and smooth for a flat channel.": gamma * (
             (x - x.mean(dim=(2, 3), keepdim=True))
             / (x.var(dim=(2, 3), unbiased=False, keepdim=True).sqrt() + eps) + delta * m) + beta,
+        "the pixel variance has no eta: divide by sqrt(s_k^2 + eta), which stays finite for a "
+        "flat channel (the last test image is almost flat, so eta changes its output).": gamma * (
+            (x - x.mean(dim=(2, 3), keepdim=True))
+            / x.var(dim=(2, 3), unbiased=False, keepdim=True).sqrt() + delta * m) + beta,
         "the spread of the channel means has no eta: divide by sqrt(v + eta), or an image whose "
         "channel means agree divides by (almost) zero.": gamma * (h + delta * (
             (means - means.mean(dim=1, keepdim=True)) / spread.sqrt())[..., None, None]) + beta,
@@ -145,6 +150,66 @@ def exercise_6_1(norm_class) -> None:
             raise Mismatch(
                 "the output carries no gradient: the embedding's parameters could not be trained."
             )
+        _expect_gradient_in_x(mine, reference, x, labels, what=what)
+
+
+def _gradient_in_x(forward, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """d/dx of sum(w * forward(x, labels)) for fixed random weights w; (N, C, H, W)."""
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    given = x.clone().requires_grad_(True)
+    output = forward(given, labels)
+    if not (isinstance(output, torch.Tensor) and output.requires_grad):
+        return torch.zeros_like(x)
+    (gradient,) = torch.autograd.grad((weights * output).sum(), given, allow_unused=True)
+    return torch.zeros_like(x) if gradient is None else gradient
+
+
+def _cut_forward(norm, cut: str):
+    """The reference forward with one statistic cut from the graph (``cut`` names it)."""
+    c, eps = norm.num_features, norm.eps
+
+    def forward(x, labels):
+        params = norm.embed(labels).detach()[..., None, None]  # (N, 2C or 3C, 1, 1)
+        gamma, delta, beta = params[:, :c], params[:, c : 2 * c], params[:, 2 * c :]
+        var, mean = torch.var_mean(x, dim=(2, 3), unbiased=False, keepdim=True)
+        var, mean = (var.detach() if cut == "var" else var), (
+            mean.detach() if cut == "mean" else mean)
+        spread, centre = torch.var_mean(mean, dim=1, keepdim=True)
+        corrected = (mean - centre) / torch.sqrt(spread + eps)
+        corrected = corrected.detach() if cut == "correction" else corrected
+        output = gamma * ((x - mean) / torch.sqrt(var + eps) + delta * corrected)
+        return output + beta if norm.bias else output
+
+    return forward
+
+
+def _expect_gradient_in_x(mine, reference, x, labels, *, what: str) -> None:
+    """The student's forward passes the same gradient to x as the reference: statistics that
+    are detached (or computed under no_grad) give the right values and the wrong training."""
+    with _package_forward_refused():
+        got = _gradient_in_x(mine, x, labels)
+    expected = _gradient_in_x(reference, x, labels)
+    cut = {
+        "mean": "the per-channel pixel means are cut from the graph (detached, .item(), numpy "
+        "or computed under torch.no_grad()): the values are right, but the gradient with "
+        "respect to x is not, and a network built on this layer would train on a wrong "
+        "gradient. Compute every statistic from x with differentiable torch operations.",
+        "var": "the per-channel pixel variances are cut from the graph (detached, numpy or "
+        "computed under torch.no_grad()): the values are right, but the gradient with respect "
+        "to x is not. Keep the variance in the graph.",
+        "correction": "the mean correction (mu_k - m) / sqrt(v + eta) is cut from the graph: "
+        "the values are right, but the gradient with respect to x is not. Keep it in the graph.",
+    }
+    mutants = {message: _gradient_in_x(_cut_forward(reference, name), x, labels)
+               for name, message in cut.items()}
+    if not got.abs().any():
+        raise Mismatch(
+            f"your {what} passes no gradient to x: the values are right, but every statistic "
+            "was cut from the graph (detached, numpy or torch.no_grad()), so a network built "
+            "on this layer could not train the layers below it."
+        )
+    diagnose(got, expected, what=f"the gradient of your {what} with respect to x",
+             mutants=mutants, rtol=1e-3, atol=1e-3)
 
 
 @contextlib.contextmanager
@@ -194,6 +259,13 @@ class _ToyConditionalModel(nn.Module):
         self.mu = 0.3
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
+            raise Mismatch(
+                "your loss calls the model with noise levels (floats, such as sigmas[labels]) "
+                "where it takes the level indices: model(x_noisy, labels) with labels the "
+                "integers (N,) of each example's level. The network looks up its parameters "
+                "for level i; it never sees sigma_i itself."
+            )
         return -(x - self.mu) * self.scale[labels].reshape(-1, *([1] * (x.ndim - 1)))
 
 
@@ -664,6 +736,31 @@ def _score_models():
     )
 
 
+@contextlib.contextmanager
+def _package_score_refused(package_score_fn, call: str):
+    """While active, a call of the package's own score function (the code ``as_score_fn``
+    returns, seen here as ``package_score_fn``) is noticed, and named when the block ends."""
+    package_code = package_score_fn.__code__
+    called = []
+
+    def watch(frame, event, arg):
+        if event == "call" and frame.f_code is package_code:
+            called.append(True)
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+    if called:
+        raise Mismatch(
+            f"{call} hands the work to the package's as_score_fn. In a project that is the "
+            "right fix, but this exercise asks you to debug the colleague's function: find "
+            "its two bugs with your profile and correct them in its own code."
+        )
+
+
 def _check_network_score(network_score) -> None:
     from scorelab.data import load_digits
     from scorelab.scores import as_score_fn
@@ -687,7 +784,8 @@ def _check_network_score(network_score) -> None:
             call = f"network_score({name})(x, sigma={sigma:.3g})"
             with torch.no_grad():
                 try:
-                    got = score_fn(x.clone(), sigma)
+                    with _package_score_refused(reference, call):
+                        got = score_fn(x.clone(), sigma)
                 except (IndexError, ValueError, RuntimeError) as error:
                     advice = "" if name == "the shipped model" else (
                         f" Does your function read the levels from the model ({len(ladder)} "

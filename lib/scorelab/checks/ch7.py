@@ -319,6 +319,13 @@ def exercise_7_3(measured_variance_ratio, best_step_size) -> None:
             "searched here: beyond it each step overshoots and flips the sign of x (and beyond "
             "4 sigma_L^2 the chain diverges)."
         )
+    if abs(chosen / rule - 1.0) < 1e-9:
+        raise Mismatch(
+            f"best_step_size = {chosen:.6g} is the package's step_size_for_ladder to nine "
+            "digits: the exercise asks for the step your own scan of measured_variance_ratio "
+            "finds (a scan of noisy measurements lands near the rule, not on it). The cell "
+            "prints the rule beside your step for the comparison."
+        )
     reached = langevin_variance_ratio(chosen, SHIPPED_GAMMA, 10, 0.01)
     if reached - best > tolerance * best:
         direction = "small" if chosen < rule else "large"

@@ -138,6 +138,12 @@ def _em_mutants(score_fn, sde, x, t, dt, z) -> dict[str, torch.Tensor]:
         "the drift is evaluated at t - dt; Euler-Maruyama evaluates it where the step starts, "
         "at t.": x + sde.g2(t - dt) * dt * score_fn(x, sde.sigma(t - dt))
                  + math.sqrt(g2 * dt) * z,
+        "you stepped with the exact variance increment sigma(t)^2 - sigma(t - dt)^2 in place "
+        "of g(t)^2 dt: that is the reverse-diffusion predictor of Song et al. (2021, Appendix E), a "
+        "different discretisation (it agrees with Euler-Maruyama to first order in dt). "
+        "This exercise asks for Euler-Maruyama, which freezes g at t: g(t)^2 dt.":
+            x + (sigma**2 - sde.sigma(t - dt) ** 2) * s
+            + math.sqrt(sigma**2 - sde.sigma(t - dt) ** 2) * z,
         "the noise enters with a minus sign: in distribution that is the same step, but the "
         "check passes you z and expects + g sqrt(dt) z.": x + g2 * dt * s - math.sqrt(g2 * dt) * z,
     }
