@@ -1439,3 +1439,59 @@ def test_a_formula_right_up_to_float32_round_off_is_told_so(capsys):
         return t / (1 - (1 - a / (2 * t)) ** 2) * a / t  # the right algebra, in float32
 
     assert_explains(capsys, checks.exercise_2_2, in_float32, "round-off", "float64")
+
+
+# --- chapter 1: more named mistakes, and the package's answer refused ------------------------
+
+
+def _unweighted_spread(w, m, c, s):
+    offsets = m - m.mean(dim=0)
+    return _total(w, m, c, s, between=False) + offsets.T @ offsets / len(w)
+
+
+def _spread_about_the_plain_mean(w, m, c, s):
+    offsets = m - m.mean(dim=0)
+    return _total(w, m, c, s, between=False) + offsets.T @ (w[:, None] * offsets)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [(_unweighted_spread, ["unweighted average over the components"]),
+     (_spread_about_the_plain_mean, ["plain average of the means"])],
+)
+def test_1_1_names_an_unweighted_spread_of_the_means(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_1_1, answer, *phrases)
+
+
+def test_1_3_refuses_the_packages_mixture(capsys):
+    from scorelab.densities import GaussianMixture
+
+    def packaged(x, weights, means, variances):
+        return GaussianMixture(weights, means, variances).score(x)
+
+    def by_autograd(x, weights, means, variances):
+        mixture = GaussianMixture(weights, means, variances)
+        leaf = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            return torch.autograd.grad(mixture.log_prob(leaf).sum(), leaf)[0]
+
+    for answer in (packaged, by_autograd):
+        assert_explains(capsys, checks.exercise_1_3, answer, "calls the package's GaussianMixture",
+                        "write it yourself")
+
+
+def test_1_4_refuses_the_packages_banana_and_names_a_variance_written_as_a(capsys):
+    from scorelab.densities import Banana
+
+    def packaged(x, curvature=0.5, scale=1.0):
+        return Banana(curvature=curvature, scale=scale).score(x)
+
+    assert_explains(capsys, checks.exercise_1_4, packaged, "calls the package's Banana.score")
+    over_a = make_banana_score()
+
+    def first_column_over_a(x, curvature=0.5, scale=1.0):
+        out = over_a(x, curvature, scale)
+        return torch.stack([out[:, 0] + x[:, 0] / scale**2 - x[:, 0] / scale, out[:, 1]], dim=1)
+
+    assert_explains(capsys, checks.exercise_1_4, first_column_over_a, "written -x_1 / a",
+                    "divides by a^2")

@@ -352,7 +352,7 @@ def test_5_5_names_other_directions_and_other_forms_on_public_cases(capsys, answ
         (spread_ratio(length=lambda d: 1.0), ["length 1"]),
         (lambda *args, **kwargs: 0.5, ["differently seeded generators", "simulation"]),
         (lambda matrix, n_draws=20_000, generator=None: 0.9 + 1e-3 * torch.rand(
-            (), generator=generator).item(), ["your ratio is 0.90"]),
+            n_draws, generator=generator).mean().item(), ["your ratio is 0.90"]),
         (lambda *args, **kwargs: "smaller", ["should be a number"]),
     ],
 )
@@ -827,3 +827,135 @@ def test_5_5_names_directions_of_length_d(capsys):
         return (quad(sphere).std() / quad(draws[1]).std()).item()
 
     assert_explains(capsys, checks.exercise_5_5, [length_d], "length D", "sqrt(D)")
+
+
+# --- own work, own inputs and every argument used (chapter 5) --------------------------------
+
+
+def packaged(vr=False, projection="gaussian"):
+    def loss(model, x, n_projections=1, generator=None):
+        from scorelab.training import sliced_score_matching_loss as package_loss
+
+        return package_loss(model, x, n_projections=n_projections, variance_reduction=vr,
+                            projection=projection, generator=generator)
+
+    return loss
+
+
+@pytest.mark.parametrize(
+    "check, answer",
+    [(checks.exercise_5_1, packaged()), (checks.exercise_5_2, packaged(vr=True)),
+     (checks.exercise_5_4, packaged(vr=True, projection="sphere"))],
+    ids=["5.1", "5.2", "5.4"],
+)
+def test_chapter_5_refuses_the_packages_loss(capsys, check, answer):
+    assert_explains(capsys, check, [answer], "calls the package's sliced_score_matching_loss",
+                    "write it yourself")
+
+
+def grad_on_the_callers_x(answer):
+    def loss(model, x, n_projections=1, generator=None):
+        x.requires_grad_(True)  # the caller's tensor: the side effect 1.2 teaches to avoid
+        return answer(model, x, n_projections=n_projections, generator=generator)
+
+    return loss
+
+
+@pytest.mark.parametrize(
+    "check, answer",
+    [(checks.exercise_5_1, sliced()), (checks.exercise_5_2, sliced(vr=True)),
+     (checks.exercise_5_4, sphere_loss())],
+    ids=["5.1", "5.2", "5.4"],
+)
+def test_chapter_5_names_requires_grad_switched_on_the_callers_x(capsys, check, answer):
+    assert_explains(capsys, check, [grad_on_the_callers_x(answer)],
+                    "switched on requires_grad", "x.detach().requires_grad_(True)")
+
+
+def test_5_1_names_n_projections_ignored(capsys):
+    one = sliced(draw="NMD")  # other draws than the reference's: the statistical check runs
+
+    def ignores(model, x, n_projections=1, generator=None):
+        return one(model, x, n_projections=1, generator=generator)
+
+    assert_explains(capsys, checks.exercise_5_1, [ignores], "ignores n_projections")
+
+
+@pytest.mark.parametrize("axis, what", [(0, "projections"), (1, "examples")])
+def test_5_4_names_the_draws_normalised_over_the_wrong_axis(capsys, axis, what):
+    def loss(model, x, n_projections=1, generator=None):
+        v = torch.randn((n_projections, *x.shape), generator=generator).to(x)
+        v = v / v.norm(dim=axis, keepdim=True) * math.sqrt(x.shape[-1])
+        copies = x.detach().unsqueeze(0).expand_as(v).clone().requires_grad_(True)
+        score = model(copies.reshape(-1, x.shape[-1])).reshape(copies.shape)
+        jv = torch.autograd.grad((score * v).sum(), copies, create_graph=True)[0]
+        return ((jv * v).sum(-1) + 0.5 * (score**2).sum(-1)).mean(0)
+
+    assert_explains(capsys, checks.exercise_5_4, [loss], f"dim={axis}", what, "dim=-1")
+
+
+def test_5_4_names_a_trace_term_divided_by_d_as_well_as_the_inverse_length(capsys):
+    def loss(model, x, n_projections=1, generator=None):  # unit vectors, trace term / D
+        v = torch.randn((n_projections, *x.shape), generator=generator).to(x)
+        v = v / v.norm(dim=-1, keepdim=True)
+        copies = x.detach().unsqueeze(0).expand_as(v).clone().requires_grad_(True)
+        score = model(copies.reshape(-1, x.shape[-1])).reshape(copies.shape)
+        jv = torch.autograd.grad((score * v).sum(), copies, create_graph=True)[0]
+        return ((jv * v).sum(-1) / x.shape[-1] + 0.5 * (score**2).sum(-1)).mean(0)
+
+    assert_explains(capsys, checks.exercise_5_4, [loss], "trace term divided by D",
+                    "length 1/sqrt(D)")
+
+
+def test_5_5_names_n_draws_ignored(capsys):
+    simulation = spread_ratio()
+    assert_explains(capsys, checks.exercise_5_5,
+                    [lambda matrix, n_draws, generator=None: simulation(matrix, 200, generator)],
+                    "ignores n_draws")
+
+
+# --- chapter 4: more named mistakes, and the package's loss refused ----------------------------
+
+
+def two_draws(model, x, sigma, generator=None):
+    z = torch.randn(x.shape, generator=generator)
+    target = -torch.randn(x.shape, generator=generator) / sigma  # a second draw
+    return 0.5 * ((model(x + sigma * z) - target) ** 2).sum(dim=1)
+
+
+def unsquared(model, x, sigma, generator=None):
+    z = torch.randn(x.shape, generator=generator)
+    return (model(x + sigma * z) + z / sigma).norm(dim=1)
+
+
+def noise_by_sigma_squared(model, x, sigma, generator=None):
+    z = torch.randn(x.shape, generator=generator)
+    return 0.5 * ((model(x + sigma**2 * z) + z / sigma) ** 2).sum(dim=1)
+
+
+def difference_target(model, x, sigma, generator=None):
+    z = torch.randn(x.shape, generator=generator)
+    noisy = x + sigma * z
+    return 0.5 * ((model(noisy) - (x - noisy)) ** 2).sum(dim=1)
+
+
+def packaged_dsm(model, x, sigma, generator=None):
+    from scorelab.training import dsm_loss as package_loss
+
+    return package_loss(model, x, sigma, generator=generator)
+
+
+@pytest.mark.parametrize("check", [checks.exercise_4_1, checks.exercise_4_4], ids=["4.1", "4.4"])
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (two_draws, ["second draw of the noise", "drawn once"]),
+        (unsquared, ["not half its square"]),
+        (noise_by_sigma_squared, ["noise is scaled by sigma^2"]),
+        (difference_target, ["without the division by sigma^2"]),
+        (packaged_dsm, ["calls the package's dsm_loss", "write it yourself"]),
+    ],
+    ids=["two draws", "unsquared", "sigma^2 z", "x - x~", "package"],
+)
+def test_chapter_4_names_more_mistakes(capsys, check, answer, phrases):
+    assert_explains(capsys, check, [answer], *phrases)

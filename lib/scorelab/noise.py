@@ -109,8 +109,10 @@ def _as_float32(ladder: torch.Tensor, what: str) -> torch.Tensor:
 # Song & Ermon (2020), *Improved Techniques for Training Score-Based Generative Models*, turn the
 # choice of sigma_1, L and epsilon into rules: Technique 1 (sigma_1 = the largest distance between
 # two training points), Technique 2 (a geometric ratio gamma for which neighbouring perturbed
-# Gaussians overlap) and Technique 4 (epsilon from T and gamma, by their Eq. 4). All three follow
-# from one model: a data set of a single point, so that p_sigma = N(0, sigma^2 I) in D dimensions.
+# Gaussians overlap) and Technique 4 (epsilon from T and gamma, by their Eq. 4). Techniques 2 and
+# 4 follow from one model, a data set of a single point, so that p_sigma = N(0, sigma^2 I) in D
+# dimensions; Technique 1 from the empirical distribution of the N training points (their
+# Proposition 1).
 
 __all__ += [
     "largest_pairwise_distance", "level_overlap", "n_levels_for_overlap",

@@ -10,10 +10,13 @@ recognised by computing them and comparing, so the message can name the mistake.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import math
 import numbers
 import os
+import sys
 from collections.abc import Callable, Iterable
 
 import torch
@@ -141,8 +144,14 @@ KNOWN_ERRORS = {
 
 def expect_untouched(given: torch.Tensor, original: torch.Tensor, *, call: str) -> None:
     """Mismatch if the student's function wrote into the tensor ``given`` (a copy of
-    ``original`` that it received)."""
-    if torch.equal(given, original):
+    ``original`` that it received), or switched on its ``requires_grad``."""
+    if given.requires_grad != original.requires_grad or given.grad is not None:
+        raise Mismatch(
+            f"{call} switched on requires_grad (or stored .grad) on the tensor it was given: "
+            "the caller's points then drag an autograd graph into everything done with them "
+            "next. Differentiate with respect to a copy: x = x.detach().requires_grad_(True)."
+        )
+    if torch.equal(given.detach(), original.detach()):
         return
     moved = (given.double() - original.double()).abs().max().item()
     raise Mismatch(
@@ -150,6 +159,39 @@ def expect_untouched(given: torch.Tensor, original: torch.Tensor, *, call: str) 
         "that writes into its input (x += ..., x[...] = ...) changes the caller's points under "
         "it. Return a new tensor (x = x + ...), or work on a copy."
     )
+
+
+@contextlib.contextmanager
+def refuse_calls(functions: Iterable[Callable], message: str):
+    """While active, notice every call of ``functions`` (Python functions: the package's own
+    answer to an exercise); when the block ends, raise ``Mismatch(message)`` if one ran.
+
+    Works through any alias or wrapper the student made, since it watches the functions' code.
+    """
+    codes = {inspect.unwrap(function).__code__ for function in functions}
+    called = []
+
+    def watch(frame, event, arg):
+        if event == "call" and frame.f_code in codes:
+            called.append(frame.f_code.co_name)
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+    if called:
+        raise Mismatch(message)
+
+
+def package_refused(*functions: Callable, what: str):
+    """:func:`refuse_calls` with the usual message: the exercise asks for the student's own
+    ``what``, and the named package function is the reference it is compared with."""
+    names = " or ".join(f"{function.__qualname__}" for function in functions)
+    return refuse_calls(functions, (
+        f"your {what} calls the package's {names}, the reference the check compares with: "
+        "the exercise asks you to write it yourself (compare with the package afterwards)."))
 
 
 def _known_error_hint(error: BaseException) -> str:

@@ -14,7 +14,7 @@ import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_tensor, expect_untouched,
-                                   register_hints, to_float)
+                                   package_refused, register_hints, to_float)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 
@@ -114,6 +114,14 @@ def _reference(x, weights, means, variances) -> torch.Tensor:
     return GaussianMixture(weights, means, variances).score(x)
 
 
+def _own_gmm_score(gmm_score, x, weights, means, variances):
+    """The student's gmm_score, refused when it hands the work to the package's mixture."""
+    from scorelab.densities import GaussianMixture
+
+    with package_refused(GaussianMixture.score, GaussianMixture.log_prob, what="gmm_score"):
+        return call_student(gmm_score, x, weights, means, variances, what="gmm_score")
+
+
 @exercise(
     "1.3", "your gmm_score matches the closed-form score, near the modes and far in the tails."
 )
@@ -122,7 +130,7 @@ def exercise_1_3(gmm_score) -> None:
     x = _points()
     for name, (weights, means, variances) in _mixtures().items():
         given = x.clone()
-        got = call_student(gmm_score, given, weights, means, variances, what="gmm_score")
+        got = _own_gmm_score(gmm_score, given, weights, means, variances)
         expect_untouched(given, x, call="gmm_score(x, ...)")
         got = expect_tensor(got, what="gmm_score(x, ...)", shape=tuple(x.shape))
         expect_finite(got, what="gmm_score(x, ...)", where=" near the modes")
@@ -139,7 +147,7 @@ def exercise_1_3(gmm_score) -> None:
         )
     weights, means, variances = _mixtures()["unequal"]
     given = FAR_POINTS.clone()
-    far = call_student(gmm_score, given, weights, means, variances, what="gmm_score")
+    far = _own_gmm_score(gmm_score, given, weights, means, variances)
     expect_untouched(given, FAR_POINTS, call="gmm_score(x, ...)")
     far = expect_tensor(far, what="gmm_score(x, ...)", shape=tuple(FAR_POINTS.shape))
     if not torch.isfinite(far).all():
@@ -269,6 +277,16 @@ def _between(weights, means):  # Cov(E[x | k]), (D, D)
     return offsets.T @ (weights[:, None] * offsets)
 
 
+def _unweighted_between(means):  # the plain average of (mu_k - mean)(mu_k - mean)^T, (D, D)
+    offsets = means - means.mean(dim=0)
+    return offsets.T @ offsets / means.shape[0]
+
+
+def _between_about(weights, means, centre):  # sum_k pi_k (mu_k - centre)(...)^T, (D, D)
+    offsets = means - centre
+    return offsets.T @ (weights[:, None] * offsets)
+
+
 def _noise(means, variance):  # variance * I, (D, D)
     return variance * torch.eye(means.shape[1], dtype=torch.float64)
 
@@ -318,6 +336,15 @@ def exercise_1_1(perturbed_covariance) -> None:
              "means' spread about the mixture's mean sum_k pi_k mu_k.",
              lambda weights, means, covs, sigma: _within(weights, covs)
              + means.T @ (weights[:, None] * means) + _noise(means, sigma**2)),
+            ("the means' spread is an unweighted average over the components: weight each "
+             "(mu_k - mu)(mu_k - mu)^T by pi_k, the probability that a draw comes from "
+             "component k (and take mu = sum_k pi_k mu_k).",
+             lambda weights, means, covs, sigma: _within(weights, covs)
+             + _unweighted_between(means) + _noise(means, sigma**2)),
+            ("the means' spread is measured about the plain average of the means; the mixture's "
+             "mean is the weighted one, mu = sum_k pi_k mu_k.",
+             lambda weights, means, covs, sigma: _within(weights, covs)
+             + _between_about(weights, means, means.mean(dim=0)) + _noise(means, sigma**2)),
             ("you weighted the components by pi_k^2, as for a weighted sum of independent "
              "vectors; a mixture draws one component, so each enters with weight pi_k.",
              lambda weights, means, covs, sigma: _within(weights**2, covs)
@@ -378,7 +405,8 @@ def exercise_1_4(banana_score) -> None:
         x = banana.sample(256, generator=torch.Generator().manual_seed(3))  # (256, 2)
         call = f"banana_score(x, curvature={b}, scale={a})"
         given = x.clone()
-        got = call_student(banana_score, given, b, a, what="banana_score")
+        with package_refused(type(banana).score, what="banana_score"):
+            got = call_student(banana_score, given, b, a, what="banana_score")
         _expect_input_untouched(given, x, call)
         got = expect_tensor(got, what=call, shape=(256, 2))
         expect_finite(got, what=call)
@@ -397,6 +425,10 @@ def exercise_1_4(banana_score) -> None:
             "somewhere a power of a is wrong (a and a^2 are equal only at a = 1). Compare "
             "every a in your function with the chapter's formula.": score(
                 -x1 / a**2 - 2 * b * x1 * u_offset_a, u_offset_a
+            ),
+            f"{call}: the first column's -x_1 / a^2 is written -x_1 / a; the Gaussian "
+            "factor exp(-x_1^2 / (2 a^2)) has variance a^2, so its score divides by a^2.": score(
+                -x1 / a - 2 * b * x1 * u
             ),
             f"{call} lacks the chain-rule term: d/dx_1 of -u^2 / 2 is -u * du/dx_1 "
             "= -2 b x_1 u, since u depends on x_1. Without it the score is right only where "
@@ -517,8 +549,10 @@ register_hints(
     "the covariance of x given k, and the mean of x given k, then combine them.",
     "Cov(x) = E[Cov(x | k)] + Cov(E[x | k]) (the law of total covariance). The noise is "
     "independent of x, so covariances add; Cov(c z) = c^2 Cov(z) for a number c.",
-    "Three (D, D) terms: the pi-weighted average of the Sigma_k; the pi-weighted average of "
-    "the outer products of (mu_k - ____) with itself; and ____ times the identity.",
+    "Check your function where you know the answer: one component gives Sigma_1 + sigma^2 I; "
+    "two point masses (Sigma_k = 0) at +m and -m with equal weights give m m^T + sigma^2 I; "
+    "with unequal weights the same point masses are off-centre, and the result must not "
+    "change if you shift both means by the same vector.",
 )
 register_hints(
     "1.2",

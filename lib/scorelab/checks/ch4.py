@@ -11,7 +11,7 @@ import torch
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_untouched,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
-                                   is_close, register_hints, to_float)
+                                   is_close, package_refused, register_hints, to_float)
 from scorelab.checks._formulas import check_formula, points_with_special
 
 SIGMA = 0.3  # sigma, sigma^2, 2 and the dimension 3 are all different factors
@@ -58,6 +58,21 @@ def _dsm_mutants(model, x: torch.Tensor, sigma: float) -> dict[str, torch.Tensor
         "z = torch.randn(x.shape, generator=generator).": _with_noise(
             model, x, sigma, torch.randn(x.shape[0], 1, generator=_seeded()).expand_as(x)
         ),
+        "the target uses a second draw of the noise: the z of the target must be the very z "
+        "that perturbed x (x~ = x + sigma z), drawn once.": _with_two_draws(model, x, sigma),
+        "the target uses the first draw of the noise and the input a second one: draw z once, "
+        "and use it in both x~ = x + sigma z and the target -z / sigma.":
+            _with_two_draws(model, x, sigma, swapped=True),
+        "you took the norm || s(x~) + z / sigma ||, not half its square: the loss is "
+        "1/2 || s(x~) + z / sigma ||^2.": (noisy + z / sigma).norm(dim=1),
+        "you took half the norm, not half its square: the loss is 1/2 || s(x~) + z / sigma ||^2.":
+            0.5 * (noisy + z / sigma).norm(dim=1),
+        "the noise is scaled by sigma^2: sigma is the standard deviation of the perturbation, "
+        "x~ = x + sigma z.": half_sq(model(x + sigma**2 * z) + z / sigma),
+        "the target is -z / sqrt(sigma); the kernel's score at x~ = x + sigma z is -z / sigma.":
+            half_sq(noisy + z / math.sqrt(sigma)),
+        "the target is x - x~ = -sigma z without the division by sigma^2: the kernel's score "
+        "is (x - x~) / sigma^2 = -z / sigma.": half_sq(noisy + sigma * z),
         "the formula is right but the noise was drawn in float64: the check compares draw for "
         "draw with z = torch.randn(x.shape, generator=generator), in x's dtype.": _with_noise(
             model, x, sigma,
@@ -68,6 +83,15 @@ def _dsm_mutants(model, x: torch.Tensor, sigma: float) -> dict[str, torch.Tensor
 
 def _seeded() -> torch.Generator:
     return torch.Generator().manual_seed(SEED)
+
+
+def _with_two_draws(model, x: torch.Tensor, sigma: float, *, swapped: bool = False):
+    """The DSM loss (N,) with two noise draws from the seed: the first perturbs x and the
+    second enters the target (``swapped``: the other way round)."""
+    generator = _seeded()
+    first, second = (torch.randn(x.shape, generator=generator) for _ in range(2))
+    at, target = (second, first) if swapped else (first, second)
+    return 0.5 * ((model(x + sigma * at) + target / sigma) ** 2).sum(dim=1)
 
 
 def _with_noise(model, x: torch.Tensor, sigma: float, z: torch.Tensor) -> torch.Tensor:
@@ -87,10 +111,11 @@ def exercise_4_1(dsm_loss) -> None:
 
     def run():
         given = x.clone()
-        loss = call_student(
-            dsm_loss, model, given, SIGMA, generator=torch.Generator().manual_seed(SEED),
-            what="dsm_loss",
-        )
+        with package_refused(reference_loss, what="dsm_loss"):
+            loss = call_student(
+                dsm_loss, model, given, SIGMA, generator=torch.Generator().manual_seed(SEED),
+                what="dsm_loss",
+            )
         expect_untouched(given, x, call="dsm_loss(model, x, sigma)")
         return loss
 
@@ -269,9 +294,10 @@ def exercise_4_4(fixed_dsm_loss) -> None:
     for sigma in cases([SIGMA, 2.0], [0.05, 1.0]):
         def run(sigma=sigma):
             given = x.clone()
-            loss = call_student(fixed_dsm_loss, model, given, sigma,
-                                generator=torch.Generator().manual_seed(SEED),
-                                what="fixed_dsm_loss")
+            with package_refused(reference_loss, what="fixed_dsm_loss"):
+                loss = call_student(fixed_dsm_loss, model, given, sigma,
+                                    generator=torch.Generator().manual_seed(SEED),
+                                    what="fixed_dsm_loss")
             expect_untouched(given, x, call="fixed_dsm_loss(model, x, sigma)")
             return loss
 

@@ -10,7 +10,8 @@ import math
 import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
-                                   expect_loss, expect_same_draws, expect_tensor, is_close,
+                                   expect_loss, expect_same_draws, expect_tensor,
+                                   expect_untouched, is_close, package_refused,
                                    register_hints, to_float)
 from scorelab.checks._formulas import check_formula, points_with_special
 
@@ -142,11 +143,24 @@ def _check_mean(fn, variance_reduction: bool, name: str) -> None:
     per_projection = t["trace"] + (t["norm"] if variance_reduction else t["projected"])  # (M, N)
     tolerance = 5 * per_projection.std(dim=0) / math.sqrt(m) + 1e-4
     if ((got - exact).abs() > tolerance).any():
+        _expect_n_projections_used(fn, linear, x, name)
         i = int(torch.argmax((got - exact).abs() / tolerance))
         raise Mismatch(
             f"with {m} projections your loss should approach exact score matching, "
             f"tr(ds/dx) + 1/2 ||s||^2, but for example {i} it gives {got[i].item():.4f} instead "
             f"of {exact[i].item():.4f} (+- {tolerance[i].item():.4f})."
+        )
+
+
+def _expect_n_projections_used(fn, model, x: torch.Tensor, name: str) -> None:
+    """Mismatch if the loss is the same for one and for two projections from one seed."""
+    one, two = (_run_own_loss(fn, model, x, name=name, n_projections=m, seed=SEED + 5)
+                for m in (1, 2))
+    if torch.equal(torch.as_tensor(one).detach(), torch.as_tensor(two).detach()):
+        raise Mismatch(
+            f"your {name} gives exactly the same values for n_projections = 1 and 2 from the "
+            "same seed: it ignores n_projections. Draw n_projections directions per example, "
+            "(n_projections, *x.shape), and average the terms over them."
         )
 
 
@@ -233,16 +247,27 @@ def _check_mean_gradient(fn, name: str, m: int = 500, tolerance: float = 0.3) ->
     )
 
 
+def _run_own_loss(fn, model, x, *, name: str, n_projections: int = N_PROJECTIONS,
+                  seed: int = SEED):
+    """The student's loss on a copy of x, refused when it hands the work to the package's
+    losses or switches on requires_grad on the caller's x."""
+    from scorelab.training import sliced_score_matching_loss
+
+    given = x.clone()
+    with package_refused(sliced_score_matching_loss, what=name):
+        got = call_student(fn, model, given, n_projections=n_projections,
+                           generator=torch.Generator().manual_seed(seed), what=name)
+    expect_untouched(given, x, call=f"your {name}(model, x)")
+    return got
+
+
 def _check_sliced(fn, *, variance_reduction: bool, name: str) -> None:
     from scorelab.training import sliced_score_matching_loss
 
     model, x = _model(), _data()
 
     def run():
-        return call_student(
-            fn, model, x, n_projections=N_PROJECTIONS,
-            generator=torch.Generator().manual_seed(SEED), what=name,
-        )
+        return _run_own_loss(fn, model, x, name=name)
 
     got = expect_loss(run(), name=name, what=f"{name}(model, x)", n=x.shape[0])
     expected = sliced_score_matching_loss(
@@ -440,10 +465,20 @@ def _fixed_loss_mutants(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
         "you change the code; checks.hint(\"5.4\") helps.": 1.0,
         "your directions have length D, so E[v v^T] = D I: the trace term is now D times "
         "too large. Which length makes E[v v^T] = I?": float(DIM**2),
-        "you divided by sqrt(D) instead of multiplying: the directions should have "
-        "length sqrt(D).": 1.0 / DIM,
+        "your trace term is D^2 times smaller than the fixed one: that is what directions "
+        "of length 1/sqrt(D) give (divided by sqrt(D) instead of multiplied), or the unit "
+        "vectors kept with the trace term divided by D. The fix gives the directions length "
+        "sqrt(D), which multiplies the unit vectors' trace term by D.": 1.0 / DIM,
     }
     mutants = {text: c * t["trace"] + t["norm"] for text, c in scale.items()}
+    v = torch.randn((N_PROJECTIONS, *x.shape), generator=torch.Generator().manual_seed(SEED))
+    for axis, what in ((0, "projections"), (1, "examples")):
+        wrong = _terms(model, x, v / v.norm(dim=axis, keepdim=True) * math.sqrt(DIM))
+        mutants[
+            f"you normalised the draws over dim={axis}, the axis of the {what}: each direction "
+            "is one row of D entries, the last axis, so normalise with "
+            "v.norm(dim=-1, keepdim=True) before scaling by sqrt(D)."
+        ] = (wrong["trace"] + wrong["norm"]).mean(0)
     mutants.update({
         "you divided the norm term by D and kept the unit vectors: that loss is the fixed "
         "one divided by D, so it has the right minimiser, but the exercise keeps SSM-VR's "
@@ -488,10 +523,7 @@ def exercise_5_4(fixed_ssm_vr_loss) -> None:
     from scorelab.training import sliced_score_matching_loss
 
     model, x = _model(), _data()
-    got = call_student(
-        fixed_ssm_vr_loss, model, x, n_projections=N_PROJECTIONS,
-        generator=torch.Generator().manual_seed(SEED), what="fixed_ssm_vr_loss",
-    )
+    got = _run_own_loss(fixed_ssm_vr_loss, model, x, name="fixed_ssm_vr_loss")
     got = expect_loss(
         got, name="fixed_ssm_vr_loss", what="fixed_ssm_vr_loss(model, x)", n=x.shape[0]
     )
@@ -628,10 +660,10 @@ def exercise_5_5(spread_ratio) -> None:
     """Check ``spread_ratio(matrix (D, D), n_draws, generator) -> float`` against the theory."""
     n_draws = 20_000
 
-    def ratio_for(matrix, name, seed=62):
+    def ratio_for(matrix, name, seed=62, draws=n_draws):
         return to_float(
             call_student(
-                spread_ratio, matrix.clone(), n_draws,
+                spread_ratio, matrix.clone(), draws,
                 generator=torch.Generator().manual_seed(seed), what="spread_ratio",
             ),
             what=f"spread_ratio for {name}",
@@ -657,6 +689,13 @@ def exercise_5_5(spread_ratio) -> None:
                 "spread_ratio returns exactly the same number for differently seeded "
                 "generators: the exercise asks for a simulation. Draw the directions from "
                 "generator, compute v^T A v for each, and compare the spreads."
+            )
+        if index == 0 and ratio_for(matrix, name, draws=n_draws // 2) == answer:
+            raise Mismatch(
+                f"spread_ratio gives exactly the same number for n_draws = {n_draws} and "
+                f"{n_draws // 2} from the same seed: it ignores n_draws. Draw n_draws "
+                "directions of each kind; the check asks for enough of them to place the "
+                "ratio within its tolerance."
             )
         expected = _theory_ratio(matrix)
         tolerance = _spread_tolerance(matrix, n_draws)

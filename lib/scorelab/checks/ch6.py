@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import sys
 from unittest import mock
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
                                    expect_untouched,
-                                   is_close, register_hints, to_float)
+                                   is_close, refuse_calls, register_hints, to_float)
 from scorelab.checks._formulas import check_formula, random_points
 
 SEED = 21
@@ -736,29 +735,11 @@ def _score_models():
     )
 
 
-@contextlib.contextmanager
-def _package_score_refused(package_score_fn, call: str):
-    """While active, a call of the package's own score function (the code ``as_score_fn``
-    returns, seen here as ``package_score_fn``) is noticed, and named when the block ends."""
-    package_code = package_score_fn.__code__
-    called = []
-
-    def watch(frame, event, arg):
-        if event == "call" and frame.f_code is package_code:
-            called.append(True)
-
-    previous = sys.getprofile()
-    sys.setprofile(watch)
-    try:
-        yield
-    finally:
-        sys.setprofile(previous)
-    if called:
-        raise Mismatch(
-            f"{call} hands the work to the package's as_score_fn. In a project that is the "
-            "right fix, but this exercise asks you to debug the colleague's function: find "
-            "its two bugs with your profile and correct them in its own code."
-        )
+_REPLACED_BY_THE_PACKAGE = (
+    "{call} hands the work to the package's as_score_fn. In a project that is the right fix, "
+    "but this exercise asks you to debug the colleague's function: find its two bugs with "
+    "your profile and correct them in its own code."
+)
 
 
 def _check_network_score(network_score) -> None:
@@ -784,7 +765,7 @@ def _check_network_score(network_score) -> None:
             call = f"network_score({name})(x, sigma={sigma:.3g})"
             with torch.no_grad():
                 try:
-                    with _package_score_refused(reference, call):
+                    with refuse_calls([reference], _REPLACED_BY_THE_PACKAGE.format(call=call)):
                         got = score_fn(x.clone(), sigma)
                 except (IndexError, ValueError, RuntimeError) as error:
                     advice = "" if name == "the shipped model" else (

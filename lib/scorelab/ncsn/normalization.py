@@ -27,7 +27,7 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
 
     .. math::
 
-        z_k = \gamma[i, k] \left( \frac{x_k - \mu_k}{s_k}
+        y_k = \gamma[i, k] \left( \frac{x_k - \mu_k}{s_k}
               + \delta[i, k] \frac{\mu_k - m}{\sqrt{v + \eta}} \right) + \beta[i, k]
 
     where :math:`i` is the noise level and :math:`\eta` is ``eps`` (the authors' code scales the
