@@ -959,3 +959,22 @@ def packaged_dsm(model, x, sigma, generator=None):
 )
 def test_chapter_4_names_more_mistakes(capsys, check, answer, phrases):
     assert_explains(capsys, check, [answer], *phrases)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda m, kappa, mu, tau: -1 / (2 * kappa) + (tau**2 + (mu - m) ** 2) / (2 * kappa**2),
+         ["1/2 belongs to the squared score only"]),
+        (lambda m, kappa, mu, tau: -1 / kappa + (tau + (mu - m) ** 2) / (2 * kappa**2),
+         ["tau where the variance tau^2 belongs"]),
+    ],
+    ids=["half on both terms", "tau for tau^2"],
+)
+def test_5_3_names_more_slips(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_5_3, [answer], *phrases)
+
+
+def test_4_3_names_tau_plus_sigma(capsys):
+    assert_explains(capsys, checks.exercise_4_3,
+                    [lambda x, mu, tau, sigma: -(x - mu) / (tau + sigma)], "divided by tau + sigma")

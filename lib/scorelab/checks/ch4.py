@@ -244,6 +244,11 @@ def exercise_4_3(optimal_dsm_score) -> None:
                 "N(m, v) is -(x - m) / v, divided by the variance.",
                 lambda x, mu, tau, sigma: -(x - mu) / math.sqrt(tau**2 + sigma**2),
             ),
+            (
+                "you divided by tau + sigma: the score of N(m, v) divides by the variance v, "
+                "and for x + sigma z the variances add, tau^2 + sigma^2.",
+                lambda x, mu, tau, sigma: -(x - mu) / (tau + sigma),
+            ),
         ],
     )
 

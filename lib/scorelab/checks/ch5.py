@@ -413,6 +413,17 @@ def exercise_5_3(sm_objective) -> None:
                 lambda m, kappa, mu, tau: -1 / kappa**2 + (tau**2 + (mu - m) ** 2)
                 / (2 * kappa**4),
             ),
+            (
+                "the 1/2 belongs to the squared score only: J = E[s_theta'(x)] + 1/2 "
+                "E[s_theta(x)^2], and the derivative term -1/kappa keeps its full weight.",
+                lambda m, kappa, mu, tau: -1 / (2 * kappa) + (tau**2 + (mu - m) ** 2)
+                / (2 * kappa**2),
+            ),
+            (
+                "you used tau where the variance tau^2 belongs: E[(x - m)^2] under N(mu, tau^2) "
+                "is tau^2 + (mu - m)^2.",
+                lambda m, kappa, mu, tau: -1 / kappa + (tau + (mu - m) ** 2) / (2 * kappa**2),
+            ),
         ],
     )
 
