@@ -844,10 +844,8 @@ def test_3_5_accepts_the_solution(capsys, grading):
 
 
 def test_3_5_accepts_correct_variants(capsys, grading):
-    """Float64 inside, the step computed from tensors, and the package's own sampler all stay
-    within the check's tolerance of the reference, draw for draw."""
-    from scorelab.langevin import annealed_langevin_dynamics
-
+    """Float64 inside and the step computed from tensors stay within the check's tolerance of
+    the reference, draw for draw."""
     def in_float64(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
         x, ladder = x0.double(), sigmas.double()
         for sigma in ladder.tolist():
@@ -865,11 +863,7 @@ def test_3_5_accepts_correct_variants(capsys, grading):
                     x.shape, generator=generator)
         return x
 
-    def package(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
-        return annealed_langevin_dynamics(score_fn, x0, sigmas, step_size, n_steps_each,
-                                          generator=generator, progress=False)
-
-    for answer in (in_float64, tensor_steps, package):
+    for answer in (in_float64, tensor_steps):
         assert_passes(capsys, checks.exercise_3_5, answer)
 
 
@@ -1495,3 +1489,50 @@ def test_1_4_refuses_the_packages_banana_and_names_a_variance_written_as_a(capsy
 
     assert_explains(capsys, checks.exercise_1_4, first_column_over_a, "written -x_1 / a",
                     "divides by a^2")
+
+
+# --- the package's own answer refused (chapters 2, 3 and 6) -----------------------------------
+
+
+def test_2_4_refuses_the_packages_sampler(capsys):
+    from scorelab.langevin import langevin_dynamics
+
+    def packaged(score_fn, x0, step_size, n_steps, generator=None):
+        return langevin_dynamics(score_fn, x0, step_size, n_steps, generator=generator,
+                                 progress=False)
+
+    assert_explains(capsys, checks.exercise_2_4, packaged,
+                    "calls the package's langevin_dynamics", "write it yourself")
+
+
+def test_3_2_refuses_the_packages_ladder(capsys):
+    from scorelab.noise import geometric_sigmas
+
+    assert_explains(capsys, checks.exercise_3_2, lambda a, b, n: geometric_sigmas(a, b, n),
+                    "calls the package's geometric_sigmas")
+
+
+def test_3_5_and_3_6_refuse_the_packages_sampler(capsys):
+    from scorelab.langevin import annealed_langevin_dynamics
+
+    def packaged(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
+        return annealed_langevin_dynamics(score_fn, x0, sigmas, step_size, n_steps_each,
+                                          generator=generator, progress=False)
+
+    def seeded(score_fn, x0, sigmas, step_size, n_steps_each, seed=0):
+        return packaged(score_fn, x0, sigmas, step_size, n_steps_each,
+                        generator=torch.Generator().manual_seed(seed))
+
+    assert_explains(capsys, checks.exercise_3_5, packaged,
+                    "calls the package's annealed_langevin_dynamics")
+    assert_explains(capsys, checks.exercise_3_6, seeded,
+                    "calls the package's annealed_langevin_dynamics")
+
+
+def test_6_2_refuses_the_packages_loss(capsys):
+    from scorelab.training import annealed_dsm_loss as package_loss
+
+    def packaged(model, x, sigmas, labels, generator=None):
+        return package_loss(model, x, sigmas, labels=labels, generator=generator)
+
+    assert_explains(capsys, checks.exercise_6_2, packaged, "calls the package's annealed_dsm_loss")

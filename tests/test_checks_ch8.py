@@ -395,3 +395,12 @@ def test_8_4_names_the_score_taken_at_the_variance(capsys):
         return -0.5 * sde.g2(t) * score_fn(x, sde.sigma(t) ** 2)
 
     assert_explains(capsys, checks.exercise_8_4, at_variance, "evaluated at sigma(t)^2")
+
+
+def test_8_5_refuses_the_packages_log_likelihood(capsys):
+    from scorelab.sde import log_likelihood
+
+    def packaged(score_fn, divergence_fn, sde, x0):
+        return log_likelihood(score_fn, sde, x0)
+
+    assert_explains(capsys, checks.exercise_8_5, packaged, "calls the package's log_likelihood")

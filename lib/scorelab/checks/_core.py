@@ -187,11 +187,11 @@ def refuse_calls(functions: Iterable[Callable], message: str):
 
 def package_refused(*functions: Callable, what: str):
     """:func:`refuse_calls` with the usual message: the exercise asks for the student's own
-    ``what``, and the named package function is the reference it is compared with."""
+    ``what``, and the named package functions already do what it asks."""
     names = " or ".join(f"{function.__qualname__}" for function in functions)
     return refuse_calls(functions, (
-        f"your {what} calls the package's {names}, the reference the check compares with: "
-        "the exercise asks you to write it yourself (compare with the package afterwards)."))
+        f"your {what} calls the package's {names}, which already does what the exercise "
+        "asks: write it yourself (and compare with the package afterwards)."))
 
 
 def _known_error_hint(error: BaseException) -> str:

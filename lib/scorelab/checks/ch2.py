@@ -14,7 +14,8 @@ import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_same_draws, expect_tensor,
-                                   expect_untouched, is_close, register_hints, to_float)
+                                   expect_untouched, is_close, package_refused, register_hints,
+                                   to_float)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 STEP_SIZE = 0.1
@@ -364,16 +365,19 @@ def _sampler_reference(x0, step_size, n_steps, seed, *, drift=0.5, noise=None):
 )
 def exercise_2_4(langevin_sampler) -> None:
     """Check ``langevin_sampler(score_fn, x0 (N, D), step_size, n_steps, generator) -> (N, D)``."""
+    from scorelab.langevin import langevin_dynamics
+
     n, n_steps, seed = 20000, 200, 17
     x0 = torch.zeros(n, 1)
     for step_size in cases([0.1, 0.5], [0.05, 1.2]):
         call = f"langevin_sampler(..., step_size={step_size})"
 
         def run(points, step_size=step_size):
-            return call_student(
-                langevin_sampler, lambda x: -x, points, step_size, n_steps,
-                generator=torch.Generator().manual_seed(seed), what="langevin_sampler",
-            )
+            with package_refused(langevin_dynamics, what="langevin_sampler"):
+                return call_student(
+                    langevin_sampler, lambda x: -x, points, step_size, n_steps,
+                    generator=torch.Generator().manual_seed(seed), what="langevin_sampler",
+                )
 
         given = x0.clone()
         got = run(given)

@@ -15,7 +15,8 @@ import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, check_choice, diagnose,
                                    exercise, expect_finite, expect_same_draws, expect_tensor,
-                                   expect_untouched, register_hints, to_float)
+                                   expect_untouched, package_refused, register_hints,
+                                   to_float)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 
@@ -35,9 +36,10 @@ def exercise_3_2(geometric_sigmas) -> None:
 
     for sigma_max, sigma_min, n_levels in _ladders():
         call = f"geometric_sigmas({sigma_max}, {sigma_min}, {n_levels})"
-        got = call_student(
-            geometric_sigmas, sigma_max, sigma_min, n_levels, what="geometric_sigmas"
-        )
+        with package_refused(reference, what="geometric_sigmas"):
+            got = call_student(
+                geometric_sigmas, sigma_max, sigma_min, n_levels, what="geometric_sigmas"
+            )
         if isinstance(got, (list, tuple)) or type(got).__module__ == "numpy":
             raise Mismatch(
                 f"{call} returned a {type(got).__name__}; return a torch.Tensor "
@@ -254,9 +256,10 @@ def _check_annealed(annealed_langevin, step_size: float, ladder: tuple, start_se
     )  # (N, 2), uniform on [-4, 4]^2
 
     def run(points):
-        return call_student(annealed_langevin, score_fn, points, sigmas.clone(), step_size,
-                            n_steps, generator=torch.Generator().manual_seed(noise_seed),
-                            what="annealed_langevin")
+        with package_refused(annealed_langevin_dynamics, what="annealed_langevin"):
+            return call_student(annealed_langevin, score_fn, points, sigmas.clone(), step_size,
+                                n_steps, generator=torch.Generator().manual_seed(noise_seed),
+                                what="annealed_langevin")
 
     given = x0.clone()
     got = run(given)
@@ -374,8 +377,9 @@ def exercise_3_6(annealed_langevin_seeded) -> None:
         # the check runs under fork_rng: seeding the global generator here changes nothing outside
         torch.random.default_generator.manual_seed(GLOBAL_PROBE_SEED)
         global_state = torch.random.get_rng_state()
-        got = call_student(annealed_langevin_seeded, score_fn, x0.clone(), sigmas.clone(),
-                           step_size, n_steps, seed=seed, what="annealed_langevin_seeded")
+        with package_refused(annealed_langevin_dynamics, what="annealed_langevin_seeded"):
+            got = call_student(annealed_langevin_seeded, score_fn, x0.clone(), sigmas.clone(),
+                               step_size, n_steps, seed=seed, what="annealed_langevin_seeded")
         if not torch.equal(torch.random.get_rng_state(), global_state):
             raise Mismatch(
                 f"{call} changed torch's global random state (torch.manual_seed, or a draw "

@@ -15,8 +15,8 @@ from torch import nn
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
-                                   expect_untouched,
-                                   is_close, refuse_calls, register_hints, to_float)
+                                   expect_untouched, is_close, package_refused, refuse_calls,
+                                   register_hints, to_float)
 from scorelab.checks._formulas import check_formula, random_points
 
 SEED = 21
@@ -319,10 +319,11 @@ def exercise_6_2(annealed_dsm_loss) -> None:
 
         def run(x=x):
             given = x.clone()
-            loss = call_student(
-                annealed_dsm_loss, model, given, sigmas, labels,
-                generator=torch.Generator().manual_seed(SEED), what="annealed_dsm_loss",
-            )
+            with package_refused(reference_loss, what="annealed_dsm_loss"):
+                loss = call_student(
+                    annealed_dsm_loss, model, given, sigmas, labels,
+                    generator=torch.Generator().manual_seed(SEED), what="annealed_dsm_loss",
+                )
             expect_untouched(given, x, call="annealed_dsm_loss(model, x, sigmas, labels)")
             return loss
 

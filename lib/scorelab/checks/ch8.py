@@ -10,7 +10,7 @@ import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_tensor, expect_untouched,
-                                   register_hints, to_float)
+                                   package_refused, register_hints, to_float)
 
 # ---------------------------------------------------------------------------------------------
 # 8.1 (derive): sigma(t) and g(t) of the VE SDE
@@ -505,6 +505,8 @@ def _mixture_case(n: int, generator: torch.Generator):
 def exercise_8_5(ode_log_likelihood) -> None:
     """Check ``ode_log_likelihood(score_fn, divergence_fn, sde, x0) -> (N,)`` against Heun's
     method with 1,000 steps (the Gaussian's exact log-density is within 1e-3 of it)."""
+    from scorelab.sde import log_likelihood
+
     generator = torch.Generator().manual_seed(85)
     public = [lambda: _gaussian_case([2.0, 2.0], 0.01, 50.0, 200, generator),
               lambda: _mixture_case(60, generator)]
@@ -512,9 +514,10 @@ def exercise_8_5(ode_log_likelihood) -> None:
     for make_case in cases(public, hidden):
         where, score_fn, divergence_fn, sde, x0 = make_case()
         given = x0.clone()
-        got = expect_tensor(call_student(ode_log_likelihood, score_fn, divergence_fn, sde,
-                                         given, what="ode_log_likelihood"),
-                            what="ode_log_likelihood(...)", shape=(len(x0),),
+        with package_refused(log_likelihood, what="ode_log_likelihood"):
+            answer = call_student(ode_log_likelihood, score_fn, divergence_fn, sde, given,
+                                  what="ode_log_likelihood")
+        got = expect_tensor(answer, what="ode_log_likelihood(...)", shape=(len(x0),),
                             dtype=torch.float64)
         expect_untouched(given, x0, call="ode_log_likelihood(score_fn, divergence_fn, sde, x0)")
         expect_finite(got, what="ode_log_likelihood(...)", where=f" on {where}")
