@@ -410,7 +410,8 @@ def _in_place_step(x, score_fn, step_size, generator=None):
             ["sqrt(2 alpha)"],
         ),
         (lambda x, s, a, generator=None: x + a / 2 * s(x), ["adds no noise"]),
-        (make_step(randn=torch.randn_like), ["draw the noise from the generator"]),
+        (make_step(randn=torch.randn_like), ["a draw without generator=",
+                                             "Draw every random number from the generator"]),
         (
             lambda x, s, a, generator=None: (
                 x + a / 2 * s(x) - math.sqrt(a) * torch.randn(x.shape, generator=generator)
@@ -524,7 +525,7 @@ def test_2_3_accepts_the_solution(capsys, grading):
         (variance_answer(lambda a: "1.0"), ["should be a number", "str"]),
         (variance_answer(lambda a: float("nan")), ["returned nan"]),
         (variance_answer(lambda a: 1 + a), ["do not follow 1 / (1 - alpha/4)"]),
-        (lambda a, generator=None: 1 / (1 - a / 4), ["whatever the seed", "formula"]),
+        (lambda a, generator=None: 1 / (1 - a / 4), ["whatever the generator's seed", "formula"]),
         (lambda a, generator=None: langevin_variance(a), ["with the same seed"]),
         (lambda a, generator=None: langevin_variance_along(lambda x: x, a, generator),
          ["diverged", "the score it follows"]),
@@ -580,7 +581,7 @@ def test_2_4_accepts_the_fix(capsys, grading):
         (make_sampler(noise=lambda a: math.sqrt(2 * a)), ["sqrt(2 alpha)", "mixed"]),
         (make_sampler(drift=1.0, noise=lambda a: a), ["changed the drift"]),
         (make_sampler(noise=lambda a: 0.0), ["no noise"]),
-        (make_sampler(randn=torch.randn_like), ["identically seeded generators", "generator"]),
+        (make_sampler(randn=torch.randn_like), ["global random state", "without generator="]),
         (make_sampler(drift=1.0, noise=lambda a: math.sqrt(2 * a)),
          ["authors' convention", "2 alpha", "change only the noise line"]),
         (make_sampler(noise=lambda a: math.sqrt(a / 2)), ["does not reproduce", "step by step"]),
@@ -631,7 +632,8 @@ def test_2_5_accepts_the_solution(capsys, grading):
         (make_mala_log_accept(proposal=False), ["left out the proposal's densities"]),
         (make_mala_log_accept(flip=True), ["upside down"]),
         (make_mala_log_accept(variance=0.5), ["variance is alpha / 2"]),
-        (make_mala_log_accept(variance=2.0), ["variance is 2 alpha"]),
+        (make_mala_log_accept(variance=2.0), ["twice the variance alpha"]),
+        (make_mala_log_accept(mean_scale=-0.5), ["mean has the wrong sign"]),
         (make_mala_log_accept(mean_scale=1.0), ["lacks the 1/2"]),
         (make_mala_log_accept(back_score="x"), ["score at x"]),
         (make_mala_log_accept(clamp=False), ["at most 1", "min(0, log r)"]),
@@ -871,7 +873,7 @@ def test_3_5_refuses_a_sampler_that_ignores_the_generator(capsys):
     """Its weights are right, but the text prescribes the draws: the check compares draw for draw."""
     assert_explains(
         capsys, checks.exercise_3_5, make_annealed(randn=lambda x: torch.randn(x.shape).to(x)),
-        "identically seeded generators", "torch.randn(x.shape, generator=generator)")
+        "global random state", "a draw without generator=")
 
 
 def _ignores_n_steps_each(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
@@ -921,7 +923,7 @@ def test_3_5_hidden_cases_compare_draw_for_draw_too(capsys, grading):
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (make_annealed(exponent=0), ["weight of the (5, 5) mode", "largest sigma to the smallest"]),
+        (make_annealed(exponent=0), ["the same at every level"]),
         (make_annealed(noise=False), ["collapsed", "add the noise"]),
         (make_annealed(exponent=-2, reverse=True), ["weight of the (5, 5) mode"]),
         (lambda f, x0, s, a, n, generator=None: x0[:, :1], ["wrong shape"]),
@@ -1258,7 +1260,7 @@ def test_6_1_accepts_the_solution(capsys):
     [
         ({"correction": None}, ["mean correction", "missing"]),
         ({"correction": "outside"}, ["after scaling by gamma"]),
-        ({"spread_unbiased": False}, ["biased variance"]),
+        ({"spread_unbiased": False}, ["biased variance", "divided by C - 1"]),
         ({"pixel_unbiased": True}, ["unbiased=False"]),
         ({"order": ("delta", "gamma", "beta")}, ["read the embedding row as delta, gamma, beta",
                                                   "it holds gamma (first C entries), then delta"]),
@@ -1271,8 +1273,7 @@ def test_6_1_accepts_the_solution(capsys):
         ({"eta": "none in pixels"}, ["pixel variance has no eta"]),
         ({"cut": ("mean",)}, ["pixel means are cut from the graph", "gradient with respect to x"]),
         ({"cut": ("var",)}, ["pixel variances are cut from the graph"]),
-        ({"cut": ("mean", "var")}, ["gradient of your forward(x, labels) with bias=True",
-                                    "with respect to x differs"]),
+        ({"cut": ("mean", "var")}, ["pixel means and variances are cut from the graph"]),
     ],
 )
 def test_6_1_explains_wrong_answers(capsys, options, phrases):
@@ -1536,3 +1537,87 @@ def test_6_2_refuses_the_packages_loss(capsys):
         return package_loss(model, x, sigmas, labels=labels, generator=generator)
 
     assert_explains(capsys, checks.exercise_6_2, packaged, "calls the package's annealed_dsm_loss")
+
+
+def test_2_1_names_step_size_ignored_and_the_global_generator_reseeded(capsys):
+    def fixed_step(x, score_fn, step_size, generator=None):
+        return x + 0.05 * score_fn(x) + math.sqrt(0.1) * torch.randn(x.shape, generator=generator)
+
+    assert_explains(capsys, checks.exercise_2_1, (fixed_step, lambda a: a / 2),
+                    "ignores step_size")
+    step = make_step()
+
+    def reseeding(x, score_fn, step_size, generator=None):
+        torch.manual_seed(0)
+        return step(x, score_fn, step_size, generator=generator)
+
+    assert_explains(capsys, checks.exercise_2_1, (reseeding, lambda a: a / 2),
+                    "changed torch's global random state")
+
+
+@pytest.mark.parametrize("power, phrase", [(1, "divides by sigma_L, not by sigma_L^2"),
+                                           (0, "leaves out the division by sigma_L^2")])
+def test_3_6_tries_a_ladder_that_ends_below_one(capsys, power, phrase):
+    def seeded(score_fn, x0, sigmas, step_size, n_steps_each, seed=0):
+        generator, x = torch.Generator().manual_seed(seed), x0.clone()
+        for sigma in sigmas.tolist():
+            alpha = step_size * sigma**2 / sigmas[-1].item() ** power
+            for _ in range(n_steps_each):
+                z = torch.randn(x.shape, generator=generator)
+                x = x + alpha / 2 * score_fn(x, sigma) + math.sqrt(alpha) * z
+        return x
+
+    assert_explains(capsys, checks.exercise_3_6, seeded, phrase)
+
+
+def test_3_1_refuses_the_packages_ladder(capsys):
+    from scorelab.noise import geometric_sigmas
+
+    def from_the_ladder(sigma_max, sigma_min, n_levels):
+        ladder = geometric_sigmas(sigma_max, sigma_min, n_levels)
+        return (ladder[0] / ladder[1]).item()
+
+    assert_explains(capsys, checks.exercise_3_1, from_the_ladder,
+                    "calls the package's geometric_sigmas")
+
+
+@pytest.mark.parametrize(
+    "options, phrase",
+    [({"drift": 1.0}, "without the 1/2"), ({"reverse": True}, "from the smallest sigma"),
+     ({"exponent": 0}, "the same at every level")],
+)
+def test_3_5_names_more_slips(capsys, options, phrase):
+    assert_explains(capsys, checks.exercise_3_5, make_annealed(**options), phrase)
+
+
+def _adsm_variant(kind):
+    def loss(model, x, sigmas, labels, generator=None):
+        shape = (-1, *[1] * (x.ndim - 1))
+        sigma = (sigmas.flip(0) if kind == "flipped" else sigmas)[labels].reshape(shape)
+        z = torch.randn(x.shape, generator=generator)
+        target = {"second draw": -torch.randn(x.shape, generator=generator) / sigma,
+                  "sigma z": -sigma * z}.get(kind, -z / sigma)
+        noisy = x + (sigma**2 if kind == "sigma^2 z" else sigma) * z
+        score = model(noisy, labels)
+        return (0.5 * sigma**2 * (score - target) ** 2).reshape(len(x), -1).sum(dim=1)
+
+    return loss
+
+
+@pytest.mark.parametrize(
+    "kind, phrase",
+    [("second draw", "second draw of the noise"), ("flipped", "sigmas[L - 1 - labels[n]]"),
+     ("sigma^2 z", "noise is scaled by sigma^2"), ("sigma z", "the target is -sigma z")],
+)
+def test_6_2_names_more_slips(capsys, kind, phrase):
+    assert_explains(capsys, checks.exercise_6_2, _adsm_variant(kind), phrase)
+
+
+@pytest.mark.parametrize("steps_off", [-1, 1])
+def test_2_4_names_a_step_too_few_or_too_many(capsys, steps_off):
+    right = make_sampler()
+
+    def off_by_one(score_fn, x0, step_size, n_steps, generator=None):
+        return right(score_fn, x0, step_size, n_steps + steps_off, generator=generator)
+
+    assert_explains(capsys, checks.exercise_2_4, off_by_one, "where n_steps = 200 was asked")

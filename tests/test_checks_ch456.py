@@ -978,3 +978,33 @@ def test_5_3_names_more_slips(capsys, answer, phrases):
 def test_4_3_names_tau_plus_sigma(capsys):
     assert_explains(capsys, checks.exercise_4_3,
                     [lambda x, mu, tau, sigma: -(x - mu) / (tau + sigma)], "divided by tau + sigma")
+
+
+def test_6_5_names_a_profile_that_ignores_the_generator(capsys):
+    def own_noise(score_fn, x, sigmas, generator=None):
+        return score_norm_profile(score_fn, x, sigmas, None)
+
+    assert_explains(capsys, checks.exercise_6_5, [own_noise, network_score],
+                    "identically seeded generators", "generator=generator")
+
+
+def test_6_3_and_6_4_refuse_the_packages_rules(capsys):
+    from scorelab.noise import langevin_variance_ratio, step_size_for_ladder
+
+    def ratio(eps, sigma_L, gamma, n_steps):
+        if isinstance(eps, torch.Tensor):
+            return torch.tensor([langevin_variance_ratio(2 * float(e), gamma, n_steps, sigma_L)
+                                 for e in eps.flatten()], dtype=eps.dtype).reshape(eps.shape)
+        return langevin_variance_ratio(2 * eps, gamma, n_steps, sigma_L)
+
+    answers = [lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2, lambda eps: eps / 2,
+               ratio]
+    assert_explains(capsys, checks.exercise_6_3, answers, "calls the package's",
+                    "langevin_variance_ratio")
+
+    def epsilon(sigmas, n_steps):
+        gamma = float(sigmas[-2] / sigmas[-1])
+        return step_size_for_ladder(gamma, n_steps, float(sigmas[-1]))
+
+    assert_explains(capsys, checks.exercise_6_4, [epsilon], "calls the package's",
+                    "step_size_for_ladder")

@@ -404,3 +404,45 @@ def test_8_5_refuses_the_packages_log_likelihood(capsys):
         return log_likelihood(score_fn, sde, x0)
 
     assert_explains(capsys, checks.exercise_8_5, packaged, "calls the package's log_likelihood")
+
+
+def test_8_1_and_8_3_refuse_the_packages_sde(capsys):
+    from scorelab.sde import VESDE, predictor_corrector
+
+    assert_explains(capsys, checks.exercise_8_1,
+                    (lambda t, lo, hi: VESDE(lo, hi).sigma(t),
+                     lambda t, lo, hi: VESDE(lo, hi).diffusion(t)),
+                    "calls the package's VESDE.sigma")
+
+    def by_the_sampler(snr, n_steps=200, seed=0):
+        x = math.sqrt(2.0) * torch.randn(1000, 100, generator=torch.Generator().manual_seed(seed))
+        out = predictor_corrector(lambda y, s: -y / 2, VESDE(1.0, 1.0 + 1e-9), x, n_steps,
+                                  snr=snr, generator=torch.Generator().manual_seed(seed),
+                                  progress=False)
+        return (out.var() / 2).item()
+
+    assert_explains(capsys, checks.exercise_8_3, by_the_sampler,
+                    "calls the package's predictor_corrector")
+
+
+def test_8_2_names_more_slips(capsys):
+    def own_noise(score_fn, sde, x, t, dt, z):
+        return em_step(score_fn, sde, x, t, dt, torch.randn(x.shape))
+
+    def variance_as_scale(score_fn, sde, x, t, dt, z):
+        return em_step(score_fn, sde, x, t, dt, 0 * z) + sde.g2(t) * dt * z
+
+    def frozen_at_the_end(score_fn, sde, x, t, dt, z):
+        g2 = sde.g2(t - dt)
+        return x + g2 * dt * score_fn(x, sde.sigma(t - dt)) + math.sqrt(g2 * dt) * z
+
+    assert_explains(capsys, checks.exercise_8_2, own_noise, "draws noise of its own")
+    assert_explains(capsys, checks.exercise_8_2, variance_as_scale, "g^2 dt z")
+    assert_explains(capsys, checks.exercise_8_2, frozen_at_the_end, "frozen at t - dt")
+
+
+def test_8_4_names_minus_g_s(capsys):
+    def g_not_squared(score_fn, sde, x, t):
+        return -math.sqrt(sde.g2(t)) * score_fn(x, sde.sigma(t))
+
+    assert_explains(capsys, checks.exercise_8_4, g_not_squared, "the drift is -g s")

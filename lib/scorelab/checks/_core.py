@@ -194,6 +194,34 @@ def package_refused(*functions: Callable, what: str):
         "asks: write it yourself (and compare with the package afterwards)."))
 
 
+def without_package(fn, *functions: Callable, what: str):
+    """``fn`` (the student's function) with the package's ``functions`` refused while it runs,
+    for checks that call it from elsewhere (e.g. :func:`check_formula`)."""
+    if not callable(fn):
+        return fn
+
+    @functools.wraps(fn)
+    def own(*args, **kwargs):
+        with package_refused(*functions, what=what):
+            return fn(*args, **kwargs)
+
+    return own
+
+
+@contextlib.contextmanager
+def global_rng_untouched(what: str):
+    """While active, the student's code may not reseed or draw from torch's global generator:
+    Mismatch when the block ends if the global random state changed."""
+    before = torch.random.get_rng_state()
+    yield
+    if not torch.equal(torch.random.get_rng_state(), before):
+        raise Mismatch(
+            f"your {what} changed torch's global random state (torch.manual_seed, or a draw "
+            "without generator=): that reseeds or advances every other random draw of the "
+            "notebook. Draw every random number from the generator you are given."
+        )
+
+
 def _known_error_hint(error: BaseException) -> str:
     text = str(error)
     for fragment, hint in KNOWN_ERRORS.items():

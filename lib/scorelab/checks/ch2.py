@@ -14,8 +14,8 @@ import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_same_draws, expect_tensor,
-                                   expect_untouched, is_close, package_refused, register_hints,
-                                   to_float)
+                                   expect_untouched, global_rng_untouched, is_close,
+                                   package_refused, register_hints, to_float)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 STEP_SIZE = 0.1
@@ -89,7 +89,8 @@ def _name_noise(b: float, alpha: float) -> str | None:
 def exercise_2_1(langevin_step, authors_step) -> None:
     """Check ``langevin_step(x (N, D), score_fn, step_size, generator) -> (N, D)`` and
     ``authors_step(alpha) -> float``, the step of x + step s + sqrt(2 step) z for that step."""
-    for step_size in cases([STEP_SIZE], [0.37, 1.7]):
+    _expect_step_size_used(langevin_step)
+    for step_size in cases([STEP_SIZE, 0.37], [1.7]):
         _check_step(langevin_step, step_size)
     check_formula(
         authors_step,
@@ -110,12 +111,35 @@ def exercise_2_1(langevin_step, authors_step) -> None:
     )
 
 
+def _run_step(langevin_step, x: torch.Tensor, step_size: float):
+    """The student's step from a copy of x, with the package's samplers refused and the global
+    random state watched."""
+    from scorelab.langevin import langevin_dynamics
+
+    with package_refused(langevin_dynamics, what="langevin_step"), \
+            global_rng_untouched("langevin_step"):
+        return call_student(langevin_step, x, _gaussian_score, step_size,
+                            generator=torch.Generator().manual_seed(SEED), what="langevin_step")
+
+
+def _expect_step_size_used(langevin_step) -> None:
+    """Mismatch if two step sizes give the same step from the same seed."""
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(7))
+    small, large = (_run_step(langevin_step, x.clone(), a) for a in (STEP_SIZE, 0.37))
+    if isinstance(small, torch.Tensor) and isinstance(large, torch.Tensor) and torch.equal(
+            small, large):
+        raise Mismatch(
+            "langevin_step gives the same step for step_size 0.1 and 0.37 from the same seed: "
+            "it ignores step_size (a number written into the function?). Both terms depend "
+            "on it: (step_size / 2) * score and sqrt(step_size) * z."
+        )
+
+
 def _check_step(langevin_step, step_size: float) -> None:
     x = torch.randn(500, 2, generator=torch.Generator().manual_seed(7))
 
     def run(points):
-        return call_student(langevin_step, points, _gaussian_score, step_size,
-                            generator=torch.Generator().manual_seed(SEED), what="langevin_step")
+        return _run_step(langevin_step, points, step_size)
 
     given = x.clone()
     got = run(given)
@@ -194,8 +218,11 @@ def _check_measured(langevin_variance) -> None:
         )
     if first == other:
         raise Mismatch(
-            f"langevin_variance(0.5) gives {first:.6g} whatever the seed: the variance must be "
-            "measured on samples of a Langevin run, not computed from a formula."
+            f"langevin_variance(0.5) gives {first:.6g} whatever the generator's seed: either "
+            "the variance is computed from a formula, or the function draws from a seed of "
+            "its own (torch.manual_seed, or a generator made inside it). Measure it on "
+            "samples of a Langevin run driven by the generator you are given; give every step "
+            "size the same seed from outside, when you call it."
         )
 
 
@@ -373,7 +400,8 @@ def exercise_2_4(langevin_sampler) -> None:
         call = f"langevin_sampler(..., step_size={step_size})"
 
         def run(points, step_size=step_size):
-            with package_refused(langevin_dynamics, what="langevin_sampler"):
+            with package_refused(langevin_dynamics, what="langevin_sampler"), \
+                    global_rng_untouched("langevin_sampler"):
                 return call_student(
                     langevin_sampler, lambda x: -x, points, step_size, n_steps,
                     generator=torch.Generator().manual_seed(seed), what="langevin_sampler",
@@ -415,6 +443,11 @@ def exercise_2_4(langevin_sampler) -> None:
             if is_close(got, _sampler_reference(x0, step_size, n_steps, seed, **change),
                         rtol=1e-4, atol=1e-4):
                 raise Mismatch(message)
+        for steps in (n_steps - 1, n_steps + 1):
+            if is_close(got, _sampler_reference(x0, step_size, steps, seed), rtol=1e-4,
+                        atol=1e-4):
+                raise Mismatch(f"{call} runs {steps} steps where n_steps = {n_steps} was asked: "
+                               "run exactly n_steps steps (range(n_steps)).")
         raise Mismatch(
             f"{call} does not reproduce x + (alpha/2) * score + sqrt(alpha) * z step by step "
             f"(sample variance {variance:.3g}, expected about {target:.3g}); change only the "
@@ -519,12 +552,17 @@ def _mala_reference_and_mutants(log_prob_fn, score_fn, x, y, step_size):
         "move back from y, in the numerator.": log_accept(log_py - log_px - (right
                                                                             - log_py + log_px)),
         "your ratio is upside down (p(x) q(y | x) over p(y) q(x | y)).": log_accept(-right),
-        "your proposal's variance is alpha / 2; the step adds sqrt(alpha) z, variance alpha.":
+        "your proposal's variance is alpha / 2 (or alpha^2, the same at this step): the step "
+        "adds sqrt(alpha) z, whose variance is alpha.":
             log_accept(ratio(variance=step_size / 2)),
-        "your proposal's variance is 2 alpha; the step adds sqrt(alpha) z, variance alpha.":
+        "your proposal's log-density has twice the variance alpha, or averages the squared "
+        "distance over the D = 2 coordinates instead of summing it: log q(y | x) = "
+        "-|y - x - (alpha/2) s(x)|^2 / (2 alpha) + const, a sum over coordinates.":
             log_accept(ratio(variance=2 * step_size)),
         "your proposal's mean lacks the 1/2: the Langevin step moves by (alpha/2) s(x).":
             log_accept(ratio(scale=2.0)),
+        "your proposal's mean has the wrong sign: the Langevin proposal from x is centred at "
+        "x + (alpha/2) s(x), a step up the score.": log_accept(ratio(scale=-1.0)),
         "the move back uses the score at x; q(x | y) is centred at y + (alpha/2) s(y).":
             log_accept(log_py - log_px + _proposal_log_density(y, x, sx, step_size)
                        - _proposal_log_density(x, y, sx, step_size)),

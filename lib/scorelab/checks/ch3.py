@@ -15,8 +15,8 @@ import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, check_choice, diagnose,
                                    exercise, expect_finite, expect_same_draws, expect_tensor,
-                                   expect_untouched, package_refused, register_hints,
-                                   to_float)
+                                   expect_untouched, global_rng_untouched, package_refused,
+                                   register_hints, to_float, without_package)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 
@@ -238,6 +238,12 @@ def _annealed_mutants(step_size: float, n_steps: int, sigma_L: float) -> dict[st
         "from sigmas[0] down to sigmas[-1].": dict(levels=slice(1, None)),
         "you skip the last level, sigma_L: run all the levels of the ladder, from sigmas[0] "
         "down to sigmas[-1].": dict(levels=slice(None, -1)),
+        "your drift is alpha_i * s, without the 1/2: exercise 2.1's step is "
+        "x + (alpha_i / 2) * s + sqrt(alpha_i) * z.": dict(drift=1.0),
+        "your levels run from the smallest sigma to the largest: annealing starts at "
+        "sigmas[0], the largest, and ends at sigmas[-1].": dict(levels=slice(None, None, -1)),
+        "your step is the same at every level: Algorithm 1's step grows like sigma_i^2, "
+        "alpha_i = step_size * sigma_i^2 / sigma_L^2.": dict(power=0),
         f"you run one step fewer than n_steps_each (= {n_steps}) at each level.": dict(
             steps=n_steps - 1),
         f"you run one step more than n_steps_each (= {n_steps}) at each level.": dict(
@@ -256,7 +262,8 @@ def _check_annealed(annealed_langevin, step_size: float, ladder: tuple, start_se
     )  # (N, 2), uniform on [-4, 4]^2
 
     def run(points):
-        with package_refused(annealed_langevin_dynamics, what="annealed_langevin"):
+        with package_refused(annealed_langevin_dynamics, what="annealed_langevin"), \
+                global_rng_untouched("annealed_langevin"):
             return call_student(annealed_langevin, score_fn, points, sigmas.clone(), step_size,
                                 n_steps, generator=torch.Generator().manual_seed(noise_seed),
                                 what="annealed_langevin")
@@ -369,10 +376,13 @@ def exercise_3_6(annealed_langevin_seeded) -> None:
     n_steps_each, seed)`` draw for draw against :func:`annealed_langevin_dynamics`."""
     from scorelab.langevin import annealed_langevin_dynamics
 
-    _, sigmas, score_fn = _toy_problem()
     n, n_steps = 1000, 20
     x0 = 8.0 * torch.rand(n, 2, generator=torch.Generator().manual_seed(5)) - 4.0  # (N, 2)
-    for seed, step_size in cases([(0, 0.1), (7, 0.05)], [(123, 0.08)]):
+    # a ladder ending at sigma_L = 0.5 too: at sigma_L = 1, sigma_i^2 / sigma_L and sigma_i^2
+    # are Algorithm 1's sigma_i^2 / sigma_L^2
+    for seed, step_size, ladder in cases([(0, 0.1, (20.0, 1.0, 10)), (7, 0.05, (10.0, 0.5, 8))],
+                                         [(123, 0.08, (20.0, 1.0, 10))]):
+        _, sigmas, score_fn = _toy_problem(*ladder)
         call = f"annealed_langevin_seeded(..., step_size={step_size}, seed={seed})"
         # the check runs under fork_rng: seeding the global generator here changes nothing outside
         torch.random.default_generator.manual_seed(GLOBAL_PROBE_SEED)
@@ -411,6 +421,14 @@ def exercise_3_6(annealed_langevin_seeded) -> None:
             f"{call} draws one noise stream now, but its step at level i grows like sigma_i; "
             "Algorithm 1's grows like sigma_i^2 (step_size * sigma_i^2 / sigma_L^2).": variant(
                 False, 1),
+            f"{call} divides by sigma_L, not by sigma_L^2: Algorithm 1's step is "
+            "step_size * sigma_i^2 / sigma_L^2 (the two agree only when sigma_L = 1).":
+                _seeded(score_fn, x0, sigmas, step_size * float(sigmas[-1]), n_steps, seed,
+                        restart=False, power=2),
+            f"{call} leaves out the division by sigma_L^2: Algorithm 1's step is "
+            "step_size * sigma_i^2 / sigma_L^2 (the two agree only when sigma_L = 1).":
+                _seeded(score_fn, x0, sigmas, step_size * float(sigmas[-1]) ** 2, n_steps, seed,
+                        restart=False, power=2),
         }
         diagnose(got, expected, what=call, mutants=mutants, rtol=1e-4, atol=1e-4)
 
@@ -441,8 +459,10 @@ def exercise_3_1(common_ratio) -> None:
         name: cases(draw(seed, *rest), draw(seed + 100, *rest))
         for name, (seed, *rest) in ladders.items()
     })
+    from scorelab.noise import geometric_sigmas
+
     check_formula(
-        common_ratio,
+        without_package(common_ratio, geometric_sigmas, what="common_ratio"),
         lambda sigma_max, sigma_min, n_levels: (sigma_max / sigma_min) ** (1.0 / (n_levels - 1)),
         points,
         what="common_ratio",
@@ -533,8 +553,10 @@ def exercise_3_4(plain_langevin_share, why) -> None:
             )
         if abs(got - 0.8) <= SHARE_TOLERANCE:
             raise Mismatch(
-                f"on {name} you report {got:.3f}, the true weight: did you sample the mixture "
-                "itself? Run plain Langevin (langevin_dynamics with mixture.score) from x0."
+                f"on {name} you report {got:.3f}, the true weight: your particles cross between "
+                "the modes, as exact samples of the mixture (or a step far above 0.1) would. "
+                "Run plain Langevin (langevin_dynamics with mixture.score) from x0 with step "
+                "0.1: at that step almost no particle crosses the gap."
             )
         raise Mismatch(
             f"on {name} you report {got:.3f}; plain Langevin from that start puts {expected:.3f} "

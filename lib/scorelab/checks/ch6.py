@@ -16,7 +16,7 @@ from torch import nn
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
                                    expect_untouched, is_close, package_refused, refuse_calls,
-                                   register_hints, to_float)
+                                   register_hints, to_float, without_package)
 from scorelab.checks._formulas import check_formula, random_points
 
 SEED = 21
@@ -82,8 +82,8 @@ def _norm_mutants(norm, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torc
         "cannot see the channel means that instance norm removes.": gamma * h + beta,
         "you added the correction after scaling by gamma; this class adds it before: "
         "gamma * (h + delta * correction) + beta.": gamma * h + delta * m + beta,
-        "the spread v of the channel means uses the biased variance; use means.var(dim=1) (unbiased), "
-        "as the authors' code does.": gamma * (h + delta * corrected(unbiased=False)) + beta,
+        "your spread v of the channel means is the biased variance (divided by C); it should "
+        "be the unbiased one (divided by C - 1), means.var(dim=1), as in the authors' code.": gamma * (h + delta * corrected(unbiased=False)) + beta,
         "round-off: E[x^2] - E[x]^2 loses the variance of a nearly flat channel in float32 (the "
         "last test image); compute it from the deviations, ((x - mean)^2).mean() or x.var(...).":
             gamma * ((x - x.mean(dim=(2, 3), keepdim=True)) / torch.sqrt(
@@ -171,8 +171,8 @@ def _cut_forward(norm, cut: str):
         params = norm.embed(labels).detach()[..., None, None]  # (N, 2C or 3C, 1, 1)
         gamma, delta, beta = params[:, :c], params[:, c : 2 * c], params[:, 2 * c :]
         var, mean = torch.var_mean(x, dim=(2, 3), unbiased=False, keepdim=True)
-        var, mean = (var.detach() if cut == "var" else var), (
-            mean.detach() if cut == "mean" else mean)
+        var, mean = (var.detach() if cut in ("var", "statistics") else var), (
+            mean.detach() if cut in ("mean", "statistics") else mean)
         spread, centre = torch.var_mean(mean, dim=1, keepdim=True)
         corrected = (mean - centre) / torch.sqrt(spread + eps)
         corrected = corrected.detach() if cut == "correction" else corrected
@@ -198,6 +198,10 @@ def _expect_gradient_in_x(mine, reference, x, labels, *, what: str) -> None:
         "to x is not. Keep the variance in the graph.",
         "correction": "the mean correction (mu_k - m) / sqrt(v + eta) is cut from the graph: "
         "the values are right, but the gradient with respect to x is not. Keep it in the graph.",
+        "statistics": "the pixel means and variances are cut from the graph (detached, numpy "
+        "or computed under torch.no_grad()): the values are right, but the gradient with "
+        "respect to x is not. Compute every statistic from x with differentiable torch "
+        "operations.",
     }
     mutants = {message: _gradient_in_x(_cut_forward(reference, name), x, labels)
                for name, message in cut.items()}
@@ -269,8 +273,10 @@ class _ToyConditionalModel(nn.Module):
 
 
 def _loss_mutants(model, x, sigmas, labels) -> dict[str, torch.Tensor]:
-    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED))
+    generator = torch.Generator().manual_seed(SEED)
+    z, second = (torch.randn(x.shape, generator=generator) for _ in range(2))
     sigma = sigmas[labels].reshape(-1, *([1] * (x.ndim - 1)))  # (N, 1, ..., 1)
+    flipped = sigmas.flip(0)[labels].reshape(sigma.shape)  # level L - 1 - i's sigma
 
     def loss(weight, target, at):
         return (0.5 * weight * (model(at, labels) - target) ** 2).reshape(x.shape[0], -1).sum(dim=1)
@@ -298,6 +304,15 @@ def _loss_mutants(model, x, sigmas, labels) -> dict[str, torch.Tensor]:
         "every example uses sigmas[0]; use each example's own level, sigmas[labels].": loss(
             first**2, -z / first, x + first * z
         ),
+        "the target uses a second draw of the noise: the z of the target must be the very z "
+        "that perturbed x (x~ = x + sigma z), drawn once.": loss(sigma**2, -second / sigma, noisy),
+        "your sigma of example n is sigmas[L - 1 - labels[n]]: the ladder runs from the largest "
+        "sigma (label 0) to the smallest, so example n's level is sigmas[labels[n]].":
+            loss(flipped**2, -z / flipped, x + flipped * z),
+        "the noise is scaled by sigma^2: sigma is the standard deviation of the perturbation, "
+        "x~ = x + sigma z.": loss(sigma**2, -z / sigma, x + sigma**2 * z),
+        "the target is -sigma z; the kernel's score at x~ = x + sigma z is -z / sigma.":
+            loss(sigma**2, -sigma * z, noisy),
     }
 
 
@@ -535,6 +550,10 @@ _RATIO_MUTANTS = [
 def exercise_6_3(annealed_step, authors_step_lr, variance_ratio) -> None:
     """Check ``annealed_step(eps, sigma_i, sigma_L)``, ``authors_step_lr(eps)`` and
     ``variance_ratio(eps, sigma_L, gamma, n_steps)`` at random parameter values."""
+    from scorelab.noise import langevin_variance_ratio, step_size_for_ladder
+
+    variance_ratio = without_package(variance_ratio, langevin_variance_ratio,
+                                     step_size_for_ladder, what="variance_ratio")
     seeds = cases([70], [71, 72])
     check_formula(
         annealed_step,
@@ -608,7 +627,10 @@ def _best_epsilon(sigmas: torch.Tensor, n_steps: int) -> float:
 )
 def exercise_6_4(ncsnv2_epsilon) -> None:
     """Check ``ncsnv2_epsilon(sigmas (L,), n_steps) -> float`` (paper convention)."""
-    from scorelab.noise import geometric_sigmas
+    from scorelab.noise import geometric_sigmas, langevin_variance_ratio, step_size_for_ladder
+
+    ncsnv2_epsilon = without_package(ncsnv2_epsilon, step_size_for_ladder,
+                                     langevin_variance_ratio, what="ncsnv2_epsilon")
 
     for (sigma_max, sigma_min, n_levels), n_steps in cases(
         [((5.0, 0.01, 22), 10), ((1.0, 0.01, 10), 100)],
@@ -682,9 +704,15 @@ def _check_profile(score_norm_profile) -> None:
         def exact_score(x_noisy, sigma):
             return -x_noisy / (tau**2 + sigma**2)
 
-        got = call_student(score_norm_profile, exact_score, x.clone(), sigmas.float(),
-                           torch.Generator().manual_seed(SEED + 1), what="score_norm_profile")
-        got = expect_tensor(got, what=call, shape=(len(sigmas),), dtype=None).double()
+        def run():
+            return call_student(score_norm_profile, exact_score, x.clone(), sigmas.float(),
+                                torch.Generator().manual_seed(SEED + 1),
+                                what="score_norm_profile")
+
+        first = expect_tensor(run(), what=call, shape=(len(sigmas),), dtype=None)
+        got = first.double()
+        expect_same_draws(run, first, outputs="profiles",
+                          draw="draw the noise with torch.randn(x.shape, generator=generator)")
         expect_finite(got, what=call)
         expected = _gaussian_profile(tau, sigmas, dim)
         spread = torch.sqrt(tau**2 + sigmas**2)

@@ -10,7 +10,7 @@ import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_tensor, expect_untouched,
-                                   package_refused, register_hints, to_float)
+                                   package_refused, register_hints, to_float, without_package)
 
 # ---------------------------------------------------------------------------------------------
 # 8.1 (derive): sigma(t) and g(t) of the VE SDE
@@ -51,6 +51,11 @@ def _regime(t, lo, hi) -> str:
                  "g(t) = sigma(t) sqrt(2 log(sigma_max/sigma_min)).")
 def exercise_8_1(sigma_of_t, diffusion) -> None:
     """Check ``sigma_of_t(t, sigma_min, sigma_max)`` and ``diffusion(t, sigma_min, sigma_max)``."""
+    from scorelab.sde import VESDE
+
+    package = (VESDE.sigma, VESDE.diffusion, VESDE.g2)
+    sigma_of_t = without_package(sigma_of_t, *package, what="sigma_of_t")
+    diffusion = without_package(diffusion, *package, what="diffusion")
     for t, lo, hi in cases(_PUBLIC_81, _HIDDEN_81):
         got = to_float(call_student(sigma_of_t, t, lo, hi, what="sigma_of_t(t, sigma_min, "
                                     "sigma_max)"), what="sigma_of_t(...)")
@@ -144,6 +149,18 @@ def _em_mutants(score_fn, sde, x, t, dt, z) -> dict[str, torch.Tensor]:
         "This exercise asks for Euler-Maruyama, which freezes g at t: g(t)^2 dt.":
             x + (sigma**2 - sde.sigma(t - dt) ** 2) * s
             + math.sqrt(sigma**2 - sde.sigma(t - dt) ** 2) * z,
+        "the noise is g^2 dt z: g^2 dt is the step's variance; its standard deviation, "
+        "g sqrt(dt), multiplies z.": x + g2 * dt * s + g2 * dt * z,
+        "the score is taken at sigma(t - dt), the level where the step ends: Euler-Maruyama "
+        "evaluates everything where the step starts, at sigma(t).":
+            x + g2 * dt * score_fn(x, sde.sigma(t - dt)) + math.sqrt(g2 * dt) * z,
+        "the step's coefficients are frozen at t - dt, where it ends: Euler-Maruyama freezes "
+        "them at t, where it starts (g(t)^2 and the score at sigma(t)).":
+            x + sde.g2(t - dt) * dt * score_fn(x, sde.sigma(t - dt))
+            + math.sqrt(sde.g2(t - dt) * dt) * z,
+        "the noise uses the exact variance increment sigma(t)^2 - sigma(t - dt)^2 and the "
+        "drift g(t)^2 dt: Euler-Maruyama uses g(t)^2 dt in both.":
+            x + g2 * dt * s + math.sqrt(sigma**2 - sde.sigma(t - dt) ** 2) * z,
         "the noise enters with a minus sign: in distribution that is the same step, but the "
         "check passes you z and expects + g sqrt(dt) z.": x + g2 * dt * s - math.sqrt(g2 * dt) * z,
     }
@@ -171,6 +188,12 @@ def exercise_8_2(em_step) -> None:
         expect_untouched(given_x, x, call="em_step(score_fn, sde, x, t, dt, z) on x")
         expect_untouched(given_z, z, call="em_step(score_fn, sde, x, t, dt, z) on z")
         expect_finite(got, what="em_step(...)")
+        again = call_student(em_step, score_fn, sde, x.clone(), t, dt, z.clone(),
+                             what="em_step")
+        if isinstance(again, torch.Tensor) and not torch.equal(again, got):
+            raise Mismatch("two calls with the same x and z gave different steps: your em_step "
+                           "draws noise of its own. Use the z it is given (the check passes "
+                           "the same z to compare draw for draw).")
         mutants = _em_mutants(score_fn, sde, x, t, dt, z)
         diagnose(got, _em_reference(score_fn, sde, x, t, dt, z), what="em_step", mutants=mutants,
                  rtol=1e-4, atol=1e-4)
@@ -213,6 +236,10 @@ TARGET_VARIANCE = 2.0
                  "with the square of the signal-to-noise ratio.")
 def exercise_8_3(measure_variance_ratio) -> None:
     """Check ``measure_variance_ratio(snr) -> float`` (the stationary variance over 2)."""
+    from scorelab.sde import euler_maruyama, predictor_corrector
+
+    measure_variance_ratio = without_package(measure_variance_ratio, predictor_corrector,
+                                             euler_maruyama, what="measure_variance_ratio")
     for snr in cases([0.1, 0.4], [0.25, 0.6]):
         zero_score = (f"at snr = {snr} {{}}: particles at x = 0 have a zero score, and the step "
                       "(2 r |z| / |s|)^2 divides by its size; start from the target N(0, 2 I).")
@@ -267,12 +294,15 @@ def exercise_8_3(measure_variance_ratio) -> None:
         full_score = (1.0 + 4.0 * snr**2) / 2.0
         if abs(got - full_score) <= tolerance:
             raise Mismatch(f"at snr = {snr} the variance ratio is {got:.3f}, close to "
-                           f"{full_score:.3f}: what a step x + alpha s + sqrt(alpha) z gives. The "
-                           "course's step moves by (alpha / 2) s; a full alpha s pulls twice as "
-                           "hard towards the mode and halves the variance.")
+                           f"{full_score:.3f}: what a step x + alpha s + sqrt(alpha) z gives, or a "
+                           "score twice too strong. The course's step moves by (alpha / 2) s, "
+                           "and the target N(0, 2 I) has the score -x / 2; either slip pulls "
+                           "twice as hard towards the mode and halves the variance.")
         if got < 1.0 - tolerance:
-            raise Mismatch(f"at snr = {snr} the variance ratio is {got:.3f}, below 1: the chain "
-                           "has not forgotten its start yet; run more steps, or start wider.")
+            raise Mismatch(f"at snr = {snr} the variance ratio is {got:.3f}, below 1: either the "
+                           "chain has not forgotten its start yet (start from the target, or "
+                           "run more steps), or the measurement rests on too few numbers (take "
+                           "the variance of all the coordinates of all the particles).")
         raise Mismatch(f"at snr = {snr} the measured ratio is {got:.3f}; theory and a careful "
                        f"run give {want:.3f} (+- {tolerance}).")
 
@@ -320,6 +350,8 @@ def exercise_8_4(pf_drift) -> None:
                 -g2 * s,
             "the drift has the wrong sign: the ODE is dx/dt = -1/2 g^2 s.": 0.5 * g2 * s,
             "the drift uses g instead of g^2.": -0.5 * math.sqrt(g2) * s,
+            "the drift is -g s: it needs g^2, and the probability flow's 1/2 (-1/2 g^2 s).":
+                -math.sqrt(g2) * s,
             "the drift uses sigma(t)^2 instead of g(t)^2.": -0.5 * sde.sigma(t) ** 2 * s,
             "the drift is -1/4 g^2 s, half of the ODE's: the probability flow halves the reverse "
             "SDE's -g^2 s once, to -1/2 g^2 s.": -0.25 * g2 * s,
