@@ -1621,3 +1621,12 @@ def test_2_4_names_a_step_too_few_or_too_many(capsys, steps_off):
         return right(score_fn, x0, step_size, n_steps + steps_off, generator=generator)
 
     assert_explains(capsys, checks.exercise_2_4, off_by_one, "where n_steps = 200 was asked")
+
+
+@pytest.mark.parametrize(
+    "answer, phrase",
+    [(lambda a, b, n: (a / b) ** (1.0 / (n + 1)), "(L + 1)-th root"),
+     (lambda a, b, n: math.log(a / b) / (n - 1), "the step of log sigma")],
+)
+def test_3_1_names_more_slips(capsys, answer, phrase):
+    assert_explains(capsys, checks.exercise_3_1, answer, phrase)

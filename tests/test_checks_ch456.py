@@ -1008,3 +1008,18 @@ def test_6_3_and_6_4_refuse_the_packages_rules(capsys):
 
     assert_explains(capsys, checks.exercise_6_4, [epsilon], "calls the package's",
                     "step_size_for_ladder")
+
+
+def test_6_5_sees_a_level_lookup_that_assumes_a_geometric_ladder(capsys, grading):
+    def by_formula(model):
+        sigmas = model.sigmas.cpu()
+        first, last, n = float(sigmas[0]), float(sigmas[-1]), len(sigmas)
+
+        def score_fn(x, sigma):
+            level = round((n - 1) * math.log(first / sigma) / math.log(first / last))
+            return model(x, torch.full((x.shape[0],), level, device=x.device))
+
+        return score_fn
+
+    assert_explains(capsys, checks.exercise_6_5, [score_norm_profile, by_formula],
+                    "not geometric")

@@ -480,6 +480,14 @@ def exercise_3_1(common_ratio) -> None:
             ("it divides sigma_max / sigma_min by L - 1; the ratio is multiplied L - 1 times, "
              "so take the (L - 1)-th root.",
              lambda sigma_max, sigma_min, n_levels: sigma_max / sigma_min / (n_levels - 1)),
+            ("it takes the (L + 1)-th root; L levels have L - 1 gaps between them, so "
+             "sigma_max / sigma_min = ratio^(L - 1).",
+             lambda sigma_max, sigma_min, n_levels:
+             (sigma_max / sigma_min) ** (1.0 / (n_levels + 1))),
+            ("it is log(sigma_max / sigma_min) / (L - 1), the step of log sigma: the ratio is "
+             "its exponential.",
+             lambda sigma_max, sigma_min, n_levels: math.log(sigma_max / sigma_min)
+             / (n_levels - 1)),
         ],
     )
 

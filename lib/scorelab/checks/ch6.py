@@ -672,8 +672,8 @@ def exercise_6_4(ncsnv2_epsilon) -> None:
                 "search it on a finer grid, neighbouring values at most 2 % apart."
             )
         raise Mismatch(
-            f"{where} your epsilon {answer:.3g} gives the ratio {value:.4f}, but "
-            f"epsilon = {best:.3g} gives {lowest:.4f}"
+            f"{where} your epsilon {answer:.3g} gives the ratio {value:.4g}, but "
+            f"epsilon = {best:.3g} gives {lowest:.4g}"
             " (the ratio is always above 1: take the epsilon where it is smallest; sigma_L is "
             "the smallest level, and eps / sigma_L^2 >= 4 makes the chain blow up)."
         )
@@ -759,8 +759,8 @@ def _score_models():
     return cases(
         [("the shipped model", load_pretrained()),
          ("a model with 7 levels from 1 to 0.05", _small_model(geometric_sigmas(1.0, 0.05, 7)))],
-        [("a model with 12 levels from 8 to 0.02",
-          _small_model(geometric_sigmas(8.0, 0.02, 12)))],
+        [("a model with 12 levels from 8 to 0.02, not geometric",
+          _small_model(0.02 * 400.0 ** (torch.linspace(1.0, 0.0, 12) ** 1.5)))],
     )
 
 
