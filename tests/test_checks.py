@@ -1630,3 +1630,13 @@ def test_2_4_names_a_step_too_few_or_too_many(capsys, steps_off):
 )
 def test_3_1_names_more_slips(capsys, answer, phrase):
     assert_explains(capsys, checks.exercise_3_1, answer, phrase)
+
+
+@pytest.mark.parametrize(
+    "answer, phrase",
+    [(lambda a, t: t**2 / (1 - a / (4 * t**2)), "squared target_variance"),
+     (lambda a, t: 1 / (1 - a / (4 * t)), "v / tau^2"),
+     (lambda a, t: t / (2 - a / t), "conventions mixed")],
+)
+def test_2_2_names_more_slips(capsys, answer, phrase):
+    assert_explains(capsys, checks.exercise_2_2, answer, phrase)

@@ -367,6 +367,17 @@ def exercise_2_2(stationary_variance) -> None:
                                                  * (1 - alpha * target_variance / 4))),
             ("you dropped the square of the contraction: the variance of c x is c^2 v, not c v.",
              lambda alpha, target_variance: 2.0 * target_variance),
+            ("you squared target_variance: it already is tau^2, the target's variance (not its "
+             "standard deviation).",
+             lambda alpha, target_variance: _stationary_variance(alpha, target_variance**2)),
+            ("you returned v / tau^2, the variance relative to the target's; the question asks "
+             "for the variance v itself.",
+             lambda alpha, target_variance: _stationary_variance(alpha, target_variance)
+             / target_variance),
+            ("your step has the drift alpha * s with the noise sqrt(alpha) z, the two "
+             "conventions mixed: the course's step is x + (alpha/2) s + sqrt(alpha) z.",
+             lambda alpha, target_variance: target_variance
+             / (2 - alpha / target_variance)),
         ],
     )
 
