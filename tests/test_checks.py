@@ -1640,3 +1640,14 @@ def test_3_1_names_more_slips(capsys, answer, phrase):
 )
 def test_2_2_names_more_slips(capsys, answer, phrase):
     assert_explains(capsys, checks.exercise_2_2, answer, phrase)
+
+
+def test_6_1_names_batch_statistics_and_ignored_labels(capsys):
+    assert_explains(capsys, checks.exercise_6_1, make_norm(dims=(0, 2, 3)), "batch norm")
+    base = make_norm()
+
+    class LevelZero(base):
+        def forward(self, x, labels):
+            return super().forward(x, torch.zeros_like(labels))
+
+    assert_explains(capsys, checks.exercise_6_1, LevelZero, "ignores labels")

@@ -102,6 +102,19 @@ def _norm_mutants(norm, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torc
             h + delta * m
         )
     mutants.update(_misread_rows(params, c, h, m))
+    first = norm.embed(torch.zeros_like(labels)).detach()[..., None, None]  # level 0's row
+    uncentred = means[..., None, None] / torch.sqrt(spread[..., None, None] + eps)
+    mutants.update({
+        "your forward ignores labels: every example uses level 0's parameters. Each example "
+        "takes the embedding row of its own noise level, self.embed(labels).":
+            first[:, :c] * (h + first[:, c : 2 * c] * m)
+            + (first[:, 2 * c :] if norm.bias else 0.0),
+        "you normalised over the batch as well (batch norm): instance norm normalises each "
+        "channel of each example over its own pixels, dims (2, 3).":
+            gamma * (normalised(dims=(0, 2, 3)) + delta * m) + beta,
+        "the mean correction lacks its centring: it is (mu_k - m) / sqrt(v + eta), with m "
+        "the mean of the channel means.": gamma * (h + delta * uncentred) + beta,
+    })
     return mutants
 
 
