@@ -514,8 +514,9 @@ register_hints(
     "Which term sets how much variance a step adds?",
     "A step must add variance alpha (that is what balances the drift (alpha/2) * score); "
     "c * z with z ~ N(0, 1) has variance c^2.",
-    "Only one line is wrong: the noise coefficient should be the number whose ____ is "
-    "step_size.",
+    "Check a fix before you trust it: with the score set to zero, n steps from x0 = 0 must "
+    "give samples of variance n * step_size (only the noise acts); with the score -x they "
+    "must settle at 1 / (1 - step_size / 4).",
 )
 
 
