@@ -47,3 +47,23 @@ def test_a_normalisation_that_writes_into_x_is_named(capsys):
 
     assert_passes(capsys, checks.exercise_6_1, base)
     assert_explains(capsys, checks.exercise_6_1, InPlace, "changed the tensor it was given")
+
+
+def test_a_check_under_a_profiler_of_the_students_own_still_passes_and_keeps_it(capsys):
+    """The refusal of the package's own answer watches through sys.setprofile: under cProfile
+    (what %prun runs) it steps aside, and the student's profiler keeps running."""
+    import cProfile
+    import sys
+
+    from test_checks import dsm_loss
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        checks.exercise_4_1(dsm_loss)
+        still_profiling = sys.getprofile() is not None
+    finally:
+        profiler.disable()
+    assert "✅" in capsys.readouterr().out
+    assert still_profiling
+    assert sys.getprofile() is None

@@ -778,7 +778,8 @@ def _score_models():
 
 
 _REPLACED_BY_THE_PACKAGE = (
-    "{call} hands the work to the package's as_score_fn. In a project that is the right fix, "
+    "{call} hands the work to the package's as_score_fn (directly, or through the model's "
+    "own score method). In a project that is the right fix, "
     "but this exercise asks you to debug the colleague's function: find its two bugs with "
     "your profile and correct them in its own code."
 )
