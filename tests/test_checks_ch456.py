@@ -1023,3 +1023,24 @@ def test_6_5_sees_a_level_lookup_that_assumes_a_geometric_ladder(capsys, grading
 
     assert_explains(capsys, checks.exercise_6_5, [score_norm_profile, by_formula],
                     "not geometric")
+
+
+def test_4_1_and_6_2_refuse_the_packages_private_and_weighted_losses(capsys):
+    from scorelab.training import _dsm_loss, sigma_weighted_dsm
+
+    def private(model, x, sigma, generator=None):
+        return _dsm_loss(model, x, sigma, generator)
+
+    def weighted(model, x, sigma, generator=None):
+        z = torch.randn(x.shape, generator=generator)
+        sigmas = torch.full((len(x),), sigma)
+        return sigma_weighted_dsm(model, x, sigmas, z) / sigma**2
+
+    for answer in (private, weighted):
+        assert_explains(capsys, checks.exercise_4_1, [answer], "calls the package's")
+
+    def annealed(model, x, sigmas, labels, generator=None):
+        z = torch.randn(x.shape, generator=generator)
+        return sigma_weighted_dsm(lambda y: model(y, labels), x, sigmas[labels], z)
+
+    assert_explains(capsys, checks.exercise_6_2, [annealed], "sigma_weighted_dsm")

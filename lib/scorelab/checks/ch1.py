@@ -118,7 +118,8 @@ def _own_gmm_score(gmm_score, x, weights, means, variances):
     """The student's gmm_score, refused when it hands the work to the package's mixture."""
     from scorelab.densities import GaussianMixture
 
-    with package_refused(GaussianMixture.score, GaussianMixture.log_prob, what="gmm_score"):
+    with package_refused(GaussianMixture.score, GaussianMixture.log_prob,
+                         GaussianMixture.responsibilities, what="gmm_score"):
         return call_student(gmm_score, x, weights, means, variances, what="gmm_score")
 
 

@@ -81,6 +81,13 @@ def _dsm_mutants(model, x: torch.Tensor, sigma: float) -> dict[str, torch.Tensor
     }
 
 
+def _package_losses():
+    """The package's DSM losses, which a student's own loss may not call."""
+    from scorelab.training import _dsm_loss, dsm_loss, sigma_weighted_dsm
+
+    return dsm_loss, _dsm_loss, sigma_weighted_dsm
+
+
 def _seeded() -> torch.Generator:
     return torch.Generator().manual_seed(SEED)
 
@@ -111,7 +118,7 @@ def exercise_4_1(dsm_loss) -> None:
 
     def run():
         given = x.clone()
-        with package_refused(reference_loss, what="dsm_loss"):
+        with package_refused(*_package_losses(), what="dsm_loss"):
             loss = call_student(
                 dsm_loss, model, given, SIGMA, generator=torch.Generator().manual_seed(SEED),
                 what="dsm_loss",
@@ -299,7 +306,7 @@ def exercise_4_4(fixed_dsm_loss) -> None:
     for sigma in cases([SIGMA, 2.0], [0.05, 1.0]):
         def run(sigma=sigma):
             given = x.clone()
-            with package_refused(reference_loss, what="fixed_dsm_loss"):
+            with package_refused(*_package_losses(), what="fixed_dsm_loss"):
                 loss = call_student(fixed_dsm_loss, model, given, sigma,
                                     generator=torch.Generator().manual_seed(SEED),
                                     what="fixed_dsm_loss")

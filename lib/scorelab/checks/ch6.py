@@ -336,6 +336,7 @@ def _loss_mutants(model, x, sigmas, labels) -> dict[str, torch.Tensor]:
 def exercise_6_2(annealed_dsm_loss) -> None:
     """Check ``annealed_dsm_loss(model, x (N, *D), sigmas (L,), labels (N,), generator) -> (N,)``."""
     from scorelab.training import annealed_dsm_loss as reference_loss
+    from scorelab.training import sigma_weighted_dsm
 
     sigmas = torch.tensor([4.0, 1.5, 0.6, 0.2])
     labels = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0, 2, 1])
@@ -347,7 +348,7 @@ def exercise_6_2(annealed_dsm_loss) -> None:
 
         def run(x=x):
             given = x.clone()
-            with package_refused(reference_loss, what="annealed_dsm_loss"):
+            with package_refused(reference_loss, sigma_weighted_dsm, what="annealed_dsm_loss"):
                 loss = call_student(
                     annealed_dsm_loss, model, given, sigmas, labels,
                     generator=torch.Generator().manual_seed(SEED), what="annealed_dsm_loss",

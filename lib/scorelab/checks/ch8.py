@@ -236,10 +236,11 @@ TARGET_VARIANCE = 2.0
                  "with the square of the signal-to-noise ratio.")
 def exercise_8_3(measure_variance_ratio) -> None:
     """Check ``measure_variance_ratio(snr) -> float`` (the stationary variance over 2)."""
-    from scorelab.sde import euler_maruyama, predictor_corrector
+    from scorelab.sde import _langevin_corrector, euler_maruyama, predictor_corrector
 
     measure_variance_ratio = without_package(measure_variance_ratio, predictor_corrector,
-                                             euler_maruyama, what="measure_variance_ratio")
+                                             _langevin_corrector, euler_maruyama,
+                                             what="measure_variance_ratio")
     for snr in cases([0.1, 0.4], [0.25, 0.6]):
         zero_score = (f"at snr = {snr} {{}}: particles at x = 0 have a zero score, and the step "
                       "(2 r |z| / |s|)^2 divides by its size; start from the target N(0, 2 I).")
