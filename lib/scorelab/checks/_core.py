@@ -212,17 +212,26 @@ def without_package(fn, *functions: Callable, what: str):
     return own
 
 
+#: Seeds torch's global generator before the student's code runs, so that any
+#: torch.manual_seed(seed) or draw without a generator shows as a change of its state.
+GLOBAL_PROBE_SEED = 20_190_712
+
+
 @contextlib.contextmanager
-def global_rng_untouched(what: str):
+def global_rng_untouched(what: str, *,
+                         advice: str = "Draw every random number from the generator you are "
+                                       "given."):
     """While active, the student's code may not reseed or draw from torch's global generator:
-    Mismatch when the block ends if the global random state changed."""
+    Mismatch when the block ends if the global random state changed. It seeds the global
+    generator first; a check runs under ``fork_rng``, which restores the caller's state."""
+    torch.random.default_generator.manual_seed(GLOBAL_PROBE_SEED)
     before = torch.random.get_rng_state()
     yield
     if not torch.equal(torch.random.get_rng_state(), before):
         raise Mismatch(
             f"your {what} changed torch's global random state (torch.manual_seed, or a draw "
-            "without generator=): that reseeds or advances every other random draw of the "
-            "notebook. Draw every random number from the generator you are given."
+            f"without generator=): that reseeds or advances every other random draw of the "
+            f"notebook. {advice}"
         )
 
 
