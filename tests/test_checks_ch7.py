@@ -501,12 +501,21 @@ def test_7_3_names_the_authors_step_and_a_formula_in_place_of_a_measurement(caps
 
     assert_explains(capsys, checks.exercise_7_3, (authors, BEST_STEP), "authors' convention")
     formula = lambda s, g, t, m, **kwargs: langevin_variance_ratio(s, g, t, m)  # noqa: E731
-    assert_explains(capsys, checks.exercise_7_3, (formula, BEST_STEP), "to nine digits")
+    assert_explains(capsys, checks.exercise_7_3, (formula, BEST_STEP), "to six digits")
+
+    def formula_in_float32(step_size, gamma, n_steps_each, sigma_min, **kwargs):
+        rho = torch.tensor(1 - step_size / (2 * sigma_min**2), dtype=torch.float32)
+        stationary = 2 / (1 + rho)
+        return float(rho ** (2 * n_steps_each) * (gamma**2 - stationary) + stationary)
+
+    assert_explains(capsys, checks.exercise_7_3, (formula_in_float32, BEST_STEP),
+                    "to six digits", "a simulation")
 
 
 def test_7_3_refuses_the_packages_rule_in_place_of_a_scan(capsys):
     from scorelab.noise import step_size_for_ladder
 
     rule = step_size_for_ladder(500.0 ** (1 / 21), 10, 0.01)
-    assert_explains(capsys, checks.exercise_7_3, (measured_variance_ratio, rule),
-                    "step_size_for_ladder to nine digits", "your own scan")
+    for step in (rule, float(torch.tensor(rule, dtype=torch.float32))):
+        assert_explains(capsys, checks.exercise_7_3, (measured_variance_ratio, step),
+                        "step_size_for_ladder to six digits", "your own scan")

@@ -215,10 +215,10 @@ def langevin_variance_ratio(
     level i - 1's, :math:`N(0, \gamma^2\sigma_i^2 I)`, and run T steps of this package's
     update :math:`x \leftarrow x + \tfrac{\alpha}{2}s(x, \sigma_i) + \sqrt{\alpha}\,z` with
     :math:`\alpha = \epsilon\,\sigma_i^2/\sigma_L^2`. Each step maps the variance v to
-    :math:`(1-u)^2 v + \alpha`, :math:`u = \epsilon / (2\sigma_L^2)`, so
+    :math:`\rho^2 v + \alpha`, :math:`\rho = 1 - \epsilon / (2\sigma_L^2)`, so
 
     .. math::
-        \frac{s_T^2}{\sigma_i^2} = (1-u)^{2T}\Big(\gamma^2 - \frac{2}{2-u}\Big) + \frac{2}{2-u} .
+        s_T^2 / \sigma_i^2 = \rho^{2T}\big(\gamma^2 - 2/(1+\rho)\big) + 2/(1+\rho) .
 
     The ratio does not depend on i: that is why one epsilon serves every level. It is the
     paper's Eq. 4 written for this package's step (the authors' ``step_lr`` is half our
@@ -273,8 +273,8 @@ def step_size_for_ladder(gamma: float, n_steps_each: int, sigma_min: float) -> f
     Eq. 4 maximally close to 1" (Song & Ermon 2020): after T steps at level i, samples that
     started at level i - 1 should have level i's variance. Small epsilon leaves them where they
     started (ratio -> gamma^2); large epsilon overshoots to the chain's own, too wide,
-    stationary variance 2 / (2 - u). The ratio stays above 1 for every epsilon, so the rule
-    takes its minimum, found on a log grid of u = epsilon / (2 sigma_min^2) in (1e-12, 1)
+    stationary variance 2 / (1 + rho). The ratio stays above 1 for every epsilon, so the rule
+    takes its minimum, found on a log grid of epsilon / (2 sigma_min^2) in (1e-12, 1)
     and refined by golden-section search.
 
     Returns epsilon in this package's convention (x + eps/2 s + sqrt(eps) z at the last level),
@@ -286,7 +286,7 @@ def step_size_for_ladder(gamma: float, n_steps_each: int, sigma_min: float) -> f
     sigma_min = check_positive_real("sigma_min", sigma_min)
     scale = _step_scale(sigma_min)
 
-    def distance(log_u: float) -> float:  # |Eq. 4 - 1| as a function of log u
+    def distance(log_u: float) -> float:  # |Eq. 4 - 1| against log(epsilon / (2 sigma_min^2))
         step = scale * math.exp(log_u)
         return abs(langevin_variance_ratio(step, gamma, n_steps_each, sigma_min) - 1.0)
 

@@ -14,7 +14,7 @@ import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_tensor, expect_untouched,
-                                   package_refused, register_hints, to_float)
+                                   package_refused, refuse_calls, register_hints, to_float)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 
@@ -368,6 +368,22 @@ def exercise_1_1(perturbed_covariance) -> None:
 # ---------------------------------------------------------------- 1.4 (debug) a colleague's banana
 
 
+def _banana_parts():
+    """The package's Banana.score, .log_prob and ._untwist: the closed form, what autograd
+    differentiates to check it, and the twist both use."""
+    from scorelab.densities import Banana
+
+    return (Banana.score, Banana.log_prob, Banana._untwist)
+
+
+_BANANA_REFUSED = (
+    "your banana_score calls the package's Banana (its score, log_prob or _untwist): the "
+    "exercise asks you to fix the colleague's closed-form score itself. The check compares it "
+    "with autograd's gradient of Banana.log_prob, so a score taken from the package would only "
+    "compare the package with itself."
+)
+
+
 def _banana_cases():
     from scorelab.densities import Banana
 
@@ -406,7 +422,7 @@ def exercise_1_4(banana_score) -> None:
         x = banana.sample(256, generator=torch.Generator().manual_seed(3))  # (256, 2)
         call = f"banana_score(x, curvature={b}, scale={a})"
         given = x.clone()
-        with package_refused(type(banana).score, what="banana_score"):
+        with refuse_calls(_banana_parts(), _BANANA_REFUSED):
             got = call_student(banana_score, given, b, a, what="banana_score")
         _expect_input_untouched(given, x, call)
         got = expect_tensor(got, what=call, shape=(256, 2))

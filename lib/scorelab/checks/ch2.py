@@ -474,10 +474,9 @@ register_hints(
     "One step moves every particle a little along the score and adds fresh Gaussian "
     "noise. For the authors' step, write both updates side by side and match the term in front "
     "of the score.",
-    "The drift is half the step size times the score at the current points; the noise "
-    "is a standard normal draw of the shape of the points, from the generator, times "
-    "the square root of the step size. For the authors' step, match the factors in front of the "
-    "score.",
+    "Read the update term by term: at which points is the score evaluated, what multiplies "
+    "it, and what must the noise's variance be? Where does the noise come from, so that two "
+    "runs seeded alike agree? For the authors' step, match the factors in front of the score.",
     "Checks to run: call it twice on the same points with two generators seeded alike; the "
     "answers must be equal and the points unchanged. On a standard normal, whose score is "
     "minus x, a few hundred steps of size 0.1 from the origin should leave a variance a little "

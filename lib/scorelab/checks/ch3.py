@@ -579,8 +579,8 @@ register_hints(
 register_hints(
     "3.2",
     "A geometric ladder is evenly spaced on a logarithmic axis.",
-    "log sigma_i runs linearly from log sigma_max to log sigma_min in L points; "
-    "exponentiate back.",
+    "Take logarithms: what kind of sequence are log sigma_1, ..., log sigma_L, and where "
+    "does it start and end? Build that one, then undo the logarithm.",
     "Check your ladder: it starts at sigma_max and ends at sigma_min (not one step short), "
     "neighbours have the same ratio everywhere, and it is float32. torch.logspace counts in "
     "powers of 10 unless you give it a base.",

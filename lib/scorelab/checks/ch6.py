@@ -868,8 +868,9 @@ register_hints(
     "6.2",
     "One network, all levels: each example gets its own sigma (from its label), its own noise, "
     "and the DSM loss of that level weighted by lambda(sigma) = sigma^2.",
-    "Per example i: half sigma_i^2 times the squared norm of (model at x_i + sigma_i z_i with "
-    "label i) plus z_i / sigma_i, summed over every dimension but the batch one.",
+    "Write one example's loss first, with its own sigma_i, and ask of every tensor its shape: "
+    "which has one number per example, and how must it be shaped to meet an image of shape "
+    "(C, H, W)? Which dimensions does the squared norm sum over, and which does it keep?",
     "Check it with a model that always returns zeros: every example's loss is then |z|^2 / 2, "
     "about D / 2, at every level, which is what the weight sigma^2 buys. Then check the shape: "
     "(N,) for points (N, D) and for images (N, C, H, W) alike.",

@@ -244,9 +244,12 @@ register_hints(
     "7.3",
     "With a single training point the score at level i is exact and linear, so only the "
     "variance of the samples matters.",
-    "Start from N(0, gamma^2 sigma_i^2 I), step with the score -x / sigma_i^2 and "
-    "alpha = eps sigma_i^2 / sigma_L^2, and divide the final variance by sigma_i^2.",
-    "Scan eps on a log grid (torch.logspace) and keep the one whose ratio is closest to 1.",
+    "Does the ratio depend on sigma_i? Work it out for one step, then pick the simplest "
+    "sigma_i. The samples start at level i - 1's variance; which step size does level i use?",
+    "Check your measurement before you scan: with a tiny eps the chain hardly moves and the "
+    "ratio stays near gamma^2; two calls with generators seeded alike agree. The candidates "
+    "span orders of magnitude below 2 sigma_L^2: space them evenly in log eps, then refine "
+    "near the best.",
 )
 
 SHIPPED_GAMMA = 500.0 ** (1.0 / 21.0)  # the shipped digits ladder: sigma 5 -> 0.01, L = 22
@@ -270,6 +273,7 @@ def exercise_7_3(measured_variance_ratio, best_step_size) -> None:
                 (2e-3, 2.0, 2, 0.1)],
         hidden=[(1e-5, 1.05, 5, 0.01), (5e-5, 2.0, 20, 0.01), (0.01, 1.5, 3, 0.2)],
     )
+    on_the_formula = 0  # settings where the "measurement" equals Eq. 4 to six digits
     for step_size, gamma, n_steps, sigma_min in settings:
         call = (f"measured_variance_ratio({step_size:g}, gamma={gamma:.4g}, T={n_steps}, "
                 f"sigma_min={sigma_min:g})")
@@ -281,9 +285,13 @@ def exercise_7_3(measured_variance_ratio, best_step_size) -> None:
             what=call,
         )
         expected = langevin_variance_ratio(step_size, gamma, n_steps, sigma_min)
-        if abs(got / expected - 1.0) < 1e-9:
+        # a simulation's relative error is about 0.4 %: one match to 1e-6 is a 1-in-10^4
+        # accident, two are a formula (float32 arithmetic included)
+        on_the_formula += abs(got / expected - 1.0) < 1e-6
+        if on_the_formula == 2:
             raise Mismatch(
-                f"{call} equals Eq. 4 to nine digits: a simulation of {n} x {dim} draws cannot. "
+                f"{call} equals Eq. 4 to six digits, and so did an earlier setting: a "
+                f"simulation of {n} x {dim} draws cannot. "
                 "The exercise asks you to measure the ratio by running the chain, then to "
                 "compare with Eq. 4."
             )
@@ -319,9 +327,9 @@ def exercise_7_3(measured_variance_ratio, best_step_size) -> None:
             "searched here: beyond it each step overshoots and flips the sign of x (and beyond "
             "4 sigma_L^2 the chain diverges)."
         )
-    if abs(chosen / rule - 1.0) < 1e-9:
+    if abs(chosen / rule - 1.0) < 1e-6:
         raise Mismatch(
-            f"best_step_size = {chosen:.6g} is the package's step_size_for_ladder to nine "
+            f"best_step_size = {chosen:.6g} is the package's step_size_for_ladder to six "
             "digits: the exercise asks for the step your own scan of measured_variance_ratio "
             "finds (a scan of noisy measurements lands near the rule, not on it). The cell "
             "prints the rule beside your step for the comparison."

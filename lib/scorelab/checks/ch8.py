@@ -20,10 +20,13 @@ register_hints(
     "8.1",
     "sigma(t) runs geometrically from sigma_min at t = 0 to sigma_max at t = 1, so log sigma is "
     "linear in t; g(t)^2 is the rate at which the variance sigma(t)^2 grows.",
-    "The squared diffusion is the time derivative of the variance; an exponential in t "
-    "differentiates to itself times the log of its base.",
-    "sigma_of_t: sigma_min times a power of the ratio of the two ends; diffusion: sigma(t) "
-    "times the square root of a logarithm.",
+    "Write sigma(t)^2 as a constant raised to the power t, times a constant: which ones? "
+    "Differentiate it in t, then take the square root. Which logarithm does the derivative of "
+    "a^t bring out?",
+    "Checks to run: your sigma at times 0 and 1 must be the two ends of the ladder, and "
+    "halfway their geometric mean. A central difference of the variance in time, with a step "
+    "of 1e-5, must agree with the square of your g to several digits; try a narrow range of "
+    "levels, from 0.5 to 2, and a wide one, from 0.01 to 50.",
 )
 
 # (t, sigma_min, sigma_max): the two ends, the middle, a narrow and a very wide range
@@ -389,10 +392,10 @@ register_hints(
     "Along a trajectory of the ODE the log-density changes at a rate set by the drift's "
     "divergence. You know the density at one end only: carry the points there, and add up "
     "the change on the way.",
-    "With the drift f = -1/2 g(t)^2 s(x, sigma(t)), d/dt log p_t(x(t)) = -div f, so "
-    "log p_0(x(0)) = log p_1(x(1)) + (integral from 0 to 1 of div f dt), and div f is "
-    "-1/2 g(t)^2 times divergence_fn(x, sigma(t)); log p_1 is the prior N(0, sigma_max^2 I), "
-    "normalising constant included.",
+    "Integrate the exercise's rate from t = 0 to t = 1 and solve for log p_0(x(0)). At every "
+    "step you need two things of the drift: its value, to move the points, and its divergence, "
+    "a multiple of divergence_fn (which multiple?). Advance both with the same method, and end "
+    "with the prior's log-density where the points arrive.",
     "Check on a case you can do by hand: for N(0, v I) data, x(1) = x(0) sqrt((v + "
     "sigma_max^2)/(v + sigma_min^2)) and the integral is D/2 log((v + sigma_max^2)/(v + "
     "sigma_min^2)). A first-order (Euler) step needs thousands of steps for 0.01 nats; "
