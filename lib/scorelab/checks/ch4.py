@@ -505,9 +505,9 @@ register_hints(
     "The kernel N(x~; x, sigma^2 I) has the score -(x~ - x) / sigma^2 at x~; write x~ - x in "
     "terms of the noise. The loss of one example is half the squared distance between the "
     "model's output at x~ and that target.",
-    "Three steps: draw the noise (shaped like the batch, from the generator, on its device); call "
-    "the model on the noisy batch; return half the squared error summed over the coordinates, "
-    "one number per example.",
+    "Checks to run: with a model that always returns zeros, each example's loss is "
+    "|z|^2 / (2 sigma^2), about D / (2 sigma^2) on average; two calls with generators seeded "
+    "alike agree; and a batch of N points gives N numbers, not one.",
 )
 register_hints(
     "4.2",

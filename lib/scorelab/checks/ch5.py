@@ -768,8 +768,9 @@ register_hints(
     "SSM-VR's closed-form term 1/2 ||s||^2 holds only when E[v v^T] = I. Work out E[v v^T] "
     "for unit vectors: what do the diagonal entries of v v^T add up to, and how does symmetry "
     "share that among them?",
-    "Only the line that draws the directions changes: keep them on a sphere, but give them the "
-    "length that makes E[v v^T] = I.",
+    "Check your directions before you train: the average of v v^T over 100,000 of them must "
+    "be close to the identity, diagonal and off-diagonal entries alike. Which length makes "
+    "the diagonal come out right?",
 )
 register_hints(
     "5.5",
