@@ -424,7 +424,7 @@ class GaussianMixture:
 
 
 def ncsn_toy_mixture() -> GaussianMixture:
-    """Song & Ermon's (2019, Section 3.2.2) toy: 0.8 N((5, 5), I) + 0.2 N((-5, -5), I)."""
+    """Song & Ermon's (2019, Section 3.2) toy: 0.8 N((5, 5), I) + 0.2 N((-5, -5), I)."""
     return GaussianMixture(
         weights=[0.8, 0.2], means=[[5.0, 5.0], [-5.0, -5.0]], covariances=[1.0, 1.0]
     )
