@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from _checks_helpers import assert_explains, assert_passes, run_check, stub
 from scorelab import checks
+from scorelab.checks import _core
 
 
 def _all_checks():
@@ -111,7 +113,8 @@ def gmm_score(x, weights, means, variances):
 def gmm_score_naive(x, weights, means, variances):
     """Responsibilities as ratios of densities: right near the modes, 0/0 far away."""
     diff = x[:, None, :] - means
-    dens = weights * torch.exp(-0.5 * (diff**2).sum(-1) / variances) / (2 * torch.pi * variances)
+    dens = (weights * torch.exp(-0.5 * (diff**2).sum(-1) / variances)
+            / (2 * torch.pi * variances) ** (x.shape[1] / 2))
     return ((dens / dens.sum(1, keepdim=True))[..., None] * -diff / variances[:, None]).sum(1)
 
 
@@ -1072,7 +1075,7 @@ def test_4_1_accepts_the_solution(capsys):
         (dsm_loss_with_noise_in_float64, ["drawn in float64"]),
         (
             lambda m, x, s, generator=None: dsm_loss(m, x, s, None),
-            ["draw the noise from the generator"],
+            ["global random state", "generator you are given"],
         ),
     ],
 )
@@ -1189,7 +1192,7 @@ def test_5_explains_wrong_answers(capsys, check, vr, options, phrases):
         ),
         (
             lambda m, x, n_projections=1, generator=None: sliced_loss(m, x, n_projections, None),
-            ["directions from the generator"],
+            ["global random state", "generator you are given"],
         ),
         (
             lambda m, x, n_projections=1, generator=None: (
@@ -1658,3 +1661,76 @@ def test_6_1_names_batch_statistics_and_ignored_labels(capsys):
             return super().forward(x, torch.zeros_like(labels))
 
     assert_explains(capsys, checks.exercise_6_1, LevelZero, "ignores labels")
+
+
+# --- a student's tries of chapters 1-3 (second round) -------------------------------------------
+
+
+def test_1_3_a_normalising_constant_written_for_two_dimensions_fails_on_the_3d_mixture(capsys):
+    def two_dimensional(x, weights, means, variances):
+        diff = x[:, None, :] - means[None]
+        log_joint = (torch.log(weights) - 0.5 * (diff**2).sum(-1) / variances
+                     - torch.log(2 * torch.pi * variances))  # -(D/2) log(2 pi v) with D = 2
+        r = torch.softmax(log_joint, dim=1)[..., None]
+        return (r * -diff / variances[None, :, None]).sum(1)
+
+    assert_explains(capsys, checks.exercise_1_3, two_dimensional, "written for D = 2",
+                    "D = 3")
+
+
+def test_1_1_and_1_4_refuse_the_packages_mixture_and_perturbed_banana(capsys):
+    from scorelab.densities import Banana, GaussianMixture
+
+    def packaged(weights, means, covs, sigma):
+        return GaussianMixture(weights, means, covs).perturbed(sigma).covariance.double()
+
+    assert_explains(capsys, checks.exercise_1_1, packaged, "calls the package's",
+                    "GaussianMixture")
+
+    def nearly_clean(x, curvature=0.5, scale=1.0):
+        return Banana(curvature, scale).perturbed_score(x, 1e-6)
+
+    assert_explains(capsys, checks.exercise_1_4, nearly_clean, "calls the package's Banana")
+
+
+def test_3_6_names_a_sampler_that_writes_into_x0(capsys):
+    def in_place(score_fn, x0, sigmas, step_size, n_steps_each, seed=0):
+        generator, x = torch.Generator().manual_seed(seed), x0
+        for sigma in sigmas.tolist():
+            alpha = step_size * (sigma / sigmas[-1].item()) ** 2
+            for _ in range(n_steps_each):
+                z = torch.randn(x.shape, generator=generator)
+                x += alpha / 2 * score_fn(x, sigma) + math.sqrt(alpha) * z
+        return x
+
+    assert_explains(capsys, checks.exercise_3_6, in_place, "changed the tensor it was given")
+
+
+def test_3_5_accepts_a_ladder_recomputed_in_float64(capsys):
+    def recomputed(score_fn, x0, sigmas, step_size, n_steps_each, generator=None):
+        first, last, n = sigmas[0].item(), sigmas[-1].item(), len(sigmas)
+        ladder = [first * (last / first) ** (i / (n - 1)) for i in range(n)]
+        x = x0.clone()
+        for sigma in ladder:
+            alpha = step_size * (sigma / ladder[-1]) ** 2
+            for _ in range(n_steps_each):
+                z = torch.randn(x.shape, generator=generator)
+                x = x + alpha / 2 * score_fn(x, sigma) + math.sqrt(alpha) * z
+        return x
+
+    assert_passes(capsys, checks.exercise_3_5, recomputed)
+
+
+def test_3_4_names_a_count_in_place_of_a_share(capsys):
+    def count(x0, generator=None):
+        return plain_langevin_share(x0, generator) * len(x0)
+
+    assert_explains(capsys, checks.exercise_3_4, (count, "b"), "a number of samples")
+
+
+def test_a_missing_return_is_named_and_a_0d_array_is_a_number(capsys):
+    def forgot_return(x, weights, means, variances):
+        gmm_score(x, weights, means, variances)
+
+    assert_explains(capsys, checks.exercise_1_3, forgot_return, "return statement missing")
+    assert _core.to_float(np.array(2.5), what="answer") == 2.5

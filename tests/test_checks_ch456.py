@@ -79,7 +79,7 @@ def test_4_4_accepts_the_fix(capsys, grading):
         (lambda m, x, s, generator=None: s**2 * dsm()(m, x, s, generator), ["lambda(sigma)"]),
         (lambda m, x, s, generator=None: dsm()(m, x, s, generator) / x.shape[1],
          ["average over the dimensions"]),
-        (lambda m, x, s, generator=None: dsm()(m, x, s, None), ["identically seeded"]),
+        (lambda m, x, s, generator=None: dsm()(m, x, s, None), ["global random state"]),
     ],
 )
 def test_4_4_explains_wrong_fixes(capsys, answer, phrases):
@@ -985,7 +985,7 @@ def test_6_5_names_a_profile_that_ignores_the_generator(capsys):
         return score_norm_profile(score_fn, x, sigmas, None)
 
     assert_explains(capsys, checks.exercise_6_5, [own_noise, network_score],
-                    "identically seeded generators", "generator=generator")
+                    "global random state", "generator=")
 
 
 def test_6_3_and_6_4_refuse_the_packages_rules(capsys):
@@ -1044,3 +1044,53 @@ def test_4_1_and_6_2_refuse_the_packages_private_and_weighted_losses(capsys):
         return sigma_weighted_dsm(lambda y: model(y, labels), x, sigmas[labels], z)
 
     assert_explains(capsys, checks.exercise_6_2, [annealed], "sigma_weighted_dsm")
+
+
+# --- a student's tries of chapters 4-6 (second round) -------------------------------------------
+
+
+def test_the_packages_private_losses_are_refused_too(capsys):
+    from scorelab import training
+
+    def weighted(model, x, sigma, generator=None):
+        z = torch.randn(x.shape, generator=generator)
+        return training._sigma_weighted_dsm(model, x, torch.full((len(x),), sigma), z) / sigma**2
+
+    def trainer(model, x, n_projections=1, generator=None):
+        return training.SlicedScoreMatching(model, n_projections).per_example_loss(x, generator)
+
+    def private_annealed(model, x, sigmas, labels, generator=None):
+        return training._annealed_dsm_loss(model, x, sigmas, labels, None, generator)
+
+    assert_explains(capsys, checks.exercise_4_1, weighted, "calls the package's")
+    assert_explains(capsys, checks.exercise_5_1, trainer, "calls the package's")
+    assert_explains(capsys, checks.exercise_6_2, private_annealed, "calls the package's")
+
+
+def test_a_reseeded_or_unused_generator_is_named(capsys):
+    def reseeding(model, x, sigma, generator=None):
+        torch.manual_seed(0)
+        z = torch.randn(x.shape, generator=generator)
+        return 0.5 * ((model(x + sigma * z) + z / sigma) ** 2).sum(dim=1)
+
+    def no_generator(matrix, n_draws=20_000, generator=None):
+        return spread_ratio()(matrix, n_draws, None)
+
+    def seeded_profile(score_fn, x, sigmas, generator=None):
+        torch.manual_seed(0)
+        return score_norm_profile(score_fn, x, sigmas, None)
+
+    assert_explains(capsys, checks.exercise_4_1, reseeding, "global random")
+    assert_explains(capsys, checks.exercise_5_5, no_generator, "global random")
+    assert_explains(capsys, checks.exercise_6_5, (seeded_profile, network_score),
+                    "global random")
+
+
+def test_a_package_call_that_raises_is_refused_not_blamed_on_the_student(capsys):
+    from scorelab.noise import langevin_variance_ratio
+
+    def wrong_order(eps, sigma_L, gamma, n_steps):
+        return langevin_variance_ratio(eps, sigma_L, gamma, n_steps)  # gamma and sigma_L swapped
+
+    assert_explains(capsys, checks.exercise_6_3, (annealed_step, authors_step_lr, wrong_order),
+                    "calls the package's")

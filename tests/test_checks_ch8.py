@@ -152,7 +152,7 @@ def test_8_3(capsys):
     assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, factor=0.5), "half of alpha")
     assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, noise=2.0),
                     "noise sqrt(2 alpha) z", "the course's step adds sqrt(alpha) z")
-    assert_explains(capsys, checks.exercise_8_3, full_score_step, "pulls twice as hard")
+    assert_explains(capsys, checks.exercise_8_3, full_score_step, "half the target's variance")
     assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.3),
              "forgotten its start")
     assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.0),
@@ -446,3 +446,75 @@ def test_8_4_names_minus_g_s(capsys):
         return -math.sqrt(sde.g2(t)) * score_fn(x, sde.sigma(t))
 
     assert_explains(capsys, checks.exercise_8_4, g_not_squared, "the drift is -g s")
+
+
+# --- a student's tries of chapter 8 ------------------------------------------------------------
+
+
+def fixed_step_size(snr, n_steps=200):
+    """The corrector with its step size computed once, before the loop: 1 / (1 - snr^2)."""
+    generator = torch.Generator().manual_seed(0)
+    x = math.sqrt(2.0) * torch.randn(1_000, 100, generator=generator)
+    alpha = corrector_step_size(-x / 2.0, torch.randn(x.shape, generator=generator), snr)
+    for _ in range(n_steps):
+        z = torch.randn(x.shape, generator=generator)
+        x = x + 0.5 * alpha * (-x / 2.0) + math.sqrt(alpha) * z
+    return x.var().item() / 2.0
+
+
+def test_8_3_names_a_step_size_kept_a_theory_in_float32_and_a_standard_deviation(capsys):
+    assert_explains(capsys, checks.exercise_8_3, fixed_step_size, "1 / (1 - snr^2)",
+                    "computed once")
+    assert_explains(capsys, checks.exercise_8_3, lambda snr: float(1 + torch.tensor(snr) ** 2),
+                    "not a measurement")
+    assert_explains(capsys, checks.exercise_8_3, lambda snr: math.sqrt(2 * measure(snr)) / 2,
+                    "standard deviation over the target's variance")
+
+
+def test_8_2_names_a_missing_drift_the_authors_noise_and_an_ignored_z(capsys):
+    def no_drift(score_fn, sde, x, t, dt, z):
+        return x + math.sqrt(sde.g2(t) * dt) * z
+
+    def authors_noise(score_fn, sde, x, t, dt, z):
+        return x + sde.g2(t) * dt * score_fn(x, sde.sigma(t)) + math.sqrt(2 * sde.g2(t) * dt) * z
+
+    def own_seed(score_fn, sde, x, t, dt, z):
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+        return em_step(score_fn, sde, x, t, dt, noise)
+
+    assert_explains(capsys, checks.exercise_8_2, no_drift, "the drift is missing")
+    assert_explains(capsys, checks.exercise_8_2, authors_noise, "sqrt(2 g^2 dt) z")
+    assert_explains(capsys, checks.exercise_8_2, own_seed, "same step for z and for -z")
+
+
+def test_8_4_names_a_base_10_logarithm_and_refuses_the_packages_drift(capsys):
+    from scorelab.sde import _ode_drift
+
+    def log10_drift(score_fn, sde, x, t):
+        g2 = 2 * sde.sigma(t) ** 2 * math.log10(sde.sigma_max / sde.sigma_min)
+        return -0.5 * g2 * score_fn(x, sde.sigma(t))
+
+    assert_explains(capsys, checks.exercise_8_4, log10_drift, "base-10 logarithm")
+    assert_explains(capsys, checks.exercise_8_4, _ode_drift, "calls the package's")
+
+
+def test_8_5_names_bits_and_a_constant_offset_and_refuses_the_packages_flow(capsys):
+    from scorelab.sde import probability_flow
+
+    right = make_log_likelihood()
+
+    def in_bits(score_fn, divergence_fn, sde, x0):
+        return right(score_fn, divergence_fn, sde, x0) / math.log(2.0)
+
+    def without_two_pi(score_fn, divergence_fn, sde, x0):
+        return right(score_fn, divergence_fn, sde, x0) + x0.shape[1] / 2 * math.log(2 * math.pi)
+
+    def along_the_package_flow(score_fn, divergence_fn, sde, x0):
+        probability_flow(score_fn, sde, x0, direction="forward")  # x(1), then the integral
+        return right(score_fn, divergence_fn, sde, x0)
+
+    assert_explains(capsys, checks.exercise_8_5, in_bits, "bits")
+    assert_explains(capsys, checks.exercise_8_5, without_two_pi, "off by the same",
+                    "normalising constant")
+    assert_explains(capsys, checks.exercise_8_5, along_the_package_flow,
+                    "calls the package's", "probability_flow")

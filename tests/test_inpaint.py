@@ -241,7 +241,7 @@ def test_completion_shares_on_real_digits_and_on_blanks():
 def test_images_off_the_unit_interval_are_refused_with_a_hint():
     model = GaussianImageModel(SIGMAS, n_steps_each=1)
     with pytest.raises(ValueError, match=r"images must lie on the data's scale \[0, 1\], got "
-                                         r"values from 0 to 255 \(divide .* by 255\)"):
+                                         r"values from 0 to 255 \(divide .* by 255;"):
         inpaint(model, torch.tensor([0.0, 255.0, 3.0, 7.0]).reshape(1, 1, 2, 2), torch.ones(2, 2))
     with pytest.raises(ValueError, match=r"images must lie on the data's scale \[0, 1\]"):
         inpaint(model, torch.full((1, 1, 2, 2), -0.5), torch.ones(2, 2))

@@ -109,6 +109,29 @@ def test_truncated_checkpoint_gives_a_clear_error(tmp_path, single_thread):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_a_flipped_byte_inside_a_tensor_is_called_corrupt(tmp_path, single_thread):
+    """A checkpoint whose bytes changed after it was written fails the archive's CRC check:
+    loading, and resuming from it, refuse instead of training on a wrong weight."""
+    _tiny_run(tmp_path)
+    path = latest_checkpoint(tmp_path)
+    data = bytearray(path.read_bytes())
+    weights = read_checkpoint(path)["model"]
+    name, tensor = max(weights.items(), key=lambda item: item[1].numel())
+    start = bytes(data).find(tensor.numpy().tobytes())  # the stored bytes of the largest tensor
+    assert start > 0, name
+    data[start + 4] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt.*CRC"):
+        load_checkpoint(path)
+    torch.manual_seed(0)
+    model = NCSN(ngf=2, sigmas=geometric_sigmas(1.0, 0.1, 3))
+    with pytest.raises(CheckpointError, match="corrupt.*CRC"):
+        train_NCSN(model, torch.rand(16, 1, 8, 8), n_steps=6, batch_size=4, out_dir=tmp_path,
+                   resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="must be a str or a path"):
+        load_checkpoint(None)
+
+
 def test_resume_with_a_truncated_latest_checkpoint_refuses_to_restart(tmp_path, single_thread):
     _tiny_run(tmp_path)
     path = latest_checkpoint(tmp_path)

@@ -60,3 +60,19 @@ def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
 def test_unknown_pretrained_name_raises():
     with pytest.raises(ValueError, match="name must be one of the shipped models"):
         load_pretrained("cifar10")
+
+
+def test_a_chain_that_blows_up_is_not_hidden_by_the_clamp():
+    import warnings
+
+    from scorelab.ncsn.refinenet import summary_table
+
+    model = load_pretrained("digits")
+    with pytest.warns(RuntimeWarning, match="unstable at this step size"):
+        model.sample(4, step_size=1.0, n_steps_each=5, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.sample(4, generator=torch.Generator().manual_seed(0))
+    assert summary_table(model) == summary_table(model.net)
+    with pytest.raises(ValueError, match="net must be a CondRefineNetDilated"):
+        summary_table(object())

@@ -137,3 +137,15 @@ def test_a_bad_output_period_is_named_by_its_argument(tmp_path):
     for name in ("checkpoint_every", "sample_every"):
         with pytest.raises(ValueError, match=f"{name} must be a positive integer, got -5"):
             train_NCSN(model, data, n_steps=2, out_dir=tmp_path, progress=False, **{name: -5})
+
+
+def test_images_off_the_unit_interval_and_a_fractional_seed_are_refused():
+    import pytest
+
+    model = NCSN(ngf=2, sigmas=geometric_sigmas(1.0, 0.1, 3))
+    images = torch.rand(8, 1, 8, 8)
+    for scaled in (255 * images, 2 * images - 1):
+        with pytest.raises(ValueError, match=r"data must lie on the data's scale \[0, 1\]"):
+            train_NCSN(model, scaled, n_steps=1, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"seed must be an integer"):
+        train_NCSN(model, images, n_steps=1, batch_size=4, seed=0.5, progress=False)

@@ -473,3 +473,49 @@ def test_checkpoint_writer_killed_mid_write_leaves_the_previous_checkpoint(tmp_p
     assert not (folder / "step_0000006.pt").exists()
     assert latest_checkpoint(tmp_path) == folder / "step_0000004.pt"
     assert load_checkpoint(latest_checkpoint(tmp_path)).config()["ngf"] == 2
+
+
+# --- silently wrong input found by a review: now a clear error (or a warning) ------------------
+
+
+def test_a_ladder_of_another_length_than_the_model_is_refused():
+    from scorelab.scores import as_score_fn
+
+    net = nets.NoiseConditionalNetwork(2, 3, sigmas=[1.0, 0.5, 0.1])
+    with pytest.raises(ValueError, match=r"sigmas must hold as many levels as the model has \(3\), got 2"):
+        as_score_fn(net, [1.0, 0.1])
+    with pytest.raises(ValueError, match=r"as many levels as the model has \(3\), got 4"):
+        training.annealed_dsm_loss(net, torch.zeros(4, 2), [2.0, 1.0, 0.5, 0.1])
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: __import__("scorelab.data", fromlist=["x"]).load_digits(dequantize="no"), "dequantize"),
+    (lambda: training.mixed_precision("cpu", "no"), "amp"),
+    (lambda: metrics.fisher_divergence(lambda x: -x, lambda x: -x, torch.zeros(3, 2),
+                                       relative="no"), "relative"),
+    (lambda: annealed_langevin_dynamics(lambda x, s: -x, torch.zeros(3, 2), [1.0, 0.5], 0.1, 2,
+                                        denoise="no", progress=False), "denoise"),
+])
+def test_a_truthy_string_is_not_taken_for_true(call, name):
+    with pytest.raises(ValueError, match=f"{name} must be True or False, got 'no'"):
+        call()
+
+
+def test_numbers_given_as_strings_and_one_level_ladders_upside_down_are_refused():
+    with pytest.raises(ValueError, match="step_size must be a positive number, got '0.1'"):
+        langevin_dynamics(lambda x: -x, torch.zeros(3, 2), "0.1", 5, progress=False)
+    with pytest.raises(ValueError, match="sigma_min must be smaller than sigma_max"):
+        geometric_sigmas(1.0, 5.0, 1)
+    assert geometric_sigmas(1.0, 0.5, 1).tolist() == [1.0]
+
+
+def test_explorers_refuse_a_start_outside_their_sliders():
+    pytest.importorskip("ipywidgets")
+    from scorelab import widgets
+
+    with pytest.raises(ValueError, match=r"step_size must start inside the slider's range"):
+        widgets.langevin_explorer(step_size=100)
+    with pytest.raises(ValueError, match=r"weight must start inside the slider's range"):
+        widgets.mixture_explorer(weight=0.99)
+    with pytest.raises(ValueError, match=r"sigma must start inside"):
+        widgets.dsm_explorer(sigma=10)

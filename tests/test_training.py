@@ -639,3 +639,20 @@ def test_batches_take_a_saved_state_and_check_the_device_at_once():
     with pytest.raises(ValueError, match="device must be a torch.device or a device name"):
         Batches(torch.zeros(5, 2), 2, device="nonsense")
     assert Batches(torch.zeros(5, 2), 2, device="cpu").device == torch.device("cpu")
+
+
+def test_memorised_dsm_floor_is_zero_for_one_point_and_positive_where_points_blur():
+    from scorelab.training import memorised_dsm_floor
+
+    one = memorised_dsm_floor(torch.rand(1, 4), [2.0, 0.5, 0.1])
+    assert one.shape == (3,) and one.abs().max() < 1e-12  # the noise is all there is to guess
+    two = torch.tensor([[0.0], [1.0]])
+    floors = memorised_dsm_floor(two, [100.0, 0.5, 0.01], n=20_000,
+                                 generator=torch.Generator().manual_seed(0))
+    # far apart for sigma = 0.01, one blur for sigma = 100: near 0 at both ends, not between
+    assert floors[0] < 1e-3 and floors[2] < 1e-6 and floors[1] > 0.05
+    again = memorised_dsm_floor(two, [100.0, 0.5, 0.01], n=20_000,
+                                generator=torch.Generator().manual_seed(0))
+    assert torch.equal(floors, again)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        memorised_dsm_floor(two, [1.0], n=0)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from scorelab._tensors import check_generator_device
 
 
 def check_positive(name: str, value) -> float:
-    """Return ``value`` as a float, or raise if it is not a finite number > 0."""
+    """Return ``value`` as a float, or raise if it is not a finite number > 0 (strings such as
+    ``'0.1'`` and booleans are refused: ``float`` would turn them into numbers)."""
+    if isinstance(value, (str, bytes, bool)):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -186,3 +191,61 @@ def call_on_samples(fn: Callable, x: torch.Tensor, *args, diverged: Callable[[],
         if bool(torch.isfinite(x).all()):
             raise
         raise diverged() from error
+
+
+def model_levels(model) -> int | None:
+    """The number of noise levels a noise-conditional model has, where it says so: the first
+    ``n_levels`` or ``num_classes`` int of its modules (the model first); None otherwise (also
+    for a plain function)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    for module in model.modules():
+        for attribute in ("n_levels", "num_classes"):
+            value = getattr(module, attribute, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    return None
+
+
+def check_ladder_fits(model, n_levels: int, name: str = "sigmas") -> None:
+    """Raise if ``model`` says how many noise levels it has and the ladder ``name`` holds
+    another number: level i of the ladder would then be scored as another level."""
+    levels = model_levels(model)
+    if levels is not None and levels != n_levels:
+        raise ValueError(f"{name} must hold as many levels as the model has ({levels}), "
+                         f"got {n_levels}")
+
+
+def check_unit_interval(name: str, images: torch.Tensor) -> torch.Tensor:
+    """Raise unless every value of the floating tensor ``images`` lies on the data's scale
+    [0, 1] (the noise ladders are set for it): images of 0..255, or rescaled to [-1, 1],
+    would train and sample without a word, on the wrong scale."""
+    low, high = torch.aminmax(images.detach())
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"{name} must lie on the data's scale [0, 1], got values from {float(low):.4g} to "
+            f"{float(high):.4g} (divide images of 0..255 by 255; map [-1, 1] to (x + 1) / 2)"
+        )
+    return images
+
+
+def check_flag(name: str, value) -> bool:
+    """Return ``value`` if it is True or False (a NumPy bool too), else raise: a string such as
+    ``"no"`` is truthy, and would switch the option on."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def clamp_to_unit_interval(images: torch.Tensor, what: str) -> torch.Tensor:
+    """``images`` clamped to the data's [0, 1], with a warning when the sampler's last state
+    strayed far outside (below -1 or above 2): clamping would hide a chain that blew up at
+    too large a step, returning images whose pixels are almost all exactly 0 or 1."""
+    low, high = torch.aminmax(images.detach())
+    if low < -1 or high > 2:
+        warnings.warn(
+            f"{what}: before clamping to [0, 1] the samples reached values from "
+            f"{float(low):.3g} to {float(high):.3g}: the chain is unstable at this step size "
+            "(try a smaller step_size), and the clamped images are mostly 0 or 1.",
+            RuntimeWarning, stacklevel=3)
+    return images.clamp(0.0, 1.0)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from scorelab._tensors import rand
+from scorelab._validation import check_flag
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.3
@@ -77,7 +78,7 @@ def load_digits(
         chosen = train if split == "train" else test
         images, labels = images[chosen], labels[chosen]
     pixels = torch.from_numpy(images).unsqueeze(1)  # (N, 1, 8, 8), integers 0..16
-    if dequantize:
+    if check_flag("dequantize", dequantize):
         noise = rand(pixels.shape, generator=generator)  # a generator on the CPU (the data's)
         x = (pixels + noise) / DIGITS_GREY_LEVELS
     else:

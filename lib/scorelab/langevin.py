@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from scorelab._tensors import broadcast_like, sum_except_batch
 from scorelab._validation import (call_on_samples, check_batch, check_callable, check_generator,
-                                  check_positive, check_positive_int, check_score_shape)
+                                  check_flag, check_positive, check_positive_int,
+                                  check_score_shape)
 from scorelab.noise import check_sigmas, geometric_sigmas  # noqa: F401 (its earlier home)
 from scorelab.scores import ScoreFn as NoiseConditionalScoreFn
 
@@ -300,6 +301,7 @@ def annealed_langevin_dynamics(
     sigmas = check_sigmas(sigmas).tolist()
     epsilon = check_positive("step_size", step_size)
     n_steps_each = check_positive_int("n_steps_each", n_steps_each)
+    denoise = check_flag("denoise", denoise)
     with _Chain(x0, len(sigmas) * n_steps_each, generator=generator, extra_frames=int(denoise),
                 return_trajectory=return_trajectory, record_every=record_every,
                 progress=progress, check_every=check_every,

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from scorelab._validation import (check_batch, check_callable, check_points, check_positive,
-                                  check_positive_int, check_score_shape, check_values)
+                                  check_flag, check_positive_int, check_score_shape,
+                                  check_values)
 from scorelab.scores import sigma_per_example
 
 DIGITS_PIXELS = 64  # 8 x 8
@@ -101,7 +102,7 @@ def fisher_divergence(
         true = _finite_score("true_score_fn", true_score_fn(chunk, *levels), chunk)
         error += float(((model - true) ** 2).reshape(len(chunk), -1).sum(dim=1).sum())
         norm += float((true**2).reshape(len(chunk), -1).sum(dim=1).sum())
-    if relative:
+    if check_flag("relative", relative):
         if norm == 0:
             raise ValueError("relative Fisher divergence needs a true score that is not zero on x")
         return error / norm

@@ -30,7 +30,7 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, n_levels: int) -> torch
     sigma_min = check_positive_real("sigma_min", sigma_min)
     n_levels = check_positive_int("n_levels", n_levels)
     _check_float32_range("sigma_max", sigma_max)
-    if n_levels == 1:
+    if n_levels == 1 and sigma_min <= sigma_max:  # a one-level ladder holds sigma_max alone
         return torch.tensor([sigma_max], dtype=torch.float32)
     _check_float32_range("sigma_min", sigma_min)
     if sigma_min >= sigma_max:

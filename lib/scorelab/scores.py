@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from scorelab._validation import check_positive, check_positive_values
+from scorelab._validation import check_ladder_fits, check_positive, check_positive_values
 from scorelab.noise import check_sigmas
 
 __all__ = ["ScoreFn", "sigma_per_example", "sigma_to_level", "as_score_fn"]
@@ -122,6 +122,7 @@ def as_score_fn(net: Callable, sigmas=None) -> ScoreFn:
         return score_fn
 
     ladder = check_sigmas(sigmas).double()  # float64, as the level search compares
+    check_ladder_fits(net, len(ladder))
 
     def level_score_fn(x: torch.Tensor, sigma) -> torch.Tensor:
         if isinstance(sigma, torch.Tensor):

@@ -33,8 +33,8 @@ from scorelab._tensors import (
     broadcast_like, randint, randn_like, randperm, same_device, sum_except_batch,
 )
 from scorelab._validation import (
-    check_batch, check_batch_shape, check_labels, check_positive, check_positive_int,
-    check_positive_values, check_score_shape, check_values,
+    check_batch, check_batch_shape, check_flag, check_labels, check_ladder_fits, check_positive,
+    check_positive_int, check_positive_values, check_score_shape, check_values,
 )
 from scorelab.noise import check_sigmas
 
@@ -84,6 +84,7 @@ def annealed_dsm_loss(
     """
     x = check_batch("x", x)
     checked = check_sigmas(sigmas)
+    check_ladder_fits(model, len(checked))
     # A floating tensor is used as given (its dtype kept); anything else as the checked ladder.
     if not (isinstance(sigmas, torch.Tensor) and sigmas.is_floating_point()):
         sigmas = checked
@@ -141,6 +142,36 @@ def _sigma_weighted_dsm(score_at, x, sigma, noise) -> torch.Tensor:
     scaled = broadcast_like(sigma, x)  # (N, 1, ..., 1)
     score = _score(score_at, x + scaled * noise)  # s(x + sigma z, sigma)
     return 0.5 * sum_except_batch((scaled * score + noise) ** 2)
+
+
+def memorised_dsm_floor(data: torch.Tensor, sigmas, *, n: int = 2000,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """The annealed DSM loss, level by level, of a model that memorised ``data`` (L,).
+
+    Such a model knows the exact score of the training set's own perturbed distribution,
+    p_sigma = (1/M) sum_j N(x_j, sigma^2 I) for the M points of ``data``: with the posterior
+    weights w_j(x~) = softmax_j(-|x~ - x_j|^2 / (2 sigma^2)), the score is
+    (sum_j w_j x_j - x~) / sigma^2 (Tweedie's formula), and its loss on the training points,
+    1/2 E|sigma s(x~) + z|^2 (Song & Ermon 2019, Eq. 5-6, lambda = sigma^2), is the lowest any
+    model reaches there. It is 0 only where the noise leaves no doubt which point it came from
+    (small sigma) and where the posterior mean barely moves (large sigma); a network's loss
+    far above it has not memorised the data.
+
+    ``data`` (M, *D) finite floats; ``sigmas`` a ladder (L,); ``n`` noisy draws a level (the
+    Monte Carlo error of each level's value is about its spread over sqrt(n)). Float64 inside.
+    """
+    data = check_batch("data", data).detach().reshape(len(data), -1).double()  # (M, D)
+    levels = check_sigmas(sigmas).double().tolist()
+    n = check_positive_int("n", n)
+    floors = []
+    for sigma in levels:
+        picks = randint(len(data), (n,), generator=generator, device=data.device)
+        z = randn_like(data[picks], generator=generator)  # (n, D)
+        noisy = data[picks] + sigma * z
+        weights = torch.softmax(-torch.cdist(noisy, data) ** 2 / (2 * sigma**2), dim=1)  # (n, M)
+        residual = z - (noisy - weights @ data) / sigma  # sigma s(x~) + z
+        floors.append(0.5 * residual.square().sum(dim=1).mean())
+    return torch.stack(floors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +502,7 @@ def mixed_precision(device, amp: bool) -> tuple[torch.dtype | None, torch.amp.Gr
     (older GPUs such as Colab's T4, where PyTorch would only emulate bf16, slowly). Elsewhere
     (the CPU): bfloat16 autocast.
     """
-    if not amp:
+    if not check_flag("amp", amp):
         return None, None
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
@@ -818,17 +849,6 @@ def process_group() -> tuple[int, int]:
     return 0, 1
 
 
-def _model_levels(model: torch.nn.Module) -> int | None:
-    """The number of noise levels a noise-conditional model has, where it says so: the first
-    ``n_levels`` or ``num_classes`` int of its modules (the model first); None otherwise."""
-    for module in model.modules():
-        for attribute in ("n_levels", "num_classes"):
-            value = getattr(module, attribute, None)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-    return None
-
-
 class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
     """Train a noise-conditional score model over a ladder of noise levels (Song & Ermon 2019).
 
@@ -861,10 +881,7 @@ class AnnealedDenoisingScoreMatching(ScoreMatchingTrainer):
                  ema_rate: float | None = None, amp: bool = False, compile: bool = False,
                  distributed: bool = False) -> None:
         self.sigmas = check_sigmas(sigmas)
-        levels = _model_levels(_check_model(model))
-        if levels is not None and levels != len(self.sigmas):
-            raise ValueError(f"sigmas must hold as many levels as the model has ({levels}), "
-                             f"got {len(self.sigmas)}")
+        check_ladder_fits(_check_model(model), len(self.sigmas))
         self._ladder = self.sigmas  # the ladder on the data's device and dtype (see _ladder_like)
         self.rank, self.world_size = process_group() if distributed else (0, 1)
         super().__init__(model, lr=lr, ema_rate=ema_rate, amp=amp, compile=compile)

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from scorelab import plotting
 from scorelab._tensors import randn
 from scorelab._validation import check_positive, check_positive_int
+from scorelab.seeding import check_seed
 from scorelab.densities import GaussianMixture, ncsn_toy_mixture
 from scorelab.langevin import langevin_dynamics
 from scorelab.metrics import fisher_divergence, mode_weights
@@ -116,7 +117,7 @@ def draw_langevin(ax: Axes, step_size: float = 0.05, n_steps: int = 200, *,
     n_particles = check_positive_int("n_particles", n_particles)
     mixture = GaussianMixture(torch.tensor([0.7, 0.3]), torch.tensor([[-1.2, -0.6], [1.2, 0.6]]),
                               torch.tensor([0.7, 0.7]))
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(check_seed(seed))
     x0 = torch.tensor([3.5, -3.5]) + 0.3 * randn((n_particles, 2), generator=generator)
     x = langevin_dynamics(mixture.score, x0, step_size, n_steps, generator=generator,
                           progress=False)  # (n_particles, 2)
@@ -164,7 +165,7 @@ def draw_dsm(ax: Axes, sigma: float = 0.5, *, n_samples: int = 2000, seed: int =
     mixture = GaussianMixture(torch.tensor([0.7, 0.3]), torch.tensor([[-2.0, -2.0], [2.0, 2.0]]),
                               torch.tensor([0.5, 0.5]))
     level = mixture.perturbed(sigma)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(check_seed(seed))
     clean = mixture.sample(n_samples, generator=generator)  # (n_samples, 2)
     noisy = clean + sigma * randn(clean.shape, generator=generator)
     bias = fisher_divergence(level.score, mixture.score, clean, relative=True)
@@ -242,9 +243,17 @@ def _explorer(draw: Callable[..., Axes], sliders: dict, figsize: tuple[float, fl
     return explorer
 
 
-def _slider(kind: str, value, description: str, **bounds):
+def _slider(kind: str, value, description: str, argument: str | None = None, **bounds):
+    """A slider starting at ``value``, which must lie in its range: ipywidgets would move a
+    start value outside it to the nearest end without a word."""
     import ipywidgets
 
+    low, high = bounds["min"], bounds["max"]
+    if kind == "log":
+        low, high = bounds["base"] ** low, bounds["base"] ** high
+    if not low <= value <= high:
+        raise ValueError(f"{argument or description} must start inside the slider's range "
+                         f"[{low:.4g}, {high:.4g}], got {value!r}")
     style = {"description_width": "initial"}
     cls = {"float": ipywidgets.FloatSlider, "log": ipywidgets.FloatLogSlider,
            "int": ipywidgets.IntSlider}[kind]
@@ -277,8 +286,8 @@ def langevin_explorer(step_size: float = 0.05, n_steps: int = 200):
     check_positive("step_size", step_size)
     check_positive_int("n_steps", n_steps)
     return _explorer(draw_langevin, {
-        "step_size": _slider("log", step_size, "step size", base=10, min=-3, max=0.3, step=0.1),
-        "n_steps": _slider("int", n_steps, "steps", min=1, max=1000, step=10),
+        "step_size": _slider("log", step_size, "step size", "step_size", base=10, min=-3, max=0.3, step=0.1),
+        "n_steps": _slider("int", n_steps, "steps", "n_steps", min=1, max=1000, step=10),
     }, figsize=(4.5, 4.5))
 
 

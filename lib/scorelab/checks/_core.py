@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 
 PASS_MARK = "✅"
@@ -133,10 +134,10 @@ KNOWN_ERRORS = {
     "must be Tensor, not float": "the numbers are Python floats, as in your own calls: torch "
     "functions such as torch.sqrt and torch.exp take tensors, so use math.sqrt, math.exp (or "
     "** 0.5) on floats",
-    "vmap: It looks like you're either (1) calling .item()": "the package's densities check "
-    "their input (finite values, the right shape), which torch.func.vmap cannot trace; "
-    "differentiate the batch's summed log-density instead, torch.autograd.grad(log_p.sum(), x) "
-    "(each point's gradient is its own term's)",
+    "vmap: It looks like you're": "the package's densities and networks check their input "
+    "(finite values, the right shape), which torch.func.vmap cannot trace; work on the whole "
+    "batch instead: differentiate a sum over the points, torch.autograd.grad(log_p.sum(), x) "
+    "(each point's gradient is its own term's), or take vector-Jacobian products",
     "must have shape (N, ": "the network takes a batch of points (N, D): flatten any extra leading "
     "dimensions with x.reshape(-1, D), call it, and reshape its output back",
 }
@@ -183,6 +184,10 @@ def refuse_calls(functions: Iterable[Callable], message: str):
     sys.setprofile(watch)
     try:
         yield
+    except Exception:
+        if called:  # the package's function ran (and perhaps raised): say that first
+            raise Mismatch(message) from None
+        raise
     finally:
         sys.setprofile(None)
     if called:
@@ -260,7 +265,7 @@ def expect_tensor(
     if not isinstance(value, torch.Tensor):
         raise Mismatch(
             f"{what} should be a torch.Tensor of shape {shape}, but your code returned "
-            f"a {type(value).__name__}."
+            f"a {type(value).__name__}.{_missing_return(value)}"
         )
     if tuple(value.shape) != tuple(shape):
         hint = ""
@@ -380,6 +385,9 @@ def to_float(value, *, what: str) -> float:
     """
     if value is Ellipsis:
         raise NotImplementedError(f"{what} is still ...")
+    if isinstance(value, np.ndarray) and value.ndim == 0 and np.isrealobj(value) \
+            and value.dtype != bool:
+        value = value.item()  # a 0-d array, e.g. from np.array(x) or np.mean
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise Mismatch(
@@ -388,9 +396,15 @@ def to_float(value, *, what: str) -> float:
         return float(value.detach())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise Mismatch(
-            f"{what} should be a number, but your code returned a {type(value).__name__}."
+            f"{what} should be a number, but your code returned a "
+            f"{type(value).__name__}.{_missing_return(value)}"
         )
     return float(value)
+
+
+def _missing_return(value) -> str:
+    """A hint for an answer that is None: a function without ``return`` gives None."""
+    return " Is a return statement missing?" if value is None else ""
 
 
 def expect_loss(value, *, name: str, what: str, n: int) -> torch.Tensor:

@@ -14,7 +14,8 @@ import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_tensor, expect_untouched,
-                                   package_refused, refuse_calls, register_hints, to_float)
+                                   package_refused, refuse_calls, register_hints, to_float,
+                                   without_package)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 
@@ -36,13 +37,23 @@ def _mixtures():
         torch.tensor([[1.0, 1.0], [-3.0, 0.5], [0.0, -2.0], [4.0, 3.0]]),
         torch.tensor([0.3, 1.5, 0.8, 1.0]),
     )
-    named = cases([("equal", equal), ("unequal", unequal)], [("a hidden mixture", hidden)])
+    in_3d = (  # unequal variances in D = 3: a normalising constant written for D = 2 shows
+        torch.tensor([0.3, 0.7]),
+        torch.tensor([[0.0, 0.0, 0.0], [2.0, -1.0, 1.0]]),
+        torch.tensor([0.5, 2.0]),
+    )
+    named = cases([("equal", equal), ("unequal", unequal), ("in 3-D", in_3d)],
+                  [("a hidden mixture", hidden)])
     return dict(named)
 
 
-def _points(generator_seed: int = 1) -> torch.Tensor:
+_MIXTURE_NAMES = {"equal": "the mixture with equal variances",
+                  "unequal": "the mixture with unequal variances", "in 3-D": "a mixture in 3-D"}
+
+
+def _points(generator_seed: int = 1, dim: int = 2) -> torch.Tensor:
     generator = torch.Generator().manual_seed(generator_seed)
-    return 3.0 * torch.randn(64, 2, generator=generator)  # (64, 2) around the modes
+    return 3.0 * torch.randn(64, dim, generator=generator)  # (64, D) around the modes
 
 
 FAR_POINTS = torch.tensor([[40.0, 40.0], [-60.0, 25.0], [0.0, -80.0]])  # (3, 2) far in the tails
@@ -73,7 +84,12 @@ def _mutants(x, weights, means, variances) -> dict[str, torch.Tensor]:
         return (torch.softmax(wrong_log_joint, dim=over)[..., None] * scores).sum(1)
 
     log_weights = torch.log(weights)
+    written_for_2d = {} if dim == 2 else {
+        f"the normalising constant is written for D = 2, -log(2 pi v_k); in D = {dim} "
+        f"dimensions N(x; mu_k, v_k I) has -(D/2) log(2 pi v_k).": with_log_joint(
+            log_weights - 0.5 * quadratic - normaliser)}
     return {
+        **written_for_2d,
         "the responsibilities use the 1-D normalising constant, -(1/2) log(2 pi v_k); in D "
         "dimensions N(x; mu_k, v_k I) has -(D/2) log(2 pi v_k) (invisible when all variances "
         "are equal, wrong when they differ).": with_log_joint(
@@ -128,8 +144,8 @@ def _own_gmm_score(gmm_score, x, weights, means, variances):
 )
 def exercise_1_3(gmm_score) -> None:
     """Check ``gmm_score(x (N, D), weights (K,), means (K, D), variances (K,)) -> (N, D)``."""
-    x = _points()
     for name, (weights, means, variances) in _mixtures().items():
+        x = _points(dim=means.shape[1])
         given = x.clone()
         got = _own_gmm_score(gmm_score, given, weights, means, variances)
         expect_untouched(given, x, call="gmm_score(x, ...)")
@@ -142,7 +158,7 @@ def exercise_1_3(gmm_score) -> None:
         diagnose(
             got,
             _reference(x, weights, means, variances),
-            what="gmm_score",
+            what=f"gmm_score on {_MIXTURE_NAMES.get(name, name)}",
             mutants=_mutants(x, weights, means, variances),
             factors=factors,
         )
@@ -305,6 +321,11 @@ def exercise_1_1(perturbed_covariance) -> None:
         "for sigma of order one": (0.5, 2.0),
         "for large sigma (above 3)": (3.0, 20.0),
     }
+    from scorelab.densities import GaussianMixture
+
+    perturbed_covariance = without_package(
+        perturbed_covariance, GaussianMixture.covariance.fget, GaussianMixture.perturbed,
+        what="perturbed_covariance")
     mixtures = _covariance_mixtures()
     points, sigma_regimes = by_regime({
         regime: [
@@ -373,11 +394,13 @@ def _banana_parts():
     differentiates to check it, and the twist both use."""
     from scorelab.densities import Banana
 
-    return (Banana.score, Banana.log_prob, Banana._untwist)
+    return (Banana.score, Banana.log_prob, Banana._untwist, Banana.perturbed,
+            Banana.perturbed_score)
 
 
 _BANANA_REFUSED = (
-    "your banana_score calls the package's Banana (its score, log_prob or _untwist): the "
+    "your banana_score calls the package's Banana (its score, log_prob, _untwist or perturbed "
+    "score): the "
     "exercise asks you to fix the colleague's closed-form score itself. The check compares it "
     "with autograd's gradient of Banana.log_prob, so a score taken from the package would only "
     "compare the package with itself."
@@ -611,7 +634,8 @@ register_hints(
     "A mode is a point where the score crosses zero going from positive to negative. Count "
     "those crossings along a line of x for a range of noise levels.",
     "The perturbed mixture is mixture.perturbed(sigma); its score on a column of points "
-    "x (G, 1) gives s (G,). A mode sits between neighbours with s[i] > 0 >= s[i + 1].",
+    "x (G, 1) gives s (G, 1), whose column s[:, 0] is (G,). A mode sits between neighbours "
+    "with s[i] > 0 >= s[i + 1].",
     "Too small a sigma: your x grid is too coarse to separate two crossings close together, "
     "or too narrow to hold both modes. Too large: your sigma grid is too coarse near the "
     "answer (3 % needs steps of about 1 % there), or bisect between the last sigma with two "

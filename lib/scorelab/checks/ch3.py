@@ -170,7 +170,17 @@ def _toy_problem(sigma_max: float = 20.0, sigma_min: float = 1.0, n_levels: int 
                 "sigmas.tolist(), as the exercise asks (the score functions of the notebook "
                 "look each level up by its float value)."
             )
-        return perturbed[float(sigma)].score(x)
+        level = float(sigma)
+        if level not in perturbed:  # a ladder recomputed in other arithmetic: the nearest level
+            nearest = min(perturbed, key=lambda s: abs(s - level))
+            if not math.isclose(nearest, level, rel_tol=1e-5):
+                raise Mismatch(
+                    f"score_fn(x, sigma) was called with sigma = {level:.6g}, which is not a "
+                    f"level of the ladder sigmas ({', '.join(f'{s:.4g}' for s in perturbed)}): "
+                    "take every sigma_i from sigmas itself (sigmas.tolist())."
+                )
+            level = nearest
+        return perturbed[level].score(x)
 
     return mixture, sigmas, score_fn
 
@@ -384,10 +394,12 @@ def exercise_3_6(annealed_langevin_seeded) -> None:
                                          [(123, 0.08, (20.0, 1.0, 10))]):
         _, sigmas, score_fn = _toy_problem(*ladder)
         call = f"annealed_langevin_seeded(..., step_size={step_size}, seed={seed})"
+        given = x0.clone()
         with package_refused(annealed_langevin_dynamics, what="annealed_langevin_seeded"), \
                 global_rng_untouched(call, advice=_ONE_GENERATOR):
-            got = call_student(annealed_langevin_seeded, score_fn, x0.clone(), sigmas.clone(),
+            got = call_student(annealed_langevin_seeded, score_fn, given, sigmas.clone(),
                                step_size, n_steps, seed=seed, what="annealed_langevin_seeded")
+        expect_untouched(given, x0, call=call)
         got = expect_tensor(got, what=call, shape=(n, 2))
         expected = annealed_langevin_dynamics(
             score_fn, x0, sigmas, step_size, n_steps,
@@ -544,6 +556,11 @@ def exercise_3_4(plain_langevin_share, why) -> None:
         expected = _weight_of_first_mode(samples)
         if abs(got - expected) <= SHARE_TOLERANCE:
             continue
+        if got > 1.0 and abs(got / len(x0) - expected) <= SHARE_TOLERANCE:
+            raise Mismatch(
+                f"on {name} you report {got:g}, a number of samples: return the share, that "
+                f"number over the {len(x0)} samples."
+            )
         if abs(got - (1 - expected)) <= SHARE_TOLERANCE:
             raise Mismatch(
                 f"on {name} you report {got:.3f}, the share of the (-5, -5) mode; count the "

@@ -11,7 +11,8 @@ import torch
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_untouched,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
-                                   is_close, package_refused, register_hints, to_float)
+                                   global_rng_untouched, is_close, package_refused,
+                                   register_hints, to_float)
 from scorelab.checks._formulas import check_formula, points_with_special
 
 SIGMA = 0.3  # sigma, sigma^2, 2 and the dimension 3 are all different factors
@@ -83,9 +84,9 @@ def _dsm_mutants(model, x: torch.Tensor, sigma: float) -> dict[str, torch.Tensor
 
 def _package_losses():
     """The package's DSM losses, which a student's own loss may not call."""
-    from scorelab.training import _dsm_loss, dsm_loss, sigma_weighted_dsm
+    from scorelab.training import _dsm_loss, _sigma_weighted_dsm, dsm_loss, sigma_weighted_dsm
 
-    return dsm_loss, _dsm_loss, sigma_weighted_dsm
+    return dsm_loss, _dsm_loss, sigma_weighted_dsm, _sigma_weighted_dsm
 
 
 def _seeded() -> torch.Generator:
@@ -118,7 +119,8 @@ def exercise_4_1(dsm_loss) -> None:
 
     def run():
         given = x.clone()
-        with package_refused(*_package_losses(), what="dsm_loss"):
+        with package_refused(*_package_losses(), what="dsm_loss"), \
+                global_rng_untouched("dsm_loss"):
             loss = call_student(
                 dsm_loss, model, given, SIGMA, generator=torch.Generator().manual_seed(SEED),
                 what="dsm_loss",
@@ -306,7 +308,8 @@ def exercise_4_4(fixed_dsm_loss) -> None:
     for sigma in cases([SIGMA, 2.0], [0.05, 1.0]):
         def run(sigma=sigma):
             given = x.clone()
-            with package_refused(*_package_losses(), what="fixed_dsm_loss"):
+            with package_refused(*_package_losses(), what="fixed_dsm_loss"), \
+                    global_rng_untouched("fixed_dsm_loss"):
                 loss = call_student(fixed_dsm_loss, model, given, sigma,
                                     generator=torch.Generator().manual_seed(SEED),
                                     what="fixed_dsm_loss")

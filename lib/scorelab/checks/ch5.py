@@ -11,7 +11,8 @@ import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_loss, expect_same_draws, expect_tensor,
-                                   expect_untouched, is_close, package_refused,
+                                   expect_untouched, global_rng_untouched, is_close,
+                                   package_refused,
                                    register_hints, to_float)
 from scorelab.checks._formulas import check_formula, points_with_special
 
@@ -251,10 +252,11 @@ def _run_own_loss(fn, model, x, *, name: str, n_projections: int = N_PROJECTIONS
                   seed: int = SEED):
     """The student's loss on a copy of x, refused when it hands the work to the package's
     losses or switches on requires_grad on the caller's x."""
-    from scorelab.training import sliced_score_matching_loss
+    from scorelab.training import _sliced_loss, sliced_score_matching_loss
 
     given = x.clone()
-    with package_refused(sliced_score_matching_loss, what=name):
+    with package_refused(sliced_score_matching_loss, _sliced_loss, what=name), \
+            global_rng_untouched(name):
         got = call_student(fn, model, given, n_projections=n_projections,
                            generator=torch.Generator().manual_seed(seed), what=name)
     expect_untouched(given, x, call=f"your {name}(model, x)")
@@ -672,13 +674,12 @@ def exercise_5_5(spread_ratio) -> None:
     n_draws = 20_000
 
     def ratio_for(matrix, name, seed=62, draws=n_draws):
-        return to_float(
-            call_student(
-                spread_ratio, matrix.clone(), draws,
-                generator=torch.Generator().manual_seed(seed), what="spread_ratio",
-            ),
-            what=f"spread_ratio for {name}",
-        )
+        with global_rng_untouched("spread_ratio", advice="Draw both kinds of directions from "
+                                  "the generator you are given."):
+            answer = call_student(spread_ratio, matrix.clone(), draws,
+                                  generator=torch.Generator().manual_seed(seed),
+                                  what="spread_ratio")
+        return to_float(answer, what=f"spread_ratio for {name}")
 
     # diag(1, ..., 10) is public: random signs estimate the trace of a diagonal matrix
     # exactly, so there they give 0, far from the sphere's ratio

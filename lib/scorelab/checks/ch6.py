@@ -14,7 +14,8 @@ from torch import nn
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
-                                   expect_untouched, is_close, package_refused, refuse_calls,
+                                   expect_untouched, global_rng_untouched, is_close,
+                                   package_refused, refuse_calls,
                                    register_hints, to_float, without_package)
 from scorelab.checks._formulas import check_formula, random_points
 
@@ -323,8 +324,8 @@ def _loss_mutants(model, x, sigmas, labels) -> dict[str, torch.Tensor]:
 )
 def exercise_6_2(annealed_dsm_loss) -> None:
     """Check ``annealed_dsm_loss(model, x (N, *D), sigmas (L,), labels (N,), generator) -> (N,)``."""
+    from scorelab.training import _annealed_dsm_loss, _sigma_weighted_dsm, sigma_weighted_dsm
     from scorelab.training import annealed_dsm_loss as reference_loss
-    from scorelab.training import sigma_weighted_dsm
 
     sigmas = torch.tensor([4.0, 1.5, 0.6, 0.2])
     labels = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0, 2, 1])
@@ -336,7 +337,9 @@ def exercise_6_2(annealed_dsm_loss) -> None:
 
         def run(x=x):
             given = x.clone()
-            with package_refused(reference_loss, sigma_weighted_dsm, what="annealed_dsm_loss"):
+            refused = (reference_loss, _annealed_dsm_loss, sigma_weighted_dsm, _sigma_weighted_dsm)
+            with package_refused(*refused, what="annealed_dsm_loss"), \
+                    global_rng_untouched("annealed_dsm_loss"):
                 loss = call_student(
                     annealed_dsm_loss, model, given, sigmas, labels,
                     generator=torch.Generator().manual_seed(SEED), what="annealed_dsm_loss",
@@ -665,7 +668,9 @@ def exercise_6_4(ncsnv2_epsilon) -> None:
             if other > 0 and abs(math.log(answer / _best_epsilon(sigmas, other))) <= 0.02:
                 raise Mismatch(
                     f"{where} your epsilon {answer:.4g} is the best for T = {other} steps a "
-                    f"level, not T = {n_steps}: run the variance recursion for n_steps steps."
+                    f"level, not T = {n_steps}: run the variance recursion for n_steps steps. "
+                    "(If you did, your grid is too coarse and landed there by chance: keep "
+                    "neighbouring values at most 2 % apart.)"
                 )
         if abs(math.log(answer / best)) <= 0.15:
             raise Mismatch(
@@ -707,9 +712,10 @@ def _check_profile(score_norm_profile) -> None:
             return -x_noisy / (tau**2 + sigma**2)
 
         def run():
-            return call_student(score_norm_profile, exact_score, x.clone(), sigmas.float(),
-                                torch.Generator().manual_seed(SEED + 1),
-                                what="score_norm_profile")
+            with global_rng_untouched("score_norm_profile"):
+                return call_student(score_norm_profile, exact_score, x.clone(), sigmas.float(),
+                                    torch.Generator().manual_seed(SEED + 1),
+                                    what="score_norm_profile")
 
         first = expect_tensor(run(), what=call, shape=(len(sigmas),), dtype=None)
         got = first.double()

@@ -17,6 +17,8 @@ import json
 import os
 import pickle
 import re
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -208,9 +210,12 @@ def read_checkpoint(path) -> dict:
         objects other than tensors and plain types (a pickle with code in it), or is not a
         scorelab NCSN checkpoint (a dict with its format version, a config and weights).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"checkpoint path must be a str or a path, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    _check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip archives raise RuntimeError, EOFError, ...
@@ -226,6 +231,25 @@ def read_checkpoint(path) -> dict:
             f"not a state dict); use another checkpoint"
         )
     return state
+
+
+def _check_archive(path: Path) -> None:
+    """Raise :class:`CheckpointError` if a member of the zip archive that ``torch.save``
+    writes fails its CRC-32 check: a flipped byte inside a tensor would otherwise load as a
+    wrong weight without a word. Files that are not zip archives are left to ``torch.load``.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
+        raise _unreadable(path, error) from None
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt: its member {bad!r} fails its CRC check (the "
+            "file was changed after it was written); use an earlier checkpoint"
+        )
 
 
 def _unreadable(path: Path, error: Exception) -> CheckpointError:

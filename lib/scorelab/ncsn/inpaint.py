@@ -22,7 +22,8 @@ import torch
 
 from scorelab._tensors import rand, randn
 from scorelab._validation import (check_generator, check_positive, check_positive_int,
-                                  check_score_shape)
+                                  check_flag, check_score_shape, check_unit_interval,
+                                  clamp_to_unit_interval)
 from scorelab.noise import check_sigmas
 
 __all__ = ["inpaint", "keep_rows", "keep_columns", "mean_fill", "completion_shares"]
@@ -40,13 +41,7 @@ def _check_images(model, images) -> torch.Tensor:
         raise ValueError(f"images must be a floating-point tensor, got dtype {images.dtype}")
     if not bool(torch.isfinite(images).all()):
         raise ValueError("images must contain only finite values (no NaN or infinity)")
-    low, high = torch.aminmax(images.detach())
-    if low < 0 or high > 1:
-        raise ValueError(
-            f"images must lie on the data's scale [0, 1], got values from {float(low):.4g} to "
-            f"{float(high):.4g} (divide images of 0..255 by 255)"
-        )
-    return images
+    return check_unit_interval("images", images)
 
 
 def _check_mask(mask, images: torch.Tensor) -> torch.Tensor:
@@ -206,8 +201,8 @@ def inpaint(
     """
     images, known, step_size, n_steps_each = _check_arguments(
         model, images, mask, generator, step_size, n_steps_each)
-    if not isinstance(snapshots, bool):
-        raise ValueError(f"snapshots must be True or False, got {snapshots!r}")
+    snapshots, denoise = check_flag("snapshots", snapshots), check_flag("denoise", denoise)
+    clamp = check_flag("clamp", clamp)
     sigmas = [float(s) for s in torch.as_tensor(model.sigmas).flatten().tolist()]
     recorder = [] if snapshots else None
     with _eval_mode(model):
@@ -217,7 +212,7 @@ def inpaint(
             score = check_score_shape("model.score", model.score(x, sigmas[-1]), x)
             x = x + sigmas[-1] ** 2 * score  # the denoising step
     if clamp:
-        x = x.clamp(0.0, 1.0)
+        x = clamp_to_unit_interval(torch.where(known, images, x), "inpaint")
     completed = torch.where(known, images, x)
     if snapshots:
         return completed, torch.stack([*recorder, completed]).clamp(0.0, 1.0)

@@ -1,9 +1,10 @@
 """Building blocks of CondRefineNetDilated (Song & Ermon 2019, Appendix A.3).
 
-Every block takes the noise-level labels ``labels`` (LongTensor (N,)) beside its features,
-because every normalisation inside it is a :class:`ConditionalInstanceNorm2dPlus`. The
-RefineNet blocks (RCU, CRP, MSF, RefineBlock) follow Lin et al. (2017) with batch norm
-replaced by conditional instance norm and max pooling replaced by average pooling.
+Every block takes the noise-level labels ``labels`` (LongTensor (N,), values in 0..L-1 for
+L = ``num_classes`` levels) beside its features, because every normalisation inside it is a
+:class:`ConditionalInstanceNorm2dPlus`. The RefineNet blocks (RCU, CRP, MSF, RefineBlock)
+follow Lin et al. (2017) with batch norm replaced by conditional instance norm and max pooling
+replaced by average pooling.
 """
 
 from __future__ import annotations
@@ -61,7 +62,12 @@ def dilated_conv3x3(
 
 
 class ConvMeanPool(nn.Module):
-    """Convolution followed by 2x2 mean pooling: (N, C_in, H, W) -> (N, C_out, H/2, W/2)."""
+    """Convolution followed by 2x2 mean pooling: (N, C_in, H, W) -> (N, C_out, H // 2, W // 2).
+
+    The downsampling layer of :class:`ConditionalResidualBlock` (``resample="down"`` without
+    dilation): a ``kernel_size`` convolution padded by ``kernel_size // 2``, then
+    non-overlapping 2x2 averages.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3):
         super().__init__()
@@ -71,12 +77,25 @@ class ConvMeanPool(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv(x)
-        return F.avg_pool2d(h, kernel_size=2)  # (N, C_out, H/2, W/2)
+        """Convolve and pool ``x`` (N, C_in, H, W) -> (N, C_out, H // 2, W // 2).
+
+        With an odd ``kernel_size`` (the default 3, or 1) the convolution keeps H and W and the
+        pooling floors odd sizes: 7x9 -> 3x4; H and W must be at least 2. An even
+        ``kernel_size`` adds one row and column first: H' = (H + 1) // 2, W' = (W + 1) // 2.
+        """
+        h = self.conv(x)  # (N, C_out, H_c, W_c): H_c = H (odd kernel_size) or H + 1 (even)
+        return F.avg_pool2d(h, kernel_size=2)  # (N, C_out, H_c // 2, W_c // 2): odd sizes floored
 
 
 class ConditionalResidualBlock(nn.Module):
     """Pre-activation residual block: norm-ELU-conv-norm-ELU-conv plus a shortcut.
+
+    The residual unit of the encoder of CondRefineNetDilated (Song & Ermon 2019, Appendix
+    A.3), every norm a :class:`ConditionalInstanceNorm2dPlus` and ``i`` the noise levels:
+    ``y = shortcut(x) + conv2(ELU(norm2(conv1(ELU(norm1(x, i))), i)))``. The shortcut is the
+    identity when ``resample`` is None and in_channels == out_channels; else a 1x1 conv
+    (followed by mean pooling when the block downsamples), or with a dilation a 3x3 conv
+    with that dilation.
 
     Parameters
     ----------
@@ -132,15 +151,23 @@ class ConditionalResidualBlock(nn.Module):
                 self.shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.elu(self.norm1(x, labels)))
-        h = self.conv2(F.elu(self.norm2(h, labels)))
+        """Map ``x`` (N, C_in, H, W), ``labels`` (N,) long in 0..L-1 -> (N, C_out, H', W').
+
+        H' = H // 2 and W' = W // 2 (odd sizes floored, see :class:`ConvMeanPool`) for
+        ``resample="down"`` without dilation; otherwise H' = H and W' = W.
+        """
+        h = self.conv1(F.elu(self.norm1(x, labels)))  # (N, C_in or C_out, H, W)
+        h = self.conv2(F.elu(self.norm2(h, labels)))  # (N, C_out, H', W')
         return h + (x if self.shortcut is None else self.shortcut(x))
 
 
 class CondRCUBlock(nn.Module):
     """Residual conv unit: ``n_blocks`` residual blocks of ``n_stages`` norm-ELU-conv stages.
 
-    ``features`` (>= 2) channels in and out; ``n_blocks`` and ``n_stages`` positive integers.
+    RefineNet's RCU (Lin et al. 2017) with conditional instance norm++ in front of every
+    3x3 convolution (no bias): each block computes ``x <- x + f(x)``, ``f`` the chain of
+    ``n_stages`` ``conv(ELU(norm(., i)))``. ``features`` (>= 2) channels in and out;
+    ``n_blocks`` and ``n_stages`` positive integers.
     """
 
     def __init__(self, features: int, num_classes: int, *, n_blocks: int, n_stages: int):
@@ -156,6 +183,7 @@ class CondRCUBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Map ``x`` (N, features, H, W), ``labels`` (N,) long in 0..L-1 -> (N, features, H, W)."""
         for start in range(0, len(self.convs), self.n_stages):
             residual = x
             stages = slice(start, start + self.n_stages)
@@ -168,9 +196,13 @@ class CondRCUBlock(nn.Module):
 class CondCRPBlock(nn.Module):
     """Chained residual pooling: a chain of norm-avgpool(5x5)-conv stages, each added to the input.
 
-    The pooling chain gathers context from a growing neighbourhood; average pooling (rather
-    than RefineNet's max pooling) keeps the score a smooth function of the input.
-    ``features`` (>= 2) channels in and out; ``n_stages`` a positive integer.
+    RefineNet's CRP (Lin et al. 2017) with conditional instance norm++: with ``h = ELU(x)``
+    and ``p_0 = h``, ``p_j = conv_j(avgpool(norm_j(p_{j-1}, i)))`` and the output is
+    ``h + p_1 + ... + p_n`` (``n = n_stages``; 5x5 pooling with stride 1 and zero padding 2,
+    the zeros counted in the average; 3x3 convolutions without bias). The pooling chain
+    gathers context from a growing neighbourhood; average pooling (rather than RefineNet's
+    max pooling) keeps the score a smooth function of the input. ``features`` (>= 2)
+    channels in and out; ``n_stages`` a positive integer.
     """
 
     def __init__(self, features: int, num_classes: int, *, n_stages: int):
@@ -183,6 +215,7 @@ class CondCRPBlock(nn.Module):
         self.convs = nn.ModuleList(conv3x3(features, features, bias=False) for _ in range(n_stages))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Map ``x`` (N, features, H, W), ``labels`` (N,) long in 0..L-1 -> (N, features, H, W)."""
         x = F.elu(x)
         path = x
         for norm, conv in zip(self.norms, self.convs):
@@ -194,8 +227,11 @@ class CondCRPBlock(nn.Module):
 class CondMSFBlock(nn.Module):
     """Multi-resolution fusion: norm and conv each input to ``features`` channels, resize, sum.
 
+    RefineNet's MSF (Lin et al. 2017) with conditional instance norm++:
+    ``y = sum_k up_k(conv_k(norm_k(x_k, i)))``, ``conv_k`` a 3x3 convolution to ``features``
+    channels and ``up_k`` bilinear resizing (``align_corners=True``) to ``output_size``.
     ``in_channels`` (a non-empty list, each >= 2) gives the channels of each input path;
-    :meth:`forward` takes one tensor per entry.
+    :meth:`forward` takes one tensor per entry. ``features`` is a positive integer.
     """
 
     def __init__(self, in_channels: list[int], features: int, num_classes: int):
@@ -210,6 +246,11 @@ class CondMSFBlock(nn.Module):
     def forward(
         self, xs: list[torch.Tensor], labels: torch.Tensor, output_size: tuple[int, int]
     ) -> torch.Tensor:
+        """Fuse ``xs`` [(N, C_k, H_k, W_k) per path k], ``labels`` (N,) -> (N, features, H', W').
+
+        ``labels`` is long in 0..L-1; ``output_size`` is (H', W'), any size: each path is
+        resized to it, up or down (resizing a path that already has that size changes nothing).
+        """
         _check_inputs("xs", xs, len(self.convs))
         total = 0.0
         for x, norm, conv in zip(xs, self.norms, self.convs):
@@ -220,6 +261,12 @@ class CondMSFBlock(nn.Module):
 
 class CondRefineBlock(nn.Module):
     """One RefineNet cascade: RCU on every input, MSF fusion, CRP, output RCU.
+
+    The RefineNet block of Lin et al. (2017) with conditional instance norm++, one of the
+    four cascades of the decoder of CondRefineNetDilated (Song & Ermon 2019, Appendix A.3):
+    ``y = RCU_out(CRP(MSF(RCU_1(x_1), ..., RCU_K(x_K))))``. Each input RCU has two blocks
+    of two stages and keeps its path's channels; CRP has two stages; the output RCU has one
+    block of two stages (three with ``end``).
 
     Parameters
     ----------
@@ -266,6 +313,12 @@ class CondRefineBlock(nn.Module):
     def forward(
         self, xs: list[torch.Tensor], labels: torch.Tensor, output_size: tuple[int, int]
     ) -> torch.Tensor:
+        """Refine ``xs`` [(N, C_k, H_k, W_k) per path k], ``labels`` (N,) -> (N, features, H', W').
+
+        ``labels`` is long in 0..L-1. (H', W') is ``output_size``: every path is resized to
+        it by the fusion. With ``start`` there is no fusion: ``xs`` is one
+        (N, features, H, W), ``output_size`` is ignored and the output is (N, features, H, W).
+        """
         _check_inputs("xs", xs, len(self.adapt_convs))
         hs = [adapt(x, labels) for adapt, x in zip(self.adapt_convs, xs)]
         h = hs[0] if self.msf is None else self.msf(hs, labels, output_size)

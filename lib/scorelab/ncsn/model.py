@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from scorelab._tensors import rand
-from scorelab._validation import check_positive, check_positive_int
+from scorelab._validation import check_positive, check_positive_int, clamp_to_unit_interval
 from scorelab.langevin import annealed_langevin_dynamics
 from scorelab.ncsn.refinenet import CondRefineNetDilated, check_images
 from scorelab.noise import check_sigmas, geometric_sigmas
@@ -216,5 +216,5 @@ class NCSN(nn.Module):
             self.train(was_training)
         if snapshots:
             images, trajectory = out
-            return images.clamp(0, 1), trajectory.clamp(0, 1)
-        return out.clamp(0, 1)
+            return clamp_to_unit_interval(images, "NCSN.sample"), trajectory.clamp(0, 1)
+        return clamp_to_unit_interval(out, "NCSN.sample")

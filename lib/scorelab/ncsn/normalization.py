@@ -21,13 +21,13 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
     r"""Instance normalisation with per-level scale, shift and mean correction.
 
     For a feature map :math:`x_k` (channel :math:`k`) with spatial mean :math:`\mu_k` and
-    standard deviation :math:`s_k`, let :math:`m` and :math:`v` be the mean and (unbiased)
+    (biased) standard deviation :math:`s_k`, let :math:`m` and :math:`v` be the mean and (unbiased)
     variance of the channel means :math:`\mu_1..\mu_C` of one example. Then (Song & Ermon 2019,
     Appendix A.1, "CondInstanceNorm++")
 
     .. math::
 
-        y_k = \gamma[i, k] \left( \frac{x_k - \mu_k}{s_k}
+        y_k = \gamma[i, k] \left( \frac{x_k - \mu_k}{\sqrt{s_k^2 + \eta}}
               + \delta[i, k] \frac{\mu_k - m}{\sqrt{v + \eta}} \right) + \beta[i, k]
 
     where :math:`i` is the noise level and :math:`\eta` is ``eps`` (the authors' code scales the

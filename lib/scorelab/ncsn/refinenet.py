@@ -168,6 +168,12 @@ def summary_table(net: CondRefineNetDilated, *, batch_size: int = 1) -> str:
         ``end_norm``, ``end_conv``) and a total.
     """
     batch_size = check_positive_int("batch_size", batch_size)
+    if not isinstance(net, CondRefineNetDilated):  # an NCSN holds its network as .net
+        inner = getattr(net, "net", None)
+        if not isinstance(inner, CondRefineNetDilated):
+            raise ValueError(f"net must be a CondRefineNetDilated (or an NCSN, whose .net it "
+                             f"is), got {type(net).__name__}")
+        net = inner
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(name):

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from scorelab._validation import check_positive_int
+from scorelab._validation import check_positive_int, check_unit_interval
+from scorelab.seeding import check_seed
 from scorelab.ncsn import checkpoints
 from scorelab.ncsn.model import NCSN
 from scorelab.training import AnnealedDenoisingScoreMatching, Batches
@@ -102,6 +103,7 @@ def _check_run(model, data, n_steps, out_dir, checkpoint_every, sample_every, re
         if every is not None and every != 0:  # None and 0 switch the output off
             check_positive_int(name, every)
     model.check_images("data", data, match_weights=False)  # make_trainer converts the data
+    check_unit_interval("data", data)
     if (checkpoint_every or sample_every or resume) and out_dir is None:
         raise ValueError("out_dir is required for checkpoint_every, sample_every or resume")
     return n_steps
@@ -139,7 +141,7 @@ def make_trainer(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     data = data.to(model.device, model.dtype).contiguous(memory_format=memory_format)
-    generator = torch.Generator(model.device).manual_seed(seed)
+    generator = torch.Generator(model.device).manual_seed(check_seed(seed))
     trainer = AnnealedDenoisingScoreMatching(model, model.sigmas, lr=lr, ema_rate=ema_rate,
                                              amp=amp, compile=compile, distributed=True)
     batches = Batches(data, check_positive_int("batch_size", batch_size) * trainer.world_size,
