@@ -279,3 +279,32 @@ def test_the_shipped_model_names_images_of_another_dtype(single_thread):
     with pytest.raises(ValueError, match=r"images must have the dtype .*images.float\(\)"):
         inpaint(load_pretrained("digits"), torch.rand(2, 1, 8, 8, dtype=torch.float64),
                 keep_rows(4))
+
+
+def test_completion_shares_and_mean_fill_refuse_what_would_give_wrong_numbers():
+    from scorelab.ncsn.inpaint import completion_shares, mean_fill
+
+    completions = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="labels must be integers from 0 to 9"):
+        completion_shares(completions, torch.tensor([1, 2, 42, 3]))
+    with pytest.raises(ValueError, match=r"labels must hold one digit per completion, shape \(4,\)"):
+        completion_shares(completions, torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"completions must lie on the data's scale \[0, 1\]"):
+        completion_shares(255 * completions, torch.tensor([1, 2, 3, 4]))
+    with pytest.raises(ValueError, match="images must be a floating-point tensor"):
+        mean_fill((255 * completions).long(), torch.ones(8, 8), completions[0])
+
+
+def test_class_coverage_refuses_a_classifier_of_other_classes():
+    from scorelab.data import load_digits
+    from scorelab.metrics import class_coverage, digits_classifier
+
+    from sklearn.linear_model import LogisticRegression
+
+    images, labels = load_digits("train", return_labels=True)
+    with pytest.raises(ValueError, match=r"labels must be the digits 0..9"):
+        digits_classifier(images, labels + 1)
+    shifted = LogisticRegression(max_iter=200).fit(images.reshape(len(images), -1).numpy(),
+                                                   (labels + 1).numpy())
+    with pytest.raises(ValueError, match=r"classifier must predict the 10 digits 0..9"):
+        class_coverage(shifted, images[:5])

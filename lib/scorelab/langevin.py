@@ -237,7 +237,9 @@ def langevin_dynamics(
     progress : bool
         Show a ``tqdm.auto`` progress bar.
     check_every : int
-        Check every this many steps (and at the end) that all particles are finite.
+        Check every this many steps (and at the end) that all particles are finite and that
+        the score has their shape (checking every step would make a sampler on a GPU wait
+        for it at every step).
 
     Returns
     -------

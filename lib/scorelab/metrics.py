@@ -345,15 +345,26 @@ def digits_classifier(
     targets = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
     if len(targets) != len(features):
         raise ValueError(f"labels must have {len(features)} entries, got {len(targets)}")
+    if not np.issubdtype(targets.dtype, np.integer) or not set(targets.tolist()) <= set(
+            range(DIGITS_CLASSES)):
+        raise ValueError(f"labels must be the digits 0..9 (integers), got the values "
+                         f"{sorted(set(targets.tolist()))[:12]}")
     classifier = LogisticRegression(C=check_positive("regularization", regularization),
                                     max_iter=max_iter)
     return classifier.fit(features, targets)
 
 
 def _check_classifier(classifier, method: str) -> None:
+    """Raise unless ``classifier`` has ``method`` and, where it says (scikit-learn's
+    ``classes_``), predicts the ten digits 0..9: a classifier trained on labels 1..10 would
+    give shares that silently miss a class."""
     if not callable(getattr(classifier, method, None)):
         raise ValueError(f"classifier must be a fitted classifier with a {method}() method "
                          f"(for instance digits_classifier()), got {type(classifier).__name__}")
+    classes = getattr(classifier, "classes_", None)
+    if classes is not None and list(np.asarray(classes).tolist()) != list(range(DIGITS_CLASSES)):
+        raise ValueError(f"classifier must predict the {DIGITS_CLASSES} digits 0..9, got the "
+                         f"classes {np.asarray(classes).tolist()}")
 
 
 def classifier_confidence(classifier, samples, *, threshold: float = 0.9) -> float:

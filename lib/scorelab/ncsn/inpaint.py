@@ -23,7 +23,7 @@ import torch
 from scorelab._tensors import rand, randn
 from scorelab._validation import (check_generator, check_positive, check_positive_int,
                                   check_flag, check_score_shape, check_unit_interval,
-                                  clamp_to_unit_interval)
+                                  check_values, clamp_to_unit_interval)
 from scorelab.noise import check_sigmas
 
 __all__ = ["inpaint", "keep_rows", "keep_columns", "mean_fill", "completion_shares"]
@@ -247,6 +247,10 @@ def mean_fill(images: torch.Tensor, mask: torch.Tensor, mean_image: torch.Tensor
     if not isinstance(mean_image, torch.Tensor) or tuple(mean_image.shape) != tuple(images.shape[1:]):
         got = tuple(mean_image.shape) if isinstance(mean_image, torch.Tensor) else type(mean_image).__name__
         raise ValueError(f"mean_image must have shape {tuple(images.shape[1:])}, got {got}")
+    for name, tensor in (("images", images), ("mean_image", mean_image)):
+        if not tensor.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+        check_values(name, tensor)
     known = _check_mask(mask, images).bool()
     return torch.where(known, images, mean_image.to(images).expand(images.shape))
 
@@ -282,12 +286,18 @@ def completion_shares(
     ) != (1, 8, 8):
         got = tuple(completions.shape) if isinstance(completions, torch.Tensor) else type(completions).__name__
         raise ValueError(f"completions must have shape (N, 1, 8, 8), got {got}")
-    labels = torch.as_tensor(labels).flatten()
-    if labels.shape[0] != completions.shape[0]:
-        raise ValueError(
-            f"labels must hold one digit per completion ({completions.shape[0]}), got {labels.shape[0]}"
-        )
-    if not 0 < threshold < 1:
+    if not completions.is_floating_point():
+        raise ValueError(f"completions must be a floating-point tensor, got {completions.dtype}")
+    check_unit_interval("completions", completions)
+    labels = torch.as_tensor(labels)
+    if labels.shape != (completions.shape[0],):
+        raise ValueError(f"labels must hold one digit per completion, shape "
+                         f"({completions.shape[0]},), got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.dtype == torch.bool or len(labels) and not bool(
+            ((labels >= 0) & (labels <= 9)).all()):
+        raise ValueError(f"labels must be integers from 0 to 9, got {labels.tolist()[:10]}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+            or not 0 < threshold < 1:
         raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}")
     classifier = digits_classifier() if classifier is None else classifier
     probabilities = torch.as_tensor(
