@@ -1094,3 +1094,14 @@ def test_a_package_call_that_raises_is_refused_not_blamed_on_the_student(capsys)
 
     assert_explains(capsys, checks.exercise_6_3, (annealed_step, authors_step_lr, wrong_order),
                     "calls the package's")
+
+
+def test_4_3_refuses_the_packages_perturbed_density_for_a_derivation(capsys):
+    from scorelab.densities import GaussianMixture
+
+    def packaged(x, mu, tau, sigma):
+        mixture = GaussianMixture(torch.tensor([1.0]), torch.tensor([[float(mu)]]),
+                                  torch.tensor([float(tau) ** 2]))
+        return float(mixture.perturbed(float(sigma)).score(torch.tensor([[float(x)]])))
+
+    assert_explains(capsys, checks.exercise_4_3, packaged, "calls the package's")

@@ -12,7 +12,7 @@ from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exer
                                    expect_untouched,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
                                    global_rng_untouched, is_close, package_refused,
-                                   register_hints, to_float)
+                                   register_hints, to_float, without_package)
 from scorelab.checks._formulas import check_formula, points_with_special
 
 SIGMA = 0.3  # sigma, sigma^2, 2 and the dimension 3 are all different factors
@@ -208,6 +208,12 @@ _SCORE_POINTS = {
 )
 def exercise_4_3(optimal_dsm_score) -> None:
     """Check ``optimal_dsm_score(x, mu, tau, sigma) -> float`` at random parameter values."""
+    from scorelab.densities import GaussianMixture
+
+    # the derivation, not the package's perturbed density, must give the answer
+    optimal_dsm_score = without_package(
+        optimal_dsm_score, GaussianMixture.perturbed, GaussianMixture.perturbed_score,
+        GaussianMixture.score, what="optimal_dsm_score")
     # a few centred densities too, so that "right only when mu = 0" can be said
     check_formula(
         optimal_dsm_score,
