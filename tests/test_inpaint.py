@@ -308,3 +308,19 @@ def test_class_coverage_refuses_a_classifier_of_other_classes():
                                                    (labels + 1).numpy())
     with pytest.raises(ValueError, match=r"classifier must predict the 10 digits 0..9"):
         class_coverage(shifted, images[:5])
+
+
+def test_a_blown_up_inpainting_chain_warns_about_the_pixels_filled_in():
+    import warnings
+
+    from scorelab.data import load_digits
+    from scorelab.ncsn import load_pretrained
+    from scorelab.ncsn.inpaint import keep_rows
+
+    model, digits = load_pretrained("digits"), load_digits("test")[:4]
+    with pytest.warns(RuntimeWarning, match="of the pixels filled in lay outside"):
+        inpaint(model, digits, keep_rows(4), step_size=1.0, n_steps_each=5,
+                generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inpaint(model, digits, keep_rows(4), generator=torch.Generator().manual_seed(0))

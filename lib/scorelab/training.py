@@ -146,16 +146,19 @@ def _sigma_weighted_dsm(score_at, x, sigma, noise) -> torch.Tensor:
 
 def memorised_dsm_floor(data: torch.Tensor, sigmas, *, n: int = 2000,
                         generator: torch.Generator | None = None) -> torch.Tensor:
-    """The annealed DSM loss, level by level, of a model that memorised ``data`` (L,).
+    r"""The annealed DSM loss, level by level, of a model that memorised ``data`` (L,).
 
     Such a model knows the exact score of the training set's own perturbed distribution,
-    p_sigma = (1/M) sum_j N(x_j, sigma^2 I) for the M points of ``data``: with the posterior
-    weights w_j(x~) = softmax_j(-|x~ - x_j|^2 / (2 sigma^2)), the score is
-    (sum_j w_j x_j - x~) / sigma^2 (Tweedie's formula), and its loss on the training points,
-    1/2 E|sigma s(x~) + z|^2 (Song & Ermon 2019, Eq. 5-6, lambda = sigma^2), is the lowest any
-    model reaches there. It is 0 only where the noise leaves no doubt which point it came from
-    (small sigma) and where the posterior mean barely moves (large sigma); a network's loss
-    far above it has not memorised the data.
+    :math:`p_\sigma = \frac1M \sum_j \mathcal N(x_j, \sigma^2 I)` for the M points of ``data``:
+    with the posterior weights
+    :math:`w_j(\tilde x) = \operatorname{softmax}_j(-\lVert\tilde x - x_j\rVert^2 / 2\sigma^2)`,
+    the score is :math:`(\sum_j w_j x_j - \tilde x) / \sigma^2` (Tweedie's formula), and its
+    loss on the training points,
+    :math:`\frac12 \mathbb E\lVert\sigma s(\tilde x) + z\rVert^2` (Song & Ermon 2019,
+    Eq. 5-6, with :math:`\lambda(\sigma) = \sigma^2`), is the lowest any model reaches there.
+    It is 0 only where the noise leaves no doubt which point it came from (small sigma) and
+    where the posterior mean barely moves (large sigma); a network's loss far above it has not
+    memorised the data.
 
     ``data`` (M, *D) finite floats; ``sigmas`` a ladder (L,); ``n`` noisy draws a level (the
     Monte Carlo error of each level's value is about its spread over sqrt(n)). Float64 inside.

@@ -212,7 +212,7 @@ def inpaint(
             score = check_score_shape("model.score", model.score(x, sigmas[-1]), x)
             x = x + sigmas[-1] ** 2 * score  # the denoising step
     if clamp:
-        x = clamp_to_unit_interval(torch.where(known, images, x), "inpaint")
+        x = clamp_to_unit_interval(x, "inpaint", among=~known)
     completed = torch.where(known, images, x)
     if snapshots:
         return completed, torch.stack([*recorder, completed]).clamp(0.0, 1.0)
