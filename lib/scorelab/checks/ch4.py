@@ -550,9 +550,9 @@ register_hints(
     "4.5",
     "With finitely many points, DSM's best possible answer is the score of the data smoothed by "
     "the noise: a kernel density estimate with one Gaussian bump per training point.",
-    "For each sigma: build that kernel density as a GaussianMixture (equal weights, the "
-    "training points as means, the variance of the noise for every bump), then measure the "
-    "relative Fisher divergence of its score to the clean mixture score on the test points.",
+    "Which mixture is that kernel density: how many components, with which weights, means and "
+    "variances? Build it with the course's GaussianMixture, then ask which score you compare "
+    "it with, on which points (the training points flatter it), and with which divergence.",
     "Check your curve before you read off its minimum: over the check's grid (sigma from 0.03 "
     "to 3) it falls, then rises. A curve that only falls or only rises, or a minimum at an end "
     "of the grid, points at a mistake in the divergence, not at the grid.",

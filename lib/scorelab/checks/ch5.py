@@ -777,9 +777,9 @@ register_hints(
     "5.5",
     "Simulate: draw many directions of each kind, compute the quadratic form for each, and "
     "compare the standard deviations.",
-    "Sphere directions of radius sqrt(D) are Gaussian draws normalised to length one, then "
-    "scaled. For a batch of directions as rows, each row's quadratic form is the row sum of the "
-    "elementwise product of (rows times A) with the rows.",
+    "How do you turn a Gaussian draw into a point of the sphere of radius sqrt(D) without "
+    "changing its direction? And how do you compute v^T A v for a whole batch of directions at "
+    "once, without a loop: what shape has the batch times A, and what do you multiply it by?",
     "Check each batch of directions first: the sphere's must all have length sqrt(D) exactly, "
     "the Gaussian ones only on average (their squared length averages D). Return the ratio of "
     "the two spreads as a Python float.",
