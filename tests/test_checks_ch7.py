@@ -585,7 +585,7 @@ def test_7_2_names_a_clamp_a_fresh_draw_a_scaled_score_and_a_write_into_x(capsys
         x += 0.5 * alpha * score_fn(x, sigma) + math.sqrt(alpha) * z
         return torch.where(mask.bool(), y, x)
 
-    for answer, phrase in [(clamped, "clamped to [0, 1]"), (fresh_noise, "not the z"),
+    for answer, phrase in [(clamped, "clamped to [0, 1]"), (fresh_noise, "draws noise of its own"),
                            (scaled, "divided by sigma"), (in_place, "its argument x")]:
         assert_explains(capsys, checks.exercise_7_2, answer, phrase)
 

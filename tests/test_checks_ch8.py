@@ -484,7 +484,7 @@ def test_8_2_names_a_missing_drift_the_authors_noise_and_an_ignored_z(capsys):
 
     assert_explains(capsys, checks.exercise_8_2, no_drift, "the drift is missing")
     assert_explains(capsys, checks.exercise_8_2, authors_noise, "sqrt(2 g^2 dt) z")
-    assert_explains(capsys, checks.exercise_8_2, own_seed, "same step for z and for -z")
+    assert_explains(capsys, checks.exercise_8_2, own_seed, "same result for z and for -z")
 
 
 def test_8_4_names_a_base_10_logarithm_and_refuses_the_packages_drift(capsys):

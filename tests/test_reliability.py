@@ -519,3 +519,10 @@ def test_explorers_refuse_a_start_outside_their_sliders():
         widgets.mixture_explorer(weight=0.99)
     with pytest.raises(ValueError, match=r"sigma must start inside"):
         widgets.dsm_explorer(sigma=10)
+
+
+def test_trainer_run_names_batches_that_run_out():
+    objective = _trainers()["DSM"]
+    three = [torch.randn(4, 2) for _ in range(3)]
+    with pytest.raises(ValueError, match=r"batches ran out before step 4 of n_steps=5.*Batches"):
+        objective.run(three, 5, progress=False)

@@ -47,9 +47,25 @@ def check_points(name: str, x, dim: int | None = None) -> torch.Tensor:
         raise ValueError(f"{name} must have shape (N, D), got shape {tuple(x.shape)}")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} must have shape (N, {dim}), got shape {tuple(x.shape)}")
+    return check_floating(name, x)
+
+
+def check_floating(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Check that the tensor ``x`` holds floating-point numbers (not integers or booleans)."""
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     return x
+
+
+def check_image_batch(name: str, x, shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Check that ``x`` is a non-empty floating tensor of images (N, C, H, W), whose
+    (C, H, W) is ``shape`` if given. The values are not read (see :func:`check_values`)."""
+    want = "(N, C, H, W)" if shape is None else f"(N, {', '.join(map(str, shape))})"
+    if (not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] == 0
+            or shape is not None and tuple(x.shape[1:]) != tuple(shape)):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a non-empty tensor of shape {want}, got {got}")
+    return check_floating(name, x)
 
 
 def check_values(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -133,9 +149,7 @@ def check_batch_shape(name: str, x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a non-empty tensor of shape (N, *D), got {got}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    return x
+    return check_floating(name, x)
 
 
 def check_int_at_least(name: str, value, least: int, reason: str = "") -> int:

@@ -4,10 +4,10 @@ Both map points (N, D) to scores (N, D). The activation is smooth (softplus) by 
 exact and sliced score matching put the trace of the score's Jacobian (or ``v^T J v``) in the
 loss (Hyvärinen 2005, Theorem 1), and training differentiates that term once more, with respect
 to the parameters. With ReLU the network is piecewise linear in x, so its Jacobian
-``J = W_3 D_2 W_2 D_1 W_1`` is piecewise constant (``D_l`` the 0/1 masks of the active units;
-two hidden layers). The trace term still has a gradient with respect to every weight matrix,
+``W_3 M_2 W_2 M_1 W_1`` is piecewise constant (``M_l`` the diagonal 0/1 masks of the active
+units; two hidden layers). The trace term still has a gradient with respect to every weight matrix,
 but none through the activation, whose second derivative is zero except at the kinks, where
-autograd does not see it: the hidden biases, which enter ``J`` only by moving the kinks, get no
+autograd does not see it: the hidden biases, which enter the Jacobian only by moving the kinks, get no
 gradient from the trace at all, and the gradient of a batch average misses how moving the kinks
 changes the expected trace, so it is a biased estimate of the objective's gradient. A smooth
 activation has curvature everywhere, and the trace term's gradient reaches every weight and

@@ -25,15 +25,15 @@ __all__ = ["SigmaConditionedMLP"]
 class SigmaConditionedMLP(nn.Module):
     r"""An MLP score model :math:`s_\theta(x, \sigma)` for points x (N, D) at noise sigma (N,).
 
-    With :math:`c(\sigma) = 1 / \sqrt{s_d^2 + \sigma^2}` (:math:`s_d` the data's scale),
+    With :math:`c(\sigma) = 1 / \sqrt{\sigma_d^2 + \sigma^2}` (:math:`\sigma_d` the data's scale),
 
     .. math:: s_\theta(x, \sigma) = c(\sigma) \big( F_\theta(c(\sigma) x,\; e(\log\sigma)) - c(\sigma) x \big),
 
     where :math:`e` holds :math:`\log \sigma` itself and ``n_frequencies`` sines and cosines of
-    it (2 F + 1 features; fixed frequencies, geometric from 0.25 to 8 per unit of log sigma) and
+    it (2 n_f + 1 features, n_f = ``n_frequencies``; fixed frequencies, geometric from 0.25 to 8 per unit of log sigma) and
     :math:`F_\theta` is the MLP. The input scaling keeps the network's inputs of order one at
     every noise level, and with :math:`F_\theta = 0` the model is the score of
-    :math:`N(0, (s_d^2 + \sigma^2) I)`, the right answer at large sigma for centred data: the
+    :math:`N(0, (\sigma_d^2 + \sigma^2) I)`, the right answer at large sigma for centred data: the
     network learns the correction.
 
     Parameters
@@ -43,9 +43,9 @@ class SigmaConditionedMLP(nn.Module):
     hidden_dims : sequence of int
         Widths of the hidden layers (SiLU activations: smooth, so the divergence is too).
     n_frequencies : int
-        Frequencies F of the sigma embedding (2 features each, plus log sigma itself).
+        Frequencies n_f of the sigma embedding (2 features each, plus log sigma itself).
     data_scale : float
-        :math:`s_d`, about the data's standard deviation per coordinate.
+        :math:`\sigma_d`, about the data's standard deviation per coordinate.
     """
 
     def __init__(self, input_dim: int = 2, hidden_dims: Sequence[int] = (128, 128), *,

@@ -215,22 +215,23 @@ def langevin_variance_ratio(
     level i - 1's, :math:`N(0, \gamma^2\sigma_i^2 I)`, and run T steps of this package's
     update :math:`x \leftarrow x + \tfrac{\alpha}{2}s(x, \sigma_i) + \sqrt{\alpha}\,z` with
     :math:`\alpha = \epsilon\,\sigma_i^2/\sigma_L^2`. Each step maps the variance v to
-    :math:`\rho^2 v + \alpha`, :math:`\rho = 1 - \epsilon / (2\sigma_L^2)`, so
+    :math:`\rho^2 v + \alpha`, :math:`\rho = 1 - \epsilon / (2\sigma_L^2)`, so the variance
+    :math:`v_T` after T steps (the paper's :math:`s_T^2`) is
 
     .. math::
-        s_T^2 / \sigma_i^2 = \rho^{2T}\big(\gamma^2 - 2/(1+\rho)\big) + 2/(1+\rho) .
+        v_T / \sigma_i^2 = \rho^{2T}\big(\gamma^2 - 2/(1+\rho)\big) + 2/(1+\rho) .
 
     The ratio does not depend on i: that is why one epsilon serves every level. It is the
     paper's Eq. 4 written for this package's step (the authors' ``step_lr`` is half our
     ``step_size``: their update is :math:`x + \epsilon' s + \sqrt{2\epsilon'} z`).
-    Needs gamma > 1 (as :func:`level_overlap`) and 0 < u < 1, that is
+    Needs gamma > 1 (as :func:`level_overlap`) and 0 < rho < 1, that is
     ``step_size < 2 * sigma_min**2``.
     """
     step_size = check_positive_real("step_size", step_size)
     gamma = _check_ratio(gamma)
     n_steps_each = check_positive_int("n_steps_each", n_steps_each)
     scale = _step_scale(check_positive_real("sigma_min", sigma_min))
-    u = step_size / scale
+    u = step_size / scale  # 1 - rho
     if u >= 1.0:
         raise ValueError(
             f"step_size must be below 2 sigma_min^2 = {scale:.4g}, got {step_size!r}"

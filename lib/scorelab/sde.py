@@ -2,9 +2,9 @@ r"""From noise ladders to stochastic differential equations: the VE SDE, its sam
 
 Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), *Score-Based Generative Modeling
 through Stochastic Differential Equations* (ICLR 2021), equation numbers of the arXiv version
-2011.13456. The noise ladder of Song & Ermon (2019), its levels numbered from the smallest up
-as this paper does, is a Markov chain (Eq. 8),
-:math:`x_i = x_{i-1} + \sqrt{\sigma_i^2 - \sigma_{i-1}^2}\, z`; with infinitely many levels it
+2011.13456. The noise ladder of Song & Ermon (2019) is a Markov chain (Eq. 8, written here
+with the course's numbering, sigma_1 the largest level),
+:math:`x_i = x_{i+1} + \sqrt{\sigma_i^2 - \sigma_{i+1}^2}\, z`; with infinitely many levels it
 becomes the **variance-exploding SDE** (Eq. 9)
 
 .. math:: dx = \sqrt{\frac{d[\sigma^2(t)]}{dt}}\, dw, \qquad
@@ -112,7 +112,7 @@ class VESDE:
     Notes
     -----
     The prior is :math:`N(0, \sigma_{\max}^2 I)`, which stands in for the true marginal
-    :math:`p_1 = p_{\text{data}} * N(0, \sigma_{\max}^2 I)`: it is close only when
+    :math:`p_1 = p * N(0, \sigma_{\max}^2 I)`: it is close only when
     :math:`\sigma_{\max}` dwarfs the data's spread (NCSNv2's Technique 1).
     """
 
@@ -176,7 +176,7 @@ class VESDE:
         return math.log(sigma / self.sigma_min) / self.log_ratio
 
     def time_grid(self, n_steps: int) -> torch.Tensor:
-        """Times 1 = t_0 > t_1 > ... > t_n = 0 of ``n_steps`` equal reverse-time steps.
+        """The times 1 > 1 - 1/n > ... > 1/n > 0 of ``n = n_steps`` equal reverse-time steps.
 
         Float64, shape (n_steps + 1,).
         """
@@ -801,10 +801,16 @@ def continuous_dsm_loss(model, x: torch.Tensor, sde: VESDE, *,
     For each example a time :math:`t \sim U(0, 1)` gives a log-uniform noise level
     :math:`\sigma = \sigma(t)` between sigma_min and sigma_max; the example is perturbed as
     :math:`\tilde x = x + \sigma z` and, with the weighting :math:`\lambda = \sigma^2` (for
-    the VE SDE proportional to :math:`g(t)^2`, the likelihood weighting),
+    the VE SDE proportional to :math:`g(t)^2`),
 
     .. math:: \ell = \tfrac12 \sigma^2 \| s(\tilde x, \sigma) + z / \sigma \|^2
                    = \tfrac12 \| \sigma\, s(\tilde x, \sigma) + z \|^2 .
+
+    Eq. 7 has no factor 1/2 (a constant, kept here as in chapters 4 and 6) and a kernel of
+    variance :math:`\sigma(t)^2 - \sigma_{\min}^2`; like the discrete ladder and the
+    authors' code, the kernel here is :math:`N(x, \sigma(t)^2 I)`. That lambda is
+    proportional to :math:`g(t)^2` makes it the likelihood weighting of Song, Durkan, Murray
+    & Ermon (2021).
 
     Parameters
     ----------

@@ -57,7 +57,10 @@ def annealed_dsm_loss(
     one scale (E||z||^2 = D at every level):
 
         l_i = 1/2 * sigma_i^2 * || s(x~, i) + z / sigma_i ||^2
-            = 1/2 * || sigma_i s(x~, i) + z ||^2.
+            = 1/2 * || sigma_i s(x~, i) + z ||^2,
+
+    where s(x~, i) is the model at the example's label i, the index of sigma_i in ``sigmas``
+    (0..L-1 in code; the book's sigma_1..sigma_L number the same levels from 1).
 
     Parameters
     ----------
@@ -149,10 +152,10 @@ def memorised_dsm_floor(data: torch.Tensor, sigmas, *, n: int = 2000,
     r"""The annealed DSM loss, level by level, of a model that memorised ``data`` (L,).
 
     Such a model knows the exact score of the training set's own perturbed distribution,
-    :math:`p_\sigma = \frac1M \sum_j \mathcal N(x_j, \sigma^2 I)` for the M points of ``data``:
+    :math:`p_\sigma = \frac1N \sum_j \mathcal N(x_j, \sigma^2 I)` for the N points of ``data``:
     with the posterior weights
-    :math:`w_j(\tilde x) = \operatorname{softmax}_j(-\lVert\tilde x - x_j\rVert^2 / 2\sigma^2)`,
-    the score is :math:`(\sum_j w_j x_j - \tilde x) / \sigma^2` (Tweedie's formula), and its
+    :math:`r_j(\tilde x) = \operatorname{softmax}_j(-\lVert\tilde x - x_j\rVert^2 / 2\sigma^2)`,
+    the score is :math:`(\sum_j r_j x_j - \tilde x) / \sigma^2` (Tweedie's formula), and its
     loss on the training points,
     :math:`\frac12 \mathbb E\lVert\sigma s(\tilde x) + z\rVert^2` (Song & Ermon 2019,
     Eq. 5-6, with :math:`\lambda(\sigma) = \sigma^2`), is the lowest any model reaches there.
@@ -160,10 +163,10 @@ def memorised_dsm_floor(data: torch.Tensor, sigmas, *, n: int = 2000,
     where the posterior mean barely moves (large sigma); a network's loss far above it has not
     memorised the data.
 
-    ``data`` (M, *D) finite floats; ``sigmas`` a ladder (L,); ``n`` noisy draws a level (the
+    ``data`` (N, *D) finite floats; ``sigmas`` a ladder (L,); ``n`` noisy draws a level (the
     Monte Carlo error of each level's value is about its spread over sqrt(n)). Float64 inside.
     """
-    data = check_batch("data", data).detach().reshape(len(data), -1).double()  # (M, D)
+    data = check_batch("data", data).detach().reshape(len(data), -1).double()  # (N, D)
     levels = check_sigmas(sigmas).double().tolist()
     n = check_positive_int("n", n)
     floors = []
@@ -171,7 +174,7 @@ def memorised_dsm_floor(data: torch.Tensor, sigmas, *, n: int = 2000,
         picks = randint(len(data), (n,), generator=generator, device=data.device)
         z = randn_like(data[picks], generator=generator)  # (n, D)
         noisy = data[picks] + sigma * z
-        weights = torch.softmax(-torch.cdist(noisy, data) ** 2 / (2 * sigma**2), dim=1)  # (n, M)
+        weights = torch.softmax(-torch.cdist(noisy, data) ** 2 / (2 * sigma**2), dim=1)  # (n, N)
         residual = z - (noisy - weights @ data) / sigma  # sigma s(x~) + z
         floors.append(0.5 * residual.square().sum(dim=1).mean())
     return torch.stack(floors)
@@ -257,7 +260,7 @@ def sliced_score_matching_loss(
     For random directions ``v`` with ``E[v v^T] = I`` (Gaussian, Rademacher, or unit-sphere
     scaled by sqrt(D)):
 
-        l = mean_v [ v^T (d s / d x) v + 1/2 (v^T s)^2 ]            (SSM, ``J(theta; p_v)``)
+        l = mean_v [ v^T (d s / d x) v + 1/2 (v^T s)^2 ]            (SSM, chapter 5's J_SSM)
         l = mean_v [ v^T (d s / d x) v ] + 1/2 ||s||^2                (SSM-VR)
 
     SSM-VR replaces ``1/2 (v^T s)^2`` by its expectation over ``v``, which is ``1/2 ||s||^2``
@@ -464,7 +467,9 @@ def _as_device(device) -> torch.device:
 
 
 class ExponentialMovingAverage:
-    """A copy ``module`` of a model whose parameters follow ``avg <- rate * avg + (1 - rate) * p``.
+    r"""A copy ``module`` of a model whose parameters follow
+    :math:`\bar\theta \leftarrow r\,\bar\theta + (1 - r)\,\theta` (``r = rate``, :math:`\theta`
+    the model's parameters, :math:`\bar\theta` their average).
 
     Started at the model's current weights; buffers are copied from the model at every
     update. The arithmetic of ``torch.optim.swa_utils.AveragedModel`` with
@@ -711,7 +716,8 @@ class ScoreMatchingTrainer:
         the name of the argument that set ``every``, for its error message:
         ``(every, hook, "checkpoint_every")``.
 
-        ``n_steps`` (the total, steps already done included) must be a positive int; every
+        ``n_steps`` (the total, steps already done included) must be a positive int, and
+        ``batches`` must not run out before it; every
         batch must be a non-empty floating tensor (N, *D) (its shape checked, not its values:
         a NaN batch makes the loss NaN, which stops training).
         """
@@ -728,8 +734,13 @@ class ScoreMatchingTrainer:
         self.model.train()
         pending: list[torch.Tensor] = []  # losses not read yet
         for step in bar:
-            loss = self._loss(check_batch_shape("every batch of batches", next(batches)),
-                              generator)
+            batch = next(batches, None)
+            if batch is None:
+                raise ValueError(
+                    f"batches ran out before step {step + 1} of n_steps={n_steps}: pass an "
+                    "endless source of batches, such as Batches(data, batch_size), or fewer "
+                    "n_steps")
+            loss = self._loss(check_batch_shape("every batch of batches", batch), generator)
             if log_every == 1:  # read before the update: the weights never see a NaN loss
                 self._check_losses(history, self._read([loss]), step, log_every)
                 self._apply(loss)

@@ -109,7 +109,7 @@ def draw_langevin(ax: Axes, step_size: float = 0.05, n_steps: int = 200, *,
     the share of particles nearest to the heavier mode's mean (0.68 once the chain has mixed: the
     components overlap, so the nearest-mean share of exact samples is
     0.7 Phi(d / 2s) + 0.3 Phi(-d / 2s) = 0.678, with d = 2.68 between the means and s = 0.84 the
-    components' standard deviation), and the update is Eq. (2.1) of chapter 2,
+    components' standard deviation), and the update is chapter 2's Langevin step,
     ``x <- x + (alpha/2) s(x) + sqrt(alpha) z``.
     """
     step_size = check_positive("step_size", step_size)
@@ -134,8 +134,9 @@ def draw_noise_level(ax: Axes, sigma: float = 5.0, *, limits: Limits = (-12.0, 1
 
     The title gives the heavy mode's responsibility at the light mode's centre (-5, -5): about 0
     for small ``sigma`` (there the score sees only the light mode), rising to the weight 0.8 as
-    ``sigma`` grows and the modes merge, which is why the perturbed score "knows" the weights
-    (Song and Ermon 2019, Section 3.2).
+    ``sigma`` grows and the modes merge, which is why the perturbed score "knows" the weights,
+    unlike the clean score (Song and Ermon 2019, Section 3.2.2; the remedy, Sections 4
+    and 4.3).
     """
     sigma = check_positive("sigma", sigma)
     level = ncsn_toy_mixture().perturbed(sigma)

@@ -454,3 +454,47 @@ def check_choice(answer, options: dict[str, str], correct: str, *, what: str) ->
     letter = answer.strip().lower()
     if letter != correct:
         raise Mismatch(f"({letter}) is not it: {options[letter]}")
+
+
+def expect_given_noise(step: Callable[[torch.Tensor], object], z: torch.Tensor, got: torch.Tensor,
+                       *, what: str, without_noise: torch.Tensor | None = None) -> None:
+    """Mismatch unless the student's step uses the noise ``z`` it is given.
+
+    ``step(z)`` calls the student's function again with every other argument as before, and
+    ``got`` is what the first call returned. The same z must give the same result (else the
+    step draws noise of its own) and -z a different one (else z never enters it: noise from a
+    fixed seed). When ``got`` equals ``without_noise``, the step with its noise term left out,
+    the check returns and lets :func:`diagnose` name that mistake.
+    """
+    advice = ("Use the z it is given: the sampler draws z from its generator, so that a run "
+              "can be repeated (and the check passes the same z to compare draw for draw).")
+    again = step(z.clone())
+    if isinstance(again, torch.Tensor) and not torch.equal(again, got):
+        raise Mismatch(f"two calls of {what} with the same arguments gave different results: "
+                       f"it draws noise of its own. {advice}")
+    if without_noise is not None and torch.allclose(got, without_noise, rtol=1e-4, atol=1e-4):
+        return
+    flipped = step(-z)
+    if isinstance(flipped, torch.Tensor) and torch.equal(flipped, got):
+        raise Mismatch(f"{what} gives the same result for z and for -z: it ignores the z it "
+                       f"is given (noise of its own, drawn from a fixed seed?). {advice}")
+
+
+class FormulaMatches:
+    """Counts the settings where a student's *measurement* equals its formula to six digits.
+
+    A simulation's relative error is far above 1e-6, so one such match is an accident and a
+    second one is the formula itself, typed in instead of measured: :meth:`record` raises
+    :class:`Mismatch` then. ``formula`` names it in the message; ``advice`` says what to do.
+    """
+
+    def __init__(self, formula: str, *, advice: str) -> None:
+        self.formula, self.advice, self.matches = formula, advice, 0
+
+    def record(self, got: float, formula_value: float, *, where: str) -> None:
+        """Count ``got`` if it equals ``formula_value`` to six digits; Mismatch at the second."""
+        self.matches += abs(got / formula_value - 1.0) < 1e-6
+        if self.matches == 2:
+            raise Mismatch(f"{where} equals {self.formula} to six digits, and so did an earlier "
+                           f"setting: that is the formula, not a measurement (a simulation's "
+                           f"error is far larger than 1e-6). {self.advice}")

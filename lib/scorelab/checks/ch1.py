@@ -598,9 +598,10 @@ register_hints(
     "1.2",
     "Autograd differentiates a scalar. The sum over points of log p(x_n) has, as its "
     "gradient with respect to row n, exactly the score at x_n.",
-    "Make a fresh leaf tensor from x that tracks gradients, evaluate the log-density "
-    "on it, sum, and ask torch.autograd for the gradient of that sum with respect to "
-    "the leaf.",
+    "Which tensor should autograd track: the caller's points (which may already belong to a "
+    "graph, and must not change) or a copy of them? Which scalar do you differentiate, and "
+    "with respect to what? Prefer the call that returns a gradient to the one that stores it "
+    "on the tensors.",
     "Check yours the way the samplers use it: called inside a no-grad block, where autograd "
     "records nothing, it must still return the score. Recording can be switched back on for a "
     "block of your function.",
@@ -609,10 +610,10 @@ register_hints(
     "1.3",
     "Compute everything as logarithms: log(pi_k) + log N(x; mu_k, var_k I) for every point "
     "and component, then turn those into responsibilities with a softmax over components.",
-    "The equation to use: log N(x; mu, v I) = -|x - mu|^2 / (2 v) - (D / 2) log(2 pi v), with D "
-    "the dimension (in 1-D the log term has 1/2 in front). The responsibilities are the "
-    "log-joints log pi_k + log N_k normalised over the components, which a softmax over the "
-    "component axis does without ever leaving log space.",
+    "Write log N(x; mu, v I) for a point of D coordinates: which term depends on D, and what "
+    "is it in 1-D? The responsibilities are the log-joints log pi_k + log N_k normalised over "
+    "the components: which torch function normalises log values without an exp that "
+    "underflows far from the modes?",
     "Check the shapes as you go: (N, K, D) for x against every mean, (N, K) for the log-joint, "
     "the softmax over the K axis, and a sum over K that leaves (N, D). If the check finds NaN "
     "far from the modes, an exp of a log-density comes before the softmax.",

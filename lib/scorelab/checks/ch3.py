@@ -628,10 +628,9 @@ register_hints(
     "3.5",
     "Two nested loops: over the noise levels from the largest to the smallest, and over the "
     "Langevin steps within a level, each with that level's own step size and score.",
-    "The equation to use: Algorithm 1's step at level i is alpha_i = eps sigma_i^2 / "
-    "sigma_L^2, with eps the argument step_size and sigma_L the smallest sigma (so the last "
-    "level takes step_size itself). Each step is exercise 2.1's update, with step alpha_i and "
-    "the score at sigma_i.",
+    "At which level does Algorithm 1 step with step_size itself, and how does its step alpha_i "
+    "grow with sigma_i on the levels above? Which score does a step at level i follow, and "
+    "what is one step, once alpha_i and that score are known (exercise 2.1)?",
     "The check compares draw for draw with the package's sampler. If it names no mistake, "
     "check: every level runs once, from the largest sigma to the smallest, with exactly "
     "n_steps_each steps; the step at the last level is step_size itself; and every single step "

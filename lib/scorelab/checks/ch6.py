@@ -863,9 +863,9 @@ register_hints(
     "6.1",
     "Instance norm removes each channel's spatial mean and scale; the delta term puts back how "
     "the channel means differ from one another, normalised across the channels.",
-    "Per example: the channel means over the pixels; their mean m and unbiased variance v across "
-    "channels; each channel standardised with its own biased pixel variance; then gamma times "
-    "(standardised channel + delta times the standardised channel mean), plus beta.",
+    "Which statistics are taken over the pixels of one channel, and which across the channels "
+    "of one example? Which variance is biased and which unbiased (the class's docstring says)? "
+    "Does gamma multiply the delta term too, and where does beta enter?",
     "Check special cases: with gamma = 1, delta = 0 and beta = 0 your layer is plain instance "
     "norm (every channel of every example has mean 0 and variance about 1 over its pixels); "
     "with delta = 0 the channel means play no part at all.",

@@ -2,7 +2,8 @@ r"""Inpainting with a trained NCSN: annealed Langevin dynamics that keeps the kn
 
 Song & Ermon (2019), Section 5 (Fig. 6) and Appendix B.3, Algorithm 2: the same annealed
 Langevin dynamics as for sampling, except that after every step the known pixels are
-overwritten by the observed image *plus that level's noise*, :math:`y = x + \sigma_i \tilde z`.
+overwritten by the observed image *plus that level's noise*,
+:math:`y = x_{\text{obs}} + \sigma_i \tilde z` with :math:`\tilde z \sim N(0, I)` drawn once a level.
 The unknown pixels then follow the score of the perturbed density *given* perturbed versions
 of the known ones, and the levels anneal both towards the data.
 
@@ -21,9 +22,10 @@ from contextlib import contextmanager
 import torch
 
 from scorelab._tensors import rand, randn
-from scorelab._validation import (check_generator, check_positive, check_positive_int,
-                                  check_flag, check_score_shape, check_unit_interval,
-                                  check_values, clamp_to_unit_interval)
+from scorelab._validation import (check_flag, check_floating, check_generator,
+                                  check_image_batch, check_positive, check_positive_int,
+                                  check_score_shape, check_unit_interval, check_values,
+                                  clamp_to_unit_interval)
 from scorelab.noise import check_sigmas
 
 __all__ = ["inpaint", "keep_rows", "keep_columns", "mean_fill", "completion_shares"]
@@ -32,16 +34,10 @@ __all__ = ["inpaint", "keep_rows", "keep_columns", "mean_fill", "completion_shar
 def _check_images(model, images) -> torch.Tensor:
     """``images`` as a finite floating tensor (N, C, H, W) on [0, 1] of the model's shape (an
     NCSN's dtype and device too), else ValueError."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a non-empty tensor of shape (N, C, H, W), got {got}")
+    check_image_batch("images", images)
     if hasattr(model, "check_images"):  # an NCSN names its own (C, H, W)
         model.check_images("images", images)
-    if not images.is_floating_point():
-        raise ValueError(f"images must be a floating-point tensor, got dtype {images.dtype}")
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError("images must contain only finite values (no NaN or infinity)")
-    return check_unit_interval("images", images)
+    return check_unit_interval("images", check_values("images", images))
 
 
 def _check_mask(mask, images: torch.Tensor) -> torch.Tensor:
@@ -241,16 +237,11 @@ def keep_columns(n_columns: int, *, size: int = 8, from_left: bool = True) -> to
 
 def mean_fill(images: torch.Tensor, mask: torch.Tensor, mean_image: torch.Tensor) -> torch.Tensor:
     """The baseline completion: ``images`` where ``mask`` is 1, ``mean_image`` (C, H, W) elsewhere."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor of shape (N, C, H, W), got {got}")
+    check_values("images", check_image_batch("images", images))
     if not isinstance(mean_image, torch.Tensor) or tuple(mean_image.shape) != tuple(images.shape[1:]):
         got = tuple(mean_image.shape) if isinstance(mean_image, torch.Tensor) else type(mean_image).__name__
         raise ValueError(f"mean_image must have shape {tuple(images.shape[1:])}, got {got}")
-    for name, tensor in (("images", images), ("mean_image", mean_image)):
-        if not tensor.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-        check_values(name, tensor)
+    check_values("mean_image", check_floating("mean_image", mean_image))
     known = _check_mask(mask, images).bool()
     return torch.where(known, images, mean_image.to(images).expand(images.shape))
 
@@ -281,14 +272,7 @@ def completion_shares(
     """
     from scorelab.metrics import digits_classifier
 
-    if not isinstance(completions, torch.Tensor) or completions.ndim != 4 or tuple(
-        completions.shape[1:]
-    ) != (1, 8, 8):
-        got = tuple(completions.shape) if isinstance(completions, torch.Tensor) else type(completions).__name__
-        raise ValueError(f"completions must have shape (N, 1, 8, 8), got {got}")
-    if not completions.is_floating_point():
-        raise ValueError(f"completions must be a floating-point tensor, got {completions.dtype}")
-    check_unit_interval("completions", completions)
+    check_unit_interval("completions", check_image_batch("completions", completions, (1, 8, 8)))
     labels = torch.as_tensor(labels)
     if labels.shape != (completions.shape[0],):
         raise ValueError(f"labels must hold one digit per completion, shape "

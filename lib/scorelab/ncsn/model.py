@@ -195,7 +195,7 @@ class NCSN(nn.Module):
         -------
         Tensor, shape (n, C, H, H)
             Images clamped to the data's [0, 1] scale; with ``snapshots`` a pair (images,
-            trajectory (T, n, C, H, H), also clamped).
+            trajectory (F, n, C, H, H) of F recorded frames, also clamped).
         """
         n = check_positive_int("n", n)
         n_steps_each = self.n_steps_each if n_steps_each is None else n_steps_each

@@ -30,8 +30,9 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
         y_k = \gamma[i, k] \left( \frac{x_k - \mu_k}{\sqrt{s_k^2 + \eta}}
               + \delta[i, k] \frac{\mu_k - m}{\sqrt{v + \eta}} \right) + \beta[i, k]
 
-    where :math:`i` is the noise level and :math:`\eta` is ``eps`` (the authors' code scales the
-    correction by :math:`\gamma` too, as here). The paper and the code call the mean-correction
+    where :math:`i` is the noise level and :math:`\eta` is ``eps``. Appendix A.1 writes the
+    correction outside the :math:`\gamma`; the authors' code, followed here, scales it by
+    :math:`\gamma` too. The paper and the code call the mean-correction
     weight :math:`\alpha`; the course writes :math:`\delta`, keeping :math:`\alpha` for the
     Langevin step (chapter 6). Plain instance norm throws the channel means away, which shifts
     colours in generated images; the :math:`\delta` term puts the relative channel means back.

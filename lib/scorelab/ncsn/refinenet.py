@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scorelab._validation import check_int_at_least, check_labels, check_positive_int
+from scorelab._validation import (check_floating, check_int_at_least, check_labels,
+                                  check_positive_int)
 from scorelab.ncsn.layers import CondRefineBlock, ConditionalResidualBlock, conv3x3
 from scorelab.ncsn.normalization import TWO_CHANNELS, ConditionalInstanceNorm2dPlus
 
@@ -27,8 +28,7 @@ def check_images(name: str, x, channels: int, size: int, weight: torch.Tensor | 
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != shape:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must have shape (N, {', '.join(map(str, shape))}), got {got}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    check_floating(name, x)
     if weight is not None and x.dtype != weight.dtype:
         convert = (f"{name}.float()" if weight.dtype == torch.float32
                    else f"{name}.to({weight.dtype})")
