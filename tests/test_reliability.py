@@ -526,3 +526,9 @@ def test_trainer_run_names_batches_that_run_out():
     three = [torch.randn(4, 2) for _ in range(3)]
     with pytest.raises(ValueError, match=r"batches ran out before step 4 of n_steps=5.*Batches"):
         objective.run(three, 5, progress=False)
+
+
+def test_moving_average_refuses_a_model_of_another_architecture():
+    average = training.exponential_moving_average(nets.BasicNetwork(2), 0.9)
+    with pytest.raises(ValueError, match="model must have the parameters of the averaged model"):
+        average.update_parameters(nets.BasicNetwork(3))

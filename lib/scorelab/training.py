@@ -488,7 +488,13 @@ class ExponentialMovingAverage:
     def update_parameters(self, model: torch.nn.Module) -> None:
         """One step of the average towards ``model``'s parameters; copy its buffers."""
         averaged = [p.detach() for p in self.module.parameters()]
-        torch._foreach_lerp_(averaged, [p.detach() for p in model.parameters()], 1.0 - self.rate)
+        current = [p.detach() for p in _check_model(model).parameters()]
+        if [p.shape for p in current] != [p.shape for p in averaged]:
+            raise ValueError(
+                f"model must have the parameters of the averaged model ({len(averaged)} tensors "
+                f"of its shapes), got {type(model).__name__} with {len(current)} of other shapes: "
+                "average one model from start to end")
+        torch._foreach_lerp_(averaged, current, 1.0 - self.rate)
         for mine, theirs in zip(self.module.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)
 
