@@ -112,3 +112,23 @@ def test_no_control_characters_in_sources():
             context = text[max(0, match.start() - 25):match.start() + 25]
             found.append(f"{path.relative_to(ROOT)}: {context!r}")
     assert not found, "\n".join(found)
+
+
+#: What the repository's top level holds: the book's sources and configuration, the package,
+#: the generated exercises and notebooks, scripts, tests and the files that install them.
+TOP_LEVEL = {".ci", ".gitignore", "Makefile", "README.md", "_config.yml", "_toc.yml", "binder",
+             "book", "environment.yml", "exercises", "lib", "notebooks", "pyproject.toml",
+             "requirements.txt", "scripts", "solutions", "tests"}
+
+
+def test_no_stray_files_at_the_top_level():
+    """A run's leftovers (process ids, logs, checkpoints) must not be committed by mistake."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    stray = {path.split("/", 1)[0] for path in listed} - TOP_LEVEL
+    assert not stray, f"unexpected files at the repository's top level: {sorted(stray)}"
