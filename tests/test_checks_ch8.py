@@ -12,6 +12,29 @@ from scorelab.checks import _core
 from scorelab.sde import corrector_step_size
 
 
+
+
+def predicted_variance_ratio(snr):
+    return 1.0 + snr**2
+
+
+def buggy_variance(v, sigma_min, sigma_max):
+    return (v + sigma_min**2) ** 2 / (v + sigma_max**2)
+
+
+def _with_answer(check, answer, *, first: bool):
+    """``check`` with one of its answers fixed to a right one, so that a test varies the other."""
+    def run(*answers):
+        return check(answer, *answers) if first else check(*answers, answer)
+
+    run.exercise_number = check.exercise_number
+    return run
+
+
+exercise_8_3 = _with_answer(checks.exercise_8_3, predicted_variance_ratio, first=True)
+exercise_8_4 = _with_answer(checks.exercise_8_4, buggy_variance, first=False)
+
+
 # --- 8.1 ----------------------------------------------------------------------------------------
 
 
@@ -146,19 +169,19 @@ def full_score_step(snr):
 
 
 def test_8_3(capsys):
-    assert_passes(capsys, checks.exercise_8_3, measure)
-    assert_explains(capsys, checks.exercise_8_3, lambda snr: math.sqrt(measure(snr)), "standard deviations")
-    assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, scale=1.0), "variance itself")
-    assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, factor=0.5), "half of alpha")
-    assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, noise=2.0),
+    assert_passes(capsys, exercise_8_3, measure)
+    assert_explains(capsys, exercise_8_3, lambda snr: math.sqrt(measure(snr)), "standard deviations")
+    assert_explains(capsys, exercise_8_3, lambda snr: measure(snr, scale=1.0), "variance itself")
+    assert_explains(capsys, exercise_8_3, lambda snr: measure(snr, factor=0.5), "half of alpha")
+    assert_explains(capsys, exercise_8_3, lambda snr: measure(snr, noise=2.0),
                     "noise sqrt(2 alpha) z", "the course's step adds sqrt(alpha) z")
-    assert_explains(capsys, checks.exercise_8_3, full_score_step, "half the target's variance")
-    assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.3),
+    assert_explains(capsys, exercise_8_3, full_score_step, "half the target's variance")
+    assert_explains(capsys, exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.3),
              "forgotten its start")
-    assert_explains(capsys, checks.exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.0),
+    assert_explains(capsys, exercise_8_3, lambda snr: measure(snr, n_steps=3, start=0.0),
              "zero score")
-    assert_explains(capsys, checks.exercise_8_3, lambda snr: torch.ones(3), "single number")
-    assert "not done yet" in run_check(capsys, checks.exercise_8_3, stub)
+    assert_explains(capsys, exercise_8_3, lambda snr: torch.ones(3), "single number")
+    assert "not done yet" in run_check(capsys, exercise_8_3, stub)
 
 
 # --- 8.4 ----------------------------------------------------------------------------------------
@@ -184,23 +207,23 @@ def test_8_2_and_8_4_name_a_step_that_writes_into_its_input(capsys):
 
     assert_explains(capsys, checks.exercise_8_2, in_place_step, "on x changed the tensor")
     assert_explains(capsys, checks.exercise_8_2, in_place_noise, "on z changed the tensor")
-    assert_explains(capsys, checks.exercise_8_4, in_place_drift, "changed the tensor it was given")
+    assert_explains(capsys, exercise_8_4, in_place_drift, "changed the tensor it was given")
 
 
 def test_8_4(capsys):
-    assert_passes(capsys, checks.exercise_8_4, pf_drift)
-    assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: -sde.g2(t) * f(x, sde.sigma(t)),
+    assert_passes(capsys, exercise_8_4, pf_drift)
+    assert_explains(capsys, exercise_8_4, lambda f, sde, x, t: -sde.g2(t) * f(x, sde.sigma(t)),
              "still the original drift")
-    assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: 0.5 * sde.g2(t) * f(x, sde.sigma(t)),
+    assert_explains(capsys, exercise_8_4, lambda f, sde, x, t: 0.5 * sde.g2(t) * f(x, sde.sigma(t)),
              "wrong sign")
-    assert_explains(capsys, checks.exercise_8_4,
+    assert_explains(capsys, exercise_8_4,
              lambda f, sde, x, t: -0.5 * sde.diffusion(t) * f(x, sde.sigma(t)), "g instead of g^2")
-    assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: -0.25 * sde.g2(t) * f(x, sde.sigma(t)),
+    assert_explains(capsys, exercise_8_4, lambda f, sde, x, t: -0.25 * sde.g2(t) * f(x, sde.sigma(t)),
              "-1/4 g^2 s")
-    assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: -0.5 * sde.g2(t) * f(x, t),
+    assert_explains(capsys, exercise_8_4, lambda f, sde, x, t: -0.5 * sde.g2(t) * f(x, t),
              "noise level sigma(t)")
-    assert_explains(capsys, checks.exercise_8_4, lambda f, sde, x, t: pf_drift(f, sde, x, t).float(), "dtype")
-    assert "not done yet" in run_check(capsys, checks.exercise_8_4, stub)
+    assert_explains(capsys, exercise_8_4, lambda f, sde, x, t: pf_drift(f, sde, x, t).float(), "dtype")
+    assert "not done yet" in run_check(capsys, exercise_8_4, stub)
 
 
 # --- 8.5 ----------------------------------------------------------------------------------------
@@ -386,15 +409,15 @@ def authors_step(snr):
 
 
 def test_8_3_names_the_authors_step_and_the_formula_in_place_of_a_measurement(capsys):
-    assert_explains(capsys, checks.exercise_8_3, authors_step, "1 + 2 snr^2", "authors' convention")
-    assert_explains(capsys, checks.exercise_8_3, lambda snr: 1 + snr**2, "not a measurement")
+    assert_explains(capsys, exercise_8_3, authors_step, "1 + 2 snr^2", "authors' convention")
+    assert_explains(capsys, exercise_8_3, lambda snr: 1 + snr**2, "not a measurement")
 
 
 def test_8_4_names_the_score_taken_at_the_variance(capsys):
     def at_variance(score_fn, sde, x, t):
         return -0.5 * sde.g2(t) * score_fn(x, sde.sigma(t) ** 2)
 
-    assert_explains(capsys, checks.exercise_8_4, at_variance, "evaluated at sigma(t)^2")
+    assert_explains(capsys, exercise_8_4, at_variance, "evaluated at sigma(t)^2")
 
 
 def test_8_5_refuses_the_packages_log_likelihood(capsys):
@@ -421,7 +444,7 @@ def test_8_1_and_8_3_refuse_the_packages_sde(capsys):
                                   progress=False)
         return (out.var() / 2).item()
 
-    assert_explains(capsys, checks.exercise_8_3, by_the_sampler,
+    assert_explains(capsys, exercise_8_3, by_the_sampler,
                     "calls the package's predictor_corrector")
 
 
@@ -445,7 +468,7 @@ def test_8_4_names_minus_g_s(capsys):
     def g_not_squared(score_fn, sde, x, t):
         return -math.sqrt(sde.g2(t)) * score_fn(x, sde.sigma(t))
 
-    assert_explains(capsys, checks.exercise_8_4, g_not_squared, "the drift is -g s")
+    assert_explains(capsys, exercise_8_4, g_not_squared, "the drift is -g s")
 
 
 # --- a student's tries of chapter 8 ------------------------------------------------------------
@@ -463,11 +486,11 @@ def fixed_step_size(snr, n_steps=200):
 
 
 def test_8_3_names_a_step_size_kept_a_theory_in_float32_and_a_standard_deviation(capsys):
-    assert_explains(capsys, checks.exercise_8_3, fixed_step_size, "1 / (1 - snr^2)",
+    assert_explains(capsys, exercise_8_3, fixed_step_size, "1 / (1 - snr^2)",
                     "computed once")
-    assert_explains(capsys, checks.exercise_8_3, lambda snr: float(1 + torch.tensor(snr) ** 2),
+    assert_explains(capsys, exercise_8_3, lambda snr: float(1 + torch.tensor(snr) ** 2),
                     "not a measurement")
-    assert_explains(capsys, checks.exercise_8_3, lambda snr: math.sqrt(2 * measure(snr)) / 2,
+    assert_explains(capsys, exercise_8_3, lambda snr: math.sqrt(2 * measure(snr)) / 2,
                     "standard deviation over the target's variance")
 
 
@@ -494,8 +517,8 @@ def test_8_4_names_a_base_10_logarithm_and_refuses_the_packages_drift(capsys):
         g2 = 2 * sde.sigma(t) ** 2 * math.log10(sde.sigma_max / sde.sigma_min)
         return -0.5 * g2 * score_fn(x, sde.sigma(t))
 
-    assert_explains(capsys, checks.exercise_8_4, log10_drift, "base-10 logarithm")
-    assert_explains(capsys, checks.exercise_8_4, _ode_drift, "calls the package's")
+    assert_explains(capsys, exercise_8_4, log10_drift, "base-10 logarithm")
+    assert_explains(capsys, exercise_8_4, _ode_drift, "calls the package's")
 
 
 def test_8_5_names_bits_and_a_constant_offset_and_refuses_the_packages_flow(capsys):
@@ -518,3 +541,34 @@ def test_8_5_names_bits_and_a_constant_offset_and_refuses_the_packages_flow(caps
                     "normalising constant")
     assert_explains(capsys, checks.exercise_8_5, along_the_package_flow,
                     "calls the package's", "probability_flow")
+
+
+def test_8_3_checks_the_prediction_and_names_wrong_derivations(capsys):
+    check = checks.exercise_8_3
+    assert_passes(capsys, check, predicted_variance_ratio, measure)
+    for wrong, phrase in [(lambda r: 1 / (1 - r**2), "from the target's variance"),
+                          (lambda r: 1 + 2 * r**2, "authors' step"),
+                          (lambda r: math.sqrt(1 + r**2), "standard deviations"),
+                          (lambda r: 1.0, "does not remove"),
+                          (lambda r: 1 + r, "proportional to r^2"),
+                          (lambda r: measure(r), "is it a measurement"),
+                          (lambda r: 2 + r, "what step alpha")]:
+        assert_explains(capsys, check, (wrong, measure), phrase)
+    assert "not done yet" in run_check(capsys, check, stub, measure)
+
+
+def test_8_4_checks_the_derived_variance_of_the_bug(capsys):
+    check = checks.exercise_8_4
+    assert_passes(capsys, check, pf_drift, buggy_variance)
+    start = lambda v, lo, hi: v + hi**2  # noqa: E731
+    end = lambda v, lo, hi: v + lo**2  # noqa: E731
+    for wrong, phrase in [(end, "fixed flow"),
+                          (lambda *a: end(*a) / start(*a), "scales x"),
+                          (lambda *a: (end(*a) / start(*a)) ** 2, "multiply by"),
+                          (lambda v, lo, hi: v**2 / (v + hi**2), "sigma(0) = sigma_min"),
+                          (lambda v, lo, hi: hi**2 * (end(v, lo, hi) / start(v, lo, hi)) ** 2,
+                           "from the prior"),
+                          (lambda *a: 1.02 * buggy_variance(*a), "is it measured"),
+                          (lambda *a: 1.0, "derivative of a logarithm")]:
+        assert_explains(capsys, check, (pf_drift, wrong), phrase)
+    assert "not done yet" in run_check(capsys, check, pf_drift, stub)

@@ -234,8 +234,10 @@ def exercise_8_2(em_step) -> None:
 
 register_hints(
     "8.3",
-    "Start from samples of the target N(0, 2 I) itself and run only corrector steps; then "
-    "measure the variance of all coordinates and divide by the target's 2.",
+    "Predict first: exercise 2.2 gives the stationary variance of a Langevin chain with a fixed "
+    "step on N(0, v I). Here the step is set by the particles themselves. To measure, start "
+    "from samples of the target N(0, 2 I) and run only corrector steps; then take the variance "
+    "of all coordinates over the target's 2.",
     "One corrector step takes the batch's step size from corrector_step_size and then the "
     "course's Langevin update; the target's score is linear in x.",
     "Check your measurement before you trust it: start the chain elsewhere, from N(0, I), "
@@ -247,12 +249,54 @@ register_hints(
 TARGET_VARIANCE = 2.0
 
 
-@exercise("8.3", "your measured variance ratio follows 1 + snr^2: the corrector's bias grows "
-                 "with the square of the signal-to-noise ratio.")
-def exercise_8_3(measure_variance_ratio) -> None:
-    """Check ``measure_variance_ratio(snr) -> float`` (the stationary variance over 2)."""
+def _prediction_slips(snr: float) -> dict[float, str]:
+    """8.3's known wrong derivations of the stationary ratio, by the value each gives."""
+    return {
+        1.0 / (1.0 - snr**2): "you took |s| from the target's variance v. At stationarity the "
+        "score is evaluated on the particles, whose variance v_inf is the unknown: put "
+        "alpha = 4 r^2 v^2 / v_inf into exercise 2.2's stationary variance and solve for v_inf.",
+        1.0 + 2.0 * snr**2: "that is the ratio of the authors' step x + alpha s + sqrt(2 alpha) "
+        "z; this course's corrector steps x + (alpha / 2) s + sqrt(alpha) z.",
+        math.sqrt(1.0 + snr**2): "that is a ratio of standard deviations; the exercise asks "
+        "for the ratio of variances.",
+        1.0: "the SNR rule does not remove exercise 2.2's discretisation bias: the step stays "
+        "finite at stationarity, and a finite step widens the chain's law.",
+        1.0 + snr: "r is a ratio of norms, drift over noise; the bias grows with the step alpha, "
+        "which is proportional to r^2.",
+    }
+
+
+def _expect_predicted_ratio(predicted_variance_ratio) -> None:
+    """The student's derived stationary ratio, a formula in snr: 1 + snr^2 (to 1e-6)."""
+    for snr in cases([0.1, 0.4, 0.6], [0.25, 0.5]):
+        call = f"predicted_variance_ratio({snr})"
+        got = to_float(call_student(predicted_variance_ratio, snr, what=call), what=call)
+        want = 1.0 + snr**2
+        if math.isfinite(got) and abs(got / want - 1.0) <= 1e-6:
+            continue
+        slips = _prediction_slips(snr)
+        named = [text for value, text in slips.items()
+                 if math.isfinite(got) and abs(got / value - 1.0) <= 1e-6]
+        if named:
+            cause = named[0]
+        elif math.isfinite(got) and abs(got / want - 1.0) <= 0.03:
+            cause = ("close, but not exact: is it a measurement? The prediction is a formula in "
+                     "snr, derived from exercise 2.2's stationary variance.")
+        else:
+            cause = ("at stationarity |z|^2 is about D and |s|^2 about D v_inf / v^2, with v_inf "
+                     "the particles' variance: what step alpha does the rule give, and what "
+                     "v_inf does that step leave?")
+        raise Mismatch(f"{call} = {got:.6g} is not the corrector's stationary ratio: {cause}")
+
+
+@exercise("8.3", "your prediction and your measurements agree: the corrector's variance ratio "
+                 "is 1 + snr^2, a bias that grows with the square of the signal-to-noise ratio.")
+def exercise_8_3(predicted_variance_ratio, measure_variance_ratio) -> None:
+    """Check ``predicted_variance_ratio(snr) -> float`` (derived: 1 + snr^2) and
+    ``measure_variance_ratio(snr) -> float`` (the simulated stationary variance over 2)."""
     from scorelab.sde import _langevin_corrector, euler_maruyama, predictor_corrector
 
+    _expect_predicted_ratio(predicted_variance_ratio)
     measure_variance_ratio = without_package(measure_variance_ratio, predictor_corrector,
                                              _langevin_corrector, euler_maruyama,
                                              what="measure_variance_ratio")
@@ -344,14 +388,56 @@ register_hints(
     "Write the forward SDE's Fokker-Planck equation and turn its diffusion term into a drift: "
     "1/2 g^2 times the Laplacian of p equals the divergence of 1/2 g^2 p grad log p.",
     "Check your fix on the Gaussian above: carried back from t = 1 by the ODE, the samples "
-    "should have variance 2 (ratio 1.0); the buggy drift leaves almost none.",
+    "should have variance 2 (ratio 1.0); the buggy drift leaves almost none. For "
+    "buggy_variance: with the score -x / (v + sigma^2), write d log|x| / dt as the derivative "
+    "of a logarithm.",
 )
 
 
+def _expect_buggy_variance(buggy_variance) -> None:
+    """The variance the buggy flow (-g^2 s) leaves, started from p_1 = N(0, (v + sigma_max^2) I)
+    for data N(0, v I): (v + sigma_min^2)^2 / (v + sigma_max^2), to 1e-6."""
+    for v, lo, hi in cases([(2.0, 0.01, 50.0), (1.0, 0.5, 3.0)], [(0.3, 0.2, 10.0)]):
+        call = f"buggy_variance(v={v}, sigma_min={lo}, sigma_max={hi})"
+        got = to_float(call_student(buggy_variance, v, lo, hi, what="buggy_variance"), what=call)
+        start, end = v + hi**2, v + lo**2
+        want = end**2 / start
+        if math.isfinite(got) and abs(got / want - 1.0) <= 1e-6:
+            continue
+        slips = {
+            end: "that is what the fixed flow leaves, the data perturbed at sigma_min. The buggy "
+            "drift is twice the probability flow's: what does doubling d log|x| / dt do to the "
+            "factor by which x shrinks?",
+            end / start: "that is the factor by which the buggy flow scales x; the samples start "
+            "with the variance v + sigma_max^2, and a variance scales with the factor squared.",
+            (end / start) ** 2: "that is the factor by which the variance shrinks; multiply by "
+            "the variance the samples start with, v + sigma_max^2.",
+            v**2 / start: "the flow ends at t = 0, where sigma(0) = sigma_min, not 0: the score "
+            "there is -x / (v + sigma_min^2).",
+            hi**2 * (end / start) ** 2: "that starts from the prior N(0, sigma_max^2 I); the "
+            "samples here start from p_1 = N(0, (v + sigma_max^2) I) itself.",
+            start**2 / end: "that runs the flow the wrong way: from t = 1 back to t = 0 the "
+            "spread shrinks.",
+        }
+        named = [text for value, text in slips.items()
+                 if math.isfinite(got) and abs(got / value - 1.0) <= 1e-6]
+        if named:
+            cause = named[0]
+        elif math.isfinite(got) and abs(got / want - 1.0) <= 0.05:
+            cause = ("close, but not exact: is it measured? Derive it in closed form: the "
+                     "score is linear in x, so the ODE scales every sample by one factor.")
+        else:
+            cause = ("with the score -x / (v + sigma(t)^2) and g^2 = d sigma^2 / dt, the buggy "
+                     "drift makes d log|x| / dt the derivative of a logarithm: integrate it "
+                     "from t = 1 to 0.")
+        raise Mismatch(f"{call} = {got:.6g} is not the variance the buggy ODE leaves: {cause}")
+
+
 @exercise("8.4", "the drift is -1/2 g^2 s: the ODE now carries N(0, (2 + sigma_max^2) I) back "
-                 "to N(0, 2 I), not to a point.")
-def exercise_8_4(pf_drift) -> None:
-    """Check ``pf_drift(score_fn, sde, x, t) -> (N, D)`` and the variance it samples."""
+                 "to N(0, 2 I), not to a point, and you derived the variance the bug left.")
+def exercise_8_4(pf_drift, buggy_variance) -> None:
+    """Check ``pf_drift(score_fn, sde, x, t) -> (N, D)`` and the variance it samples, then
+    ``buggy_variance(v, sigma_min, sigma_max) -> float``, the variance the bug left."""
     from scipy.integrate import solve_ivp
 
     from scorelab.sde import VESDE
@@ -414,6 +500,7 @@ def exercise_8_4(pf_drift) -> None:
     if abs(ratio - 1.0) > 0.1:  # 2,000 x 2 draws: the variance's error is about 0.02
         raise Mismatch(f"the drift matches on single inputs, but the ODE's samples have "
                        f"{ratio:.3f} times the target's variance instead of 1.")
+    _expect_buggy_variance(buggy_variance)
 
 
 # ---------------------------------------------------------------------------------------------
