@@ -498,3 +498,25 @@ class FormulaMatches:
             raise Mismatch(f"{where} equals {self.formula} to six digits, and so did an earlier "
                            f"setting: that is the formula, not a measurement (a simulation's "
                            f"error is far larger than 1e-6). {self.advice}")
+
+
+def expect_derived(got: float, want: float, *, call: str, wrong: str, slips: dict[float, str],
+                   measured: tuple[float, str], otherwise: str) -> None:
+    """Mismatch unless ``got``, a number the student derived, equals ``want`` to 1e-6.
+
+    A known slip (a value of ``slips``, matched to 1e-6) is named by its text; an answer within
+    the relative distance ``measured[0]`` of ``want`` gets ``measured[1]`` (it looks measured,
+    where a derivation was asked); anything else gets ``otherwise``. The message reads
+    "``call`` = got ``wrong``: cause".
+    """
+    if math.isfinite(got) and abs(got / want - 1.0) <= 1e-6:
+        return
+    named = [text for value, text in slips.items()
+             if math.isfinite(got) and abs(got / value - 1.0) <= 1e-6]
+    if named:
+        cause = named[0]
+    elif math.isfinite(got) and abs(got / want - 1.0) <= measured[0]:
+        cause = measured[1]
+    else:
+        cause = otherwise
+    raise Mismatch(f"{call} = {got:.6g} {wrong}: {cause}")

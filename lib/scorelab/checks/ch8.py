@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from scorelab.checks._core import (FormulaMatches, Mismatch, call_student, cases, diagnose,
-                                   exercise, expect_finite, expect_given_noise, expect_tensor,
-                                   expect_untouched, package_refused, register_hints, to_float,
-                                   without_package)
+                                   exercise, expect_derived, expect_finite, expect_given_noise,
+                                   expect_tensor, expect_untouched, package_refused,
+                                   register_hints, to_float, without_package)
 
 # ---------------------------------------------------------------------------------------------
 # 8.1 (derive): sigma(t) and g(t) of the VE SDE
@@ -271,22 +271,14 @@ def _expect_predicted_ratio(predicted_variance_ratio) -> None:
     for snr in cases([0.1, 0.4, 0.6], [0.25, 0.5]):
         call = f"predicted_variance_ratio({snr})"
         got = to_float(call_student(predicted_variance_ratio, snr, what=call), what=call)
-        want = 1.0 + snr**2
-        if math.isfinite(got) and abs(got / want - 1.0) <= 1e-6:
-            continue
-        slips = _prediction_slips(snr)
-        named = [text for value, text in slips.items()
-                 if math.isfinite(got) and abs(got / value - 1.0) <= 1e-6]
-        if named:
-            cause = named[0]
-        elif math.isfinite(got) and abs(got / want - 1.0) <= 0.03:
-            cause = ("close, but not exact: is it a measurement? The prediction is a formula in "
-                     "snr, derived from exercise 2.2's stationary variance.")
-        else:
-            cause = ("at stationarity |z|^2 is about D and |s|^2 about D v_inf / v^2, with v_inf "
-                     "the particles' variance: what step alpha does the rule give, and what "
-                     "v_inf does that step leave?")
-        raise Mismatch(f"{call} = {got:.6g} is not the corrector's stationary ratio: {cause}")
+        expect_derived(
+            got, 1.0 + snr**2, call=call, wrong="is not the corrector's stationary ratio",
+            slips=_prediction_slips(snr),
+            measured=(0.03, "close, but not exact: is it a measurement? The prediction is a "
+                            "formula in snr, derived from exercise 2.2's stationary variance."),
+            otherwise="at stationarity |z|^2 is about D and |s|^2 about D v_inf / v^2, with "
+                      "v_inf the particles' variance: what step alpha does the rule give, and "
+                      "what v_inf does that step leave?")
 
 
 @exercise("8.3", "your prediction and your measurements agree: the corrector's variance ratio "
@@ -401,9 +393,6 @@ def _expect_buggy_variance(buggy_variance) -> None:
         call = f"buggy_variance(v={v}, sigma_min={lo}, sigma_max={hi})"
         got = to_float(call_student(buggy_variance, v, lo, hi, what="buggy_variance"), what=call)
         start, end = v + hi**2, v + lo**2
-        want = end**2 / start
-        if math.isfinite(got) and abs(got / want - 1.0) <= 1e-6:
-            continue
         slips = {
             end: "that is what the fixed flow leaves, the data perturbed at sigma_min. The buggy "
             "drift is twice the probability flow's: what does doubling d log|x| / dt do to the "
@@ -419,18 +408,15 @@ def _expect_buggy_variance(buggy_variance) -> None:
             start**2 / end: "that runs the flow the wrong way: from t = 1 back to t = 0 the "
             "spread shrinks.",
         }
-        named = [text for value, text in slips.items()
-                 if math.isfinite(got) and abs(got / value - 1.0) <= 1e-6]
-        if named:
-            cause = named[0]
-        elif math.isfinite(got) and abs(got / want - 1.0) <= 0.05:
-            cause = ("close, but not exact: is it measured? Derive it in closed form: the "
-                     "score is linear in x, so the ODE scales every sample by one factor.")
-        else:
-            cause = ("with the score -x / (v + sigma(t)^2) and g^2 = d sigma^2 / dt, the buggy "
-                     "drift makes d log|x| / dt the derivative of a logarithm: integrate it "
-                     "from t = 1 to 0.")
-        raise Mismatch(f"{call} = {got:.6g} is not the variance the buggy ODE leaves: {cause}")
+        expect_derived(
+            got, end**2 / start, call=call, wrong="is not the variance the buggy ODE leaves",
+            slips=slips,
+            measured=(0.05, "close, but not exact: is it measured? Derive it in closed form: "
+                            "the score is linear in x, so the ODE scales every sample by one "
+                            "factor."),
+            otherwise="with the score -x / (v + sigma(t)^2) and g^2 = d sigma^2 / dt, the buggy "
+                      "drift makes d log|x| / dt the derivative of a logarithm: integrate it "
+                      "from t = 1 to 0.")
 
 
 @exercise("8.4", "the drift is -1/2 g^2 s: the ODE now carries N(0, (2 + sigma_max^2) I) back "
