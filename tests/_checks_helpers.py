@@ -31,6 +31,16 @@ def assert_explains(capsys, check, answers, *phrases) -> None:
         assert phrase in out, f"{phrase!r} not in {out!r}"
 
 
+def with_answer(check, answer, *, first: bool):
+    """``check`` with one of its two answers fixed to ``answer`` (a right one), so that a test
+    varies the other: ``first`` fixes the first answer, else the last."""
+    def run(*answers):
+        return check(answer, *answers) if first else check(*answers, answer)
+
+    run.exercise_number = check.exercise_number
+    return run
+
+
 def stub(*args, **kwargs):
     raise NotImplementedError("Exercise N.k: not done yet - replace this line with your code")
 

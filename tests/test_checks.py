@@ -7,9 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from _checks_helpers import assert_explains, assert_passes, run_check, stub
+from _checks_helpers import assert_explains, assert_passes, run_check, stub, with_answer
 from scorelab import checks
 from scorelab.checks import _core
+
+exercise_2_2 = with_answer(checks.exercise_2_2, lambda t: 4 * t, first=False)
+exercise_3_4 = with_answer(checks.exercise_3_4, -0.1415, first=False)
 
 
 def _all_checks():
@@ -454,7 +457,7 @@ def test_2_1_explains_wrong_authors_steps(capsys, authors_step, phrases):
 
 
 def test_2_2_accepts_the_solution(capsys, grading):
-    assert_passes(capsys, checks.exercise_2_2, lambda a, t: t / (1 - a / (4 * t)))
+    assert_passes(capsys, exercise_2_2, lambda a, t: t / (1 - a / (4 * t)))
 
 
 def test_formula_checks_pass_python_floats_as_the_exercise_text_does(capsys, grading):
@@ -462,7 +465,7 @@ def test_formula_checks_pass_python_floats_as_the_exercise_text_does(capsys, gra
         assert type(alpha) is float and type(target_variance) is float, (alpha, target_variance)
         return target_variance / (1 - alpha / (4 * target_variance))
 
-    assert_passes(capsys, checks.exercise_2_2, answer)
+    assert_passes(capsys, exercise_2_2, answer)
 
 
 @pytest.mark.parametrize(
@@ -487,7 +490,7 @@ def test_formula_checks_pass_python_floats_as_the_exercise_text_does(capsys, gra
     ],
 )
 def test_2_2_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_2_2, answer, *phrases)
+    assert_explains(capsys, exercise_2_2, answer, *phrases)
 
 
 def variance_answer(law):
@@ -760,14 +763,14 @@ def plain_langevin_share(x0, generator=None, *, count=lambda x: x.sum(dim=1) > 0
 
 
 def test_3_4_accepts_the_solution(capsys, grading):
-    assert_passes(capsys, checks.exercise_3_4, plain_langevin_share, "b")
+    assert_passes(capsys, exercise_3_4, plain_langevin_share, "b")
 
 
 def test_3_4_a_share_counted_at_the_start_fails_across_the_gap(capsys):
     """Counting the start's sides without sampling agrees on boxes, not on a line just below
     x + y = 0, which lies in the heavy mode's basin (its edge is at x + y = -0.14)."""
     answer = lambda x0, generator=None: (x0.sum(dim=1) > 0).float().mean().item()  # noqa: E731
-    assert_explains(capsys, checks.exercise_3_4, (answer, "b"), "on the line x + y = -0.1",
+    assert_explains(capsys, exercise_3_4, (answer, "b"), "on the line x_1 + x_2 = -0.1",
                     "you report 0.000")
 
 
@@ -794,12 +797,12 @@ def test_3_4_a_share_counted_at_the_start_fails_across_the_gap(capsys):
     ],
 )
 def test_3_4_explains_wrong_answers(capsys, answers, phrases):
-    assert_explains(capsys, checks.exercise_3_4, answers, *phrases)
+    assert_explains(capsys, exercise_3_4, answers, *phrases)
 
 
 def test_3_4_a_constant_answer_fails_on_the_lopsided_start(capsys):
     assert_explains(
-        capsys, checks.exercise_3_4, (lambda x0, generator=None: 0.5, "b"), "[-8, 2] x [-8, 8]"
+        capsys, exercise_3_4, (lambda x0, generator=None: 0.5, "b"), "[-8, 2] x [-8, 8]"
     )
 
 
@@ -812,9 +815,9 @@ def test_3_4_hidden_starts_catch_an_answer_tuned_to_the_public_ones(capsys, monk
         start = round((x0.sum(dim=1) > 0).float().mean().item(), 4)
         return tuned.get(start, 0.5)
 
-    assert_passes(capsys, checks.exercise_3_4, memorised, "b")
+    assert_passes(capsys, exercise_3_4, memorised, "b")
     monkeypatch.setattr(_core, "GRADING", True)
-    assert_explains(capsys, checks.exercise_3_4, (memorised, "b"), "hidden start")
+    assert_explains(capsys, exercise_3_4, (memorised, "b"), "hidden start")
 
 
 def make_annealed(*, reverse=False, exponent=2, noise=True, randn=None, divide=True,
@@ -1436,7 +1439,7 @@ def test_a_formula_right_up_to_float32_round_off_is_told_so(capsys):
         a, t = torch.tensor(alpha), torch.tensor(target_variance)
         return t / (1 - (1 - a / (2 * t)) ** 2) * a / t  # the right algebra, in float32
 
-    assert_explains(capsys, checks.exercise_2_2, in_float32, "round-off", "float64")
+    assert_explains(capsys, exercise_2_2, in_float32, "round-off", "float64")
 
 
 # --- chapter 1: more named mistakes, and the package's answer refused ------------------------
@@ -1649,7 +1652,7 @@ def test_3_1_names_more_slips(capsys, answer, phrase):
      (lambda a, t: t / (2 - a / t), "conventions mixed")],
 )
 def test_2_2_names_more_slips(capsys, answer, phrase):
-    assert_explains(capsys, checks.exercise_2_2, answer, phrase)
+    assert_explains(capsys, exercise_2_2, answer, phrase)
 
 
 def test_6_1_names_batch_statistics_and_ignored_labels(capsys):
@@ -1725,7 +1728,7 @@ def test_3_4_names_a_count_in_place_of_a_share(capsys):
     def count(x0, generator=None):
         return plain_langevin_share(x0, generator) * len(x0)
 
-    assert_explains(capsys, checks.exercise_3_4, (count, "b"), "a number of samples")
+    assert_explains(capsys, exercise_3_4, (count, "b"), "a number of samples")
 
 
 def test_a_missing_return_is_named_and_a_0d_array_is_a_number(capsys):
@@ -1734,3 +1737,28 @@ def test_a_missing_return_is_named_and_a_0d_array_is_a_number(capsys):
 
     assert_explains(capsys, checks.exercise_1_3, forgot_return, "return statement missing")
     assert _core.to_float(np.array(2.5), what="answer") == 2.5
+
+
+def test_2_2_checks_the_largest_stable_step_and_names_its_slips(capsys):
+    def right(alpha, target_variance):
+        return target_variance / (1 - alpha / (4 * target_variance))
+
+    assert_passes(capsys, checks.exercise_2_2, right, lambda t: 4 * t)
+    for wrong, phrase in [(lambda t: 2 * t, "overshoots"), (lambda t: 4.0, "tau^2 = 1 only"),
+                          (lambda t: 4 * math.sqrt(t), "not the standard deviation"),
+                          (lambda t: t, "denominator"), (lambda t: 4.05 * t, "did you scan"),
+                          (lambda t: 10 * t, "below 1")]:
+        assert_explains(capsys, checks.exercise_2_2, (right, wrong), phrase)
+    assert "not done yet" in run_check(capsys, checks.exercise_2_2, right, stub)
+
+
+def test_3_4_checks_the_basin_edge_and_names_its_slips(capsys):
+    import math
+
+    share = plain_langevin_share
+    assert_passes(capsys, checks.exercise_3_4, share, "b", -0.14146)
+    for edge, phrase in [(0.0, "equal weights"), (0.1415, "the sign"),
+                         (-math.log(4) / 10, "responsibilities are equal"),
+                         (-math.log(4), "factor 10"), (-0.3, "solve for c numerically")]:
+        assert_explains(capsys, checks.exercise_3_4, (share, "b", edge), phrase)
+    assert "not done yet" in run_check(capsys, checks.exercise_3_4, share, "b", ...)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from _checks_helpers import assert_explains, assert_passes, lcs, run_check, stub
+from _checks_helpers import assert_explains, assert_passes, lcs, run_check, stub, with_answer
 from scorelab import checks
 from scorelab.checks import _core
 from scorelab.sde import corrector_step_size
@@ -22,17 +22,8 @@ def buggy_variance(v, sigma_min, sigma_max):
     return (v + sigma_min**2) ** 2 / (v + sigma_max**2)
 
 
-def _with_answer(check, answer, *, first: bool):
-    """``check`` with one of its answers fixed to a right one, so that a test varies the other."""
-    def run(*answers):
-        return check(answer, *answers) if first else check(*answers, answer)
-
-    run.exercise_number = check.exercise_number
-    return run
-
-
-exercise_8_3 = _with_answer(checks.exercise_8_3, predicted_variance_ratio, first=True)
-exercise_8_4 = _with_answer(checks.exercise_8_4, buggy_variance, first=False)
+exercise_8_3 = with_answer(checks.exercise_8_3, predicted_variance_ratio, first=True)
+exercise_8_4 = with_answer(checks.exercise_8_4, buggy_variance, first=False)
 
 
 # --- 8.1 ----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import math
 import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
-                                   expect_finite, expect_same_draws, expect_tensor,
+                                   expect_derived, expect_finite, expect_same_draws, expect_tensor,
                                    expect_untouched, global_rng_untouched, is_close,
                                    package_refused, register_hints, to_float)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
@@ -314,14 +314,40 @@ def _check_alpha_10(alpha_10) -> None:
 # ---------------------------------------------------------------- 2.2 (derive) the stationary variance
 
 
+def _expect_largest_stable_step(largest_stable_step) -> None:
+    """The largest step at which the chain on N(0, tau^2) settles: 4 tau^2 (to 1e-6)."""
+    for tau2 in cases([1.0, 0.3, 2.5], [0.07, 11.0]):
+        call = f"largest_stable_step({tau2})"
+        got = to_float(call_student(largest_stable_step, tau2, what=call), what=call)
+        expect_derived(
+            got, 4.0 * tau2, call=call, wrong="is not the largest stable step",
+            slips={
+                2.0 * tau2: "at 2 tau^2 the factor 1 - alpha / (2 tau^2) that multiplies x "
+                "reaches 0, and beyond it the chain overshoots and flips the sign of x, but it "
+                "still settles (2 tau^2 is also the limit in the authors' convention, whose "
+                "drift is alpha s). The variance grows without bound only when the factor "
+                "leaves (-1, 1).",
+                4.0: "that is the limit for tau^2 = 1 only: the score of N(0, tau^2) is "
+                "-x / tau^2.",
+                4.0 * math.sqrt(tau2): "target_variance is tau^2 already, the variance, not "
+                "the standard deviation.",
+                1.0 * tau2: "tau^2 itself? Your stationary_variance diverges where its "
+                "denominator reaches 0.",
+            },
+            measured=(0.03, "close, but not exact: did you scan? Derive it from the factor "
+                            "by which one step multiplies x."),
+            otherwise="the chain settles only if one step shrinks the old variance: for which "
+                      "alpha does the factor that multiplies x keep its size below 1?")
+
+
 @exercise(
     "2.2",
     "your stationary_variance is tau^2 / (1 - alpha / (4 tau^2)): right for small steps and up "
     "to the largest stable step, 4 tau^2.",
 )
-def exercise_2_2(stationary_variance) -> None:
+def exercise_2_2(stationary_variance, largest_stable_step) -> None:
     """Check ``stationary_variance(alpha, target_variance) -> float`` at random (alpha, tau^2),
-    alpha / tau^2 in three regimes."""
+    alpha / tau^2 in three regimes, then ``largest_stable_step(target_variance) -> float``."""
     ranges = {  # alpha / tau^2
         "for small steps (alpha below 0.003 tau^2)": (1e-4, 3e-3),
         "for steps of order tau^2": (0.3, 1.5),
@@ -380,6 +406,7 @@ def exercise_2_2(stationary_variance) -> None:
              / (2 - alpha / target_variance)),
         ],
     )
+    _expect_largest_stable_step(largest_stable_step)
 
 
 # ---------------------------------------------------------------- 2.4 (debug) noise scaled by alpha

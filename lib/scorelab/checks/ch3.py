@@ -521,14 +521,14 @@ def _share_starts():
         u = torch.rand(2000, 2, generator=torch.Generator().manual_seed(seed))
         return torch.stack([x_low + (x_high - x_low) * u[:, 0], 16 * u[:, 1] - 8], dim=1)
 
-    def near_the_gap(seed):  # every point just on the (-5, -5) side of x + y = 0
+    def near_the_gap(seed):  # every point just on the (-5, -5) side of x_1 + x_2 = 0
         t = 12 * torch.rand(2000, generator=torch.Generator().manual_seed(seed)) - 6
         return torch.stack([t, -0.1 - t], dim=1)
 
     return cases(
         [("a uniform start on [-8, 8]^2", box(-8.0, 8.0, 5)),
          ("a start on [-8, 2] x [-8, 8]", box(-8.0, 2.0, 6)),
-         ("a start on the line x + y = -0.1, across the gap", near_the_gap(8))],
+         ("a start on the line x_1 + x_2 = -0.1, across the gap", near_the_gap(8))],
         [("a hidden start on [-3, 8] x [-8, 8]", box(-3.0, 8.0, 7)),
          ("a hidden start on [-6, 4] x [-8, 8]", box(-6.0, 4.0, 9))],
     )
@@ -537,10 +537,12 @@ def _share_starts():
 @exercise(
     "3.4",
     "plain Langevin keeps the share of the start in each mode (about 0.5 from a symmetric "
-    "box), whatever the true weights, because the score near a mode ignores them.",
+    "box), whatever the true weights, because the score near a mode ignores them; the basins "
+    "meet on the line x_1 + x_2 = -0.141.",
 )
-def exercise_3_4(plain_langevin_share, why) -> None:
-    """Check ``plain_langevin_share(x0 (N, 2), generator) -> float`` and the letter ``why``."""
+def exercise_3_4(plain_langevin_share, why, basin_edge) -> None:
+    """Check ``plain_langevin_share(x0 (N, 2), generator) -> float``, the letter ``why`` and
+    ``basin_edge``, the c of the line x_1 + x_2 = c between the two basins."""
     from scorelab.densities import ncsn_toy_mixture
     from scorelab.langevin import langevin_dynamics
 
@@ -564,7 +566,7 @@ def exercise_3_4(plain_langevin_share, why) -> None:
         if abs(got - (1 - expected)) <= SHARE_TOLERANCE:
             raise Mismatch(
                 f"on {name} you report {got:.3f}, the share of the (-5, -5) mode; count the "
-                "samples on the (5, 5) side (x + y > 0)."
+                "samples on the (5, 5) side (x_1 + x_2 > 0)."
             )
         if abs(got - 0.8) <= SHARE_TOLERANCE:
             raise Mismatch(
@@ -576,9 +578,41 @@ def exercise_3_4(plain_langevin_share, why) -> None:
         raise Mismatch(
             f"on {name} you report {got:.3f}; plain Langevin from that start puts {expected:.3f} "
             "of the samples on the (5, 5) side. Run a few hundred steps of step 0.1 from x0 and "
-            "count the samples with x + y > 0."
+            "count the samples with x_1 + x_2 > 0."
         )
     check_choice(why, WHY_OPTIONS, "b", what="why")
+    _expect_basin_edge(basin_edge)
+
+
+#: The line x_1 + x_2 = c where the drift of the 0.8 / 0.2 mixture along the diagonal vanishes:
+#: 4 exp(10 c) (10 - c) = 10 + c (responsibility ratio 4 exp(10 c) at that line).
+BASIN_EDGE = -0.14145880086316454
+
+
+def _expect_basin_edge(basin_edge) -> None:
+    if basin_edge is None or basin_edge is Ellipsis:
+        raise NotImplementedError("basin_edge is still unset")
+    got = to_float(basin_edge, what="basin_edge")
+    if abs(got - BASIN_EDGE) <= 1e-3:
+        return
+    slips = [
+        (0.0, "0 is the edge for equal weights; here the heavier mode's responsibility at the "
+              "midpoint is 0.8, and its pull reaches past the midline."),
+        (-BASIN_EDGE, "the sign: the heavier (5, 5) mode's basin reaches past the midline, "
+                      "towards the lighter mode, so c is negative."),
+        (-math.log(4.0) / 10.0, "that is where the two responsibilities are equal; the drift "
+                                "along the diagonal vanishes where each is weighted by its "
+                                "pull, r_k times the distance to its mean: slightly further."),
+        (-math.log(4.0), "on the line x_1 + x_2 = c the log-ratio of the responsibilities is "
+                         "log 4 + 10 c (each mean is 5 along both axes): check the factor 10."),
+    ]
+    for value, text in slips:
+        if abs(got - value) <= 1e-3:
+            raise Mismatch(f"basin_edge = {got:.4f}: {text}")
+    raise Mismatch(f"basin_edge = {got:.4f} is not where the drift along the diagonal vanishes: "
+                   "write the score at the point (c/2, c/2), whose responsibilities depend on "
+                   "c only, set its component along (1, 1) to 0 and solve for c numerically "
+                   "(to three decimals).")
 
 
 # ---------------------------------------------------------------- hints (checks.hint("3.k"))
@@ -617,7 +651,7 @@ register_hints(
     "3.4",
     "Run plain Langevin from the given start, then count. Before you run it, predict "
     "the share from the start alone.",
-    "The (5, 5) mode is the half-plane x + y > 0; the score there is almost exactly "
+    "The (5, 5) mode is the half-plane x_1 + x_2 > 0; the score there is almost exactly "
     "that component's own -(x - mu), whatever its weight.",
     "Checks to run: from the uniform box your share should be close to the share of the start "
     "already on the (5, 5) side, and it should barely move with twice the steps or half the "

@@ -41,8 +41,8 @@ register_hints(
     "7.1",
     "For large D the first Phi term is almost exactly 1, so the criterion asks the second "
     "term to be one half.",
-    "Phi(t) = 1/2 exactly when t = 0: set the argument of the second Phi to zero and solve "
-    "for gamma.",
+    "Where does Phi take the value 1/2? What does that ask of the second term's argument, "
+    "and which equation in gamma follows?",
     "Check your gamma: it is above 1 and falls towards 1 as D grows; put it back into the full "
     "criterion with the package's level_overlap: for D = 64 and for D = 3 x 32 x 32 it must "
     "give 1/2 to several digits, and the approximation must get better as D grows.",
