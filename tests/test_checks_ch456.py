@@ -11,11 +11,14 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from _checks_helpers import assert_explains, assert_passes, run_check, stub
+from _checks_helpers import assert_explains, assert_passes, run_check, stub, with_answer
 from scorelab import checks
 from scorelab.checks import _core
 
 ROOT = Path(__file__).resolve().parents[1]
+
+exercise_4_4 = with_answer(checks.exercise_4_4, lambda sigma: sigma, first=False)
+exercise_5_3 = with_answer(checks.exercise_5_3, lambda mu, tau: (mu, tau**2), first=False)
 
 
 # ---------------------------------------------------------------- chapter 4
@@ -65,7 +68,7 @@ def dsm(target_power=2, *, target_sign=1.0, clean=False, reduce=False):
 
 
 def test_4_4_accepts_the_fix(capsys, grading):
-    assert_passes(capsys, checks.exercise_4_4, dsm())
+    assert_passes(capsys, exercise_4_4, dsm())
 
 
 @pytest.mark.parametrize(
@@ -83,7 +86,7 @@ def test_4_4_accepts_the_fix(capsys, grading):
     ],
 )
 def test_4_4_explains_wrong_fixes(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_4_4, [answer], *phrases)
+    assert_explains(capsys, exercise_4_4, [answer], *phrases)
 
 
 def test_a_detached_fixed_loss_is_told_it_carries_no_gradient(capsys):
@@ -91,7 +94,7 @@ def test_a_detached_fixed_loss_is_told_it_carries_no_gradient(capsys):
         z = torch.randn(x.shape, generator=generator)
         return (0.5 * ((model(x + sigma * z) + z / sigma) ** 2).sum(dim=1)).detach()
 
-    assert_explains(capsys, checks.exercise_4_4, detached, "carries no gradient")
+    assert_explains(capsys, exercise_4_4, detached, "carries no gradient")
 
 
 def test_4_4_sees_the_symptom_when_the_values_only_match_at_the_tested_sigmas(capsys):
@@ -100,7 +103,7 @@ def test_4_4_sees_the_symptom_when_the_values_only_match_at_the_tested_sigmas(ca
     def sly(model, x, sigma, generator=None):  # right at the values tried, buggy in training
         return (right if sigma in (0.3, 2.0) else buggy)(model, x, sigma, generator)
 
-    assert_explains(capsys, checks.exercise_4_4, [sly], "learns the slope", "-0.800")
+    assert_explains(capsys, exercise_4_4, [sly], "learns the slope", "-0.800")
 
 
 def kde_curve(mixture, train, test, sigmas, variance=lambda s: s**2, perturbed=False, at=None):
@@ -200,7 +203,7 @@ def sm_objective(m, kappa, mu, tau):
 
 
 def test_5_3_accepts_the_formula(capsys, grading):
-    assert_passes(capsys, checks.exercise_5_3, sm_objective)
+    assert_passes(capsys, exercise_5_3, sm_objective)
 
 
 @pytest.mark.parametrize(
@@ -220,7 +223,7 @@ def test_5_3_accepts_the_formula(capsys, grading):
     ],
 )
 def test_5_3_explains_wrong_formulas(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_5_3, [answer], *phrases)
+    assert_explains(capsys, exercise_5_3, [answer], *phrases)
 
 
 def sphere_loss(length=lambda d: math.sqrt(d), *, normalise=True, norm_weight=lambda d: 1.0,
@@ -700,9 +703,9 @@ def test_6_5_the_colleagues_bugs_break_the_bound_the_fix_keeps():
 
 NEW_CHECKS = [
     (checks.exercise_4_3, 1),
-    (checks.exercise_4_4, 1),
+    (checks.exercise_4_4, 2),
     (checks.exercise_4_5, 2),
-    (checks.exercise_5_3, 1),
+    (checks.exercise_5_3, 2),
     (checks.exercise_5_4, 1),
     (checks.exercise_5_5, 1),
     (checks.exercise_6_3, 3),
@@ -945,7 +948,7 @@ def packaged_dsm(model, x, sigma, generator=None):
     return package_loss(model, x, sigma, generator=generator)
 
 
-@pytest.mark.parametrize("check", [checks.exercise_4_1, checks.exercise_4_4], ids=["4.1", "4.4"])
+@pytest.mark.parametrize("check", [checks.exercise_4_1, exercise_4_4], ids=["4.1", "4.4"])
 @pytest.mark.parametrize(
     "answer, phrases",
     [
@@ -972,7 +975,7 @@ def test_chapter_4_names_more_mistakes(capsys, check, answer, phrases):
     ids=["half on both terms", "tau for tau^2"],
 )
 def test_5_3_names_more_slips(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_5_3, [answer], *phrases)
+    assert_explains(capsys, exercise_5_3, [answer], *phrases)
 
 
 def test_4_3_names_tau_plus_sigma(capsys):
@@ -1105,3 +1108,28 @@ def test_4_3_refuses_the_packages_perturbed_density_for_a_derivation(capsys):
         return float(mixture.perturbed(float(sigma)).score(torch.tensor([[float(x)]])))
 
     assert_explains(capsys, checks.exercise_4_3, packaged, "calls the package's")
+
+
+def test_5_3_checks_the_minimiser_and_names_its_slips(capsys):
+    def objective(m, kappa, mu, tau):
+        return -1 / kappa + (tau**2 + (mu - m) ** 2) / (2 * kappa**2)
+
+    assert_passes(capsys, checks.exercise_5_3, objective, lambda mu, tau: (mu, tau**2))
+    for wrong, phrase in [(lambda mu, tau: (mu, tau), "not with tau"),
+                          (lambda mu, tau: (mu, 1 / tau**2), "precision"),
+                          (lambda mu, tau: (mu, 2 * tau**2), "factor of the second term"),
+                          (lambda mu, tau: (0.0, tau**2), "(mu - m)^2"),
+                          (lambda mu, tau: tau**2, "a pair (m, kappa)"),
+                          (lambda mu, tau: (mu, 3.0), "solve for kappa")]:
+        assert_explains(capsys, checks.exercise_5_3, (objective, wrong), phrase)
+    assert "not done yet" in run_check(capsys, checks.exercise_5_3, objective, stub)
+
+
+def test_4_4_checks_the_slope_factor_and_names_its_slips(capsys):
+    right = dsm()
+    assert_passes(capsys, checks.exercise_4_4, right, lambda sigma: sigma)
+    for wrong, phrase in [(lambda s: 1 / s, "optimum over the learned"),
+                          (lambda s: s**2, "not two"), (lambda s: 2.0, "one of the two"),
+                          (lambda s: 1.03 * s, "fits to samples"), (lambda s: -s, "instead")]:
+        assert_explains(capsys, checks.exercise_4_4, (right, wrong), phrase)
+    assert "not done yet" in run_check(capsys, checks.exercise_4_4, right, stub)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 
 from scorelab import checks
-from _checks_helpers import assert_explains, assert_passes
+from _checks_helpers import assert_explains, assert_passes, with_answer
 from test_checks import make_norm
+
+exercise_4_4 = with_answer(checks.exercise_4_4, lambda sigma: sigma, first=False)
 
 
 def in_place_dsm_loss(model, x, sigma, generator=None):
@@ -30,7 +32,7 @@ def in_place_annealed_loss(model, x, sigmas, labels, generator=None):
 def test_a_dsm_loss_that_writes_into_x_is_named(capsys):
     assert_explains(capsys, checks.exercise_4_1, in_place_dsm_loss,
                     "dsm_loss(model, x, sigma) changed the tensor it was given in place")
-    assert_explains(capsys, checks.exercise_4_4, in_place_dsm_loss,
+    assert_explains(capsys, exercise_4_4, in_place_dsm_loss,
                     "fixed_dsm_loss(model, x, sigma) changed the tensor it was given in place")
     assert_explains(capsys, checks.exercise_6_2, in_place_annealed_loss,
                     "changed the tensor it was given in place")

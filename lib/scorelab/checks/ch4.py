@@ -9,7 +9,7 @@ import math
 import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
-                                   expect_untouched,
+                                   expect_derived, expect_untouched,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
                                    global_rng_untouched, is_close, package_refused,
                                    register_hints, to_float, without_package)
@@ -306,8 +306,9 @@ def _slope_tolerance(sigma: float, tau: float = 1.0, n: int = 20_000) -> float:
     "fixed: the target is the kernel's score (x - x~) / sigma^2, and a linear model trained "
     "with your loss learns the slope -1 / (tau^2 + sigma^2) of Exercise 4.3, not sigma times it.",
 )
-def exercise_4_4(fixed_dsm_loss) -> None:
-    """Check the fixed ``fixed_dsm_loss(model, x (N, D), sigma, generator) -> (N,)``."""
+def exercise_4_4(fixed_dsm_loss, slope_factor) -> None:
+    """Check the fixed ``fixed_dsm_loss(model, x (N, D), sigma, generator) -> (N,)``, then
+    ``slope_factor(sigma)``: the buggy loss's slope over the optimum's, sigma."""
     from scorelab.training import dsm_loss as reference_loss
 
     model, x = _linear_model(), _data()
@@ -359,6 +360,27 @@ def exercise_4_4(fixed_dsm_loss) -> None:
                 f"data at sigma={sigma} learns the slope {slope:.3f}, not "
                 f"{expected_slope:.3f} = -1 / (tau^2 + sigma^2) with tau = 1."
             )
+    _expect_slope_factor(slope_factor)
+
+
+def _expect_slope_factor(slope_factor) -> None:
+    """The buggy loss learns sigma times the score: its slope over the optimum's is sigma."""
+    for sigma in cases([3.0, 0.5, 2.0], [0.2, 7.0]):
+        call = f"slope_factor({sigma})"
+        got = to_float(call_student(slope_factor, sigma, what="slope_factor"), what=call)
+        expect_derived(
+            got, sigma, call=call, wrong="is not the learned slope over the optimal one",
+            slips={1.0 / sigma: "that is the optimum over the learned slope: at sigma = 0.5 "
+                                "the learned slope is the smaller one.",
+                   sigma**2: "the target (x - x~) / sigma is -z; the kernel's score is "
+                             "-z / sigma: they differ by one factor sigma, not two.",
+                   2.0: "2 fits only one of the two printed rows: compare the factor at "
+                        "sigma = 0.5 and at sigma = 2."},
+            measured=(0.05, "close, but not exact: the printed slopes are fits to samples. "
+                            "Derive the factor from the buggy target and the kernel's score."),
+            otherwise="compare the buggy target (x - x~) / sigma with the kernel's score, "
+                      "(x - x~) / sigma^2: what does the regression learn instead of the score?")
+
 
 
 # ---------------------------------------------------------------- 4.5 (investigate): best sigma

@@ -364,12 +364,13 @@ _OBJECTIVE_POINTS = {
 
 @exercise(
     "5.3",
-    "J(m, kappa) = -1/kappa + (tau^2 + (mu - m)^2) / (2 kappa^2): integration by parts turned "
-    "the unknown data score into the model's own derivative, and J is smallest at m = mu, "
-    "kappa = tau^2.",
+    "J_SM(m, kappa) = -1/kappa + (tau^2 + (mu - m)^2) / (2 kappa^2): integration by parts "
+    "turned the unknown data score into the model's own derivative, and J_SM is smallest at "
+    "m = mu, kappa = tau^2: the data's own Gaussian.",
 )
-def exercise_5_3(sm_objective) -> None:
-    """Check ``sm_objective(m, kappa, mu, tau) -> float`` at random parameter values."""
+def exercise_5_3(sm_objective, sm_minimiser) -> None:
+    """Check ``sm_objective(m, kappa, mu, tau) -> float`` at random parameter values, then
+    ``sm_minimiser(mu, tau) -> (m, kappa)``, where it is smallest."""
     # models centred on the data too, so that "right only when m = mu" can be said
     check_formula(
         sm_objective,
@@ -428,6 +429,33 @@ def exercise_5_3(sm_objective) -> None:
             ),
         ],
     )
+    _expect_sm_minimiser(sm_minimiser)
+
+
+def _expect_sm_minimiser(sm_minimiser) -> None:
+    """Where J_SM(m, kappa) is smallest for data N(mu, tau^2): (mu, tau^2), to 1e-6."""
+    for mu, tau in cases([(0.5, 1.5), (-2.0, 0.4)], [(3.0, 2.5)]):
+        call = f"sm_minimiser(mu={mu}, tau={tau})"
+        answer = call_student(sm_minimiser, mu, tau, what="sm_minimiser")
+        if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
+            raise Mismatch(f"{call} should return a pair (m, kappa), got {answer!r}.")
+        m, kappa = (to_float(value, what=f"{call}[{k}]") for k, value in enumerate(answer))
+        if math.isclose(m, mu, rel_tol=1e-6, abs_tol=1e-9) and math.isclose(
+                kappa, tau**2, rel_tol=1e-6):
+            continue
+        if not math.isclose(m, mu, rel_tol=1e-6, abs_tol=1e-9):
+            raise Mismatch(f"{call} gives m = {m:.6g}: J_SM depends on m only through "
+                           "(mu - m)^2, which is smallest where?")
+        slips = {tau: "kappa is the model's variance: compare it with the data's variance, "
+                      "tau^2, not with tau.",
+                 1.0 / tau**2: "that is 1 / tau^2, the precision: solve dJ_SM/dkappa = 0 for "
+                               "kappa itself.",
+                 2.0 * tau**2: "dJ_SM/dkappa = 1/kappa^2 - tau^2/kappa^3 at m = mu: check the "
+                               "factor of the second term."}
+        named = [text for value, text in slips.items() if math.isclose(kappa, value, rel_tol=1e-6)]
+        raise Mismatch(f"{call} gives kappa = {kappa:.6g}, but J_SM is smallest at another "
+                       "kappa: " + (named[0] if named else "at m = mu set dJ_SM/dkappa to zero "
+                                    "and solve for kappa."))
 
 
 # ---------------------------------------------------------------- 5.4 (debug): the sqrt(D) factor
