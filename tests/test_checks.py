@@ -11,6 +11,7 @@ from _checks_helpers import assert_explains, assert_passes, run_check, stub, wit
 from scorelab import checks
 from scorelab.checks import _core
 
+exercise_1_1 = with_answer(checks.exercise_1_1, 3300**0.5, first=False)
 exercise_2_2 = with_answer(checks.exercise_2_2, lambda t: 4 * t, first=False)
 exercise_3_4 = with_answer(checks.exercise_3_4, -0.1415, first=False)
 
@@ -67,7 +68,7 @@ def _total(w, m, c, s, *, noise=None, between=True, weights_within=None):
 
 
 def test_1_1_accepts_the_solution(capsys, grading):
-    assert_passes(capsys, checks.exercise_1_1, perturbed_covariance)
+    assert_passes(capsys, exercise_1_1, perturbed_covariance)
 
 
 @pytest.mark.parametrize(
@@ -95,11 +96,11 @@ def test_1_1_accepts_the_solution(capsys, grading):
     ],
 )
 def test_1_1_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_1_1, answer, *phrases)
+    assert_explains(capsys, exercise_1_1, answer, *phrases)
 
 
 def test_1_1_tries_a_hidden_3d_mixture_while_grading(capsys, grading):
-    assert_explains(capsys, checks.exercise_1_1,
+    assert_explains(capsys, exercise_1_1,
                     lambda w, m, c, s: _total(w, m, c[:, :2, :2], s)[:2, :2] if m.shape[1] == 2
                     else torch.zeros(3, 3, dtype=m.dtype), "on a hidden 3-D mixture")
 
@@ -1461,7 +1462,7 @@ def _spread_about_the_plain_mean(w, m, c, s):
      (_spread_about_the_plain_mean, ["plain average of the means"])],
 )
 def test_1_1_names_an_unweighted_spread_of_the_means(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_1_1, answer, *phrases)
+    assert_explains(capsys, exercise_1_1, answer, *phrases)
 
 
 def test_1_3_refuses_the_packages_mixture(capsys):
@@ -1687,7 +1688,7 @@ def test_1_1_and_1_4_refuse_the_packages_mixture_and_perturbed_banana(capsys):
     def packaged(weights, means, covs, sigma):
         return GaussianMixture(weights, means, covs).perturbed(sigma).covariance.double()
 
-    assert_explains(capsys, checks.exercise_1_1, packaged, "calls the package's",
+    assert_explains(capsys, exercise_1_1, packaged, "calls the package's",
                     "GaussianMixture")
 
     def nearly_clean(x, curvature=0.5, scale=1.0):
@@ -1762,3 +1763,20 @@ def test_3_4_checks_the_basin_edge_and_names_its_slips(capsys):
                          (-math.log(4), "factor 10"), (-0.3, "solve for c numerically")]:
         assert_explains(capsys, checks.exercise_3_4, (share, "b", edge), phrase)
     assert "not done yet" in run_check(capsys, checks.exercise_3_4, share, "b", ...)
+
+
+def test_1_1_checks_the_sigma_of_one_percent_and_names_its_slips(capsys):
+    def right(weights, means, covs, sigma):
+        mean = weights @ means
+        offsets = means - mean
+        within = (weights[:, None, None] * covs).sum(dim=0)
+        between = offsets.T @ (weights[:, None] * offsets)
+        return within + between + sigma**2 * torch.eye(means.shape[1], dtype=means.dtype)
+
+    assert_passes(capsys, checks.exercise_1_1, right, 57.4)
+    for wrong, phrase in [(1650**0.5, "standard deviations"), (40.0, "eigenvalue is 32"),
+                          (3200**0.5, "33 in all"), (10.0, "across the line"),
+                          (330**0.5, "0.01"), (50.0, "still above 1 %"),
+                          (100.0, "smaller sigma already")]:
+        assert_explains(capsys, checks.exercise_1_1, (right, wrong), phrase)
+    assert "not done yet" in run_check(capsys, checks.exercise_1_1, right, ...)
