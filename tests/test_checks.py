@@ -12,6 +12,8 @@ from scorelab import checks
 from scorelab.checks import _core
 
 exercise_1_1 = with_answer(checks.exercise_1_1, 3300**0.5, first=False)
+exercise_4_2 = with_answer(checks.exercise_4_2,
+                           lambda t, s: (t**2 / (t**2 + s**2), 1 - s**2 / t**2), first=False)
 exercise_2_2 = with_answer(checks.exercise_2_2, lambda t: 4 * t, first=False)
 exercise_3_4 = with_answer(checks.exercise_3_4, -0.1415, first=False)
 
@@ -1089,7 +1091,7 @@ def test_4_1_explains_wrong_answers(capsys, answer, phrases):
 
 def test_4_2_accepts_the_solution(capsys):
     assert_passes(
-        capsys, checks.exercise_4_2, lambda x, score_fn, sigma: x + sigma**2 * score_fn(x)
+        capsys, exercise_4_2, lambda x, score_fn, sigma: x + sigma**2 * score_fn(x)
     )
 
 
@@ -1105,7 +1107,7 @@ def test_4_2_accepts_the_solution(capsys):
     ],
 )
 def test_4_2_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_4_2, answer, *phrases)
+    assert_explains(capsys, exercise_4_2, answer, *phrases)
 
 
 # ---------------------------------------------------------------- chapter 5: sliced score matching
@@ -1780,3 +1782,21 @@ def test_1_1_checks_the_sigma_of_one_percent_and_names_its_slips(capsys):
                           (100.0, "smaller sigma already")]:
         assert_explains(capsys, checks.exercise_1_1, (right, wrong), phrase)
     assert "not done yet" in run_check(capsys, checks.exercise_1_1, right, ...)
+
+
+def test_4_2_checks_the_shrink_factors_and_names_their_slips(capsys):
+    def denoise(x, score_fn, sigma):
+        return x + sigma**2 * score_fn(x)
+
+    def right(t, s):
+        return t**2 / (t**2 + s**2), 1 - s**2 / t**2
+
+    assert_passes(capsys, checks.exercise_4_2, denoise, right)
+    for wrong, phrase in [(lambda t, s: right(t, s)[::-1], "swapped"),
+                          (lambda t, s: (1 - right(t, s)[0], right(t, s)[1]), "removes"),
+                          (lambda t, s: (right(t, s)[0], s**2 / t**2), "removes"),
+                          (lambda t, s: (t / (t + s), right(t, s)[1]), "perturbed density"),
+                          (lambda t, s: (right(t, s)[0], 1 - s / t), "N(mu, tau^2) itself"),
+                          (lambda t, s: right(t, s)[0], "a pair")]:
+        assert_explains(capsys, checks.exercise_4_2, (denoise, wrong), phrase)
+    assert "not done yet" in run_check(capsys, checks.exercise_4_2, denoise, stub)

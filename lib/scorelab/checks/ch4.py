@@ -153,10 +153,13 @@ def exercise_4_1(dsm_loss) -> None:
 
 @exercise(
     "4.2",
-    "your denoise is Tweedie's formula x~ + sigma^2 * s(x~): the posterior mean of the clean x.",
+    "your denoise is Tweedie's formula x~ + sigma^2 * s(x~): the posterior mean of the clean x; "
+    "with the clean score in its place it would shrink by 1 - sigma^2 / tau^2, and overshoot "
+    "the mean once sigma > tau.",
 )
-def exercise_4_2(denoise) -> None:
-    """Check ``denoise(x_noisy (N, D), score_fn, sigma) -> (N, D)``."""
+def exercise_4_2(denoise, shrink_factors) -> None:
+    """Check ``denoise(x_noisy (N, D), score_fn, sigma) -> (N, D)``, then
+    ``shrink_factors(tau, sigma) -> (k_perturbed, k_clean)`` for data N(mu, tau^2)."""
     from scorelab.densities import GaussianMixture
 
     sigma = 0.7
@@ -184,6 +187,38 @@ def exercise_4_2(denoise) -> None:
         "Tweedie's formula adds all of it: x~ + sigma^2 s(x~).": x_noisy + 0.5 * sigma**2 * score,
     }
     diagnose(got, x_noisy + sigma**2 * score, what="denoise", mutants=mutants)
+    _expect_shrink_factors(shrink_factors)
+
+
+def _expect_shrink_factors(shrink_factors) -> None:
+    """For data N(mu, tau^2): Tweedie with the perturbed score shrinks x~ - mu by
+    tau^2 / (tau^2 + sigma^2), with the clean score by 1 - sigma^2 / tau^2."""
+    for tau, sigma in cases([(1.0, 0.5), (0.6, 1.5)], [(2.0, 0.3)]):
+        call = f"shrink_factors(tau={tau}, sigma={sigma})"
+        answer = call_student(shrink_factors, tau, sigma, what="shrink_factors")
+        if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
+            raise Mismatch(f"{call} should return a pair (k_perturbed, k_clean), got {answer!r}.")
+        perturbed, clean = (to_float(value, what=f"{call}[{k}]") for k, value in enumerate(answer))
+        want = (tau**2 / (tau**2 + sigma**2), 1.0 - sigma**2 / tau**2)
+        if all(math.isclose(got, right, rel_tol=1e-6, abs_tol=1e-9)
+               for got, right in zip((perturbed, clean), want)):
+            continue
+        if math.isclose(perturbed, want[1], rel_tol=1e-6) and math.isclose(clean, want[0],
+                                                                           rel_tol=1e-6):
+            raise Mismatch(f"{call}: the two factors are swapped; the first is the one with the "
+                           "perturbed score, -(x - mu) / (tau^2 + sigma^2).")
+        for name, got, right, density in (("k_perturbed", perturbed, want[0],
+                                           "N(mu, tau^2 + sigma^2), the perturbed density"),
+                                          ("k_clean", clean, want[1], "N(mu, tau^2) itself")):
+            if math.isclose(got, right, rel_tol=1e-6, abs_tol=1e-9):
+                continue
+            removed = 1.0 - right
+            if math.isclose(got, removed, rel_tol=1e-6, abs_tol=1e-9):
+                raise Mismatch(f"{call}: {name} = {got:.6g} is what the denoiser removes; the "
+                               "factor asked for is what remains of x~ - mu.")
+            raise Mismatch(f"{call}: {name} = {got:.6g} is not the factor. With the score of "
+                           f"{density}, x~ + sigma^2 s(x~) - mu is a multiple of x~ - mu: "
+                           "which?")
 
 
 # ---------------------------------------------------------------- 4.3 (derive): the DSM optimum
