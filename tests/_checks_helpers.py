@@ -31,11 +31,11 @@ def assert_explains(capsys, check, answers, *phrases) -> None:
         assert phrase in out, f"{phrase!r} not in {out!r}"
 
 
-def with_answer(check, answer, *, first: bool):
-    """``check`` with one of its two answers fixed to ``answer`` (a right one), so that a test
-    varies the other: ``first`` fixes the first answer, else the last."""
+def with_answer(check, *fixed, first: bool):
+    """``check`` with some of its answers fixed to ``fixed`` (right ones), so that a test varies
+    the others: ``first`` puts them before the varied answers, else after."""
     def run(*answers):
-        return check(answer, *answers) if first else check(*answers, answer)
+        return check(*fixed, *answers) if first else check(*answers, *fixed)
 
     run.exercise_number = check.exercise_number
     return run

@@ -14,6 +14,9 @@ from scorelab.checks import _core
 exercise_1_1 = with_answer(checks.exercise_1_1, 3300**0.5, first=False)
 exercise_4_2 = with_answer(checks.exercise_4_2,
                            lambda t, s: (t**2 / (t**2 + s**2), 1 - s**2 / t**2), first=False)
+exercise_5_2 = with_answer(checks.exercise_5_2,
+                           lambda a, s: 0.5 * s.dot(s) ** 2 + 2 * s.dot(a @ s),
+                           lambda t: 2 * t, first=False)
 exercise_2_2 = with_answer(checks.exercise_2_2, lambda t: 4 * t, first=False)
 exercise_3_4 = with_answer(checks.exercise_3_4, -0.1415, first=False)
 
@@ -1150,12 +1153,12 @@ def ssm(**options):
     )
 
 
-@pytest.mark.parametrize("check, vr", [(checks.exercise_5_1, False), (checks.exercise_5_2, True)])
+@pytest.mark.parametrize("check, vr", [(checks.exercise_5_1, False), (exercise_5_2, True)])
 def test_5_accepts_the_solutions(capsys, check, vr):
     assert_passes(capsys, check, ssm(vr=vr))
 
 
-@pytest.mark.parametrize("check, vr", [(checks.exercise_5_1, False), (checks.exercise_5_2, True)])
+@pytest.mark.parametrize("check, vr", [(checks.exercise_5_1, False), (exercise_5_2, True)])
 def test_5_accepts_directions_drawn_in_another_order(capsys, check, vr):
     assert_passes(capsys, check, ssm(vr=vr, per_projection_draws=True))
 
@@ -1164,14 +1167,14 @@ def test_5_accepts_directions_drawn_in_another_order(capsys, check, vr):
     "check, vr, options, phrases",
     [
         (checks.exercise_5_1, False, {"vr": True}, ["SSM-VR term"]),
-        (checks.exercise_5_2, True, {"vr": False}, ["plain SSM term"]),
+        (exercise_5_2, True, {"vr": False}, ["plain SSM term"]),
         (checks.exercise_5_1, False, {"trace_sign": -1.0}, ["trace term has the wrong sign"]),
-        (checks.exercise_5_2, True, {"half": 1.0}, ["lacks its 1/2"]),
+        (exercise_5_2, True, {"half": 1.0}, ["lacks its 1/2"]),
         (checks.exercise_5_1, False, {"reduce": "sum"}, ["number of projections"]),
-        (checks.exercise_5_2, True, {"create_graph": False}, ["create_graph=True"]),
+        (exercise_5_2, True, {"create_graph": False}, ["create_graph=True"]),
         (checks.exercise_5_1, False, {"trace_sign": 0.0}, ["trace term", "missing"]),
         (checks.exercise_5_1, False, {"detach_second": True}, ["second term carries no gradient"]),
-        (checks.exercise_5_2, True, {"average_dims": True},
+        (exercise_5_2, True, {"average_dims": True},
          ["divided by D, the dimension", "do not average over them"]),
         (checks.exercise_5_1, False, {"reduce": "sum"},
          ["M, the number of projections (= 3) times", "do not sum them"]),

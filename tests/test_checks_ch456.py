@@ -18,6 +18,9 @@ from scorelab.checks import _core
 ROOT = Path(__file__).resolve().parents[1]
 
 exercise_4_4 = with_answer(checks.exercise_4_4, lambda sigma: sigma, first=False)
+exercise_5_2 = with_answer(checks.exercise_5_2,
+                           lambda a, s: 0.5 * s.dot(s) ** 2 + 2 * s.dot(a @ s),
+                           lambda t: 2 * t, first=False)
 exercise_5_3 = with_answer(checks.exercise_5_3, lambda mu, tau: (mu, tau**2), first=False)
 
 
@@ -408,7 +411,7 @@ def jvp_loop(vr=False):
     return loss
 
 
-SLICED_CHECKS = [(checks.exercise_5_1, False), (checks.exercise_5_2, True)]
+SLICED_CHECKS = [(checks.exercise_5_1, False), (exercise_5_2, True)]
 
 
 @pytest.mark.parametrize("check, vr", SLICED_CHECKS, ids=["5.1", "5.2"])
@@ -847,7 +850,7 @@ def packaged(vr=False, projection="gaussian"):
 
 @pytest.mark.parametrize(
     "check, answer",
-    [(checks.exercise_5_1, packaged()), (checks.exercise_5_2, packaged(vr=True)),
+    [(checks.exercise_5_1, packaged()), (exercise_5_2, packaged(vr=True)),
      (checks.exercise_5_4, packaged(vr=True, projection="sphere"))],
     ids=["5.1", "5.2", "5.4"],
 )
@@ -866,7 +869,7 @@ def grad_on_the_callers_x(answer):
 
 @pytest.mark.parametrize(
     "check, answer",
-    [(checks.exercise_5_1, sliced()), (checks.exercise_5_2, sliced(vr=True)),
+    [(checks.exercise_5_1, sliced()), (exercise_5_2, sliced(vr=True)),
      (checks.exercise_5_4, sphere_loss())],
     ids=["5.1", "5.2", "5.4"],
 )
@@ -1117,7 +1120,7 @@ def test_5_3_checks_the_minimiser_and_names_its_slips(capsys):
     assert_passes(capsys, checks.exercise_5_3, objective, lambda mu, tau: (mu, tau**2))
     for wrong, phrase in [(lambda mu, tau: (mu, tau), "not with tau"),
                           (lambda mu, tau: (mu, 1 / tau**2), "precision"),
-                          (lambda mu, tau: (mu, 2 * tau**2), "factor of the second term"),
+                          (lambda mu, tau: (mu, 2 * tau**2), "the 1/2 in front"),
                           (lambda mu, tau: (0.0, tau**2), "(mu - m)^2"),
                           (lambda mu, tau: tau**2, "a pair (m, kappa)"),
                           (lambda mu, tau: (mu, 3.0), "solve for kappa")]:
@@ -1133,3 +1136,43 @@ def test_4_4_checks_the_slope_factor_and_names_its_slips(capsys):
                           (lambda s: 1.03 * s, "fits to samples"), (lambda s: -s, "instead")]:
         assert_explains(capsys, checks.exercise_4_4, (right, wrong), phrase)
     assert "not done yet" in run_check(capsys, checks.exercise_4_4, right, stub)
+
+
+def test_5_2_checks_the_variance_gap_and_the_radius(capsys):
+    vr = sliced(vr=True)
+
+    def gap(a, s):
+        return 0.5 * s.dot(s) ** 2 + 2 * s.dot(a @ s)
+
+    check = checks.exercise_5_2
+    answers = [vr, gap, lambda t: 2 * t]
+    for k, wrong, phrase in [(1, lambda a, s: 0.5 * s.dot(s) ** 2, "correlated"),
+                             (1, lambda a, s: 0.25 * s.dot(s) ** 2 + 2 * s.dot(a @ s), "E z^4"),
+                             (1, lambda a, s: 0.5 * s.dot(s) ** 2 + 2 * a.trace() * s.dot(s),
+                              "three pairings"),
+                             (1, lambda a, s: -gap(a, s), "minus"),
+                             (1, lambda a, s: 1.02 * gap(a, s), "simulation"),
+                             (2, lambda t: 4 * t**2, "squared radius"),
+                             (2, lambda t: t, "changes sign"),
+                             (2, lambda t: 2.0, "tau = 1 only")]:
+        tried = list(answers)
+        tried[k] = wrong
+        assert_explains(capsys, check, tried, phrase)
+
+
+def test_5_3_accepts_arrays_and_names_a_numerical_minimum(capsys):
+    import numpy as np
+
+    def objective(m, kappa, mu, tau):
+        return -1 / kappa + (tau**2 + (mu - m) ** 2) / (2 * kappa**2)
+
+    for right in (lambda mu, tau: np.array([mu, tau**2]), lambda mu, tau: torch.tensor([mu, tau**2])):
+        assert_passes(capsys, checks.exercise_5_3, objective, right)
+    assert_explains(capsys, checks.exercise_5_3,
+                    (objective, lambda mu, tau: (mu * (1 + 1e-4), tau**2)), "numerical minimum")
+    assert "not done yet" in run_check(capsys, checks.exercise_5_3, objective, lambda mu, tau: ...)
+
+
+def test_4_4_names_a_comparison_with_the_clean_score(capsys):
+    assert_explains(capsys, checks.exercise_4_4, (dsm(), lambda s: s / (1 + s**2)),
+                    "clean score's slope")

@@ -559,7 +559,15 @@ def test_8_4_checks_the_derived_variance_of_the_bug(capsys):
                           (lambda v, lo, hi: v**2 / (v + hi**2), "sigma(0) = sigma_min"),
                           (lambda v, lo, hi: hi**2 * (end(v, lo, hi) / start(v, lo, hi)) ** 2,
                            "from the prior"),
-                          (lambda *a: 1.02 * buggy_variance(*a), "is it measured"),
+                          (lambda *a: 1.02 * buggy_variance(*a), "measured, or approximated"),
                           (lambda *a: 1.0, "derivative of a logarithm")]:
         assert_explains(capsys, check, (pf_drift, wrong), phrase)
     assert "not done yet" in run_check(capsys, check, pf_drift, stub)
+
+
+def test_8_3_names_a_half_step_a_full_drift_and_a_narrower_law(capsys):
+    for wrong, phrase in [(lambda r: 1 + r**2 / 2, "half the rule's step"),
+                          (lambda r: (1 + 4 * r**2) / 2, "lacks the course's 1/2"),
+                          (lambda r: 1 - r**2, "never narrows"),
+                          (lambda r: math.exp(r**2), "what step alpha")]:
+        assert_explains(capsys, checks.exercise_8_3, (wrong, measure), phrase)

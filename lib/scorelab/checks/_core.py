@@ -368,11 +368,17 @@ def _constant_ratio(got: torch.Tensor, expected: torch.Tensor) -> float | None:
     return c
 
 
+def _shown(value) -> str:
+    """A short description of a value for a message: its repr, cut at 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def call_student(fn: Callable, *args, what: str, **kwargs):
     """Call the student's function; a non-callable becomes a Mismatch rather than a TypeError."""
     if not callable(fn):
         raise Mismatch(
-            f"pass your function itself to the check (got a {type(fn).__name__}, "
+            f"pass your function itself to the check (got {_shown(fn)}, not a function; "
             f"expected the function {what})."
         )
     return fn(*args, **kwargs)

@@ -318,7 +318,8 @@ def _expect_largest_stable_step(largest_stable_step) -> None:
     """The largest step at which the chain on N(0, tau^2) settles: 4 tau^2 (to 1e-6)."""
     for tau2 in cases([1.0, 0.3, 2.5], [0.07, 11.0]):
         call = f"largest_stable_step({tau2})"
-        got = to_float(call_student(largest_stable_step, tau2, what=call), what=call)
+        got = to_float(call_student(largest_stable_step, tau2, what="largest_stable_step"),
+                       what=call)
         expect_derived(
             got, 4.0 * tau2, call=call, wrong="is not the largest stable step",
             slips={

@@ -609,6 +609,9 @@ def _expect_basin_edge(basin_edge) -> None:
     for value, text in slips:
         if abs(got - value) <= 1e-3:
             raise Mismatch(f"basin_edge = {got:.4f}: {text}")
+    if abs(got - BASIN_EDGE) <= 5e-3:
+        raise Mismatch(f"basin_edge = {got:.4f}: close, but not to three decimals: solve your "
+                       "equation for c more precisely.")
     raise Mismatch(f"basin_edge = {got:.4f} is not where the drift along the diagonal vanishes: "
                    "write the score at the point (c/2, c/2), whose responsibilities depend on "
                    "c only, set its component along (1, 1) to 0 and solve for c numerically "
@@ -651,8 +654,9 @@ register_hints(
     "3.4",
     "Run plain Langevin from the given start, then count. Before you run it, predict "
     "the share from the start alone.",
-    "The (5, 5) mode is the half-plane x_1 + x_2 > 0; the score there is almost exactly "
-    "that component's own -(x - mu), whatever its weight.",
+    "Count the (5, 5) side as the half-plane x_1 + x_2 > 0; the score there is almost exactly "
+    "that component's own -(x - mu), whatever its weight. For the edge: at the point (c/2, "
+    "c/2), what is the ratio of the two responsibilities, and when do their pulls balance?",
     "Checks to run: from the uniform box your share should be close to the share of the start "
     "already on the (5, 5) side, and it should barely move with twice the steps or half the "
     "step size. For the letter, say what each option predicts for such a change, and test "

@@ -406,13 +406,17 @@ def _expect_slope_factor(slope_factor) -> None:
         expect_derived(
             got, sigma, call=call, wrong="is not the learned slope over the optimal one",
             slips={1.0 / sigma: "that is the optimum over the learned slope: at sigma = 0.5 "
-                                "the learned slope is the smaller one.",
+                                "the learned slope is the smaller one in size.",
+                   sigma / (1 + sigma**2): "that compares with the clean score's slope, "
+                                           "-1 / tau^2; the optimum of DSM at level sigma is "
+                                           "exercise 4.3's -1 / (tau^2 + sigma^2).",
                    sigma**2: "the target (x - x~) / sigma is -z; the kernel's score is "
                              "-z / sigma: they differ by one factor sigma, not two.",
                    2.0: "2 fits only one of the two printed rows: compare the factor at "
                         "sigma = 0.5 and at sigma = 2."},
-            measured=(0.05, "close, but not exact: the printed slopes are fits to samples. "
-                            "Derive the factor from the buggy target and the kernel's score."),
+            measured=(0.05, "close, but not exact: the printed slopes are fits to samples "
+                            "(or is it an approximation?). Derive the factor from the buggy "
+                            "target and the kernel's score."),
             otherwise="compare the buggy target (x - x~) / sigma with the kernel's score, "
                       "(x - x~) / sigma^2: what does the regression learn instead of the score?")
 

@@ -10,7 +10,7 @@ import math
 import torch
 
 from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
-                                   expect_loss, expect_same_draws, expect_tensor,
+                                   expect_derived, expect_loss, expect_same_draws, expect_tensor,
                                    expect_untouched, global_rng_untouched, is_close,
                                    package_refused,
                                    register_hints, to_float)
@@ -340,11 +340,70 @@ def exercise_5_1(ssm_loss) -> None:
 
 @exercise(
     "5.2",
-    "your ssm_vr_loss is mean_v [ v^T (ds/dx) v ] + 1/2 ||s||^2, with gradients through the trace.",
+    "your ssm_vr_loss is mean_v [ v^T (ds/dx) v ] + 1/2 ||s||^2, with gradients through the "
+    "trace; it is the less noisy one only where 1/2 ||s||^4 + 2 s^T A s > 0: for the exact "
+    "score of N(0, tau^2 I), outside the radius 2 tau.",
 )
-def exercise_5_2(ssm_vr_loss) -> None:
-    """Check ``ssm_vr_loss(model, x (N, D), n_projections, generator) -> (N,)`` (SSM-VR)."""
+def exercise_5_2(ssm_vr_loss, variance_gap, vr_loses_within) -> None:
+    """Check ``ssm_vr_loss(model, x (N, D), n_projections, generator) -> (N,)`` (SSM-VR), then
+    ``variance_gap(jacobian (D, D), score (D,)) -> float`` (Var[SSM] - Var[SSM-VR] for one
+    Gaussian direction) and ``vr_loses_within(tau) -> float`` (2 tau)."""
     _check_sliced(ssm_vr_loss, variance_reduction=True, name="ssm_vr_loss")
+    _expect_variance_gap(variance_gap)
+    _expect_vr_radius(vr_loses_within)
+
+
+def _expect_variance_gap(variance_gap) -> None:
+    """Var[v^T A v + 1/2 (v^T s)^2] - Var[v^T A v] = 1/2 |s|^4 + 2 s^T A s for v ~ N(0, I)."""
+    generator = torch.Generator().manual_seed(52)
+    for dim in cases([2, 5], [3]):
+        jacobian = torch.randn(dim, dim, generator=generator, dtype=torch.float64)  # not symmetric
+        score = torch.randn(dim, generator=generator, dtype=torch.float64)
+        call = f"variance_gap(jacobian ({dim}, {dim}), score ({dim},))"
+        got = to_float(call_student(variance_gap, jacobian.clone(), score.clone(),
+                                    what="variance_gap"), what=call)
+        norm4, quadratic = score.dot(score).item() ** 2, score.dot(jacobian @ score).item()
+        trace_term = jacobian.trace().item() * score.dot(score).item()
+        expect_derived(
+            got, 0.5 * norm4 + 2 * quadratic, call=call, wrong="is not Var[SSM] - Var[SSM-VR]",
+            slips={
+                0.5 * norm4: "the two random terms of SSM are correlated: VR removes their "
+                             "covariance as well as the variance of 1/2 (v^T s)^2.",
+                0.25 * norm4 + 2 * quadratic: "v^T s is N(0, |s|^2), and the square of a "
+                                              "standard normal has variance 2 (E z^4 = 3).",
+                0.5 * norm4 + 2 * trace_term: "the covariance of v^T A v with (v^T s)^2 "
+                                              "involves s^T A s, not tr(A) |s|^2: expand "
+                                              "E[v_i v_j v_k v_l] into its three pairings.",
+                0.5 * norm4 + quadratic: "Var(a + b) = Var a + Var b + 2 Cov(a, b), and "
+                                         "Cov(v^T A v, (v^T s)^2) = 2 s^T A s.",
+                0.5 * norm4 - 2 * quadratic: "the sign of the covariance term: Var(a + b) adds "
+                                             "+2 Cov(a, b).",
+                norm4 + 4 * quadratic: "SSM's second term is 1/2 (v^T s)^2, with its 1/2.",
+                -(0.5 * norm4 + 2 * quadratic): "the gap asked for is Var[SSM] minus "
+                                                "Var[SSM-VR].",
+            },
+            measured=(0.05, "close, but not exact: is it a simulation? Derive it in closed "
+                            "form from the moments of a Gaussian v."),
+            otherwise="write SSM as a + b with a = v^T A v and b = 1/2 (v^T s)^2, and SSM-VR as "
+                      "a + 1/2 |s|^2: the difference of the variances is Var b + 2 Cov(a, b).")
+
+
+def _expect_vr_radius(vr_loses_within) -> None:
+    """For the exact score of N(0, tau^2 I): the gap is negative where |x| < 2 tau."""
+    for tau in cases([1.0, 0.3, 2.5], [7.0]):
+        call = f"vr_loses_within({tau})"
+        got = to_float(call_student(vr_loses_within, tau, what="vr_loses_within"), what=call)
+        expect_derived(
+            got, 2 * tau, call=call, wrong="is not the radius where SSM-VR becomes the noisier",
+            slips={4 * tau**2: "that is the squared radius |x|^2; the question asks for |x|.",
+                   2 * tau**2: "with A = -I / tau^2 and s = -x / tau^2 the gap is "
+                               "(|x|^2 / tau^6) (|x|^2 / (2 tau^2) - 2): where is it negative?",
+                   2.0: "that is the radius for tau = 1 only.",
+                   tau: "at |x| = tau the gap is still negative: solve for where it changes "
+                        "sign."},
+            measured=(0.05, "close, but not exact: derive it from your variance_gap."),
+            otherwise="put the exact score of N(0, tau^2 I), s = -x / tau^2 with Jacobian "
+                      "-I / tau^2, into your variance_gap: where is it negative?")
 
 
 # ---------------------------------------------------------------- 5.3 (derive): by parts
@@ -437,21 +496,31 @@ def _expect_sm_minimiser(sm_minimiser) -> None:
     for mu, tau in cases([(0.5, 1.5), (-2.0, 0.4)], [(3.0, 2.5)]):
         call = f"sm_minimiser(mu={mu}, tau={tau})"
         answer = call_student(sm_minimiser, mu, tau, what="sm_minimiser")
+        if answer is Ellipsis:
+            raise NotImplementedError("sm_minimiser returns ...")
+        if isinstance(answer, torch.Tensor) or type(answer).__module__ == "numpy":
+            flat = answer.reshape(-1).tolist()  # a tensor or an array of two numbers
+            answer = flat if len(flat) == 2 else answer
         if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
-            raise Mismatch(f"{call} should return a pair (m, kappa), got {answer!r}.")
+            raise Mismatch(f"{call} should return a pair (m, kappa), such as a tuple, got "
+                           f"{answer!r}.")
         m, kappa = (to_float(value, what=f"{call}[{k}]") for k, value in enumerate(answer))
-        if math.isclose(m, mu, rel_tol=1e-6, abs_tol=1e-9) and math.isclose(
-                kappa, tau**2, rel_tol=1e-6):
+        m_right = math.isclose(m, mu, rel_tol=1e-6, abs_tol=1e-9)
+        if m_right and math.isclose(kappa, tau**2, rel_tol=1e-6):
             continue
-        if not math.isclose(m, mu, rel_tol=1e-6, abs_tol=1e-9):
+        if (math.isclose(m, mu, rel_tol=1e-3, abs_tol=1e-3)
+                and math.isclose(kappa, tau**2, rel_tol=1e-3)):
+            raise Mismatch(f"{call} gives ({m:.6g}, {kappa:.6g}): close, but not exact. Is it a "
+                           "numerical minimum? Derive the minimiser in closed form.")
+        if not m_right:
             raise Mismatch(f"{call} gives m = {m:.6g}: J_SM depends on m only through "
                            "(mu - m)^2, which is smallest where?")
         slips = {tau: "kappa is the model's variance: compare it with the data's variance, "
                       "tau^2, not with tau.",
                  1.0 / tau**2: "that is 1 / tau^2, the precision: solve dJ_SM/dkappa = 0 for "
                                "kappa itself.",
-                 2.0 * tau**2: "dJ_SM/dkappa = 1/kappa^2 - tau^2/kappa^3 at m = mu: check the "
-                               "factor of the second term."}
+                 2.0 * tau**2: "check the factor that the 1/2 in front of E[s_theta^2] leaves "
+                               "when you differentiate with respect to kappa."}
         named = [text for value, text in slips.items() if math.isclose(kappa, value, rel_tol=1e-6)]
         raise Mismatch(f"{call} gives kappa = {kappa:.6g}, but J_SM is smallest at another "
                        "kappa: " + (named[0] if named else "at m = mu set dJ_SM/dkappa to zero "
@@ -783,12 +852,12 @@ register_hints(
     "5.3",
     "Expand the square; only the cross term needs the data's score. Integrate it by parts, "
     "using that p times the derivative of log p is the derivative of p.",
-    "After integrating by parts, J is the expectation under the data of the model score's "
+    "After integrating by parts, J_SM is the expectation under the data of the model score's "
     "derivative plus half the model score squared. Here that derivative is a constant, and the "
     "expected squared distance from m is the data variance plus the squared offset of the means.",
-    "Check your J where you know the answer: at m = mu it must be smallest at kappa = tau^2 "
-    "(score matching recovers the data's Gaussian), and it must grow without bound as kappa "
-    "-> 0.",
+    "Check your J_SM where you can: it must grow without bound as kappa -> 0, and for the "
+    "minimiser, ask which model a method that is consistent should recover from Gaussian "
+    "data, then confirm it by setting both derivatives of J_SM to zero.",
 )
 register_hints(
     "5.4",
