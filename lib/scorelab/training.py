@@ -483,17 +483,20 @@ class ExponentialMovingAverage:
             raise ValueError(f"ema_rate must be in (0, 1), got {rate!r}")
         self.rate = float(rate)
         self.module = copy.deepcopy(model).requires_grad_(False)
+        self._checked: torch.nn.Module | None = None  # the last model whose shapes matched
 
     @torch.no_grad()
     def update_parameters(self, model: torch.nn.Module) -> None:
         """One step of the average towards ``model``'s parameters; copy its buffers."""
         averaged = [p.detach() for p in self.module.parameters()]
         current = [p.detach() for p in _check_model(model).parameters()]
-        if [p.shape for p in current] != [p.shape for p in averaged]:
-            raise ValueError(
-                f"model must have the parameters of the averaged model ({len(averaged)} tensors "
-                f"of its shapes), got {type(model).__name__} with {len(current)} of other shapes: "
-                "average one model from start to end")
+        if model is not self._checked:  # once per model: the training step calls this
+            if [p.shape for p in current] != [p.shape for p in averaged]:
+                raise ValueError(
+                    f"model must have the parameters of the averaged model ({len(averaged)} "
+                    f"tensors of its shapes), got {type(model).__name__} with {len(current)} of "
+                    "other shapes: average one model from start to end")
+            self._checked = model
         torch._foreach_lerp_(averaged, current, 1.0 - self.rate)
         for mine, theirs in zip(self.module.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)
