@@ -498,10 +498,14 @@ def variance_ratio(eps, sigma_L, gamma, n_steps, *, authors=False):
     return kept * gamma**2 + (2 * u if authors else u) * (1 - kept) / (1 - r**2)
 
 
-STEP_ANSWERS = (annealed_step, authors_step_lr, variance_ratio)
+def drift_to_noise(eps, sigma_i, sigma_L):
+    return math.sqrt(eps) / (2 * sigma_L)
 
 
-def test_6_3_accepts_the_three_formulas(capsys, grading):
+STEP_ANSWERS = (annealed_step, authors_step_lr, variance_ratio, drift_to_noise)
+
+
+def test_6_3_accepts_the_four_formulas(capsys, grading):
     assert_passes(capsys, checks.exercise_6_3, *STEP_ANSWERS)
 
 
@@ -512,7 +516,15 @@ def test_6_3_accepts_a_variance_ratio_written_with_torch_functions(capsys, gradi
         kept = torch.exp(2 * n_steps * torch.log1p(-u / 2))  # r^(2T)
         return kept * gamma**2 + (1 - kept) / (1 - u / 4)
 
-    assert_passes(capsys, checks.exercise_6_3, *STEP_ANSWERS[:2], with_torch)
+    assert_passes(capsys, checks.exercise_6_3, *STEP_ANSWERS[:2], with_torch, drift_to_noise)
+
+
+def test_6_3_accepts_a_ratio_computed_from_the_step(capsys, grading):
+    def from_the_step(eps, sigma_i, sigma_L):
+        alpha_i = annealed_step(eps, sigma_i, sigma_L)
+        return (alpha_i / 2 / sigma_i) / math.sqrt(alpha_i)
+
+    assert_passes(capsys, checks.exercise_6_3, *STEP_ANSWERS[:3], from_the_step)
 
 
 @pytest.mark.parametrize(
@@ -536,6 +548,13 @@ def test_6_3_accepts_a_variance_ratio_written_with_torch_functions(capsys, gradi
             lambda eps, sl, g, t: variance_ratio(eps, sl, math.sqrt(g), t),
             ["gamma^2, not gamma"],
         ),
+        (3, lambda eps, si, sl: math.sqrt(eps) / sl, ["drift_to_noise", "1/2 is missing"]),
+        (3, lambda eps, si, sl: eps / (4 * sl**2), ["mean squared lengths"]),
+        (3, lambda eps, si, sl: math.sqrt(eps) / (2 * sl * si), ["not 1 / sigma_i^2 long"]),
+        (3, lambda eps, si, sl: 1 / (2 * si), ["sqrt(alpha_i) long"]),
+        (3, lambda eps, si, sl: math.sqrt(eps) / (2 * si), ["not eps at every level"]),
+        (3, lambda eps, si, sl: math.sqrt(eps) / (2 * sl) * (si / sl) ** 0.1,
+         ["right at the last level", "wrong at the larger levels"]),
     ],
 )
 def test_6_3_explains_wrong_formulas(capsys, which, answer, phrases):
@@ -545,7 +564,8 @@ def test_6_3_explains_wrong_formulas(capsys, which, answer, phrases):
 
 
 def test_6_3_names_the_stub_not_done(capsys):
-    out = run_check(capsys, checks.exercise_6_3, annealed_step, stub, variance_ratio)
+    out = run_check(capsys, checks.exercise_6_3, annealed_step, stub, variance_ratio,
+                    drift_to_noise)
     assert out.startswith("⏳") and "not done yet" in out
 
 
@@ -711,7 +731,7 @@ NEW_CHECKS = [
     (checks.exercise_5_3, 2),
     (checks.exercise_5_4, 1),
     (checks.exercise_5_5, 1),
-    (checks.exercise_6_3, 3),
+    (checks.exercise_6_3, 4),
     (checks.exercise_6_4, 1),
     (checks.exercise_6_5, 2),
 ]
@@ -1004,7 +1024,7 @@ def test_6_3_and_6_4_refuse_the_packages_rules(capsys):
         return langevin_variance_ratio(2 * eps, gamma, n_steps, sigma_L)
 
     answers = [lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2, lambda eps: eps / 2,
-               ratio]
+               ratio, drift_to_noise]
     assert_explains(capsys, checks.exercise_6_3, answers, "calls the package's",
                     "langevin_variance_ratio")
 
@@ -1098,7 +1118,8 @@ def test_a_package_call_that_raises_is_refused_not_blamed_on_the_student(capsys)
     def wrong_order(eps, sigma_L, gamma, n_steps):
         return langevin_variance_ratio(eps, sigma_L, gamma, n_steps)  # gamma and sigma_L swapped
 
-    assert_explains(capsys, checks.exercise_6_3, (annealed_step, authors_step_lr, wrong_order),
+    assert_explains(capsys, checks.exercise_6_3,
+                    (annealed_step, authors_step_lr, wrong_order, drift_to_noise),
                     "calls the package's")
 
 

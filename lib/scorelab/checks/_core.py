@@ -506,22 +506,36 @@ class FormulaMatches:
                            f"error is far larger than 1e-6). {self.advice}")
 
 
-def expect_derived(got: float, want: float, *, call: str, wrong: str, slips: dict[float, str],
-                   measured: tuple[float, str], otherwise: str) -> None:
-    """Mismatch unless ``got``, a number the student derived, equals ``want`` to 1e-6.
+def answer_number(value, *, what: str) -> float:
+    """Read a number the student enters as an answer (``best_step = ...`` in an exercise
+    notebook); the placeholders ``...`` and ``None`` are "not done yet"."""
+    if value is None:
+        raise NotImplementedError(f"{what} is still unset")
+    return to_float(value, what=what)
 
-    A known slip (a value of ``slips``, matched to 1e-6) is named by its text; an answer within
-    the relative distance ``measured[0]`` of ``want`` gets ``measured[1]`` (it looks measured,
-    where a derivation was asked); anything else gets ``otherwise``. The message reads
-    "``call`` = got ``wrong``: cause".
+
+def expect_derived(got: float, want: float, *, call: str, wrong: str, slips: dict[float, str],
+                   otherwise: str, measured: tuple[float, str] | None = None,
+                   tolerance: float = 1e-6, absolute: bool = False) -> None:
+    """Mismatch unless ``got``, a number the student derived, equals ``want`` within
+    ``tolerance`` (relative, or ``absolute``).
+
+    A known slip (a value of ``slips``, matched within the same tolerance) is named by its text;
+    an answer within ``measured[0]`` of ``want`` (relative, or ``absolute``) gets
+    ``measured[1]`` (close, but not what the derivation gives: a measured value, too few
+    digits); anything else gets ``otherwise``. The message reads "``call`` = got ``wrong``:
+    cause".
     """
-    if math.isfinite(got) and abs(got / want - 1.0) <= 1e-6:
+    def near(value: float, within: float) -> bool:
+        scale = 1.0 if absolute else abs(value)
+        return math.isfinite(got) and abs(got - value) <= within * scale
+
+    if near(want, tolerance):
         return
-    named = [text for value, text in slips.items()
-             if math.isfinite(got) and abs(got / value - 1.0) <= 1e-6]
+    named = [text for value, text in slips.items() if near(value, tolerance)]
     if named:
         cause = named[0]
-    elif math.isfinite(got) and abs(got / want - 1.0) <= measured[0]:
+    elif measured is not None and near(want, measured[0]):
         cause = measured[1]
     else:
         cause = otherwise

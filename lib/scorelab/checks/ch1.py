@@ -12,10 +12,10 @@ import math
 
 import torch
 
-from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
-                                   expect_finite, expect_tensor, expect_untouched,
-                                   package_refused, refuse_calls, register_hints, to_float,
-                                   without_package)
+from scorelab.checks._core import (Mismatch, answer_number, call_student, cases, diagnose,
+                                   exercise, expect_derived, expect_finite, expect_tensor,
+                                   expect_untouched, package_refused, refuse_calls,
+                                   register_hints, to_float, without_package)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 
@@ -391,30 +391,26 @@ def exercise_1_1(perturbed_covariance, sigma_one_percent) -> None:
 def _expect_sigma_one_percent(sigma_one_percent) -> None:
     """The toy mixture's covariance exceeds sigma^2 I by 33 along (1, 1): below 1 % from
     sigma = sqrt(3300) on."""
-    if sigma_one_percent is None or sigma_one_percent is Ellipsis:
-        raise NotImplementedError("sigma_one_percent is still unset")
-    got = to_float(sigma_one_percent, what="sigma_one_percent")
-    if abs(got / math.sqrt(3300.0) - 1.0) <= 0.005:
-        return
-    slips = [
-        (math.sqrt(1650.0), "that compares standard deviations (sqrt(sigma^2 + 33) / sigma - 1); "
-                            "the question compares the covariance with sigma^2 I."),
-        (40.0, "16 is each entry of the means' spread; along (1, 1) its eigenvalue is 32, and "
-               "the components' own variance adds 1."),
-        (math.sqrt(3200.0), "the components' own covariance I adds 1 along (1, 1) as well: "
-                            "33 in all."),
-        (10.0, "that is the gap across the line of the modes (eigenvalue 1); the largest gap "
-               "is along it, (1, 1)."),
-        (math.sqrt(330.0), "1 % is 0.01: the gap 33 / sigma^2 must fall below 0.01."),
-    ]
-    for value, text in slips:
-        if abs(got / value - 1.0) <= 0.005:
-            raise Mismatch(f"sigma_one_percent = {got:.4g}: {text}")
-    where = ("the gap is still above 1 % there" if got < math.sqrt(3300.0) else
+    got = answer_number(sigma_one_percent, what="sigma_one_percent")
+    threshold = math.sqrt(3300.0)
+    where = ("the gap is still above 1 % there" if got < threshold else
              "the gap falls below 1 % at a smaller sigma already: give the threshold")
-    raise Mismatch(f"sigma_one_percent = {got:.4g}: {where}. Use the eigenvalues your function "
-                   "prints: by how much does the larger one exceed sigma^2, and when is that "
-                   "below 1 % of sigma^2?")
+    expect_derived(
+        got, threshold, call="sigma_one_percent", wrong="is not the threshold",
+        slips={
+            math.sqrt(1650.0): "that compares standard deviations (sqrt(sigma^2 + 33) / sigma "
+            "- 1); the question compares the covariance with sigma^2 I.",
+            40.0: "16 is each entry of the means' spread; along (1, 1) its eigenvalue is 32, "
+            "and the components' own variance adds 1.",
+            math.sqrt(3200.0): "the components' own covariance I adds 1 along (1, 1) as well: "
+            "33 in all.",
+            10.0: "that is the gap across the line of the modes (eigenvalue 1); the largest gap "
+            "is along it, (1, 1).",
+            math.sqrt(330.0): "1 % is 0.01: the gap 33 / sigma^2 must fall below 0.01.",
+        },
+        otherwise=f"{where}. Use the eigenvalues your function prints: by how much does the "
+        "larger one exceed sigma^2, and when is that below 1 % of sigma^2?",
+        tolerance=0.005)
 
 
 # ---------------------------------------------------------------- 1.4 (debug) a colleague's banana

@@ -13,10 +13,11 @@ import math
 
 import torch
 
-from scorelab.checks._core import (Mismatch, call_student, cases, check_choice, diagnose,
-                                   exercise, expect_finite, expect_same_draws, expect_tensor,
-                                   expect_untouched, global_rng_untouched, package_refused,
-                                   register_hints, to_float, without_package)
+from scorelab.checks._core import (Mismatch, answer_number, call_student, cases, check_choice,
+                                   diagnose, exercise, expect_derived, expect_finite,
+                                   expect_same_draws, expect_tensor, expect_untouched,
+                                   global_rng_untouched, package_refused, register_hints,
+                                   to_float, without_package)
 from scorelab.checks._formulas import by_regime, check_formula, random_values
 
 
@@ -590,32 +591,26 @@ BASIN_EDGE = -0.14145880086316454
 
 
 def _expect_basin_edge(basin_edge) -> None:
-    if basin_edge is None or basin_edge is Ellipsis:
-        raise NotImplementedError("basin_edge is still unset")
-    got = to_float(basin_edge, what="basin_edge")
-    if abs(got - BASIN_EDGE) <= 1e-3:
-        return
-    slips = [
-        (0.0, "0 is the edge for equal weights; here the heavier mode's responsibility at the "
-              "midpoint is 0.8, and its pull reaches past the midline."),
-        (-BASIN_EDGE, "the sign: the heavier (5, 5) mode's basin reaches past the midline, "
-                      "towards the lighter mode, so c is negative."),
-        (-math.log(4.0) / 10.0, "that is where the two responsibilities are equal; the drift "
-                                "along the diagonal vanishes where each is weighted by its "
-                                "pull, r_k times the distance to its mean: slightly further."),
-        (-math.log(4.0), "on the line x_1 + x_2 = c the log-ratio of the responsibilities is "
-                         "log 4 + 10 c (each mean is 5 along both axes): check the factor 10."),
-    ]
-    for value, text in slips:
-        if abs(got - value) <= 1e-3:
-            raise Mismatch(f"basin_edge = {got:.4f}: {text}")
-    if abs(got - BASIN_EDGE) <= 5e-3:
-        raise Mismatch(f"basin_edge = {got:.4f}: close, but not to three decimals: solve your "
-                       "equation for c more precisely.")
-    raise Mismatch(f"basin_edge = {got:.4f} is not where the drift along the diagonal vanishes: "
-                   "write the score at the point (c/2, c/2), whose responsibilities depend on "
-                   "c only, set its component along (1, 1) to 0 and solve for c numerically "
-                   "(to three decimals).")
+    expect_derived(
+        answer_number(basin_edge, what="basin_edge"), BASIN_EDGE, call="basin_edge",
+        wrong="is not where the drift along the diagonal vanishes",
+        slips={
+            0.0: "0 is the edge for equal weights; here the heavier mode's responsibility at "
+            "the midpoint is 0.8, and its pull reaches past the midline.",
+            -BASIN_EDGE: "the sign: the heavier (5, 5) mode's basin reaches past the midline, "
+            "towards the lighter mode, so c is negative.",
+            -math.log(4.0) / 10.0: "that is where the two responsibilities are equal; the "
+            "drift along the diagonal vanishes where each is weighted by its pull, r_k times "
+            "the distance to its mean: slightly further.",
+            -math.log(4.0): "on the line x_1 + x_2 = c the log-ratio of the responsibilities "
+            "is log 4 + 10 c (each mean is 5 along both axes): check the factor 10.",
+        },
+        measured=(5e-3, "close, but not to three decimals: solve your equation for c more "
+                        "precisely."),
+        otherwise="write the score at the point (c/2, c/2), whose responsibilities depend on c "
+        "only, set its component along (1, 1) to 0 and solve for c numerically (to three "
+        "decimals).",
+        tolerance=1e-3, absolute=True)
 
 
 # ---------------------------------------------------------------- hints (checks.hint("3.k"))

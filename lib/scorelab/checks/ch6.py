@@ -547,14 +547,47 @@ _RATIO_MUTANTS = [
 ]
 
 
+#: 6.3, part 4: the usual slips in sizing the two terms of a step.
+_DRIFT_MUTANTS = [
+    (
+        "the drift is half the step times the score, (alpha_i / 2) s: the 1/2 is missing.",
+        lambda eps, sigma_i, sigma_L: math.sqrt(eps) / sigma_L,
+    ),
+    (
+        "this is the ratio of the mean squared lengths; the question asks for the ratio "
+        "of the root-mean-square lengths, its square root.",
+        lambda eps, sigma_i, sigma_L: eps / (4 * sigma_L**2),
+    ),
+    (
+        "the score -x / sigma_i^2 is not 1 / sigma_i^2 long: x itself is about sigma_i "
+        "long per coordinate at this level, so the score is about 1 / sigma_i per "
+        "coordinate.",
+        lambda eps, sigma_i, sigma_L: math.sqrt(eps) / (2 * sigma_L * sigma_i),
+    ),
+    (
+        "the noise term is sqrt(alpha_i) z: per coordinate it is sqrt(alpha_i) long, "
+        "not alpha_i.",
+        lambda eps, sigma_i, sigma_L: 1 / (2 * sigma_i),
+    ),
+    (
+        "at level i the step is alpha_i = eps sigma_i^2 / sigma_L^2 (part 1), not eps "
+        "at every level.",
+        lambda eps, sigma_i, sigma_L: math.sqrt(eps) / (2 * sigma_i),
+    ),
+]
+
+
 @exercise(
     "6.3",
-    "alpha_i = eps sigma_i^2 / sigma_L^2; the authors' step_lr is eps / 2; and your variance "
-    "recursion is NCSNv2's, in the paper's convention.",
+    "alpha_i = eps sigma_i^2 / sigma_L^2; the authors' step_lr is eps / 2; your variance "
+    "recursion is NCSNv2's, in the paper's convention; and a step's drift is "
+    "sqrt(eps) / (2 sigma_L) of its noise at every level, which is why alpha_i grows like "
+    "sigma_i^2.",
 )
-def exercise_6_3(annealed_step, authors_step_lr, variance_ratio) -> None:
-    """Check ``annealed_step(eps, sigma_i, sigma_L)``, ``authors_step_lr(eps)`` and
-    ``variance_ratio(eps, sigma_L, gamma, n_steps)`` at random parameter values."""
+def exercise_6_3(annealed_step, authors_step_lr, variance_ratio, drift_to_noise) -> None:
+    """Check ``annealed_step(eps, sigma_i, sigma_L)``, ``authors_step_lr(eps)``,
+    ``variance_ratio(eps, sigma_L, gamma, n_steps)`` and ``drift_to_noise(eps, sigma_i,
+    sigma_L)`` at random parameter values."""
     from scorelab.noise import langevin_variance_ratio, step_size_for_ladder
 
     variance_ratio = without_package(variance_ratio, langevin_variance_ratio,
@@ -585,6 +618,14 @@ def exercise_6_3(annealed_step, authors_step_lr, variance_ratio) -> None:
         tensors=True,  # exercise 6.4 calls it on a tensor grid of eps
     )
     _expect_ratio_on_a_grid(variance_ratio)
+    check_formula(
+        drift_to_noise,
+        lambda eps, sigma_i, sigma_L: math.sqrt(eps) / (2 * sigma_L),
+        [p for seed in seeds for p in _step_points(seed)],
+        what="drift_to_noise",
+        regimes=_STEP_REGIMES,
+        mutants=_DRIFT_MUTANTS,
+    )
 
 
 def _expect_ratio_on_a_grid(variance_ratio) -> None:
@@ -885,12 +926,14 @@ register_hints(
     "6.3",
     "Part 1: the step scales like the level's variance. Part 2: match the two updates term by "
     "term. Part 3: with a Gaussian score the update is linear in x, so follow the variance "
-    "step by step.",
+    "step by step. Part 4: compare mean squared lengths first, coordinate by coordinate.",
     "Part 3: one step multiplies x by a constant rho and adds independent noise of variance "
     "alpha_i, so the variance obeys v <- rho^2 v + alpha_i, a geometric recursion; sum it over T "
     "steps from v_0 = gamma^2 sigma_i^2.",
     "Check part 3 in two limits: with T = 0 it must give gamma^2 (nothing has moved yet); after "
-    "very many steps it must no longer depend on gamma (the chain has forgotten its start).",
+    "very many steps it must no longer depend on gamma (the chain has forgotten its start). "
+    "Part 4: at level i a coordinate of x has variance sigma_i^2, so what is the mean square "
+    "of a coordinate of the score -x / sigma_i^2?",
 )
 register_hints(
     "6.4",

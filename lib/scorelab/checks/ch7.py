@@ -17,6 +17,7 @@ import torch
 
 from scorelab.checks._core import (
     Mismatch,
+    answer_number,
     call_student,
     cases,
     diagnose,
@@ -355,9 +356,7 @@ def exercise_7_3(measured_variance_ratio, best_step_size) -> None:
                 f"{call} = {got:.4f}, but Eq. 4 gives {expected:.4f} (a simulation with "
                 f"{n} x {dim} draws should land within {tolerance:.1%}).{hint}"
             )
-    if best_step_size is None:  # the stub's value: the scan is not done yet
-        raise NotImplementedError
-    chosen = to_float(best_step_size, what="best_step_size")
+    chosen = answer_number(best_step_size, what="best_step_size")
     rule = step_size_for_ladder(SHIPPED_GAMMA, 10, 0.01)
     best = langevin_variance_ratio(rule, SHIPPED_GAMMA, 10, 0.01)
     if not 0 < chosen < 2e-4:
