@@ -22,6 +22,7 @@ exercise_5_2 = with_answer(checks.exercise_5_2,
                            lambda a, s: 0.5 * s.dot(s) ** 2 + 2 * s.dot(a @ s),
                            lambda t: 2 * t, first=False)
 exercise_5_3 = with_answer(checks.exercise_5_3, lambda mu, tau: (mu, tau**2), first=False)
+exercise_6_4 = with_answer(checks.exercise_6_4, "b", first=False)
 
 
 # ---------------------------------------------------------------- chapter 4
@@ -577,7 +578,7 @@ def ncsnv2_epsilon(sigmas, n_steps, *, authors=False):
 
 
 def test_6_4_accepts_the_search(capsys, grading):
-    assert_passes(capsys, checks.exercise_6_4, ncsnv2_epsilon)
+    assert_passes(capsys, exercise_6_4, ncsnv2_epsilon)
 
 
 @pytest.mark.parametrize(
@@ -591,7 +592,18 @@ def test_6_4_accepts_the_search(capsys, grading):
     ],
 )
 def test_6_4_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_6_4, [answer], *phrases)
+    assert_explains(capsys, exercise_6_4, [answer], *phrases)
+
+
+@pytest.mark.parametrize("letter, phrase", [("a", "geometric"), ("c", "stationarity"),
+                                            ("d", "convention"), ("e", "one of the letters")])
+def test_6_4_explains_a_wrong_assumption(capsys, letter, phrase):
+    assert_explains(capsys, checks.exercise_6_4, (ncsnv2_epsilon, letter), phrase)
+
+
+def test_6_4_waits_for_the_letter(capsys):
+    out = run_check(capsys, checks.exercise_6_4, ncsnv2_epsilon, ...)
+    assert out.startswith("⏳") and "not done yet" in out
 
 
 def test_6_4_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
@@ -599,9 +611,9 @@ def test_6_4_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
 
     public = [((5.0, 0.01, 22), 10), ((1.0, 0.01, 10), 100)]  # the two ladders shown
     memorised = {t: ncsnv2_epsilon(geometric_sigmas(*ladder), t) for ladder, t in public}
-    assert_passes(capsys, checks.exercise_6_4, lambda s, t: memorised[t])
+    assert_passes(capsys, exercise_6_4, lambda s, t: memorised[t])
     monkeypatch.setattr(_core, "GRADING", True)
-    assert_explains(capsys, checks.exercise_6_4, [lambda s, t: memorised.get(t, 1e-3)], "T = 5")
+    assert_explains(capsys, exercise_6_4, [lambda s, t: memorised.get(t, 1e-3)], "T = 5")
 
 
 def score_norm_profile(score_fn, x, sigmas, generator=None, *, mistake=None):
@@ -732,7 +744,7 @@ NEW_CHECKS = [
     (checks.exercise_5_4, 1),
     (checks.exercise_5_5, 1),
     (checks.exercise_6_3, 4),
-    (checks.exercise_6_4, 1),
+    (checks.exercise_6_4, 2),
     (checks.exercise_6_5, 2),
 ]
 
@@ -797,7 +809,7 @@ def test_6_1_sees_a_forward_that_hands_the_work_back_to_the_package(capsys):
 
 
 def test_6_4_tries_a_second_ladder_so_a_constant_fails(capsys):
-    assert_explains(capsys, checks.exercise_6_4, lambda sigmas, n_steps: 3.13e-5,
+    assert_explains(capsys, exercise_6_4, lambda sigmas, n_steps: 3.13e-5,
                     "from 1 to 0.01 in 10 levels")
 
 
@@ -1032,7 +1044,7 @@ def test_6_3_and_6_4_refuse_the_packages_rules(capsys):
         gamma = float(sigmas[-2] / sigmas[-1])
         return step_size_for_ladder(gamma, n_steps, float(sigmas[-1]))
 
-    assert_explains(capsys, checks.exercise_6_4, [epsilon], "calls the package's",
+    assert_explains(capsys, exercise_6_4, [epsilon], "calls the package's",
                     "step_size_for_ladder")
 
 

@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from _checks_helpers import assert_explains, assert_passes, lcs, run_check, stub
+from _checks_helpers import assert_explains, assert_passes, lcs, run_check, stub, with_answer
 from scorelab import checks
 from scorelab.checks import _core
 from scorelab.checks.ch7 import (GaussianImages, _plateau_parts, known_pixel_noise,
                                  spread_ratio)
 from scorelab.ncsn.inpaint import inpaint
+
+#: 7.4 with its prediction right, so that a test varies the fix
+exercise_7_4 = with_answer(checks.exercise_7_4, 1.0, first=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,11 +106,24 @@ def _right_gain(mean, cov, known):
 @pytest.mark.parametrize(
     "check, n_args",
     [(checks.exercise_7_1, 1), (checks.exercise_7_2, 1), (checks.exercise_7_3, 2),
-     (checks.exercise_7_4, 1), (checks.exercise_7_5, 1)],
+     (exercise_7_4, 1), (checks.exercise_7_5, 1)],
 )
 def test_an_unfilled_stub_is_not_done_yet(capsys, check, n_args):
     out = run_check(capsys, check, *([stub] + [1e-5] * (n_args - 1)))
     assert "not done yet" in out
+
+
+@pytest.mark.parametrize("prediction, phrase", [(0.0, "clean known pixels"),
+                                                (0.5, "in units of sigma_i"),
+                                                ("one", "should be a number")])
+def test_7_4_checks_the_predicted_spread(capsys, prediction, phrase):
+    assert_explains(capsys, checks.exercise_7_4, (prediction, fixed_inpaint), phrase)
+
+
+def test_7_4_waits_for_the_prediction(capsys):
+    for unset in (..., None):
+        out = run_check(capsys, checks.exercise_7_4, unset, fixed_inpaint)
+        assert out.startswith("⏳") and "not done yet" in out
 
 
 def test_7_1_accepts_the_solution(capsys, grading):
@@ -187,8 +203,8 @@ def test_7_3_explains_wrong_answers(capsys, answer, step, phrases):
 
 
 def test_7_4_accepts_the_solution_and_the_authors_per_step_noise(capsys, grading):
-    assert_passes(capsys, checks.exercise_7_4, fixed_inpaint)
-    assert_passes(capsys, checks.exercise_7_4, make_inpaint(redraw_each_step=True))
+    assert_passes(capsys, exercise_7_4, fixed_inpaint)
+    assert_passes(capsys, exercise_7_4, make_inpaint(redraw_each_step=True))
 
 
 @pytest.mark.parametrize(
@@ -216,7 +232,7 @@ def test_7_4_accepts_the_solution_and_the_authors_per_step_noise(capsys, grading
     ],
 )
 def test_7_4_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_7_4, answer, *phrases)
+    assert_explains(capsys, exercise_7_4, answer, *phrases)
 
 
 def test_known_pixel_noise_measures_the_noise_in_units_of_sigma():
@@ -321,7 +337,7 @@ def test_7_4_catches_noise_scaled_by_the_square_root_of_the_step(capsys):
         return make_inpaint(noise_scale=lambda sigma: scale[sigma])(
             score_fn, sigmas, images, mask, step_size, n_steps_each, generator=generator)
 
-    assert_explains(capsys, checks.exercise_7_4, sqrt_alpha_noise, "the score was shown known pixels")
+    assert_explains(capsys, exercise_7_4, sqrt_alpha_noise, "the score was shown known pixels")
 
 
 # ------------------------------------------------------------------- 7.5 and 7.6
@@ -534,8 +550,8 @@ def test_7_4_accepts_a_fix_that_holds_the_ladder_in_a_float32_tensor(capsys, gra
         return as_tensor_ladder(lambda x, sigma: score_fn(x, float(sigma)), sigmas, *args,
                                 **kwargs)
 
-    assert_passes(capsys, checks.exercise_7_4, as_tensor_ladder)
-    assert_passes(capsys, checks.exercise_7_4, float_of)
+    assert_passes(capsys, exercise_7_4, as_tensor_ladder)
+    assert_passes(capsys, exercise_7_4, float_of)
 
 
 def test_7_4_refuses_the_packages_inpaint_and_names_too_much_noise_and_a_clamp(capsys):
@@ -547,9 +563,9 @@ def test_7_4_refuses_the_packages_inpaint_and_names_too_much_noise_and_a_clamp(c
         return inpaint(model, images, mask, step_size=step_size, n_steps_each=n_steps_each,
                        generator=generator)
 
-    assert_explains(capsys, checks.exercise_7_4, packaged, "calls the package's inpaint")
+    assert_explains(capsys, exercise_7_4, packaged, "calls the package's inpaint")
     # about the previous level's noise (the public ladder halves sigma at each level)
-    assert_explains(capsys, checks.exercise_7_4, make_inpaint(noise_scale=lambda s: 2.1 * s),
+    assert_explains(capsys, exercise_7_4, make_inpaint(noise_scale=lambda s: 2.1 * s),
                     "more noise than that")
 
     def clamp_after_put_back(score_fn, sigmas, images, mask, step_size, n_steps_each,
@@ -566,7 +582,7 @@ def test_7_4_refuses_the_packages_inpaint_and_names_too_much_noise_and_a_clamp(c
         x = x + sigmas[-1] ** 2 * score_fn(x, sigmas[-1])
         return torch.where(known, images, x.clamp(0, 1))
 
-    assert_explains(capsys, checks.exercise_7_4, clamp_after_put_back,
+    assert_explains(capsys, exercise_7_4, clamp_after_put_back,
                     "clamping x inside the loop", "Clamp once")
 
 

@@ -23,6 +23,7 @@ from scorelab.checks._core import (
     diagnose,
     FormulaMatches,
     exercise,
+    expect_derived,
     expect_finite,
     expect_given_noise,
     expect_tensor,
@@ -413,15 +414,33 @@ def known_pixel_noise(calls, images: torch.Tensor, known: torch.Tensor) -> dict[
     return noise
 
 
+def _expect_spread_prediction(spread_should_be) -> None:
+    """The spread of (seen - observed) / sigma_i on the known pixels, for images like the
+    training images x + sigma_i z: 1 at every level."""
+    expect_derived(
+        answer_number(spread_should_be, what="spread_should_be"), 1.0, call="spread_should_be",
+        wrong="is not the spread the network saw in training",
+        slips={0.0: "that is the spread of clean known pixels, images the network never saw: "
+                    "in training every pixel of x + sigma_i z, the known ones too, carries the "
+                    "level's noise."},
+        otherwise="in training the network saw x + sigma_i z, with noise of standard deviation "
+        "sigma_i in every pixel; in units of sigma_i, what is that spread?",
+        tolerance=0.02)
+
+
 @exercise(
     "7.4",
-    "the known pixels now carry each level's noise, so the network sees the images it was "
-    "trained on, and they come out exactly as observed.",
+    "the score should see known pixels with a spread of 1 (in units of sigma_i) at every "
+    "level; they now carry each level's noise, so the network sees the images it was trained "
+    "on, and they come out exactly as observed.",
 )
-def exercise_7_4(fixed_inpaint) -> None:
-    """Check the student's fix of the notebook's ``buggy_inpaint(score_fn, sigmas, images, mask,
-    step_size, n_steps_each, generator=None)`` (same signature) on the Gaussian image model."""
+def exercise_7_4(spread_should_be, fixed_inpaint) -> None:
+    """Check the prediction ``spread_should_be`` (a number) and the student's fix of the
+    notebook's ``buggy_inpaint(score_fn, sigmas, images, mask, step_size, n_steps_each,
+    generator=None)`` (same signature) on the Gaussian image model."""
     from scorelab.ncsn.inpaint import inpaint
+
+    _expect_spread_prediction(spread_should_be)
 
     fixed_inpaint = without_package(fixed_inpaint, inpaint, what="fixed_inpaint")
     # sqrt(alpha_i) = sqrt(eps) sigma_i / sigma_L is far from sigma_i at these steps, so noise
