@@ -13,6 +13,7 @@ from scorelab.ncsn import (
     ConditionalInstanceNorm2dPlus,
     ConditionalResidualBlock,
     ConvMeanPool,
+    block_shapes,
     conv3x3,
     dilated_conv3x3,
     summary_table,
@@ -269,3 +270,11 @@ def test_sample_requires_a_positive_record_every():
 def test_summary_table_runs_on_a_converted_network():
     net = CondRefineNetDilated(1, 8, 2, 3).double()
     assert summary_table(net).splitlines()[-1].split()[0] == "total"
+
+
+def test_block_shapes_give_each_blocks_output_in_forward_order():
+    net = CondRefineNetDilated(channels=1, image_size=8, ngf=4, num_classes=3)
+    shapes = block_shapes(net)
+    assert list(shapes) == [name for name, _ in net.named_children()]
+    assert shapes["begin_conv"] == (4, 8, 8) and shapes["res2"] == (8, 4, 4)
+    assert shapes["refine4"] == (4, 8, 8) and shapes["end_conv"] == (1, 8, 8)

@@ -288,3 +288,54 @@ def test_nan_inputs_are_refused_instead_of_drawing_a_blank_plot(ax):
         plotting.image_grid(torch.full((2, 1, 8, 8), float("nan")), ax=ax)
     with pytest.raises(ValueError, match="trajectory holds NaN values"):
         plotting.plot_trajectories(ax, torch.full((3, 5, 2), float("nan")))
+
+
+def test_coordinate_ticks_label_the_outer_panels_of_a_grid_only():
+    fig, axes = plt.subplots(2, 3)
+    axes[1, 2].set_visible(False)  # as small_multiples leaves an incomplete last row
+    panels = plotting.coordinate_ticks(fig.axes, [-2, 0, 2], [-1, 1])
+    assert len(panels) == 5
+    for ax in panels:
+        assert list(ax.get_xticks()) == [-2, 0, 2] and list(ax.get_yticks()) == [-1, 1]
+
+    def labelled(ax, side):
+        return ax.xaxis.get_tick_params()[side] if side == "labelbottom" else \
+            ax.yaxis.get_tick_params()[side]
+
+    # x labels on the bottom row, and on the panel above the hidden one
+    assert [labelled(ax, "labelbottom") for ax in axes[0]] == [False, False, True]
+    assert [labelled(ax, "labelbottom") for ax in axes[1, :2]] == [True, True]
+    # y labels on the left column only
+    assert [labelled(ax, "labelleft") for ax in axes[:, 0]] == [True, True]
+    assert not any(labelled(ax, "labelleft") for ax in (axes[0, 1], axes[0, 2], axes[1, 1]))
+    plt.close(fig)
+
+
+def test_coordinate_ticks_refuse_what_is_not_an_axes():
+    with pytest.raises(ValueError, match="ax must be a matplotlib Axes"):
+        plotting.coordinate_ticks([object()], [0, 1])
+
+
+def test_architecture_diagram_draws_every_block_and_ends_each_arrow_on_its_boxes(ax):
+    from matplotlib.text import Annotation
+
+    from scorelab.ncsn import CondRefineNetDilated
+
+    net = CondRefineNetDilated(channels=1, image_size=8, ngf=4, num_classes=3)
+    assert plotting.architecture_diagram(net, ax) is ax
+    boxes = {t.get_text().split(":")[0]: t for t in ax.texts if not isinstance(t, Annotation)}
+    assert list(boxes) == [name for name, _ in net.named_children()]
+    assert "res2: 2 x ConditionalResidualBlock\n8 x 4 x 4" in boxes["res2"].get_text()
+    arrows = [t for t in ax.texts if isinstance(t, Annotation)]
+    assert len(arrows) == len(boxes) - 1 + 3  # the forward chain and three skip connections
+    for arrow in arrows:
+        patches = arrow.arrow_patch.patchA, arrow.arrow_patch.patchB
+        assert all(patch is not None for patch in patches)  # clipped to both boxes
+        assert arrow.arrow_patch.shrinkA == 0 and arrow.arrow_patch.shrinkB == 0
+    skips = [a for a in arrows if a.arrow_patch.get_linestyle() == "--"]
+    assert len(skips) == 3
+
+
+def test_architecture_diagram_refuses_another_network():
+    with pytest.raises(ValueError, match="net must be a CondRefineNetDilated"):
+        plotting.architecture_diagram(torch.nn.Linear(2, 2))

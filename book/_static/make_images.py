@@ -9,6 +9,7 @@ The images are committed (each under 100 KB), so building the book does not run 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -59,13 +60,20 @@ def make_welcome(path: Path) -> None:
     annealed = annealed_langevin_dynamics(lambda x, sigma: mixture.perturbed(sigma).score(x), x0,
                                           sigmas, step_size=0.1, n_steps_each=100,
                                           generator=generator, progress=False)
+    # one window for all three panels, wide enough for every particle: the annealed clouds
+    # have variance 2 per coordinate and reach beyond the uniform start's [-8, 8]^2
+    reach = max(plain.abs().max().item(), annealed.abs().max().item())
+    bound = max(LIMITS[1], math.ceil(2 * reach) / 2 + 0.5)
+    window = (-bound, bound)
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), dpi=80)
-    plotting.plot_density(axes[0], mixture, LIMITS, LIMITS, n_grid=150)
-    plotting.plot_score_field(axes[0], mixture, LIMITS, LIMITS, n_grid=14, color="white")
+    plotting.plot_density(axes[0], mixture, window, window, n_grid=150)
+    plotting.plot_score_field(axes[0], mixture, window, window, n_grid=15, color="white")
     axes[0].set_title("0.8 / 0.2 mixture\ndensity and score", fontsize=10)
     for ax, samples, name in ((axes[1], plain, "Langevin"), (axes[2], annealed, "annealed Langevin")):
         share = (samples[:, 0] > 0).float().mean().item()
-        plotting.plot_samples(ax, samples, density=mixture, xlim=LIMITS, ylim=LIMITS, s=3)
+        # small, light markers: the 1,600 particles of the heavy mode stay a visible density
+        plotting.plot_samples(ax, samples, density=mixture, xlim=window, ylim=window, s=2,
+                              alpha=0.3)
         ax.set_title(f"{name}\n{share:.2f} of the samples in the upper mode", fontsize=10)
     for ax in axes:
         ax.set_xticks([])

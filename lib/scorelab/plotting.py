@@ -27,6 +27,8 @@ __all__ = [
     "plot_score_error",
     "plot_samples",
     "plot_trajectories",
+    "coordinate_ticks",
+    "architecture_diagram",
     "animate_particles",
     "animate_images",
     "animation_html",
@@ -355,6 +357,132 @@ def plot_trajectories(
             ax.plot(*path[0, i], "o", color=colour, ms=4)
             ax.plot(*path[-1, i], "x", color=colour, ms=6, mew=1.5)
     return ax
+
+
+def coordinate_ticks(
+    axes, xticks: Sequence[float], yticks: Sequence[float] | None = None, *,
+    outer_only: bool = True, labelsize: float = 9,
+) -> list[Axes]:
+    """Put the same few coordinate ticks on every visible panel of a grid of 2-D panels.
+
+    For figures whose panels share one window (small multiples, rows of samples): a reader can
+    then read positions (where the modes are, how far apart) off the axes.
+
+    Parameters
+    ----------
+    axes : matplotlib Axes or a sequence (or array) of them, e.g. ``fig.axes``
+        Hidden panels (as :func:`scorelab.widgets.small_multiples` leaves in a last row that is
+        not full) are skipped.
+    xticks, yticks : sequences of numbers
+        Tick positions; ``yticks`` defaults to ``xticks``.
+    outer_only : bool
+        Label the ticks only where no visible panel of the same grid lies below (x) or to the
+        left (y), so a grid of panels is labelled once per row and column; panels that are not
+        in a grid are always labelled.
+    labelsize : float
+        Font size of the tick labels.
+
+    Returns
+    -------
+    list of the visible Axes. Call ``fig.tight_layout()`` afterwards if labels were added.
+    """
+    panels = [axes] if isinstance(axes, Axes) else list(np.ravel(np.asarray(axes, dtype=object)))
+    panels = [_check_ax(ax) for ax in panels]
+    panels = [ax for ax in panels if ax.get_visible()]
+    yticks = xticks if yticks is None else yticks
+    xticks, yticks = [float(t) for t in xticks], [float(t) for t in yticks]
+    cells = {}  # panel -> (rows, columns) it spans in its grid, for panels in a grid
+    for ax in panels:
+        spec = ax.get_subplotspec()
+        if spec is not None:
+            cells[ax] = (spec.get_gridspec(), spec.rowspan, spec.colspan)
+
+    def has_neighbour(ax, below: bool) -> bool:
+        if not outer_only or ax not in cells:
+            return False
+        grid, rows, columns = cells[ax]
+        for other, (other_grid, other_rows, other_columns) in cells.items():
+            if other is ax or other_grid is not grid:
+                continue
+            if below and other_rows.start >= rows.stop and set(other_columns) & set(columns):
+                return True
+            if not below and other_columns.stop <= columns.start and set(other_rows) & set(rows):
+                return True
+        return False
+
+    for ax in panels:
+        ax.set_xticks(xticks)
+        ax.set_yticks(yticks)
+        ax.tick_params(labelsize=labelsize, labelbottom=not has_neighbour(ax, below=True),
+                       labelleft=not has_neighbour(ax, below=False))
+    return panels
+
+
+def architecture_diagram(net, ax: Axes | None = None) -> Axes:
+    """Draw ``CondRefineNetDilated`` from its module tree, one box per top-level block.
+
+    The encoder (``begin_conv``, ``res1``..``res4``, blue) runs down the left column, the
+    RefineNet decoder (``refine1``..``refine4``, ``end_norm``, ``end_conv``, orange) up the
+    right one; each box gives the block's type, its output shape ``C x H x W`` (from one forward
+    pass, :func:`scorelab.ncsn.block_shapes`) and its parameter count. Solid arrows follow the
+    forward pass; dashed arrows are the skip connections res3 -> refine2, res2 -> refine3 and
+    res1 -> refine4 (Song & Ermon 2019, Appendix A.3; Lin et al. 2017 for RefineNet). Every
+    arrow starts and ends on the outline of its boxes.
+
+    Parameters
+    ----------
+    net : CondRefineNetDilated, or an NCSN (whose ``.net`` is drawn)
+    ax : matplotlib Axes, optional
+        Drawn on a new figure's axes when omitted.
+
+    Returns
+    -------
+    The Axes, with its frame turned off.
+    """
+    from scorelab.ncsn.refinenet import _refinenet_of, block_shapes
+
+    net = _refinenet_of(net)
+    ax = plt.subplots(figsize=(9, 6))[1] if ax is None else _check_ax(ax)
+    shapes = block_shapes(net)
+    children = dict(net.named_children())
+    encoder = [n for n in children if n.startswith(("begin", "res"))]
+    decoder = [n for n in children if n not in encoder]
+    place = {n: (0, -row) for row, n in enumerate(encoder)}  # top to bottom
+    place |= {n: (1, 1 - len(encoder) + row) for row, n in enumerate(decoder)}  # upwards
+    boxes = {name: _block_box(ax, name, children[name], shapes[name], place[name])
+             for name in children}
+
+    def connect(start: str, end: str, **style) -> None:
+        props = {"arrowstyle": "->", "shrinkA": 0, "shrinkB": 0,
+                 "patchA": boxes[start].get_bbox_patch(),
+                 "patchB": boxes[end].get_bbox_patch()} | style
+        ax.annotate("", place[end], place[start], arrowprops=props)
+
+    chain = encoder + decoder
+    for start, end in zip(chain, chain[1:]):
+        connect(start, end)
+    stages = [n for n in encoder if n.startswith("res")]
+    refines = [n for n in decoder if n.startswith("refine")]
+    for stage, refine in zip(stages[::-1][1:], refines[1:]):  # res3 -> refine2, ...
+        connect(stage, refine, ls="--", color="grey")
+    rows = [y for _, y in place.values()]
+    ax.set(xlim=(-0.6, 1.6), ylim=(min(rows) - 0.6, max(rows) + 0.6))
+    ax.axis("off")
+    return ax
+
+
+def _block_box(ax: Axes, name: str, module: torch.nn.Module, shape: tuple[int, ...],
+               at: tuple[float, float]):
+    """The label box of one block: its name, type, output shape and parameter count."""
+    kind = type(module).__name__
+    if isinstance(module, torch.nn.ModuleList):
+        kind = f"{len(module)} x {type(module[0]).__name__}"
+    n_params = sum(p.numel() for p in module.parameters())
+    label = (f"{name}: {kind}\n{' x '.join(map(str, shape))}, "
+             f"{n_params / 1e3:.1f}k parameters")
+    colour = "#dbe9f6" if at[0] == 0 else "#fde2cf"
+    return ax.text(*at, label, ha="center", va="center", fontsize=8,
+                   bbox={"boxstyle": "round", "fc": colour})
 
 
 def _frame_indices(n_recorded: int, max_frames: int) -> np.ndarray:

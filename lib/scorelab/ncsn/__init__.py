@@ -38,7 +38,7 @@ from scorelab.ncsn.inpaint import inpaint
 from scorelab.ncsn.model import NCSN
 from scorelab.ncsn.normalization import ConditionalInstanceNorm2dPlus
 from scorelab.ncsn.quality import digits_quality
-from scorelab.ncsn.refinenet import CondRefineNetDilated, summary_table
+from scorelab.ncsn.refinenet import CondRefineNetDilated, block_shapes, summary_table
 from scorelab.ncsn.training import train_NCSN
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "ConditionalResidualBlock",
     "ConvMeanPool",
     "NCSN",
+    "block_shapes",
     "conv3x3",
     "digits_quality",
     "dilated_conv3x3",

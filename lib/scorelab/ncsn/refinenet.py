@@ -156,24 +156,19 @@ class CondRefineNetDilated(nn.Module):
         return self.end_conv(F.elu(self.end_norm(ref4, labels)))  # (N, C, H, H)
 
 
-def summary_table(net: CondRefineNetDilated, *, batch_size: int = 1) -> str:
-    """A text table of the network's top-level blocks: output shape and parameter count.
-
-    Runs one forward pass on zeros of the network's image size to read the shapes.
+def block_shapes(net: CondRefineNetDilated, *, batch_size: int = 1) -> dict[str, tuple[int, ...]]:
+    """The output shape of each top-level block of the network, from one forward pass on zeros
+    of the network's image size.
 
     Returns
     -------
-    str
-        One line per block (``begin_conv``, ``res1``..``res4``, ``refine1``..``refine4``,
-        ``end_norm``, ``end_conv``) and a total.
+    dict
+        Block name (``begin_conv``, ``res1``..``res4``, ``refine1``..``refine4``, ``end_norm``,
+        ``end_conv``, in forward order) to its output shape ``(C, H, W)``; a stage of several
+        blocks gives its last block's output.
     """
     batch_size = check_positive_int("batch_size", batch_size)
-    if not isinstance(net, CondRefineNetDilated):  # an NCSN holds its network as .net
-        inner = getattr(net, "net", None)
-        if not isinstance(inner, CondRefineNetDilated):
-            raise ValueError(f"net must be a CondRefineNetDilated (or an NCSN, whose .net it "
-                             f"is), got {type(net).__name__}")
-        net = inner
+    net = _refinenet_of(net)
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(name):
@@ -196,6 +191,33 @@ def summary_table(net: CondRefineNetDilated, *, batch_size: int = 1) -> str:
     finally:
         for hook in hooks:
             hook.remove()
+    return {name: shapes[name] for name, _ in net.named_children()}
+
+
+def _refinenet_of(net) -> CondRefineNetDilated:
+    """``net`` itself, or the CondRefineNetDilated an NCSN holds as ``.net``."""
+    if isinstance(net, CondRefineNetDilated):
+        return net
+    inner = getattr(net, "net", None)
+    if not isinstance(inner, CondRefineNetDilated):
+        raise ValueError(f"net must be a CondRefineNetDilated (or an NCSN, whose .net it "
+                         f"is), got {type(net).__name__}")
+    return inner
+
+
+def summary_table(net: CondRefineNetDilated, *, batch_size: int = 1) -> str:
+    """A text table of the network's top-level blocks: output shape and parameter count.
+
+    Runs one forward pass on zeros of the network's image size to read the shapes.
+
+    Returns
+    -------
+    str
+        One line per block (``begin_conv``, ``res1``..``res4``, ``refine1``..``refine4``,
+        ``end_norm``, ``end_conv``) and a total.
+    """
+    shapes = block_shapes(net, batch_size=batch_size)
+    net = _refinenet_of(net)
     lines = [f"{'block':<11}{'output (C, H, W)':>18}{'parameters':>13}"]
     for name, module in net.named_children():
         count = sum(p.numel() for p in module.parameters())
