@@ -38,6 +38,8 @@ def test_an_unfilled_stub_is_not_done_yet(capsys, check):
     n_args = len(inspect.signature(check).parameters)
     unfilled = {"6.1": StubNorm, "7.6": None}  # 7.6 takes two numbers, None until answered
     answers = [unfilled.get(check.exercise_number, stub)] * n_args
+    if check.exercise_number == "7.4":  # a prediction (a number), then the fixed loop
+        answers = [..., stub]
     assert check(*answers) is None
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith("⏳") and "not done yet" in out, out
