@@ -7,7 +7,8 @@ Usage:
 The book defines its LaTeX macros (``\\grad``, ``\\N``, ``\\E``, ``\\R``, ...) once, in _config.yml
 (``sphinx.config.mathjax3_config.tex.macros``). A notebook opened in Jupyter or Colab does not
 read that file, and its formulas would show MathJax errors. This script writes ONE markdown cell
-(id ``maths-macros``) that defines the same macros with ``\\newcommand``:
+(id ``maths-macros``) that defines the same macros with ``\\def`` (which MathJax 2 and 3 and
+KaTeX all accept; KaTeX refuses to ``\\newcommand`` its own ``\\R`` and ``\\N``):
 
 - in book/*.ipynb it is the first cell; in solutions/*.ipynb it comes right after the Colab
   badge and set-up cells that scripts/make_exercises.py puts first (that script copies it into
@@ -57,8 +58,9 @@ def config_macros(config_path: Path = CONFIG) -> dict[str, str | list]:
     return macros
 
 
-def newcommands(macros: dict[str, str | list]) -> str:
-    """``\\newcommand`` definitions of the macros, in the order of the config."""
+def definitions(macros: dict[str, str | list]) -> str:
+    """``\\def`` definitions of the macros, in the order of the config (``\\def\\R{...}``,
+    ``\\def\\norm#1{...}`` for a macro of one argument)."""
     lines = []
     for name, definition in macros.items():
         arguments = ""
@@ -66,8 +68,9 @@ def newcommands(macros: dict[str, str | list]) -> str:
             if len(definition) != 2 or not isinstance(definition[1], int):
                 raise ValueError(f"macro {name!r}: expected a string or [definition, n_args], "
                                  f"got {definition!r}")
-            definition, arguments = definition[0], f"[{definition[1]}]"
-        lines.append(f"\\newcommand{{\\{name}}}{arguments}{{{definition}}}")
+            definition, n_args = definition
+            arguments = "".join(f"#{k}" for k in range(1, n_args + 1))
+        lines.append(f"\\def\\{name}{arguments}{{{definition}}}")
     return "\n".join(lines)
 
 
@@ -98,7 +101,7 @@ def macro_cell(macros: dict[str, str | list] | None = None):
     source = (
         "<!-- The book's maths macros, for Jupyter and Colab (the book itself reads them from\n"
         "_config.yml and removes this cell). Written by scripts/notebook_macros.py. -->\n"
-        f"$$\n{newcommands(macros)}\n$$"
+        f"$$\n{definitions(macros)}\n$$"
     )
     cell = nbformat.v4.new_markdown_cell(source)
     cell.id = CELL_ID

@@ -30,16 +30,18 @@ def test_the_cell_defines_every_macro_of_the_config():
     macros = notebook_macros.config_macros()
     source = notebook_macros.macro_cell().source
     for name, definition in macros.items():
-        assert f"\\newcommand{{\\{name}}}{{{definition}}}" in source
+        assert f"\\def\\{name}{{{definition}}}" in source
     cell = notebook_macros.macro_cell()
     assert cell.id == "maths-macros" and "remove-cell" in cell.metadata["tags"]
 
 
 def test_macros_with_arguments_and_bad_definitions():
-    assert notebook_macros.newcommands({"norm": ["\\lVert #1 \\rVert", 1]}) == \
-        "\\newcommand{\\norm}[1]{\\lVert #1 \\rVert}"
+    assert notebook_macros.definitions({"norm": ["\\lVert #1 \\rVert", 1]}) == \
+        "\\def\\norm#1{\\lVert #1 \\rVert}"
+    assert notebook_macros.definitions({"ip": ["\\langle #1, #2 \\rangle", 2]}) == \
+        "\\def\\ip#1#2{\\langle #1, #2 \\rangle}"
     with pytest.raises(ValueError, match="macro 'norm'"):
-        notebook_macros.newcommands({"norm": ["\\lVert #1 \\rVert"]})
+        notebook_macros.definitions({"norm": ["\\lVert #1 \\rVert"]})
 
 
 def test_inserted_once_first_or_after_the_colab_header():

@@ -187,7 +187,7 @@ def test_the_notation_page_has_a_plain_copy():
     page = (ROOT / "book" / "notation.md").read_text()
     plain = nbformat.read(ROOT / "notebooks" / "notation.ipynb", as_version=4)
     assert "notebooks/notation.ipynb" in plain.cells[0].source
-    assert plain.cells[1].id == "maths-macros" and "\\newcommand{\\grad}" in plain.cells[1].source
+    assert plain.cells[1].id == "maths-macros" and "\\def\\grad{" in plain.cells[1].source
     assert all(c.cell_type == "markdown" and not c.metadata for c in plain.cells)
     text = "\n".join(c.source for c in plain.cells[2:])
     assert not make_notebooks.ROLE.search(text) and "\n: " not in text
