@@ -612,14 +612,16 @@ def exercise_1_5(merging_sigma) -> None:
 
 register_hints(
     "1.1",
-    "A draw of x first picks component k (with probability pi_k), then draws from it. Work out "
-    "the covariance of x given k, and the mean of x given k, then combine them.",
+    "A draw of x first picks component k (with probability pi_k), then draws from it. Work out"
+    " the covariance of x given k, and the mean of x given k, then combine them.",
     "Cov(x) = E[Cov(x | k)] + Cov(E[x | k]) (the law of total covariance). The noise is "
     "independent of x, so covariances add; Cov(c z) = c^2 Cov(z) for a number c.",
     "Check your function where you know the answer: one component gives Sigma_1 + sigma^2 I; "
     "two point masses (Sigma_k = 0) at +m and -m with equal weights give m m^T + sigma^2 I; "
-    "with unequal weights the same point masses are off-centre, and the result must not "
-    "change if you shift both means by the same vector.",
+    "with unequal weights the same point masses are off-centre, and the result must not change"
+    " if you shift both means by the same vector. For sigma_one_percent: the excess over "
+    "sigma^2 I is the data's own covariance, which does not grow with sigma. In which "
+    "direction is it largest? Your function gives it at sigma = 0.",
 )
 register_hints(
     "1.2",
@@ -635,23 +637,24 @@ register_hints(
 )
 register_hints(
     "1.3",
-    "Compute everything as logarithms: log(pi_k) + log N(x; mu_k, var_k I) for every point "
-    "and component, then turn those into responsibilities with a softmax over components.",
+    "Far from the modes every N(x; mu_k, v_k I) underflows to 0, but r_k does not. Write log "
+    "r_k instead: a difference of logarithms, none of them tiny.",
     "Write log N(x; mu, v I) for a point of D coordinates: which term depends on D, and what "
-    "is it in 1-D? The responsibilities are the log-joints log pi_k + log N_k normalised over "
-    "the components: which torch function normalises log values without an exp that "
-    "underflows far from the modes?",
-    "Check the shapes as you go: (N, K, D) for x against every mean, (N, K) for the log-joint, "
-    "the softmax over the K axis, and a sum over K that leaves (N, D). If the check finds NaN "
-    "far from the modes, an exp of a log-density comes before the softmax.",
+    "is it in 1-D? Turning log-weights into weights that sum to one is what turns a "
+    "classifier's logits into probabilities: which torch function does it without an exp that "
+    "underflows?",
+    "Check the shapes as you go: (N, K, D) for x against every mean, (N, K) for the log-joint,"
+    " the softmax over the K axis, and a sum over K that leaves (N, D). If the check finds NaN"
+    " far from the modes, an exp of a log-density comes before the softmax.",
 )
 register_hints(
     "1.4",
     "Experiment before you read the formula: call banana_score twice on the same points and "
     "compare the two answers; then compare the points themselves before and after one call.",
-    "Indexing a column, x[:, 1], gives a view that shares memory with x: an in-place operation "
-    "on it (+=, *=, ...) changes x itself. Once x stays as it was, try a banana whose scale is "
-    "not 1: at a = 1 some mistakes cancel.",
+    "Once you have seen the points change, find the line that writes into a tensor instead of "
+    "making a new one. Does x[:, 1] make a new tensor, or look into x's memory? Test it on a "
+    "small tensor. Once x stays as it was, try a banana whose scale is not 1: at a = 1 some "
+    "mistakes cancel.",
     "Checks to run on your fix: keep a copy of the points, call banana_score once and test "
     "that the points equal the copy; call it twice and compare the answers; then compare it "
     "with autograd_score on a banana with curvature 0.2 and scale 2, where a and a^2 differ, "

@@ -537,13 +537,14 @@ register_hints(
 )
 register_hints(
     "2.4",
-    "Samples that come out far too narrow mean the chain gets too little noise per step. "
-    "Which term sets how much variance a step adds?",
-    "A step must add variance alpha (that is what balances the drift (alpha/2) * score); "
-    "c * z with z ~ N(0, 1) has variance c^2.",
+    "Samples that come out far too narrow mean the chain gets too little noise per step. Which"
+    " term sets how much variance a step adds?",
+    "Set the score to zero and work out, on paper, the variance that one step of the "
+    "colleague's loop adds, and the variance that one step of exercise 2.1's update adds. By "
+    "what factor do they differ at step 0.1?",
     "Check a fix before you trust it: with the score set to zero, n steps from x0 = 0 must "
-    "give samples of variance n * step_size (only the noise acts); with the score -x they "
-    "must settle at 1 / (1 - step_size / 4).",
+    "give samples of variance n * step_size (only the noise acts); with the score -x they must"
+    " settle at 1 / (1 - step_size / 4).",
 )
 
 

@@ -636,10 +636,10 @@ register_hints(
 )
 register_hints(
     "3.3",
-    "By exercise 2.2 the stationary variance of Langevin dynamics on N(0, v), over v, depends "
-    "on the step and v through one combination. What is v at level i?",
-    "Level i's density is the data convolved with N(0, sigma_i^2 I), and independent Gaussians "
-    "add their variances. Keep exercise 2.2's combination the same at every level.",
+    "By exercise 2.2, v / tau^2 depends on the step and tau^2 through one combination only. "
+    "What plays the role of tau^2 at level i?",
+    "Level i's density is the data convolved with N(0, sigma_i^2 I), and independent Gaussians"
+    " add their variances. Keep exercise 2.2's combination the same at every level.",
     "Checks to run on your rule: at the last level it gives eps; for data of a single point, "
     "whose variance is 0, it becomes Algorithm 1's rule; and for data spread far wider than "
     "every noise level the steps hardly change from level to level. Can you say why each must "
@@ -647,15 +647,15 @@ register_hints(
 )
 register_hints(
     "3.4",
-    "Run plain Langevin from the given start, then count. Before you run it, predict "
-    "the share from the start alone.",
-    "Count the (5, 5) side as the half-plane x_1 + x_2 > 0; the score there is almost exactly "
-    "that component's own -(x - mu), whatever its weight. For the edge: at the point (c/2, "
-    "c/2), what is the ratio of the two responsibilities, and when do their pulls balance?",
+    "Run plain Langevin from the given start, then count. Before you run it, predict the share"
+    " from the start alone.",
+    "For the letter: close to (5, 5), compare the mixture's score with the score of N((5, 5), "
+    "I) alone. How much does the weight 0.8 change it, and what then decides where a particle "
+    "ends? For the edge: at the point (c/2, c/2), what is the ratio of the two "
+    "responsibilities, and when do their pulls along (1, 1) balance?",
     "Checks to run: from the uniform box your share should be close to the share of the start "
     "already on the (5, 5) side, and it should barely move with twice the steps or half the "
-    "step size. For the letter, say what each option predicts for such a change, and test "
-    "one.",
+    "step size. For the letter, say what each option predicts for such a change, and test one.",
 )
 register_hints(
     "3.5",

@@ -583,9 +583,14 @@ register_hints(
     "4.2",
     "Tweedie's formula: the best guess of the clean point is the noisy point moved along the "
     "score of the noisy density.",
-    "The length of the move is the noise variance (not the standard deviation) times the score.",
-    "Check it where you know the answer: if every clean point is the same mu, the noisy points "
-    "follow N(mu, sigma^2 I), and denoising must give back mu exactly, whatever the noisy point.",
+    "For shrink_factors: a Gaussian N(mu, w) has a score linear in x~ - mu. Put it into x~ + "
+    "sigma^2 s(x~) and collect the multiple of x~ - mu. Which w does p_sigma have, and which "
+    "does p?",
+    "Check it where you know the answer: if every clean point is the same mu, the noisy points"
+    " follow N(mu, sigma^2 I), and denoising must give back mu exactly, whatever the noisy "
+    "point. For the factors: both tend to 1 as sigma -> 0, and a posterior mean lies between "
+    "the observation and the prior mean: does each factor stay between 0 and 1 as sigma grows "
+    "past tau?",
 )
 register_hints(
     "4.3",

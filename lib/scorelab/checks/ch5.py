@@ -829,11 +829,12 @@ def exercise_5_5(spread_ratio) -> None:
 
 register_hints(
     "5.1",
-    "Replace the trace of the Jacobian by its projections on random directions: each direction "
-    "costs one backward pass, whatever the dimension.",
-    "For one direction v, v^T (ds/dx) v is the dot product of v with the gradient of v . s(x). "
-    "The loss of an example adds half the square of v . s(x), and averages both over the "
-    "directions.",
+    "Replace the trace of the Jacobian by its projections on random directions: each direction"
+    " costs one backward pass, whatever the dimension.",
+    "The statement's identity holds for one direction. If you vectorise M directions into one "
+    "autograd call with a single shared x, what is the gradient of the sum over m of v_m . "
+    "s(x)? Which cross terms v_m^T (ds/dx) v_m' then enter your loss? (A loop over the "
+    "directions avoids them, at M times the cost.)",
     "Check it on a model whose answer you know: for s(x) = -x (a lambda will do) the Jacobian "
     "is -I, so with many directions the loss of an example tends to -D + |x|^2 / 2. The loss "
     "must also carry a gradient (create_graph=True), or training cannot use it.",
@@ -842,22 +843,28 @@ register_hints(
     "5.2",
     "Only the second term changes: for directions with E[v v^T] = I its expectation over v is "
     "known exactly, so there is nothing left to sample.",
-    "E over v of (v^T s)^2 is s^T E[v v^T] s, the squared norm of s; the trace term stays "
-    "as it is.",
+    "E over v of (v^T s)^2 is s^T E[v v^T] s, the squared norm of s; the trace term stays as "
+    "it is. For variance_gap, write SSM = a + b and SSM-VR = a + c, with a = v^T A v, b = (v^T"
+    " s)^2 / 2 and c a constant: which variances and covariances survive in the difference?",
+    "Both need fourth moments E[v_i v_j v_k v_l] of a standard Gaussian vector: which pairings"
+    " of the four indices survive? Test your rule on E[z^4] in 1-D. For vr_loses_within, what "
+    "are s and A for N(0, tau^2 I) at x, and where is your gap negative?",
     "Check it against your ssm_loss on s(x) = -x: averaged over many directions the two must "
-    "agree (both tend to -D + |x|^2 / 2); yours gets there with fewer directions at points far "
-    "from the origin, where (v . s)^2 varies most.",
+    "agree (both tend to -D + |x|^2 / 2); yours gets there with fewer directions at points far"
+    " from the origin, where (v . s)^2 varies most. At x = 0 the score vanishes, and so must "
+    "the gap.",
 )
 register_hints(
     "5.3",
     "Expand the square; only the cross term needs the data's score. Integrate it by parts, "
     "using that p times the derivative of log p is the derivative of p.",
-    "After integrating by parts, J_SM is the expectation under the data of the model score's "
-    "derivative plus half the model score squared. Here that derivative is a constant, and the "
-    "expected squared distance from m is the data variance plus the squared offset of the means.",
+    "The boundary term vanishes by assumption. What integral is left, and what is it the "
+    "expectation of? J_SM then needs only the model's score. For the Gaussian model: what is "
+    "the derivative of its score, and what is the expected squared distance of a data point "
+    "from the model's mean when the two means differ (add and subtract the data's mean)?",
     "Check your J_SM where you can: it must grow without bound as kappa -> 0, and for the "
-    "minimiser, ask which model a method that is consistent should recover from Gaussian "
-    "data, then confirm it by setting both derivatives of J_SM to zero.",
+    "minimiser, ask which model a method that is consistent should recover from Gaussian data,"
+    " then confirm it by setting both derivatives of J_SM to zero.",
 )
 register_hints(
     "5.4",

@@ -955,24 +955,30 @@ register_hints(
 )
 register_hints(
     "6.4",
-    "The ratio is above 1 on both sides of its best epsilon: too small a step leaves the previous "
-    "level's variance, too large a step adds discretisation error. Find where it dips lowest.",
+    "The ratio is above 1 on both sides of its best epsilon: too small a step leaves the "
+    "previous level's variance, too large a step adds discretisation error. Find where it dips"
+    " lowest.",
     "gamma is the ratio of the last two levels and sigma_L the last one; evaluate your "
     "variance_ratio on a log-spaced grid of epsilon running from far below sigma_L^2 to a few "
     "times it.",
     "Check your grid: neighbouring values at most 2 % apart, and wide enough that the ratio "
     "rises again at both ends (if the smallest ratio sits at an end, the best epsilon lies "
     "outside). Return that epsilon as a float, in the paper's convention.",
+    "For broken_assumption, test each option on the shipped model instead of guessing. Print "
+    "the ratios of neighbouring sigmas. Does your variance_ratio assume stationarity, or does "
+    "it count T steps? In which convention do ncsnv2_epsilon and the sampler take their step? "
+    "What is left, and is it true of 8x8 digits at sigma_L = 0.01?",
 )
 register_hints(
     "6.5",
     "Part 1: at each level, perturb the whole batch with fresh noise of that level, evaluate "
     "the score there at that sigma, and average the examples' norms; multiply by sigma and "
     "divide by sqrt(D).",
-    "Part 2: compare the profile of network_score(shipped) with that of as_score_fn(shipped, "
-    "shipped.sigmas). Too large at the large levels and too small at the small ones: the "
-    "network is told the wrong level. Off by a factor that grows as sigma falls: a power of "
-    "sigma too many.",
+    "Part 2: divide the profile of network_score(shipped) by that of as_score_fn(shipped, "
+    "shipped.sigmas), level by level, and plot the ratio against sigma on log-log axes. Before"
+    " you look, predict its shape for two kinds of mistake: each level gets the network's "
+    "answer for another level, or the output carries an extra power of sigma. Which shape do "
+    "you see? Fix what it points to, then look again.",
     "Print the model's ladder and the colleague's side by side, first and last entries. Then "
     "ask what this network returns: the score itself, or the score times sigma?",
 )

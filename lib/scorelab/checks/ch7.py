@@ -41,12 +41,12 @@ from scorelab.checks._core import (
 
 register_hints(
     "7.1",
-    "For large D the first Phi term is almost exactly 1, so the criterion asks the second "
-    "term to be one half.",
-    "Where does Phi take the value 1/2? What does that ask of the second term's argument, "
-    "and which equation in gamma follows?",
-    "Check your gamma: it is above 1 and falls towards 1 as D grows; put it back into the full "
-    "criterion with the package's level_overlap: for D = 64 and for D = 3 x 32 x 32 it must "
+    "The two arguments differ by 6 gamma, which is more than 6. What is Phi(6), to how many "
+    "decimals? Which of the two terms can still move?",
+    "Where does Phi take the value 1/2? What does that ask of the second term's argument, and "
+    "which equation in gamma follows?",
+    "Check your gamma: it is above 1 and falls towards 1 as D grows; put it back into the full"
+    " criterion with the package's level_overlap: for D = 64 and for D = 3 x 32 x 32 it must "
     "give 1/2 to several digits, and the approximation must get better as D grows.",
 )
 
@@ -386,13 +386,15 @@ def exercise_7_3(measured_variance_ratio, best_step_size) -> None:
 
 register_hints(
     "7.4",
-    "At level i the network was trained on images with noise sigma_i in every pixel: what "
-    "does it see in the known pixels here?",
+    "Before you read the loop: write an image the network saw at level sigma_i as clean data "
+    "plus noise. How far does one of its pixels lie from the clean pixel, in units of sigma_i,"
+    " spread over many pixels? Then: what does the loop show the score in the known pixels?",
     "Print, level by level, how far the known pixels the score is shown lie from the observed "
     "images, in units of sigma_i (noise_seen does it). What should that read, and what must "
     "the loop add, and when, to make it so?",
-    "Check your fix with noise_seen: every level should read about 1.00 (the buggy loop reads "
-    "much less), and the known pixels of the result must equal the observed ones exactly.",
+    "Check your fix with noise_seen: every level should now read the spread you predicted (the"
+    " buggy loop reads much less), and the known pixels of the result must equal the observed "
+    "ones exactly.",
 )
 
 
@@ -564,10 +566,10 @@ register_hints(
     "which block of Lambda multiplies the part quadratic in x_u, and which the part linear in "
     "it? Complete the square in Lambda's blocks first, then turn them into Sigma's with the "
     "inverse of a 2 x 2 block matrix.",
-    "Test your function by hand: for a 2-D Gaussian with x_1 known the answer is mu_2 + "
-    "rho (s_2 / s_1)(x_1 - mu_1) and s_2^2 (1 - rho^2); a known block independent of the "
-    "unknown one leaves the marginal law; the covariance is symmetric and does not depend on "
-    "the values.",
+    "Test your function by hand: for a 2-D Gaussian with x_1 known the answer is mu_2 + c "
+    "(tau_2 / tau_1)(x_1 - mu_1) and tau_2^2 (1 - c^2), with tau_1, tau_2 the standard "
+    "deviations and c the correlation; a known block independent of the unknown one leaves the"
+    " marginal law; the covariance is symmetric and does not depend on the values.",
 )
 
 

@@ -234,16 +234,20 @@ def exercise_8_2(em_step) -> None:
 
 register_hints(
     "8.3",
-    "Predict first: exercise 2.2 gives the stationary variance of a Langevin chain with a fixed "
-    "step on N(0, v I). Here the step is set by the particles themselves. To measure, start "
-    "from samples of the target N(0, 2 I) and run only corrector steps; then take the variance "
-    "of all coordinates over the target's 2.",
-    "One corrector step takes the batch's step size from corrector_step_size and then the "
-    "course's Langevin update; the target's score is linear in x.",
-    "Check your measurement before you trust it: start the chain elsewhere, from N(0, I), "
-    "and run twice the steps: the ratio must not move, or the chain has not settled. Print "
-    "the step size of a few steps: it must change from step to step, since each step takes "
-    "it from its own score and noise.",
+    "Predict first: exercise 2.2 gives the stationary variance of a Langevin chain with a "
+    "fixed step on N(0, v I). Here the step is set by the particles themselves. To measure, "
+    "start from samples of the target N(0, 2 I) and run only corrector steps; then take the "
+    "variance of all coordinates over the target's 2.",
+    "Predict: exercise 2.2's tau^2 is this exercise's v; call the particles' stationary "
+    "variance v_inf. In dimension D, |z|^2 is close to D; what is |s|^2 close to when s = -x /"
+    " v and x has variance v_inf? That fixes the rule's step in terms of v, v_inf and r, and "
+    "that step must make v_inf exercise 2.2's stationary variance: solve the two together. (To"
+    " measure: one corrector step takes the batch's step size from corrector_step_size, then "
+    "the course's Langevin update.)",
+    "Check your measurement before you trust it: start the chain elsewhere, from N(0, I), and "
+    "run twice the steps: the ratio must not move, or the chain has not settled. Print the "
+    "step size of a few steps: it must change from step to step, since each step takes it from"
+    " its own score and noise.",
 )
 
 TARGET_VARIANCE = 2.0
