@@ -12,8 +12,7 @@ from scorelab import checks
 from scorelab.checks import _core
 
 exercise_1_1 = with_answer(checks.exercise_1_1, 3300**0.5, first=False)
-exercise_4_2 = with_answer(checks.exercise_4_2,
-                           lambda t, s: (t**2 / (t**2 + s**2), 1 - s**2 / t**2), first=False)
+exercise_4_2 = checks.exercise_4_2
 exercise_5_2 = with_answer(checks.exercise_5_2,
                            lambda a, s: 0.5 * s.dot(s) ** 2 + 2 * s.dot(a @ s),
                            lambda t: 2 * t, first=False)
@@ -1789,19 +1788,19 @@ def test_1_1_checks_the_sigma_of_one_percent_and_names_its_slips(capsys):
     assert "not done yet" in run_check(capsys, checks.exercise_1_1, right, ...)
 
 
-def test_4_2_checks_the_shrink_factors_and_names_their_slips(capsys):
-    def denoise(x, score_fn, sigma):
-        return x + sigma**2 * score_fn(x)
+def test_4_3_checks_the_shrink_factors_and_names_their_slips(capsys):
+    def optimal(x, mu, tau, sigma):
+        return -(x - mu) / (tau**2 + sigma**2)
 
     def right(t, s):
         return t**2 / (t**2 + s**2), 1 - s**2 / t**2
 
-    assert_passes(capsys, checks.exercise_4_2, denoise, right)
+    assert_passes(capsys, checks.exercise_4_3, optimal, right)
     for wrong, phrase in [(lambda t, s: right(t, s)[::-1], "swapped"),
                           (lambda t, s: (1 - right(t, s)[0], right(t, s)[1]), "removes"),
                           (lambda t, s: (right(t, s)[0], s**2 / t**2), "removes"),
                           (lambda t, s: (t / (t + s), right(t, s)[1]), "perturbed density"),
                           (lambda t, s: (right(t, s)[0], 1 - s / t), "N(mu, tau^2) itself"),
                           (lambda t, s: right(t, s)[0], "a pair")]:
-        assert_explains(capsys, checks.exercise_4_2, (denoise, wrong), phrase)
-    assert "not done yet" in run_check(capsys, checks.exercise_4_2, denoise, stub)
+        assert_explains(capsys, checks.exercise_4_3, (optimal, wrong), phrase)
+    assert "not done yet" in run_check(capsys, checks.exercise_4_3, optimal, stub)

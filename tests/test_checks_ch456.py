@@ -23,6 +23,8 @@ exercise_5_2 = with_answer(checks.exercise_5_2,
                            lambda t: 2 * t, first=False)
 exercise_5_3 = with_answer(checks.exercise_5_3, lambda mu, tau: (mu, tau**2), first=False)
 exercise_6_4 = with_answer(checks.exercise_6_4, "b", first=False)
+exercise_4_3 = with_answer(checks.exercise_4_3,
+                           lambda t, s: (t**2 / (t**2 + s**2), 1 - s**2 / t**2), first=False)
 
 
 # ---------------------------------------------------------------- chapter 4
@@ -33,7 +35,7 @@ def optimal_dsm_score(x, mu, tau, sigma):
 
 
 def test_4_3_accepts_the_formula(capsys, grading):
-    assert_passes(capsys, checks.exercise_4_3, optimal_dsm_score)
+    assert_passes(capsys, exercise_4_3, optimal_dsm_score)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +59,7 @@ def test_4_3_accepts_the_formula(capsys, grading):
     ],
 )
 def test_4_3_explains_wrong_formulas(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_4_3, [answer], *phrases)
+    assert_explains(capsys, exercise_4_3, [answer], *phrases)
 
 
 def dsm(target_power=2, *, target_sign=1.0, clean=False, reduce=False):
@@ -737,7 +739,7 @@ def test_6_5_the_colleagues_bugs_break_the_bound_the_fix_keeps():
 
 
 NEW_CHECKS = [
-    (checks.exercise_4_3, 1),
+    (checks.exercise_4_3, 2),
     (checks.exercise_4_4, 2),
     (checks.exercise_4_5, 2),
     (checks.exercise_5_3, 2),
@@ -1014,7 +1016,7 @@ def test_5_3_names_more_slips(capsys, answer, phrases):
 
 
 def test_4_3_names_tau_plus_sigma(capsys):
-    assert_explains(capsys, checks.exercise_4_3,
+    assert_explains(capsys, exercise_4_3,
                     [lambda x, mu, tau, sigma: -(x - mu) / (tau + sigma)], "divided by tau + sigma")
 
 
@@ -1143,7 +1145,7 @@ def test_4_3_refuses_the_packages_perturbed_density_for_a_derivation(capsys):
                                   torch.tensor([float(tau) ** 2]))
         return float(mixture.perturbed(float(sigma)).score(torch.tensor([[float(x)]])))
 
-    assert_explains(capsys, checks.exercise_4_3, packaged, "calls the package's")
+    assert_explains(capsys, exercise_4_3, packaged, "calls the package's")
 
 
 def test_5_3_checks_the_minimiser_and_names_its_slips(capsys):

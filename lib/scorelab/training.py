@@ -257,8 +257,8 @@ def sliced_score_matching_loss(
 ) -> torch.Tensor:
     """Per-example sliced score-matching loss (Song, Garg, Shi & Ermon 2019).
 
-    For random directions ``v`` with ``E[v v^T] = I`` (Gaussian, Rademacher, or unit-sphere
-    scaled by sqrt(D)):
+    For random directions ``v`` with ``E[v v^T] = I`` (Gaussian, Rademacher, or uniform on a
+    sphere of the right radius: exercise 5.4):
 
         l = mean_v [ v^T (d s / d x) v + 1/2 (v^T s)^2 ]            (SSM, chapter 5's J_SSM)
         l = mean_v [ v^T (d s / d x) v ] + 1/2 ||s||^2                (SSM-VR)

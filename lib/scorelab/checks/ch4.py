@@ -153,13 +153,10 @@ def exercise_4_1(dsm_loss) -> None:
 
 @exercise(
     "4.2",
-    "your denoise is Tweedie's formula x~ + sigma^2 * s(x~): the posterior mean of the clean x; "
-    "with the clean score in its place it would shrink by 1 - sigma^2 / tau^2, and overshoot "
-    "the mean once sigma > tau.",
+    "your denoise is Tweedie's formula x~ + sigma^2 * s(x~): the posterior mean of the clean x.",
 )
-def exercise_4_2(denoise, shrink_factors) -> None:
-    """Check ``denoise(x_noisy (N, D), score_fn, sigma) -> (N, D)``, then
-    ``shrink_factors(tau, sigma) -> (k_perturbed, k_clean)`` for data N(mu, tau^2)."""
+def exercise_4_2(denoise) -> None:
+    """Check ``denoise(x_noisy (N, D), score_fn, sigma) -> (N, D)``."""
     from scorelab.densities import GaussianMixture
 
     sigma = 0.7
@@ -187,38 +184,6 @@ def exercise_4_2(denoise, shrink_factors) -> None:
         "Tweedie's formula adds all of it: x~ + sigma^2 s(x~).": x_noisy + 0.5 * sigma**2 * score,
     }
     diagnose(got, x_noisy + sigma**2 * score, what="denoise", mutants=mutants)
-    _expect_shrink_factors(shrink_factors)
-
-
-def _expect_shrink_factors(shrink_factors) -> None:
-    """For data N(mu, tau^2): Tweedie with the perturbed score shrinks x~ - mu by
-    tau^2 / (tau^2 + sigma^2), with the clean score by 1 - sigma^2 / tau^2."""
-    for tau, sigma in cases([(1.0, 0.5), (0.6, 1.5)], [(2.0, 0.3)]):
-        call = f"shrink_factors(tau={tau}, sigma={sigma})"
-        answer = call_student(shrink_factors, tau, sigma, what="shrink_factors")
-        if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
-            raise Mismatch(f"{call} should return a pair (k_perturbed, k_clean), got {answer!r}.")
-        perturbed, clean = (to_float(value, what=f"{call}[{k}]") for k, value in enumerate(answer))
-        want = (tau**2 / (tau**2 + sigma**2), 1.0 - sigma**2 / tau**2)
-        if all(math.isclose(got, right, rel_tol=1e-6, abs_tol=1e-9)
-               for got, right in zip((perturbed, clean), want)):
-            continue
-        if math.isclose(perturbed, want[1], rel_tol=1e-6) and math.isclose(clean, want[0],
-                                                                           rel_tol=1e-6):
-            raise Mismatch(f"{call}: the two factors are swapped; the first is the one with the "
-                           "perturbed score, -(x - mu) / (tau^2 + sigma^2).")
-        for name, got, right, density in (("k_perturbed", perturbed, want[0],
-                                           "N(mu, tau^2 + sigma^2), the perturbed density"),
-                                          ("k_clean", clean, want[1], "N(mu, tau^2) itself")):
-            if math.isclose(got, right, rel_tol=1e-6, abs_tol=1e-9):
-                continue
-            removed = 1.0 - right
-            if math.isclose(got, removed, rel_tol=1e-6, abs_tol=1e-9):
-                raise Mismatch(f"{call}: {name} = {got:.6g} is what the denoiser removes; the "
-                               "factor asked for is what remains of x~ - mu.")
-            raise Mismatch(f"{call}: {name} = {got:.6g} is not the factor. With the score of "
-                           f"{density}, x~ + sigma^2 s(x~) - mu is a multiple of x~ - mu: "
-                           "which?")
 
 
 # ---------------------------------------------------------------- 4.3 (derive): the DSM optimum
@@ -239,10 +204,13 @@ _SCORE_POINTS = {
 @exercise(
     "4.3",
     "the optimal DSM score of N(mu, tau^2) is -(x - mu) / (tau^2 + sigma^2): the score of the "
-    "perturbed density N(mu, tau^2 + sigma^2), at every noise level.",
+    "perturbed density N(mu, tau^2 + sigma^2), at every noise level; Tweedie's formula with it "
+    "shrinks x~ - mu by tau^2 / (tau^2 + sigma^2), with the clean score by 1 - sigma^2 / tau^2, "
+    "which overshoots the mean once sigma > tau.",
 )
-def exercise_4_3(optimal_dsm_score) -> None:
-    """Check ``optimal_dsm_score(x, mu, tau, sigma) -> float`` at random parameter values."""
+def exercise_4_3(optimal_dsm_score, shrink_factors) -> None:
+    """Check ``optimal_dsm_score(x, mu, tau, sigma) -> float`` at random parameter values, then
+    ``shrink_factors(tau, sigma) -> (k_perturbed, k_clean)`` for data N(mu, tau^2)."""
     from scorelab.densities import GaussianMixture
 
     # the derivation, not the package's perturbed density, must give the answer
@@ -301,6 +269,38 @@ def exercise_4_3(optimal_dsm_score) -> None:
             ),
         ],
     )
+    _expect_shrink_factors(shrink_factors)
+
+
+def _expect_shrink_factors(shrink_factors) -> None:
+    """For data N(mu, tau^2): Tweedie with the perturbed score shrinks x~ - mu by
+    tau^2 / (tau^2 + sigma^2), with the clean score by 1 - sigma^2 / tau^2."""
+    for tau, sigma in cases([(1.0, 0.5), (0.6, 1.5)], [(2.0, 0.3)]):
+        call = f"shrink_factors(tau={tau}, sigma={sigma})"
+        answer = call_student(shrink_factors, tau, sigma, what="shrink_factors")
+        if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
+            raise Mismatch(f"{call} should return a pair (k_perturbed, k_clean), got {answer!r}.")
+        perturbed, clean = (to_float(value, what=f"{call}[{k}]") for k, value in enumerate(answer))
+        want = (tau**2 / (tau**2 + sigma**2), 1.0 - sigma**2 / tau**2)
+        if all(math.isclose(got, right, rel_tol=1e-6, abs_tol=1e-9)
+               for got, right in zip((perturbed, clean), want)):
+            continue
+        if math.isclose(perturbed, want[1], rel_tol=1e-6) and math.isclose(clean, want[0],
+                                                                           rel_tol=1e-6):
+            raise Mismatch(f"{call}: the two factors are swapped; the first is the one with the "
+                           "perturbed score, -(x - mu) / (tau^2 + sigma^2).")
+        for name, got, right, density in (("k_perturbed", perturbed, want[0],
+                                           "N(mu, tau^2 + sigma^2), the perturbed density"),
+                                          ("k_clean", clean, want[1], "N(mu, tau^2) itself")):
+            if math.isclose(got, right, rel_tol=1e-6, abs_tol=1e-9):
+                continue
+            removed = 1.0 - right
+            if math.isclose(got, removed, rel_tol=1e-6, abs_tol=1e-9):
+                raise Mismatch(f"{call}: {name} = {got:.6g} is what the denoiser removes; the "
+                               "factor asked for is what remains of x~ - mu.")
+            raise Mismatch(f"{call}: {name} = {got:.6g} is not the factor. With the score of "
+                           f"{density}, x~ + sigma^2 s(x~) - mu is a multiple of x~ - mu: "
+                           "which?")
 
 
 # ---------------------------------------------------------------- 4.4 (debug): sigma vs sigma^2
@@ -583,25 +583,26 @@ register_hints(
     "4.2",
     "Tweedie's formula: the best guess of the clean point is the noisy point moved along the "
     "score of the noisy density.",
-    "For shrink_factors: a Gaussian N(mu, w) has a score linear in x~ - mu. Put it into x~ + "
-    "sigma^2 s(x~) and collect the multiple of x~ - mu. Which w does p_sigma have, and which "
-    "does p?",
+    "The formula is in the statement: which of your function's arguments stands for the "
+    "gradient of log p_sigma? The length of the move uses the noise variance, not its standard"
+    " deviation.",
     "Check it where you know the answer: if every clean point is the same mu, the noisy points"
     " follow N(mu, sigma^2 I), and denoising must give back mu exactly, whatever the noisy "
-    "point. For the factors: both tend to 1 as sigma -> 0, and a posterior mean lies between "
-    "the observation and the prior mean: does each factor stay between 0 and 1 as sigma grows "
-    "past tau?",
+    "point.",
 )
 register_hints(
     "4.3",
     "DSM's minimiser is the score of the perturbed density p_sigma, the law of the noisy "
     "points. Which law is that for Gaussian data?",
     "Independent Gaussians add their means and their variances (not their standard "
-    "deviations). The score of a Gaussian is linear in the point: zero at its mean, with slope "
-    "minus one over its variance.",
-    "Check your formula in its two limits: as sigma -> 0 it must become the score of the clean "
-    "data; for sigma much larger than tau, nearly the score of the noise alone, as if the data "
-    "sat at its mean.",
+    "deviations). The score of a Gaussian is linear in the point: zero at its mean, with slope"
+    " minus one over its variance. For shrink_factors: put your s* and the clean score in turn"
+    " into x~ + sigma^2 s(x~) and collect the multiple of x~ - mu.",
+    "Check your formula in its two limits: as sigma -> 0 it must become the score of the clean"
+    " data; for sigma much larger than tau, nearly the score of the noise alone, as if the "
+    "data sat at its mean. For the factors: both tend to 1 as sigma -> 0, and a posterior mean"
+    " lies between the observation and the prior mean: does each factor stay between 0 and 1 "
+    "as sigma grows past tau?",
 )
 register_hints(
     "4.4",

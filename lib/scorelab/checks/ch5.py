@@ -845,7 +845,7 @@ register_hints(
     "known exactly, so there is nothing left to sample.",
     "E over v of (v^T s)^2 is s^T E[v v^T] s, the squared norm of s; the trace term stays as "
     "it is. For variance_gap, write SSM = a + b and SSM-VR = a + c, with a = v^T A v, b = (v^T"
-    " s)^2 / 2 and c a constant: which variances and covariances survive in the difference?",
+    " s)^2 / 2 and c a constant: which variances and covariances survive in the difference? "
     "Both need fourth moments E[v_i v_j v_k v_l] of a standard Gaussian vector: which pairings"
     " of the four indices survive? Test your rule on E[z^4] in 1-D. For vr_loses_within, what "
     "are s and A for N(0, tau^2 I) at x, and where is your gap negative?",

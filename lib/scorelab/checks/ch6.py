@@ -963,10 +963,10 @@ register_hints(
     "times it.",
     "Check your grid: neighbouring values at most 2 % apart, and wide enough that the ratio "
     "rises again at both ends (if the smallest ratio sits at an end, the best epsilon lies "
-    "outside). Return that epsilon as a float, in the paper's convention.",
-    "For broken_assumption, test each option on the shipped model instead of guessing. Print "
-    "the ratios of neighbouring sigmas. Does your variance_ratio assume stationarity, or does "
-    "it count T steps? In which convention do ncsnv2_epsilon and the sampler take their step? "
+    "outside). Return that epsilon as a float, in the paper's convention. For "
+    "broken_assumption, test each option on the shipped model instead of guessing. Print the "
+    "ratios of neighbouring sigmas. Does your variance_ratio assume stationarity, or does it "
+    "count T steps? In which convention do ncsnv2_epsilon and the sampler take their step? "
     "What is left, and is it true of 8x8 digits at sigma_L = 0.01?",
 )
 register_hints(
