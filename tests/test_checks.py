@@ -786,6 +786,10 @@ def test_3_4_a_share_counted_at_the_start_fails_across_the_gap(capsys):
     [
         (((lambda x0, generator=None: 0.8), "b"), ["the true weight"]),
         (
+            (lambda x0, generator=None: 100 * plain_langevin_share(x0, generator), "b"),
+            ["looks like a percentage"],
+        ),
+        (
             (lambda x0, generator=None: 1 - plain_langevin_share(x0, generator), "b"),
             ["share of the (-5, -5) mode"],
         ),
@@ -1105,7 +1109,7 @@ def test_4_2_accepts_the_solution(capsys):
         (lambda x, f, s: x + s * f(x), ["multiplied the score by sigma"]),
         (lambda x, f, s: x - s**2 * f(x), ["add it"]),
         (lambda x, f, s: x + s**2 * f(x).sum(), ["differs from the reference"]),
-        (lambda x, f, s: (x + s**2 * f(x)).numpy(), ["ndarray"]),
+        (lambda x, f, s: (x + s**2 * f(x)).numpy(), ["numpy array"]),
         (lambda x, f, s: x.add_(s**2 * f(x)), ["changed the tensor it was given"]),
         (lambda x, f, s: x + 0.5 * s**2 * f(x), ["half of sigma^2 * s(x~)"]),
     ],
@@ -1766,7 +1770,8 @@ def test_3_4_checks_the_basin_edge_and_names_its_slips(capsys):
     assert_passes(capsys, checks.exercise_3_4, share, "b", -0.14146)
     for edge, phrase in [(0.0, "equal weights"), (0.1415, "the sign"),
                          (-math.log(4) / 10, "responsibilities are equal"),
-                         (-math.log(4), "factor 10"), (-0.3, "solve for c numerically")]:
+                         (-math.log(4), "factor 10"), (-0.3, "solve for c numerically"),
+                         (-0.0707, "of the edge point"), (10.0, "a mode")]:
         assert_explains(capsys, checks.exercise_3_4, (share, "b", edge), phrase)
     assert "not done yet" in run_check(capsys, checks.exercise_3_4, share, "b", ...)
 
@@ -1783,7 +1788,7 @@ def test_1_1_checks_the_sigma_of_one_percent_and_names_its_slips(capsys):
     for wrong, phrase in [(1650**0.5, "standard deviations"), (40.0, "eigenvalue is 32"),
                           (3200**0.5, "33 in all"), (10.0, "across the line"),
                           (330**0.5, "0.01"), (50.0, "still above 1 %"),
-                          (100.0, "smaller sigma already")]:
+                          (100.0, "smaller sigma already"), (3300.0, "that is sigma^2")]:
         assert_explains(capsys, checks.exercise_1_1, (right, wrong), phrase)
     assert "not done yet" in run_check(capsys, checks.exercise_1_1, right, ...)
 

@@ -597,7 +597,7 @@ def test_6_4_explains_wrong_answers(capsys, answer, phrases):
     assert_explains(capsys, exercise_6_4, [answer], *phrases)
 
 
-@pytest.mark.parametrize("letter, phrase", [("a", "geometric"), ("c", "stationarity"),
+@pytest.mark.parametrize("letter, phrase", [("a", "geometric"), ("c", "counts exactly T steps"),
                                             ("d", "convention"), ("e", "one of the letters")])
 def test_6_4_explains_a_wrong_assumption(capsys, letter, phrase):
     assert_explains(capsys, checks.exercise_6_4, (ncsnv2_epsilon, letter), phrase)
@@ -1211,3 +1211,27 @@ def test_5_3_accepts_arrays_and_names_a_numerical_minimum(capsys):
 def test_4_4_names_a_comparison_with_the_clean_score(capsys):
     assert_explains(capsys, checks.exercise_4_4, (dsm(), lambda s: s / (1 + s**2)),
                     "clean score's slope")
+
+
+def test_4_3_accepts_the_pair_of_factors_in_a_tensor_or_an_array(capsys):
+    import numpy as np
+
+    def optimal(x, mu, tau, sigma):
+        return -(x - mu) / (tau**2 + sigma**2)
+
+    def as_tensor(t, s):
+        return torch.tensor([t**2 / (t**2 + s**2), 1 - s**2 / t**2])
+
+    assert_passes(capsys, checks.exercise_4_3, optimal, as_tensor)
+    assert_passes(capsys, checks.exercise_4_3, optimal, lambda t, s: as_tensor(t, s).numpy())
+    assert_explains(capsys, checks.exercise_4_3, (optimal, lambda t, s: np.zeros(3)), "a pair")
+
+
+@pytest.mark.parametrize("letter", ["b", " B ", "(b)", "b)", "b."])
+def test_6_4_reads_the_letter_in_its_usual_dressings(capsys, letter):
+    assert_passes(capsys, checks.exercise_6_4, ncsnv2_epsilon, letter)
+
+
+def test_6_4_says_which_way_the_epsilon_should_move_without_giving_it(capsys):
+    out = run_check(capsys, exercise_6_4, lambda s, t: ncsnv2_epsilon(s, t) / 1.3)
+    assert "a larger epsilon comes closer to 1" in out and "3.13e-05" not in out

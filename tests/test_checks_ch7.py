@@ -668,3 +668,7 @@ def test_7_3_names_an_ignored_generator_and_a_start_of_variance_gamma_to_the_fou
 def test_7_6_names_the_denoised_rows_measured_value(capsys):
     denoised_row = _plateau_parts()["denoised"] * 1.013  # a T = 300 row, a percent above
     assert_explains(capsys, checks.exercise_7_6, (10, denoised_row), "*with* the denoising step")
+
+
+def test_7_4_refuses_a_measured_spread_for_a_prediction(capsys):
+    assert_explains(capsys, checks.exercise_7_4, (0.99, fixed_inpaint), "measured spread")

@@ -265,7 +265,7 @@ def expect_tensor(
     if not isinstance(value, torch.Tensor):
         raise Mismatch(
             f"{what} should be a torch.Tensor of shape {shape}, but your code returned "
-            f"a {type(value).__name__}.{_missing_return(value)}"
+            f"{_kind(value)}.{_missing_return(value)}"
         )
     if tuple(value.shape) != tuple(shape):
         hint = ""
@@ -374,6 +374,21 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _kind(value) -> str:
+    """What a value is, for a message: "None", "`...`", "a numpy array of shape (3,)",
+    "a string ('1')", "an int"."""
+    if value is None:
+        return "None"
+    if value is Ellipsis:
+        return "`...`"
+    if isinstance(value, np.ndarray):
+        return f"a numpy array of shape {value.shape}"
+    if isinstance(value, str):
+        return f"a string ({_shown(value)})"
+    name = type(value).__name__
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
 def call_student(fn: Callable, *args, what: str, **kwargs):
     """Call the student's function; a non-callable becomes a Mismatch rather than a TypeError."""
     if not callable(fn):
@@ -402,8 +417,7 @@ def to_float(value, *, what: str) -> float:
         return float(value.detach())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise Mismatch(
-            f"{what} should be a number, but your code returned a "
-            f"{type(value).__name__}.{_missing_return(value)}"
+            f"{what} should be a number, but it is {_kind(value)}.{_missing_return(value)}"
         )
     return float(value)
 
@@ -449,15 +463,16 @@ def expect_same_draws(
 def check_choice(answer, options: dict[str, str], correct: str, *, what: str) -> None:
     """Mismatch unless ``answer`` is the letter ``correct``; a wrong letter gets its own feedback.
 
-    ``options`` maps each letter to the feedback a student who picks it should read;
-    ``...`` (the placeholder) is "not done yet".
+    ``options`` maps each letter to the feedback a student who picks it should read; the
+    letter may come in brackets or with a full stop ("(b)", "b)", "b."); ``...`` and ``None``
+    (the placeholders) are "not done yet".
     """
-    if answer is Ellipsis:
-        raise NotImplementedError(f"{what} is still ...")
-    if not isinstance(answer, str) or answer.strip().lower() not in options:
+    if answer is Ellipsis or answer is None:
+        raise NotImplementedError(f"{what} is still unset")
+    letter = answer.strip().strip("().").strip().lower() if isinstance(answer, str) else None
+    if letter not in options:
         letters = ", ".join(repr(k) for k in options)
         raise Mismatch(f"{what} should be one of the letters {letters}, got {answer!r}.")
-    letter = answer.strip().lower()
     if letter != correct:
         raise Mismatch(f"({letter}) is not it: {options[letter]}")
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from scorelab.checks._core import Mismatch, call_student, to_float
+from scorelab.checks._core import Mismatch, _kind, call_student, to_float
 
 Point = dict[str, object]
 Regime = tuple[str, Callable[[Point], bool]]
@@ -111,7 +111,7 @@ def _read(got, expected: torch.Tensor, call: str) -> torch.Tensor:
         return torch.tensor(to_float(got, what=call), dtype=torch.float64)
     if isinstance(got, bool) or not isinstance(got, (torch.Tensor, numbers.Real)):
         raise Mismatch(
-            f"{call} should return a number (or a tensor), but returned a {type(got).__name__}."
+            f"{call} should return a number (or a tensor), but returned {_kind(got)}."
         )
     got = _as_tensor(got)
     if got.shape != expected.shape:

@@ -311,7 +311,8 @@ def _noise(means, variance):  # variance * I, (D, D)
 @exercise(
     "1.1",
     "your perturbed_covariance is sum_k pi_k Sigma_k + sum_k pi_k (mu_k - mu)(mu_k - mu)^T "
-    "+ sigma^2 I: the components' spread, their means' spread and the noise.",
+    "+ sigma^2 I: the components' spread, their means' spread and the noise; the gap, "
+    "33 / sigma^2 along (1, 1), falls below 1 % from sigma = sqrt(3300) = 57.4 on.",
 )
 def exercise_1_1(perturbed_covariance, sigma_one_percent) -> None:
     """Check ``perturbed_covariance(weights (K,), means (K, D), covs (K, D, D), sigma) -> (D, D)``
@@ -407,6 +408,7 @@ def _expect_sigma_one_percent(sigma_one_percent) -> None:
             10.0: "that is the gap across the line of the modes (eigenvalue 1); the largest gap "
             "is along it, (1, 1).",
             math.sqrt(330.0): "1 % is 0.01: the gap 33 / sigma^2 must fall below 0.01.",
+            3300.0: "that is sigma^2; enter sigma itself.",
         },
         otherwise=f"{where}. Use the eigenvalues your function prints: by how much does the "
         "larger one exceed sigma^2, and when is that below 1 % of sigma^2?",

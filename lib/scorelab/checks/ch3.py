@@ -559,6 +559,9 @@ def exercise_3_4(plain_langevin_share, why, basin_edge) -> None:
         expected = _weight_of_first_mode(samples)
         if abs(got - expected) <= SHARE_TOLERANCE:
             continue
+        if got > 1.0 and abs(got / 100.0 - expected) <= SHARE_TOLERANCE:
+            raise Mismatch(f"on {name} you report {got:g}, which looks like a percentage: return "
+                           "the share, a number between 0 and 1.")
         if got > 1.0 and abs(got / len(x0) - expected) <= SHARE_TOLERANCE:
             raise Mismatch(
                 f"on {name} you report {got:g}, a number of samples: return the share, that "
@@ -604,6 +607,12 @@ def _expect_basin_edge(basin_edge) -> None:
             "the distance to its mean: slightly further.",
             -math.log(4.0): "on the line x_1 + x_2 = c the log-ratio of the responsibilities "
             "is log 4 + 10 c (each mean is 5 along both axes): check the factor 10.",
+            BASIN_EDGE / 2: "that is x_1 (= x_2) of the edge point (c/2, c/2); basin_edge is "
+            "c = x_1 + x_2.",
+            10.0: "that root is a mode, where the pull vanishes too; the edge is the root between "
+            "the modes, near 0.",
+            -10.0: "that root is a mode, where the pull vanishes too; the edge is the root "
+            "between the modes, near 0.",
         },
         measured=(5e-3, "close, but not to three decimals: solve your equation for c more "
                         "precisely."),

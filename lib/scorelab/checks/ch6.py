@@ -487,8 +487,8 @@ _STEP_MUTANTS = [
 #: 6.3, part 2: the conversion to the authors' step_lr the wrong way.
 _STEP_LR_MUTANTS = [
     (
-        "the factor goes the other way: the code's a s + sqrt(2a) z is the paper's "
-        "(alpha/2) s + sqrt(alpha) z with alpha = 2a, so step_lr = eps / 2.",
+        "the factor goes the other way: match the code's a s + sqrt(2a) z with the paper's "
+        "(alpha/2) s + sqrt(alpha) z term by term, and see which of a and alpha is larger.",
         lambda eps: 2 * eps,
     ),
     (
@@ -673,9 +673,9 @@ BROKEN_ASSUMPTION_OPTIONS = {
     "b": "right: the rule treats every p_sigma_i as N(0, sigma_i^2 I), the perturbed density "
     "of a single point; at the small levels the digits' perturbed density is nothing like "
     "that.",
-    "c": "the rule does not assume stationarity: your variance_ratio is the variance after "
-    "exactly T steps, the rho^(2T) gamma^2 term is the start not yet forgotten, and the rule "
-    "is computed for the sampler's own T = 10.",
+    "c": "the rule assumes only that level i starts from N(0, sigma_(i-1)^2 I); within the "
+    "level it counts exactly T steps (the rho^(2T) gamma^2 term is the start not yet "
+    "forgotten), and it is computed for the sampler's own T = 10.",
     "d": "your variance_ratio and ncsnv2_epsilon are in the book's convention, the one the "
     "sampler uses (exercise 6.3 checked it); and a factor of 2 would not explain a tuned step "
     "about four times the rule's.",
@@ -737,10 +737,11 @@ def exercise_6_4(ncsnv2_epsilon, broken_assumption) -> None:
                 "search it on a finer grid, neighbouring values at most 2 % apart."
             )
         raise Mismatch(
-            f"{where} your epsilon {answer:.3g} gives the ratio {value:.4g}, but "
-            f"epsilon = {best:.3g} gives {lowest:.4g}"
-            " (the ratio is always above 1: take the epsilon where it is smallest; sigma_L is "
-            "the smallest level, and eps / sigma_L^2 >= 4 makes the chain blow up)."
+            f"{where} your epsilon {answer:.3g} gives the ratio {value:.4g}, but a "
+            f"{'larger' if best > answer else 'smaller'} epsilon comes closer to 1 (the ratio "
+            "is always above 1: take the epsilon where it is smallest, and if that sits at an "
+            "end of your grid, widen the grid; sigma_L is the smallest level, and "
+            "eps / sigma_L^2 >= 4 makes the chain blow up)."
         )
     check_choice(broken_assumption, BROKEN_ASSUMPTION_OPTIONS, "b", what="broken_assumption")
 
@@ -964,21 +965,19 @@ register_hints(
     "Check your grid: neighbouring values at most 2 % apart, and wide enough that the ratio "
     "rises again at both ends (if the smallest ratio sits at an end, the best epsilon lies "
     "outside). Return that epsilon as a float, in the paper's convention. For "
-    "broken_assumption, test each option on the shipped model instead of guessing. Print the "
-    "ratios of neighbouring sigmas. Does your variance_ratio assume stationarity, or does it "
-    "count T steps? In which convention do ncsnv2_epsilon and the sampler take their step? "
-    "What is left, and is it true of 8x8 digits at sigma_L = 0.01?",
+    "broken_assumption: for each option, say what would have to be true of the shipped ladder,"
+    " sampler and data for it to hold, and check the ones you can check by printing.",
 )
 register_hints(
     "6.5",
-    "Part 1: at each level, perturb the whole batch with fresh noise of that level, evaluate "
-    "the score there at that sigma, and average the examples' norms; multiply by sigma and "
-    "divide by sqrt(D).",
-    "Part 2: divide the profile of network_score(shipped) by that of as_score_fn(shipped, "
-    "shipped.sigmas), level by level, and plot the ratio against sigma on log-log axes. Before"
-    " you look, predict its shape for two kinds of mistake: each level gets the network's "
-    "answer for another level, or the output carries an extra power of sigma. Which shape do "
-    "you see? Fix what it points to, then look again.",
+    "score_norm_profile: at each level, perturb the whole batch with fresh noise of that "
+    "level, evaluate the score there at that sigma, and average the examples' norms; multiply "
+    "by sigma and divide by sqrt(D).",
+    "network_score: divide the profile of network_score(shipped) by that of "
+    "as_score_fn(shipped, shipped.sigmas), level by level, and plot the ratio against sigma on"
+    " log-log axes. Before you look, predict its shape for two kinds of mistake: each level "
+    "gets the network's answer for another level, or the output carries an extra power of "
+    "sigma. Which shape do you see? Fix what it points to, then look again.",
     "Print the model's ladder and the colleague's side by side, first and last entries. Then "
     "ask what this network returns: the score itself, or the score times sigma?",
 )
