@@ -557,7 +557,7 @@ def test_2_3_explains_wrong_measurements(capsys, answer, phrases):
         (0.70, ["standard deviation"]),
         (0.182, ["authors' convention"]),
         (0.19, ["authors' convention"]),  # ... and in the authors' convention
-        (0.39, ["too large"]),  # a scan just outside the tolerance is not the first-order answer
+        (0.395, ["too large"]),  # just outside the tolerance, and not the first-order answer
         (0.55, ["too large"]),
         (0.1, ["too small"]),
         (4 * (1 - 1 / 1.1), ["formula of exercise 2.2", "by experiment"]),
