@@ -1235,3 +1235,15 @@ def test_6_4_reads_the_letter_in_its_usual_dressings(capsys, letter):
 def test_6_4_says_which_way_the_epsilon_should_move_without_giving_it(capsys):
     out = run_check(capsys, exercise_6_4, lambda s, t: ncsnv2_epsilon(s, t) / 1.3)
     assert "a larger epsilon comes closer to 1" in out and "3.13e-05" not in out
+
+
+def test_6_3_names_a_measured_drift_to_noise_ratio(capsys):
+    import random
+
+    jitter = random.Random(3)
+
+    def measured(eps, sigma_i, sigma_L):  # a Monte Carlo estimate, right to about 1 %
+        return math.sqrt(eps) / (2 * sigma_L) * (1 + 0.01 * jitter.uniform(-1, 1))
+
+    assert_explains(capsys, checks.exercise_6_3, (*STEP_ANSWERS[:3], measured),
+                    "drift_to_noise", "looks like a simulation or a fit")

@@ -672,3 +672,8 @@ def test_7_6_names_the_denoised_rows_measured_value(capsys):
 
 def test_7_4_refuses_a_measured_spread_for_a_prediction(capsys):
     assert_explains(capsys, checks.exercise_7_4, (0.99, fixed_inpaint), "measured spread")
+
+
+def test_7_4_names_too_little_noise_on_the_known_pixels(capsys):
+    assert_explains(capsys, exercise_7_4, make_inpaint(noise_scale=lambda s: s**2),
+                    "less noise than that", "not sigma_i^2")

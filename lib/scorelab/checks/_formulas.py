@@ -208,4 +208,10 @@ def check_formula(
             f"{what} is right {' and '.join(right_in)}, but wrong "
             f"{' and '.join(wrong_in)}: {example}."
         )
+    if all(_close(g, e, 0.05, atol) for g, e in zip(got, expected)):
+        raise Mismatch(
+            f"{what} is within a few per cent of the formula at every point, but not exact "
+            f"({example}): that looks like a simulation or a fit. Derive it on paper: the "
+            "check wants the formula itself."
+        )
     raise Mismatch(f"{what} is wrong at {len(wrong)} of {len(points)} test points: {example}.")

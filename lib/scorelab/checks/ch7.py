@@ -483,6 +483,9 @@ def exercise_7_4(spread_should_be, fixed_inpaint) -> None:
                 raise Mismatch(f"{seen}. Every image the score saw lies in [0, 1]: clamping x "
                                "inside the loop cuts the noise off the known pixels. Clamp "
                                "once, after the last level.")
+            if std > 0.05:
+                raise Mismatch(f"{seen}: less noise than that. Is it sigma_i times a standard "
+                               "normal draw (not sigma_i^2, sqrt(alpha_i) or sigma_L)?")
             raise Mismatch(f"{seen}. Add that level's noise to the known pixels.")
         if len(model.calls) < len(sigmas) * 4:
             raise Mismatch(
