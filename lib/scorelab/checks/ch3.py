@@ -593,6 +593,11 @@ def exercise_3_4(plain_langevin_share, why, basin_edge) -> None:
 BASIN_EDGE = -0.14145880086316454
 
 
+#: 3.4: the equation for c has two more roots, c = +-10, at the modes themselves.
+_ROOT_AT_A_MODE = ("that root is a mode, where the pull vanishes too; the edge is the root "
+                   "between the modes, near 0.")
+
+
 def _expect_basin_edge(basin_edge) -> None:
     expect_derived(
         answer_number(basin_edge, what="basin_edge"), BASIN_EDGE, call="basin_edge",
@@ -609,10 +614,8 @@ def _expect_basin_edge(basin_edge) -> None:
             "is log 4 + 10 c (each mean is 5 along both axes): check the factor 10.",
             BASIN_EDGE / 2: "that is x_1 (= x_2) of the edge point (c/2, c/2); basin_edge is "
             "c = x_1 + x_2.",
-            10.0: "that root is a mode, where the pull vanishes too; the edge is the root between "
-            "the modes, near 0.",
-            -10.0: "that root is a mode, where the pull vanishes too; the edge is the root "
-            "between the modes, near 0.",
+            10.0: _ROOT_AT_A_MODE,
+            -10.0: _ROOT_AT_A_MODE,
         },
         measured=(5e-3, "close, but not to three decimals: solve your equation for c more "
                         "precisely."),

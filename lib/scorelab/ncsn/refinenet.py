@@ -216,8 +216,8 @@ def summary_table(net: CondRefineNetDilated, *, batch_size: int = 1) -> str:
         One line per block (``begin_conv``, ``res1``..``res4``, ``refine1``..``refine4``,
         ``end_norm``, ``end_conv``) and a total.
     """
-    shapes = block_shapes(net, batch_size=batch_size)
     net = _refinenet_of(net)
+    shapes = block_shapes(net, batch_size=batch_size)
     lines = [f"{'block':<11}{'output (C, H, W)':>18}{'parameters':>13}"]
     for name, module in net.named_children():
         count = sum(p.numel() for p in module.parameters())
