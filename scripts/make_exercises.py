@@ -79,7 +79,7 @@ if "google.colab" in sys.modules:
 
     output.enable_custom_widget_manager()  # the course's ipywidgets render in Colab
 if importlib.util.find_spec("scorelab") is None:
-    %pip install -q "git+{url}"
+    %pip install -q "git+{url}@{branch}"
     importlib.invalidate_caches()"""
 
 
@@ -115,10 +115,15 @@ def header_cells(url: str, branch: str, folder: str, name: str) -> list:
     """The badge and set-up cells that open every exercise and solution notebook."""
     badge = nbformat.v4.new_markdown_cell(badge_source(url, branch, folder, name))
     badge.id = BADGE_ID
-    setup = nbformat.v4.new_code_cell(SETUP_SOURCE.format(url=url))
+    return [badge, setup_cell(url, branch)]
+
+
+def setup_cell(url: str, branch: str):
+    """The set-up cell (hidden in the book) that opens every notebook a student can run."""
+    setup = nbformat.v4.new_code_cell(SETUP_SOURCE.format(url=url, branch=branch))
     setup.id = SETUP_ID
     setup.metadata = {"tags": ["remove-input"]}
-    return [badge, setup]
+    return setup
 
 
 def _stub_code(lines: list[str], number: str, where: str) -> list[str]:

@@ -29,7 +29,9 @@ lists (Jupyter Markdown has no definition lists) and its equation numbered as th
 
 A markdown cell tagged ``book-only`` (say, "the sliders cannot move in this static page") is
 left out; one tagged ``notebook-only`` (which must also be tagged ``remove-cell``, so that the
-book leaves it out) is kept. Every notebook opens with an "Open in Colab" badge to its own copy. Any other role or directive
+book leaves it out) is kept. Every notebook opens with an "Open in Colab" badge to its own copy
+and the set-up cell of the exercise notebooks, which installs the course package where it is
+missing (the book, built where it is installed, needs none). Any other role or directive
 stops the script, naming the notebook and cell, so that it gets a plain form here before a
 student meets it raw. tests/test_standalone_notebooks.py checks the numbers and citations
 against the built book and that no MyST syntax is left; the book's Colab and Binder buttons open
@@ -48,7 +50,8 @@ import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_exercises import (BADGE_ID, NOTEBOOK_METADATA, SourceError,  # noqa: E402
-                            badge_source, colab_url, generator_main, render, repository)
+                            badge_source, colab_url, generator_main, render, repository,
+                            setup_cell)
 from notebook_macros import CELL_ID, expand_macros, macro_cell  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,7 +261,9 @@ def plain_notebook(book_nb, name: str, book_numbers: tuple[dict, dict], bibliogr
                    url: str, branch: str):
     """The chapter ``book/name`` as the plain notebook ``notebooks/name``."""
     chapter = Chapter(name, book_numbers, bibliography, url, branch)
-    cells, n_figures = [_badge_cell(url, branch, name, name)], 0
+    setup = setup_cell(url, branch)
+    setup.metadata = {}
+    cells, n_figures = [_badge_cell(url, branch, name, name), setup], 0
     for index, cell in enumerate(book_nb.cells):
         chapter.where = f"cell {index} ({cell.get('id', '?')})"
         tags = cell.metadata.get("tags", [])

@@ -5,8 +5,9 @@ makes such an environment: a fresh virtual environment that sees this environmen
 third-party packages (through a ``.pth`` line, which does not process the editable install of
 ``scorelab`` found there) but cannot import ``scorelab``. It then runs, in IPython (the
 ``%pip`` magic is IPython's), the set-up cell of the first exercise and solution notebooks with
-the repository URL replaced by a copy of the working tree, the imports, the first solution and
-its check, and asserts the check's success line.
+the repository URL (and branch) replaced by a copy of the working tree, the imports, the first
+solution and its check, and asserts the check's success line. The chapters' plain copies in
+notebooks/ open with the same set-up cell.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def _code_cells(path: Path) -> list[str]:
     return ["".join(cell["source"]) for cell in cells if cell["cell_type"] == "code"]
 
 
-def _repository_url() -> str:
-    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+def _repository() -> tuple[str, str]:
+    section = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
+    return section["url"], section.get("branch", "main")
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +73,13 @@ def _source_copy(folder: Path) -> Path:
 
 
 def test_set_up_cell_installs_scorelab_then_the_first_check_passes(fresh_python, tmp_path):
-    url = _repository_url()
+    url, branch = _repository()
     solution = _code_cells(ROOT / "solutions" / NOTEBOOK)
     exercise = _code_cells(ROOT / "exercises" / NOTEBOOK)
+    chapter = _code_cells(ROOT / "notebooks" / NOTEBOOK)
     set_up = exercise[0]
-    assert set_up == solution[0] and f"git+{url}" in set_up
-    local = set_up.replace(f"git+{url}", str(_source_copy(tmp_path)))
+    assert set_up == solution[0] == chapter[0] and f"git+{url}@{branch}" in set_up
+    local = set_up.replace(f"git+{url}@{branch}", str(_source_copy(tmp_path)))
     check = next(k for k, cell in enumerate(solution) if "checks.exercise_1_1(" in cell)
     cells = [local, *solution[1:check + 1]]  # set-up, imports, Exercise 1.1 up to its check
     script = tmp_path / "colab.py"

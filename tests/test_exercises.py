@@ -64,7 +64,8 @@ def test_exercise_structure(path):
     exercise = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
     badge, setup = exercise.cells[0], exercise.cells[1]
     assert f"/blob/{branch}/exercises/{path.name})" in badge.source
-    assert f'pip install -q "git+{url}"' in setup.source
+    assert f'pip install -q "git+{url}@{branch}"' in setup.source
+    assert "importlib.invalidate_caches()" in setup.source
     assert "enable_custom_widget_manager" in setup.source
     text = "\n".join(c.source for c in exercise.cells)
     for marker in ("BEGIN SOLUTION", "END SOLUTION", "NBVAL_CHECK_OUTPUT", "assert_all_passed"):

@@ -25,6 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html" / "book"
 sys.path.insert(0, str(ROOT / "scripts"))
+import make_exercises  # noqa: E402
 import make_notebooks  # noqa: E402
 from make_notebooks import Chapter, SourceError  # noqa: E402
 
@@ -54,11 +55,14 @@ def test_notebooks_folder_is_up_to_date():
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
-def test_copy_keeps_every_code_cell_and_has_no_output(path):
+def test_copy_keeps_every_code_cell_after_the_set_up_and_has_no_output(path):
     book = nbformat.read(path, as_version=4)
     plain = nbformat.read(ROOT / "notebooks" / path.name, as_version=4)
+    url, branch = make_exercises.repository()
     assert [c.source for c in plain.cells if c.cell_type == "code"] == [
+        make_exercises.setup_cell(url, branch).source] + [
         c.source for c in book.cells if c.cell_type == "code"]
+    assert "google.colab" not in "".join(c.source for c in book.cells), "the copy installs"
     for cell in plain.cells:
         assert not cell.metadata, f"{path.name}: cell {cell.id} keeps the book's metadata"
         if cell.cell_type == "code":
@@ -252,7 +256,7 @@ def test_book_only_cells_are_left_out_and_notebook_only_cells_kept(book_numbers,
                    ("run the cell below", ["notebook-only", "remove-cell"]))
     plain = make_notebooks.plain_notebook(nb, "03_test.ipynb", book_numbers, bibliography, URL,
                                           BRANCH)
-    assert [c.source for c in plain.cells[1:]] == ["shared", "run the cell below"]
+    assert [c.source for c in plain.cells[2:]] == ["shared", "run the cell below"]
     assert all(not c.metadata for c in plain.cells)
     nb.cells[2].metadata = {"tags": ["notebook-only"]}  # the book would show it
     with pytest.raises(SourceError, match="remove-cell"):
