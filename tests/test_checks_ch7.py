@@ -46,7 +46,7 @@ def measured_variance_ratio(step_size, gamma, n_steps_each, sigma_min, *, n=2000
     return x.var().item()
 
 
-BEST_STEP = 3.2e-5  # what a scan of measured_variance_ratio finds for the shipped ladder
+BEST_STEP = 1.5e-5  # what a scan of measured_variance_ratio finds: shipped ladder, T = 30
 
 
 def langevin_move(score_fn, x, sigma, alpha, z, step_size):
@@ -457,7 +457,7 @@ def _partial_plateau(name: str) -> float:
         (10, "denoised", ["*with* the denoising step"]),
         (10, 1.37, ["what the model's step gives", "at T = 300"]),
         (10, "noise counted twice", ["count the last level's noise once"]),
-        (10, "clean y", ["part of the distance is missing"]),
+        (10, "clean y", ["conditioned on the clean x_k", "the known pixels carry noise too"]),
         (10, "divided by tr C_s", ["*exact* conditional covariance"]),
         (10, 1.26, ["close, but is it measured?"]),
         (100, 1.24, ["eps = 0.01, the denoised row", "take the smallest"]),
@@ -531,10 +531,28 @@ def test_7_3_names_the_authors_step_and_a_formula_in_place_of_a_measurement(caps
 def test_7_3_refuses_the_packages_rule_in_place_of_a_scan(capsys):
     from scorelab.noise import step_size_for_ladder
 
-    rule = step_size_for_ladder(500.0 ** (1 / 21), 10, 0.01)
+    rule = step_size_for_ladder(500.0 ** (1 / 21), 30, 0.01)
     for step in (rule, float(torch.tensor(rule, dtype=torch.float32))):
         assert_explains(capsys, checks.exercise_7_3, (measured_variance_ratio, step),
                         "step_size_for_ladder to six digits", "your own scan")
+    at_ten_steps = step_size_for_ladder(500.0 ** (1 / 21), 10, 0.01)  # the chapter's 3.1e-5
+    for step in (at_ten_steps, 3.1e-5, 3.3e-5):
+        assert_explains(capsys, checks.exercise_7_3, (measured_variance_ratio, step),
+                        "T = 10", "T = 30")
+
+
+def test_7_3_names_the_authors_step_where_twice_the_step_is_stable(capsys):
+    """Twice the public case's 1.2e-4 is beyond 2 sigma_L^2: the check names no mistake there
+    and does not fail on Eq. 4's own range check (it did, blaming the student's code)."""
+    from scorelab.noise import langevin_variance_ratio
+
+    def wrong_at_large_steps(step_size, gamma, n_steps_each, sigma_min, **kwargs):
+        factor = 1.0 if step_size < 1e-4 else 1.3
+        return factor * langevin_variance_ratio(step_size, gamma, n_steps_each, sigma_min)
+
+    out = run_check(capsys, checks.exercise_7_3, wrong_at_large_steps, BEST_STEP)
+    assert out.startswith("❌") and "raised" not in out, out
+    assert "measured_variance_ratio(0.00012" in out and "but Eq. 4 gives" in out, out
 
 
 # --- a student's tries: float32 ladders, the package's own answer, side effects ----------------

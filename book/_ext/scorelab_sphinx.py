@@ -45,8 +45,9 @@ QUIZ_STATIC = Path(__file__).resolve().parents[1] / "_static" / "quiz"
 QUESTION_TYPES = ("multiple_choice", "numeric")
 NUMERIC_ANSWER_TYPES = ("value", "range", "default")
 
-# a star right after "(" or ", " that starts a name inside a shape tuple: (N, *D), (*shape)
-_SHAPE_STAR = re.compile(r"(?<=[(,] )\*(?=[A-Za-z_])|(?<=\()\*(?=[A-Za-z_])")
+# a star right after "(" or ", " that starts the last name of a shape tuple's entry: (N, *D),
+# (*shape), (*D, 3); not an emphasis after a comma, "Hyvärinen (2005), *Estimation ...*"
+_SHAPE_STAR = re.compile(r"(?:(?<=[(,] )|(?<=\())\*(?=[A-Za-z_]\w*[,)])")
 
 
 def escape_shape_stars(app, what, name, obj, options, lines: list[str]) -> None:

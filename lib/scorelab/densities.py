@@ -373,7 +373,7 @@ class GaussianMixture:
         """Score of the perturbed mixture, shape (N, D): a ``score_fn(x, sigma)`` for samplers.
 
         ``sigma`` is a float (one level for every point) or a tensor (N,) (one level per
-        point, see :meth:`_per_point`); the result is differentiable in ``x``.
+        point); the result is differentiable in ``x``.
         """
         level = _one_sigma(sigma, x)
         if isinstance(level, float):

@@ -1,6 +1,6 @@
 """Langevin samplers driven by a score: plain (ULA), annealed (Song & Ermon, 2019) and MALA.
 
-Step-size convention (the NCSN paper's): one step is
+Step-size convention (the NCSN paper's): one step is::
 
     x <- x + (step_size / 2) * score(x) + sqrt(step_size) * z,   z ~ N(0, I).
 
@@ -210,7 +210,7 @@ def langevin_dynamics(
     generator: torch.Generator | None = None, return_trajectory: bool = False,
     record_every: int = 1, progress: bool = True, check_every: int = 25,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    r"""Unadjusted Langevin dynamics with a known score (Song & Ermon, 2019, Sec. 2.2).
+    r"""Unadjusted Langevin dynamics with a known score (Song & Ermon, 2019, Sec. 2.2, Eq. 4).
 
     Repeats :math:`x_t = x_{t-1} + \tfrac{\alpha}{2} \nabla_x \log p(x_{t-1}) + \sqrt{\alpha} z_t`.
     Its stationary law differs from p by a bias of order alpha; :func:`mala` removes it.

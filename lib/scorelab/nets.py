@@ -135,7 +135,8 @@ class NoiseConditionalNetwork(nn.Module):
 
     Every hidden layer is a :class:`ConditionalLinear` that scales its features by a learned
     vector of the level ``i``. With ``sigmas`` given the output is divided by ``sigmas[i]``
-    (NCSNv2's Technique 3, Song & Ermon 2020) because the true perturbed
+    (the output scaling of NCSNv2's Technique 3, Song & Ermon 2020, which there replaces the
+    level conditioning altogether; here it comes on top of it) because the true perturbed
     score scales like ``1 / sigma``: the network then only learns an O(1) quantity at every level.
 
     Parameters
@@ -183,7 +184,7 @@ class NoiseConditionalNetwork(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Score at ``x`` for noise level ``labels``: (N, D), integer tensor (N,) -> (N, D).
 
-        ``labels`` is checked by :func:`scorelab._validation.check_labels` (its values on the
+        ``labels`` is checked: shape (N,), an integer dtype, values in 0..L-1 (read on the
         CPU only).
         """
         _check_input(x, self)

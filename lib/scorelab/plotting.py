@@ -516,8 +516,8 @@ def animate_particles(
 
     Returns
     -------
-    matplotlib.animation.FuncAnimation, its figure closed (a notebook shows only what
-    :func:`animation_html` returns).
+    matplotlib.animation.FuncAnimation
+        Its figure closed (a notebook shows only what :func:`animation_html` returns).
     """
     path = _to_numpy("trajectory", trajectory, ndim=3, last=2)  # (T, N, 2)
     path = path[:, : check_positive_int("max_particles", max_particles)]

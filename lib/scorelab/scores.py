@@ -1,6 +1,6 @@
 r"""The score contract: ``score_fn(x, sigma)``, and the one adapter that gives a network that contract.
 
-Every sampler, loss and metric of the package that needs a noise-conditional score calls
+Every sampler, loss and metric of the package that needs a noise-conditional score calls::
 
     score_fn(x, sigma) -> Tensor shaped like x
 

@@ -1,6 +1,6 @@
 r"""From noise ladders to stochastic differential equations: the VE SDE, its samplers, likelihoods.
 
-Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021), *Score-Based Generative Modeling
+Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole (2021): *Score-Based Generative Modeling
 through Stochastic Differential Equations* (ICLR 2021), equation numbers of the arXiv version
 2011.13456. The noise ladder of Song & Ermon (2019) is a Markov chain (Eq. 8, written here
 with the course's numbering, sigma_1 the largest level),
@@ -357,14 +357,16 @@ def euler_maruyama(
         Steps, one score evaluation each.
     generator : torch.Generator, optional
     return_trajectory : bool
-        Also return the states (n_frames, N, *D): the start and every ``record_every``-th step.
+        Also return the states (n_frames, N, *D): the start, every ``record_every``-th step
+        and the last step.
     progress : bool
         Show a progress bar.
 
     Returns
     -------
-    Tensor (N, *D), samples at t = 0 (the data perturbed at sigma_min); with
-    ``return_trajectory``, also the trajectory.
+    Tensor or tuple of Tensor
+        Samples (N, *D) at t = 0 (the data perturbed at sigma_min); with
+        ``return_trajectory``, also the trajectory.
     """
     _check_score_fn(score_fn)
     sde = _check_sde(sde)
@@ -383,7 +385,7 @@ def euler_maruyama(
 
 
 def corrector_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float) -> float:
-    r"""The Langevin corrector's step from the signal-to-noise ratio (Song et al. 2021, Appendix G).
+    r"""The Langevin corrector's step from the signal-to-noise ratio (Song et al. 2021, Alg. 4).
 
     In the course's convention :math:`x \leftarrow x + \tfrac{\alpha}{2} s + \sqrt{\alpha} z`,
     the ratio of the drift's size to the noise's, :math:`r = \tfrac{\alpha}{2}\|s\| /
@@ -460,7 +462,7 @@ def predictor_corrector(
     record_every: int = 1,
     progress: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    r"""Predictor-corrector sampling of the VE SDE (Song et al. 2021, Section 4.2, Appendix G).
+    r"""Predictor-corrector sampling of the VE SDE (Song et al. 2021, Section 4.2 and Alg. 2).
 
     On the levels :math:`\sigma_i = \sigma(t_i)` of ``sde.time_grid(n_steps)``, each step is
 
@@ -628,9 +630,10 @@ def probability_flow(
 
     Returns
     -------
-    Tensor (N, *D) at the other end; with ``return_trajectory``, also the trajectory. The
-    batch is one ODE system: the solver's steps are shared, and its error is measured as the
-    root mean square over the batch.
+    Tensor or tuple of Tensor
+        The states (N, *D) at the other end; with ``return_trajectory``, also the
+        trajectory. The batch is one ODE system: the solver's steps are shared, and its error
+        is measured as the root mean square over the batch.
     """
     _check_score_fn(score_fn)
     sde = _check_sde(sde)
@@ -742,7 +745,7 @@ def log_likelihood(
 
     The ODE :math:`dx/dt = \tilde f(x, t) = -\tfrac12 g(t)^2 s(x, \sigma(t))` (Song et al.
     2021, Eq. 13) is a continuous normalising flow; by the instantaneous change of variables
-    (Chen et al. 2018, Theorem 1; Song et al. 2021, Appendix D.2)
+    (Chen et al. 2018, Theorem 1; Song et al. 2021, Appendix D.2, Eq. 39)
 
     .. math:: \log p_0(x(0)) = \log p_1(x(1)) + \int_0^1 \nabla_x \cdot \tilde f(x(t), t)\, dt,
 
@@ -773,8 +776,9 @@ def log_likelihood(
 
     Returns
     -------
-    Tensor, shape (N,): log p(x) in nats; -log p(x) / (D log 2) is bits per dimension (see
-    :func:`scorelab.metrics.bits_per_dim` for dequantised data).
+    Tensor, shape (N,)
+        log p(x) in nats; -log p(x) / (D log 2) is bits per dimension (see
+        :func:`scorelab.metrics.bits_per_dim` for dequantised data).
     """
     _check_score_fn(score_fn)
     sde = _check_sde(sde)
@@ -806,9 +810,10 @@ def continuous_dsm_loss(model, x: torch.Tensor, sde: VESDE, *,
     .. math:: \ell = \tfrac12 \sigma^2 \| s(\tilde x, \sigma) + z / \sigma \|^2
                    = \tfrac12 \| \sigma\, s(\tilde x, \sigma) + z \|^2 .
 
-    Eq. 7 has no factor 1/2 (a constant, kept here as in chapters 4 and 6) and a kernel of
-    variance :math:`\sigma(t)^2 - \sigma_{\min}^2`; like the discrete ladder and the
-    authors' code, the kernel here is :math:`N(x, \sigma(t)^2 I)`. That lambda is
+    Eq. 7 has no factor 1/2 (a constant, kept here as in chapters 4 and 6). Its kernel for
+    this VE SDE is :math:`N(x, \sigma(t)^2 I)`, as here, in the discrete ladder and in the
+    authors' code (Song et al. 2021, Appendix C, which lets the data sit at :math:`t = 0`
+    unperturbed and starts the ladder at :math:`\sigma(0^+) = \sigma_{\min}`). That lambda is
     proportional to :math:`g(t)^2` makes it the likelihood weighting of Song, Durkan, Murray
     & Ermon (2021).
 

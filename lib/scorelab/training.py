@@ -54,7 +54,7 @@ def annealed_dsm_loss(
     example is perturbed as ``x~ = x + sigma_i z`` and the model is regressed onto the
     score of the perturbation kernel, ``-(x~ - x) / sigma_i^2 = -z / sigma_i``, with the
     weighting ``lambda(sigma) = sigma^2``, which puts every level's regression target, z, on
-    one scale (E||z||^2 = D at every level):
+    one scale (E||z||^2 = D at every level)::
 
         l_i = 1/2 * sigma_i^2 * || s(x~, i) + z / sigma_i ||^2
             = 1/2 * || sigma_i s(x~, i) + z ||^2,
@@ -195,10 +195,10 @@ def _score(model, x: torch.Tensor, *args) -> torch.Tensor:
 def dsm_loss(
     model, x: torch.Tensor, sigma: float, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Per-example denoising score-matching loss (Vincent 2011, ``J_DSM``, Gaussian kernel).
+    """Per-example denoising score-matching loss (Vincent 2011; Song & Ermon 2019, Eq. 2).
 
     The data are perturbed as ``x~ = x + sigma z``, ``z ~ N(0, I)``, and the model is regressed
-    onto the score of the kernel ``q_sigma(x~ | x)``, ``-(x~ - x) / sigma^2 = -z / sigma``:
+    onto the score of the kernel ``q_sigma(x~ | x)``, ``-(x~ - x) / sigma^2 = -z / sigma``::
 
         l = 1/2 || s(x~) + z / sigma ||^2.
 
@@ -257,8 +257,10 @@ def sliced_score_matching_loss(
 ) -> torch.Tensor:
     """Per-example sliced score-matching loss (Song, Garg, Shi & Ermon 2019).
 
+    The SSM-VR form below is the one Song & Ermon (2019) write as their Eq. 3.
+
     For random directions ``v`` with ``E[v v^T] = I`` (Gaussian, Rademacher, or uniform on a
-    sphere of the right radius: exercise 5.4):
+    sphere of the right radius: exercise 5.4)::
 
         l = mean_v [ v^T (d s / d x) v + 1/2 (v^T s)^2 ]            (SSM, chapter 5's J_SSM)
         l = mean_v [ v^T (d s / d x) v ] + 1/2 ||s||^2                (SSM-VR)
@@ -312,7 +314,7 @@ def _sliced_loss(model, x, n_projections: int, variance_reduction: bool, project
 
 
 def exact_score_matching_loss(model, x: torch.Tensor) -> torch.Tensor:
-    """Per-example score-matching loss of Hyvärinen (2005, Theorem 1), the trace taken exactly.
+    """Per-example score-matching loss of Hyvärinen (2005, Theorem 1), the trace taken exactly::
 
         l = tr(d s / d x) + 1/2 ||s||^2
 
@@ -567,7 +569,8 @@ class ScoreMatchingTrainer:
     model : nn.Module
         The score model.
     lr : float
-        Adam learning rate (betas 0.9, 0.999, as in the NCSN paper).
+        Adam learning rate (betas 0.9, 0.999, PyTorch's defaults; the NCSN paper, App. B.2,
+        gives the learning rate 0.001).
     ema_rate : float, optional
         Keep an exponential moving average of the weights in ``self.ema`` (see
         :func:`exponential_moving_average`); :meth:`use_ema_weights` copies it into the model.

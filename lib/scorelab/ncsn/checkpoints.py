@@ -455,7 +455,7 @@ def load_checkpoint(path, *, device: str | torch.device = "cpu", use_ema: bool =
     Raises
     ------
     CheckpointError
-        For a file :func:`read_checkpoint` refuses, an incomplete or invalid config, weights
+        For a file ``read_checkpoint`` refuses, an incomplete or invalid config, weights
         that do not fit the config (other shapes, or a ``sigmas`` buffer other than the
         config's ladder) and non-finite weights, always naming the file.
     """

@@ -130,7 +130,7 @@ class NCSN(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Score estimate at level indices ``labels`` (N,) for images ``x`` (N, C, H, H).
 
-        ``labels`` is an integer tensor (N,) of indices into :attr:`sigmas` (``0..L-1``), one
+        ``labels`` is an integer tensor (N,) of indices into ``self.sigmas`` (``0..L-1``), one
         per image; ``x`` has the model's shape, dtype (float32 unless the model was
         converted) and device. The network checks both on every call (shapes and dtypes;
         the label values on the CPU only, so that a call never waits for an accelerator),

@@ -34,7 +34,7 @@ def train_NCSN(
     the model's device: a run is reproducible for a (device, seed) and resumes bit for bit from a
     checkpoint (model, optimiser, EMA weights, gradient scaler, step, generator state, data order).
     The step never waits for the device: the losses are read and checked every ``log_every`` steps,
-    at checkpoints, sample grids and the end (see :meth:`ScoreMatchingTrainer.run`).
+    at checkpoints, sample grids and the end (see :meth:`~scorelab.training.ScoreMatchingTrainer.run`).
 
     In a ``torch.distributed`` process group (``torchrun``) of ``W`` processes, each trains its
     ``batch_size`` slice of a global batch with ``DistributedDataParallel`` (see
@@ -51,7 +51,8 @@ def train_NCSN(
         set (from NumPy, say) trains as float32.
     n_steps, batch_size, lr, ema_rate : int, int, float, float or None
         Optimiser steps in all (including those before a resume); images per step (per
-        process); Adam with betas (0.9, 0.999) as in the paper; the EMA's rate (None: no EMA).
+        process); Adam with betas (0.9, 0.999), as in the authors' configuration; the EMA's rate
+        (None: no EMA).
     out_dir, checkpoint_every, sample_every, n_samples, resume : path, int, int, int, bool
         Folder for ``checkpoints/step_XXXXXXX.pt`` (every ``checkpoint_every`` steps and at the
         last) and grids of ``n_samples`` images ``samples_step_XXXXXXX.png``; ``resume``
