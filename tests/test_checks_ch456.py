@@ -22,6 +22,7 @@ exercise_5_2 = with_answer(checks.exercise_5_2,
                            lambda a, s: 0.5 * s.dot(s) ** 2 + 2 * s.dot(a @ s),
                            lambda t: 2 * t, first=False)
 exercise_5_3 = with_answer(checks.exercise_5_3, lambda mu, tau: (mu, tau**2), first=False)
+exercise_5_4 = with_answer(checks.exercise_5_4, lambda moment: -moment, first=True)
 exercise_6_4 = with_answer(checks.exercise_6_4, "b", first=False)
 exercise_4_3 = with_answer(checks.exercise_4_3,
                            lambda t, s: (t**2 / (t**2 + s**2), 1 - s**2 / t**2), first=False)
@@ -251,13 +252,42 @@ def sphere_loss(length=lambda d: math.sqrt(d), *, normalise=True, norm_weight=la
 
 
 def test_5_4_accepts_directions_of_length_sqrt_d(capsys, grading):
-    assert_passes(capsys, checks.exercise_5_4, sphere_loss())
+    assert_passes(capsys, exercise_5_4, sphere_loss())
+
+
+def test_5_4_accepts_the_learned_weight_in_any_float_dtype(capsys, grading):
+    for answer in (lambda m: -m, lambda m: -m.float(), lambda m: (-1.0) * m.clone()):
+        assert_passes(capsys, checks.exercise_5_4, answer, sphere_loss())
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda m: -torch.linalg.inv(m), ["-M^-1", "weights W by M"]),
+        (lambda m: m, ["+M", "sign"]),
+        (lambda m: -m @ m, ["-M^2"]),
+        (lambda m: -torch.eye(len(m), dtype=m.dtype), ["true score's W = -I"]),
+        (lambda m: -torch.trace(m) / len(m) * torch.eye(len(m), dtype=m.dtype),
+         ["mean of M's diagonal"]),
+        (lambda m: -m / len(m), ["divides by D once more"]),
+        (lambda m: -2 * m, ["two traces", "gradient with respect to W"]),
+        (lambda m: (-m).numpy(), ["return W as a (3, 3) tensor"]),
+        (lambda m: -m[:2, :2], ["learned_weight(M)"]),
+    ],
+)
+def test_5_4_names_wrong_learned_weights(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_5_4, (answer, sphere_loss()), *phrases)
+
+
+def test_5_4_checks_the_learned_weight_before_the_fix(capsys):
+    out = run_check(capsys, checks.exercise_5_4, lambda m: m, stub)
+    assert out.startswith("❌") and "+M" in out, out
 
 
 def test_5_4_refuses_to_swap_the_sphere_for_gaussian_directions(capsys):
     # E[v v^T] = I as well, but the exercise asks to fix the sphere, and the success message
     # speaks of directions of length sqrt(D)
-    assert_explains(capsys, checks.exercise_5_4, sphere_loss(normalise=False),
+    assert_explains(capsys, exercise_5_4, sphere_loss(normalise=False),
                     "directions are Gaussian", "keeps them on a sphere")
 
 
@@ -272,11 +302,11 @@ def test_5_4_refuses_to_swap_the_sphere_for_gaussian_directions(capsys):
     ],
 )
 def test_5_4_explains_wrong_fixes(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_5_4, [answer], *phrases)
+    assert_explains(capsys, exercise_5_4, [answer], *phrases)
 
 
 def test_5_4_describes_the_unfixed_bug_without_handing_out_the_fix(capsys):
-    out = run_check(capsys, checks.exercise_5_4, sphere_loss(lambda d: 1.0))
+    out = run_check(capsys, exercise_5_4, sphere_loss(lambda d: 1.0))
     assert out.startswith("❌") and "bug is still there" in out and "1/D" in out
     for answer in ("sqrt(D)", "I / D", "E[v v^T]"):
         assert answer not in out, out
@@ -300,13 +330,13 @@ def test_5_4_describes_the_unfixed_bug_without_handing_out_the_fix(capsys):
          "no create_graph, retained", "rademacher"],
 )
 def test_5_4_names_other_fixes_that_are_not_asked_for(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_5_4, [answer], *phrases)
+    assert_explains(capsys, exercise_5_4, [answer], *phrases)
 
 
 def test_5_4_sees_the_symptom_in_other_dimensions(capsys):
     # fixed only in the dimension where the values are compared
     sly = sphere_loss(lambda d: math.sqrt(d) if d == 5 else 1.0)
-    assert_explains(capsys, checks.exercise_5_4, [sly], "8 dimensions", "1/D = 0.125")
+    assert_explains(capsys, exercise_5_4, [sly], "8 dimensions", "1/D = 0.125")
 
 
 def spread_ratio(transform=lambda r: r, length=lambda d: math.sqrt(d)):
@@ -743,7 +773,7 @@ NEW_CHECKS = [
     (checks.exercise_4_4, 2),
     (checks.exercise_4_5, 2),
     (checks.exercise_5_3, 2),
-    (checks.exercise_5_4, 1),
+    (checks.exercise_5_4, 2),
     (checks.exercise_5_5, 1),
     (checks.exercise_6_3, 4),
     (checks.exercise_6_4, 2),
@@ -837,7 +867,7 @@ def other_draws_loss(kind):
 def test_5_4_names_unbiased_directions_drawn_another_way(capsys, kind):
     """Random signs from randint, or the sphere's directions from draws in another order,
     match no reference value; the check sees that they train the true score and says so."""
-    assert_explains(capsys, checks.exercise_5_4, [other_draws_loss(kind)],
+    assert_explains(capsys, exercise_5_4, [other_draws_loss(kind)],
                     "learns the true score", "change only their length")
 
 
@@ -885,7 +915,7 @@ def packaged(vr=False, projection="gaussian"):
 @pytest.mark.parametrize(
     "check, answer",
     [(checks.exercise_5_1, packaged()), (exercise_5_2, packaged(vr=True)),
-     (checks.exercise_5_4, packaged(vr=True, projection="sphere"))],
+     (exercise_5_4, packaged(vr=True, projection="sphere"))],
     ids=["5.1", "5.2", "5.4"],
 )
 def test_chapter_5_refuses_the_packages_loss(capsys, check, answer):
@@ -904,7 +934,7 @@ def grad_on_the_callers_x(answer):
 @pytest.mark.parametrize(
     "check, answer",
     [(checks.exercise_5_1, sliced()), (exercise_5_2, sliced(vr=True)),
-     (checks.exercise_5_4, sphere_loss())],
+     (exercise_5_4, sphere_loss())],
     ids=["5.1", "5.2", "5.4"],
 )
 def test_chapter_5_names_requires_grad_switched_on_the_callers_x(capsys, check, answer):
@@ -931,7 +961,7 @@ def test_5_4_names_the_draws_normalised_over_the_wrong_axis(capsys, axis, what):
         jv = torch.autograd.grad((score * v).sum(), copies, create_graph=True)[0]
         return ((jv * v).sum(-1) + 0.5 * (score**2).sum(-1)).mean(0)
 
-    assert_explains(capsys, checks.exercise_5_4, [loss], f"dim={axis}", what, "dim=-1")
+    assert_explains(capsys, exercise_5_4, [loss], f"dim={axis}", what, "dim=-1")
 
 
 def test_5_4_names_a_trace_term_divided_by_d_as_well_as_the_inverse_length(capsys):
@@ -943,7 +973,7 @@ def test_5_4_names_a_trace_term_divided_by_d_as_well_as_the_inverse_length(capsy
         jv = torch.autograd.grad((score * v).sum(), copies, create_graph=True)[0]
         return ((jv * v).sum(-1) / x.shape[-1] + 0.5 * (score**2).sum(-1)).mean(0)
 
-    assert_explains(capsys, checks.exercise_5_4, [loss], "trace term divided by D",
+    assert_explains(capsys, exercise_5_4, [loss], "trace term divided by D",
                     "length 1/sqrt(D)")
 
 
