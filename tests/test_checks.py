@@ -12,7 +12,20 @@ from scorelab import checks
 from scorelab.checks import _core
 
 exercise_1_1 = with_answer(checks.exercise_1_1, 3300**0.5, first=False)
-exercise_4_2 = checks.exercise_4_2
+
+
+def posterior_variance(x_noisy, score_fn, sigma, *, power=4, sign=1.0, summed=False):
+    """4.2's second answer, and its typical slips: sigma^2 + sign sigma^power tr(J) / D."""
+    with torch.enable_grad():
+        x = x_noisy.detach().requires_grad_(True)
+        score = score_fn(x)
+        trace = sum(torch.autograd.grad(score[:, d].sum(), x, retain_graph=True)[0][:, d]
+                    for d in range(x.shape[1]))
+    mean = sigma**2 + sign * sigma**power * trace / x.shape[1]
+    return (x.shape[1] * mean if summed else mean).detach()
+
+
+exercise_4_2 = with_answer(checks.exercise_4_2, posterior_variance, "b", first=False)
 exercise_5_2 = with_answer(checks.exercise_5_2,
                            lambda a, s: 0.5 * s.dot(s) ** 2 + 2 * s.dot(a @ s),
                            lambda t: 2 * t, first=False)
@@ -1116,6 +1129,59 @@ def test_4_2_accepts_the_solution(capsys):
 )
 def test_4_2_explains_wrong_answers(capsys, answer, phrases):
     assert_explains(capsys, exercise_4_2, answer, *phrases)
+
+
+def _denoise(x, score_fn, sigma):
+    return x + sigma**2 * score_fn(x)
+
+
+def test_4_2_accepts_a_float64_computation_and_the_letter_in_brackets(capsys, grading):
+    def in_float64(x, score_fn, sigma):
+        score_64 = lambda y: score_fn(y.float()).double()  # noqa: E731
+        return posterior_variance(x.double(), score_64, sigma).float()
+
+    assert_passes(capsys, checks.exercise_4_2, _denoise, in_float64, "(b)")
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda x, f, s: torch.full((len(x),), s**2), ["sigma^2 alone"]),
+        (lambda x, f, s: posterior_variance(x, f, s, sign=-1.0), ["sign of the second term"]),
+        (lambda x, f, s: posterior_variance(x, f, s, power=2), ["needs sigma^4"]),
+        (lambda x, f, s: posterior_variance(x, f, s, summed=True), ["mean over the D"]),
+        (lambda x, f, s: s**2 + s**4 * f(x).square().sum(1) / 2, ["square of the score"]),
+        (lambda x, f, s: posterior_variance(x.requires_grad_(True), f, s), ["requires_grad"]),
+        (lambda x, f, s: posterior_variance(x, f, s)[:, None], ["shape"]),
+    ],
+    ids=["sigma^2", "sign", "sigma^2 power", "summed", "squared score", "requires_grad",
+         "shape"],
+)
+def test_4_2_names_wrong_posterior_variances(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_4_2, (_denoise, answer, "b"), *phrases)
+
+
+def test_4_2_posterior_variance_works_under_no_grad_only_with_enable_grad(capsys):
+    def without_enable_grad(x, score_fn, sigma):
+        x = x.detach().requires_grad_(True)
+        score = score_fn(x)
+        trace = sum(torch.autograd.grad(score[:, d].sum(), x, retain_graph=True)[0][:, d]
+                    for d in range(x.shape[1]))
+        return sigma**2 + sigma**4 * trace / x.shape[1]
+
+    out = run_check(capsys, checks.exercise_4_2, _denoise, without_enable_grad, "b")
+    assert out.startswith("❌") and "raised" in out, out
+
+
+@pytest.mark.parametrize("letter, phrase", [("a", "near a mode"), ("c", "far out"),
+                                            ("d", "Does it anywhere?"), ("e", "one of the letters")])
+def test_4_2_explains_each_wrong_letter(capsys, letter, phrase):
+    assert_explains(capsys, checks.exercise_4_2, (_denoise, posterior_variance, letter), phrase)
+
+
+def test_4_2_waits_for_every_part(capsys):
+    out = run_check(capsys, checks.exercise_4_2, _denoise, posterior_variance, ...)
+    assert out.startswith("⏳"), out
 
 
 # ---------------------------------------------------------------- chapter 5: sliced score matching

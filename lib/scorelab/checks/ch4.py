@@ -9,8 +9,8 @@ import math
 import numpy as np
 import torch
 
-from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
-                                   expect_derived, expect_untouched,
+from scorelab.checks._core import (Mismatch, call_student, cases, check_choice, diagnose,
+                                   exercise, expect_derived, expect_untouched,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
                                    global_rng_untouched, is_close, package_refused,
                                    register_hints, to_float, without_package)
@@ -152,19 +152,35 @@ def exercise_4_1(dsm_loss) -> None:
     )
 
 
-@exercise(
-    "4.2",
-    "your denoise is Tweedie's formula x~ + sigma^2 * s(x~): the posterior mean of the clean x.",
-)
-def exercise_4_2(denoise) -> None:
-    """Check ``denoise(x_noisy (N, D), score_fn, sigma) -> (N, D)``."""
+_MIXTURE_42 = ([0.4, 0.6], [[-2.0, 0.0], [2.0, 1.0]], [0.3, 0.5])  # weights, means, variances
+
+
+def _mixture_42():
     from scorelab.densities import GaussianMixture
 
+    weights, means, variances = (torch.tensor(v) for v in _MIXTURE_42)
+    return GaussianMixture(weights, means, variances)
+
+
+def _exact_posterior_variance(x_noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(1/D) tr Cov[x | x~] (N,) for the mixture of ``_MIXTURE_42``, in closed form (float64):
+    given x~ the clean point is a mixture of the components' Gaussian posteriors, with means
+    mu_k + v_k / (v_k + sigma^2) (x~ - mu_k), variances v_k sigma^2 / (v_k + sigma^2) and the
+    perturbed mixture's responsibilities as weights."""
+    means, variances = (torch.tensor(v, dtype=torch.float64) for v in _MIXTURE_42[1:])
+    x = x_noisy.double()
+    weights = _mixture_42().perturbed(sigma).responsibilities(x_noisy).double()  # (N, K)
+    shrink = variances / (variances + sigma**2)  # (K,)
+    component_means = means[:, None] + shrink[:, None, None] * (x[None] - means[:, None])  # (K, N, D)
+    mean = torch.einsum("nk,knd->nd", weights, component_means)
+    second = (weights * (x.shape[1] * sigma**2 * shrink
+                         + component_means.square().sum(-1).T)).sum(1)  # E|x|^2 given x~
+    return (second - mean.square().sum(1)) / x.shape[1]
+
+
+def _expect_denoise(denoise) -> None:
     sigma = 0.7
-    mixture = GaussianMixture(
-        torch.tensor([0.4, 0.6]), torch.tensor([[-2.0, 0.0], [2.0, 1.0]]), torch.tensor([0.3, 0.5])
-    )
-    perturbed = mixture.perturbed(sigma)
+    perturbed = _mixture_42().perturbed(sigma)
     x_noisy = perturbed.sample(300, generator=torch.Generator().manual_seed(2))  # (N, 2)
     given = x_noisy.clone()
     got = call_student(denoise, given, perturbed.score, sigma, what="denoise")
@@ -185,6 +201,79 @@ def exercise_4_2(denoise) -> None:
         "Tweedie's formula adds all of it: x~ + sigma^2 s(x~).": x_noisy + 0.5 * sigma**2 * score,
     }
     diagnose(got, x_noisy + sigma**2 * score, what="denoise", mutants=mutants)
+
+
+def _valley_and_samples(sigma: float) -> torch.Tensor:
+    """Points (N, 2): samples of the perturbed mixture and the segment between its means."""
+    samples = _mixture_42().perturbed(sigma).sample(200, generator=torch.Generator().manual_seed(3))
+    u = torch.linspace(0.0, 1.0, 41)[:, None]
+    means = torch.tensor(_MIXTURE_42[1])
+    return torch.cat([samples, means[0] + u * (means[1] - means[0])])
+
+
+def _trace_of_jacobian(score_fn, x: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        score = score_fn(x)
+        return sum(torch.autograd.grad(score[:, d].sum(), x, retain_graph=True)[0][:, d]
+                   for d in range(x.shape[1]))
+
+
+def _expect_posterior_variance(posterior_variance) -> None:
+    for sigma in cases(public=[0.5, 1.5], hidden=[0.2, 3.0]):
+        perturbed = _mixture_42().perturbed(sigma)
+        points = _valley_and_samples(sigma)
+        given = points.clone()
+        call = f"posterior_variance(x_noisy, score_fn, sigma={sigma:g})"
+        with torch.no_grad():  # as a sampler would call it
+            got = call_student(posterior_variance, given, perturbed.score, sigma,
+                               what="posterior_variance")
+        expect_untouched(given, points, call=call)
+        got = expect_tensor(got, what=call, shape=(len(points),))
+        expect_finite(got, what=call)
+        want = _exact_posterior_variance(points, sigma).float()
+        trace = _trace_of_jacobian(perturbed.score, points).detach()
+        dim = points.shape[1]
+        mutants = {
+            "that is sigma^2 alone, the noise's variance: the posterior variance differs from it "
+            "by the derivative of the score (differentiate Tweedie's formula once more).":
+            torch.full_like(want, sigma**2),
+            "the sign of the second term is flipped: where log p_sigma curves down (near a mode) "
+            "the posterior variance is below sigma^2.": sigma**2 - sigma**4 * trace / dim,
+            "the second term has sigma^2 where it needs sigma^4: one sigma^2 from Tweedie's "
+            "formula, one from differentiating the posterior mean.": sigma**2 + sigma**2 * trace / dim,
+            "that is the trace of the covariance, summed over the coordinates: return its mean "
+            "over the D coordinates.": dim * sigma**2 + sigma**4 * trace,
+            "that uses the square of the score where its derivative belongs.":
+            sigma**2 + sigma**4 * perturbed.score(points).square().sum(1) / dim,
+        }
+        diagnose(got, want, what=call, mutants=mutants, rtol=1e-3, atol=1e-5)
+
+
+EXCEEDS_OPTIONS = {
+    "a": "near a mode log p_sigma curves down, so the posterior variance is below sigma^2 (for a "
+         "component of variance v it is v sigma^2 / (v + sigma^2)).",
+    "b": "",
+    "c": "far out one component dominates (the widest), and the posterior is that component's "
+         "Gaussian one, with a variance below sigma^2.",
+    "d": "the posterior variance is sigma^2 + sigma^4 tr(J)/D: it exceeds sigma^2 wherever the "
+         "score's Jacobian has a positive trace, where log p_sigma curves up. Does it anywhere?",
+}
+
+
+@exercise(
+    "4.2",
+    "your denoise is Tweedie's formula x~ + sigma^2 s(x~), the posterior mean; its derivative "
+    "gives the posterior covariance sigma^2 I + sigma^4 J (J the score's Jacobian), which exceeds "
+    "the noise's own variance between the modes, where the clean point could come from either.",
+)
+def exercise_4_2(denoise, posterior_variance, exceeds_noise) -> None:
+    """Check ``denoise(x_noisy (N, D), score_fn, sigma) -> (N, D)``, ``posterior_variance(
+    x_noisy, score_fn, sigma) -> (N,)`` ((1/D) tr Cov[x | x~], against the mixture's closed-form
+    posterior) and the letter ``exceeds_noise`` ("b": between the modes)."""
+    _expect_denoise(denoise)
+    _expect_posterior_variance(posterior_variance)
+    check_choice(exceeds_noise, EXCEEDS_OPTIONS, "b", what="exceeds_noise")
 
 
 # ---------------------------------------------------------------- 4.3 (derive): the DSM optimum
@@ -584,14 +673,15 @@ register_hints(
 )
 register_hints(
     "4.2",
-    "Tweedie's formula: the best guess of the clean point is the noisy point moved along the "
-    "score of the noisy density.",
-    "The formula is in the statement: which of your function's arguments stands for the "
-    "gradient of log p_sigma? The length of the move uses the noise variance, not its standard"
-    " deviation.",
-    "Check it where you know the answer: if every clean point is the same mu, the noisy points"
-    " follow N(mu, sigma^2 I), and denoising must give back mu exactly, whatever the noisy "
-    "point.",
+    "Tweedie's formula moves the noisy point along the score of the noisy density. For the "
+    "spread: the posterior mean is a function of x~; differentiate it with respect to x~.",
+    "Write E[x | x~] as the integral of x p(x) q(x~ | x) divided by p_sigma(x~), and "
+    "differentiate under the integral: the Gaussian kernel brings down (x - x~) / sigma^2, and"
+    " 1 / p_sigma(x~) brings down the score. Which covariance is left? The trace of the "
+    "score's Jacobian takes one autograd call per coordinate.",
+    "Check it where you know the answer: for data N(mu, tau^2 I) the posterior variance is "
+    "sigma^2 tau^2 / (tau^2 + sigma^2) at every point, below sigma^2. For exceeds_noise: the "
+    "second term has the sign of the curvature of log p_sigma; where can that curve up?",
 )
 register_hints(
     "4.3",
