@@ -33,6 +33,13 @@ exercise_2_2 = with_answer(checks.exercise_2_2, lambda t: 4 * t, first=False)
 exercise_3_4 = with_answer(checks.exercise_3_4, -0.1415, first=False)
 
 
+def neighbour_kl(gamma, dim):
+    return dim / 2 * (gamma**2 - 1 - 2 * math.log(gamma))
+
+
+exercise_3_1 = with_answer(checks.exercise_3_1, neighbour_kl, first=True)
+
+
 def _all_checks():
     """Every check the package exports, found by name."""
     return [getattr(checks, name) for name in sorted(dir(checks)) if name.startswith("exercise_")]
@@ -693,7 +700,7 @@ def common_ratio(sigma_max, sigma_min, n_levels):
 
 
 def test_3_1_accepts_the_solution(capsys, grading):
-    assert_passes(capsys, checks.exercise_3_1, common_ratio)
+    assert_passes(capsys, exercise_3_1, common_ratio)
 
 
 @pytest.mark.parametrize(
@@ -710,7 +717,35 @@ def test_3_1_accepts_the_solution(capsys, grading):
     ],
 )
 def test_3_1_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_3_1, answer, *phrases)
+    assert_explains(capsys, exercise_3_1, answer, *phrases)
+
+
+def test_3_1_accepts_the_divergence_in_any_honest_form(capsys, grading):
+    forms = [
+        neighbour_kl,
+        lambda g, d: d * (g**2 - 1) / 2 - d * math.log(g),
+        lambda g, d: float(d * 0.5 * (torch.tensor(g, dtype=torch.float64) ** 2 - 1
+                                      - torch.log(torch.tensor(g, dtype=torch.float64) ** 2))),
+        lambda g, d: sum(0.5 * (g**2 - 1 - math.log(g**2)) for _ in range(d)),
+    ]
+    for form in forms:
+        assert_passes(capsys, checks.exercise_3_1, form, lambda a, b, n: (a / b) ** (1 / (n - 1)))
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda g, d: d / 2 * (1 / g**2 - 1 + 2 * math.log(g)), ["the other way round"]),
+        (lambda g, d: d * (g**2 - 1 - 2 * math.log(g)), ["twice the divergence"]),
+        (lambda g, d: d / 2 * (g**2 - 1 - math.log(g)), ["2 log(gamma), belongs"]),
+        (lambda g, d: 0.5 * (g**2 - 1 - 2 * math.log(g)), ["one dimension's divergence"]),
+        (lambda g, d: d / 2 * (g - 1 - math.log(g)), ["ratio of the variances"]),
+        (lambda g, d: d * (g - 1) ** 2, ["neighbour_kl("]),
+    ],
+)
+def test_3_1_names_wrong_divergences(capsys, answer, phrases):
+    right_ratio = lambda a, b, n: (a / b) ** (1 / (n - 1))  # noqa: E731
+    assert_explains(capsys, checks.exercise_3_1, (answer, right_ratio), *phrases)
 
 
 def geometric_sigmas(sigma_max, sigma_min, n_levels):
@@ -1667,7 +1702,7 @@ def test_3_1_refuses_the_packages_ladder(capsys):
         ladder = geometric_sigmas(sigma_max, sigma_min, n_levels)
         return (ladder[0] / ladder[1]).item()
 
-    assert_explains(capsys, checks.exercise_3_1, from_the_ladder,
+    assert_explains(capsys, exercise_3_1, from_the_ladder,
                     "calls the package's geometric_sigmas")
 
 
@@ -1719,7 +1754,7 @@ def test_2_4_names_a_step_too_few_or_too_many(capsys, steps_off):
      (lambda a, b, n: math.log(a / b) / (n - 1), "the step of log sigma")],
 )
 def test_3_1_names_more_slips(capsys, answer, phrase):
-    assert_explains(capsys, checks.exercise_3_1, answer, phrase)
+    assert_explains(capsys, exercise_3_1, answer, phrase)
 
 
 @pytest.mark.parametrize(

@@ -439,12 +439,52 @@ def exercise_3_6(annealed_langevin_seeded) -> None:
 # ---------------------------------------------------------------- 3.1 (derive) the common ratio
 
 
+def _neighbour_kl(gamma, dim):
+    """KL(N(0, gamma^2 s^2 I_D) || N(0, s^2 I_D)) = D/2 (gamma^2 - 1 - 2 log gamma)."""
+    return dim / 2 * (gamma**2 - 1 - 2 * math.log(gamma))
+
+
+def _expect_neighbour_kl(neighbour_kl) -> None:
+    def draw(seed: int, low: float, high: float) -> list[dict]:
+        gammas = random_values(low, high, 3, seed=seed, log=True)
+        dims = [1, 2, 64, 3072][seed % 2::2] + [3]
+        return [{"gamma": g, "dim": d} for g, d in zip(gammas, dims)]
+
+    ratios = {
+        "for ratios close to 1 (1.01 to 1.2)": (70, 1.01, 1.2),
+        "for large ratios (1.5 to 5)": (71, 1.5, 5.0),
+    }
+    points, group = by_regime({name: cases(draw(seed, *rest), draw(seed + 100, *rest))
+                               for name, (seed, *rest) in ratios.items()})
+    check_formula(
+        neighbour_kl, _neighbour_kl, points, what="neighbour_kl", regimes=[group],
+        mutants=[
+            ("it is the KL the other way round, from level i + 1's law to level i's: the "
+             "samples that start level i + 1 come from level i, so KL(level i || level i + 1).",
+             lambda gamma, dim: dim / 2 * (1 / gamma**2 - 1 + 2 * math.log(gamma))),
+            ("it is twice the divergence: the KL of two Gaussians carries a factor 1/2 per "
+             "dimension.", lambda gamma, dim: dim * (gamma**2 - 1 - 2 * math.log(gamma))),
+            ("it has log(gamma) where the log of the variance ratio, 2 log(gamma), belongs.",
+             lambda gamma, dim: dim / 2 * (gamma**2 - 1 - math.log(gamma))),
+            ("it is one dimension's divergence: the D independent coordinates add theirs.",
+             lambda gamma, dim: 0.5 * (gamma**2 - 1 - 2 * math.log(gamma))),
+            ("it has the ratio of the standard deviations where the ratio of the variances, "
+             "gamma^2, belongs.", lambda gamma, dim: dim / 2 * (gamma - 1 - math.log(gamma))),
+        ],
+    )
+
+
 @exercise(
     "3.1",
-    "your common_ratio is (sigma_max / sigma_min)^(1 / (L - 1)): L levels leave L - 1 gaps.",
+    "the divergence between neighbouring levels, D/2 (gamma^2 - 1 - 2 log gamma), depends on "
+    "their ratio gamma alone, so a geometric ladder makes every hand-over equally hard; its "
+    "common ratio is (sigma_max / sigma_min)^(1 / (L - 1)): L levels leave L - 1 gaps.",
 )
-def exercise_3_1(common_ratio) -> None:
-    """Check ``common_ratio(sigma_max, sigma_min, n_levels) -> float`` at random ladders."""
+def exercise_3_1(neighbour_kl, common_ratio) -> None:
+    """Check ``neighbour_kl(gamma, dim) -> float``, the divergence between neighbouring levels
+    of a one-point data set, then ``common_ratio(sigma_max, sigma_min, n_levels) -> float`` at
+    random ladders."""
+    _expect_neighbour_kl(neighbour_kl)
 
     def draw(seed: int, n_low: int, n_high: int, span: tuple[float, float]) -> list[dict]:
         sigma_min = random_values(0.01, 1.0, 3, seed=seed, log=True)
@@ -629,13 +669,17 @@ def _expect_basin_edge(basin_edge) -> None:
 
 register_hints(
     "3.1",
-    "Walking down the ladder multiplies sigma by the same factor at every step. How "
-    "many such steps take you from sigma_max to sigma_min?",
-    "The ratio of the first to the last level is a product of equal factors, one for "
-    "each gap between neighbouring levels. Count the gaps of a ladder of n_levels "
-    "levels.",
-    "The factor raised to the number of gaps gives sigma_max over sigma_min: undo the "
-    "power with a fractional exponent.",
+    "The D coordinates are independent, so the divergence is D times that of one coordinate: "
+    "two zero-mean Gaussians in one dimension. For the ladder: walking down it multiplies "
+    "sigma by the same factor at every step; how many such steps take you from sigma_max to "
+    "sigma_min?",
+    "Write KL(p || q) = E_p[log p - log q] for p = N(0, a^2) and q = N(0, b^2): the log of the "
+    "normalising constants gives log(b / a), and E_p[x^2] = a^2. Which of the two levels is p? "
+    "For the ladder: the ratio of the first to the last level is a product of equal factors, "
+    "one for each gap between neighbouring levels.",
+    "Check the divergence where you know it: 0 at gamma = 1, positive on both sides, and about "
+    "D (gamma - 1)^2 for gamma close to 1. For the ladder: the factor raised "
+    "to the number of gaps gives sigma_max over sigma_min.",
 )
 register_hints(
     "3.2",
