@@ -26,6 +26,21 @@ exercise_8_3 = with_answer(checks.exercise_8_3, predicted_variance_ratio, first=
 exercise_8_4 = with_answer(checks.exercise_8_4, buggy_variance, first=False)
 
 
+def em_variance(v, sigma_min, sigma_max, n_steps, *, at_end=False, squared=True):
+    """8.2's variance after n_steps reverse Euler-Maruyama steps on N(0, v I), from p_1."""
+    log_ratio, variance, dt = math.log(sigma_max / sigma_min), v + sigma_max**2, 1.0 / n_steps
+    for k in range(n_steps):
+        t = 1.0 - (k + 1 if at_end else k) * dt
+        level2 = (sigma_min * (sigma_max / sigma_min) ** t) ** 2
+        g2 = 2 * level2 * log_ratio
+        factor = 1 - g2 * dt / (v + level2)
+        variance = (factor**2 if squared else factor) * variance + g2 * dt
+    return variance
+
+
+exercise_8_2 = with_answer(checks.exercise_8_2, em_variance, 153, first=False)
+
+
 # --- 8.1 ----------------------------------------------------------------------------------------
 
 
@@ -76,7 +91,7 @@ def em_step(score_fn, sde, x, t, dt, z):
 
 
 def test_8_2(capsys):
-    assert_passes(capsys, checks.exercise_8_2, em_step)
+    assert_passes(capsys, exercise_8_2, em_step)
 
     def half(score_fn, sde, x, t, dt, z):
         return x + 0.5 * sde.g2(t) * dt * score_fn(x, sde.sigma(t)) + math.sqrt(sde.g2(t) * dt) * z
@@ -91,11 +106,11 @@ def test_8_2(capsys):
         g2 = sde.g2(t)
         return x + sde.sigma(t) ** 2 * dt * score_fn(x, sde.sigma(t)) + math.sqrt(g2 * dt) * z
 
-    assert_explains(capsys, checks.exercise_8_2, half, "factor 1/2")
-    assert_explains(capsys, checks.exercise_8_2, minus, "wrong sign")
-    assert_explains(capsys, checks.exercise_8_2, no_sqrt_dt, "sqrt(dt)")
-    assert_explains(capsys, checks.exercise_8_2, sigma_squared, "sigma(t)^2")
-    assert_explains(capsys, checks.exercise_8_2, lambda *a: em_step(*a)[:, :1], "wrong shape")
+    assert_explains(capsys, exercise_8_2, half, "factor 1/2")
+    assert_explains(capsys, exercise_8_2, minus, "wrong sign")
+    assert_explains(capsys, exercise_8_2, no_sqrt_dt, "sqrt(dt)")
+    assert_explains(capsys, exercise_8_2, sigma_squared, "sigma(t)^2")
+    assert_explains(capsys, exercise_8_2, lambda *a: em_step(*a)[:, :1], "wrong shape")
 
     def score_at_time(score_fn, sde, x, t, dt, z):
         return em_step(lambda y, sigma: score_fn(y, t), sde, x, t, dt, z)
@@ -110,13 +125,13 @@ def test_8_2(capsys):
         g2 = sde.g2(t - dt)
         return x + g2 * dt * score_fn(x, sde.sigma(t - dt)) + math.sqrt(sde.g2(t) * dt) * z
 
-    assert_explains(capsys, checks.exercise_8_2, score_at_time, "noise level sigma(t)")
-    assert_explains(capsys, checks.exercise_8_2, noise_g_dt, "g sqrt(dt) z")
-    assert_explains(capsys, checks.exercise_8_2, noise_without_g, "lacks g")
-    assert_explains(capsys, checks.exercise_8_2, at_the_end, "where the step starts")
-    assert_explains(capsys, checks.exercise_8_2, lambda f, sde, x, t, dt, z: em_step(f, sde, x, t, dt, -z),
+    assert_explains(capsys, exercise_8_2, score_at_time, "noise level sigma(t)")
+    assert_explains(capsys, exercise_8_2, noise_g_dt, "g sqrt(dt) z")
+    assert_explains(capsys, exercise_8_2, noise_without_g, "lacks g")
+    assert_explains(capsys, exercise_8_2, at_the_end, "where the step starts")
+    assert_explains(capsys, exercise_8_2, lambda f, sde, x, t, dt, z: em_step(f, sde, x, t, dt, -z),
              "minus sign")
-    assert "not done yet" in run_check(capsys, checks.exercise_8_2, stub)
+    assert "not done yet" in run_check(capsys, checks.exercise_8_2, stub, em_variance, 153)
 
 
 def test_8_2_names_the_exact_variance_increment(capsys):
@@ -124,7 +139,7 @@ def test_8_2_names_the_exact_variance_increment(capsys):
         step = sde.sigma(t) ** 2 - sde.sigma(t - dt) ** 2
         return x + step * score_fn(x, sde.sigma(t)) + math.sqrt(step) * z
 
-    assert_explains(capsys, checks.exercise_8_2, increment, "sigma(t)^2 - sigma(t - dt)^2",
+    assert_explains(capsys, exercise_8_2, increment, "sigma(t)^2 - sigma(t - dt)^2",
                     "reverse-diffusion predictor", "g(t)^2 dt")
 
 
@@ -196,8 +211,8 @@ def test_8_2_and_8_4_name_a_step_that_writes_into_its_input(capsys):
     def in_place_drift(score_fn, sde, x, t):
         return x.copy_(-0.5 * sde.g2(t) * score_fn(x, sde.sigma(t)))
 
-    assert_explains(capsys, checks.exercise_8_2, in_place_step, "on x changed the tensor")
-    assert_explains(capsys, checks.exercise_8_2, in_place_noise, "on z changed the tensor")
+    assert_explains(capsys, exercise_8_2, in_place_step, "on x changed the tensor")
+    assert_explains(capsys, exercise_8_2, in_place_noise, "on z changed the tensor")
     assert_explains(capsys, exercise_8_4, in_place_drift, "changed the tensor it was given")
 
 
@@ -450,9 +465,9 @@ def test_8_2_names_more_slips(capsys):
         g2 = sde.g2(t - dt)
         return x + g2 * dt * score_fn(x, sde.sigma(t - dt)) + math.sqrt(g2 * dt) * z
 
-    assert_explains(capsys, checks.exercise_8_2, own_noise, "draws noise of its own")
-    assert_explains(capsys, checks.exercise_8_2, variance_as_scale, "g^2 dt z")
-    assert_explains(capsys, checks.exercise_8_2, frozen_at_the_end, "frozen at t - dt")
+    assert_explains(capsys, exercise_8_2, own_noise, "draws noise of its own")
+    assert_explains(capsys, exercise_8_2, variance_as_scale, "g^2 dt z")
+    assert_explains(capsys, exercise_8_2, frozen_at_the_end, "frozen at t - dt")
 
 
 def test_8_4_names_minus_g_s(capsys):
@@ -496,9 +511,9 @@ def test_8_2_names_a_missing_drift_the_authors_noise_and_an_ignored_z(capsys):
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
         return em_step(score_fn, sde, x, t, dt, noise)
 
-    assert_explains(capsys, checks.exercise_8_2, no_drift, "the drift is missing")
-    assert_explains(capsys, checks.exercise_8_2, authors_noise, "sqrt(2 g^2 dt) z")
-    assert_explains(capsys, checks.exercise_8_2, own_seed, "same result for z and for -z")
+    assert_explains(capsys, exercise_8_2, no_drift, "the drift is missing")
+    assert_explains(capsys, exercise_8_2, authors_noise, "sqrt(2 g^2 dt) z")
+    assert_explains(capsys, exercise_8_2, own_seed, "same result for z and for -z")
 
 
 def test_8_4_names_a_base_10_logarithm_and_refuses_the_packages_drift(capsys):
@@ -571,3 +586,49 @@ def test_8_3_names_a_half_step_a_full_drift_and_a_narrower_law(capsys):
                           (lambda r: 1 - r**2, "never narrows"),
                           (lambda r: math.exp(r**2), "what step alpha")]:
         assert_explains(capsys, checks.exercise_8_3, (wrong, measure), phrase)
+
+
+# --- 8.2's variance recursion and steps_needed ----------------------------------------------------
+
+
+def _em_step(score_fn, sde, x, t, dt, z):
+    g2 = sde.g2(t)
+    return x + g2 * dt * score_fn(x, sde.sigma(t)) + math.sqrt(g2 * dt) * z
+
+
+def test_8_2_accepts_a_float32_recursion_and_a_count_near_the_crossing(capsys, grading):
+    def in_float32(v, sigma_min, sigma_max, n_steps):
+        from scorelab.sde import VESDE
+
+        sde, variance = VESDE(sigma_min, sigma_max), torch.tensor(v + sigma_max**2)
+        for t in torch.linspace(1.0, 0.0, n_steps + 1)[:-1]:
+            g2, level2 = sde.g2(t), sde.sigma(t) ** 2
+            variance = (1 - g2 / n_steps / (v + level2)) ** 2 * variance + g2 / n_steps
+        return float(variance)
+
+    for steps in (153, 151, 155, 153.0):
+        assert_passes(capsys, checks.exercise_8_2, _em_step, in_float32, steps)
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda v, a, b, n: em_variance(v, a, b, n, at_end=True), ["at the end of the step"]),
+        (lambda v, a, b, n: em_variance(v, a, b, n, squared=False), ["does not square"]),
+        (lambda v, a, b, n: v + a**2, ["the exact answer at t = 0", "follow V step by step"]),
+        (lambda v, a, b, n: [em_variance(v, a, b, n)], ["em_variance(2, 0.01, 50, 10)"]),
+    ],
+)
+def test_8_2_names_wrong_variance_recursions(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_8_2, (_em_step, answer, 153), *phrases)
+
+
+@pytest.mark.parametrize("steps, phrase", [(49, "within 1 %"), (100, "more than 0.1 %"),
+                                           (200, "take the smallest"), (152.5, "whole number"),
+                                           ("many", "should be a number")])
+def test_8_2_explains_wrong_step_counts(capsys, steps, phrase):
+    assert_explains(capsys, checks.exercise_8_2, (_em_step, em_variance, steps), phrase)
+
+
+def test_8_2_waits_for_steps_needed(capsys):
+    assert run_check(capsys, checks.exercise_8_2, _em_step, em_variance, ...).startswith("⏳")
