@@ -1188,9 +1188,13 @@ def test_4_2_accepts_a_float64_computation_and_the_letter_in_brackets(capsys, gr
         (lambda x, f, s: s**2 + s**4 * f(x).square().sum(1) / 2, ["square of the score"]),
         (lambda x, f, s: posterior_variance(x.requires_grad_(True), f, s), ["requires_grad"]),
         (lambda x, f, s: posterior_variance(x, f, s)[:, None], ["shape"]),
+        (lambda x, f, s: posterior_variance(x, f, s) / s**2, ["divided by sigma^2"]),
+        (lambda x, f, s: posterior_variance(x, f, s) - s**2, ["leaves out sigma^2 I"]),
+        (lambda x, f, s: s**2 + (posterior_variance(x, f, s) - s**2) * x.shape[1],
+         ["sums the second term"]),
     ],
     ids=["sigma^2", "sign", "sigma^2 power", "summed", "squared score", "requires_grad",
-         "shape"],
+         "shape", "over sigma^2", "no sigma^2 I", "second term summed"],
 )
 def test_4_2_names_wrong_posterior_variances(capsys, answer, phrases):
     assert_explains(capsys, checks.exercise_4_2, (_denoise, answer, "b"), *phrases)
@@ -1205,10 +1209,11 @@ def test_4_2_posterior_variance_works_under_no_grad_only_with_enable_grad(capsys
         return sigma**2 + sigma**4 * trace / x.shape[1]
 
     out = run_check(capsys, checks.exercise_4_2, _denoise, without_enable_grad, "b")
-    assert out.startswith("❌") and "raised" in out, out
+    assert out.startswith("❌") and "under torch.no_grad()" in out, out
+    assert "torch.enable_grad()" in out and "your code raised" not in out, out
 
 
-@pytest.mark.parametrize("letter, phrase", [("a", "near a mode"), ("c", "far out"),
+@pytest.mark.parametrize("letter, phrase", [("a", "near a mode"), ("c", "just beyond a mode"),
                                             ("d", "Does it anywhere?"), ("e", "one of the letters")])
 def test_4_2_explains_each_wrong_letter(capsys, letter, phrase):
     assert_explains(capsys, checks.exercise_4_2, (_denoise, posterior_variance, letter), phrase)

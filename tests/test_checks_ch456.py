@@ -1277,3 +1277,36 @@ def test_6_3_names_a_measured_drift_to_noise_ratio(capsys):
 
     assert_explains(capsys, checks.exercise_6_3, (*STEP_ANSWERS[:3], measured),
                     "drift_to_noise", "looks like a simulation or a fit")
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (sphere_loss(lambda d: math.sqrt(8)), ["length sqrt(8)", "x.shape[-1]"]),
+        (sphere_loss(lambda d: 1.0, norm_weight=lambda d: 1.0 / d),
+         ["divided the norm term by D"]),
+    ],
+    ids=["hard-coded sqrt(8)", "norm term / D"],
+)
+def test_5_4_names_a_length_hard_coded_for_the_notebooks_dimension(capsys, answer, phrases):
+    assert_explains(capsys, exercise_5_4, [answer], *phrases)
+
+
+def test_5_4_names_a_loss_scaled_as_a_whole_and_a_trace_scaled_by_sqrt_d(capsys):
+    def scaled(trace_factor, whole):
+        def loss(model, x, n_projections=1, generator=None):
+            v = torch.randn((n_projections, *x.shape), generator=generator).to(x)
+            v = v / v.norm(dim=-1, keepdim=True)
+            x = x.detach().unsqueeze(0).expand_as(v).clone().requires_grad_(True)
+            score = model(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+            jv = torch.autograd.grad((score * v).sum(), x, create_graph=True)[0]
+            factor = trace_factor(x.shape[-1])
+            return whole(x.shape[-1]) * (factor * (jv * v).sum(-1)
+                                         + 0.5 * (score**2).sum(-1)).mean(0)
+
+        return loss
+
+    assert_explains(capsys, exercise_5_4, [scaled(lambda d: 1.0, lambda d: d)],
+                    "multiplied the whole buggy loss by D")
+    assert_explains(capsys, exercise_5_4, [scaled(math.sqrt, lambda d: 1.0)],
+                    "sqrt(D) times the unit vectors'")

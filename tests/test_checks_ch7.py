@@ -14,7 +14,7 @@ import torch
 from _checks_helpers import assert_explains, assert_passes, lcs, run_check, stub, with_answer
 from scorelab import checks
 from scorelab.checks import _core
-from scorelab.checks.ch7 import (GaussianImages, _plateau_parts, known_pixel_noise,
+from scorelab.checks.ch7 import (GaussianImages, _mixed_ratio, _plateau_parts, known_pixel_noise,
                                  spread_ratio)
 from scorelab.ncsn.inpaint import inpaint
 
@@ -517,7 +517,10 @@ def test_7_3_names_the_authors_step_and_a_formula_in_place_of_a_measurement(caps
 
     assert_explains(capsys, checks.exercise_7_3, (authors, BEST_STEP), "authors' convention")
     formula = lambda s, g, t, m, **kwargs: langevin_variance_ratio(s, g, t, m)  # noqa: E731
-    assert_explains(capsys, checks.exercise_7_3, (formula, BEST_STEP), "to six digits")
+    assert_explains(capsys, checks.exercise_7_3, (formula, BEST_STEP),
+                    "calls the package's langevin_variance_ratio")
+    own_formula = lambda s, g, t, m, **kwargs: _mixed_ratio(s, g, t, m, 0.5, 1.0)  # noqa: E731
+    assert_explains(capsys, checks.exercise_7_3, (own_formula, BEST_STEP), "to six digits")
 
     def formula_in_float32(step_size, gamma, n_steps_each, sigma_min, **kwargs):
         rho = torch.tensor(1 - step_size / (2 * sigma_min**2), dtype=torch.float32)
@@ -544,11 +547,9 @@ def test_7_3_refuses_the_packages_rule_in_place_of_a_scan(capsys):
 def test_7_3_names_the_authors_step_where_twice_the_step_is_stable(capsys):
     """Twice the public case's 1.2e-4 is beyond 2 sigma_L^2: the check names no mistake there
     and does not fail on Eq. 4's own range check (it did, blaming the student's code)."""
-    from scorelab.noise import langevin_variance_ratio
-
     def wrong_at_large_steps(step_size, gamma, n_steps_each, sigma_min, **kwargs):
         factor = 1.0 if step_size < 1e-4 else 1.3
-        return factor * langevin_variance_ratio(step_size, gamma, n_steps_each, sigma_min)
+        return factor * _mixed_ratio(step_size, gamma, n_steps_each, sigma_min, 0.5, 1.0)
 
     out = run_check(capsys, checks.exercise_7_3, wrong_at_large_steps, BEST_STEP)
     assert out.startswith("❌") and "raised" not in out, out
@@ -695,3 +696,38 @@ def test_7_4_refuses_a_measured_spread_for_a_prediction(capsys):
 def test_7_4_names_too_little_noise_on_the_known_pixels(capsys):
     assert_explains(capsys, exercise_7_4, make_inpaint(noise_scale=lambda s: s**2),
                     "less noise than that", "not sigma_i^2")
+
+
+@pytest.mark.parametrize(
+    "step, phrases",
+    [(3.62e-5, ["best step at T = 10", "T = 30"]), (2.53e-5, ["best step at T = 10"]),
+     (7.3e-6, ["authors' step_lr", "twice it"])],
+    ids=["T = 10, high", "T = 10, low", "authors' convention"],
+)
+def test_7_3_names_a_scan_at_ten_steps_and_the_authors_halved_step(capsys, step, phrases):
+    assert_explains(capsys, checks.exercise_7_3, (measured_variance_ratio, step), *phrases)
+
+
+@pytest.mark.parametrize("drift, noise, form", [(1.0, 1.0, "x + alpha s + sqrt(alpha) z"),
+                                                (0.5, 2.0, "x + alpha/2 s + sqrt(2 alpha) z")])
+def test_7_3_names_mixed_step_conventions(capsys, drift, noise, form):
+    def mixed(step_size, gamma, n_steps_each, sigma_min, *, n=2000, dim=64, generator=None):
+        alpha = step_size / sigma_min**2
+        x = gamma * torch.randn(n, dim, generator=generator)
+        for _ in range(n_steps_each):
+            z = torch.randn(n, dim, generator=generator)
+            x = x - drift * alpha * x + math.sqrt(noise * alpha) * z
+        return x.var().item()
+
+    assert_explains(capsys, checks.exercise_7_3, (mixed, BEST_STEP), "mixes the two conventions",
+                    form)
+
+
+def test_7_3_refuses_a_measurement_that_calls_the_packages_formula(capsys):
+    from scorelab.noise import langevin_variance_ratio
+
+    def jittered(step_size, gamma, n_steps_each, sigma_min, *, generator=None, **kwargs):
+        jitter = 1 + 0.003 * float(torch.randn(1, generator=generator))
+        return langevin_variance_ratio(step_size, gamma, n_steps_each, sigma_min) * jitter
+
+    assert_explains(capsys, checks.exercise_7_3, (jittered, BEST_STEP), "write it yourself")

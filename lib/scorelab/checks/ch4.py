@@ -225,9 +225,8 @@ def _expect_posterior_variance(posterior_variance) -> None:
         points = _valley_and_samples(sigma)
         given = points.clone()
         call = f"posterior_variance(x_noisy, score_fn, sigma={sigma:g})"
-        with torch.no_grad():  # as a sampler would call it
-            got = call_student(posterior_variance, given, perturbed.score, sigma,
-                               what="posterior_variance")
+        got = call_student(posterior_variance, given, perturbed.score, sigma,
+                           what="posterior_variance")
         expect_untouched(given, points, call=call)
         got = expect_tensor(got, what=call, shape=(len(points),))
         expect_finite(got, what=call)
@@ -246,16 +245,45 @@ def _expect_posterior_variance(posterior_variance) -> None:
             "over the D coordinates.": dim * sigma**2 + sigma**4 * trace,
             "that uses the square of the score where its derivative belongs.":
             sigma**2 + sigma**4 * perturbed.score(points).square().sum(1) / dim,
+            "that is the covariance divided by sigma^2: the derivative of the posterior mean is "
+            "Cov[x | x~] / sigma^2, so multiply back.": 1.0 + sigma**2 * trace / dim,
+            "that leaves out sigma^2 I, the derivative of x~ itself in Tweedie's formula.":
+            sigma**4 * trace / dim,
+            "that averages sigma^2 I over the coordinates but sums the second term: divide the "
+            "whole trace by D.": sigma**2 + sigma**4 * trace,
         }
         diagnose(got, want, what=call, mutants=mutants, rtol=1e-3, atol=1e-5)
+    _expect_under_no_grad(posterior_variance)
+
+
+def _expect_under_no_grad(posterior_variance) -> None:
+    """The samplers call score functions, and a denoiser's uncertainty with them, under
+    torch.no_grad(): posterior_variance must work there."""
+    sigma = 0.5
+    points = _valley_and_samples(sigma)
+    try:
+        with torch.no_grad():
+            got = posterior_variance(points.clone(), _mixture_42().perturbed(sigma).score, sigma)
+    except RuntimeError as error:
+        raise Mismatch(
+            "right, but under torch.no_grad(), where the course's samplers run, your "
+            f"posterior_variance raised RuntimeError ({str(error).splitlines()[0]}): autograd "
+            "records nothing there until you switch it back on inside the function "
+            "(torch.enable_grad()), as in exercise 1.2."
+        ) from None
+    got = expect_tensor(got, what="posterior_variance under torch.no_grad()",
+                        shape=(len(points),))
+    diagnose(got, _exact_posterior_variance(points, sigma).float(),
+             what="posterior_variance under torch.no_grad()", rtol=1e-3, atol=1e-5)
 
 
 EXCEEDS_OPTIONS = {
     "a": "near a mode log p_sigma curves down, so the posterior variance is below sigma^2 (for a "
          "component of variance v it is v sigma^2 / (v + sigma^2)).",
     "b": "",
-    "c": "far out one component dominates (the widest), and the posterior is that component's "
-         "Gaussian one, with a variance below sigma^2.",
+    "c": "just beyond a mode the nearer component dominates, and the posterior is its Gaussian "
+         "one, with a variance below sigma^2. (Much further out the wider component takes over "
+         "again, and where the two trade places the variance rises: one more valley.)",
     "d": "the posterior variance is sigma^2 + sigma^4 tr(J)/D: it exceeds sigma^2 wherever the "
          "score's Jacobian has a positive trace, where log p_sigma curves up. Does it anywhere?",
 }

@@ -579,6 +579,10 @@ def _fixed_loss_mutants(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
         "of length 1/sqrt(D) give (divided by sqrt(D) instead of multiplied), or the unit "
         "vectors kept with the trace term divided by D. The fix gives the directions length "
         "sqrt(D), which multiplies the unit vectors' trace term by D.": 1.0 / DIM,
+        "your directions have length sqrt(8), the notebook's D: right in 8 dimensions only. "
+        "Take D from the data, x.shape[-1].": 8.0,
+        "your trace term is sqrt(D) times the unit vectors' one: a direction's length enters "
+        "v^T (ds/dx) v twice, so a length sqrt(D) multiplies it by D.": math.sqrt(DIM),
     }
     mutants = {text: c * t["trace"] + t["norm"] for text, c in scale.items()}
     v = torch.randn((N_PROJECTIONS, *x.shape), generator=torch.Generator().manual_seed(SEED))
@@ -599,6 +603,8 @@ def _fixed_loss_mutants(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
         "directions instead.": t["trace"] + t["projected"],
         "your loss is plain SSM, with the term 1/2 (v^T s)^2: the exercise fixes SSM-VR, "
         "whose second term is 1/2 ||s||^2.": DIM * (t["trace"] + t["projected"]),
+        "you multiplied the whole buggy loss by D: its values scale, its minimiser does not "
+        "(W is still -I/D). The trace term alone must grow by D.": DIM * (t["trace"] + t["norm"]),
     })
     return mutants
 
@@ -611,8 +617,10 @@ def _scale_tolerance(dim: int) -> float:
 def _expect_other_directions_unbiased(fixed_ssm_vr_loss) -> None:
     """A Mismatch naming directions of another kind (random signs drawn another way, Gaussian
     draws in another order...) when the loss trains a linear model to the true score anyway,
-    so that E[v v^T] = I holds for them: the loss is unbiased, but not the fix asked for."""
-    dim = 8
+    so that E[v v^T] = I holds for them: the loss is unbiased, but not the fix asked for.
+    It trains in 3 dimensions, not the notebook's 8, so that a length hard-coded as sqrt(8)
+    shows as the bias it is."""
+    dim = 3
     if abs(_learned_scale(fixed_ssm_vr_loss, dim) - 1.0) <= _scale_tolerance(dim):
         raise Mismatch(
             "a linear model trained with your loss learns the true score, so your directions "
