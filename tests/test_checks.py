@@ -706,7 +706,7 @@ def test_3_1_accepts_the_solution(capsys, grading):
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (lambda h, lo, n: (h / lo) ** (1 / n), ["L-th root", "L - 1 gaps"]),
+        (lambda h, lo, n: (h / lo) ** (1 / n), ["L-th root", "one for each gap"]),
         (lambda h, lo, n: (lo / h) ** (1 / (n - 1)), ["below 1"]),
         (lambda h, lo, n: (h - lo) / (n - 1), ["evenly spaced ladder"]),
         (lambda h, lo, n: h / lo / (n - 1), ["(L - 1)-th root"]),
@@ -740,10 +740,12 @@ def test_3_1_accepts_the_divergence_in_any_honest_form(capsys, grading):
         (lambda g, d: d / 2 * (g**2 - 1 - math.log(g)), ["2 log(gamma), belongs"]),
         (lambda g, d: 0.5 * (g**2 - 1 - 2 * math.log(g)), ["one dimension's divergence"]),
         (lambda g, d: d / 2 * (g - 1 - math.log(g)), ["ratio of the variances"]),
-        (lambda g, d: d * (g - 1) ** 2, ["neighbour_kl("]),
+        (lambda g, d: d * (g - 1) ** 2, ["leading order"]),
     ],
 )
 def test_3_1_names_wrong_divergences(capsys, answer, phrases):
+    """Each slip by name; a negative value or a nonzero one at gamma = 1 by the property it
+    breaks (below)."""
     right_ratio = lambda a, b, n: (a / b) ** (1 / (n - 1))  # noqa: E731
     assert_explains(capsys, checks.exercise_3_1, (answer, right_ratio), *phrases)
 
@@ -1756,7 +1758,7 @@ def test_2_4_names_a_step_too_few_or_too_many(capsys, steps_off):
 @pytest.mark.parametrize(
     "answer, phrase",
     [(lambda a, b, n: (a / b) ** (1.0 / (n + 1)), "(L + 1)-th root"),
-     (lambda a, b, n: math.log(a / b) / (n - 1), "the step of log sigma")],
+     (lambda a, b, n: math.log(a / b) / (n - 1), "a step of log sigma")],
 )
 def test_3_1_names_more_slips(capsys, answer, phrase):
     assert_explains(capsys, exercise_3_1, answer, phrase)
@@ -1915,3 +1917,14 @@ def test_4_3_checks_the_shrink_factors_and_names_their_slips(capsys):
                           (lambda t, s: right(t, s)[0], "a pair")]:
         assert_explains(capsys, checks.exercise_4_3, (optimal, wrong), phrase)
     assert "not done yet" in run_check(capsys, checks.exercise_4_3, optimal, stub)
+
+
+@pytest.mark.parametrize(
+    "answer, phrase",
+    [(lambda g, d: d / 2 * (g - 1 - 2 * math.log(g)), "never negative"),
+     (lambda g, d: d / 2 * (g**2 - 2 * math.log(g)), "divergence of a law from itself is 0")],
+    ids=["negative", "not zero at gamma = 1"],
+)
+def test_3_1_says_which_property_of_a_divergence_fails(capsys, answer, phrase):
+    right_ratio = lambda a, b, n: (a / b) ** (1 / (n - 1))  # noqa: E731
+    assert_explains(capsys, checks.exercise_3_1, (answer, right_ratio), phrase)

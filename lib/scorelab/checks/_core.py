@@ -497,8 +497,9 @@ def expect_given_noise(step: Callable[[torch.Tensor], object], z: torch.Tensor, 
         return
     flipped = step(-z)
     if isinstance(flipped, torch.Tensor) and torch.equal(flipped, got):
-        raise Mismatch(f"{what} gives the same result for z and for -z: it ignores the z it "
-                       f"is given (noise of its own, drawn from a fixed seed?). {advice}")
+        raise Mismatch(f"{what} gives the same result for z and for -z: z never enters it. "
+                       "Either its noise term is missing, or it draws noise of its own from a "
+                       f"fixed seed. {advice}")
 
 
 class FormulaMatches:

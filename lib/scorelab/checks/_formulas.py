@@ -201,6 +201,9 @@ def check_formula(
         )
     first = min(wrong)
     example = f"{calls[first]} = {_short(got[first])}, expected {_short(expected[first])}"
+    if got[first].numel() == 1 and _short(got[first]) == _short(expected[first]):
+        example = (f"{calls[first]} = {got[first].item():.10g}, expected "
+                   f"{expected[first].item():.10g}")  # 5 digits would show them equal
     named = _named_regimes(regimes, points, wrong)
     if named:  # a group that splits the points cleanly first; else one with mixed regimes left out
         _, right_in, wrong_in = min(named, key=lambda n: not n[0])

@@ -459,8 +459,9 @@ def _expect_neighbour_kl(neighbour_kl) -> None:
     check_formula(
         neighbour_kl, _neighbour_kl, points, what="neighbour_kl", regimes=[group],
         mutants=[
-            ("it is the KL the other way round, from level i + 1's law to level i's: the "
-             "samples that start level i + 1 come from level i, so KL(level i || level i + 1).",
+            ("it is the KL the other way round, from level i + 1's law to level i's (or gamma "
+             "taken as sigma_(i+1) / sigma_i): the samples that start level i + 1 come from "
+             "level i, so KL(level i || level i + 1), with gamma = sigma_i / sigma_(i+1) > 1.",
              lambda gamma, dim: dim / 2 * (1 / gamma**2 - 1 + 2 * math.log(gamma))),
             ("it is twice the divergence: the KL of two Gaussians carries a factor 1/2 per "
              "dimension.", lambda gamma, dim: dim * (gamma**2 - 1 - 2 * math.log(gamma))),
@@ -470,8 +471,25 @@ def _expect_neighbour_kl(neighbour_kl) -> None:
              lambda gamma, dim: 0.5 * (gamma**2 - 1 - 2 * math.log(gamma))),
             ("it has the ratio of the standard deviations where the ratio of the variances, "
              "gamma^2, belongs.", lambda gamma, dim: dim / 2 * (gamma - 1 - math.log(gamma))),
+            ("that is the leading order for gamma close to 1 only: keep the whole divergence.",
+             lambda gamma, dim: dim * (gamma - 1) ** 2),
         ],
     )
+
+
+def _expect_a_divergence(neighbour_kl) -> None:
+    """Two properties of any KL divergence, said before the formula is compared."""
+    same = to_float(call_student(neighbour_kl, 1.0, 4, what="neighbour_kl"),
+                    what="neighbour_kl(gamma=1.0, dim=4)")
+    if abs(same) > 1e-9:
+        raise Mismatch(f"neighbour_kl(gamma=1.0, dim=4) = {same:.4g}: at gamma = 1 the two "
+                       "levels are one law, and the divergence of a law from itself is 0.")
+    for gamma in (1.1, 2.0):
+        value = to_float(call_student(neighbour_kl, gamma, 4, what="neighbour_kl"),
+                         what=f"neighbour_kl(gamma={gamma}, dim=4)")
+        if value < 0:
+            raise Mismatch(f"neighbour_kl(gamma={gamma}, dim=4) = {value:.4g}: a KL divergence "
+                           "is never negative.")
 
 
 @exercise(
@@ -484,6 +502,7 @@ def exercise_3_1(neighbour_kl, common_ratio) -> None:
     """Check ``neighbour_kl(gamma, dim) -> float``, the divergence between neighbouring levels
     of a one-point data set, then ``common_ratio(sigma_max, sigma_min, n_levels) -> float`` at
     random ladders."""
+    _expect_a_divergence(neighbour_kl)
     _expect_neighbour_kl(neighbour_kl)
 
     def draw(seed: int, n_low: int, n_high: int, span: tuple[float, float]) -> list[dict]:
@@ -511,8 +530,8 @@ def exercise_3_1(neighbour_kl, common_ratio) -> None:
         what="common_ratio",
         regimes=[group],
         mutants=[
-            ("it takes the L-th root; L levels have L - 1 gaps between them, so "
-             "sigma_max / sigma_min = ratio^(L - 1).",
+            ("it takes the L-th root: count the factors between sigma_max and sigma_min, one "
+             "for each gap between neighbouring levels.",
              lambda sigma_max, sigma_min, n_levels: (sigma_max / sigma_min) ** (1.0 / n_levels)),
             ("it is below 1: sigma_i / sigma_(i+1) is above 1 because the ladder decreases.",
              lambda sigma_max, sigma_min, n_levels:
@@ -523,12 +542,12 @@ def exercise_3_1(neighbour_kl, common_ratio) -> None:
             ("it divides sigma_max / sigma_min by L - 1; the ratio is multiplied L - 1 times, "
              "so take the (L - 1)-th root.",
              lambda sigma_max, sigma_min, n_levels: sigma_max / sigma_min / (n_levels - 1)),
-            ("it takes the (L + 1)-th root; L levels have L - 1 gaps between them, so "
-             "sigma_max / sigma_min = ratio^(L - 1).",
+            ("it takes the (L + 1)-th root: count the factors between sigma_max and "
+             "sigma_min, one for each gap between neighbouring levels.",
              lambda sigma_max, sigma_min, n_levels:
              (sigma_max / sigma_min) ** (1.0 / (n_levels + 1))),
-            ("it is log(sigma_max / sigma_min) / (L - 1), the step of log sigma: the ratio is "
-             "its exponential.",
+            ("it is log(sigma_max / sigma_min) / (L - 1), a step of log sigma, not a ratio of "
+             "sigmas.",
              lambda sigma_max, sigma_min, n_levels: math.log(sigma_max / sigma_min)
              / (n_levels - 1)),
         ],
