@@ -389,6 +389,22 @@ def _kind(value) -> str:
     return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
+def call_under_no_grad(fn: Callable, *args, what: str, after: str = ""):
+    """``fn(*args)`` under ``torch.no_grad()``, where the course's samplers call score functions:
+    a RuntimeError there (autograd switched off) becomes a Mismatch that says so. The student's
+    function already passed outside it; ``after`` ends the advice ("as in exercise 1.2")."""
+    try:
+        with torch.no_grad():
+            return fn(*args)
+    except RuntimeError as error:
+        raise Mismatch(
+            "right, but under torch.no_grad(), where the course's samplers run, your "
+            f"{what} raised RuntimeError ({str(error).splitlines()[0]}): autograd records "
+            "nothing there until you switch it back on inside the function "
+            f"(torch.enable_grad()){after}."
+        ) from None
+
+
 def call_student(fn: Callable, *args, what: str, **kwargs):
     """Call the student's function; a non-callable becomes a Mismatch rather than a TypeError."""
     if not callable(fn):

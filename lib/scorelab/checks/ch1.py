@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from scorelab.checks._core import (Mismatch, answer_number, call_student, cases, diagnose,
+from scorelab.checks._core import (Mismatch, answer_number, call_student, call_under_no_grad,
+                                   cases, diagnose,
                                    exercise, expect_derived, expect_finite, expect_tensor,
                                    expect_untouched, package_refused, refuse_calls,
                                    register_hints, to_float, without_package)
@@ -244,16 +245,7 @@ def _check_under_no_grad(autograd_score, x: torch.Tensor) -> None:
     from scorelab.densities import Banana
 
     density = Banana()
-    try:
-        with torch.no_grad():
-            got = autograd_score(density.log_prob, x.clone())
-    except RuntimeError as error:
-        raise Mismatch(
-            "right, but under torch.no_grad(), where the course's samplers call score "
-            f"functions, your autograd_score raised RuntimeError ({str(error).splitlines()[0]}): "
-            "autograd records nothing there until you switch it back on inside the function "
-            "(torch.enable_grad())."
-        ) from None
+    got = call_under_no_grad(autograd_score, density.log_prob, x.clone(), what="autograd_score")
     got = expect_tensor(got, what="autograd_score under torch.no_grad()", shape=tuple(x.shape))
     diagnose(got, density.score(x), what="autograd_score under torch.no_grad()")
 

@@ -445,14 +445,13 @@ def _neighbour_kl(gamma, dim):
 
 
 def _expect_neighbour_kl(neighbour_kl) -> None:
-    def draw(seed: int, low: float, high: float) -> list[dict]:
-        gammas = random_values(low, high, 3, seed=seed, log=True)
-        dims = [1, 2, 64, 3072][seed % 2::2] + [3]
+    def draw(seed: int, low: float, high: float, dims: list[int]) -> list[dict]:
+        gammas = random_values(low, high, len(dims), seed=seed, log=True)
         return [{"gamma": g, "dim": d} for g, d in zip(gammas, dims)]
 
-    ratios = {
-        "for ratios close to 1 (1.01 to 1.2)": (70, 1.01, 1.2),
-        "for large ratios (1.5 to 5)": (71, 1.5, 5.0),
+    ratios = {  # (seed, smallest and largest ratio, dimensions)
+        "for ratios close to 1 (1.01 to 1.2)": (70, 1.01, 1.2, [1, 64, 3]),
+        "for large ratios (1.5 to 5)": (71, 1.5, 5.0, [2, 3072, 3]),
     }
     points, group = by_regime({name: cases(draw(seed, *rest), draw(seed + 100, *rest))
                                for name, (seed, *rest) in ratios.items()})

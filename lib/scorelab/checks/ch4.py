@@ -9,8 +9,9 @@ import math
 import numpy as np
 import torch
 
-from scorelab.checks._core import (Mismatch, call_student, cases, check_choice, diagnose,
-                                   exercise, expect_derived, expect_untouched,
+from scorelab.checks._core import (Mismatch, call_student, call_under_no_grad, cases,
+                                   check_choice, diagnose, exercise, expect_derived,
+                                   expect_untouched,
                                    expect_finite, expect_loss, expect_same_draws, expect_tensor,
                                    global_rng_untouched, is_close, package_refused,
                                    register_hints, to_float, without_package)
@@ -212,11 +213,12 @@ def _valley_and_samples(sigma: float) -> torch.Tensor:
 
 
 def _trace_of_jacobian(score_fn, x: torch.Tensor) -> torch.Tensor:
+    """tr of the score's Jacobian (N,): the exact divergence the SDE's log-likelihood uses."""
+    from scorelab.sde import _divergence
+
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        score = score_fn(x)
-        return sum(torch.autograd.grad(score[:, d].sum(), x, retain_graph=True)[0][:, d]
-                   for d in range(x.shape[1]))
+        return _divergence(score_fn(x), x, probes=None).detach()
 
 
 def _expect_posterior_variance(posterior_variance) -> None:
@@ -261,16 +263,9 @@ def _expect_under_no_grad(posterior_variance) -> None:
     torch.no_grad(): posterior_variance must work there."""
     sigma = 0.5
     points = _valley_and_samples(sigma)
-    try:
-        with torch.no_grad():
-            got = posterior_variance(points.clone(), _mixture_42().perturbed(sigma).score, sigma)
-    except RuntimeError as error:
-        raise Mismatch(
-            "right, but under torch.no_grad(), where the course's samplers run, your "
-            f"posterior_variance raised RuntimeError ({str(error).splitlines()[0]}): autograd "
-            "records nothing there until you switch it back on inside the function "
-            "(torch.enable_grad()), as in exercise 1.2."
-        ) from None
+    got = call_under_no_grad(posterior_variance, points.clone(),
+                             _mixture_42().perturbed(sigma).score, sigma,
+                             what="posterior_variance", after=", as in exercise 1.2")
     got = expect_tensor(got, what="posterior_variance under torch.no_grad()",
                         shape=(len(points),))
     diagnose(got, _exact_posterior_variance(points, sigma).float(),

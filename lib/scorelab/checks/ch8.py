@@ -190,7 +190,7 @@ def _em_mutants(score_fn, sde, x, t, dt, z) -> dict[str, torch.Tensor]:
     }
 
 
-def _em_variance(v, sigma_min, sigma_max, n_steps, *, at_end=False, squared=True, power=None,
+def _em_variance(v, sigma_min, sigma_max, n_steps, *, at_end=False, squared=True, score=None,
                  drift=1.0, noise=True, start=None, extra_step=False):
     """The variance per coordinate after ``n_steps`` equal Euler-Maruyama steps of the reverse
     VE SDE from t = 1 to 0, on data N(0, v I) started from the exact p_1: each step multiplies x
@@ -202,7 +202,7 @@ def _em_variance(v, sigma_min, sigma_max, n_steps, *, at_end=False, squared=True
         t = 1.0 - (k + 1 if at_end else k) * dt
         level2 = (sigma_min * (sigma_max / sigma_min) ** t) ** 2
         g2 = 2.0 * level2 * log_ratio
-        spread = {"one point": level2, "clean": v, None: v + level2}[power]
+        spread = {"one point": level2, "clean": v, None: v + level2}[score]  # -x / spread
         factor = 1.0 - drift * g2 * dt / spread
         variance = (factor**2 if squared else factor) * variance + (g2 * dt if noise else 0.0)
     return variance
@@ -220,12 +220,12 @@ def _expect_em_variance(em_variance) -> None:
         "does not square the factor: a variance scales with the square of the number that "
         "multiplies x.": dict(squared=False),
         "uses the score of the noise alone, -x / sigma(t)^2: the data N(0, v I) perturbed at "
-        "sigma(t) is N(0, (v + sigma(t)^2) I).": dict(power="one point"),
+        "sigma(t) is N(0, (v + sigma(t)^2) I).": dict(score="one point"),
         "halves the drift, as the probability-flow ODE does; the reverse SDE's drift is all of "
         "g^2 s.": dict(drift=0.5),
         "leaves out the noise each step adds, of variance g(t)^2 dt.": dict(noise=False),
         "uses the clean data's score -x / v: at time t the samples follow p_t, the data "
-        "perturbed at sigma(t), N(0, (v + sigma(t)^2) I).": dict(power="clean"),
+        "perturbed at sigma(t), N(0, (v + sigma(t)^2) I).": dict(score="clean"),
         "starts from the prior's variance sigma_max^2: the steps start from the exact p_1, the "
         "data perturbed at sigma_max, of variance v + sigma_max^2.": dict(start="prior"),
         "starts from the data's variance v: the steps start from the exact p_1, of variance "
