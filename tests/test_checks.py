@@ -522,7 +522,7 @@ def test_2_2_explains_wrong_answers(capsys, answer, phrases):
 
 def variance_answer(law):
     """A 'measurement' that follows law(step_size), with a little noise from the generator."""
-    def answer(step_size, generator=None):
+    def answer(step_size, n_particles, generator=None):
         value = law(step_size)
         if isinstance(value, float) and math.isfinite(value):
             value *= 1 + 1e-4 * torch.randn(1, generator=generator).item()
@@ -531,56 +531,86 @@ def variance_answer(law):
     return answer
 
 
-def langevin_variance_along(score_fn, step_size, generator=None):
-    """2.3's measurement with a given score: -x is N(0, I)'s, +x the sign slip that diverges."""
+def langevin_variance_along(score_fn, step_size, n_particles, generator=None, *, steps=200):
+    """2.3's measurement with a given score: -tanh(x / 2) is the logistic's."""
     from scorelab.langevin import langevin_dynamics
 
-    x = langevin_dynamics(score_fn, torch.zeros(100_000, 2), step_size, 300,
+    x = langevin_dynamics(score_fn, torch.zeros(n_particles, 1), step_size, steps,
                           generator=generator, progress=False)
     return x.var().item()
 
 
-def langevin_variance(step_size, generator=None):
-    return langevin_variance_along(lambda x: -x, step_size, generator)
+def langevin_variance(step_size, n_particles, generator=None):
+    return langevin_variance_along(lambda x: -torch.tanh(x / 2), step_size, n_particles, generator)
+
+
+LOGISTIC = checks.ch2.LOGISTIC_VARIANCE
+CHAIN = checks.ch2.logistic_chain_variance
+
+
+def test_2_3_the_grid_agrees_with_a_simulation():
+    """The check's stationary variance, computed on a grid, against 10^6 simulated particles."""
+    for step_size in (0.3, 1.5):
+        simulated = langevin_variance(step_size, 1_000_000, torch.Generator().manual_seed(5))
+        assert simulated / CHAIN(step_size) == pytest.approx(1.0, abs=0.01)
+
+
+def test_2_3_the_grid_matches_the_gaussian_rule_to_first_order():
+    """For small steps the logistic's bias is (alpha / 4) Cov(x^2, s' + s^2 / 2) / (pi^2 / 3)."""
+    x = torch.linspace(-60, 60, 200_001, dtype=torch.float64)
+    density = torch.exp(-x.abs()) / (1 + torch.exp(-x.abs())) ** 2
+    density = density / density.sum()
+    integrand = 0.5 - torch.cosh(x / 2) ** -2  # s' + s^2 / 2 for s = -tanh(x / 2)
+    covariance = (density * x**2 * integrand).sum() - LOGISTIC * (density * integrand).sum()
+    slope = covariance.item() / 4 / LOGISTIC
+    for step_size in (0.2, 0.3):
+        assert CHAIN(step_size) / LOGISTIC - 1 == pytest.approx(slope * step_size, rel=0.05)
 
 
 def test_2_3_accepts_the_solution(capsys, grading):
-    assert_passes(capsys, checks.exercise_2_3, langevin_variance, 0.36)
+    assert_passes(capsys, checks.exercise_2_3, langevin_variance, 0.91)
 
 
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (variance_answer(lambda a: math.sqrt(1 / (1 - a / 4))), ["standard deviations"]),
-        (variance_answer(lambda a: 1.0), ["stays near 1"]),
-        (variance_answer(lambda a: 1 / (1 - a / 2)), ["authors' step convention"]),
+        (variance_answer(lambda a: math.sqrt(CHAIN(a))), ["standard deviations"]),
+        (variance_answer(lambda a: CHAIN(a) / LOGISTIC), ["divided by pi^2 / 3"]),
+        (variance_answer(lambda a: LOGISTIC), ["stays at pi^2 / 3"]),
+        (variance_answer(lambda a: CHAIN(2 * a)), ["authors' step convention"]),
+        (variance_answer(lambda a: 1 / (1 - a / 4)), ["on N(0, 1)", "-tanh(x / 2)"]),
+        (lambda a, n, generator=None: langevin_variance_along(
+            lambda x: -x / LOGISTIC, a, n, generator), ["Gaussian of the logistic's variance"]),
         (variance_answer(lambda a: torch.ones(3)), ["single number", "(3,)"]),
         (variance_answer(lambda a: "1.0"), ["should be a number", "str"]),
-        (variance_answer(lambda a: float("nan")), ["returned nan"]),
-        (variance_answer(lambda a: 1 + a), ["do not follow 1 / (1 - alpha/4)"]),
-        (lambda a, generator=None: 1 / (1 - a / 4), ["whatever the generator's seed", "formula"]),
-        (lambda a, generator=None: langevin_variance(a), ["with the same seed"]),
-        (lambda a, generator=None: langevin_variance_along(lambda x: x, a, generator),
-         ["diverged", "the score it follows"]),
+        (variance_answer(lambda a: float("nan")), ["returned nan", "diverged"]),
+        (variance_answer(lambda a: 1 + a), ["do not match the logistic chain's"]),
+        (lambda a, n, generator=None: langevin_variance_along(
+            lambda x: -torch.tanh(x), a, n, generator), ["do not match the logistic chain's"]),
+        (lambda a, n, generator=None: langevin_variance_along(
+            lambda x: -torch.tanh(x / 2), a, n, generator, steps=5), ["run the 200 steps"]),
+        (lambda a, n, generator=None: langevin_variance(a, 2_000, generator),
+         ["n_particles you are given"]),
+        (lambda a, n, generator=None: CHAIN(a), ["whatever the generator's seed", "formula"]),
+        (lambda a, n, generator=None: langevin_variance(a, n), ["with the same seed"]),
+        (lambda a, generator=None: 1.0, ["multiple values for argument 'generator'"]),
     ],
 )
 def test_2_3_explains_wrong_measurements(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_2_3, (answer, 0.36), *phrases)
+    assert_explains(capsys, checks.exercise_2_3, (answer, 0.91), *phrases)
 
 
 @pytest.mark.parametrize(
     "alpha_10, phrases",
     [
-        (0.4, ["first-order answer"]),
-        (0.694, ["standard deviation"]),
-        (0.69, ["standard deviation"]),  # what a scan in steps of 0.01 finds on the s.d.
-        (0.70, ["standard deviation"]),
-        (0.182, ["authors' convention"]),
-        (0.19, ["authors' convention"]),  # ... and in the authors' convention
-        (0.395, ["too large"]),  # just outside the tolerance, and not the first-order answer
-        (0.55, ["too large"]),
-        (0.1, ["too small"]),
-        (4 * (1 - 1 / 1.1), ["formula of exercise 2.2", "by experiment"]),
+        (1.2, ["Gaussian of the logistic's variance", "exercise 2.2"]),
+        (1.196, ["Gaussian of the logistic's variance"]),
+        (0.36, ["N(0, 1)"]),
+        (1.77, ["standard deviation"]),
+        (0.46, ["authors' convention"]),
+        (0.97, ["too large"]),  # just outside the tolerance, and no named slip
+        (0.7, ["too small"]),
+        (2.5, ["too large"]),
     ],
 )
 def test_2_3_explains_wrong_step_sizes(capsys, alpha_10, phrases):
