@@ -17,7 +17,8 @@ from scorelab.checks import _core
 
 ROOT = Path(__file__).resolve().parents[1]
 
-exercise_4_4 = with_answer(checks.exercise_4_4, lambda sigma: sigma, first=False)
+exercise_4_4 = with_answer(checks.exercise_4_4, lambda sigma, tau: -sigma / (tau**2 + sigma**2),
+                           lambda sigma, tau: tau**2 / sigma, first=False)
 exercise_5_2 = with_answer(checks.exercise_5_2,
                            lambda a, s: 0.5 * s.dot(s) ** 2 + 2 * s.dot(a @ s),
                            lambda t: 2 * t, first=False)
@@ -770,7 +771,7 @@ def test_6_5_the_colleagues_bugs_break_the_bound_the_fix_keeps():
 
 NEW_CHECKS = [
     (checks.exercise_4_3, 2),
-    (checks.exercise_4_4, 2),
+    (checks.exercise_4_4, 3),
     (checks.exercise_4_5, 2),
     (checks.exercise_5_3, 2),
     (checks.exercise_5_4, 2),
@@ -1193,14 +1194,38 @@ def test_5_3_checks_the_minimiser_and_names_its_slips(capsys):
     assert "not done yet" in run_check(capsys, checks.exercise_5_3, objective, stub)
 
 
-def test_4_4_checks_the_slope_factor_and_names_its_slips(capsys):
+def buggy_slope(sigma, tau):
+    return -sigma / (tau**2 + sigma**2)
+
+
+def same_slope_level(sigma, tau):
+    return tau**2 / sigma
+
+
+def test_4_4_checks_the_buggy_slope_and_names_its_slips(capsys):
     right = dsm()
-    assert_passes(capsys, checks.exercise_4_4, right, lambda sigma: sigma)
-    for wrong, phrase in [(lambda s: 1 / s, "optimum over the learned"),
-                          (lambda s: s**2, "not two"), (lambda s: 2.0, "one of the two"),
-                          (lambda s: 1.03 * s, "fits to samples"), (lambda s: -s, "instead")]:
-        assert_explains(capsys, checks.exercise_4_4, (right, wrong), phrase)
-    assert "not done yet" in run_check(capsys, checks.exercise_4_4, right, stub)
+    assert_passes(capsys, checks.exercise_4_4, right, buggy_slope, same_slope_level)
+    for wrong, phrase in [(lambda s, t: -1 / (t**2 + s**2), "the optimum"),
+                          (lambda s, t: s / (t**2 + s**2), "negative slope"),
+                          (lambda s, t: -1 / (s * (t**2 + s**2)), "goes the other way"),
+                          (lambda s, t: -s**2 / (t**2 + s**2), "not two"),
+                          (lambda s, t: -s / t**2, "clean score's slope"),
+                          (lambda s, t: -s / (t + s**2), "variances of data and noise add"),
+                          (lambda s, t: -s / (1 + s**2), "tau = 1 only"),
+                          (lambda s, t: -1.03 * s / (t**2 + s**2), "fits to samples"),
+                          (lambda s, t: -s, "regression of -z")]:
+        assert_explains(capsys, checks.exercise_4_4, (right, wrong, same_slope_level), phrase)
+    assert "not done yet" in run_check(capsys, checks.exercise_4_4, right, stub, same_slope_level)
+
+
+def test_4_4_checks_the_level_with_the_same_slope_and_names_its_slips(capsys):
+    right = dsm()
+    for wrong, phrase in [(lambda s, t: s, "second root"), (lambda s, t: 1 / s, "tau = 1 only"),
+                          (lambda s, t: t / s, "not tau"), (lambda s, t: t, "roots meet"),
+                          (lambda s, t: 1.02 * t**2 / s, "numerically"),
+                          (lambda s, t: s + t, "quadratic")]:
+        assert_explains(capsys, checks.exercise_4_4, (right, buggy_slope, wrong), phrase)
+    assert "not done yet" in run_check(capsys, checks.exercise_4_4, right, buggy_slope, stub)
 
 
 def test_5_2_checks_the_variance_gap_and_the_radius(capsys):
@@ -1236,11 +1261,6 @@ def test_5_3_accepts_arrays_and_names_a_numerical_minimum(capsys):
     assert_explains(capsys, checks.exercise_5_3,
                     (objective, lambda mu, tau: (mu * (1 + 1e-4), tau**2)), "numerical minimum")
     assert "not done yet" in run_check(capsys, checks.exercise_5_3, objective, lambda mu, tau: ...)
-
-
-def test_4_4_names_a_comparison_with_the_clean_score(capsys):
-    assert_explains(capsys, checks.exercise_4_4, (dsm(), lambda s: s / (1 + s**2)),
-                    "clean score's slope")
 
 
 def test_4_3_accepts_the_pair_of_factors_in_a_tensor_or_an_array(capsys):

@@ -13,7 +13,8 @@ from scorelab import checks
 from _checks_helpers import assert_explains, assert_passes, with_answer
 from test_checks import make_norm
 
-exercise_4_4 = with_answer(checks.exercise_4_4, lambda sigma: sigma, first=False)
+exercise_4_4 = with_answer(checks.exercise_4_4, lambda sigma, tau: -sigma / (tau**2 + sigma**2),
+                           lambda sigma, tau: tau**2 / sigma, first=False)
 
 
 def in_place_dsm_loss(model, x, sigma, generator=None):

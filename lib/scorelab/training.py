@@ -238,8 +238,7 @@ def _projections(
     if projection == "rademacher":
         return v.sign()
     if projection == "sphere":
-        # Unit-sphere directions must be scaled by sqrt(D) so that E[v v^T] = I; without
-        # the scaling the loss learns score / D (the origin's bug).
+        # radius sqrt(D), so that E[v v^T] = I as the SSM-VR form needs (exercise 5.4)
         flat = v.reshape(n_projections, x.shape[0], -1)  # (M, N, D')
         flat = flat / flat.norm(dim=-1, keepdim=True) * flat.shape[-1] ** 0.5
         return flat.reshape(v.shape)

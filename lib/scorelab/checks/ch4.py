@@ -454,11 +454,14 @@ def _slope_tolerance(sigma: float, tau: float = 1.0, n: int = 20_000) -> float:
 @exercise(
     "4.4",
     "fixed: the target is the kernel's score (x - x~) / sigma^2, and a linear model trained "
-    "with your loss learns the slope -1 / (tau^2 + sigma^2) of Exercise 4.3, not sigma times it.",
+    "with your loss learns the slope -1 / (tau^2 + sigma^2) of Exercise 4.3, not "
+    "-sigma / (tau^2 + sigma^2), which is the same at sigma and tau^2 / sigma.",
 )
-def exercise_4_4(fixed_dsm_loss, slope_factor) -> None:
+def exercise_4_4(fixed_dsm_loss, buggy_slope, same_slope_level) -> None:
     """Check the fixed ``fixed_dsm_loss(model, x (N, D), sigma, generator) -> (N,)``, then
-    ``slope_factor(sigma)``: the buggy loss's slope over the optimum's, sigma."""
+    ``buggy_slope(sigma, tau)``, the slope the buggy loss learns on N(mu, tau^2) data,
+    -sigma / (tau^2 + sigma^2), and ``same_slope_level(sigma, tau)``, the other level at which
+    it learns the same slope, tau^2 / sigma."""
     from scorelab.training import dsm_loss as reference_loss
 
     model, x = _linear_model(), _data()
@@ -510,30 +513,61 @@ def exercise_4_4(fixed_dsm_loss, slope_factor) -> None:
                 f"data at sigma={sigma} learns the slope {slope:.3f}, not "
                 f"{expected_slope:.3f} = -1 / (tau^2 + sigma^2) with tau = 1."
             )
-    _expect_slope_factor(slope_factor)
+    _expect_buggy_slope(buggy_slope)
+    _expect_same_slope_level(same_slope_level)
 
 
-def _expect_slope_factor(slope_factor) -> None:
-    """The buggy loss learns sigma times the score: its slope over the optimum's is sigma."""
-    for sigma in cases([3.0, 0.5, 2.0], [0.2, 7.0]):
-        call = f"slope_factor({sigma})"
-        got = to_float(call_student(slope_factor, sigma, what="slope_factor"), what=call)
+#: 4.4's (sigma, tau) pairs: tau differs from 1, so that answers which hold for the printed
+#: tau = 1 only are told apart
+SLOPE_CASES = ([(0.5, 1.7), (2.0, 0.6), (3.0, 1.3)], [(0.2, 2.5), (7.0, 0.9)])
+
+
+def _expect_buggy_slope(buggy_slope) -> None:
+    """The buggy target -z is sigma times the kernel's score: the slope -sigma / (tau^2 + sigma^2)."""
+    for sigma, tau in cases(*SLOPE_CASES):
+        call = f"buggy_slope({sigma}, {tau})"
+        got = to_float(call_student(buggy_slope, sigma, tau, what="buggy_slope"), what=call)
+        v = tau**2 + sigma**2
         expect_derived(
-            got, sigma, call=call, wrong="is not the learned slope over the optimal one",
-            slips={1.0 / sigma: "that is the optimum over the learned slope: at sigma = 0.5 "
-                                "the learned slope is the smaller one in size.",
-                   sigma / (1 + sigma**2): "that compares with the clean score's slope, "
-                                           "-1 / tau^2; the optimum of DSM at level sigma is "
-                                           "exercise 4.3's -1 / (tau^2 + sigma^2).",
-                   sigma**2: "the target (x - x~) / sigma is -z; the kernel's score is "
-                             "-z / sigma: they differ by one factor sigma, not two.",
-                   2.0: "2 fits only one of the two printed rows: compare the factor at "
-                        "sigma = 0.5 and at sigma = 2."},
-            measured=(0.05, "close, but not exact: the printed slopes are fits to samples "
-                            "(or is it an approximation?). Derive the factor from the buggy "
-                            "target and the kernel's score."),
-            otherwise="compare the buggy target (x - x~) / sigma with the kernel's score, "
-                      "(x - x~) / sigma^2: what does the regression learn instead of the score?")
+            got, -sigma / v, call=call, wrong="is not the slope the buggy loss learns",
+            slips={-1 / v: "that is the optimum, the slope your fixed loss learns; the buggy "
+                           "target is not the kernel's score.",
+                   sigma / v: "a score that pulls towards mu has a negative slope.",
+                   -1 / (sigma * v): "the factor sigma goes the other way: the target is -z, "
+                                     "the kernel's score -z / sigma; at sigma = 0.5, which is "
+                                     "the larger?",
+                   -sigma**2 / v: "the target (x - x~) / sigma is -z; the kernel's score is "
+                                  "-z / sigma: they differ by one factor sigma, not two.",
+                   -sigma / tau**2: "that is sigma times the clean score's slope, -1 / tau^2; "
+                                    "DSM at level sigma aims at exercise 4.3's perturbed score.",
+                   -sigma / (tau + sigma**2): "tau is the standard deviation; the variances "
+                                              "of data and noise add.",
+                   -sigma / (1 + sigma**2): "that holds for tau = 1 only, the data printed "
+                                            "above; the data's variance is tau^2."},
+            measured=(0.05, "close, but not exact: the printed slopes are fits to samples. "
+                            "Derive the slope from the buggy target and the kernel's score."),
+            otherwise="the buggy target (x - x~) / sigma is -z: what does a regression of -z on "
+                      "x~ learn, compared with a regression of the kernel's score -z / sigma?")
+
+
+def _expect_same_slope_level(same_slope_level) -> None:
+    """-sigma' / (tau^2 + sigma'^2) = -sigma / (tau^2 + sigma^2) has the roots sigma and
+    tau^2 / sigma (their product is tau^2)."""
+    for sigma, tau in cases(*SLOPE_CASES):
+        call = f"same_slope_level({sigma}, {tau})"
+        got = to_float(call_student(same_slope_level, sigma, tau, what="same_slope_level"),
+                       what=call)
+        expect_derived(
+            got, tau**2 / sigma, call=call, wrong="is not the other level with the same slope",
+            slips={sigma: "that is sigma itself; the equation for the level has a second root.",
+                   1 / sigma: "that holds for tau = 1 only, the data printed above.",
+                   tau / sigma: "the two roots multiply to tau^2, not tau.",
+                   tau: "at sigma = tau the buggy slope is largest in size and the two roots "
+                        "meet; for any other sigma they differ."},
+            measured=(0.05, "close, but not exact: did you search numerically? Solve the "
+                            "quadratic for the level."),
+            otherwise="set your buggy slope at level s equal to its value at sigma and solve for "
+                      "s: a quadratic, with sigma as one root.")
 
 
 
@@ -722,8 +756,9 @@ register_hints(
 )
 register_hints(
     "4.4",
-    "Compare the learned slope with the optimum of Exercise 4.3: by what factor is it off, and "
-    "which quantity equals that factor at both noise levels?",
+    "Compare the learned slope with the optimum of Exercise 4.3: by what factor is it off, at "
+    "each of the two noise levels? Write the learned slope for data of any variance, then ask "
+    "when it takes the same value twice.",
     "The regression target must be the score of the noise kernel N(x_noisy; x, sigma^2 I), "
     "taken at x_noisy: differentiate its log-density with respect to x_noisy.",
     "Only one line changes: the target. Count the powers of sigma: the difference of the clean "
