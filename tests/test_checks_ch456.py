@@ -340,6 +340,19 @@ def test_5_4_sees_the_symptom_in_other_dimensions(capsys):
     assert_explains(capsys, exercise_5_4, [sly], "8 dimensions", "1/D = 0.125")
 
 
+def exact_spread_ratio(matrix, *, gaussian_scale=None):
+    """5.5's derived ratio; ``gaussian_scale`` replaces the sphere's moment factor D / (D + 2)."""
+    dim = matrix.shape[0]
+    sym = (matrix + matrix.T) / 2
+    frobenius, trace = (sym**2).sum().item(), torch.trace(matrix).item()
+    factor = dim / (dim + 2) if gaussian_scale is None else gaussian_scale
+    return math.sqrt(factor * (1 - trace**2 / (dim * frobenius)))
+
+
+#: 5.5 with its derived ratio right, so that a test varies the simulation
+exercise_5_5 = with_answer(checks.exercise_5_5, exact_spread_ratio, first=False)
+
+
 def spread_ratio(transform=lambda r: r, length=lambda d: math.sqrt(d)):
     def answer(matrix, n_draws=20_000, generator=None):
         d = matrix.shape[0]
@@ -353,7 +366,7 @@ def spread_ratio(transform=lambda r: r, length=lambda d: math.sqrt(d)):
 
 
 def test_5_5_accepts_the_simulation(capsys, grading):
-    assert_passes(capsys, checks.exercise_5_5, spread_ratio())
+    assert_passes(capsys, exercise_5_5, spread_ratio())
 
 
 def signs_or_squares(*, rademacher=False, squares=False):
@@ -381,7 +394,7 @@ def signs_or_squares(*, rademacher=False, squares=False):
     ids=["rademacher", "squared length"],
 )
 def test_5_5_names_other_directions_and_other_forms_on_public_cases(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_5_5, [answer], *phrases)
+    assert_explains(capsys, exercise_5_5, [answer], *phrases)
 
 
 @pytest.mark.parametrize(
@@ -397,7 +410,7 @@ def test_5_5_names_other_directions_and_other_forms_on_public_cases(capsys, answ
     ],
 )
 def test_5_5_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_5_5, [answer], *phrases)
+    assert_explains(capsys, exercise_5_5, [answer], *phrases)
 
 
 def sliced(*, vr=False, draw="MND", dtype=torch.float32, rademacher=False, create_graph=True,
@@ -775,7 +788,7 @@ NEW_CHECKS = [
     (checks.exercise_4_5, 2),
     (checks.exercise_5_3, 2),
     (checks.exercise_5_4, 2),
-    (checks.exercise_5_5, 1),
+    (checks.exercise_5_5, 2),
     (checks.exercise_6_3, 4),
     (checks.exercise_6_4, 2),
     (checks.exercise_6_5, 2),
@@ -897,7 +910,7 @@ def test_5_5_names_directions_of_length_d(capsys):
         quad = lambda v: ((v @ matrix) * v).sum(1)  # noqa: E731
         return (quad(sphere).std() / quad(draws[1]).std()).item()
 
-    assert_explains(capsys, checks.exercise_5_5, [length_d], "length D", "sqrt(D)")
+    assert_explains(capsys, exercise_5_5, [length_d], "length D", "sqrt(D)")
 
 
 # --- own work, own inputs and every argument used (chapter 5) --------------------------------
@@ -980,7 +993,7 @@ def test_5_4_names_a_trace_term_divided_by_d_as_well_as_the_inverse_length(capsy
 
 def test_5_5_names_n_draws_ignored(capsys):
     simulation = spread_ratio()
-    assert_explains(capsys, checks.exercise_5_5,
+    assert_explains(capsys, exercise_5_5,
                     [lambda matrix, n_draws, generator=None: simulation(matrix, 200, generator)],
                     "ignores n_draws")
 
@@ -1152,7 +1165,7 @@ def test_a_reseeded_or_unused_generator_is_named(capsys):
         return score_norm_profile(score_fn, x, sigmas, None)
 
     assert_explains(capsys, checks.exercise_4_1, reseeding, "global random")
-    assert_explains(capsys, checks.exercise_5_5, no_generator, "global random")
+    assert_explains(capsys, exercise_5_5, no_generator, "global random")
     assert_explains(capsys, checks.exercise_6_5, (seeded_profile, network_score),
                     "global random")
 
@@ -1330,3 +1343,32 @@ def test_5_4_names_a_loss_scaled_as_a_whole_and_a_trace_scaled_by_sqrt_d(capsys)
                     "multiplied the whole buggy loss by D")
     assert_explains(capsys, exercise_5_4, [scaled(math.sqrt, lambda d: 1.0)],
                     "sqrt(D) times the unit vectors'")
+
+
+def test_5_5_checks_the_exact_ratio_and_names_its_slips(capsys):
+    simulation = spread_ratio()
+    assert_passes(capsys, checks.exercise_5_5, simulation, exact_spread_ratio)
+
+    def unsymmetrised(matrix):
+        dim, trace = matrix.shape[0], torch.trace(matrix).item()
+        return math.sqrt(dim / (dim + 2) * (1 - trace**2 / (dim * (matrix**2).sum().item())))
+
+    def second_moment(matrix):
+        dim = matrix.shape[0]
+        sym = (matrix + matrix.T) / 2
+        frobenius, trace = (sym**2).sum().item(), torch.trace(matrix).item()
+        return math.sqrt(dim / (dim + 2) * (trace**2 + 2 * frobenius) / (2 * frobenius))
+
+    for wrong, phrase in [
+        (lambda m: exact_spread_ratio(m) ** 2, "ratio of the variances"),
+        (lambda m: 1 / exact_spread_ratio(m), "Gaussian over sphere"),
+        (unsymmetrised, "symmetric part"),
+        (lambda m: exact_spread_ratio(m, gaussian_scale=1.0), "fourth moments"),
+        (lambda m: math.sqrt(m.shape[0] / (m.shape[0] + 2)), "tr A = 0"),
+        (second_moment, "second moment"),
+        (lambda m: 1.01 * exact_spread_ratio(m), "simulation"),
+        (lambda m: 0.5, "pairings"),
+        (lambda m: spread_ratio()(m, 20_000, None), "no random numbers"),
+    ]:
+        assert_explains(capsys, checks.exercise_5_5, (simulation, wrong), phrase)
+    assert "not done yet" in run_check(capsys, checks.exercise_5_5, simulation, stub)

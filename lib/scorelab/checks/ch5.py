@@ -827,12 +827,18 @@ def _spread_mistakes(matrix: torch.Tensor) -> dict[str, tuple[float, float]]:
 
 @exercise(
     "5.5",
-    "your simulation matches the theory: directions on the sphere of radius sqrt(D) give a "
-    "less noisy trace estimate than Gaussian ones, exactly noise-free when ds/dx is a multiple "
-    "of I.",
+    "your simulation matches your formula: directions on the sphere of radius sqrt(D) estimate "
+    "the part (tr A / D) I of the Jacobian with no noise at all, and the rest a little better "
+    "than Gaussian ones, by sqrt(D / (D + 2)).",
 )
-def exercise_5_5(spread_ratio) -> None:
-    """Check ``spread_ratio(matrix (D, D), n_draws, generator) -> float`` against the theory."""
+def exercise_5_5(spread_ratio, exact_spread_ratio) -> None:
+    """Check ``spread_ratio(matrix (D, D), n_draws, generator) -> float`` against the theory,
+    then ``exact_spread_ratio(matrix (D, D)) -> float``, the derived ratio."""
+    _check_spread_simulation(spread_ratio)
+    _expect_exact_spread_ratio(exact_spread_ratio)
+
+
+def _check_spread_simulation(spread_ratio) -> None:
     n_draws = 20_000
 
     def ratio_for(matrix, name, seed=62, draws=n_draws):
@@ -888,6 +894,56 @@ def exercise_5_5(spread_ratio) -> None:
         )
     if first_failure:
         raise Mismatch(first_failure)
+
+
+def _exact_spread_slips(matrix: torch.Tensor) -> dict[float, str]:
+    """Values of 5.5's derived ratio after a known slip, with their explanations."""
+    a = matrix.double()
+    sym, dim = (a + a.T) / 2, a.shape[0]
+    frobenius, trace = float((sym**2).sum()), float(torch.trace(a))
+    shrink = dim / (dim + 2)
+    ratio = _theory_ratio(matrix)
+    return {
+        ratio**2: "that is the ratio of the variances; the question asks for the ratio of the "
+                  "standard deviations.",
+        1 / ratio: "that is Gaussian over sphere; the question asks for sphere over Gaussian.",
+        math.sqrt(shrink * max(0.0, 1 - trace**2 / (dim * float((a**2).sum())))):
+            "v^T A v only sees the symmetric part (A + A^T) / 2: its variance has the squared "
+            "entries of that part, not of A.",
+        math.sqrt(1 - trace**2 / (dim * frobenius)): "the sphere's fourth moments are not the "
+            "Gaussian's: for v = sqrt(D) g / |g|, E[v_i^2 v_j^2] is the Gaussian's times "
+            "D^2 / E|g|^4 = D / (D + 2).",
+        math.sqrt(shrink): "that is the ratio when tr A = 0; the sphere estimates the part "
+            "(tr A / D) I with no noise, which your formula must subtract.",
+        math.sqrt(shrink * (trace**2 + 2 * frobenius) / (2 * frobenius)): "that uses the "
+            "sphere's second moment E[(v^T A v)^2]; its variance subtracts the squared mean, "
+            "tr(A)^2.",
+        _rademacher_ratio(matrix): "that is the ratio for random signs, whose v_i^2 = 1 "
+            "exactly; the sphere's v_i^2 vary.",
+    }
+
+
+#: 5.5's matrices for the derived ratio: random, not symmetric, with a trace of their own
+EXACT_SPREAD_CASES = ([(71, 3), (72, 8), (73, 20)], [(74, 2), (75, 50)])
+
+
+def _expect_exact_spread_ratio(exact_spread_ratio) -> None:
+    for seed, dim in cases(*EXACT_SPREAD_CASES):
+        matrix = _spread_matrices(seed, dim) + 0.5 * torch.eye(dim)
+        call = f"exact_spread_ratio(a random {dim} x {dim} matrix)"
+        with global_rng_untouched("exact_spread_ratio", advice="A formula needs no random "
+                                  "numbers."):
+            answer = call_student(exact_spread_ratio, matrix.clone(), what="exact_spread_ratio")
+        got = to_float(answer, what=call)
+        expect_derived(
+            got, _theory_ratio(matrix), call=call, wrong="is not the exact ratio",
+            slips=_exact_spread_slips(matrix), tolerance=1e-5,
+            measured=(0.03, "close, but not exact: is it a simulation? Derive both variances: "
+                            "the Gaussian's from Isserlis' theorem, the sphere's from "
+                            "v = sqrt(D) g / |g|."),
+            otherwise="compute both variances of v^T A v: the Gaussian's from the pairings of "
+                      "E[g_i g_j g_k g_l], the sphere's from the same moments scaled by "
+                      "D / (D + 2); then take the square root of their ratio.")
 
 
 # ---------------------------------------------------------------- hints: idea, equation, checks
@@ -947,11 +1003,14 @@ register_hints(
 register_hints(
     "5.5",
     "Simulate: draw many directions of each kind, compute the quadratic form for each, and "
-    "compare the standard deviations.",
+    "compare the standard deviations. For the formula, start from what your simulation says "
+    "for A = I: what is v^T v on the sphere?",
     "How do you turn a Gaussian draw into a point of the sphere of radius sqrt(D) without "
-    "changing its direction? And how do you compute v^T A v for a whole batch of directions at "
-    "once, without a loop: what shape has the batch times A, and what do you multiply it by?",
+    "changing its direction? For the formula: v^T A v only sees the symmetric part of A; write "
+    "v = sqrt(D) g / |g| with g Gaussian. The direction g / |g| and the length |g| are "
+    "independent, and E|g|^4 = D (D + 2).",
     "Check each batch of directions first: the sphere's must all have length sqrt(D) exactly, "
-    "the Gaussian ones only on average (their squared length averages D). Return the ratio of "
-    "the two spreads as a Python float.",
+    "the Gaussian ones only on average (their squared length averages D). Check the formula "
+    "against your simulation on A = I, on a symmetric A with zero trace and on a random A, at "
+    "D = 2 and at D = 20.",
 )
