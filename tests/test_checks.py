@@ -521,11 +521,12 @@ def test_2_2_explains_wrong_answers(capsys, answer, phrases):
 
 
 def variance_answer(law):
-    """A 'measurement' that follows law(step_size), with a little noise from the generator."""
+    """A 'measurement' that follows law(step_size), with a little noise from the generator and
+    from the number of particles."""
     def answer(step_size, n_particles, generator=None):
         value = law(step_size)
         if isinstance(value, float) and math.isfinite(value):
-            value *= 1 + 1e-4 * torch.randn(1, generator=generator).item()
+            value *= 1 + 1e-4 * torch.randn(1, generator=generator).item() + 1e-9 * n_particles
         return value
 
     return answer
@@ -590,7 +591,13 @@ def test_2_3_accepts_the_solution(capsys, grading):
         (lambda a, n, generator=None: langevin_variance_along(
             lambda x: -torch.tanh(x / 2), a, n, generator, steps=5), ["run the 200 steps"]),
         (lambda a, n, generator=None: langevin_variance(a, 2_000, generator),
-         ["n_particles you are given"]),
+         ["ignores n_particles"]),
+        (lambda a, n, generator=None: 0.0, ["never moved"]),
+        (lambda a, n, generator=None: langevin_variance_along(
+            lambda x: torch.tanh(x / 2), a, n, generator), ["runs away"]),
+        (lambda a, n, generator=None: langevin_variance_along(
+            lambda x: -torch.tanh(x / 2), a, 5_000, generator) + 1e-9 * n,
+         ["do not match the logistic chain's"]),
         (lambda a, n, generator=None: CHAIN(a), ["whatever the generator's seed", "formula"]),
         (lambda a, n, generator=None: langevin_variance(a, n), ["with the same seed"]),
         (lambda a, generator=None: 1.0, ["multiple values for argument 'generator'"]),
@@ -611,6 +618,7 @@ def test_2_3_explains_wrong_measurements(capsys, answer, phrases):
         (0.97, ["too large"]),  # just outside the tolerance, and no named slip
         (0.7, ["too small"]),
         (2.5, ["too large"]),
+        (float("nan"), ["not a finite number"]),
     ],
 )
 def test_2_3_explains_wrong_step_sizes(capsys, alpha_10, phrases):

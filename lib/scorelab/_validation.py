@@ -148,7 +148,8 @@ def check_batch_shape(name: str, x) -> torch.Tensor:
     """:func:`check_batch` without reading the values: no synchronisation with a GPU."""
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a non-empty tensor of shape (N, *D), got {got}")
+        raise ValueError(f"{name} must be a non-empty tensor of shape (N, *D), at least 2-D "
+                         f"(one-dimensional points as (N, 1)), got {got}")
     return check_floating(name, x)
 
 
