@@ -404,8 +404,8 @@ def test_5_5_names_other_directions_and_other_forms_on_public_cases(capsys, answ
         (spread_ratio(lambda r: 1 / r), ["Gaussian over sphere"]),
         (spread_ratio(length=lambda d: 1.0), ["length 1"]),
         (lambda *args, **kwargs: 0.5, ["differently seeded generators", "simulation"]),
-        (lambda matrix, n_draws=20_000, generator=None: 0.9 + 1e-3 * torch.rand(
-            n_draws, generator=generator).mean().item(), ["your ratio is 0.90"]),
+        (lambda matrix, n_draws=20_000, generator=None: 0.3 + 1e-3 * torch.rand(
+            n_draws, generator=generator).mean().item(), ["your ratio is 0.30"]),
         (lambda *args, **kwargs: "smaller", ["should be a number"]),
     ],
 )
@@ -1372,3 +1372,38 @@ def test_5_5_checks_the_exact_ratio_and_names_its_slips(capsys):
     ]:
         assert_explains(capsys, checks.exercise_5_5, (simulation, wrong), phrase)
     assert "not done yet" in run_check(capsys, checks.exercise_5_5, simulation, stub)
+
+
+def test_5_5_names_draws_outside_the_generator_and_root_mean_squares(capsys):
+    import numpy as np
+
+    def numpy_global(matrix, n_draws=20_000, generator=None):
+        d, a = matrix.shape[0], matrix.double().numpy()
+        g = np.random.standard_normal((n_draws, d))
+        s = np.random.standard_normal((n_draws, d))
+        s = s / np.linalg.norm(s, axis=1, keepdims=True) * math.sqrt(d)
+        return float(np.einsum("ni,ij,nj->n", s, a, s).std() / np.einsum("ni,ij,nj->n", g, a, g).std())
+
+    def own_seed(matrix, n_draws=20_000, generator=None):
+        return spread_ratio()(matrix, n_draws, torch.Generator().manual_seed(0))
+
+    def root_mean_squares(matrix, n_draws=20_000, generator=None):
+        d = matrix.shape[0]
+        g = torch.randn(n_draws, d, generator=generator)
+        s = torch.randn(n_draws, d, generator=generator)
+        s = s / s.norm(dim=1, keepdim=True) * math.sqrt(d)
+        rms = [((v @ matrix) * v).sum(1).pow(2).mean().sqrt() for v in (s, g)]
+        return (rms[0] / rms[1]).item()
+
+    assert_explains(capsys, exercise_5_5, [numpy_global], "with the same seed", "global generator")
+    assert_explains(capsys, exercise_5_5, [own_seed], "a seed of your own")
+    assert_explains(capsys, exercise_5_5, [root_mean_squares], "root-mean-squares")
+
+
+def test_5_5_names_the_trace_of_the_square_for_the_frobenius_norm(capsys):
+    def trace_of_square(matrix):
+        dim, trace = matrix.shape[0], torch.trace(matrix).item()
+        return math.sqrt(dim / (dim + 2) * (1 - trace**2 / (dim * torch.trace(matrix @ matrix).item())))
+
+    # the public matrices have tr(A^2) > tr(A)^2 / D, so the slip gives a number there
+    assert_explains(capsys, checks.exercise_5_5, (spread_ratio(), trace_of_square), "not tr(A^2)")

@@ -339,11 +339,13 @@ def diagnose(
     if ratio is not None:
         for name, spec in (factors or {}).items():
             factor, too_large, too_small = spec if isinstance(spec, tuple) else (spec, "", "")
+            value = f"{factor:.4g}"
+            shown = name if name == value or name.endswith(f"= {value}") else f"{name} (= {value})"
             if math.isclose(ratio, factor, rel_tol=1e-3):
-                raise Mismatch(f"{what} is {name} (= {factor:.4g}) times the reference"
+                raise Mismatch(f"{what} is {shown} times the reference"
                                + (f": {too_large}" if too_large else "."))
             if math.isclose(ratio, 1.0 / factor, rel_tol=1e-3):
-                raise Mismatch(f"{what} is the reference divided by {name} (= {factor:.4g})"
+                raise Mismatch(f"{what} is the reference divided by {shown}"
                                + (f": {too_small}" if too_small else "."))
         raise Mismatch(
             f"{what} is the reference times {ratio:.4g}: the direction is right, the scale is not."

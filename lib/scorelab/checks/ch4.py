@@ -762,7 +762,9 @@ register_hints(
     "The regression target must be the score of the noise kernel N(x_noisy; x, sigma^2 I), "
     "taken at x_noisy: differentiate its log-density with respect to x_noisy.",
     "Only one line changes: the target. Count the powers of sigma: the difference of the clean "
-    "and the noisy point is of order sigma, the kernel's score of order 1 / sigma.",
+    "and the noisy point is of order sigma, the kernel's score of order 1 / sigma. So the "
+    "regression learns sigma times Exercise 4.3's score; setting that slope equal at two "
+    "levels gives a quadratic with sigma as one root: what do its roots multiply to?",
 )
 register_hints(
     "4.5",

@@ -819,6 +819,8 @@ def _spread_mistakes(matrix: torch.Tensor) -> dict[str, tuple[float, float]]:
         "length sqrt(D) (normalising over the wrong axis makes every row tiny).": (
             _rademacher_ratio(matrix), 1.0
         ),
+        "you compared root-mean-squares, sqrt(mean((v^T A v)^2)); the spread is the "
+        "standard deviation, around the mean tr(A).": (math.sqrt(dim / (dim + 2)), 1.0),
         "you computed the squared length ||v A||^2 (or ||A v||^2) of each direction's "
         "product with A; the trace estimate is the quadratic form v^T A v, a dot product "
         "of v A with v.": (_theory_ratio(matrix.T @ matrix), 1.0),
@@ -864,11 +866,19 @@ def _check_spread_simulation(spread_ratio) -> None:
         ],
     )):
         answer = ratio_for(matrix, name)
+        if index == 0 and ratio_for(matrix, name) != answer:
+            raise Mismatch(
+                f"spread_ratio gave {answer:.10g}, then {ratio_for(matrix, name):.10g} with the "
+                "same seed: draw every random number from the generator you are given (not "
+                "from numpy's or torch's global generator)."
+            )
         if index == 0 and ratio_for(matrix, name, seed=63) == answer:
             raise Mismatch(
                 "spread_ratio returns exactly the same number for differently seeded "
-                "generators: the exercise asks for a simulation. Draw the directions from "
-                "generator, compute v^T A v for each, and compare the spreads."
+                "generators: every random draw must come from generator (a seed of your own, "
+                "numpy's generator, or a formula in place of a simulation all give this). Draw "
+                "the directions from generator, compute v^T A v for each, and compare the "
+                "spreads."
             )
         if index == 0 and ratio_for(matrix, name, draws=n_draws // 2) == answer:
             raise Mismatch(
@@ -903,7 +913,7 @@ def _exact_spread_slips(matrix: torch.Tensor) -> dict[float, str]:
     frobenius, trace = float((sym**2).sum()), float(torch.trace(a))
     shrink = dim / (dim + 2)
     ratio = _theory_ratio(matrix)
-    return {
+    slips = {
         ratio**2: "that is the ratio of the variances; the question asks for the ratio of the "
                   "standard deviations.",
         1 / ratio: "that is Gaussian over sphere; the question asks for sphere over Gaussian.",
@@ -913,18 +923,25 @@ def _exact_spread_slips(matrix: torch.Tensor) -> dict[float, str]:
         math.sqrt(1 - trace**2 / (dim * frobenius)): "the sphere's fourth moments are not the "
             "Gaussian's: for v = sqrt(D) g / |g|, E[v_i^2 v_j^2] is the Gaussian's times "
             "D^2 / E|g|^4 = D / (D + 2).",
-        math.sqrt(shrink): "that is the ratio when tr A = 0; the sphere estimates the part "
-            "(tr A / D) I with no noise, which your formula must subtract.",
+        math.sqrt(shrink): "that is the ratio when tr A = 0 (or a ratio of second moments); "
+            "the sphere estimates the part (tr A / D) I with no noise, which your formula must "
+            "subtract.",
         math.sqrt(shrink * (trace**2 + 2 * frobenius) / (2 * frobenius)): "that uses the "
             "sphere's second moment E[(v^T A v)^2]; its variance subtracts the squared mean, "
             "tr(A)^2.",
         _rademacher_ratio(matrix): "that is the ratio for random signs, whose v_i^2 = 1 "
             "exactly; the sphere's v_i^2 vary.",
     }
+    trace_of_square = float(torch.trace(a @ a))
+    if trace_of_square > trace**2 / dim:
+        slips[math.sqrt(shrink * (1 - trace**2 / (dim * trace_of_square)))] = (
+            "||A_s||_F^2 is the sum of the squared entries of the symmetric part, "
+            "(tr(A A^T) + tr(A^2)) / 2, not tr(A^2).")
+    return slips
 
 
 #: 5.5's matrices for the derived ratio: random, not symmetric, with a trace of their own
-EXACT_SPREAD_CASES = ([(71, 3), (72, 8), (73, 20)], [(74, 2), (75, 50)])
+EXACT_SPREAD_CASES = ([(76, 3), (72, 8), (73, 20)], [(74, 2), (75, 50)])
 
 
 def _expect_exact_spread_ratio(exact_spread_ratio) -> None:
