@@ -19,7 +19,7 @@ def predicted_variance_ratio(snr):
 
 
 def buggy_variance(v, sigma_min, sigma_max):
-    return (v + sigma_min**2) ** 2 / (v + sigma_max**2)
+    return (v + sigma_max**2) ** 2 / (v + sigma_min**2)
 
 
 exercise_8_3 = with_answer(checks.exercise_8_3, predicted_variance_ratio, first=True)
@@ -218,10 +218,12 @@ def test_8_2_and_8_4_name_a_step_that_writes_into_its_input(capsys):
 
 def test_8_4(capsys):
     assert_passes(capsys, exercise_8_4, pf_drift)
-    assert_explains(capsys, exercise_8_4, lambda f, sde, x, t: -sde.g2(t) * f(x, sde.sigma(t)),
-             "still the original drift")
     assert_explains(capsys, exercise_8_4, lambda f, sde, x, t: 0.5 * sde.g2(t) * f(x, sde.sigma(t)),
-             "wrong sign")
+             "still the colleague's drift", "reversed time")
+    assert_explains(capsys, exercise_8_4, lambda f, sde, x, t: -sde.g2(t) * f(x, sde.sigma(t)),
+             "the reverse SDE's", "half of it")
+    assert_explains(capsys, exercise_8_4, lambda f, sde, x, t: sde.g2(t) * f(x, sde.sigma(t)),
+             "the wrong sign", "twice")
     assert_explains(capsys, exercise_8_4,
              lambda f, sde, x, t: -0.5 * sde.diffusion(t) * f(x, sde.sigma(t)), "g instead of g^2")
     assert_explains(capsys, exercise_8_4, lambda f, sde, x, t: -0.25 * sde.g2(t) * f(x, sde.sigma(t)),
@@ -569,11 +571,13 @@ def test_8_4_checks_the_derived_variance_of_the_bug(capsys):
     start = lambda v, lo, hi: v + hi**2  # noqa: E731
     end = lambda v, lo, hi: v + lo**2  # noqa: E731
     for wrong, phrase in [(end, "fixed flow"),
-                          (lambda *a: end(*a) / start(*a), "scales x"),
-                          (lambda *a: (end(*a) / start(*a)) ** 2, "multiply by"),
-                          (lambda v, lo, hi: v**2 / (v + hi**2), "sigma(0) = sigma_min"),
-                          (lambda v, lo, hi: hi**2 * (end(v, lo, hi) / start(v, lo, hi)) ** 2,
+                          (start, "start with"),
+                          (lambda *a: start(*a) / end(*a), "multiply by"),
+                          (lambda *a: (start(*a) / end(*a)) ** 0.5, "scales x"),
+                          (lambda v, lo, hi: (v + hi**2) ** 2 / v, "sigma(0) = sigma_min"),
+                          (lambda v, lo, hi: hi**2 * start(v, lo, hi) / end(v, lo, hi),
                            "from the prior"),
+                          (lambda *a: end(*a) ** 2 / start(*a), "twice the size"),
                           (lambda *a: 1.02 * buggy_variance(*a), "measured, or approximated"),
                           (lambda *a: 1.0, "derivative of a logarithm")]:
         assert_explains(capsys, check, (pf_drift, wrong), phrase)

@@ -673,9 +673,8 @@ BROKEN_ASSUMPTION_OPTIONS = {
     "b": "right: the rule treats every p_sigma_i as N(0, sigma_i^2 I), the perturbed density "
     "of a single point; at the small levels the digits' perturbed density is nothing like "
     "that.",
-    "c": "the rule assumes only that level i starts from N(0, sigma_(i-1)^2 I); within the "
-    "level it counts exactly T steps (the rho^(2T) gamma^2 term is the start not yet "
-    "forgotten), and it is computed for the sampler's own T = 10.",
+    "c": "the shipped sampler scales its step exactly so, alpha_i = eps sigma_i^2 / sigma_L^2 "
+    "(annealed_langevin_dynamics follows the paper's Algorithm 1): that assumption holds.",
     "d": "your variance_ratio and ncsnv2_epsilon are in the book's convention, the one the "
     "sampler uses (exercise 6.3 checked it); and a factor of 2 would not explain a tuned step "
     "about four times the rule's.",
@@ -882,15 +881,14 @@ def _check_network_score(network_score) -> None:
                     f"{call} still has both of the colleague's bugs. Run your "
                     "score_norm_profile on it and on as_score_fn(model, model.sigmas), and "
                     "compare the two level by level.": network_at(flipped) / sigma,
-                    f"{call} asks the network for level {flipped} (sigma = "
-                    f"{ladder[flipped]:.3g}) instead of level {level}: the ladder in which your "
-                    "function looks the level up runs the other way from the model's.":
-                        network_at(flipped),
-                    f"{call} divides the network's output by sigma. NCSNv2's networks are built "
-                    "that way, but this network (NCSN's CondRefineNetDilated) outputs the score "
-                    "itself: your profile is the right one divided by sigma.": expected / sigma,
-                    f"{call} multiplies the network's output by sigma; this network outputs "
-                    "the score itself.": expected * sigma,
+                    f"{call} is the model's score at another level, sigma = "
+                    f"{ladder[flipped]:.3g}, not at sigma = {sigma:.3g}. Compare your profile "
+                    "with the package's level by level: which levels does your function "
+                    "confuse, and why?": network_at(flipped),
+                    f"{call} is the model's score at the right level divided by sigma: where "
+                    "does your function scale what the network gives?": expected / sigma,
+                    f"{call} is the model's score at the right level multiplied by sigma: "
+                    "where does your function scale what the network gives?": expected * sigma,
                 }
                 written = int(torch.argmin((shipped - sigma).abs()))
                 if written != level and written <= last:

@@ -490,41 +490,43 @@ def exercise_8_3(predicted_variance_ratio, measure_variance_ratio) -> None:
 
 register_hints(
     "8.4",
-    "The ODE and the reverse SDE must carry the same marginals p_t. Is the SDE's drift without "
-    "its noise such a flow, or does removing the noise change what the drift must be?",
-    "Write the forward SDE's Fokker-Planck equation and turn its diffusion term into a drift: "
-    "1/2 g^2 times the Laplacian of p equals the divergence of 1/2 g^2 p grad log p.",
+    "In which time is the buggy drift written, and in which does the solver run? As t goes from "
+    "1 to 0, which way must a sample move: towards the data, or away from them?",
+    "In the forward time t the probability flow is dx/dt = f - 1/2 g^2 grad log p_t; in the "
+    "reversed time u = 1 - t its drift changes sign. solve_ivp from t = 1 to 0 integrates dx/dt: "
+    "which of the two does it need?",
     "Check your fix on the Gaussian above: carried back from t = 1 by the ODE, the samples "
-    "should have variance 2 (ratio 1.0); the buggy drift leaves almost none. For "
+    "should have variance 2 (ratio 1.0); the buggy drift leaves millions. For "
     "buggy_variance: with the score -x / (v + sigma^2), write d log|x| / dt as the derivative "
     "of a logarithm.",
 )
 
 
 def _expect_buggy_variance(buggy_variance) -> None:
-    """The variance the buggy flow (-g^2 s) leaves, started from p_1 = N(0, (v + sigma_max^2) I)
-    for data N(0, v I): (v + sigma_min^2)^2 / (v + sigma_max^2), to 1e-6."""
+    """The variance the buggy flow (+1/2 g^2 s) leaves, started from p_1 = N(0, (v + sigma_max^2)
+    I) for data N(0, v I): (v + sigma_max^2)^2 / (v + sigma_min^2), to 1e-6."""
     for v, lo, hi in cases([(2.0, 0.01, 50.0), (1.0, 0.5, 3.0)], [(0.3, 0.2, 10.0)]):
         call = f"buggy_variance(v={v}, sigma_min={lo}, sigma_max={hi})"
         got = to_float(call_student(buggy_variance, v, lo, hi, what="buggy_variance"), what=call)
         start, end = v + hi**2, v + lo**2
         slips = {
             end: "that is what the fixed flow leaves, the data perturbed at sigma_min. The buggy "
-            "drift is twice the probability flow's: what does doubling d log|x| / dt do to the "
-            "factor by which x shrinks?",
-            end / start: "that is the factor by which the buggy flow scales x; the samples start "
-            "with the variance v + sigma_max^2, and a variance scales with the factor squared.",
-            (end / start) ** 2: "that is the factor by which the variance shrinks; multiply by "
-            "the variance the samples start with, v + sigma_max^2.",
-            v**2 / start: "the flow ends at t = 0, where sigma(0) = sigma_min, not 0: the score "
+            "drift has the opposite sign: what does flipping d log|x| / dt do to the factor by "
+            "which x changes?",
+            start: "that is the variance the samples start with; the buggy flow does change it.",
+            start / end: "that is the factor by which the variance grows; multiply by the "
+            "variance the samples start with, v + sigma_max^2.",
+            (start / end) ** 0.5: "that is the factor by which the buggy flow scales x; a "
+            "variance scales with the factor squared, times the variance at the start.",
+            start**2 / v: "the flow ends at t = 0, where sigma(0) = sigma_min, not 0: the score "
             "there is -x / (v + sigma_min^2).",
-            hi**2 * (end / start) ** 2: "that starts from the prior N(0, sigma_max^2 I); the "
-            "samples here start from p_1 = N(0, (v + sigma_max^2) I) itself.",
-            start**2 / end: "that runs the flow the wrong way: from t = 1 back to t = 0 the "
-            "spread shrinks.",
+            hi**2 * start / end: "that starts from the prior N(0, sigma_max^2 I); the samples "
+            "here start from p_1 = N(0, (v + sigma_max^2) I) itself.",
+            end**2 / start: "that is what a drift of the right sign but twice the size (-g^2 s) "
+            "would leave; this bug flips the sign.",
         }
         expect_derived(
-            got, end**2 / start, call=call, wrong="is not the variance the buggy ODE leaves",
+            got, start**2 / end, call=call, wrong="is not the variance the buggy ODE leaves",
             slips=slips,
             measured=(0.05, "close, but not exact: measured, or approximated? Derive it in "
                             "closed form, keeping v and sigma_min: the score is linear in x, so "
@@ -534,8 +536,9 @@ def _expect_buggy_variance(buggy_variance) -> None:
                       "from t = 1 to 0.")
 
 
-@exercise("8.4", "the drift is -1/2 g^2 s: the ODE now carries N(0, (2 + sigma_max^2) I) back "
-                 "to N(0, 2 I), not to a point, and you derived the variance the bug left.")
+@exercise("8.4", "the drift is -1/2 g^2 s in the solver's time t: the ODE now carries "
+                 "N(0, (2 + sigma_max^2) I) back to N(0, 2 I), and you derived the variance the "
+                 "reversed-time drift left.")
 def exercise_8_4(pf_drift, buggy_variance) -> None:
     """Check ``pf_drift(score_fn, sde, x, t) -> (N, D)`` and the variance it samples, then
     ``buggy_variance(v, sigma_min, sigma_max) -> float``, the variance the bug left."""
@@ -562,9 +565,12 @@ def exercise_8_4(pf_drift, buggy_variance) -> None:
         expect_finite(got, what="pf_drift(...)")
         g2, s = sde.g2(t), score_fn(x, sde.sigma(t))
         mutants = {
-            "this is still the original drift -g^2 s: the probability flow has half of it.":
+            "this is still the colleague's drift, +1/2 g^2 s: the drift of the reversed time "
+            "u = 1 - t. The solver runs in t.": 0.5 * g2 * s,
+            "the drift is -g^2 s, the reverse SDE's; the probability flow has half of it.":
                 -g2 * s,
-            "the drift has the wrong sign: the ODE is dx/dt = -1/2 g^2 s.": 0.5 * g2 * s,
+            "the drift is +g^2 s: the wrong sign (the solver runs in t, not in u = 1 - t), and "
+            "twice the probability flow's size.": g2 * s,
             "the drift uses g instead of g^2.": -0.5 * math.sqrt(g2) * s,
             "the drift is -g s: it needs g^2, and the probability flow's 1/2 (-1/2 g^2 s).":
                 -math.sqrt(g2) * s,
@@ -585,7 +591,7 @@ def exercise_8_4(pf_drift, buggy_variance) -> None:
                 -0.5 * sde.g2(1.0 - t) * s,
         }
         diagnose(got, -0.5 * g2 * s, what="pf_drift", mutants=mutants)
-    # The symptom: with the bug the backward ODE shrinks the spread to almost nothing.
+    # The symptom: with the bug the backward ODE spreads the samples millions of times too wide.
     sde = VESDE(0.01, 50.0)
     x1 = math.sqrt(variance + 50.0**2) * torch.randn(2_000, 2, generator=generator,
                                                      dtype=torch.float64)
