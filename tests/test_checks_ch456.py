@@ -1407,3 +1407,19 @@ def test_5_5_names_the_trace_of_the_square_for_the_frobenius_norm(capsys):
 
     # the public matrices have tr(A^2) > tr(A)^2 / D, so the slip gives a number there
     assert_explains(capsys, checks.exercise_5_5, (spread_ratio(), trace_of_square), "not tr(A^2)")
+
+
+def test_6_5_names_a_rebuilt_geometric_ladder_and_a_division_by_sigma_squared(capsys, grading):
+    def rebuilt(model):
+        sigmas = model.sigmas.cpu()
+        ladder = torch.logspace(math.log10(sigmas[0]), math.log10(sigmas[-1]), len(sigmas))
+        return network_score(model, ladder=ladder)
+
+    def squared(model):
+        plain = network_score(model)
+        return lambda x, sigma: plain(x, sigma) / sigma**2
+
+    assert_explains(capsys, checks.exercise_6_5, [score_norm_profile, rebuilt],
+                    "do not rebuild it")
+    assert_explains(capsys, checks.exercise_6_5, [score_norm_profile, squared],
+                    "divided by sigma^2")

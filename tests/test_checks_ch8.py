@@ -673,3 +673,14 @@ def test_8_2_explains_wrong_step_counts(capsys, steps, phrase):
 
 def test_8_2_waits_for_steps_needed(capsys):
     assert run_check(capsys, checks.exercise_8_2, _em_step, em_variance, ...).startswith("⏳")
+
+
+def test_8_4_names_a_drift_taken_at_1_minus_t_and_a_drift_that_points_the_other_way(capsys):
+    def at_reversed_time(sign):
+        return lambda f, sde, x, t: sign * 0.5 * sde.g2(1.0 - t) * f(x, sde.sigma(1.0 - t))
+
+    assert_explains(capsys, exercise_8_4, at_reversed_time(-1), "taken at 1 - t",
+                    "already passes")
+    assert_explains(capsys, exercise_8_4, at_reversed_time(+1), "taken at 1 - t", "sign")
+    assert_explains(capsys, exercise_8_4, lambda f, sde, x, t: -0.5 * sde.g2(t) * x,
+                    "points the opposite way")

@@ -347,6 +347,10 @@ def diagnose(
             if math.isclose(ratio, 1.0 / factor, rel_tol=1e-3):
                 raise Mismatch(f"{what} is the reference divided by {shown}"
                                + (f": {too_small}" if too_small else "."))
+        if ratio < 0:
+            raise Mismatch(
+                f"{what} is the reference times {ratio:.4g}: it points the opposite way, and its "
+                f"size is {-ratio:.4g} times the reference's.")
         raise Mismatch(
             f"{what} is the reference times {ratio:.4g}: the direction is right, the scale is not."
         )

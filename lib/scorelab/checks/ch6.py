@@ -796,7 +796,7 @@ def _check_profile(score_norm_profile) -> None:
             "every dimension but the first), then their mean.": expected * math.sqrt(n),
             f"your profile divides by D = {dim}: it is divided by sqrt(D).": expected / math.sqrt(dim),
             **({f"your profile divides by sqrt({shape[-1]}), the last dimension of the data: D is "
-                f"the number of entries of one example, {dim} here (x[0].numel())":
+                f"the number of entries of one example, {dim} here (x[0].numel()).":
                 expected * math.sqrt(dim / shape[-1])} if shape[-1] != dim else {}),
             **({"your profile takes the norm over the last dimension only (norm(dim=-1)): that "
                 "is the norm of one row of an image; flatten each example first (x.flatten(1)) "
@@ -889,12 +889,22 @@ def _check_network_score(network_score) -> None:
                     "does your function scale what the network gives?": expected / sigma,
                     f"{call} is the model's score at the right level multiplied by sigma: "
                     "where does your function scale what the network gives?": expected * sigma,
+                    f"{call} is the model's score at the right level divided by sigma^2: where "
+                    "does your function scale what the network gives?": expected / sigma**2,
                 }
                 written = int(torch.argmin((shipped - sigma).abs()))
                 if written != level and written <= last:
                     mutants[f"{call} asks the network for level {written}, the level of sigma "
                             f"in the shipped model's ladder ({written_down}), not in this "
                             "model's: read the ladder from the model."] = network_at(written)
+                rebuilt = torch.logspace(math.log10(ladder[0]), math.log10(ladder[-1]),
+                                         len(ladder))  # a geometric ladder with the same ends
+                guessed = int(torch.argmin((rebuilt - sigma).abs()))
+                if guessed != level:
+                    mutants[f"{call} asks the network for level {guessed}, where sigma would "
+                            "sit in a geometric ladder with the model's ends; this model's ladder "
+                            "is not geometric. Read the ladder itself from the model; do not "
+                            "rebuild it."] = network_at(guessed)
                 for j in (level - 1, level + 1):
                     if 0 <= j <= last:
                         mutants[f"{call} asks the network for level {j} instead of {level}: "
