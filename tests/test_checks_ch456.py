@@ -264,16 +264,16 @@ def test_5_4_accepts_the_learned_weight_in_any_float_dtype(capsys, grading):
 @pytest.mark.parametrize(
     "answer, phrases",
     [
-        (lambda m: -torch.linalg.inv(m), ["-M^-1", "weights W by M"]),
-        (lambda m: m, ["+M", "sign"]),
-        (lambda m: -m @ m, ["-M^2"]),
+        (lambda m: -torch.linalg.inv(m), ["-C^-1", "weights W by C"]),
+        (lambda m: m, ["+C", "sign"]),
+        (lambda m: -m @ m, ["-C^2"]),
         (lambda m: -torch.eye(len(m), dtype=m.dtype), ["true score's W = -I"]),
         (lambda m: -torch.trace(m) / len(m) * torch.eye(len(m), dtype=m.dtype),
-         ["mean of M's diagonal"]),
+         ["mean of C's diagonal"]),
         (lambda m: -m / len(m), ["divides by D once more"]),
         (lambda m: -2 * m, ["two traces", "gradient with respect to W"]),
         (lambda m: (-m).numpy(), ["return W as a (3, 3) tensor"]),
-        (lambda m: -m[:2, :2], ["learned_weight(M)"]),
+        (lambda m: -m[:2, :2], ["learned_weight(C)"]),
     ],
 )
 def test_5_4_names_wrong_learned_weights(capsys, answer, phrases):
@@ -282,7 +282,7 @@ def test_5_4_names_wrong_learned_weights(capsys, answer, phrases):
 
 def test_5_4_checks_the_learned_weight_before_the_fix(capsys):
     out = run_check(capsys, checks.exercise_5_4, lambda m: m, stub)
-    assert out.startswith("❌") and "+M" in out, out
+    assert out.startswith("❌") and "+C" in out, out
 
 
 def test_5_4_refuses_to_swap_the_sphere_for_gaussian_directions(capsys):

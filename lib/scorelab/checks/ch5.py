@@ -640,23 +640,23 @@ def _second_moments() -> list[tuple[str, torch.Tensor]]:
         return (a @ a.T / dim + 0.2 * torch.eye(dim, dtype=torch.float64)).round(decimals=3)
 
     def named(moment: torch.Tensor) -> tuple[str, torch.Tensor]:
-        return f"M = {moment.numpy().tolist()}", moment
+        return f"C = {moment.numpy().tolist()}", moment
 
     eye = torch.eye(8, dtype=torch.float64)
     return cases(
         public=[named(torch.diag(torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64))),
-                named(full(3, 54)), ("M = I / 8, in 8 dimensions", eye / 8)],
-        hidden=[named(full(2, 56)), ("M = 3 I, in 4 dimensions", 3 * eye[:4, :4]),
-                ("a full 5 x 5 M", full(5, 55))],
+                named(full(3, 54)), ("C = I / 8, in 8 dimensions", eye / 8)],
+        hidden=[named(full(2, 56)), ("C = 3 I, in 4 dimensions", 3 * eye[:4, :4]),
+                ("a full 5 x 5 C", full(5, 55))],
     )
 
 
 def _expect_learned_weight(learned_weight) -> None:
-    """The minimiser of tr(W M) + 1/2 tr(W W^T), SSM-VR's loss for the linear score W x on
-    N(0, I) data with directions of second moment M: W = -M."""
+    """The minimiser of tr(W C) + 1/2 tr(W W^T), SSM-VR's loss for the linear score W x on
+    N(0, I) data with directions of second moment C: W = -C."""
     for name, moment in _second_moments():
         dim = moment.shape[0]
-        call = f"learned_weight(M) for {name}"
+        call = f"learned_weight(C) for {name}"
         got = call_student(learned_weight, moment.clone(), what="learned_weight")
         if not isinstance(got, torch.Tensor):
             raise Mismatch(f"{call} returned {type(got).__name__}: return W as a ({dim}, {dim}) "
@@ -667,32 +667,32 @@ def _expect_learned_weight(learned_weight) -> None:
             continue
         eye = torch.eye(dim, dtype=torch.float64)
         slips = [
-            (-torch.linalg.inv(moment), "that is -M^-1: the trace term weights W by M, it does "
+            (-torch.linalg.inv(moment), "that is -C^-1: the trace term weights W by C, it does "
                                         "not divide by it."),
-            (moment, "that is +M: the sign is off. A minimiser of tr(W M) + ..., with M "
+            (moment, "that is +C: the sign is off. A minimiser of tr(W C) + ..., with C "
                      "positive definite, has a negative trace."),
-            (-moment @ moment, "that is -M^2: M enters the trace term once."),
-            (-eye, "that is the true score's W = -I, what the loss learns only when M = I."),
-            (-torch.trace(moment) / dim * eye, "that keeps only the mean of M's diagonal: the "
+            (-moment @ moment, "that is -C^2: C enters the trace term once."),
+            (-eye, "that is the true score's W = -I, what the loss learns only when C = I."),
+            (-torch.trace(moment) / dim * eye, "that keeps only the mean of C's diagonal: the "
                                                "minimiser is a matrix, off-diagonal entries too."),
-            (-moment / dim, "that divides by D once more: M is already the second moment of the "
+            (-moment / dim, "that divides by D once more: C is already the second moment of the "
                             "directions."),
         ]
         named = next((text for value, text in slips if is_close(got, value)), None)
         if named is None:
-            named = ("write the loss as a function of W and M (two traces), then set its "
+            named = ("write the loss as a function of W and C (two traces), then set its "
                      "gradient with respect to W to zero.")
         raise Mismatch(f"{call} is not the minimiser of SSM-VR's loss: {named}")
 
 
 @exercise(
     "5.4",
-    "SSM-VR learns W = -M from directions with E[v v^T] = M, so unit vectors (M = I / D) learn "
+    "SSM-VR learns W = -C from directions with E[v v^T] = C, so unit vectors (C = I / D) learn "
     "the score divided by D; with directions of length sqrt(D), E[v v^T] = I, and a linear "
     "model trained with your loss learns the score itself.",
 )
 def exercise_5_4(learned_weight, fixed_ssm_vr_loss) -> None:
-    """Check ``learned_weight(M (D, D)) -> W (D, D)`` (the minimiser, -M) and
+    """Check ``learned_weight(C (D, D)) -> W (D, D)`` (the minimiser, -C) and
     ``fixed_ssm_vr_loss(model, x (N, D), n_projections, generator) -> (N,)``."""
     from scorelab.training import sliced_score_matching_loss
 
@@ -1012,7 +1012,7 @@ register_hints(
     "The loss is quadratic in W: set its gradient with respect to W to zero. Then work out "
     "E[v v^T] for unit vectors: what do the diagonal entries of v v^T add up to, and how does "
     "symmetry share that among them?",
-    "Test learned_weight where you know the answer: with M = I it must give the true W = -I. "
+    "Test learned_weight where you know the answer: with C = I it must give the true W = -I. "
     "Check your directions before you train: the average of v v^T over 100,000 of them must "
     "be close to the identity, diagonal and off-diagonal entries alike. Which length makes "
     "the diagonal come out right?",
