@@ -205,7 +205,7 @@ BAD_SAMPLER_ARGUMENTS = {
     "x0 integer": ({"x0": INT_POINTS}, "x0 must be a floating-point tensor"),
     "x0 no batch": ({"x0": torch.zeros(3)}, r"x0 must be a non-empty tensor of shape \(N, \*D\)"),
     "x0 empty": ({"x0": torch.zeros(0, 2)}, r"x0 must be a non-empty tensor of shape \(N, \*D\)"),
-    "x0 list": ({"x0": [[0.0, 0.0]]}, r"x0 must be a non-empty tensor of shape \(N, \*D\), got list"),
+    "x0 list": ({"x0": [[0.0, 0.0]]}, r"x0 must be a non-empty tensor of shape \(N, \*D\), at least 2-D .*, got list"),
     "step zero": ({"step_size": 0.0}, "step_size must be a positive"),
     "step NaN": ({"step_size": math.nan}, "step_size must be a positive"),
     "step string": ({"step_size": "a"}, "step_size must be a positive"),
