@@ -395,6 +395,15 @@ def _kind(value) -> str:
     return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
+def bisect(below: Callable[[float], bool], low: float, high: float, steps: int) -> float:
+    """The point of [low, high] where ``below`` turns from True to False, by ``steps`` halvings
+    (``below`` True at ``low``, False at ``high``, changing once in between)."""
+    for _ in range(steps):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if below(middle) else (low, middle)
+    return 0.5 * (low + high)
+
+
 def call_under_no_grad(fn: Callable, *args, what: str, after: str = ""):
     """``fn(*args)`` under ``torch.no_grad()``, where the course's samplers call score functions:
     a RuntimeError there (autograd switched off) becomes a Mismatch that says so. The student's

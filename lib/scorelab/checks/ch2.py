@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from scorelab.checks._core import (Mismatch, call_student, cases, diagnose, exercise,
+from scorelab.checks._core import (Mismatch, bisect, call_student, cases, diagnose, exercise,
                                    expect_derived, expect_finite, expect_same_draws, expect_tensor,
                                    expect_untouched, global_rng_untouched, is_close,
                                    package_refused, register_hints, to_float)
@@ -204,14 +204,8 @@ def logistic_chain_variance(step_size: float) -> float:
 
 def logistic_alpha_for_bias(bias: float, *, chain_variance=logistic_chain_variance) -> float:
     """The step size at which ``chain_variance`` reaches (1 + bias) pi^2 / 3, by bisection."""
-    low, high = 0.2, 3.0
-    for _ in range(30):
-        middle = (low + high) / 2
-        if chain_variance(middle) < (1 + bias) * LOGISTIC_VARIANCE:
-            low = middle
-        else:
-            high = middle
-    return (low + high) / 2
+    target = (1 + bias) * LOGISTIC_VARIANCE
+    return bisect(lambda step: chain_variance(step) < target, 0.2, 3.0, 30)
 
 
 @exercise(

@@ -841,6 +841,7 @@ _REPLACED_BY_THE_PACKAGE = (
 
 def _check_network_score(network_score) -> None:
     from scorelab.data import load_digits
+    from scorelab.noise import geometric_sigmas
     from scorelab.scores import as_score_fn
 
     digits = load_digits("test")[:32]  # (32, 1, 8, 8)
@@ -897,8 +898,7 @@ def _check_network_score(network_score) -> None:
                     mutants[f"{call} asks the network for level {written}, the level of sigma "
                             f"in the shipped model's ladder ({written_down}), not in this "
                             "model's: read the ladder from the model."] = network_at(written)
-                rebuilt = torch.logspace(math.log10(ladder[0]), math.log10(ladder[-1]),
-                                         len(ladder))  # a geometric ladder with the same ends
+                rebuilt = geometric_sigmas(ladder[0], ladder[-1], len(ladder))  # same ends
                 guessed = int(torch.argmin((rebuilt - sigma).abs()))
                 if guessed != level:
                     mutants[f"{call} asks the network for level {guessed}, where sigma would "

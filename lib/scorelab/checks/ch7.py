@@ -18,6 +18,7 @@ import torch
 from scorelab.checks._core import (
     Mismatch,
     answer_number,
+    bisect,
     call_student,
     cases,
     diagnose,
@@ -55,11 +56,8 @@ def _gamma_half(dim: int) -> float:
     """The gamma with level_overlap(gamma, dim) = 1/2, by bisection (the truth, no formula)."""
     from scorelab.noise import level_overlap
 
-    low, high = 1.0 + 1e-12, 50.0  # overlap falls from 0.997 to ~0 on this bracket
-    for _ in range(200):
-        middle = 0.5 * (low + high)
-        low, high = (middle, high) if level_overlap(middle, dim) > 0.5 else (low, middle)
-    return 0.5 * (low + high)
+    # overlap falls from 0.997 to ~0 on this bracket
+    return bisect(lambda gamma: level_overlap(gamma, dim) > 0.5, 1.0 + 1e-12, 50.0, 200)
 
 
 TOLERANCE_71 = 1e-4  # relative error of gamma - 1

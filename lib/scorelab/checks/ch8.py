@@ -547,12 +547,12 @@ def exercise_8_4(pf_drift, buggy_variance) -> None:
 
     from scorelab.sde import VESDE
 
+    def gaussian_score(variance):
+        return lambda x, sigma: -x / (variance + sigma**2)
+
     # single inputs: data of a small variance, whose score depends on sigma(t) even at small t,
     # so that a score taken at the wrong level shows; the ODE's run below uses TARGET_VARIANCE
-    variance = 0.05
-
-    def score_fn(x, sigma):
-        return -x / (variance + sigma**2)
+    score_fn = gaussian_score(0.05)
 
     from scorelab.sde import _ode_drift
 
@@ -603,6 +603,7 @@ def exercise_8_4(pf_drift, buggy_variance) -> None:
         diagnose(got, -0.5 * g2 * s, what="pf_drift", mutants=mutants)
     # The symptom: with the bug the backward ODE spreads the samples millions of times too wide.
     variance = TARGET_VARIANCE
+    score_fn = gaussian_score(variance)
     sde = VESDE(0.01, 50.0)
     x1 = math.sqrt(variance + 50.0**2) * torch.randn(2_000, 2, generator=generator,
                                                      dtype=torch.float64)
