@@ -1443,6 +1443,40 @@ def test_6_1_explains_wrong_answers(capsys, options, phrases):
     assert_explains(capsys, checks.exercise_6_1, make_norm(**options), *phrases)
 
 
+def per_channel(values, x):
+    return torch.tensor(values, dtype=x.dtype).reshape(1, -1, 1, 1)
+
+
+def test_6_1_part_1_alone_says_so_and_part_2_completes_it(capsys):
+    out = run_check(capsys, checks.exercise_6_1, make_norm())
+    assert out.startswith("✅ Exercise 6.1: part 1 is right") and "Part 2" in out, out
+    assert_passes(capsys, checks.exercise_6_1, make_norm(), lambda x: 3 * x - 2,
+                  lambda x: x * per_channel([1.0, 2.0, 3.0, 4.0], x))
+    per_example = torch.tensor([1.0, 2.0, 0.5, 4.0]).reshape(-1, 1, 1, 1)
+    assert_passes(capsys, checks.exercise_6_1, make_norm(), lambda x: per_example * x + 1,
+                  lambda x: x + per_channel([1.0, 0.0, 0.0, 0.0], x))
+
+
+@pytest.mark.parametrize(
+    "invisible, delta_only, phrases",
+    [
+        (lambda x: x, lambda x: x + 1, ["invisible_change(x) barely differs"]),
+        (lambda x: -x, lambda x: x + 1, ["even plain instance norm", "mind the sign"]),
+        (lambda x: 1e-4 * x, lambda x: x + 1, ["eta = 1e-5"]),
+        (lambda x: x.flip(-1), lambda x: x + 1, ["even plain instance norm"]),
+        (lambda x: x + per_channel([0.0, 1.0, 2.0, 3.0], x), lambda x: x + 1,
+         ["the delta term can", "delta_only_change's kind"]),
+        (lambda x: 2 * x, lambda x: x + 5, ["delta_only_change(x): neither layer"]),
+        (lambda x: 2 * x, lambda x: x * per_channel([-1.0, 1.0, 1.0, 1.0], x),
+         ["delta_only_change(x): even plain instance norm"]),
+        (lambda x: x.mul_(2), lambda x: x + 1, ["in place"]),
+        (lambda x: 2 * x, None, ["pass delta_only_change too"]),
+    ],
+)
+def test_6_1_part_2_names_what_the_layer_sees(capsys, invisible, delta_only, phrases):
+    assert_explains(capsys, checks.exercise_6_1, (make_norm(), invisible, delta_only), *phrases)
+
+
 def test_a_normalisation_that_assumes_a_shift_is_told_about_bias_false(capsys):
     base = make_norm()
 
@@ -1531,6 +1565,63 @@ def test_6_2_accepts_the_solution(capsys):
 )
 def test_6_2_explains_wrong_answers(capsys, options, phrases):
     assert_explains(capsys, checks.exercise_6_2, adsm(**options), *phrases)
+
+
+def dsm_floor(tau, sigma, dim):
+    return 0.5 * dim * tau**2 / (tau**2 + sigma**2)
+
+
+def test_6_2_part_1_alone_says_so_and_part_2_completes_it(capsys):
+    out = run_check(capsys, checks.exercise_6_2, adsm())
+    assert out.startswith("✅ Exercise 6.2: part 1 is right") and "Part 2" in out, out
+    out = run_check(capsys, checks.exercise_6_2, adsm(), dsm_floor, 17.0)
+    assert out.startswith("✅") and "E|x - E[x | x~]|^2 / (2 sigma^2)" in out, out
+
+
+def test_6_2_part_2_is_checked_after_the_loss(capsys):
+    assert_explains(capsys, checks.exercise_6_2, (adsm(target_sign=1.0), dsm_floor, 17.0),
+                    "wrong sign")
+    assert_explains(capsys, checks.exercise_6_2, (adsm(), dsm_floor, None),
+                    "pass your mixture_limit too")
+    run_check(capsys, checks.exercise_6_2, adsm(), dsm_floor, ...)  # not done yet
+    assert checks.results["6.2"] is False
+
+
+@pytest.mark.parametrize(
+    "floor, phrase",
+    [
+        (lambda tau, sigma, dim: 0.5 * dim * ((1 - sigma**2 / tau**2) ** 2 + sigma**2 / tau**2),
+         "loss of the clean score"),
+        (lambda tau, sigma, dim: 0.5 * dim * sigma**2 / (tau**2 + sigma**2),
+         "the part of D / 2 that the exact score removes"),
+        (lambda tau, sigma, dim: 0.5 * dim * (tau**2 + 2 * sigma**2) / (tau**2 + sigma**2),
+         "sign of the cross term"),
+        (lambda tau, sigma, dim: dsm_floor(tau, sigma, dim) / sigma**2, "unweighted loss"),
+        (lambda tau, sigma, dim: 2 * dsm_floor(tau, sigma, dim), "the 1/2 in front"),
+        (lambda tau, sigma, dim: dsm_floor(tau, sigma, 1), "one coordinate's share"),
+        (lambda tau, sigma, dim: 0.5 * dim * tau / (tau + sigma), "do not add"),
+        (lambda tau, sigma, dim: 0.5 * dim, "a score of 0"),
+        (lambda tau, sigma, dim: 0.0, "still leaves a loss"),
+        (lambda tau, sigma, dim: sigma**2 * dsm_floor(tau, sigma, dim), "in units of sigma^2"),
+        (lambda tau, sigma, dim: dsm_floor(tau, sigma, dim) if sigma < tau else 0.0,
+         "right for small noise"),
+        (lambda tau, sigma, dim: 1.01 * dsm_floor(tau, sigma, dim), "simulation or a fit"),
+    ],
+)
+def test_6_2_names_a_wrong_floor(capsys, floor, phrase):
+    assert_explains(capsys, checks.exercise_6_2, (adsm(), floor, 17.0), "dsm_floor", phrase)
+
+
+@pytest.mark.parametrize(
+    "limit, phrase",
+    [(1.0, "one mode alone"), (16.0, "between the modes alone"), (34.0, "has a 1/2"),
+     (8.5, "one coordinate's share"), (9.0, "10 sqrt(2) apart"), (26.0, "0.8 * 0.2"),
+     (0.0, "does not vanish"), (15.7, "at a finite"), (16.94, "not from a measurement"),
+     (16.5, "2 over both"), (20.0, "is not the limit"),
+     (float("inf"), "finite number"), ("17", "should be a number")],
+)
+def test_6_2_names_a_wrong_mixture_limit(capsys, limit, phrase):
+    assert_explains(capsys, checks.exercise_6_2, (adsm(), dsm_floor, limit), phrase)
 
 
 def test_6_2_explains_a_batch_mean(capsys):

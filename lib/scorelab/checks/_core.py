@@ -72,9 +72,10 @@ def exercise(number: str, success: str) -> Callable:
     """Turn a check body into a student-facing check for exercise ``number``.
 
     The body raises :class:`Mismatch` (or any exception coming from the student's code)
-    when the answer is wrong and returns normally when it is right; the wrapper prints
-    one line and records the outcome in :data:`results`. It returns ``None`` so that a
-    notebook cell shows only the printed line. The global random state is restored
+    when the answer is wrong and returns normally when it is right (returning a string to say
+    something else than ``success``, e.g. for the first part of a two-part exercise); the
+    wrapper prints one line and records the outcome in :data:`results`. It returns ``None`` so
+    that a notebook cell shows only the printed line. The global random state is restored
     afterwards, so running a check does not change what the notebook's later cells draw.
     """
 
@@ -84,7 +85,7 @@ def exercise(number: str, success: str) -> Callable:
             passed = False
             try:
                 with torch.random.fork_rng(devices=[]):
-                    body(*args, **kwargs)
+                    said = body(*args, **kwargs)
             except NotImplementedError:
                 message = (
                     f"{TODO_MARK} Exercise {number}: not done yet. Fill in the TODO cell "
@@ -99,7 +100,7 @@ def exercise(number: str, success: str) -> Callable:
                 )
             else:
                 passed = True
-                message = f"{PASS_MARK} Exercise {number}: {success}"
+                message = f"{PASS_MARK} Exercise {number}: {said or success}"
             results[number] = passed
             print(message)
 

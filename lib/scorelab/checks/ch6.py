@@ -134,9 +134,92 @@ def _misread_rows(params, c: int, h, m) -> dict[str, torch.Tensor]:
     return mutants
 
 
-@exercise("6.1", "your forward reproduces ConditionalInstanceNorm2dPlus, with and without bias.")
-def exercise_6_1(norm_class) -> None:
-    """Check a subclass of ConditionalInstanceNorm2dPlus whose ``forward(x, labels)`` the student wrote."""
+@exercise(
+    "6.1",
+    "your forward reproduces ConditionalInstanceNorm2dPlus, with and without bias, and you found "
+    "what it cannot see: a common change a x + b of all the channels of an example (a > 0) is "
+    "invisible even to the delta term, which sees only how the channel means differ, relative "
+    "to their spread; shifting or scaling one channel alone is invisible to plain instance norm "
+    "but not to the delta term.",
+)
+def exercise_6_1(norm_class, invisible_change=None, delta_only_change=None) -> str | None:
+    """Check a subclass of ConditionalInstanceNorm2dPlus whose ``forward(x, labels)`` the student
+    wrote; in the exercise's second part, also ``invisible_change(x) -> x'`` (N, C, H, W), a
+    change no CIN++ layer sees, and ``delta_only_change(x) -> x'``, one that plain instance
+    norm does not see but the delta term does."""
+    _check_norm_class(norm_class)
+    if invisible_change is None and delta_only_change is None:
+        return ("part 1 is right: your forward matches the package's layer, with and without "
+                "bias, and passes gradients to x and to the embedding. Part 2 comes after the "
+                "network below.")
+    x, labels = _images()
+    x, labels = x[:4], labels[:4]  # images whose variances are far above eta
+    _check_change(invisible_change, x, labels, name="invisible_change", seen_by_delta=False)
+    _check_change(delta_only_change, x, labels, name="delta_only_change", seen_by_delta=True)
+    return None
+
+
+def _plain_instance_norm(norm):
+    """A copy of ``norm`` with every delta set to 0: plain conditional instance norm."""
+    plain = _reference_norm(norm.bias)
+    plain.load_state_dict(norm.state_dict())
+    with torch.no_grad():
+        c = norm.num_features
+        plain.embed.weight[:, c : 2 * c] = 0.0
+    return plain
+
+
+def _sees(norm, x: torch.Tensor, changed: torch.Tensor, labels: torch.Tensor) -> bool:
+    """Whether the layer's output moves by more than 1e-3 of its size when x becomes changed."""
+    with torch.no_grad():
+        before, after = norm(x, labels), norm(changed, labels)
+    return bool((after - before).abs().max() > 1e-3 * before.abs().max())
+
+
+def _check_change(change, x, labels, *, name: str, seen_by_delta: bool) -> None:
+    """``change(x)`` must change x, be invisible to plain instance norm, and be seen by the
+    delta term exactly when ``seen_by_delta``."""
+    if change is None:
+        raise Mismatch(f"pass {name} too: checks.exercise_6_1(MyConditionalInstanceNorm2dPlus, "
+                       "invisible_change, delta_only_change).")
+    given = x.clone()
+    changed = call_student(change, given, what=name)
+    expect_untouched(given, x, call=f"{name}(x)")
+    changed = expect_tensor(changed, what=f"{name}(x)", shape=tuple(x.shape)).detach()
+    expect_finite(changed, what=f"{name}(x)")
+    if (changed - x).abs().max() < 0.1 * x.std():
+        raise Mismatch(f"{name}(x) barely differs from x: change x by at least a tenth of its "
+                       "spread, or the question is empty.")
+    for bias in (True, False):
+        full = _reference_norm(bias)
+        if _sees(_plain_instance_norm(full), x, changed, labels):
+            tiny = changed.std() < 0.05 * x.std()
+            raise Mismatch(
+                f"{name}(x): even plain instance norm (delta = 0) sees this change. "
+                + ("You shrank x so far that its channels' variances approach eta = 1e-5, "
+                   "which the layer adds to every variance: there the invariance breaks. "
+                   if tiny else "")
+                + "Instance norm keeps, for each example and channel, the pattern "
+                "(x_k - mu_k) / s_k over the pixels: which changes of x leave every such "
+                "pattern the same (mind the sign)?"
+            )
+        full_sees = _sees(full, x, changed, labels)
+        if full_sees and not seen_by_delta:
+            raise Mismatch(
+                f"{name}(x): plain instance norm cannot see this change, but the delta term "
+                "can: it moves the channel means relative to one another (relative to their "
+                "spread). That is delta_only_change's kind of change; invisible_change needs "
+                "one that leaves (mu_k - m) / sqrt(v + eta) alone too."
+            )
+        if not full_sees and seen_by_delta:
+            raise Mismatch(
+                f"{name}(x): neither layer sees this change, so the delta term adds nothing "
+                "here (that is invisible_change's kind of change). Change the channel means "
+                "relative to one another, and keep each channel's pattern."
+            )
+
+
+def _check_norm_class(norm_class) -> None:
     if not (isinstance(norm_class, type) and issubclass(norm_class, nn.Module)):
         raise Mismatch(
             f"pass your class itself (got a {type(norm_class).__name__}), e.g. "
@@ -318,12 +401,125 @@ def _loss_mutants(model, x, sigmas, labels) -> dict[str, torch.Tensor]:
     }
 
 
+def _dsm_floor(tau, sigma, dim):
+    """The smallest weighted loss at level sigma, data N(mu, tau^2 I) in R^dim."""
+    return 0.5 * dim * tau**2 / (tau**2 + sigma**2)
+
+
+_FLOOR_POINTS = {"tau": (0.05, 5.0, "log"), "sigma": (0.005, 50.0, "log"), "dim": (1, 1000, "int")}
+
+_FLOOR_MUTANTS = [
+    ("this is the loss of the clean score -(x - mu) / tau^2, which is not the minimiser: at "
+     "level sigma the loss is smallest for the score of the perturbed density.",
+     lambda tau, sigma, dim: 0.5 * dim * ((1 - sigma**2 / tau**2) ** 2 + sigma**2 / tau**2)),
+    ("this is the part of D / 2 that the exact score removes, not the part it leaves: the "
+     "floor tends to D / 2 as sigma -> 0 (the noisy point cannot tell a small noise from the "
+     "data's own spread) and to 0 for large sigma.",
+     lambda tau, sigma, dim: 0.5 * dim * sigma**2 / (tau**2 + sigma**2)),
+    ("the floor must shrink as sigma grows: check the sign of the cross term 2 sigma E[z . s]; "
+     "the exact score points against the noise, so it lowers the loss below D / 2.",
+     lambda tau, sigma, dim: 0.5 * dim * (tau**2 + 2 * sigma**2) / (tau**2 + sigma**2)),
+    ("this is the unweighted loss; the exercise's loss carries lambda(sigma) = sigma^2.",
+     lambda tau, sigma, dim: 0.5 * dim * tau**2 / (sigma**2 * (tau**2 + sigma**2))),
+    ("the 1/2 in front of the squared norm is missing.",
+     lambda tau, sigma, dim: dim * tau**2 / (tau**2 + sigma**2)),
+    ("this is one coordinate's share: the squared norm sums the D coordinates.",
+     lambda tau, sigma, dim: 0.5 * tau**2 / (tau**2 + sigma**2)),
+    ("standard deviations do not add: x + sigma z has variance tau^2 + sigma^2.",
+     lambda tau, sigma, dim: 0.5 * dim * tau / (tau + sigma)),
+    ("this is the loss of a score of 0 (D / 2 at every level); the exact score does better.",
+     lambda tau, sigma, dim: 0.5 * dim + 0.0 * tau * sigma),
+    ("the exact score still leaves a loss: x~ does not tell all of the noise z, so no "
+     "function of x~ predicts sigma z exactly.",
+     lambda tau, sigma, dim: 0.0 * tau * sigma * dim),
+    ("this is half the best denoiser's error E|x - E[x | x~]|^2 itself; the loss measures it "
+     "in units of sigma^2.",
+     lambda tau, sigma, dim: 0.5 * dim * tau**2 * sigma**2 / (tau**2 + sigma**2)),
+]
+
+
+def _check_floor(dsm_floor) -> None:
+    check_formula(
+        dsm_floor,
+        _dsm_floor,
+        [p for seed in cases([60], [61, 62]) for p in random_points(seed, 30, _FLOOR_POINTS)],
+        what="dsm_floor",
+        regimes=[[
+            ("for small noise (sigma < tau / 5)", lambda p: p["sigma"] < p["tau"] / 5),
+            ("for noise comparable with tau",
+             lambda p: p["tau"] / 5 <= p["sigma"] <= 5 * p["tau"]),
+            ("for large noise (sigma > 5 tau)", lambda p: p["sigma"] > 5 * p["tau"]),
+        ]],
+        mutants=_FLOOR_MUTANTS,
+    )
+
+
 @exercise(
     "6.2",
-    "your annealed_dsm_loss weights each level by sigma^2 and works on points and images alike.",
+    "your annealed_dsm_loss weights each level by sigma^2 and works on points and images alike, "
+    "and the floor of Gaussian data is D tau^2 / (2 (tau^2 + sigma^2)), which is "
+    "E|x - E[x | x~]|^2 / (2 sigma^2): the best denoiser's error, in units of sigma^2. It tends "
+    "to D / 2 as sigma -> 0 and to 0 as sigma grows. For the mixture, sigma^2 times the floor "
+    "tends to tr Cov[x] / 2 = (2 + 0.16 * 200) / 2 = 17.",
 )
-def exercise_6_2(annealed_dsm_loss) -> None:
-    """Check ``annealed_dsm_loss(model, x (N, *D), sigmas (L,), labels (N,), generator) -> (N,)``."""
+def exercise_6_2(annealed_dsm_loss, dsm_floor=None, mixture_limit=None) -> str | None:
+    """Check ``annealed_dsm_loss(model, x (N, *D), sigmas (L,), labels (N,), generator) -> (N,)``
+    and, in the exercise's second part, ``dsm_floor(tau, sigma, dim) -> float``, the smallest
+    expected weighted loss at level sigma for data N(mu, tau^2 I) in R^dim, and
+    ``mixture_limit``, the limit of sigma^2 times the toy mixture's floor as sigma grows."""
+    _check_annealed_loss(annealed_dsm_loss)
+    if dsm_floor is None and mixture_limit is None:
+        return ("part 1 is right: your annealed_dsm_loss weights each level by sigma^2 and works "
+                "on points and images alike. Part 2 comes after the training.")
+    _check_floor(dsm_floor)
+    _check_mixture_limit(mixture_limit)
+    return None
+
+
+#: 6.2, part 2: the limit of sigma^2 floor(sigma) for 0.8 N((5, 5), I) + 0.2 N((-5, -5), I).
+#: The truth is tr Cov[x] / 2 = (2 * 1 + 0.8 * 0.2 * |(10, 10)|^2) / 2 = 17.
+_LIMIT_SLIPS = {
+    1.0: "that is the limit for one mode alone, N((5, 5), I): the mixture's floor also holds "
+         "the spread between its modes, which the noisy point no longer resolves.",
+    16.0: "that is the spread between the modes alone; each mode's own variance adds to it.",
+    34.0: "that is the whole trace of the covariance: the loss has a 1/2 in front.",
+    8.5: "that is one coordinate's share: the squared norm sums both coordinates.",
+    9.0: "the modes are |(10, 10)| = 10 sqrt(2) apart, not 10: the squared distance is 200.",
+    26.0: "the modes' weights are 0.8 and 0.2, so the spread between them carries "
+          "0.8 * 0.2 = 0.16 of the squared distance, not 0.25.",
+    0.0: "sigma^2 times the floor does not vanish: the floor falls like 1/sigma^2, not faster.",
+    16.5: "each mode's own variance is 1 per coordinate, so 2 over both coordinates.",
+}
+
+
+def _check_mixture_limit(mixture_limit) -> None:
+    if mixture_limit is None:
+        raise Mismatch("pass your mixture_limit too: checks.exercise_6_2(annealed_dsm_loss, "
+                       "dsm_floor, mixture_limit).")
+    value = to_float(mixture_limit, what="mixture_limit")
+    if not math.isfinite(value):
+        raise Mismatch(f"mixture_limit should be a finite number, got {value}.")
+    if abs(value - 17.0) <= 0.01:
+        return
+    for slip, why in _LIMIT_SLIPS.items():
+        if abs(value - slip) <= 0.01:
+            raise Mismatch(f"mixture_limit = {value:g}: {why}")
+    if 12.0 <= value < 17.2:
+        raise Mismatch(
+            f"mixture_limit = {value:g} is about what sigma^2 times the floor is at a finite "
+            "sigma (about 15.7 at sigma = 20, where the noisy point still says a little about "
+            "its mode, and closer to the limit further out). The limit is exact: work it out "
+            "from the mixture's covariance, not from a measurement."
+        )
+    raise Mismatch(
+        f"mixture_limit = {value:g} is not the limit. Write the floor as the best denoiser's "
+        "error, E|x - E[x | x~]|^2 / (2 sigma^2) (Tweedie's formula); when sigma is large, what "
+        "is E[x | x~], and so what is sigma^2 times the floor? It needs the mixture's "
+        "covariance: within the modes and between them."
+    )
+
+
+def _check_annealed_loss(annealed_dsm_loss) -> None:
     from scorelab.training import _annealed_dsm_loss, _sigma_weighted_dsm, sigma_weighted_dsm
     from scorelab.training import annealed_dsm_loss as reference_loss
 
@@ -930,24 +1126,36 @@ def exercise_6_5(score_norm_profile, network_score) -> None:
 register_hints(
     "6.1",
     "Instance norm removes each channel's spatial mean and scale; the delta term puts back how "
-    "the channel means differ from one another, normalised across the channels.",
+    "the channel means differ from one another, normalised across the channels. Part 2: ask "
+    "what each of those normalisations removes.",
     "Which statistics are taken over the pixels of one channel, and which across the channels "
     "of one example? Which variance is biased and which unbiased (the class's docstring says)? "
-    "Does gamma multiply the delta term too, and where does beta enter?",
+    "Does gamma multiply the delta term too, and where does beta enter? Part 2: which changes "
+    "of one channel keep (x_k - mu_k) / s_k? Which changes of all the channels together keep "
+    "(mu_k - m) / sqrt(v)?",
     "Check special cases: with gamma = 1, delta = 0 and beta = 0 your layer is plain instance "
     "norm (every channel of every example has mean 0 and variance about 1 over its pixels); "
-    "with delta = 0 the channel means play no part at all.",
+    "with delta = 0 the channel means play no part at all. Part 2: try a change on the "
+    "package's layer with random parameters (its embedding's weights drawn from a normal "
+    "law) and compare the outputs before and after; mind the sign of any factor.",
 )
 register_hints(
     "6.2",
     "One network, all levels: each example gets its own sigma (from its label), its own noise, "
-    "and the DSM loss of that level weighted by lambda(sigma) = sigma^2.",
+    "and the DSM loss of that level weighted by lambda(sigma) = sigma^2. Part 2: the floor is "
+    "the loss of the minimiser itself, which Exercise 4.3 found for Gaussian data.",
     "Write one example's loss first, with its own sigma_i, and ask of every tensor its shape: "
     "which has one number per example, and how must it be shaped to meet an image of shape "
-    "(C, H, W)? Which dimensions does the squared norm sum over, and which does it keep?",
+    "(C, H, W)? Which dimensions does the squared norm sum over, and which does it keep? "
+    "Part 2: at the minimiser, write sigma s(x~) + z in terms of z and x - mu only; they are "
+    "independent, so the mean square of the sum is the sum of the mean squares. For the "
+    "mixture, Tweedie's formula writes the same quantity as (E[x | x~] - x) / sigma: what does "
+    "E[x | x~] become when the noise swamps the data?",
     "Check it with a model that always returns zeros: every example's loss is then |z|^2 / 2, "
     "about D / 2, at every level, which is what the weight sigma^2 buys. Then check the shape: "
-    "(N,) for points (N, D) and for images (N, C, H, W) alike.",
+    "(N,) for points (N, D) and for images (N, C, H, W) alike. Part 2: your dsm_floor must "
+    "stay below D / 2 (the loss of a score of 0), tend to D / 2 as sigma -> 0 and to 0 as "
+    "sigma grows; mixture_limit needs the mixture's whole covariance, within and between modes.",
 )
 register_hints(
     "6.3",
