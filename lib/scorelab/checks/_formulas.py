@@ -152,6 +152,11 @@ def _named_regimes(
     return named
 
 
+def _relative_error(got: torch.Tensor, expected: torch.Tensor, atol: float) -> float:
+    """The largest entry of |got - expected| / max(|expected|, atol)."""
+    return ((got - expected).abs() / expected.abs().clamp_min(atol)).max().item()
+
+
 def check_formula(
     fn: Callable,
     truth: Callable,
@@ -199,7 +204,8 @@ def check_formula(
             f"{rtol:g}: {calls[i]} is off by a relative {gap:.2g}. That is round-off: compute "
             "with Python floats (or float64), not float32 tensors."
         )
-    first = min(wrong)
+    # the point where the formula is furthest off (the first of equals), so the example shows it
+    first = max(sorted(wrong), key=lambda i: _relative_error(got[i], expected[i], atol))
     example = f"{calls[first]} = {_short(got[first])}, expected {_short(expected[first])}"
     if got[first].numel() == 1 and _short(got[first]) == _short(expected[first]):
         example = (f"{calls[first]} = {got[first].item():.10g}, expected "
