@@ -145,7 +145,8 @@ def draw_noise_level(ax: Axes, sigma: float = 5.0, *, limits: Limits = (-12.0, 1
                               width=0.004)
     probe = torch.tensor([[-5.0, -5.0]])  # the light mode's centre
     heavy = float(level.responsibilities(probe)[0, 0])
-    ax.set_title(f"sigma {sigma:.2f}\nheavy mode's share at (-5, -5): {heavy:.2f}", fontsize=9)
+    ax.set_title(f"sigma {sigma:.2f}\nheavy mode's responsibility at (-5, -5): {heavy:.2f}",
+                 fontsize=9)
     return ax
 
 

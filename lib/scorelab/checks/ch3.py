@@ -2,7 +2,7 @@
 
 3.1 (derive) the common ratio of a geometric ladder; 3.2 (implement) the ladder itself;
 3.3 (derive) the step of each level that keeps exercise 2.2's stationary bias the same on
-Gaussian data, against Algorithm 1's alpha_i = eps sigma_i^2 / sigma_L^2; 3.4 (investigate) where plain Langevin puts the 0.8 / 0.2 mixture's mass, and why;
+Gaussian data, against Algorithm 1's alpha_i = eps sigma_i^2 / sigma_L^2; 3.4 (investigate) where plain Langevin puts the 0.8 / 0.2 mixture's mass, and why (the basins' edge, and the share it predicts);
 3.5 (implement) annealed Langevin dynamics; 3.6 (debug) a colleague's seeded sampler whose step
 grows like sigma and whose noise restarts at every level.
 """
@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from scorelab.checks._core import (Mismatch, answer_number, call_student, cases, check_choice,
+from scorelab.checks._core import (Mismatch, answer_number, call_student, cases,
                                    diagnose, exercise, expect_derived, expect_finite,
                                    expect_same_draws, expect_tensor, expect_untouched,
                                    global_rng_untouched, package_refused, register_hints,
@@ -561,15 +561,6 @@ def exercise_3_1(neighbour_kl, common_ratio) -> None:
 #: about 0.016 (sd; from the boxes far less); accept three of those.
 SHARE_TOLERANCE = 0.05
 
-WHY_OPTIONS = {
-    "a": "more steps do not help: to change sides a particle must cross the low-density gap "
-    "between the modes, and the time that takes grows exponentially with the barrier.",
-    "b": "right: near each mode the score is that mode's own score, whatever the weights, so "
-    "particles fall into the mode on their side of the gap and stay there.",
-    "c": "a smaller step only makes the chain slower; the share stays that of the start.",
-    "d": "the score of the mixture is exact here; the sampler, not the score, is the problem.",
-}
-
 
 def _share_starts():
     """Starting clouds of 2,000 particles: uniform on [-8, 8]^2, a lopsided box, a line across
@@ -595,13 +586,16 @@ def _share_starts():
 
 @exercise(
     "3.4",
-    "plain Langevin keeps the share of the start in each mode (about 0.5 from a symmetric "
-    "box), whatever the true weights, because the score near a mode ignores them; the basins "
-    "meet on the line x_1 + x_2 = -0.141.",
+    "plain Langevin keeps the share of the start in each basin, whatever the true weights, "
+    "because the score near a mode ignores them; the basins meet on the line "
+    "x_1 + x_2 = -0.141, and from the uniform box the start puts 1 - (16 + c)^2 / 512 = 0.509 "
+    "of its mass on the heavy side of it: within sampling error, the share plain Langevin "
+    "returns.",
 )
-def exercise_3_4(plain_langevin_share, why, basin_edge) -> None:
-    """Check ``plain_langevin_share(x0 (N, 2), generator) -> float``, the letter ``why`` and
-    ``basin_edge``, the c of the line x_1 + x_2 = c between the two basins."""
+def exercise_3_4(plain_langevin_share, basin_edge, predicted_share) -> None:
+    """Check ``plain_langevin_share(x0 (N, 2), generator) -> float``, ``basin_edge``, the c of
+    the line x_1 + x_2 = c between the two basins, and ``predicted_share``, the share of the
+    uniform start on [-8, 8]^2 that lies on the (5, 5) side of that line."""
     from scorelab.densities import ncsn_toy_mixture
     from scorelab.langevin import langevin_dynamics
 
@@ -642,8 +636,8 @@ def exercise_3_4(plain_langevin_share, why, basin_edge) -> None:
             "of the samples on the (5, 5) side. Run a few hundred steps of step 0.1 from x0 and "
             "count the samples with x_1 + x_2 > 0."
         )
-    check_choice(why, WHY_OPTIONS, "b", what="why")
     _expect_basin_edge(basin_edge)
+    _expect_predicted_share(predicted_share)
 
 
 #: The line x_1 + x_2 = c where the drift of the 0.8 / 0.2 mixture along the diagonal vanishes:
@@ -681,6 +675,34 @@ def _expect_basin_edge(basin_edge) -> None:
         "only, set its component along (1, 1) to 0 and solve for c numerically (to three "
         "decimals).",
         tolerance=1e-3, absolute=True)
+
+
+#: The share of the uniform start on [-8, 8]^2 above the line x_1 + x_2 = c: the sum of two
+#: uniforms on [-8, 8] has a triangular law on [-16, 16], and P(S <= c) = (16 + c)^2 / 512 for
+#: c <= 0. (The first-order twin (16 - c)^2 / 512 differs by c^2 / 256 = 8e-5; both pass.)
+PREDICTED_SHARE = 1.0 - (16.0 + BASIN_EDGE) ** 2 / 512.0
+
+
+def _expect_predicted_share(predicted_share) -> None:
+    expect_derived(
+        answer_number(predicted_share, what="predicted_share"), PREDICTED_SHARE,
+        call="predicted_share", wrong="is not the start's share above the basin edge",
+        slips={
+            0.5: "that is the start's share above the line x_1 + x_2 = 0; the basins meet at "
+            "your basin_edge, slightly on the light mode's side, so a little more of the start "
+            "falls towards (5, 5).",
+            0.8: "that is the true weight, which the particles would reach only by crossing "
+            "between the modes: predict from where they start.",
+            1.0 - PREDICTED_SHARE: "that is the share below the edge, the (-5, -5) basin's.",
+            0.2: "that is the light mode's weight; predict from where the particles start.",
+        },
+        measured=(0.02, "close to what sampling gives, but predict it exactly: the share of "
+                        "the uniform start above the line x_1 + x_2 = basin_edge, from the "
+                        "law of x_1 + x_2, with no sampling."),
+        otherwise="if every particle stays in the basin where it starts, the final share on "
+        "the (5, 5) side is the share of the start above the line x_1 + x_2 = c. For a "
+        "uniform start on [-8, 8]^2, what is the law of x_1 + x_2?",
+        tolerance=2e-4, absolute=True)
 
 
 # ---------------------------------------------------------------- hints (checks.hint("3.k"))
@@ -723,13 +745,15 @@ register_hints(
     "3.4",
     "Run plain Langevin from the given start, then count. Before you run it, predict the share"
     " from the start alone.",
-    "For the letter: close to (5, 5), compare the mixture's score with the score of N((5, 5), "
-    "I) alone. How much does the weight 0.8 change it, and what then decides where a particle "
-    "ends? For the edge: at the point (c/2, c/2), what is the ratio of the two "
-    "responsibilities, and when do their pulls along (1, 1) balance?",
+    "Close to (5, 5), compare the mixture's score with the score of N((5, 5), I) alone: how "
+    "much does the weight 0.8 change it, and what then decides where a particle ends? For the "
+    "edge: at the point (c/2, c/2), what is the ratio of the two responsibilities, and when do "
+    "their pulls along (1, 1) balance? For the prediction: which law does x_1 + x_2 follow "
+    "when x_1 and x_2 are independent and uniform on [-8, 8]?",
     "Checks to run: from the uniform box your share should be close to the share of the start "
     "already on the (5, 5) side, and it should barely move with twice the steps or half the "
-    "step size. For the letter, say what each option predicts for such a change, and test one.",
+    "step size. Your prediction must sit within the sampling error of your measurement (about "
+    "0.007 for 5,000 particles), and it moves above 0.5 only because the edge is below 0.",
 )
 register_hints(
     "3.5",
