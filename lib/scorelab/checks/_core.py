@@ -150,7 +150,7 @@ def expect_untouched(given: torch.Tensor, original: torch.Tensor, *, call: str) 
     if given.requires_grad != original.requires_grad or given.grad is not None:
         raise Mismatch(
             f"{call} switched on requires_grad (or stored .grad) on the tensor it was given: "
-            "the caller's points then drag an autograd graph into everything done with them "
+            "the caller's tensor then drags an autograd graph into everything done with it "
             "next. Differentiate with respect to a copy: x = x.detach().requires_grad_(True)."
         )
     if torch.equal(given.detach(), original.detach()):
@@ -158,7 +158,7 @@ def expect_untouched(given: torch.Tensor, original: torch.Tensor, *, call: str) 
     moved = (given.double() - original.double()).abs().max().item()
     raise Mismatch(
         f"{call} changed the tensor it was given in place (by up to {moved:.3g}): a function "
-        "that writes into its input (x += ..., x[...] = ...) changes the caller's points under "
+        "that writes into its input (x += ..., x[...] = ...) changes the caller's tensor under "
         "it. Return a new tensor (x = x + ...), or work on a copy."
     )
 

@@ -201,8 +201,9 @@ def check_formula(
         gap = ((got[i] - expected[i]).abs() / expected[i].abs().clamp_min(atol)).max().item()
         raise Mismatch(
             f"{what} agrees with the formula to 1e-3 at every point, but the check asks for "
-            f"{rtol:g}: {calls[i]} is off by a relative {gap:.2g}. That is round-off: compute "
-            "with Python floats (or float64), not float32 tensors."
+            f"{rtol:g}: {calls[i]} is off by a relative {gap:.2g}. That is round-off (compute "
+            "with Python floats or float64, not float32 tensors), rounded numbers, or a very "
+            "precise simulation: the check wants the exact formula."
         )
     # the point where the formula is furthest off (the first of equals), so the example shows it
     first = max(sorted(wrong), key=lambda i: _relative_error(got[i], expected[i], atol))
