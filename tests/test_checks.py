@@ -2016,7 +2016,8 @@ def test_3_4_checks_the_predicted_share_and_names_its_slips(capsys):
     for predicted, phrase in [(0.5, "line x_1 + x_2 = 0"), (0.8, "the true weight"),
                               (0.4912, "(-5, -5) basin"), (0.2, "light mode's weight"),
                               (0.515, "close to what sampling gives"),
-                              (0.75, "law of x_1 + x_2"), (float("nan"), "predicted_share")]:
+                              (0.75, "law of x_1 + x_2"), (float("nan"), "predicted_share"),
+                              (0.51, "three decimals"), (50.88, "not a share")]:
         assert_explains(capsys, checks.exercise_3_4, (share, -0.14146, predicted), phrase)
     assert "not done yet" in run_check(capsys, checks.exercise_3_4, share, -0.14146, ...)
 

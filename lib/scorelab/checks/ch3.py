@@ -684,8 +684,15 @@ PREDICTED_SHARE = 1.0 - (16.0 + BASIN_EDGE) ** 2 / 512.0
 
 
 def _expect_predicted_share(predicted_share) -> None:
+    value = answer_number(predicted_share, what="predicted_share")
+    if math.isfinite(value) and not 0.0 <= value <= 1.0:
+        raise Mismatch(f"predicted_share = {value:g} is not a share: a share lies between 0 "
+                       "and 1 (not a percentage, not a number of particles).")
+    if abs(value - PREDICTED_SHARE) < 0.006 and abs(value - round(value, 2)) < 1e-9:
+        raise Mismatch(f"predicted_share = {value:g}: close, but give it to three decimals (or "
+                       "unrounded): the edge moves it by less than 0.01.")
     expect_derived(
-        answer_number(predicted_share, what="predicted_share"), PREDICTED_SHARE,
+        value, PREDICTED_SHARE,
         call="predicted_share", wrong="is not the start's share above the basin edge",
         slips={
             0.5: "that is the start's share above the line x_1 + x_2 = 0; the basins meet at "
@@ -752,8 +759,9 @@ register_hints(
     "when x_1 and x_2 are independent and uniform on [-8, 8]?",
     "Checks to run: from the uniform box your share should be close to the share of the start "
     "already on the (5, 5) side, and it should barely move with twice the steps or half the "
-    "step size. Your prediction must sit within the sampling error of your measurement (about "
-    "0.007 for 5,000 particles), and it moves above 0.5 only because the edge is below 0.",
+    "step size. Your measurement should lie within its sampling error (about 0.007 for 5,000 "
+    "particles) of your prediction; the prediction itself is checked to about three decimals, "
+    "and it moves above 0.5 only because the edge is below 0.",
 )
 register_hints(
     "3.5",
