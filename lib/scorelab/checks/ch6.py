@@ -6,6 +6,7 @@ colleague's score function for the shipped model, found by its norm profile (deb
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 
@@ -162,8 +163,7 @@ def exercise_6_1(norm_class, invisible_change=None, delta_only_change=None) -> s
 
 def _plain_instance_norm(norm):
     """A copy of ``norm`` with every delta set to 0: plain conditional instance norm."""
-    plain = _reference_norm(norm.bias)
-    plain.load_state_dict(norm.state_dict())
+    plain = copy.deepcopy(norm)
     with torch.no_grad():
         c = norm.num_features
         plain.embed.weight[:, c : 2 * c] = 0.0
