@@ -415,12 +415,11 @@ def make_step(drift: float = 0.5, noise: float = 0.5, *, randn=None):
     return langevin_step
 
 
-def authors_step(alpha):
-    return alpha / 2
+MIXED_POWER = 0.5
 
 
 def test_2_1_accepts_the_solution(capsys, grading):
-    assert_passes(capsys, checks.exercise_2_1, make_step(), authors_step)
+    assert_passes(capsys, checks.exercise_2_1, make_step(), MIXED_POWER)
 
 
 def _in_place_step(x, score_fn, step_size, generator=None):
@@ -467,20 +466,34 @@ def _in_place_step(x, score_fn, step_size, generator=None):
     ],
 )
 def test_2_1_explains_wrong_steps(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_2_1, (answer, authors_step), *phrases)
+    assert_explains(capsys, checks.exercise_2_1, (answer, MIXED_POWER), *phrases)
 
 
 @pytest.mark.parametrize(
-    "authors_step, phrases",
+    "mixed_power, phrases",
     [
-        (lambda a: a, ["returns alpha itself"]),
-        (lambda a: 2 * a, ["returns 2 alpha"]),
-        (lambda a: math.sqrt(a / 2), ["sqrt(alpha / 2)"]),
-        (lambda a: a / 2 if a < 1 else a, ["authors_step(alpha=1) = 1, expected 0.5"]),
+        (1, ["mixed_power = 1 is not the power", "twice its noise variance"]),
+        (2.0, ["below 1"]),
+        (math.sqrt(0.5), ["standard deviations"]),
+        (math.sqrt(2), ["below 1", "not its standard deviation"]),
+        (0.25, ["twice the course's, not four times"]),
+        (-0.5, ["negative power"]),
+        (-1, ["negative power"]),
+        (0, ["p^0 is flat"]),
+        (50, ["percentage"]),
+        (0.52, ["close to what a simulation suggests"]),
+        (0.47, ["close to what a simulation suggests", "comes out low"]),
+        (3.0, ["of which diffusion is the mixed step an Euler step", 'checks.hint("2.1")']),
     ],
 )
-def test_2_1_explains_wrong_authors_steps(capsys, authors_step, phrases):
-    assert_explains(capsys, checks.exercise_2_1, (make_step(), authors_step), *phrases)
+def test_2_1_explains_wrong_mixed_powers(capsys, mixed_power, phrases):
+    assert_explains(capsys, checks.exercise_2_1, (make_step(), mixed_power), *phrases)
+
+
+def test_2_1_is_not_done_until_the_power_is_set(capsys):
+    for unset in (..., None):
+        out = run_check(capsys, checks.exercise_2_1, make_step(), unset)
+        assert out.startswith("⏳") and "not done yet" in out
 
 
 def test_2_2_accepts_the_solution(capsys, grading):

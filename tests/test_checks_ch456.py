@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import torch
 from _checks_helpers import assert_explains, assert_passes, run_check, stub, with_answer
@@ -24,7 +25,8 @@ exercise_5_2 = with_answer(checks.exercise_5_2,
                            lambda t: 2 * t, first=False)
 exercise_5_3 = with_answer(checks.exercise_5_3, lambda mu, tau: (mu, tau**2), first=False)
 exercise_5_4 = with_answer(checks.exercise_5_4, lambda moment: -moment, first=True)
-exercise_6_4 = with_answer(checks.exercise_6_4, "b", first=False)
+CROSSOVER_SIGMA = 0.8346917205909385  # sqrt(lambda_max) of the training digits' covariance
+exercise_6_4 = with_answer(checks.exercise_6_4, CROSSOVER_SIGMA, first=False)
 exercise_4_3 = with_answer(checks.exercise_4_3,
                            lambda t, s: (t**2 / (t**2 + s**2), 1 - s**2 / t**2), first=False)
 
@@ -534,10 +536,6 @@ def annealed_step(eps, sigma_i, sigma_L):
     return eps * sigma_i**2 / sigma_L**2
 
 
-def authors_step_lr(eps):
-    return eps / 2
-
-
 def variance_ratio(eps, sigma_L, gamma, n_steps, *, authors=False):
     u = eps / sigma_L**2
     r = 1 - u if authors else 1 - u / 2
@@ -549,10 +547,10 @@ def drift_to_noise(eps, sigma_i, sigma_L):
     return math.sqrt(eps) / (2 * sigma_L)
 
 
-STEP_ANSWERS = (annealed_step, authors_step_lr, variance_ratio, drift_to_noise)
+STEP_ANSWERS = (variance_ratio, drift_to_noise)
 
 
-def test_6_3_accepts_the_four_formulas(capsys, grading):
+def test_6_3_accepts_the_two_formulas(capsys, grading):
     assert_passes(capsys, checks.exercise_6_3, *STEP_ANSWERS)
 
 
@@ -563,7 +561,7 @@ def test_6_3_accepts_a_variance_ratio_written_with_torch_functions(capsys, gradi
         kept = torch.exp(2 * n_steps * torch.log1p(-u / 2))  # r^(2T)
         return kept * gamma**2 + (1 - kept) / (1 - u / 4)
 
-    assert_passes(capsys, checks.exercise_6_3, *STEP_ANSWERS[:2], with_torch, drift_to_noise)
+    assert_passes(capsys, checks.exercise_6_3, with_torch, drift_to_noise)
 
 
 def test_6_3_accepts_a_ratio_computed_from_the_step(capsys, grading):
@@ -571,36 +569,31 @@ def test_6_3_accepts_a_ratio_computed_from_the_step(capsys, grading):
         alpha_i = annealed_step(eps, sigma_i, sigma_L)
         return (alpha_i / 2 / sigma_i) / math.sqrt(alpha_i)
 
-    assert_passes(capsys, checks.exercise_6_3, *STEP_ANSWERS[:3], from_the_step)
+    assert_passes(capsys, checks.exercise_6_3, variance_ratio, from_the_step)
 
 
 @pytest.mark.parametrize(
     "which, answer, phrases",
     [
-        (0, lambda eps, si, sl: eps * si / sl, ["annealed_step", "squared"]),
-        (0, lambda eps, si, sl: eps * sl**2 / si**2, ["upside down"]),
-        (0, lambda eps, si, sl: eps, ["right at the last level", "wrong at the larger levels"]),
-        (1, lambda eps: 2 * eps, ["authors_step_lr", "other way"]),
-        (1, lambda eps: eps, ["same number runs a different sampler"]),
         (
-            2,
+            0,
             lambda eps, sl, g, t: variance_ratio(eps, sl, g, t, authors=True),
             ["authors' convention"],
         ),
-        (2, lambda eps, sl, g, t: 1 / (1 - eps / (4 * sl**2)), ["stationary ratio"]),
-        (2, lambda eps, sl, g, t: (1 - eps / (2 * sl**2)) ** (2 * t) * g**2,
+        (0, lambda eps, sl, g, t: 1 / (1 - eps / (4 * sl**2)), ["stationary ratio"]),
+        (0, lambda eps, sl, g, t: (1 - eps / (2 * sl**2)) ** (2 * t) * g**2,
          ["only the start is left"]),
         (
-            2,
+            0,
             lambda eps, sl, g, t: variance_ratio(eps, sl, math.sqrt(g), t),
             ["gamma^2, not gamma"],
         ),
-        (3, lambda eps, si, sl: math.sqrt(eps) / sl, ["drift_to_noise", "1/2 is missing"]),
-        (3, lambda eps, si, sl: eps / (4 * sl**2), ["mean squared lengths"]),
-        (3, lambda eps, si, sl: math.sqrt(eps) / (2 * sl * si), ["not 1 / sigma_i^2 long"]),
-        (3, lambda eps, si, sl: 1 / (2 * si), ["sqrt(alpha_i) long"]),
-        (3, lambda eps, si, sl: math.sqrt(eps) / (2 * si), ["not eps at every level"]),
-        (3, lambda eps, si, sl: math.sqrt(eps) / (2 * sl) * (si / sl) ** 0.1,
+        (1, lambda eps, si, sl: math.sqrt(eps) / sl, ["drift_to_noise", "1/2 is missing"]),
+        (1, lambda eps, si, sl: eps / (4 * sl**2), ["mean squared lengths"]),
+        (1, lambda eps, si, sl: math.sqrt(eps) / (2 * sl * si), ["not 1 / sigma_i^2 long"]),
+        (1, lambda eps, si, sl: 1 / (2 * si), ["sqrt(alpha_i) long"]),
+        (1, lambda eps, si, sl: math.sqrt(eps) / (2 * si), ["not eps at every level"]),
+        (1, lambda eps, si, sl: math.sqrt(eps) / (2 * sl) * (si / sl) ** 0.1,
          ["right at the last level", "wrong at the larger levels"]),
     ],
 )
@@ -611,8 +604,7 @@ def test_6_3_explains_wrong_formulas(capsys, which, answer, phrases):
 
 
 def test_6_3_names_the_stub_not_done(capsys):
-    out = run_check(capsys, checks.exercise_6_3, annealed_step, stub, variance_ratio,
-                    drift_to_noise)
+    out = run_check(capsys, checks.exercise_6_3, stub, drift_to_noise)
     assert out.startswith("⏳") and "not done yet" in out
 
 
@@ -641,15 +633,56 @@ def test_6_4_explains_wrong_answers(capsys, answer, phrases):
     assert_explains(capsys, exercise_6_4, [answer], *phrases)
 
 
-@pytest.mark.parametrize("letter, phrase", [("a", "geometric"), ("c", "that assumption holds"),
-                                            ("d", "convention"), ("e", "one of the letters")])
-def test_6_4_explains_a_wrong_assumption(capsys, letter, phrase):
-    assert_explains(capsys, checks.exercise_6_4, (ncsnv2_epsilon, letter), phrase)
+def digit_spreads(split="train"):
+    from scorelab.data import load_digits
+
+    pixels = load_digits(split).flatten(start_dim=1).double()
+    covariance = torch.cov(pixels.T)
+    return pixels, covariance, torch.linalg.eigvalsh(covariance)
 
 
-def test_6_4_waits_for_the_letter(capsys):
-    out = run_check(capsys, checks.exercise_6_4, ncsnv2_epsilon, ...)
-    assert out.startswith("⏳") and "not done yet" in out
+def test_6_4_accepts_the_crossover_from_either_covariance_estimate(capsys, grading):
+    pixels, _, spreads = digit_spreads()
+    assert math.sqrt(spreads[-1]) == pytest.approx(CROSSOVER_SIGMA, rel=1e-9)
+    biased = torch.linalg.eigvalsh(torch.cov(pixels.T, correction=0))[-1].sqrt().item()
+    for answer in (CROSSOVER_SIGMA, biased, np.float32(CROSSOVER_SIGMA),
+                   torch.tensor(CROSSOVER_SIGMA)):
+        assert_passes(capsys, checks.exercise_6_4, ncsnv2_epsilon, answer)
+
+
+def _crossover_slips():
+    from scorelab.data import load_digits
+
+    pixels, covariance, spreads = digit_spreads()
+    widest = float(spreads[-1])
+    return [
+        (widest, ["crossover_sigma = 0.69671", "its square root"]),
+        (math.sqrt(float(spreads.mean())), ["average variance of a pixel"]),
+        (math.sqrt(float(covariance.diagonal().max())), ["widest single pixel"]),
+        (math.sqrt(float(spreads.sum())), ["total variance"]),
+        (math.sqrt(float(torch.linalg.eigvalsh(pixels.T @ pixels / len(pixels))[-1])),
+         ["second moment about 0", "centre them"]),
+        (math.sqrt(widest / 2), ["the digits' plus sigma^2"]),
+        (math.sqrt(float(digit_spreads("test")[2][-1])), ["test digits"]),
+        (16 * math.sqrt(widest), ["0 to 16"]),
+        (0.8469, ["a level of the shipped ladder"]),
+        (0.63, ["a level of the shipped ladder"]),
+        (math.sqrt(float(torch.linalg.eigvalsh(torch.cov(
+            load_digits("all").flatten(start_dim=1).double().T))[-1])), ["all the digits"]),
+        (0.83, ["give it unrounded"]),
+        (0.5, ["what is its covariance", "Find the largest over u"]),
+    ]
+
+
+@pytest.mark.parametrize("answer, phrases", _crossover_slips(), ids=lambda v: str(v)[:12])
+def test_6_4_names_wrong_crossovers(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_6_4, (ncsnv2_epsilon, answer), *phrases)
+
+
+def test_6_4_waits_for_the_crossover(capsys):
+    for unset in (..., None):
+        out = run_check(capsys, checks.exercise_6_4, ncsnv2_epsilon, unset)
+        assert out.startswith("⏳") and "not done yet" in out
 
 
 def test_6_4_hidden_cases_catch_a_memorised_answer(capsys, monkeypatch):
@@ -789,7 +822,7 @@ NEW_CHECKS = [
     (checks.exercise_5_3, 2),
     (checks.exercise_5_4, 2),
     (checks.exercise_5_5, 2),
-    (checks.exercise_6_3, 4),
+    (checks.exercise_6_3, 2),
     (checks.exercise_6_4, 2),
     (checks.exercise_6_5, 2),
 ]
@@ -1081,8 +1114,7 @@ def test_6_3_and_6_4_refuse_the_packages_rules(capsys):
                                  for e in eps.flatten()], dtype=eps.dtype).reshape(eps.shape)
         return langevin_variance_ratio(2 * eps, gamma, n_steps, sigma_L)
 
-    answers = [lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2, lambda eps: eps / 2,
-               ratio, drift_to_noise]
+    answers = [ratio, drift_to_noise]
     assert_explains(capsys, checks.exercise_6_3, answers, "calls the package's",
                     "langevin_variance_ratio")
 
@@ -1177,7 +1209,7 @@ def test_a_package_call_that_raises_is_refused_not_blamed_on_the_student(capsys)
         return langevin_variance_ratio(eps, sigma_L, gamma, n_steps)  # gamma and sigma_L swapped
 
     assert_explains(capsys, checks.exercise_6_3,
-                    (annealed_step, authors_step_lr, wrong_order, drift_to_noise),
+                    (wrong_order, drift_to_noise),
                     "calls the package's")
 
 
@@ -1290,11 +1322,6 @@ def test_4_3_accepts_the_pair_of_factors_in_a_tensor_or_an_array(capsys):
     assert_explains(capsys, checks.exercise_4_3, (optimal, lambda t, s: np.zeros(3)), "a pair")
 
 
-@pytest.mark.parametrize("letter", ["b", " B ", "(b)", "b)", "b."])
-def test_6_4_reads_the_letter_in_its_usual_dressings(capsys, letter):
-    assert_passes(capsys, checks.exercise_6_4, ncsnv2_epsilon, letter)
-
-
 def test_6_4_says_which_way_the_epsilon_should_move_without_giving_it(capsys):
     out = run_check(capsys, exercise_6_4, lambda s, t: ncsnv2_epsilon(s, t) / 1.3)
     assert "a larger epsilon comes closer to 1" in out and "3.13e-05" not in out
@@ -1308,7 +1335,7 @@ def test_6_3_names_a_measured_drift_to_noise_ratio(capsys):
     def measured(eps, sigma_i, sigma_L):  # a Monte Carlo estimate, right to about 1 %
         return math.sqrt(eps) / (2 * sigma_L) * (1 + 0.01 * jitter.uniform(-1, 1))
 
-    assert_explains(capsys, checks.exercise_6_3, (*STEP_ANSWERS[:3], measured),
+    assert_explains(capsys, checks.exercise_6_3, (variance_ratio, measured),
                     "drift_to_noise", "looks like a simulation or a fit")
 
 

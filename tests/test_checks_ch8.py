@@ -85,62 +85,39 @@ def test_8_1(capsys, monkeypatch):
 # --- 8.2 ----------------------------------------------------------------------------------------
 
 
-def em_step(score_fn, sde, x, t, dt, z):
-    g2 = sde.g2(t)
-    return x + g2 * dt * score_fn(x, sde.sigma(t)) + math.sqrt(g2 * dt) * z
+def vp_step(score_fn, beta, x, t, dt, z):
+    return x + (0.5 * beta * x + beta * score_fn(x, t)) * dt + math.sqrt(beta * dt) * z
+
+
+def _vp(drift_x=0.5, drift_s=1.0, noise=lambda beta, dt: math.sqrt(beta * dt), at=lambda t, dt: t):
+    """A VP step with its coefficients changed: one of the usual slips."""
+    def step(score_fn, beta, x, t, dt, z):
+        s = score_fn(x, at(t, dt))
+        return x + (drift_x * beta * x + drift_s * beta * s) * dt + noise(beta, dt) * z
+
+    return step
 
 
 def test_8_2(capsys):
-    assert_passes(capsys, exercise_8_2, em_step)
-
-    def half(score_fn, sde, x, t, dt, z):
-        return x + 0.5 * sde.g2(t) * dt * score_fn(x, sde.sigma(t)) + math.sqrt(sde.g2(t) * dt) * z
-
-    def minus(score_fn, sde, x, t, dt, z):
-        return x - sde.g2(t) * dt * score_fn(x, sde.sigma(t)) + math.sqrt(sde.g2(t) * dt) * z
-
-    def no_sqrt_dt(score_fn, sde, x, t, dt, z):
-        return x + sde.g2(t) * dt * score_fn(x, sde.sigma(t)) + math.sqrt(sde.g2(t)) * z
-
-    def sigma_squared(score_fn, sde, x, t, dt, z):
-        g2 = sde.g2(t)
-        return x + sde.sigma(t) ** 2 * dt * score_fn(x, sde.sigma(t)) + math.sqrt(g2 * dt) * z
-
-    assert_explains(capsys, exercise_8_2, half, "factor 1/2")
-    assert_explains(capsys, exercise_8_2, minus, "wrong sign")
-    assert_explains(capsys, exercise_8_2, no_sqrt_dt, "sqrt(dt)")
-    assert_explains(capsys, exercise_8_2, sigma_squared, "sigma(t)^2")
-    assert_explains(capsys, exercise_8_2, lambda *a: em_step(*a)[:, :1], "wrong shape")
-
-    def score_at_time(score_fn, sde, x, t, dt, z):
-        return em_step(lambda y, sigma: score_fn(y, t), sde, x, t, dt, z)
-
-    def noise_g_dt(score_fn, sde, x, t, dt, z):
-        return em_step(score_fn, sde, x, t, dt, 0.0 * z) + math.sqrt(sde.g2(t)) * dt * z
-
-    def noise_without_g(score_fn, sde, x, t, dt, z):
-        return em_step(score_fn, sde, x, t, dt, 0.0 * z) + math.sqrt(dt) * z
-
-    def at_the_end(score_fn, sde, x, t, dt, z):
-        g2 = sde.g2(t - dt)
-        return x + g2 * dt * score_fn(x, sde.sigma(t - dt)) + math.sqrt(sde.g2(t) * dt) * z
-
-    assert_explains(capsys, exercise_8_2, score_at_time, "noise level sigma(t)")
-    assert_explains(capsys, exercise_8_2, noise_g_dt, "g sqrt(dt) z")
-    assert_explains(capsys, exercise_8_2, noise_without_g, "lacks g")
-    assert_explains(capsys, exercise_8_2, at_the_end, "where the step starts")
-    assert_explains(capsys, exercise_8_2, lambda f, sde, x, t, dt, z: em_step(f, sde, x, t, dt, -z),
-             "minus sign")
+    assert_passes(capsys, exercise_8_2, vp_step)
+    assert_explains(capsys, exercise_8_2, _vp(drift_x=-0.5), "keeps the sign", "+beta x dt / 2")
+    assert_explains(capsys, exercise_8_2, _vp(drift_x=0.0), "the VE step of the chapter")
+    assert_explains(capsys, exercise_8_2, _vp(drift_s=-1.0), "score term has the wrong sign")
+    assert_explains(capsys, exercise_8_2, _vp(drift_x=-0.5, drift_s=-1.0), "step forwards")
+    assert_explains(capsys, exercise_8_2, _vp(drift_s=0.5), "probability-flow ODE")
+    assert_explains(capsys, exercise_8_2, _vp(drift_x=1.0), "the 1/2 is missing")
+    assert_explains(capsys, exercise_8_2, _vp(noise=lambda b, dt: math.sqrt(b)), "sqrt(dt)")
+    assert_explains(capsys, exercise_8_2, _vp(noise=lambda b, dt: math.sqrt(b) * dt),
+                    "sqrt(beta dt) z")
+    assert_explains(capsys, exercise_8_2, _vp(noise=lambda b, dt: math.sqrt(dt)), "lacks g")
+    assert_explains(capsys, exercise_8_2, _vp(noise=lambda b, dt: b * dt), "beta dt z")
+    assert_explains(capsys, exercise_8_2, _vp(noise=lambda b, dt: math.sqrt(2 * b * dt)),
+                    "authors' Langevin convention")
+    assert_explains(capsys, exercise_8_2, _vp(at=lambda t, dt: t - dt), "at t - dt")
+    assert_explains(capsys, exercise_8_2, lambda *a: vp_step(*a)[:, :1], "wrong shape")
+    assert_explains(capsys, exercise_8_2,
+                    lambda f, beta, x, t, dt, z: vp_step(f, beta, x, t, dt, -z), "minus sign")
     assert "not done yet" in run_check(capsys, checks.exercise_8_2, stub, em_variance, 153)
-
-
-def test_8_2_names_the_exact_variance_increment(capsys):
-    def increment(score_fn, sde, x, t, dt, z):
-        step = sde.sigma(t) ** 2 - sde.sigma(t - dt) ** 2
-        return x + step * score_fn(x, sde.sigma(t)) + math.sqrt(step) * z
-
-    assert_explains(capsys, exercise_8_2, increment, "sigma(t)^2 - sigma(t - dt)^2",
-                    "reverse-diffusion predictor", "g(t)^2 dt")
 
 
 # --- 8.3 ----------------------------------------------------------------------------------------
@@ -198,15 +175,14 @@ def pf_drift(score_fn, sde, x, t):
 
 
 def test_8_2_and_8_4_name_a_step_that_writes_into_its_input(capsys):
-    def in_place_step(score_fn, sde, x, t, dt, z):
-        g2 = sde.g2(t)
-        x += g2 * dt * score_fn(x, sde.sigma(t))
-        x += math.sqrt(g2 * dt) * z
+    def in_place_step(score_fn, beta, x, t, dt, z):
+        x += (0.5 * beta * x + beta * score_fn(x, t)) * dt
+        x += math.sqrt(beta * dt) * z
         return x
 
-    def in_place_noise(score_fn, sde, x, t, dt, z):
-        g2 = sde.g2(t)
-        return x + g2 * dt * score_fn(x, sde.sigma(t)) + z.mul_(math.sqrt(g2 * dt))
+    def in_place_noise(score_fn, beta, x, t, dt, z):
+        drift = 0.5 * beta * x + beta * score_fn(x, t)
+        return x + drift * dt + z.mul_(math.sqrt(beta * dt))
 
     def in_place_drift(score_fn, sde, x, t):
         return x.copy_(-0.5 * sde.g2(t) * score_fn(x, sde.sigma(t)))
@@ -457,19 +433,26 @@ def test_8_1_and_8_3_refuse_the_packages_sde(capsys):
 
 
 def test_8_2_names_more_slips(capsys):
-    def own_noise(score_fn, sde, x, t, dt, z):
-        return em_step(score_fn, sde, x, t, dt, torch.randn(x.shape))
+    def own_noise(score_fn, beta, x, t, dt, z):
+        return vp_step(score_fn, beta, x, t, dt, torch.randn(x.shape))
 
-    def variance_as_scale(score_fn, sde, x, t, dt, z):
-        return em_step(score_fn, sde, x, t, dt, 0 * z) + sde.g2(t) * dt * z
+    def drift_times_sqrt_dt(score_fn, beta, x, t, dt, z):
+        drift = 0.5 * beta * x + beta * score_fn(x, t)
+        return x + drift * math.sqrt(dt) + math.sqrt(beta * dt) * z
 
-    def frozen_at_the_end(score_fn, sde, x, t, dt, z):
-        g2 = sde.g2(t - dt)
-        return x + g2 * dt * score_fn(x, sde.sigma(t - dt)) + math.sqrt(g2 * dt) * z
+    def exponential(score_fn, beta, x, t, dt, z):
+        grow = math.exp(beta * dt / 2)
+        return (x * grow + 2 * (grow - 1) * score_fn(x, t)
+                + math.sqrt(math.expm1(beta * dt)) * z)
 
+    def ancestral(score_fn, beta, x, t, dt, z):
+        return ((x + beta * dt * score_fn(x, t)) / math.sqrt(1 - beta * dt)
+                + math.sqrt(beta * dt) * z)
+
+    assert_explains(capsys, exercise_8_2, exponential, "exponential integrator", "valid")
+    assert_explains(capsys, exercise_8_2, ancestral, "ancestral", "valid")
     assert_explains(capsys, exercise_8_2, own_noise, "draws noise of its own")
-    assert_explains(capsys, exercise_8_2, variance_as_scale, "g^2 dt z")
-    assert_explains(capsys, exercise_8_2, frozen_at_the_end, "frozen at t - dt")
+    assert_explains(capsys, exercise_8_2, drift_times_sqrt_dt, "multiplied by sqrt(dt)")
 
 
 def test_8_4_names_minus_g_s(capsys):
@@ -502,19 +485,12 @@ def test_8_3_names_a_step_size_kept_a_theory_in_float32_and_a_standard_deviation
                     "standard deviation over the target's variance")
 
 
-def test_8_2_names_a_missing_drift_the_authors_noise_and_an_ignored_z(capsys):
-    def no_drift(score_fn, sde, x, t, dt, z):
-        return x + math.sqrt(sde.g2(t) * dt) * z
-
-    def authors_noise(score_fn, sde, x, t, dt, z):
-        return x + sde.g2(t) * dt * score_fn(x, sde.sigma(t)) + math.sqrt(2 * sde.g2(t) * dt) * z
-
-    def own_seed(score_fn, sde, x, t, dt, z):
+def test_8_2_names_a_missing_noise_and_an_ignored_z(capsys):
+    def own_seed(score_fn, beta, x, t, dt, z):
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-        return em_step(score_fn, sde, x, t, dt, noise)
+        return vp_step(score_fn, beta, x, t, dt, noise)
 
-    assert_explains(capsys, exercise_8_2, no_drift, "the drift is missing")
-    assert_explains(capsys, exercise_8_2, authors_noise, "sqrt(2 g^2 dt) z")
+    assert_explains(capsys, exercise_8_2, _vp(noise=lambda b, dt: 0.0), "noise")
     assert_explains(capsys, exercise_8_2, own_seed, "same result for z and for -z")
 
 
@@ -595,11 +571,6 @@ def test_8_3_names_a_half_step_a_full_drift_and_a_narrower_law(capsys):
 # --- 8.2's variance recursion and steps_needed ----------------------------------------------------
 
 
-def _em_step(score_fn, sde, x, t, dt, z):
-    g2 = sde.g2(t)
-    return x + g2 * dt * score_fn(x, sde.sigma(t)) + math.sqrt(g2 * dt) * z
-
-
 def test_8_2_accepts_a_float32_recursion(capsys, grading):
     def in_float32(v, sigma_min, sigma_max, n_steps):
         from scorelab.sde import VESDE
@@ -611,7 +582,7 @@ def test_8_2_accepts_a_float32_recursion(capsys, grading):
         return float(variance)
 
     for steps in (153, 153.0):
-        assert_passes(capsys, checks.exercise_8_2, _em_step, in_float32, steps)
+        assert_passes(capsys, checks.exercise_8_2, vp_step, in_float32, steps)
 
 
 @pytest.mark.parametrize(
@@ -625,7 +596,7 @@ def test_8_2_accepts_a_float32_recursion(capsys, grading):
     ],
 )
 def test_8_2_names_wrong_variance_recursions(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_8_2, (_em_step, answer, 153), *phrases)
+    assert_explains(capsys, checks.exercise_8_2, (vp_step, answer, 153), *phrases)
 
 
 def _em_variance_with(v, sigma_min, sigma_max, n_steps, *, start=None, spread="perturbed",
@@ -652,12 +623,12 @@ def test_8_2_names_the_start_the_score_and_the_number_of_steps(capsys, kwargs, p
     def answer(v, sigma_min, sigma_max, n_steps):
         return _em_variance_with(v, sigma_min, sigma_max, n_steps, **kwargs)
 
-    assert_explains(capsys, checks.exercise_8_2, (_em_step, answer, 153), phrase)
+    assert_explains(capsys, checks.exercise_8_2, (vp_step, answer, 153), phrase)
 
 
 def test_8_2_names_a_step_without_noise_without_blaming_a_seed(capsys):
-    def flow_step(score_fn, sde, x, t, dt, z):  # the probability-flow ODE's step
-        return x + 0.5 * sde.g2(t) * dt * score_fn(x, sde.sigma(t))
+    def flow_step(score_fn, beta, x, t, dt, z):  # the probability-flow ODE's step
+        return x + 0.5 * (beta * x + beta * score_fn(x, t)) * dt
 
     assert_explains(capsys, checks.exercise_8_2, (flow_step, em_variance, 153),
                     "z never enters it", "noise term is missing")
@@ -668,11 +639,11 @@ def test_8_2_names_a_step_without_noise_without_blaming_a_seed(capsys):
                                            (200, "take the smallest"), (152.5, "whole number"),
                                            ("many", "should be a number")])
 def test_8_2_explains_wrong_step_counts(capsys, steps, phrase):
-    assert_explains(capsys, checks.exercise_8_2, (_em_step, em_variance, steps), phrase)
+    assert_explains(capsys, checks.exercise_8_2, (vp_step, em_variance, steps), phrase)
 
 
 def test_8_2_waits_for_steps_needed(capsys):
-    assert run_check(capsys, checks.exercise_8_2, _em_step, em_variance, ...).startswith("⏳")
+    assert run_check(capsys, checks.exercise_8_2, vp_step, em_variance, ...).startswith("⏳")
 
 
 def test_8_4_names_a_drift_taken_at_1_minus_t_and_a_drift_that_points_the_other_way(capsys):

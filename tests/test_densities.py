@@ -103,6 +103,31 @@ def test_perturbed_mixture_adds_sigma_squared_to_covariances():
     torch.testing.assert_close(mixture.perturbed_score(torch.ones(2, 3), 1.5), perturbed.score(torch.ones(2, 3)))
 
 
+@pytest.mark.parametrize("kind", ["isotropic", "full"])
+def test_scaled_perturbed_mixture_is_the_law_of_a_scaled_and_noised_sample(kind):
+    """a x + sigma z: means a mu_k, covariances a^2 Sigma_k + sigma^2 I; a = 1 is perturbed."""
+    mixture = _mixtures()[kind]
+    scaled = mixture.scaled_perturbed(0.6, 0.8)
+    torch.testing.assert_close(scaled.means, 0.6 * mixture.means)
+    torch.testing.assert_close(scaled.covariances,
+                               0.36 * mixture.covariances + 0.64 * torch.eye(3))
+    generator = torch.Generator().manual_seed(3)
+    x = mixture.sample(200_000, generator=generator).double()
+    draws = 0.6 * x + 0.8 * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    mean = scaled.weights.double() @ scaled.means.double()  # the mixture's mean
+    torch.testing.assert_close(draws.mean(0), mean, atol=0.02, rtol=0)
+    points = torch.ones(2, 3)
+    torch.testing.assert_close(mixture.scaled_perturbed(1.0, 1.5).score(points),
+                               mixture.perturbed(1.5).score(points))
+
+
+@pytest.mark.parametrize("name, args", [("scale", (0.0, 1.0)), ("sigma", (1.0, -1.0)),
+                                        ("scale", (float("nan"), 1.0))])
+def test_scaled_perturbed_names_a_bad_argument(name, args):
+    with pytest.raises(ValueError, match=f"{name} must be a positive"):
+        ncsn_toy_mixture().scaled_perturbed(*args)
+
+
 def _grid_convolution(banana: Banana, x: torch.Tensor, sigma: float, spacing: float) -> torch.Tensor:
     """p_sigma(x) = sum over a fine 2-D grid of p(u) N(x - u; 0, sigma^2 I) spacing^2."""
     u0 = torch.arange(-7.0, 7.0, spacing, dtype=torch.float64)

@@ -656,3 +656,52 @@ def test_memorised_dsm_floor_is_zero_for_one_point_and_positive_where_points_blu
     assert torch.equal(floors, again)
     with pytest.raises(ValueError, match="n must be a positive integer"):
         memorised_dsm_floor(two, [1.0], n=0)
+
+
+def test_loss_by_level_is_zero_for_the_exact_score_of_one_point():
+    from scorelab.training import loss_by_level
+
+    sigmas = torch.tensor([3.0, 1.0, 0.1])
+
+    def exact(x, labels):  # the score of N(0, sigma^2 I), the perturbed single point 0
+        return -x / sigmas[labels][:, None] ** 2
+
+    losses = loss_by_level(exact, torch.zeros(50, 3), sigmas)
+    assert losses.shape == (3,) and losses.abs().max() < 1e-10
+
+
+def test_loss_by_level_uses_the_same_draws_for_every_model_and_takes_a_students_loss():
+    from scorelab.training import annealed_dsm_loss, loss_by_level
+
+    sigmas = [2.0, 0.5]
+    net = torch.nn.Linear(2, 2)
+    model = lambda x, labels: net(x)  # noqa: E731 -- a score model of the loss's signature
+    data = torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    got = loss_by_level(model, data, sigmas, seed=5)
+    for level in range(2):  # level i: all labels i, noise seeded seed + i
+        labels = torch.full((40,), level)
+        want = annealed_dsm_loss(model, data, torch.tensor(sigmas), labels=labels,
+                                 generator=torch.Generator().manual_seed(5 + level)).mean()
+        assert got[level].item() == pytest.approx(want.item(), rel=1e-6)
+    assert all(p.grad is None for p in net.parameters()) and not got.requires_grad
+
+    def students(model, x, sigmas, labels, generator=None):  # positional, as exercise 6.2's
+        return annealed_dsm_loss(model, x, sigmas, labels=labels, generator=generator)
+
+    assert torch.equal(loss_by_level(model, data, sigmas, loss=students, seed=5), got)
+    zero = lambda x, labels: torch.zeros_like(x)  # noqa: E731 -- loss 1/2 ||z||^2: data-free
+    assert torch.equal(loss_by_level(zero, data, sigmas), loss_by_level(zero, data + 1, sigmas))
+
+
+def test_loss_by_level_names_a_bad_argument():
+    from scorelab.training import loss_by_level
+
+    model = lambda x, labels: -x  # noqa: E731
+    with pytest.raises(ValueError, match="seed must be an integer, got 0.5"):
+        loss_by_level(model, torch.zeros(4, 2), [1.0], seed=0.5)
+    with pytest.raises(TypeError, match="loss must be a callable"):
+        loss_by_level(model, torch.zeros(4, 2), [1.0], loss="dsm")
+    with pytest.raises(ValueError, match="sigmas"):
+        loss_by_level(model, torch.zeros(4, 2), [0.1, 1.0])
+    with pytest.raises(ValueError, match="x must"):
+        loss_by_level(model, torch.zeros(0, 2), [1.0])

@@ -369,6 +369,23 @@ class GaussianMixture:
             self._perturbed[sigma] = GaussianMixture(self._weights, self._means, covariances)
         return self._perturbed[sigma]
 
+    def scaled_perturbed(self, scale: float, sigma: float) -> GaussianMixture:
+        r"""The law of :math:`a x + \sigma z` for :math:`x` from the mixture, :math:`z \sim N(0, I)`.
+
+        Each mean becomes :math:`a \mu_k` and each covariance :math:`a^2 \Sigma_k + \sigma^2 I`:
+        with :math:`a = e^{-\beta t / 2}` and :math:`\sigma^2 = 1 - a^2` it is the marginal at time
+        t of the variance-preserving SDE :math:`dx = -\frac12 \beta x\, dt + \sqrt\beta\, dw`
+        with a constant :math:`\beta` (Song et al. 2021, Eq. 11), and with :math:`a = 1` it is
+        :meth:`perturbed`. ``scale`` and ``sigma`` are positive numbers.
+        """
+        scale, sigma = _check_scale("scale", scale), _check_scale("sigma", sigma)
+        if self.kind == "full":
+            identity = torch.eye(self.dim, dtype=torch.float64)
+            covariances = scale**2 * self._covariances + sigma**2 * identity
+        else:
+            covariances = scale**2 * self._covariances + sigma**2
+        return GaussianMixture(self._weights, scale * self._means, covariances)
+
     def perturbed_score(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """Score of the perturbed mixture, shape (N, D): a ``score_fn(x, sigma)`` for samplers.
 

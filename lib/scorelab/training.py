@@ -147,6 +147,36 @@ def _sigma_weighted_dsm(score_at, x, sigma, noise) -> torch.Tensor:
     return 0.5 * sum_except_batch((scaled * score + noise) ** 2)
 
 
+def loss_by_level(model, x: torch.Tensor, sigmas, *, loss: Callable | None = None,
+                  seed: int = 0) -> torch.Tensor:
+    """The mean annealed DSM loss of ``model`` on ``x`` at each level of ``sigmas``: (L,).
+
+    Level i labels every example i and draws its noise from a generator seeded ``seed + i``,
+    so two models, or two data sets of one shape, are compared on the same draws; no
+    gradients are kept. ``loss(model, x, sigmas, labels, generator)`` returns the per-example
+    loss (N,): by default :func:`annealed_dsm_loss`, Song & Ermon (2019), Eq. 5-6 with
+    lambda(sigma) = sigma^2, but any loss of that signature (a student's own) will do.
+    ``x`` (N, *D) clean data; ``sigmas`` (L,) the model's ladder.
+    """
+    x = check_batch("x", x)
+    sigmas = check_sigmas(sigmas).to(x)  # on the data's device and dtype
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if loss is None:
+        def loss(model, x, sigmas, labels, generator):
+            return annealed_dsm_loss(model, x, sigmas, labels=labels, generator=generator)
+    elif not callable(loss):
+        raise TypeError(f"loss must be a callable loss(model, x, sigmas, labels, generator), "
+                        f"got {type(loss).__name__}")
+    means = []
+    for level in range(len(sigmas)):
+        labels = torch.full((len(x),), level, dtype=torch.long, device=x.device)
+        generator = torch.Generator(device=x.device).manual_seed(seed + level)
+        with torch.no_grad():
+            means.append(loss(model, x, sigmas, labels, generator).mean().item())
+    return torch.tensor(means)
+
+
 def memorised_dsm_floor(data: torch.Tensor, sigmas, *, n: int = 2000,
                         generator: torch.Generator | None = None) -> torch.Tensor:
     r"""The annealed DSM loss, level by level, of a model that memorised ``data`` (L,).

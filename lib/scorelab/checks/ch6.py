@@ -1,7 +1,8 @@
 """Checks for the exercises of chapter 6: ConditionalInstanceNorm2dPlus.forward, the annealed DSM
-loss, the step size of annealed Langevin dynamics (derive: the paper's rule, the authors' code
-convention and NCSNv2's variance recursion), NCSNv2's choice of epsilon (investigate) and a
-colleague's score function for the shipped model, found by its norm profile (debug)."""
+loss, the step size of annealed Langevin dynamics (derive: NCSNv2's variance recursion and the
+drift-to-noise ratio of a step), NCSNv2's choice of epsilon and the noise level below which the
+digits break its single-point assumption (investigate) and a colleague's score function for the
+shipped model, found by its norm profile (debug)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import math
 import torch
 from torch import nn
 
-from scorelab.checks._core import (Mismatch, call_student, cases, check_choice, diagnose,
-                                   exercise, expect_finite, expect_loss, expect_same_draws,
+from scorelab.checks._core import (Mismatch, answer_number, call_student, cases, diagnose,
+                                   exercise, expect_derived, expect_finite, expect_loss, expect_same_draws,
                                    expect_tensor, expect_untouched, global_rng_untouched,
                                    is_close, package_refused, refuse_calls, register_hints,
                                    to_float, without_package)
@@ -599,6 +600,12 @@ def _variance_ratio(eps, sigma_L, gamma, n_steps):
     return r ** (2 * n_steps) * gamma**2 + u * (1 - r ** (2 * n_steps)) / (1 - r**2)
 
 
+def _variance_ratio_with(rho, added, gamma, n_steps):
+    """v_T / sigma_i^2 for v <- rho^2 v + added sigma_i^2, from v_0 = gamma^2 sigma_i^2."""
+    kept = rho ** (2 * n_steps)
+    return kept * gamma**2 + added * (1 - kept) / (1 - rho**2)
+
+
 def _authors_ratio(eps, sigma_L, gamma, n_steps):
     """The same recursion in the authors' convention x <- x + alpha s + sqrt(2 alpha) z."""
     u = eps / sigma_L**2
@@ -610,10 +617,11 @@ def _step_points(seed: int) -> list[dict]:
     raw = random_points(
         seed,
         20,
-        {"eps": (1e-6, 1.0, "log"), "sigma_L": (0.01, 1.0, "log"), "k": (1.0, 100.0, "log")},
+        {"u": (1e-3, 1.5, "log"), "sigma_L": (0.01, 1.0, "log"), "k": (1.0, 100.0, "log")},
     )
-    points = [
-        {"eps": p["eps"], "sigma_i": p["k"] * p["sigma_L"], "sigma_L": p["sigma_L"]} for p in raw
+    points = [  # eps = u sigma_L^2 with u < 4: steps at which the chain settles
+        {"eps": p["u"] * p["sigma_L"] ** 2, "sigma_i": p["k"] * p["sigma_L"],
+         "sigma_L": p["sigma_L"]} for p in raw
     ]
     return points + [{**p, "sigma_i": p["sigma_L"]} for p in points[:4]]
 
@@ -649,7 +657,7 @@ def _start_share(p: dict) -> float:
     return (1 - p["eps"] / (2 * p["sigma_L"] ** 2)) ** (2 * p["n_steps"])
 
 
-#: 6.3, part 1: the last level and the others.
+#: 6.3, part 2: the last level and the others.
 _STEP_REGIMES = [
     [
         ("at the last level (sigma_i = sigma_L)", lambda p: p["sigma_i"] == p["sigma_L"]),
@@ -657,46 +665,7 @@ _STEP_REGIMES = [
     ]
 ]
 
-#: 6.3, part 1: the usual mistakes in alpha_i.
-_STEP_MUTANTS = [
-    (
-        "the ratio sigma_i / sigma_L must be squared: the step scales like the "
-        "variance of the level, so that the signal-to-noise ratio of a step is the "
-        "same at every level.",
-        lambda eps, sigma_i, sigma_L: eps * sigma_i / sigma_L,
-    ),
-    (
-        "the ratio is upside down: the largest levels take the largest steps, "
-        "alpha_i = eps sigma_i^2 / sigma_L^2.",
-        lambda eps, sigma_i, sigma_L: eps * sigma_L**2 / sigma_i**2,
-    ),
-    (
-        "this is half the paper's alpha_i, the step_lr-based 'step' of the authors' "
-        "code; in the paper's convention alpha_i = eps sigma_i^2 / sigma_L^2.",
-        lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2 / 2,
-    ),
-    (
-        "the step must not depend on the units of sigma: divide sigma_i^2 by "
-        "sigma_L^2, so that the last level's step is eps itself.",
-        lambda eps, sigma_i, sigma_L: eps * sigma_i**2,
-    ),
-]
-
-#: 6.3, part 2: the conversion to the authors' step_lr the wrong way.
-_STEP_LR_MUTANTS = [
-    (
-        "the factor goes the other way: match the code's a s + sqrt(2a) z with the paper's "
-        "(alpha/2) s + sqrt(alpha) z term by term, and see which of a and alpha is larger.",
-        lambda eps: 2 * eps,
-    ),
-    (
-        "the same number runs a different sampler: the code's update a s + sqrt(2a) z "
-        "is the paper's with alpha = 2a.",
-        lambda eps: eps,
-    ),
-]
-
-#: 6.3, part 3: two ways of splitting the points.
+#: 6.3, part 1: two ways of splitting the points.
 _RATIO_REGIMES = [
     [
         ("near stationarity (after many steps)", lambda p: _start_share(p) < 0.01),
@@ -708,7 +677,7 @@ _RATIO_REGIMES = [
     ],
 ]
 
-#: 6.3, part 3: the usual mistakes in the variance recursion.
+#: 6.3, part 1: the usual mistakes in the variance recursion.
 _RATIO_MUTANTS = [
     (
         "this is NCSNv2's formula in the authors' convention x + a s + sqrt(2a) z; in the "
@@ -738,6 +707,20 @@ _RATIO_MUTANTS = [
         * gamma**2,
     ),
     (
+        "the drift is half the step times the score, (alpha_i / 2) s: a step contracts x by "
+        "1 - eps / (2 sigma_L^2), not 1 - eps / sigma_L^2.",
+        lambda eps, sigma_L, gamma, n_steps: _variance_ratio_with(
+            1 - eps / sigma_L**2, eps / sigma_L**2, gamma, n_steps),
+    ),
+    (
+        "the noise part is not 1 - rho^(2T): that takes 1 - rho^2 to be eps / sigma_L^2 and "
+        "drops a term; sum the geometric series of the added variances exactly.",
+        lambda eps, sigma_L, gamma, n_steps: (
+            (1 - eps / (2 * sigma_L**2)) ** (2 * n_steps) * gamma**2
+            + 1 - (1 - eps / (2 * sigma_L**2)) ** (2 * n_steps)
+        ),
+    ),
+    (
         "this is the stationary ratio (T -> infinity); after T steps a share "
         "rho^(2T) of the starting variance gamma^2 is still there.",
         lambda eps, sigma_L, gamma, n_steps: 1 / (1 - eps / (4 * sigma_L**2)),
@@ -745,8 +728,19 @@ _RATIO_MUTANTS = [
 ]
 
 
-#: 6.3, part 4: the usual slips in sizing the two terms of a step.
+#: 6.3, part 2: the usual slips in sizing the two terms of a step.
 _DRIFT_MUTANTS = [
+    (
+        "this is the ratio in the authors' code convention, a s + sqrt(2a) z with "
+        "a = eps sigma_i^2 / sigma_L^2; in the paper's the drift is (alpha_i / 2) s and the "
+        "noise sqrt(alpha_i) z.",
+        lambda eps, sigma_i, sigma_L: math.sqrt(eps / 2) / sigma_L,
+    ),
+    (
+        "the drift's length is (alpha_i / 2) times the score's, and the score is not 1 long: "
+        "at level i it is about 1 / sigma_i per coordinate.",
+        lambda eps, sigma_i, sigma_L: math.sqrt(eps) * sigma_i / (2 * sigma_L),
+    ),
     (
         "the drift is half the step times the score, (alpha_i / 2) s: the 1/2 is missing.",
         lambda eps, sigma_i, sigma_L: math.sqrt(eps) / sigma_L,
@@ -768,7 +762,7 @@ _DRIFT_MUTANTS = [
         lambda eps, sigma_i, sigma_L: 1 / (2 * sigma_i),
     ),
     (
-        "at level i the step is alpha_i = eps sigma_i^2 / sigma_L^2 (part 1), not eps "
+        "at level i the step is alpha_i = eps sigma_i^2 / sigma_L^2 (Algorithm 1), not eps "
         "at every level.",
         lambda eps, sigma_i, sigma_L: math.sqrt(eps) / (2 * sigma_i),
     ),
@@ -777,35 +771,19 @@ _DRIFT_MUTANTS = [
 
 @exercise(
     "6.3",
-    "alpha_i = eps sigma_i^2 / sigma_L^2; the authors' step_lr is eps / 2; your variance "
-    "recursion is NCSNv2's, in the paper's convention; and a step's drift is "
+    "your variance ratio is NCSNv2's calculation, redone in the NCSN paper's (alpha / 2) "
+    "convention; and a step's drift is "
     "sqrt(eps) / (2 sigma_L) of its noise at every level, which is why alpha_i grows like "
     "sigma_i^2.",
 )
-def exercise_6_3(annealed_step, authors_step_lr, variance_ratio, drift_to_noise) -> None:
-    """Check ``annealed_step(eps, sigma_i, sigma_L)``, ``authors_step_lr(eps)``,
-    ``variance_ratio(eps, sigma_L, gamma, n_steps)`` and ``drift_to_noise(eps, sigma_i,
-    sigma_L)`` at random parameter values."""
+def exercise_6_3(variance_ratio, drift_to_noise) -> None:
+    """Check ``variance_ratio(eps, sigma_L, gamma, n_steps)`` and ``drift_to_noise(eps,
+    sigma_i, sigma_L)`` at random parameter values."""
     from scorelab.noise import langevin_variance_ratio, step_size_for_ladder
 
     variance_ratio = without_package(variance_ratio, langevin_variance_ratio,
                                      step_size_for_ladder, what="variance_ratio")
     seeds = cases([70], [71, 72])
-    check_formula(
-        annealed_step,
-        lambda eps, sigma_i, sigma_L: eps * sigma_i**2 / sigma_L**2,
-        [p for seed in seeds for p in _step_points(seed)],
-        what="annealed_step",
-        regimes=_STEP_REGIMES,
-        mutants=_STEP_MUTANTS,
-    )
-    check_formula(
-        authors_step_lr,
-        lambda eps: eps / 2,
-        random_points(seeds[0], 8, {"eps": (1e-7, 0.1, "log")}),
-        what="authors_step_lr",
-        mutants=_STEP_LR_MUTANTS,
-    )
     check_formula(
         variance_ratio,
         _variance_ratio,
@@ -864,29 +842,74 @@ def _best_epsilon(sigmas: torch.Tensor, n_steps: int) -> float:
     return float(u[int(torch.argmin(values))]) * sigma_L**2
 
 
-#: 6.4: which assumption of NCSNv2's rule the digits break; each letter's feedback.
-BROKEN_ASSUMPTION_OPTIONS = {
-    "a": "the shipped ladder is geometric, 22 levels from 5 to 0.01 with one ratio gamma "
-    "between neighbours: the rule's gamma = sigma_(i-1) / sigma_i is right at every level.",
-    "b": "right: the rule treats every p_sigma_i as N(0, sigma_i^2 I), the perturbed density "
-    "of a single point; at the small levels the digits' perturbed density is nothing like "
-    "that.",
-    "c": "the shipped sampler scales its step exactly so, alpha_i = eps sigma_i^2 / sigma_L^2 "
-    "(annealed_langevin_dynamics follows the paper's Algorithm 1): that assumption holds.",
-    "d": "your variance_ratio and ncsnv2_epsilon are in the book's convention, the one the "
-    "sampler uses (exercise 6.3 checked it); and a factor of 2 would not explain a tuned step "
-    "about four times the rule's.",
-}
+def _digit_pixels(split: str = "train") -> torch.Tensor:
+    """The digits of ``split`` as rows of 64 pixels in [0, 1], float64: (N, 64)."""
+    from scorelab.data import load_digits
+
+    return load_digits(split).flatten(start_dim=1).double()
+
+
+def _expect_crossover_sigma(crossover_sigma) -> None:
+    """6.4, part 2: p_sigma = law of x + sigma z has covariance Cov[x] + sigma^2 I, so its
+    variance along the widest direction, lambda_max + sigma^2, exceeds 2 sigma^2 while sigma^2 <
+    lambda_max: sigma* = sqrt(lambda_max) of the training digits."""
+    value = answer_number(crossover_sigma, what="crossover_sigma")
+    pixels = _digit_pixels()
+    covariance = torch.cov(pixels.T)  # (64, 64)
+    variances = torch.linalg.eigvalsh(covariance)  # ascending
+    test_widest, all_widest = (float(torch.linalg.eigvalsh(torch.cov(_digit_pixels(split).T))[-1])
+                               for split in ("test", "all"))
+    widest, ladder = float(variances[-1]), (0.8469070196151733, 0.6299605369567871)
+    level_slip = ("that is a level of the shipped ladder; sigma* falls between two of its "
+                  "levels: give it unrounded.")
+    expect_derived(
+        value, math.sqrt(widest), call="crossover_sigma",
+        wrong="is not where p_sigma's widest direction is twice sigma^2",
+        slips={
+            widest: "that is a variance, sigma*^2: the condition compares lambda_max with "
+            "sigma^2, so sigma* is its square root.",
+            math.sqrt(float(variances.mean())): "that uses the average variance of a pixel, "
+            "the mean over all directions; the widest direction is along the top eigenvector "
+            "of the digits' covariance.",
+            math.sqrt(float(covariance.diagonal().max())): "that is the widest "
+            "single pixel; directions that mix pixels vary more: take the largest eigenvalue "
+            "of the digits' covariance.",
+            math.sqrt(float(variances.sum())): "that is the total variance, summed over all 64 "
+            "directions; the condition concerns p_sigma's variance in one direction.",
+            math.sqrt(float(torch.linalg.eigvalsh(pixels.T @ pixels / len(pixels))[-1])):
+            "that is a second moment about 0; the spread of the digits is about their mean: "
+            "centre them first (torch.cov does).",
+            math.sqrt(widest / 2): "that asks the digits' variance alone to be twice sigma^2; "
+            "p_sigma's variance is the digits' plus sigma^2.",
+            math.sqrt(test_widest): "those are the test digits; the "
+            "model learned the training digits, load_digits() (split 'train').",
+            math.sqrt(all_widest): "those are all the digits, training and test; the model "
+            "learned the training digits, load_digits() (split 'train').",
+            16 * math.sqrt(widest): "pixels from 0 to 16, scikit-learn's raw scale; the model "
+            "sees them in [0, 1], as load_digits returns them.",
+            ladder[0]: level_slip,
+            ladder[1]: level_slip,
+        },
+        otherwise="p_sigma is the law of x + sigma z for a training digit x and independent "
+        "noise z: what is its covariance, and how large is its variance along a unit vector u? "
+        "Find the largest over u.",
+        measured=(0.03, "close, but not the exact value: give it unrounded (it is checked to "
+                        "0.1 %), and compute it from the digits' covariance; noise drawn to "
+                        "estimate p_sigma's covariance only approximates what is known exactly."),
+        tolerance=0.001)  # a covariance divided by N or N - 1 differs by 0.04 %
 
 
 @exercise(
     "6.4",
     "your epsilon brings NCSNv2's variance ratio as close to 1 as it gets for this ladder "
-    "and number of steps; the rule's single-point data set is what the digits break.",
+    "and number of steps; and below sigma* = sqrt(lambda_max) of the digits' covariance, where "
+    "15 of the shipped ladder's 22 levels lie, the digits' p_sigma as a whole is no longer the "
+    "one Gaussian of variance sigma^2 that the rule assumes.",
 )
-def exercise_6_4(ncsnv2_epsilon, broken_assumption) -> None:
+def exercise_6_4(ncsnv2_epsilon, crossover_sigma) -> None:
     """Check ``ncsnv2_epsilon(sigmas (L,), n_steps) -> float`` (paper convention) and the
-    letter ``broken_assumption``."""
+    number ``crossover_sigma``, the sigma below which the digits' p_sigma has more than twice
+    the variance of N(x_0, sigma^2 I) along its widest direction."""
     from scorelab.noise import geometric_sigmas, langevin_variance_ratio, step_size_for_ladder
 
     ncsnv2_epsilon = without_package(ncsnv2_epsilon, step_size_for_ladder,
@@ -940,7 +963,7 @@ def exercise_6_4(ncsnv2_epsilon, broken_assumption) -> None:
             "end of your grid, widen the grid; sigma_L is the smallest level, and "
             "eps / sigma_L^2 >= 4 makes the chain blow up)."
         )
-    check_choice(broken_assumption, BROKEN_ASSUMPTION_OPTIONS, "b", what="broken_assumption")
+    _expect_crossover_sigma(crossover_sigma)
 
 
 # ---------------------------------------------------------------- 6.5 (debug): a colleague's score
@@ -1161,30 +1184,32 @@ register_hints(
 )
 register_hints(
     "6.3",
-    "Part 1: the step scales like the level's variance. Part 2: match the two updates term by "
-    "term. Part 3: with a Gaussian score the update is linear in x, so follow the variance "
-    "step by step. Part 4: compare mean squared lengths first, coordinate by coordinate.",
-    "Part 3: one step multiplies x by a constant rho and adds independent noise of variance "
+    "Part 1: with a Gaussian score the update is linear in x, so follow the variance step by "
+    "step. Part 2: compare mean squared lengths first, coordinate by coordinate.",
+    "Part 1: one step multiplies x by a constant rho and adds independent noise of variance "
     "alpha_i, so the variance obeys v <- rho^2 v + alpha_i, a geometric recursion; sum it over T "
     "steps from v_0 = gamma^2 sigma_i^2.",
-    "Check part 3 in two limits: with T = 0 it must give gamma^2 (nothing has moved yet); after "
+    "Check part 1 in two limits: with T = 0 it must give gamma^2 (nothing has moved yet); after "
     "very many steps it must no longer depend on gamma (the chain has forgotten its start). "
-    "Part 4: at level i a coordinate of x has variance sigma_i^2, so what is the mean square "
+    "Part 2: at level i a coordinate of x has variance sigma_i^2, so what is the mean square "
     "of a coordinate of the score -x / sigma_i^2?",
 )
 register_hints(
     "6.4",
     "The ratio is above 1 on both sides of its best epsilon: too small a step leaves the "
     "previous level's variance, too large a step adds discretisation error. Find where it dips"
-    " lowest.",
+    " lowest. For crossover_sigma: the rule's p_sigma is one point blurred by the noise, the "
+    "digits' p_sigma is every digit blurred by the same noise; compare their spreads direction "
+    "by direction.",
     "gamma is the ratio of the last two levels and sigma_L the last one; evaluate your "
     "variance_ratio on a log-spaced grid of epsilon running from far below sigma_L^2 to a few "
-    "times it.",
+    "times it. For crossover_sigma: a digit x and the noise sigma z are independent, so their "
+    "covariances add.",
     "Check your grid: neighbouring values at most 2 % apart, and wide enough that the ratio "
     "rises again at both ends (if the smallest ratio sits at an end, the best epsilon lies "
     "outside). Return that epsilon as a float, in the paper's convention. For "
-    "broken_assumption: for each option, say what would have to be true of the shipped ladder,"
-    " sampler and data for it to hold, and check the ones you can check by printing.",
+    "crossover_sigma: along a unit vector u the digits vary by u^T Cov u, and the largest "
+    "value over u is a property of the covariance matrix you know from linear algebra.",
 )
 register_hints(
     "6.5",

@@ -1,5 +1,6 @@
-"""Checks for the exercises of chapter 8: the VE SDE, one Euler-Maruyama step, the corrector's
-signal-to-noise ratio, a probability-flow drift with a bug, and a log-likelihood by the ODE."""
+"""Checks for the exercises of chapter 8: the VE SDE, one reverse Euler-Maruyama step of the VP
+SDE and how many VE steps a Gaussian needs, the corrector's signal-to-noise ratio, a
+probability-flow drift with a bug, and a log-likelihood by the ODE."""
 
 from __future__ import annotations
 
@@ -103,90 +104,93 @@ def exercise_8_1(sigma_of_t, diffusion) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 8.2 (implement): one Euler-Maruyama step of the reverse-time SDE
+# 8.2 (implement): one Euler-Maruyama step of the reverse-time VP SDE; (derive) what VE steps
+# do to a Gaussian's variance
 # ---------------------------------------------------------------------------------------------
 
 register_hints(
     "8.2",
-    "Write the reverse SDE's increment over a step from t to t - dt: which term changes sign "
-    "because time runs backwards, which term scales with dt and which with sqrt(dt)? For "
-    "em_variance: with the score of p_t, what does one step do to x?",
+    "Write the reverse SDE with the VP SDE's f and g, and its increment over a step from t to "
+    "t - dt: which terms change sign because time runs backwards, which scale with dt and which "
+    "with sqrt(dt)? For em_variance: with the score of p_t, what does one VE step do to x?",
     "Euler-Maruyama freezes the coefficients at the start of the step, t: the drift term is "
-    "the reverse drift times the step's length, and the Brownian increment over a step of "
-    "length dt has variance dt. What does score_fn take as its level argument? A step x -> a x"
-    " + b z, with z independent of x, turns a variance V into a^2 V + b^2.",
-    "Check your step on your own: with a zero score it must add variance g^2 dt to a cloud of "
-    "10,000 points; with z = 0 and a linear score -x / c, it must multiply x by 1 - g^2 dt / "
-    "c. Check em_variance too: as n_steps grows it must tend to v + sigma_min^2, and for v = "
-    "2, sigma from 0.01 to 50, ten steps leave about 30 % too much.",
+    "the reverse drift f - g^2 s times the step's length, with the sign of a step back in time, "
+    "and the Brownian increment over a step of length dt has variance dt. A step x -> a x + b z, "
+    "with z independent of x, turns a variance V into a^2 V + b^2.",
+    "Check your step on your own: with a zero score and z = 0 it must multiply x by "
+    "1 + beta dt / 2 (undoing the SDE's shrinking); with a zero score it must add variance "
+    "beta dt to a cloud of 10,000 points at 0. Check em_variance too: as n_steps grows it must "
+    "tend to v + sigma_min^2, and for v = 2, sigma from 0.01 to 50, ten steps leave about 30 % "
+    "too much.",
 )
 
 
-def _em_reference(score_fn, sde, x, t, dt, z):
-    g2 = sde.g2(t)
-    return x + g2 * dt * score_fn(x, sde.sigma(t)) + math.sqrt(g2 * dt) * z
+#: 8.2: the constant beta of the variance-preserving SDE dx = -beta x / 2 dt + sqrt(beta) dw
+#: with which the check samples; by t = 1 the means of the mixture have shrunk by e^-10.
+VP_BETA = 20.0
 
 
-def _em_mutants(score_fn, sde, x, t, dt, z) -> dict[str, torch.Tensor]:
-    """8.2's known mistakes, each one Euler-Maruyama step done that wrong way."""
-    g2, s, sigma = sde.g2(t), score_fn(x, sde.sigma(t)), sde.sigma(t)
+def _vp_marginal(mixture, beta: float, t: float):
+    """p_t of the VP SDE with a constant beta: the law of a x_0 + sqrt(1 - a^2) z, a = e^(-beta t/2)."""
+    scale = math.exp(-beta * t / 2)
+    return mixture.scaled_perturbed(scale, math.sqrt(-math.expm1(-beta * t)))
+
+
+def _vp_reference(score_fn, beta, x, t, dt, z):
+    """Reverse Euler-Maruyama from t to t - dt: x - [f - g^2 s] dt + g sqrt(dt) z with
+    f = -beta x / 2 and g^2 = beta (Song et al. 2021, Eq. 6 and 11)."""
+    return x + (0.5 * beta * x + beta * score_fn(x, t)) * dt + math.sqrt(beta * dt) * z
+
+
+def _vp_mutants(score_fn, beta, x, t, dt, z) -> dict[str, torch.Tensor]:
+    """8.2's known mistakes, each one reverse VP step done that wrong way."""
+    s, noise = score_fn(x, t), math.sqrt(beta * dt) * z
     return {
-        "the drift has the wrong sign: backwards in time the step moves along +g^2 s.":
-            x - g2 * dt * s + math.sqrt(g2 * dt) * z,
-        "the drift has a factor 1/2: that is the probability-flow ODE's drift; the reverse "
-        "SDE's is g^2 s.": x + 0.5 * g2 * dt * s + math.sqrt(g2 * dt) * z,
-        "the noise lacks sqrt(dt): its variance over a step is g^2 dt.":
-            x + g2 * dt * s + math.sqrt(g2) * z,
-        "the noise is missing.": x + g2 * dt * s,
-        "the drift uses g instead of g^2.": x + math.sqrt(g2) * dt * s + math.sqrt(g2 * dt) * z,
-        "the drift uses sigma(t)^2 instead of g(t)^2 = 2 sigma^2 log(sigma_max/sigma_min).":
-            x + sigma**2 * dt * s + math.sqrt(g2 * dt) * z,
-        "the score is evaluated at the time t; score_fn takes the noise level sigma(t).":
-            x + g2 * dt * score_fn(x, t) + math.sqrt(g2 * dt) * z,
-        "the noise is g dt z: over a step of length dt Brownian motion moves by sqrt(dt) z, "
-        "so the noise is g sqrt(dt) z.": x + g2 * dt * s + math.sqrt(g2) * dt * z,
-        "the noise lacks g: its standard deviation over a step is g sqrt(dt).":
-            x + g2 * dt * s + math.sqrt(dt) * z,
-        "the drift is evaluated at t - dt; Euler-Maruyama evaluates it where the step starts, "
-        "at t.": x + sde.g2(t - dt) * dt * score_fn(x, sde.sigma(t - dt))
-                 + math.sqrt(g2 * dt) * z,
-        "you stepped with the exact variance increment sigma(t)^2 - sigma(t - dt)^2 in place "
-        "of g(t)^2 dt: that is the reverse-diffusion predictor of Song et al. (2021, Appendix E), a "
-        "different discretisation (it agrees with Euler-Maruyama to first order in dt). "
-        "This exercise asks for Euler-Maruyama, which freezes g at t: g(t)^2 dt.":
-            x + (sigma**2 - sde.sigma(t - dt) ** 2) * s
-            + math.sqrt(sigma**2 - sde.sigma(t - dt) ** 2) * z,
-        "the noise is g^2 dt z: g^2 dt is the step's variance; its standard deviation, "
-        "g sqrt(dt), multiplies z.": x + g2 * dt * s + g2 * dt * z,
-        "it uses sigma(t) as g(t): the diffusion coefficient of the VE SDE is g(t) = sigma(t) "
-        "sqrt(2 log(sigma_max / sigma_min)) (exercise 8.1).":
-            x + sigma**2 * dt * s + sigma * math.sqrt(dt) * z,
-        "it uses g^2 = sigma(t)^2 log(sigma_max / sigma_min), without the 2 of d sigma^2 / dt.":
-            x + 0.5 * g2 * dt * s + math.sqrt(0.5 * g2 * dt) * z,
-        "the score is taken at sigma(t - dt), the level where the step ends: Euler-Maruyama "
-        "evaluates everything where the step starts, at sigma(t).":
-            x + g2 * dt * score_fn(x, sde.sigma(t - dt)) + math.sqrt(g2 * dt) * z,
-        "the step's coefficients are frozen at t - dt, where it ends: Euler-Maruyama freezes "
-        "them at t, where it starts (g(t)^2 and the score at sigma(t)).":
-            x + sde.g2(t - dt) * dt * score_fn(x, sde.sigma(t - dt))
-            + math.sqrt(sde.g2(t - dt) * dt) * z,
-        "the noise uses the exact variance increment sigma(t)^2 - sigma(t - dt)^2 and the "
-        "drift g(t)^2 dt: Euler-Maruyama uses g(t)^2 dt in both.":
-            x + g2 * dt * s + math.sqrt(sigma**2 - sde.sigma(t - dt) ** 2) * z,
+        "your step keeps the sign of the SDE's own drift f = -beta x / 2: in the reverse SDE "
+        "the whole drift f - g^2 s runs backwards, so the step from t to t - dt adds "
+        "-f dt = +beta x dt / 2.":
+            x + (-0.5 * beta * x + beta * s) * dt + noise,
+        "the step leaves out the SDE's drift f = -beta x / 2: that is the VE step of the "
+        "chapter, whose SDE has no drift; the VP SDE's must be undone too.":
+            x + beta * s * dt + noise,
+        "the score term has the wrong sign: backwards in time the step moves along +g^2 s.":
+            x + (0.5 * beta * x - beta * s) * dt + noise,
+        "this is a step forwards in time with the reverse SDE's drift: from t to t - dt the "
+        "increment is minus the drift times dt.": x + (-0.5 * beta * x - beta * s) * dt + noise,
+        "the score term has a factor 1/2: that is the probability-flow ODE's drift; the reverse "
+        "SDE's is g^2 s = beta s.": x + (0.5 * beta * x + 0.5 * beta * s) * dt + noise,
+        "the score term uses g = sqrt(beta) instead of g^2 = beta.":
+            x + (0.5 * beta * x + math.sqrt(beta) * s) * dt + noise,
+        "the drift f is -beta x / 2, not -beta x: the 1/2 is missing.":
+            x + (beta * x + beta * s) * dt + noise,
+        "the noise lacks sqrt(dt): its variance over a step is g^2 dt = beta dt.":
+            x + (0.5 * beta * x + beta * s) * dt + math.sqrt(beta) * z,
+        "the noise is g dt z: over a step of length dt Brownian motion moves by sqrt(dt) z, so "
+        "the noise is sqrt(beta dt) z.": x + (0.5 * beta * x + beta * s) * dt
+        + math.sqrt(beta) * dt * z,
+        "the noise lacks g: its standard deviation over a step is sqrt(beta dt).":
+            x + (0.5 * beta * x + beta * s) * dt + math.sqrt(dt) * z,
+        "the noise is beta dt z: beta dt is the step's variance; its standard deviation, "
+        "sqrt(beta dt), multiplies z.": x + (0.5 * beta * x + beta * s) * dt + beta * dt * z,
+        "the noise is missing.": x + (0.5 * beta * x + beta * s) * dt,
+        "the noise is sqrt(2 beta dt) z, the authors' Langevin convention: the reverse SDE adds "
+        "g sqrt(dt) z.": x + (0.5 * beta * x + beta * s) * dt + math.sqrt(2 * beta * dt) * z,
+        "the score is taken at t - dt, where the step ends: Euler-Maruyama evaluates the drift "
+        "where it starts, at t.": x + (0.5 * beta * x + beta * score_fn(x, t - dt)) * dt + noise,
         "the noise enters with a minus sign: in distribution that is the same step, but the "
-        "check passes you z and expects + g sqrt(dt) z.": x + g2 * dt * s - math.sqrt(g2 * dt) * z,
-        "the drift is missing: backwards in time the step moves along g^2 dt s before it adds "
-        "the noise.": x + math.sqrt(g2 * dt) * z,
-        "both terms have the wrong sign: the step is x + g^2 dt s + g sqrt(dt) z.":
-            x - g2 * dt * s - math.sqrt(g2 * dt) * z,
-        "the noise is sqrt(2 g^2 dt) z, the authors' Langevin convention: the reverse SDE adds "
-        "g sqrt(dt) z.": x + g2 * dt * s + math.sqrt(2 * g2 * dt) * z,
-        "the score is evaluated at sigma(t)^2; score_fn takes the noise level sigma(t) itself, a "
-        "standard deviation.": x + g2 * dt * score_fn(x, sigma**2) + math.sqrt(g2 * dt) * z,
+        "check passes you z and expects + sqrt(beta dt) z.":
+            x + (0.5 * beta * x + beta * s) * dt - noise,
         "the drift is multiplied by sqrt(dt): the drift scales with dt, only the noise with "
-        "sqrt(dt).": x + g2 * math.sqrt(dt) * s + math.sqrt(g2 * dt) * z,
-        "your g^2 uses the base-10 logarithm: d/dt a^t = a^t times the natural logarithm of a.":
-            x + g2 * math.log10(math.e) * dt * s + math.sqrt(g2 * math.log10(math.e) * dt) * z,
+        "sqrt(dt).": x + (0.5 * beta * x + beta * s) * math.sqrt(dt) + noise,
+        "that is an exponential integrator, which solves the linear part exactly: a valid "
+        "discretisation that agrees with Euler-Maruyama to first order in dt. This exercise "
+        "asks for the plain Euler-Maruyama step, with everything frozen at t.":
+            x * math.exp(beta * dt / 2) + 2 * math.expm1(beta * dt / 2) * s
+            + math.sqrt(math.expm1(beta * dt)) * z,
+        "that is the ancestral (DDPM-like) step, a valid discretisation that agrees with "
+        "Euler-Maruyama to first order in dt. This exercise asks for the plain Euler-Maruyama "
+        "step, with everything frozen at t.":
+            (x + beta * dt * s) / math.sqrt(1 - beta * dt) + noise,
     }
 
 
@@ -280,48 +284,50 @@ def _expect_steps_needed(steps_needed) -> None:
                    "the smallest number.")
 
 
-@exercise("8.2", "your step is x + g^2 dt s(x, sigma(t)) + g sqrt(dt) z, and it samples the "
-                 "mixture with the right weights; on Gaussian data each step multiplies the "
-                 "variance by (1 - g^2 dt / (v + sigma^2))^2 and adds g^2 dt, and 0.1 % "
-                 "accuracy at t = 0 takes about 150 steps.")
-def exercise_8_2(em_step, em_variance, steps_needed) -> None:
-    """Check ``em_step(score_fn, sde, x, t, dt, z) -> (N, D)`` and sample with it, then
-    ``em_variance(v, sigma_min, sigma_max, n_steps) -> float`` (the variance the steps leave
+@exercise("8.2", "your step is x + (beta x / 2 + beta s(x, t)) dt + sqrt(beta dt) z, and it "
+                 "samples the mixture with the right weights from N(0, I); on Gaussian data "
+                 "each VE step multiplies the variance by (1 - g^2 dt / (v + sigma^2))^2 and "
+                 "adds g^2 dt, and 0.1 % accuracy at t = 0 takes about 150 steps.")
+def exercise_8_2(vp_step, em_variance, steps_needed) -> None:
+    """Check ``vp_step(score_fn, beta, x, t, dt, z) -> (N, D)`` and sample with it, then
+    ``em_variance(v, sigma_min, sigma_max, n_steps) -> float`` (the variance the VE steps leave
     on Gaussian data) and ``steps_needed`` (the fewest steps within 0.1 % of v + sigma_min^2)."""
     from scorelab.densities import ncsn_toy_mixture
     from scorelab.metrics import mode_weights
-    from scorelab.sde import VESDE
 
     mixture = ncsn_toy_mixture()
-    score_fn = mixture.perturbed_score
+
+    def exact_score(beta: float):  # the score of p_t, as score_fn(x, t)
+        return lambda x, t: _vp_marginal(mixture, beta, float(t)).score(x)
+
     generator = torch.Generator().manual_seed(82)
-    for t, dt, sigma_max in cases([(0.6, 0.01, 50.0), (0.05, 0.02, 20.0)], [(0.9, 0.005, 200.0)]):
-        sde = VESDE(0.01, sigma_max)
-        x = mixture.perturbed(sde.sigma(t)).sample(64, generator=generator)
+    for t, dt, beta in cases([(0.6, 0.01, VP_BETA), (0.05, 0.02, 5.0)], [(0.9, 0.005, 40.0)]):
+        score_fn = exact_score(beta)
+        x = _vp_marginal(mixture, beta, t).sample(64, generator=generator)
         z = torch.randn(64, 2, generator=generator)
         given_x, given_z = x.clone(), z.clone()
         got = expect_tensor(
-            call_student(em_step, score_fn, sde, given_x, t, dt, given_z, what="em_step"),
-            what="em_step(...)", shape=(64, 2))
-        expect_untouched(given_x, x, call="em_step(score_fn, sde, x, t, dt, z) on x")
-        expect_untouched(given_z, z, call="em_step(score_fn, sde, x, t, dt, z) on z")
-        expect_finite(got, what="em_step(...)")
+            call_student(vp_step, score_fn, beta, given_x, t, dt, given_z, what="vp_step"),
+            what="vp_step(...)", shape=(64, 2))
+        expect_untouched(given_x, x, call="vp_step(score_fn, beta, x, t, dt, z) on x")
+        expect_untouched(given_z, z, call="vp_step(score_fn, beta, x, t, dt, z) on z")
+        expect_finite(got, what="vp_step(...)")
         expect_given_noise(
-            lambda noise: call_student(em_step, score_fn, sde, x.clone(), t, dt, noise,
-                                       what="em_step"),
-            z, got, what="em_step", without_noise=x + sde.g2(t) * dt * score_fn(x, sde.sigma(t)))
-        mutants = _em_mutants(score_fn, sde, x, t, dt, z)
-        diagnose(got, _em_reference(score_fn, sde, x, t, dt, z), what="em_step", mutants=mutants,
-                 rtol=1e-4, atol=1e-4)
-    # The symptom test: 200 of the student's steps from exact samples of p_1 recover 0.8.
-    sde = VESDE(0.01, 50.0)
-    n = 4_000
-    x = mixture.perturbed(50.0).sample(n, generator=generator)
+            lambda noise: call_student(vp_step, score_fn, beta, x.clone(), t, dt, noise,
+                                       what="vp_step"),
+            z, got, what="vp_step",
+            without_noise=x + (0.5 * beta * x + beta * score_fn(x, t)) * dt)
+        diagnose(got, _vp_reference(score_fn, beta, x, t, dt, z), what="vp_step",
+                 mutants=_vp_mutants(score_fn, beta, x, t, dt, z), rtol=1e-4, atol=1e-4)
+    # The symptom test: 200 of the student's steps from p_1 (about N(0, I)) recover 0.8.
+    beta, n = VP_BETA, 4_000
+    score_fn = exact_score(beta)
+    x = _vp_marginal(mixture, beta, 1.0).sample(n, generator=generator)
     times = torch.linspace(1.0, 0.0, 201, dtype=torch.float64).tolist()
     for i in range(200):
         z = torch.randn(n, 2, generator=generator)
-        x = call_student(em_step, score_fn, sde, x, times[i], times[i] - times[i + 1], z,
-                         what="em_step")
+        x = call_student(vp_step, score_fn, beta, x, times[i], times[i] - times[i + 1], z,
+                         what="vp_step")
     expect_finite(x, what="the samples after 200 of your steps")
     weight = mode_weights(x, mixture.means)[0].item()
     tolerance = 0.03  # about 5 standard errors of a share of 4,000 particles
