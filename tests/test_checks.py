@@ -481,8 +481,8 @@ def test_2_1_explains_wrong_steps(capsys, answer, phrases):
         (-1, ["negative power"]),
         (0, ["p^0 is flat"]),
         (50, ["percentage"]),
-        (0.52, ["close to what a simulation suggests"]),
-        (0.47, ["close to what a simulation suggests", "comes out low"]),
+        (0.52, ["looks like a measurement", "sampling noise"]),
+        (0.47, ["looks like a measurement", "comes out low"]),
         (3.0, ["of which diffusion is the mixed step an Euler step", 'checks.hint("2.1")']),
     ],
 )

@@ -109,11 +109,12 @@ MIXED_POWER = 0.5
 def _expect_mixed_power(mixed_power) -> None:
     value = answer_number(mixed_power, what="mixed_power")
     if 0.40 <= value <= 0.53 and abs(value - MIXED_POWER) > 1e-6:
-        raise Mismatch(
-            f"mixed_power = {value:g} is close to what a simulation suggests, but derive the exact "
-            "power for small steps (a finite step widens the samples a little more, as in the "
-            "chapter's stationary variance 1 / (1 - alpha / 4), so a measured power comes out "
-            "low).")
+        why = ("a finite step widens the samples a little more, as in the chapter's stationary "
+               "variance 1 / (1 - alpha / 4), so a measured power comes out low"
+               if value < MIXED_POWER else "a measured power carries the finite step's bias and "
+               "the sampling noise")
+        raise Mismatch(f"mixed_power = {value:g} looks like a measurement; derive the exact power "
+                       f"for small steps ({why}).")
     if value < 0:
         raise Mismatch(f"mixed_power = {value:g}: a negative power puts the mass where p is small; "
                        "the drift still climbs p.")

@@ -220,7 +220,7 @@ STEPS_SETTING = (2.0, 0.01, 50.0)  # v, sigma_min, sigma_max of steps_needed
 def _expect_em_variance(em_variance) -> None:
     slips = {
         "takes g and sigma at the end of the step, t - dt; Euler-Maruyama freezes them at its "
-        "start, t, as your em_step does.": dict(at_end=True),
+        "start, t.": dict(at_end=True),
         "does not square the factor: a variance scales with the square of the number that "
         "multiplies x.": dict(squared=False),
         "uses the score of the noise alone, -x / sigma(t)^2: the data N(0, v I) perturbed at "
