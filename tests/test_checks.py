@@ -490,6 +490,13 @@ def test_2_1_explains_wrong_mixed_powers(capsys, mixed_power, phrases):
     assert_explains(capsys, checks.exercise_2_1, (make_step(), mixed_power), *phrases)
 
 
+def test_2_1_reads_the_power_from_a_one_element_array_or_tensor(capsys, grading):
+    for power in (np.array([0.5]), np.float32(0.5), torch.tensor([0.5]), torch.tensor(0.5)):
+        assert_passes(capsys, checks.exercise_2_1, make_step(), power)
+    assert_explains(capsys, checks.exercise_2_1, (make_step(), np.array([0.5, 0.5])),
+                    "should be a number")
+
+
 def test_2_1_is_not_done_until_the_power_is_set(capsys):
     for unset in (..., None):
         out = run_check(capsys, checks.exercise_2_1, make_step(), unset)

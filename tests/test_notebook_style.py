@@ -76,9 +76,12 @@ def cut_inline_maths(source: str) -> list[str]:
 
     Markdown reads such a line as a new block (``- x`` is a list item even in the middle of a
     paragraph), which cuts the formula in two: MathJax then gets neither half and the page
-    shows raw LaTeX. Display maths (``$$``) and code are left out.
+    shows raw LaTeX. Code is left out, and so is display maths (``$$``) that opens a block
+    (after a blank line); a ``$$`` that follows a line of text sits inside that paragraph, and
+    a line of it that starts like a block cuts it just the same.
     """
     found, open_maths, in_display, in_fence = [], False, False, False
+    in_paragraph, display_in_paragraph = False, False
     for line in source.splitlines():
         if line.lstrip().startswith(("```", "~~~")):
             in_fence = not in_fence
@@ -86,10 +89,16 @@ def cut_inline_maths(source: str) -> list[str]:
         if in_fence:
             continue
         if line.strip().startswith("$$"):
-            in_display = not in_display if line.strip().count("$$") == 1 else in_display
+            if line.strip().count("$$") == 1:
+                in_display = not in_display
+                display_in_paragraph = in_display and in_paragraph
+            in_paragraph = True
             continue
         if in_display:
+            if display_in_paragraph and BLOCK_START.match(line):
+                found.append(line.strip()[:60])
             continue
+        in_paragraph = bool(line.strip())
         if not line.strip():
             open_maths = False  # a blank line ends the paragraph
             continue
@@ -113,3 +122,5 @@ def test_the_check_sees_a_cut_formula():
     assert cut_inline_maths("so $a = b\n- c$ holds") == ["- c$ holds"]
     assert cut_inline_maths("so $a = b -\nc$ holds\n\n- a list item") == []
     assert cut_inline_maths("$$\nx\n- y\n$$") == []
+    assert cut_inline_maths("text\n\n$$\nx\n- y\n$$") == []
+    assert cut_inline_maths("so\n$$\nx\n+ y\n$$") == ["+ y"]

@@ -432,15 +432,16 @@ def call_student(fn: Callable, *args, what: str, **kwargs):
 
 
 def to_float(value, *, what: str) -> float:
-    """Read a Python number (or one-element tensor) returned by the student, else Mismatch.
+    """Read a Python number (or one-element tensor or array) returned by the student, else
+    Mismatch.
 
     ``...`` (the placeholder an exercise notebook leaves for an answer) is "not done yet".
     """
     if value is Ellipsis:
         raise NotImplementedError(f"{what} is still ...")
-    if isinstance(value, np.ndarray) and value.ndim == 0 and np.isrealobj(value) \
+    if isinstance(value, np.ndarray) and value.size == 1 and np.isrealobj(value) \
             and value.dtype != bool:
-        value = value.item()  # a 0-d array, e.g. from np.array(x) or np.mean
+        value = value.item()  # e.g. from np.array(x), np.mean or an array of one value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise Mismatch(
