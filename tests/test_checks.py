@@ -40,6 +40,14 @@ def neighbour_kl(gamma, dim):
 exercise_3_1 = with_answer(checks.exercise_3_1, neighbour_kl, first=True)
 
 
+def evenly_spaced_levels(sigma_max, sigma_min, n_levels):
+    gamma = (sigma_max / sigma_min) ** (1 / (n_levels - 1))
+    return 1 + math.ceil((sigma_max - sigma_min) / (sigma_min * (gamma - 1)))
+
+
+exercise_3_2 = with_answer(checks.exercise_3_2, evenly_spaced_levels, first=False)
+
+
 def _all_checks():
     """Every check the package exports, found by name."""
     return [getattr(checks, name) for name in sorted(dir(checks)) if name.startswith("exercise_")]
@@ -813,7 +821,41 @@ def geometric_sigmas(sigma_max, sigma_min, n_levels):
 
 
 def test_3_2_accepts_the_solution(capsys, grading):
-    assert_passes(capsys, checks.exercise_3_2, geometric_sigmas)
+    assert_passes(capsys, exercise_3_2, geometric_sigmas)
+    assert_passes(capsys, checks.exercise_3_2, geometric_sigmas,
+                  lambda a, b, n: float(evenly_spaced_levels(a, b, n)))
+
+
+def _top_count(a, b, n):  # keeps the top hand-over within gamma
+    gamma = (a / b) ** (1 / (n - 1))
+    return 1 + math.ceil((a - b) / (a * (1 - 1 / gamma)))
+
+
+def test_3_2_names_a_strict_inequality_at_a_tie(capsys, grading):
+    def strict(a, b, n):  # a ratio strictly below gamma: one level too many at a tie
+        gamma, count = (a / b) ** (1 / (n - 1)), 2
+        while 1 + (a - b) / (count - 1) / b >= gamma:
+            count += 1
+        return count
+
+    assert_explains(capsys, checks.exercise_3_2, (geometric_sigmas, strict), "strictly smaller",
+                    "(4, 1, 3) = 5")
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda a, b, n: evenly_spaced_levels(a, b, n) - 1, ["one level short", "above"]),
+        (lambda a, b, n: evenly_spaced_levels(a, b, n) + 3, ["enough, but not the fewest"]),
+        (lambda a, b, n: evenly_spaced_levels(a, b, n) // 2, ["too few", "hardest hand-over"]),
+        (lambda a, b, n: n, ["geometric ladder's own number"]),
+        (_top_count, ["top hand-over", "largest where the levels are smallest"]),
+        (lambda a, b, n: evenly_spaced_levels(a, b, n) - 0.5, ["whole number"]),
+        (lambda a, b, n: 1, ["at least two levels"]),
+    ],
+)
+def test_3_2_names_wrong_level_counts(capsys, answer, phrases):
+    assert_explains(capsys, checks.exercise_3_2, (geometric_sigmas, answer), *phrases)
 
 
 @pytest.mark.parametrize(
@@ -835,7 +877,7 @@ def test_3_2_accepts_the_solution(capsys, grading):
     ],
 )
 def test_3_2_explains_wrong_answers(capsys, answer, phrases):
-    assert_explains(capsys, checks.exercise_3_2, answer, *phrases)
+    assert_explains(capsys, exercise_3_2, answer, *phrases)
 
 
 def test_3_3_accepts_the_solution(capsys, grading):
@@ -1786,7 +1828,7 @@ def test_2_4_refuses_the_packages_sampler(capsys):
 def test_3_2_refuses_the_packages_ladder(capsys):
     from scorelab.noise import geometric_sigmas
 
-    assert_explains(capsys, checks.exercise_3_2, lambda a, b, n: geometric_sigmas(a, b, n),
+    assert_explains(capsys, exercise_3_2, lambda a, b, n: geometric_sigmas(a, b, n),
                     "calls the package's geometric_sigmas")
 
 

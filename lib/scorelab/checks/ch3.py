@@ -29,10 +29,71 @@ def _ladders() -> list[tuple[float, float, int]]:
 
 
 @exercise(
-    "3.2", "your geometric_sigmas is the decreasing geometric ladder from sigma_max to sigma_min."
+    "3.2", "your geometric_sigmas is the decreasing geometric ladder from sigma_max to sigma_min, "
+    "and an evenly spaced ladder no harder to hand over needs 1 + (sigma_max - sigma_min) / "
+    "(sigma_min (gamma - 1)) levels, rounded up: its hardest hand-over is at the bottom.",
 )
-def exercise_3_2(geometric_sigmas) -> None:
-    """Check ``geometric_sigmas(sigma_max, sigma_min, n_levels) -> Tensor (L,)``."""
+def exercise_3_2(geometric_sigmas, evenly_spaced_levels) -> None:
+    """Check ``geometric_sigmas(sigma_max, sigma_min, n_levels) -> Tensor (L,)`` and
+    ``evenly_spaced_levels(sigma_max, sigma_min, n_levels) -> int``."""
+    _check_geometric_sigmas(geometric_sigmas)
+    for ladder in cases([(20.0, 1.0, 10), (5.0, 0.01, 22), (1.0, 0.01, 10)],
+                        [(2.0, 0.05, 15), (3.0, 1.0, 3), (4.0, 1.0, 3)]):  # 4, 3, 2, 1: a tie
+        _expect_evenly_spaced_levels(evenly_spaced_levels, *ladder)
+
+
+def _even_ladder_bottom_ratio(sigma_max: float, sigma_min: float, n_levels: int) -> float:
+    """The largest neighbour ratio of the evenly spaced ladder: (sigma_min + h) / sigma_min."""
+    return 1.0 + (sigma_max - sigma_min) / (n_levels - 1) / sigma_min
+
+
+def _fewest_even_levels(sigma_max: float, sigma_min: float, n_levels: int) -> int:
+    """3.2: h = (sigma_max - sigma_min) / (n - 1) with (sigma_min + h) / sigma_min <= gamma."""
+    gamma = (sigma_max / sigma_min) ** (1.0 / (n_levels - 1))
+    return 1 + math.ceil((sigma_max - sigma_min) / (sigma_min * (gamma - 1.0)) - 1e-9)
+
+
+def _expect_evenly_spaced_levels(evenly_spaced_levels, sigma_max, sigma_min, n_levels) -> None:
+    call = f"evenly_spaced_levels({sigma_max:g}, {sigma_min:g}, {n_levels})"
+    got = to_float(call_student(evenly_spaced_levels, sigma_max, sigma_min, n_levels,
+                                what="evenly_spaced_levels"), what=call)
+    if got != int(got):
+        raise Mismatch(f"{call} = {got:g}: a number of levels is a whole number; which way must "
+                       "you round so that no hand-over is harder than the geometric ladder's?")
+    got, want = int(got), _fewest_even_levels(sigma_max, sigma_min, n_levels)
+    if got == want:
+        return
+    gamma = (sigma_max / sigma_min) ** (1.0 / (n_levels - 1))
+    top_gaps = math.ceil((sigma_max - sigma_min) / (sigma_max * (1.0 - 1.0 / gamma)) - 1e-9)
+    if got == want + 1 and math.isclose(_even_ladder_bottom_ratio(sigma_max, sigma_min, want),
+                                        gamma, rel_tol=1e-9):
+        raise Mismatch(f"{call} = {got}: with {want} levels the hardest hand-over has exactly the "
+                       "geometric ladder's ratio, so it is no harder: did you ask for a strictly "
+                       "smaller ratio?")
+    if got == n_levels:
+        raise Mismatch(f"{call} = {got}: that is the geometric ladder's own number of levels; "
+                       "with as many evenly spaced levels, are all the hand-overs equally hard?")
+    if got == 1 + top_gaps:
+        raise Mismatch(f"{call} = {got}: that keeps the top hand-over within gamma; in an evenly "
+                       "spaced ladder the neighbour ratio is largest where the levels are "
+                       "smallest.")
+    if got < 2:
+        raise Mismatch(f"{call} = {got}: a ladder from sigma_max to sigma_min has at least two "
+                       "levels.")
+    ratio = _even_ladder_bottom_ratio(sigma_max, sigma_min, got)
+    if got == want - 1:
+        raise Mismatch(f"{call} = {got}: one level short (gaps counted instead of levels, or "
+                       f"rounded down?): with {got} levels the hardest hand-over has the ratio "
+                       f"{ratio:.4g}, above the geometric ladder's {gamma:.4g}.")
+    if ratio > gamma:
+        raise Mismatch(f"{call} = {got}: too few; with {got} evenly spaced levels the hardest "
+                       f"hand-over has the ratio {ratio:.4g}, above the geometric ladder's "
+                       f"{gamma:.4g}.")
+    raise Mismatch(f"{call} = {got}: enough, but not the fewest: fewer evenly spaced levels "
+                   f"keep every hand-over within the geometric ladder's ratio {gamma:.4g}.")
+
+
+def _check_geometric_sigmas(geometric_sigmas) -> None:
     from scorelab.noise import geometric_sigmas as reference
 
     for sigma_max, sigma_min, n_levels in _ladders():
@@ -730,12 +791,18 @@ register_hints(
 )
 register_hints(
     "3.2",
-    "A geometric ladder is evenly spaced on a logarithmic axis.",
+    "A geometric ladder is evenly spaced on a logarithmic axis. For the evenly spaced ladder: by "
+    "exercise 3.1 a hand-over is as hard as its neighbours' ratio is large; where is that "
+    "ratio largest when the gaps are all equal?",
     "Take logarithms: what kind of sequence are log sigma_1, ..., log sigma_L, and where "
-    "does it start and end? Build that one, then undo the logarithm.",
+    "does it start and end? Build that one, then undo the logarithm. For the evenly spaced "
+    "ladder: with n levels the gap is (sigma_max - sigma_min) / (n - 1); require its hardest "
+    "hand-over to have a ratio no larger than the geometric ladder's.",
     "Check your ladder: it starts at sigma_max and ends at sigma_min (not one step short), "
     "neighbours have the same ratio everywhere, and it is float32. torch.logspace counts in "
-    "powers of 10 unless you give it a base.",
+    "powers of 10 unless you give it a base. Check your count: build the evenly spaced ladder "
+    "with it and with one level fewer, and compare their largest neighbour ratios with the "
+    "geometric ladder's.",
 )
 register_hints(
     "3.3",
