@@ -118,6 +118,44 @@ def test_no_formula_is_cut_by_a_line_that_starts_a_block(path):
                      "quote (move the operator to the end of the line above):\n" + "\n".join(cut))
 
 
+def displays_inside_a_paragraph(source: str) -> list[str]:
+    """``$$`` displays that do not stand apart from the text around them.
+
+    MyST reads a ``$$`` block as display maths only when it starts a block, after a blank line,
+    and a line of text right after its closing ``$$`` runs on into it: otherwise the dollars
+    pair up with the inline ``$`` that follow, and the rest of the paragraph shows raw LaTeX
+    (MathJax reports no error, so only this check sees it). The book's macros cell, which the
+    book removes, is left out.
+    """
+    if source.lstrip().startswith("<!-- The book's maths macros"):
+        return []
+    found, inside, lines = [], False, source.splitlines()
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if not (stripped.startswith("$$") and stripped.count("$$") == 1):
+            continue
+        if not inside and index > 0 and lines[index - 1].strip():
+            found.append(f"before {stripped[:40]!r}: {lines[index - 1].strip()[:50]}")
+        if inside and index + 1 < len(lines) and lines[index + 1].strip():
+            found.append(f"after {stripped[:40]!r}: {lines[index + 1].strip()[:50]}")
+        inside = not inside
+    return found
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_display_maths_stands_apart_from_the_text(path):
+    found = [f"cell {index}: {line}" for index, source in markdown_sources(path)
+             for line in displays_inside_a_paragraph(source)]
+    assert not found, (f"{path.name}: a $$ display needs a blank line before it and after it:\n"
+                       + "\n".join(found))
+
+
+def test_the_check_sees_a_display_inside_a_paragraph():
+    assert displays_inside_a_paragraph("text\n\n$$\nx\n$$\n\nmore") == []
+    assert displays_inside_a_paragraph("text\n\n$$\nx\n$$ (eq-x)\n\nmore") == []
+    assert len(displays_inside_a_paragraph("gives\n$$\nx\n$$\nso $y$")) == 2
+
+
 def test_the_check_sees_a_cut_formula():
     assert cut_inline_maths("so $a = b\n- c$ holds") == ["- c$ holds"]
     assert cut_inline_maths("so $a = b -\nc$ holds\n\n- a list item") == []
