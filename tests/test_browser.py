@@ -59,9 +59,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 MAX_PAGE_BYTES = 5 * 2**20
 MAX_BOOK_BYTES = 50 * 2**20
-# MyST roles, and reStructuredText that reached the page as text (autodoc output parsed as MyST)
-RAW_SOURCE = re.compile(r"\$\$|\{(?:eq|cite(?::[a-z]+)?|numref|ref|doc)\}`"
-                        r"|\.\. [a-z:]+::|:(?:mod|func|class|meth|attr|math|param|type|rtype):`?")
+#: MyST roles, reStructuredText that reached the page as text (autodoc output parsed as MyST)
+#: or other markup left in the text, and TeX outside any formula: a dollar or a command
+#: such as \mathbf (a $$ display run into its paragraph pairs the dollars wrongly and leaves
+#: such fragments, which MathJax does not report).
+RAW_SOURCE = re.compile(r"\$|\{(?:eq|cite(?::[a-z]+)?|numref|ref|doc)\}`"
+                        r"|\.\. [a-z:]+::|:(?:mod|func|class|meth|attr|math|param|type|rtype):`?"
+                        r"|\\[a-zA-Z]+\b")
 
 
 MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/"
