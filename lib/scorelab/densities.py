@@ -361,12 +361,7 @@ class GaussianMixture:
         if sigma not in self._perturbed:
             if len(self._perturbed) >= _PERTURBED_CACHE_SIZE:
                 self._perturbed.clear()
-            if self.kind == "full":
-                identity = torch.eye(self.dim, dtype=torch.float64)
-                covariances = self._covariances + sigma**2 * identity
-            else:
-                covariances = self._covariances + sigma**2
-            self._perturbed[sigma] = GaussianMixture(self._weights, self._means, covariances)
+            self._perturbed[sigma] = self._scaled_and_noised(1.0, sigma)
         return self._perturbed[sigma]
 
     def scaled_perturbed(self, scale: float, sigma: float) -> GaussianMixture:
@@ -378,12 +373,15 @@ class GaussianMixture:
         with a constant :math:`\beta` (Song et al. 2021, Eq. 11), and with :math:`a = 1` it is
         :meth:`perturbed`. ``scale`` and ``sigma`` are positive numbers.
         """
-        scale, sigma = _check_scale("scale", scale), _check_scale("sigma", sigma)
+        return self._scaled_and_noised(_check_scale("scale", scale), _check_scale("sigma", sigma))
+
+    def _scaled_and_noised(self, scale: float, sigma: float) -> GaussianMixture:
+        """The law of scale * x + sigma * z, on checked numbers (uncached)."""
+        covariances = scale**2 * self._covariances
         if self.kind == "full":
-            identity = torch.eye(self.dim, dtype=torch.float64)
-            covariances = scale**2 * self._covariances + sigma**2 * identity
+            covariances = covariances + sigma**2 * torch.eye(self.dim, dtype=torch.float64)
         else:
-            covariances = scale**2 * self._covariances + sigma**2
+            covariances = covariances + sigma**2
         return GaussianMixture(self._weights, scale * self._means, covariances)
 
     def perturbed_score(self, x: torch.Tensor, sigma) -> torch.Tensor:

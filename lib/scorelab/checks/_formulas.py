@@ -198,7 +198,7 @@ def check_formula(
             raise Mismatch(f"{what}: {explanation}")
     if all(_close(g, e, 1e-3, atol) for g, e in zip(got, expected)):
         i = min(wrong)
-        gap = ((got[i] - expected[i]).abs() / expected[i].abs().clamp_min(atol)).max().item()
+        gap = _relative_error(got[i], expected[i], atol)
         raise Mismatch(
             f"{what} agrees with the formula to 1e-3 at every point, but the check asks for "
             f"{rtol:g}: {calls[i]} is off by a relative {gap:.2g}. That is round-off (compute "

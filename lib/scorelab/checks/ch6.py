@@ -849,17 +849,24 @@ def _digit_pixels(split: str = "train") -> torch.Tensor:
     return load_digits(split).flatten(start_dim=1).double()
 
 
+def _widest_variance(pixels: torch.Tensor) -> float:
+    """The largest eigenvalue of the covariance of ``pixels`` (N, 64)."""
+    return float(torch.linalg.eigvalsh(torch.cov(pixels.T))[-1])
+
+
 def _expect_crossover_sigma(crossover_sigma) -> None:
     """6.4, part 2: p_sigma = law of x + sigma z has covariance Cov[x] + sigma^2 I, so its
     variance along the widest direction, lambda_max + sigma^2, exceeds 2 sigma^2 while sigma^2 <
     lambda_max: sigma* = sqrt(lambda_max) of the training digits."""
+    from scorelab.noise import geometric_sigmas
+
     value = answer_number(crossover_sigma, what="crossover_sigma")
     pixels = _digit_pixels()
     covariance = torch.cov(pixels.T)  # (64, 64)
     variances = torch.linalg.eigvalsh(covariance)  # ascending
-    test_widest, all_widest = (float(torch.linalg.eigvalsh(torch.cov(_digit_pixels(split).T))[-1])
-                               for split in ("test", "all"))
-    widest, ladder = float(variances[-1]), (0.8469070196151733, 0.6299605369567871)
+    test_widest, all_widest = (_widest_variance(_digit_pixels(split)) for split in ("test", "all"))
+    widest = float(variances[-1])
+    ladder = geometric_sigmas(5.0, 0.01, 22)[6:8].tolist()  # the shipped levels around sigma*
     level_slip = ("that is a level of the shipped ladder; sigma* falls between two of its "
                   "levels: give it unrounded.")
     expect_derived(
