@@ -14,7 +14,8 @@ import torch
 from _checks_helpers import assert_explains, assert_passes, lcs, run_check, stub, with_answer
 from scorelab import checks
 from scorelab.checks import _core
-from scorelab.checks.ch7 import (GaussianImages, _mixed_ratio, _plateau_parts, known_pixel_noise,
+from scorelab.checks.ch7 import (KNOWN_VALUES_77, GaussianImages, TwoPixelMixture, _level_fits,
+                                 _measured_77, _mixed_ratio, _plateau_parts, known_pixel_noise,
                                  spread_ratio)
 from scorelab.ncsn.inpaint import inpaint
 
@@ -155,6 +156,21 @@ def test_7_2_accepts_the_solution(capsys, grading):
     assert_passes(capsys, checks.exercise_7_2, inpainting_step)
 
 
+def test_7_2_accepts_y_put_in_before_the_move_as_the_authors_code_does(capsys, grading):
+    # the score then sees y in the known pixels at a level's first step too
+    def y_first(score_fn, x, y, mask, sigma, alpha, z):
+        return inpainting_step(score_fn, torch.where(mask.bool(), y, x), y, mask, sigma, alpha, z)
+
+    def unknown_only(score_fn, x, y, mask, sigma, alpha, z):  # moves x_u alone, by its block
+        known = mask.bool().expand(x.shape)
+        start = torch.where(known, y, x)
+        moved = start + 0.5 * alpha * score_fn(start, sigma) + math.sqrt(alpha) * z
+        return torch.where(known, start, moved)
+
+    assert_passes(capsys, checks.exercise_7_2, y_first)
+    assert_passes(capsys, checks.exercise_7_2, unknown_only)
+
+
 @pytest.mark.parametrize(
     "answer, phrases",
     [
@@ -172,8 +188,10 @@ def test_7_2_accepts_the_solution(capsys, grading):
          ["wrong shape"]),
         (lambda s, x, y, m, sig, a, z: torch.where(
             m.bool(), y, x - 0.5 * a * s(x, sig) + math.sqrt(a) * z), ["wrong sign"]),
-        (lambda s, x, y, m, sig, a, z: inpainting_step(
-            s, torch.where(m.bool(), y, x), y, m, sig, a, z), ["both before and after"]),
+        # y put in first, then a wrong move: named from that start too
+        (lambda s, x, y, m, sig, a, z: (lambda v: torch.where(
+            m.bool(), y, v - 0.5 * a * s(v, sig) + math.sqrt(a) * z))(torch.where(m.bool(), y, x)),
+         ["wrong sign"]),
     ],
 )
 def test_7_2_explains_wrong_answers(capsys, answer, phrases):
@@ -269,7 +287,7 @@ def _solution_regions() -> dict[str, str]:
     return regions
 
 
-@pytest.mark.parametrize("number", ["7.1", "7.2", "7.3", "7.4", "7.5", "7.6"])
+@pytest.mark.parametrize("number", ["7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "7.7"])
 def test_hints_have_tiers_and_give_away_at_most_30_percent(number):
     tiers = _core.HINTS[number]
     assert len(tiers) == 3
@@ -731,3 +749,106 @@ def test_7_3_refuses_a_measurement_that_calls_the_packages_formula(capsys):
         return langevin_variance_ratio(step_size, gamma, n_steps_each, sigma_min) * jitter
 
     assert_explains(capsys, checks.exercise_7_3, (jittered, BEST_STEP), "write it yourself")
+
+
+# ------------------------------------------------------------------------------------ 7.7
+
+
+def conditional_weights(weights, means, variances, a):
+    log_weights = (weights.log() - 0.5 * variances.log()
+                   - (a[:, None] - means[:, 1]) ** 2 / (2 * variances))
+    return torch.softmax(log_weights, dim=1)
+
+
+def best_level():
+    """The level a student's least-squares fit of Algorithm 2's weights finds."""
+    pair = TwoPixelMixture()
+    fits = _level_fits(_measured_77(), pair)
+    return pair.sigmas[min(range(len(fits)), key=fits.__getitem__)].item()
+
+
+def test_7_7_accepts_the_solution_and_either_of_two_levels_that_fit_alike(capsys, grading):
+    assert_passes(capsys, checks.exercise_7_7, conditional_weights, best_level())
+    levels = TwoPixelMixture().sigmas.tolist()
+    fits = _level_fits(_measured_77(), TwoPixelMixture())
+    accepted = [level for level, fit in zip(levels, fits) if fit <= 2 * min(fits)]
+    assert 1 <= len(accepted) <= 2 and min(accepted) > 0.05  # a middle level, not the last
+    for level in accepted:
+        assert_passes(capsys, checks.exercise_7_7, conditional_weights, level)
+
+
+def test_7_7_algorithm_2_misses_the_exact_weight_by_far():
+    # the finding the exercise is about: 0.98 exact at a = 0.6, Algorithm 2 near 0.6
+    pair = TwoPixelMixture()
+    values = KNOWN_VALUES_77.double()
+    exact = conditional_weights(pair.weights, pair.means, pair.variances, values)[:, 1]
+    measured = _measured_77()
+    assert abs(exact[-1].item() - 0.982) < 1e-3
+    assert 0.5 < measured[-1].item() < 0.7 and 0.3 < measured[0].item() < 0.5
+    assert measured[-1] > measured[0]  # the known pixel is heard, softly
+
+
+def _log_weights(w, m, v, a, *, drop=(), power=1.0, column=1, half=0.5):
+    terms = -(a[:, None] - m[:, column]) ** 2 / (2 * half * 2 * v**power)
+    if "prior" not in drop:
+        terms = terms + w.log()
+    if "norm" not in drop:
+        terms = terms - 0.5 * v.log()
+    return terms
+
+
+@pytest.mark.parametrize(
+    "answer, phrases",
+    [
+        (lambda w, m, v, a: w.expand(len(a), -1), ["prior weights"]),
+        (lambda w, m, v, a: torch.softmax(_log_weights(w, m, v, a, drop=("norm",)), 1),
+         ["1 / sqrt(2 pi v_k)", "is missing"]),
+        (lambda w, m, v, a: torch.softmax(_log_weights(w, m, v, a) - 0.5 * v.log(), 1),
+         ["two-dimensional density"]),
+        (lambda w, m, v, a: torch.softmax(_log_weights(w, m, v, a, drop=("prior",)), 1),
+         ["prior weights pi_k are missing"]),
+        (lambda w, m, v, a: torch.softmax(_log_weights(w, m, v, a, column=0), 1),
+         ["first coordinates"]),
+        (lambda w, m, v, a: torch.softmax(_log_weights(w, m, v, a, half=0.25), 1),
+         ["lacks its 1/2"]),
+        (lambda w, m, v, a: torch.softmax(_log_weights(w, m, v, a, power=2.0) - 0.5 * v.log(), 1),
+         ["not standard deviations"]),
+        (lambda w, m, v, a: torch.log_softmax(_log_weights(w, m, v, a), 1), ["logs of the weights"]),
+        (lambda w, m, v, a: _log_weights(w, m, v, a).exp(), ["sums to", "not 1"]),
+        (lambda w, m, v, a: conditional_weights(w, m, v, a).T, ["one row per value of a"]),
+        # 0 / 0 far from every component
+        (lambda w, m, v, a: (lambda e: e / e.sum(1, keepdim=True))(_log_weights(w, m, v, a).exp()),
+         ["NaN", "softmax"]),
+    ],
+)
+def test_7_7_explains_wrong_weights(capsys, answer, phrases, grading):
+    assert_explains(capsys, checks.exercise_7_7, (answer, best_level()), *phrases)
+
+
+def test_7_7_hidden_cases_catch_underflow(capsys, grading):
+    def naive(w, m, v, a):
+        dens = w * torch.exp(-(a[:, None] - m[:, 1]) ** 2 / (2 * v)) / torch.sqrt(v)
+        return dens / dens.sum(dim=1, keepdim=True)
+
+    assert_explains(capsys, checks.exercise_7_7, (naive, best_level()), "NaN")
+
+
+@pytest.mark.parametrize(
+    "level, phrases",
+    [
+        (0.01, ["the last level", "Compute the distances"]),
+        (1.0, ["the first level"]),
+        (0.5, ["not a level of the ladder"]),
+        (0.0464, ["a lower level", "steeper"]),
+        (0.599, ["a higher level", "flatter"]),
+    ],
+)
+def test_7_7_names_a_wrong_level(capsys, level, phrases):
+    levels = TwoPixelMixture().sigmas.tolist()
+    level = min(levels, key=lambda s: abs(s - level)) if level != 0.5 else level
+    assert_explains(capsys, checks.exercise_7_7, (conditional_weights, level), *phrases)
+
+
+def test_7_7_not_done_yet_while_the_level_is_unset(capsys):
+    out = run_check(capsys, checks.exercise_7_7, conditional_weights, ...)
+    assert "❌" not in out and "not" in out.lower(), out

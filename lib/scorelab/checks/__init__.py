@@ -19,7 +19,7 @@ from scorelab.checks.ch4 import exercise_4_1, exercise_4_2, exercise_4_3, exerci
 from scorelab.checks.ch5 import exercise_5_1, exercise_5_2, exercise_5_3, exercise_5_4, exercise_5_5
 from scorelab.checks.ch6 import exercise_6_1, exercise_6_2, exercise_6_3, exercise_6_4, exercise_6_5
 from scorelab.checks.ch7 import (exercise_7_1, exercise_7_2, exercise_7_3, exercise_7_4,
-                                  exercise_7_5, exercise_7_6)
+                                  exercise_7_5, exercise_7_6, exercise_7_7)
 from scorelab.checks.ch8 import (exercise_8_1, exercise_8_2, exercise_8_3, exercise_8_4,
                                   exercise_8_5)
 

@@ -170,10 +170,11 @@ class GaussianImages:
 
 register_hints(
     "7.2",
-    "Two moves: the Langevin step of chapter 3 for every pixel, then the known pixels are "
-    "overwritten by y.",
-    "The move is chapter 3's update with this level's step alpha (half of alpha on the score, "
-    "the square root of alpha on the noise); the replacement takes y where the mask is 1.",
+    "Write log p(x_u | x_k) with the definition of a conditional density: which of its terms "
+    "depends on x_u?",
+    "Only the unknown pixels move, by their part of the score of the whole image; moving every "
+    "pixel and then putting y back into the known ones does the same. The move is chapter 3's "
+    "update with this level's step alpha.",
     "Checks to run: with a zero score and z = 0 your step must return x exactly where the mask "
     "is 0 and y where it is 1; with a mask of shape (1, 1, H, W) the result must still have "
     "x's shape; and x itself must be unchanged afterwards.",
@@ -186,7 +187,8 @@ def _reference_step(score_fn, x, y, mask, sigma, alpha, z):
 
 
 def _step_mutants(model, x, y, images, mask, sigma, alpha, z, what) -> dict[str, torch.Tensor]:
-    """7.2's known mistakes, each the result of one inpainting step done that wrong way."""
+    """7.2's known mistakes, each the result of one inpainting step done that wrong way from
+    the state ``x`` (the step's argument, or that state with y put in first)."""
     score = model.score(x, sigma)
     moved = x + 0.5 * alpha * score + math.sqrt(alpha) * z
     known = mask.bool().expand(x.shape)
@@ -206,17 +208,11 @@ def _step_mutants(model, x, y, images, mask, sigma, alpha, z, what) -> dict[str,
         "x + (alpha / 2) s + sqrt(alpha) z.": torch.where(
             known, y, x - 0.5 * alpha * score + math.sqrt(alpha) * z
         ),
-        f"{what}: the known pixels were put back both before and after the step (as the "
-        "authors' code does); this course's step moves x as given, then puts y back.":
-            _reference_step(model.score, torch.where(known, y, x), y, mask, sigma, alpha, z),
         f"{what}: the noise term is missing: add sqrt(alpha) z.": torch.where(
             known, y, x + 0.5 * alpha * score
         ),
         f"{what}: the noise is scaled by alpha; it is sqrt(alpha) z.": torch.where(
             known, y, x + 0.5 * alpha * score + alpha * z
-        ),
-        f"{what}: the known pixels were put back before the step, not after it.": _reference_step(
-            model.score, torch.where(known, y, x), y, torch.zeros_like(x), sigma, alpha, z
         ),
         f"{what}: the score term lacks its 1/2: the move is x + (alpha / 2) s + sqrt(alpha) z.":
             torch.where(known, y, x + alpha * score + math.sqrt(alpha) * z),
@@ -233,7 +229,8 @@ def _step_mutants(model, x, y, images, mask, sigma, alpha, z, what) -> dict[str,
 
 @exercise(
     "7.2",
-    "your inpainting_step takes the Langevin step and then puts the (noisy) known pixels back.",
+    "your inpainting_step moves the unknown pixels by their part of the score and keeps the "
+    "known ones at y, the observed pixels with this level's noise.",
 )
 def exercise_7_2(inpainting_step) -> None:
     """Check ``inpainting_step(score_fn, x, y, mask, sigma, alpha, z) -> Tensor like x``."""
@@ -259,14 +256,28 @@ def exercise_7_2(inpainting_step) -> None:
             expect_untouched(given[name], original, call=f"inpainting_step (its argument {name})")
         got = expect_tensor(got, what=what, shape=tuple(x.shape))
         expect_finite(got, what=what)
-        expected = _reference_step(model.score, x, y, mask, sigma, alpha, z)
+        # x as given, or with y put in first (the authors' code): the two differ only at a
+        # level's first step, and both are Algorithm 2
+        starts = (x, torch.where(mask.bool().expand(x.shape), y, x))
+        expected = [_reference_step(model.score, start, y, mask, sigma, alpha, z)
+                    for start in starts]
         expect_given_noise(
             lambda noise: call_student(inpainting_step, model.score, x.clone(), y.clone(),
                                        mask.clone(), sigma, alpha, noise, what="inpainting_step"),
             z, got.detach(), what="inpainting_step",
             without_noise=torch.where(mask.bool(), y, x + 0.5 * alpha * model.score(x, sigma)))
-        mutants = _step_mutants(model, x, y, images, mask, sigma, alpha, z, what)
-        diagnose(got.detach(), expected, what=what, mutants=mutants)
+        if any(is_close(got, reference) for reference in expected):
+            continue
+        if is_close(got, _reference_step(model.score, starts[1], y, torch.zeros_like(x), sigma,
+                                         alpha, z)):
+            raise Mismatch(f"{what}: the known pixels were put back before the step, not after "
+                           "it: the move changes them too.")
+        for start in starts:
+            mutants = _step_mutants(model, start, y, images, mask, sigma, alpha, z, what)
+            for explanation, value in mutants.items():
+                if is_close(got, value):
+                    raise Mismatch(explanation)
+        diagnose(got.detach(), expected[0], what=what)
 
 
 # ---------------------------------------------------------------------- 7.3 (investigate)
@@ -938,3 +949,227 @@ def exercise_7_6(steps_needed, predicted_plateau) -> None:
         raise NotImplementedError
     _expect_steps_needed(steps_needed)
     _expect_plateau(predicted_plateau)
+
+
+# ------------------------------------------------------------------------- 7.7 (investigate)
+
+register_hints(
+    "7.7",
+    "Bayes' rule for the component k: its weight given x_2 = a is its prior weight times the "
+    "density of x_2 = a under that component, normalised over k. What is the law of one "
+    "coordinate of an isotropic Gaussian in two dimensions?",
+    "The density of x_2 under component k is one-dimensional, N(a; mu_k2, v_k), with its own "
+    "normalising factor, which differs between components of different variances. Work with "
+    "log-weights and normalise with a softmax: far from every component the densities "
+    "themselves are 0 in floating point.",
+    "For the level that decides, compute rather than read it off: the perturbed mixture p_sigma "
+    "has the variances v_k + sigma^2, so your function gives one curve per level; take the "
+    "level whose curve lies closest, in mean square over the grid of a, to Algorithm 2's "
+    "measured weights.",
+)
+
+
+class TwoPixelMixture:
+    """Two-pixel images (N, 1, 1, 2) drawn from an equal mixture of two isotropic Gaussians,
+    with the exact score of its perturbed densities (Algorithm 2 then has no network's error).
+
+    Pixel 1 is to be filled in, pixel 2 is known (``mask``). The components sit at
+    ``means`` (0.2, 0.45) and (0.8, 0.55) with the variance 0.05^2: the unknown pixel has two
+    modes, far apart, and the known one says which, softly. Its ladder has ten levels from 1
+    down to 0.01, with Algorithm 2's step 1e-4 and 20 steps a level.
+    """
+
+    def __init__(self) -> None:
+        from scorelab.densities import GaussianMixture
+        from scorelab.noise import geometric_sigmas
+
+        self.weights = torch.tensor([0.5, 0.5], dtype=torch.float64)
+        self.means = torch.tensor([[0.2, 0.45], [0.8, 0.55]], dtype=torch.float64)
+        self.variances = torch.tensor([0.05**2, 0.05**2], dtype=torch.float64)
+        self.mixture = GaussianMixture(self.weights, self.means, self.variances)
+        self.sigmas = geometric_sigmas(1.0, 0.01, 10)
+        self.step_size, self.n_steps_each = 1e-4, 20
+        self.mask = torch.tensor([[[0.0, 1.0]]])  # (1, 1, 2): pixel 2 known
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        flat = x.reshape(len(x), 2).double()
+        return self.mixture.perturbed_score(flat, float(sigma)).reshape(x.shape).to(x.dtype)
+
+    def right_mode_weights(self, values, n: int = 2000, seed: int = 77,
+                           n_steps_each: int | None = None) -> torch.Tensor:
+        """Algorithm 2's weight of the right-hand mode: for each known value a of ``values``
+        (A,), the fraction of n completions whose pixel 1 lies above 0.5, (A,); T =
+        ``n_steps_each`` steps a level (default: the model's 20)."""
+        from scorelab.ncsn.inpaint import inpaint
+
+        generator = torch.Generator().manual_seed(seed)
+        fractions = []
+        for value in torch.as_tensor(values, dtype=torch.float32).tolist():
+            images = torch.full((n, 1, 1, 2), value)  # pixel 1 is not read
+            completed = inpaint(self, images, self.mask, generator=generator, denoise=False,
+                                clamp=False, n_steps_each=n_steps_each)
+            fractions.append((completed[:, 0, 0, 0] > 0.5).float().mean())
+        return torch.stack(fractions)
+
+
+#: the grid of known values a on which 7.7 measures Algorithm 2
+KNOWN_VALUES_77 = torch.linspace(0.4, 0.6, 11)
+
+
+def _log_weights(weights, means, variances, values) -> torch.Tensor:
+    """log pi_k + log N(a; mu_k2, v_k) up to a constant, (N, K)."""
+    return (weights.log() - 0.5 * variances.log()
+            - (values[:, None] - means[:, 1]) ** 2 / (2 * variances))
+
+
+def _conditional_weights(weights, means, variances, values) -> torch.Tensor:
+    """The weights pi_k(a) of the components in the law of x_1 given x_2 = a, (N, K)."""
+    return torch.softmax(_log_weights(weights, means, variances, values), dim=1)
+
+
+def _weight_mutants(weights, means, variances, values) -> dict[str, torch.Tensor]:
+    """7.7's known mistakes in the conditional weights, each as that mistake computes them."""
+    def normalised(log_weights):
+        return torch.softmax(log_weights, dim=1)
+
+    square = (values[:, None] - means[:, 1]) ** 2
+    prior = weights.log()
+    return {
+        "the weights do not depend on a: they are the prior weights pi_k. Knowing x_2 changes "
+        "them, by Bayes' rule.": weights.expand(len(values), -1),
+        "the factor 1 / sqrt(2 pi v_k) of each component's density is missing; it differs "
+        "between components of different variances.": normalised(prior - square / (2 * variances)),
+        "each component's factor is 1 / (2 pi v_k), that of its two-dimensional density; the law "
+        "of x_2 alone is one-dimensional: 1 / sqrt(2 pi v_k).":
+            normalised(prior - variances.log() - square / (2 * variances)),
+        "the prior weights pi_k are missing: the posterior is prior times likelihood.":
+            normalised(-0.5 * variances.log() - square / (2 * variances)),
+        "the weights use the components' first coordinates mu_k1; the known coordinate is x_2, "
+        "the second column of means.": normalised(
+            prior - 0.5 * variances.log() - (values[:, None] - means[:, 0]) ** 2 / (2 * variances)),
+        "the exponent lacks its 1/2: the density of N(m, v) at a is proportional to "
+        "exp(-(a - m)^2 / (2 v)).": normalised(prior - 0.5 * variances.log() - square / variances),
+        "variances holds v_k, the variances, not standard deviations: the exponent is "
+        "-(a - mu_k2)^2 / (2 v_k).": normalised(
+            prior - variances.log() - square / (2 * variances**2)),
+    }
+
+
+def _weight_cases():
+    """(weights, means, variances, values) for 7.7: the exercise's mixture on its grid of a,
+    three components of different weights and variances, then hidden ones, one with values
+    far from every component."""
+    model = TwoPixelMixture()
+    public = [
+        (model.weights, model.means, model.variances, KNOWN_VALUES_77.double()),
+        (torch.tensor([0.2, 0.5, 0.3]), torch.tensor([[0.0, -1.0], [2.0, 0.5], [-1.0, 1.0]]),
+         torch.tensor([0.5, 0.1, 1.0]), torch.tensor([-1.5, -0.2, 0.4, 0.9, 2.0])),
+    ]
+    hidden = [
+        (torch.tensor([0.7, 0.3]), torch.tensor([[1.0, 1.0], [-1.0, 2.0]]),
+         torch.tensor([0.2, 0.8]), torch.tensor([0.0, 1.5, 3.0])),
+        # far from every component: densities underflow to 0 in float32 (and float64)
+        (torch.tensor([0.4, 0.6]), torch.tensor([[0.0, 0.0], [1.0, 0.3]]),
+         torch.tensor([0.01, 0.02]), torch.tensor([-30.0, 0.2, 40.0])),
+    ]
+    return cases(public=public, hidden=hidden)
+
+
+def _expect_weights(conditional_weights) -> None:
+    for weights, means, variances, values in _weight_cases():
+        n, k = len(values), len(weights)
+        shown = ", ".join(f"{value:.3g}" for value in values.tolist())
+        what = f"conditional_weights for K = {k} components at a = [{shown}]"
+        given = {"weights": weights.clone(), "means": means.clone(),
+                 "variances": variances.clone(), "a": values.clone()}
+        got = call_student(conditional_weights, *given.values(), what="conditional_weights")
+        for name, original in zip(given, (weights, means, variances, values)):
+            expect_untouched(given[name], original,
+                             call=f"conditional_weights (its argument {name})")
+        if isinstance(got, torch.Tensor) and n != k and tuple(got.shape) == (k, n):
+            raise Mismatch(f"{what}: the result has shape ({k}, {n}), one row per component; "
+                           f"return one row per value of a: shape ({n}, {k}).")
+        got = expect_tensor(got, what=what, shape=(n, k), dtype=None).detach().double()
+        if torch.isnan(got).any():
+            raise Mismatch(f"{what}: NaN in the weights, where a is far from every component? "
+                           "There every density exp(-(a - mu_k2)^2 / (2 v_k)) is 0 in floating "
+                           "point, and 0 / 0 is NaN. Work with log-weights and normalise them "
+                           "with a softmax (torch.softmax subtracts the largest first).")
+        expect_finite(got, what=what)
+        expected = _conditional_weights(weights.double(), means.double(), variances.double(),
+                                        values.double())
+        if is_close(got.exp(), expected):
+            raise Mismatch(f"{what}: these are the logs of the weights: return the weights "
+                           "themselves.")
+        if not is_close(got.sum(dim=1), torch.ones(n, dtype=torch.float64)):
+            raise Mismatch(f"{what}: a row of weights sums to {got.sum(dim=1)[0].item():.4g}, "
+                           "not 1: normalise over the components, as Bayes' rule divides by "
+                           "p(x_2 = a).")
+        mutants = _weight_mutants(weights.double(), means.double(), variances.double(),
+                                  values.double())
+        diagnose(got, expected, what=what, rtol=1e-4, atol=1e-6,
+                 mutants={f"{what}: {name}": value for name, value in mutants.items()})
+
+
+def _level_fits(measured: torch.Tensor, model: TwoPixelMixture) -> list[float]:
+    """Mean square distance, over 7.7's grid, between Algorithm 2's measured weights of the
+    right-hand mode and each ladder level's curve, the weight given y = a under p_sigma."""
+    fits = []
+    for sigma in model.sigmas.tolist():
+        curve = _conditional_weights(model.weights, model.means, model.variances + sigma**2,
+                                     KNOWN_VALUES_77.double())[:, 1]
+        fits.append((curve - measured.double()).square().mean().item())
+    return fits
+
+
+#: a level is accepted when its curve fits at most this many times worse than the best one
+FIT_SLACK_77 = 2.0
+
+
+@functools.cache
+def _measured_77() -> torch.Tensor:
+    """Algorithm 2's weights on 7.7's grid, as the exercise notebook measures them."""
+    return TwoPixelMixture().right_mode_weights(KNOWN_VALUES_77)
+
+
+def _expect_deciding_level(deciding_level) -> None:
+    model = TwoPixelMixture()
+    got = answer_number(deciding_level, what="deciding_level")
+    levels = model.sigmas.tolist()
+    fits = _level_fits(_measured_77(), model)
+    best = min(range(len(levels)), key=fits.__getitem__)
+    on_ladder = [i for i, level in enumerate(levels) if abs(got / level - 1.0) < 0.01]
+    shown = ", ".join(f"{level:.3g}" for level in levels)
+    if not on_ladder:
+        raise Mismatch(f"deciding_level = {got:.4g} is not a level of the ladder ({shown}): "
+                       "pick the level whose curve fits Algorithm 2's weights best.")
+    chosen = on_ladder[0]
+    if fits[chosen] <= FIT_SLACK_77 * fits[best]:  # the measured weights may lie between two
+        return
+    if chosen == len(levels) - 1:
+        cause = ("that is the last level, where the known pixel speaks most clearly; had the "
+                 "chains decided there, Algorithm 2 would be nearly exact")
+    elif chosen == 0:
+        cause = "that is the first level, where the unknown pixel's law has one mode only"
+    elif chosen < best:
+        cause = "a higher level, whose curve is flatter than Algorithm 2's weights"
+    else:
+        cause = "a lower level, whose curve is steeper than Algorithm 2's weights"
+    raise Mismatch(f"deciding_level = {got:.4g}: {cause}. Its curve's mean square distance "
+                   f"from the measured weights is {fits[chosen]:.2g}; level {levels[best]:.3g}'s "
+                   f"is {fits[best]:.2g}. Compute the distances for every level rather than "
+                   "judging by eye.")
+
+
+@exercise(
+    "7.7",
+    "your conditional_weights are the exact law of the unknown pixel's mode given the known "
+    "pixel, and you found the level at which Algorithm 2 decides it.",
+)
+def exercise_7_7(conditional_weights, deciding_level) -> None:
+    """Check ``conditional_weights(weights (K,), means (K, 2), variances (K,), a (N,)) ->
+    (N, K)`` and ``deciding_level``, the ladder level whose curve fits Algorithm 2's weights."""
+    _expect_weights(conditional_weights)
+    if deciding_level is None or deciding_level is ...:
+        raise NotImplementedError
+    _expect_deciding_level(deciding_level)
