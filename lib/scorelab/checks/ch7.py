@@ -172,12 +172,13 @@ register_hints(
     "7.2",
     "Write log p(x_u | x_k) with the definition of a conditional density: which of its terms "
     "depends on x_u?",
-    "Only the unknown pixels move, by their part of the score of the whole image; moving every "
-    "pixel and then putting y back into the known ones does the same. The move is chapter 3's "
-    "update with this level's step alpha.",
+    "The normaliser p(x_k) does not depend on x_u: what is left of the gradient? The step is "
+    "chapter 3's update with this level's step alpha for the pixels that are free to move; "
+    "moving every pixel and then putting y back into the known ones does the same.",
     "Checks to run: with a zero score and z = 0 your step must return x exactly where the mask "
-    "is 0 and y where it is 1; with a mask of shape (1, 1, H, W) the result must still have "
-    "x's shape; and x itself must be unchanged afterwards.",
+    "is 0 and y where it is 1; with one mask for the whole batch (shape (1, 1, H, W), as "
+    "keep_rows gives, or (1, H, W)) the result must still have x's shape; and x itself must be "
+    "unchanged afterwards.",
 )
 
 
@@ -186,7 +187,7 @@ def _reference_step(score_fn, x, y, mask, sigma, alpha, z):
     return torch.where(mask.bool(), y, moved)
 
 
-def _step_mutants(model, x, y, images, mask, sigma, alpha, z, what) -> dict[str, torch.Tensor]:
+def _step_mutants(model, x, y, mask, sigma, alpha, z, what) -> dict[str, torch.Tensor]:
     """7.2's known mistakes, each the result of one inpainting step done that wrong way from
     the state ``x`` (the step's argument, or that state with y put in first)."""
     score = model.score(x, sigma)
@@ -195,8 +196,8 @@ def _step_mutants(model, x, y, images, mask, sigma, alpha, z, what) -> dict[str,
     return {
         f"{what}: the known pixels were not put back; after the step, set them to y "
         "(where mask is 1).": moved,
-        f"{what}: the known pixels hold the clean images? They should hold y, which carries "
-        "this level's noise.": torch.where(known, images, moved),
+        f"{what}: the known pixels keep x's values; after the step they must hold y, the "
+        "observed pixels with this level's noise.": torch.where(known, x, moved),
         f"{what}: the mask is used the wrong way round: 1 marks a known pixel (take y there).": torch.where(
             ~known, y, moved
         ),
@@ -243,8 +244,8 @@ def exercise_7_2(inpainting_step) -> None:
         x = images + max(sigma, 0.3) * torch.randn(6, 1, 2, 2, generator=generator)
         y = images + sigma * torch.randn(6, 1, 2, 2, generator=generator)
         mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).expand(6, 1, 2, 2)
-        if k % 2 == 0:  # as chapter 7's masks come: one (1, H, W) mask for the whole batch
-            mask = mask[0]
+        if k % 2 == 0:  # one mask for the whole batch: (1, 1, H, W) as keep_rows gives, (1, H, W)
+            mask = mask[:1] if k == 0 else mask[0]
         z = torch.randn(6, 1, 2, 2, generator=generator)
         what = f"inpainting_step at sigma={sigma}, alpha={alpha}, mask of shape {tuple(mask.shape)}"
         given = {"x": x.clone(), "y": y.clone(), "mask": mask.clone(), "z": z.clone()}
@@ -273,7 +274,7 @@ def exercise_7_2(inpainting_step) -> None:
             raise Mismatch(f"{what}: the known pixels were put back before the step, not after "
                            "it: the move changes them too.")
         for start in starts:
-            mutants = _step_mutants(model, start, y, images, mask, sigma, alpha, z, what)
+            mutants = _step_mutants(model, start, y, mask, sigma, alpha, z, what)
             for explanation, value in mutants.items():
                 if is_close(got, value):
                     raise Mismatch(explanation)
@@ -1064,13 +1065,15 @@ def _weight_cases():
         (model.weights, model.means, model.variances, KNOWN_VALUES_77.double()),
         (torch.tensor([0.2, 0.5, 0.3]), torch.tensor([[0.0, -1.0], [2.0, 0.5], [-1.0, 1.0]]),
          torch.tensor([0.5, 0.1, 1.0]), torch.tensor([-1.5, -0.2, 0.4, 0.9, 2.0])),
+        # far from every component: densities underflow to 0 in float32 (and float64)
+        (torch.tensor([0.4, 0.6]), torch.tensor([[0.0, 0.0], [1.0, 0.3]]),
+         torch.tensor([0.01, 0.02]), torch.tensor([-30.0, 0.2, 40.0])),
     ]
     hidden = [
         (torch.tensor([0.7, 0.3]), torch.tensor([[1.0, 1.0], [-1.0, 2.0]]),
          torch.tensor([0.2, 0.8]), torch.tensor([0.0, 1.5, 3.0])),
-        # far from every component: densities underflow to 0 in float32 (and float64)
-        (torch.tensor([0.4, 0.6]), torch.tensor([[0.0, 0.0], [1.0, 0.3]]),
-         torch.tensor([0.01, 0.02]), torch.tensor([-30.0, 0.2, 40.0])),
+        (torch.tensor([0.1, 0.6, 0.3]), torch.tensor([[0.5, -50.0], [0.0, 0.0], [1.0, 60.0]]),
+         torch.tensor([0.3, 0.05, 0.2]), torch.tensor([-80.0, 0.1, 70.0, 5.0])),
     ]
     return cases(public=public, hidden=hidden)
 
@@ -1156,9 +1159,9 @@ def _expect_deciding_level(deciding_level) -> None:
     else:
         cause = "a lower level, whose curve is steeper than Algorithm 2's weights"
     raise Mismatch(f"deciding_level = {got:.4g}: {cause}. Its curve's mean square distance "
-                   f"from the measured weights is {fits[chosen]:.2g}; level {levels[best]:.3g}'s "
-                   f"is {fits[best]:.2g}. Compute the distances for every level rather than "
-                   "judging by eye.")
+                   f"from the measured weights is {fits[chosen]:.2g}, and another level's "
+                   f"curve lies {fits[chosen] / fits[best]:.0f} times closer. Compute the "
+                   "distances for every level rather than judging by eye.")
 
 
 @exercise(
