@@ -854,3 +854,32 @@ def test_7_7_names_a_wrong_level(capsys, level, phrases):
 def test_7_7_not_done_yet_while_the_level_is_unset(capsys):
     out = run_check(capsys, checks.exercise_7_7, conditional_weights, ...)
     assert "❌" not in out and "not" in out.lower(), out
+
+
+def test_7_7_the_figures_its_answer_quotes():
+    """Exercise 7.7's answer and chapter 7's text quote these, at a = 0.6."""
+    pair = TwoPixelMixture()
+    changes = pair.mode_changes(0.6).tolist()  # T = 20, levels 1, 0.6, 0.36, 0.215, 0.129, ...
+    assert abs(changes[3] - 0.5) < 0.05 and abs(changes[4] - 0.31) < 0.05  # half, a third
+    assert 0.02 < changes[5] < 0.07 and max(changes[6:]) < 0.005  # one in twenty, almost none
+    assert 0.72 < pair.right_mode_weights([0.6], n_steps_each=2000).item() < 0.78  # 0.75
+    assert pair.right_mode_weights([0.6], given="clean").item() > 0.94  # 0.96
+    # exercise 7.4's buggy loop (y = a at every level) ends at the same weight, 0.60
+    buggy = make_inpaint(noise_scale=lambda sigma: 0.0)
+    completed = buggy(pair.score, pair.sigmas.tolist(), torch.full((2000, 1, 1, 2), 0.6),
+                      pair.mask, pair.step_size, pair.n_steps_each,
+                      generator=torch.Generator().manual_seed(77))
+    assert 0.56 < (completed[:, 0, 0, 0] > 0.5).float().mean().item() < 0.64
+    # the barrier of the law of x~_1 given x~_2 (equal weights): 0.25, 1.7, 4.6 ... 17 nats
+    x = torch.linspace(0.0, 1.0, 20_001, dtype=torch.float64)
+    barriers = []
+    for sigma in pair.sigmas.tolist():
+        variance = 0.05**2 + sigma**2
+        log_p = torch.logaddexp(-(x - 0.2) ** 2 / (2 * variance), -(x - 0.8) ** 2 / (2 * variance))
+        barriers.append((log_p.max() - log_p[10_000]).item())
+    assert [round(b, 2) for b in barriers[3:6]] == [0.25, 1.65, 4.6] and 16 < barriers[-1] < 17
+
+
+def test_7_7_clean_conditional_needs_a_known_way_of_conditioning():
+    with pytest.raises(ValueError, match="given must be"):
+        TwoPixelMixture().right_mode_weights([0.5], given="exact")

@@ -997,20 +997,62 @@ class TwoPixelMixture:
         return self.mixture.perturbed_score(flat, float(sigma)).reshape(x.shape).to(x.dtype)
 
     def right_mode_weights(self, values, n: int = 2000, seed: int = 77,
-                           n_steps_each: int | None = None) -> torch.Tensor:
-        """Algorithm 2's weight of the right-hand mode: for each known value a of ``values``
-        (A,), the fraction of n completions whose pixel 1 lies above 0.5, (A,); T =
-        ``n_steps_each`` steps a level (default: the model's 20)."""
+                           n_steps_each: int | None = None, *, given: str = "noisy"
+                           ) -> torch.Tensor:
+        """The weight of the right-hand mode: for each known value a of ``values`` (A,), the
+        fraction of n completions whose pixel 1 lies above 0.5, (A,), with T =
+        ``n_steps_each`` steps a level (default: the model's 20).
+
+        ``given="noisy"`` runs Algorithm 2 (the package's ``inpaint``): the score of p_sigma,
+        whose known pixel carries the level's noise. ``given="clean"`` runs annealed Langevin
+        dynamics on pixel 1 alone with the exact score of the law of that pixel perturbed at
+        sigma given the *clean* known one, sum_k pi_k(a) N(mu_k1, v_k + sigma^2), whose weights
+        are the exact ones at every level.
+        """
         from scorelab.ncsn.inpaint import inpaint
 
+        if given not in ("noisy", "clean"):
+            raise ValueError(f"given must be 'noisy' or 'clean', got {given!r}")
         generator = torch.Generator().manual_seed(seed)
         fractions = []
         for value in torch.as_tensor(values, dtype=torch.float32).tolist():
-            images = torch.full((n, 1, 1, 2), value)  # pixel 1 is not read
-            completed = inpaint(self, images, self.mask, generator=generator, denoise=False,
-                                clamp=False, n_steps_each=n_steps_each)
-            fractions.append((completed[:, 0, 0, 0] > 0.5).float().mean())
+            if given == "clean":
+                pixel = self._clean_conditional(value, n, n_steps_each, generator)
+            else:
+                images = torch.full((n, 1, 1, 2), value)  # pixel 1 is not read
+                pixel = inpaint(self, images, self.mask, generator=generator, denoise=False,
+                                clamp=False, n_steps_each=n_steps_each)[:, 0, 0, 0]
+            fractions.append((pixel > 0.5).float().mean())
         return torch.stack(fractions)
+
+    def _clean_conditional(self, value: float, n: int, n_steps_each: int | None,
+                           generator: torch.Generator) -> torch.Tensor:
+        """n draws (n,) of pixel 1 by annealed Langevin dynamics on the law of that pixel,
+        perturbed alone, given the clean known pixel ``value``, from the uniform start."""
+        from scorelab.densities import GaussianMixture
+        from scorelab.langevin import annealed_langevin_dynamics
+
+        known = torch.tensor([value], dtype=torch.float64)
+        weights = _conditional_weights(self.weights, self.means, self.variances, known)[0]
+        given_pixel = GaussianMixture(weights, self.means[:, :1], self.variances)
+        start = torch.rand(n, 1, generator=generator)
+        pixel = annealed_langevin_dynamics(
+            lambda x, sigma: given_pixel.perturbed_score(x.double(), sigma).float(), start,
+            self.sigmas, self.step_size, n_steps_each or self.n_steps_each,
+            generator=generator, progress=False)
+        return pixel[:, 0]
+
+    def mode_changes(self, value: float, n: int = 2000, seed: int = 77,
+                     n_steps_each: int | None = None) -> torch.Tensor:
+        """For Algorithm 2 with the known pixel ``value``: per level, the fraction of the n
+        chains whose pixel 1 is on the other side of 0.5 after the level than before it, (L,)."""
+        from scorelab.ncsn.inpaint import inpaint
+
+        images = torch.full((n, 1, 1, 2), float(value))
+        _, path = inpaint(self, images, self.mask, generator=torch.Generator().manual_seed(seed),
+                          denoise=False, clamp=False, n_steps_each=n_steps_each, snapshots=True)
+        right = path[:-1, :, 0, 0, 0] > 0.5  # the start, then after each level: (L + 1, n)
+        return (right[1:] != right[:-1]).float().mean(dim=1)
 
 
 #: the grid of known values a on which 7.7 measures Algorithm 2
@@ -1116,7 +1158,8 @@ def _expect_weights(conditional_weights) -> None:
 
 def _level_fits(measured: torch.Tensor, model: TwoPixelMixture) -> list[float]:
     """Mean square distance, over 7.7's grid, between Algorithm 2's measured weights of the
-    right-hand mode and each ladder level's curve, the weight given y = a under p_sigma."""
+    right-hand mode and each ladder level's curve, the weight given x~_2 = a under p_sigma
+    (the curves leave out the noise of y)."""
     fits = []
     for sigma in model.sigmas.tolist():
         curve = _conditional_weights(model.weights, model.means, model.variances + sigma**2,
