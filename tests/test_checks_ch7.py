@@ -878,6 +878,18 @@ def test_7_7_the_figures_its_answer_quotes():
         log_p = torch.logaddexp(-(x - 0.2) ** 2 / (2 * variance), -(x - 0.8) ** 2 / (2 * variance))
         barriers.append((log_p.max() - log_p[10_000]).item())
     assert [round(b, 2) for b in barriers[3:6]] == [0.25, 1.65, 4.6] and 16 < barriers[-1] < 17
+    # at a = 0.6, from the left-hand mode: 1.4, 4.0 ... 11.6, 13.8, 14.8 nats
+    from_left = []
+    for sigma in pair.sigmas.tolist():
+        variance = 0.05**2 + sigma**2
+        log_w = torch.tensor([-(0.6 - 0.45) ** 2, -(0.6 - 0.55) ** 2]) / (2 * variance)
+        log_w = torch.log_softmax(log_w.double(), dim=0)
+        log_p = torch.logaddexp(log_w[0] - (x - 0.2) ** 2 / (2 * variance),
+                                log_w[1] - (x - 0.8) ** 2 / (2 * variance))
+        saddle = log_p[(x > 0.2) & (x < 0.8)].min()
+        from_left.append((log_p[x < 0.5].max() - saddle).item())
+    assert [round(b, 1) for b in from_left[4:6]] == [1.4, 4.0]
+    assert [round(b) for b in from_left[7:]] == [12, 14, 15]
 
 
 def test_7_7_clean_conditional_needs_a_known_way_of_conditioning():
