@@ -972,7 +972,7 @@ register_hints(
     "The statement's identity holds for one direction. If you vectorise M directions into one "
     "autograd call with a single shared x, what is the gradient of the sum over m of v_m . "
     "s(x)? Which cross terms v_m^T (ds/dx) v_m' then enter your loss? (A loop over the "
-    "directions avoids them, at M times the cost.)",
+    "directions avoids them too; stacking M copies of the batch does the same in one call.)",
     "Check it on a model whose answer you know: for s(x) = -x (a lambda will do) the Jacobian "
     "is -I, so with many directions the loss of an example tends to -D + |x|^2 / 2. The loss "
     "must also carry a gradient (create_graph=True), or training cannot use it.",
