@@ -611,7 +611,8 @@ def probability_flow(
 
     For the VE SDE, :math:`\frac{dx}{dt} = -\tfrac12 g(t)^2 s(x, \sigma(t))
     = -\sigma(t)^2 \log\frac{\sigma_{\max}}{\sigma_{\min}}\, s(x, \sigma(t))`: a deterministic
-    map between the data (t = 0) and the prior (t = 1) whose marginals are those of the SDE.
+    map between the data (t = 0) and :math:`p_1` (t = 1), which the prior
+    :math:`N(0, \sigma_{\max}^2 I)` approximates, whose marginals are those of the SDE.
 
     Parameters
     ----------

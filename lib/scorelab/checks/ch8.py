@@ -834,7 +834,7 @@ def _explain_85(got, want, error: float, where: str, dim: int, mutants) -> None:
         raise Mismatch(f"on {where} your log-likelihoods are off by {error:.4f} nats on "
                        f"average (the tolerance is {_TOLERANCE_85}), almost all in one "
                        f"direction ({bias:+.4f}): a solver's discretisation error. Forward Euler "
-                       "needs 3,000 to 4,000 steps here, and more in more dimensions; Heun's "
+                       "needs about 4,000 steps here, and more in more dimensions; Heun's "
                        "method or tighter tolerances for an adaptive solver get there sooner.")
     spread = (got - want).std().item() if len(got) > 1 else 0.0
     if spread < 1e-3 * error:
