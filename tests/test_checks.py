@@ -2096,7 +2096,8 @@ def test_1_1_checks_the_sigma_of_one_percent_and_names_its_slips(capsys):
     for wrong, phrase in [(1650**0.5, "standard deviations"), (40.0, "eigenvalue is 32"),
                           (3200**0.5, "33 in all"), (10.0, "across the line"),
                           (330**0.5, "0.01"), (50.0, "still above 1 %"),
-                          (100.0, "smaller sigma already"), (3300.0, "that is sigma^2")]:
+                          (100.0, "smaller sigma already"), (3300.0, "that is sigma^2"),
+                          (3267**0.5, "against the perturbed variance")]:
         assert_explains(capsys, checks.exercise_1_1, (right, wrong), phrase)
     assert "not done yet" in run_check(capsys, checks.exercise_1_1, right, ...)
 

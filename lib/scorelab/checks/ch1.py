@@ -401,6 +401,9 @@ def _expect_sigma_one_percent(sigma_one_percent) -> None:
             "is along it, (1, 1).",
             math.sqrt(330.0): "1 % is 0.01: the gap 33 / sigma^2 must fall below 0.01.",
             3300.0: "that is sigma^2; enter sigma itself.",
+            math.sqrt(3267.0): "that measures the gap against the perturbed variance, "
+            "(lambda - sigma^2) / lambda; the question's relative gap is against sigma^2, "
+            "(lambda - sigma^2) / sigma^2.",
         },
         otherwise=f"{where}. Use the eigenvalues your function prints: by how much does the "
         "larger one exceed sigma^2, and when is that below 1 % of sigma^2?",
