@@ -323,6 +323,12 @@ def test_7_2_accepts_a_mask_for_the_whole_batch_and_names_more_mistakes(capsys):
         return moved
 
     out = run_check(capsys, checks.exercise_7_2, by_indexing)
+    assert out.startswith("❌") and "raised IndexError" in out and "broadcast it to x" in out, out
+
+    def float_mask_in_where(s, x, y, m, sig, a, z):  # torch.where needs a boolean condition
+        return torch.where(m, y, x + 0.5 * a * s(x, sig) + math.sqrt(a) * z)
+
+    out = run_check(capsys, checks.exercise_7_2, float_mask_in_where)
     assert out.startswith("❌") and "raised" in out, out
     assert_explains(capsys, checks.exercise_7_2, lambda s, x, y, m, sig, a, z: torch.where(
         m.bool(), y, x + a * s(x, sig) + math.sqrt(a) * z), "lacks its 1/2")
