@@ -47,9 +47,14 @@ def _even_ladder_bottom_ratio(sigma_max: float, sigma_min: float, n_levels: int)
     return 1.0 + (sigma_max - sigma_min) / (n_levels - 1) / sigma_min
 
 
+def _geometric_ratio(sigma_max: float, sigma_min: float, n_levels: int) -> float:
+    """gamma = sigma_(i-1) / sigma_i of the geometric ladder of n_levels levels."""
+    return (sigma_max / sigma_min) ** (1.0 / (n_levels - 1))
+
+
 def _fewest_even_levels(sigma_max: float, sigma_min: float, n_levels: int) -> int:
     """3.2: h = (sigma_max - sigma_min) / (n - 1) with (sigma_min + h) / sigma_min <= gamma."""
-    gamma = (sigma_max / sigma_min) ** (1.0 / (n_levels - 1))
+    gamma = _geometric_ratio(sigma_max, sigma_min, n_levels)
     return 1 + math.ceil((sigma_max - sigma_min) / (sigma_min * (gamma - 1.0)) - 1e-9)
 
 
@@ -63,7 +68,7 @@ def _expect_evenly_spaced_levels(evenly_spaced_levels, sigma_max, sigma_min, n_l
     got, want = int(got), _fewest_even_levels(sigma_max, sigma_min, n_levels)
     if got == want:
         return
-    gamma = (sigma_max / sigma_min) ** (1.0 / (n_levels - 1))
+    gamma = _geometric_ratio(sigma_max, sigma_min, n_levels)
     top_gaps = math.ceil((sigma_max - sigma_min) / (sigma_max * (1.0 - 1.0 / gamma)) - 1e-9)
     if got == want + 1 and math.isclose(_even_ladder_bottom_ratio(sigma_max, sigma_min, want),
                                         gamma, rel_tol=1e-9):
@@ -585,7 +590,7 @@ def exercise_3_1(neighbour_kl, common_ratio) -> None:
 
     check_formula(
         without_package(common_ratio, geometric_sigmas, what="common_ratio"),
-        lambda sigma_max, sigma_min, n_levels: (sigma_max / sigma_min) ** (1.0 / (n_levels - 1)),
+        _geometric_ratio,
         points,
         what="common_ratio",
         regimes=[group],

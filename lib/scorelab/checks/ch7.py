@@ -1070,15 +1070,12 @@ class TwoPixelMixture:
 KNOWN_VALUES_77 = torch.linspace(0.4, 0.6, 11)
 
 
-def _log_weights(weights, means, variances, values) -> torch.Tensor:
-    """log pi_k + log N(a; mu_k2, v_k) up to a constant, (N, K)."""
-    return (weights.log() - 0.5 * variances.log()
-            - (values[:, None] - means[:, 1]) ** 2 / (2 * variances))
-
-
 def _conditional_weights(weights, means, variances, values) -> torch.Tensor:
-    """The weights pi_k(a) of the components in the law of x_1 given x_2 = a, (N, K)."""
-    return torch.softmax(_log_weights(weights, means, variances, values), dim=1)
+    """The weights pi_k(a) of the components in the law of x_1 given x_2 = a, (N, K): the
+    responsibilities of the mixture of the components' second coordinates at a."""
+    from scorelab.densities import GaussianMixture
+
+    return GaussianMixture(weights, means[:, 1:], variances).responsibilities(values[:, None])
 
 
 def _weight_mutants(weights, means, variances, values) -> dict[str, torch.Tensor]:
